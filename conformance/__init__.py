@@ -1,0 +1,1 @@
+"""k8s-netconform: conformance checks for the Kubernetes network model."""

@@ -1,0 +1,1 @@
+"""Machinery the conformance suites share: cluster access, probes, planning, reports."""

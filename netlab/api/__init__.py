@@ -1,0 +1,1 @@
+"""netlab control plane: a Kubernetes-compatible API server."""

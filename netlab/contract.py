@@ -1,0 +1,99 @@
+"""The seam between netlab's control plane (API server) and its node agents (data plane).
+
+The API server owns objects; a node agent runs the pods bound to its node, like a kubelet.
+The API server calls a node agent imperatively (start, stop, exec, logs); the agent reports
+back through the callbacks it was given. Objects cross this seam as JSON-shaped dicts exactly
+as the Kubernetes API serialises them (camelCase keys), so neither side re-maps fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+JSONDict = dict[str, Any]
+
+# Called by a node agent whenever a pod's status changes: (pod uid, full v1 PodStatus dict).
+StatusCallback = Callable[[str, JSONDict], None]
+# Called by a node agent to record an Event: (pod uid, type "Normal"|"Warning", reason, message).
+EventCallback = Callable[[str, str, str, str], None]
+# Looks up an object the agent needs to run a pod (configMap volumes): (namespace, name) -> data.
+ConfigMapLookup = Callable[[str, str], Mapping[str, str] | None]
+
+
+class RuntimeError_(Exception):
+    """Base of the errors a node agent raises to the API server."""
+
+
+class PodNotFound(RuntimeError_):
+    """The agent runs no pod with that uid."""
+
+
+class ContainerNotRunning(RuntimeError_):
+    """The container exists in the pod spec but is not running (exec impossible)."""
+
+
+class ContainerNotFound(RuntimeError_):
+    """The pod has no container of that name."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the API server publishes as a v1 Node."""
+
+    name: str
+    internal_ip: str
+    pod_cidrs: tuple[str, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[JSONDict, ...] = ()  # v1 Taint dicts
+    kernel_version: str = ""
+    os_image: str = ""
+    container_runtime_version: str = ""  # e.g. "runc://1.1.5"
+    kubelet_version: str = "v1.31.0-netlab"
+
+
+class ExecProcess(Protocol):
+    """A process started in a container; ``asyncio.subprocess.Process`` satisfies it."""
+
+    stdin: asyncio.StreamWriter | None
+    stdout: asyncio.StreamReader | None
+    stderr: asyncio.StreamReader | None
+    returncode: int | None
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+class NodeAgentAPI(Protocol):
+    """What the API server needs of a node agent (one per node)."""
+
+    node: NodeInfo
+
+    async def start_pod(self, pod: JSONDict) -> None:
+        """Run the pod (spec.nodeName is this node). Returns once the sandbox is being made;
+        progress (Pending -> Running/Succeeded/Failed, IPs, container states) arrives through
+        the status callback the agent was built with."""
+
+    async def stop_pod(self, uid: str, grace_period_seconds: int) -> None:
+        """Graceful delete: SIGTERM, wait up to the grace period, SIGKILL, then CNI DEL and the
+        sandbox removed and its IP released. Returns when all of that is done."""
+
+    async def exec(
+        self, uid: str, container: str, command: list[str], *, stdin: bool, tty: bool
+    ) -> ExecProcess:
+        """Start ``command`` in a running container (raises PodNotFound, ContainerNotFound,
+        ContainerNotRunning)."""
+
+    def logs(
+        self,
+        uid: str,
+        container: str,
+        *,
+        follow: bool,
+        tail_lines: int | None,
+        previous: bool,
+    ) -> AsyncIterator[bytes]:
+        """A container's output (stdout and stderr interleaved, as kubelet logs are)."""

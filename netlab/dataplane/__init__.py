@@ -1,0 +1,1 @@
+"""netlab data plane: namespaces, CNI, runc."""

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The project's one entry point, for people and for CI (see README.md).
+#   ./run.sh setup        install what the lab and the tests need (idempotent)
+#   ./run.sh conformance  set up, boot a 3-node netlab, run the suite, write reports, tear down
+#   ./run.sh test         set up, then the project's own checks: ruff, mypy, pytest tests
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+
+# Debian packages: the lab's data plane (runc, CNI plugins, iptables, iproute2) and the tools a
+# probe image carries (python3 with scapy, tcpdump, curl), because lab containers see the host's files.
+APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 python3 python3-venv python3-scapy tcpdump curl util-linux)
+
+say() { printf '%s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    say "run.sh: $1 needs root (network namespaces, runc, apt); run it with sudo"
+    exit 2
+  fi
+}
+
+install_debian_packages() {
+  local missing=() pkg
+  for pkg in "${APT_PACKAGES[@]}"; do
+    if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+      say "setup: skip $pkg (installed)"
+    else
+      missing+=("$pkg")
+    fi
+  done
+  if ! command -v kubectl >/dev/null 2>&1; then
+    missing+=(kubernetes-client)
+  else
+    say "setup: skip kubectl (found at $(command -v kubectl))"
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+python_for_venv() {
+  # Prefer the interpreter on PATH when it is new enough; Debian 12's python3 is 3.11.
+  local py
+  for py in python3.11 python3 /usr/bin/python3; do
+    if command -v "$py" >/dev/null 2>&1 &&
+      "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$py"
+      return
+    fi
+  done
+  say "setup: no Python >= 3.11 with venv found"
+  exit 2
+}
+
+create_venv() {
+  if [ -x "$VENV/bin/python" ]; then
+    say "setup: skip .venv (exists)"
+  else
+    say "setup: creating .venv"
+    "$(python_for_venv)" -m venv "$VENV"
+  fi
+  # Reinstall only when the project's metadata changed since the last install.
+  local stamp="$VENV/.k8s-netconform-installed" want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    say "setup: skip pip install (pyproject.toml unchanged)"
+  else
+    say "setup: installing the project and its extras into .venv"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[lab,dev]"
+    echo "$want" >"$stamp"
+  fi
+}
+
+setup() {
+  need_root setup
+  install_debian_packages
+  create_venv
+}
+
+conformance() {
+  setup
+  mkdir -p reports
+  local kubeconfig lab=netconform
+  "$VENV/bin/netlab" down --name "$lab" --quiet || true
+  trap '"$VENV/bin/netlab" down --name "'"$lab"'" --quiet || true' EXIT
+  kubeconfig=$("$VENV/bin/netlab" up --nodes 3 --name "$lab" | tail -n 1)
+  local status=0
+  "$VENV/bin/pytest" --kubeconfig "$kubeconfig" \
+    --junitxml=reports/junit.xml --html=reports/report.html --self-contained-html || status=$?
+  "$VENV/bin/netlab" down --name "$lab" --quiet || true
+  trap - EXIT
+  say ""
+  say "reports: $ROOT/reports/junit.xml"
+  say "         $ROOT/reports/report.html"
+  say "         $ROOT/reports/summary.json"
+  return $status
+}
+
+project_tests() {
+  setup
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/mypy"
+  "$VENV/bin/pytest" tests "$@"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  conformance) conformance ;;
+  test) shift; project_tests "$@" ;;
+  *)
+    say "usage: ./run.sh setup | conformance | test [pytest args]"
+    exit 2
+    ;;
+esac
