@@ -10,7 +10,8 @@ VENV="$ROOT/.venv"
 
 # Debian packages: the lab's data plane (runc, CNI plugins, iptables, iproute2) and the tools a
 # probe image carries (python3 with scapy, tcpdump, curl), because lab containers see the host's files.
-APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 python3 python3-venv python3-scapy tcpdump curl util-linux)
+# openssl makes the lab API server's serving certificate.
+APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 openssl python3 python3-venv python3-scapy tcpdump curl util-linux)
 
 say() { printf '%s\n' "$*" >&2; }
 

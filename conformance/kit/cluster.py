@@ -1,0 +1,414 @@
+"""Cluster access: an API client from kubeconfig/context/in-cluster, API calls with bounded
+retries, and node discovery and selection."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from conformance.kit.report import ClusterFacts
+from conformance.kit.settings import Settings, Timeouts
+
+T = TypeVar("T")
+
+CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
+
+
+class ClusterError(Exception):
+    """The cluster could not be reached or refused a call: the suite could not test."""
+
+
+def name_of(obj: Any) -> str:
+    """``metadata.name`` of a client model ("" when unset)."""
+    meta = getattr(obj, "metadata", None)
+    return str(meta.name) if meta is not None and meta.name else ""
+
+
+def labels_of(obj: Any) -> dict[str, str]:
+    """``metadata.labels`` of a client model (empty when unset)."""
+    meta = getattr(obj, "metadata", None)
+    return dict(meta.labels or {}) if meta is not None else {}
+
+
+def resource_version_of(listed: Any) -> str | None:
+    """``metadata.resourceVersion`` of a list, to start a watch right after it."""
+    meta = getattr(listed, "metadata", None)
+    return str(meta.resource_version) if meta is not None and meta.resource_version else None
+
+
+def watch_events(
+    list_fn: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any
+) -> Iterator[dict[str, Any]]:
+    """Watch events of ``list_fn`` for at most ``timeout`` seconds (server- and client-side)."""
+    watcher = watch.Watch()  # type: ignore[no-untyped-call]
+    try:
+        yield from watcher.stream(  # type: ignore[no-untyped-call]
+            list_fn,
+            *args,
+            timeout_seconds=max(1, int(timeout)),
+            _request_timeout=timeout + 10,
+            **kwargs,
+        )
+    finally:
+        watcher.stop()  # type: ignore[no-untyped-call]
+
+
+def make_api_client(settings: Settings) -> client.ApiClient:
+    """A client for the kubeconfig (and context) in ``settings``, or in-cluster when none."""
+    try:
+        if settings.kubeconfig:
+            api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=settings.kubeconfig, context=settings.context, persist_config=False
+            )
+        else:
+            configuration = client.Configuration()
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+            api = client.ApiClient(configuration)
+    except (config.ConfigException, OSError, ValueError) as exc:
+        if settings.kubeconfig:
+            where = f"kubeconfig {settings.kubeconfig}"
+            if settings.context:
+                where += f" (context {settings.context})"
+        else:
+            where = "in-cluster configuration (no --kubeconfig, $KUBECONFIG or ~/.kube/config)"
+        raise ClusterError(f"cannot load {where}: {exc}") from exc
+    # Exec/watch streams must not hang behind a proxy-less default retry storm.
+    api.configuration.retries = 1
+    return api
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: throttling, server errors, broken connections."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429, 500, 502, 503, 504)
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+def describe_api_error(exc: BaseException) -> str:
+    """A one-line reason for an API failure (status, reason, the server's message)."""
+    if isinstance(exc, ApiException):
+        message = exc.reason or ""
+        body = exc.body.decode() if isinstance(exc.body, bytes) else exc.body
+        if body:
+            message = f"{message}: {str(body).strip()[:500]}"
+        return f"HTTP {exc.status} {message}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def call_api(what: str, fn: Callable[..., T], *args: Any, timeouts: Timeouts, **kwargs: Any) -> T:
+    """Call ``fn`` with bounded retries on transient errors; raise `ClusterError` naming ``what``.
+
+    Non-transient API errors (403, 404, 422...) are not retried; 404 is re-raised as the
+    original ``ApiException`` so callers can treat "already gone" as success.
+    """
+    kwargs.setdefault("_request_timeout", timeouts.api_request)
+
+    def give_up(state: RetryCallState) -> T:
+        outcome = state.outcome
+        assert outcome is not None
+        exc = outcome.exception()
+        assert exc is not None
+        raise ClusterError(
+            f"{what} failed after {state.attempt_number} attempts "
+            f"({timeouts.api_retry:.0f}s budget): {describe_api_error(exc)}"
+        ) from exc
+
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_delay(timeouts.api_retry),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            retry_error_callback=give_up,
+        ):
+            with attempt:
+                return fn(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise
+        raise ClusterError(f"{what} failed: {describe_api_error(exc)}") from exc
+    raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+def node_is_ready(node: client.V1Node) -> bool:
+    """The node's Ready condition is True."""
+    for condition in (node.status.conditions if node.status else None) or []:
+        if condition.type == "Ready":
+            return bool(condition.status == "True")
+    return False
+
+
+def node_os(node: client.V1Node) -> str:
+    """The node's OS from its ``kubernetes.io/os`` label or node info (``linux`` assumed)."""
+    labels = labels_of(node)
+    if "kubernetes.io/os" in labels:
+        return str(labels["kubernetes.io/os"])
+    info = node.status.node_info if node.status else None
+    return str(info.operating_system) if info and info.operating_system else "linux"
+
+
+def is_control_plane(node: client.V1Node) -> bool:
+    labels = labels_of(node)
+    return any(label in labels for label in CONTROL_PLANE_LABELS)
+
+
+def blocking_taints(node: client.V1Node) -> list[str]:
+    """Taints that keep ordinary pods off the node (NoSchedule, NoExecute), as ``key:effect``."""
+    taints = (node.spec.taints if node.spec else None) or []
+    return [f"{t.key}:{t.effect}" for t in taints if t.effect in BLOCKING_TAINT_EFFECTS]
+
+
+def node_addresses(node: client.V1Node) -> tuple[str, ...]:
+    """Every address the node reports, InternalIP first."""
+    addresses = (node.status.addresses if node.status else None) or []
+    ordered = sorted(addresses, key=lambda a: a.type != "InternalIP")
+    return tuple(str(a.address) for a in ordered)
+
+
+def node_ip_addresses(node: client.V1Node) -> tuple[str, ...]:
+    """The node's addresses that are IP literals (hostnames dropped), InternalIP first."""
+    ips = []
+    for address in node_addresses(node):
+        try:
+            ips.append(str(ipaddress.ip_address(address)))
+        except ValueError:
+            continue
+    return tuple(ips)
+
+
+def node_pod_cidrs(node: client.V1Node) -> tuple[str, ...]:
+    """``spec.podCIDRs`` (or the single ``spec.podCIDR``), possibly empty."""
+    spec = node.spec
+    if spec is None:
+        return ()
+    if spec.pod_cidrs:
+        return tuple(str(c) for c in spec.pod_cidrs)
+    return (str(spec.pod_cidr),) if spec.pod_cidr else ()
+
+
+@dataclass(frozen=True)
+class NodeSelection:
+    """The nodes the suite will probe, in name order, and why every other node was left out."""
+
+    selected: tuple[client.V1Node, ...]
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name_of(n) for n in self.selected)
+
+    def explain(self) -> str:
+        """One line per excluded node, for skip and error messages."""
+        if not self.excluded:
+            return "no nodes were excluded"
+        return "; ".join(f"{name}: {why}" for name, why in sorted(self.excluded.items()))
+
+
+def exclusion_reason(node: client.V1Node, settings: Settings) -> str | None:
+    """Why ``node`` cannot carry probes under ``settings``; ``None`` when it can."""
+    labels = labels_of(node)
+    if not node_is_ready(node):
+        return "not Ready"
+    if node.spec is not None and node.spec.unschedulable:
+        return "cordoned (spec.unschedulable)"
+    if node_os(node) != "linux":
+        return f"OS is {node_os(node)}, not linux"
+    for key, value in settings.node_selector.items():
+        if labels.get(key) != value:
+            return f"does not match --node-selector {key}={value}"
+    if not settings.include_control_plane:
+        taints = blocking_taints(node)
+        if taints:
+            return f"tainted {', '.join(taints)} (use --include-control-plane to include it)"
+    return None
+
+
+def select_nodes(nodes: Iterable[client.V1Node], settings: Settings) -> NodeSelection:
+    """Ready, schedulable Linux nodes matching the options, sorted by name, capped by
+    ``--max-nodes``."""
+    eligible: list[client.V1Node] = []
+    excluded: dict[str, str] = {}
+    for node in sorted(nodes, key=lambda n: name_of(n)):
+        reason = exclusion_reason(node, settings)
+        if reason is None:
+            eligible.append(node)
+        else:
+            excluded[name_of(node)] = reason
+    if settings.max_nodes is not None:
+        for node in eligible[settings.max_nodes :]:
+            excluded[name_of(node)] = f"beyond --max-nodes {settings.max_nodes}"
+        eligible = eligible[: settings.max_nodes]
+    return NodeSelection(selected=tuple(eligible), excluded=excluded)
+
+
+def list_nodes(core: client.CoreV1Api, timeouts: Timeouts) -> list[client.V1Node]:
+    """Every node of the cluster."""
+    result = call_api("list nodes", core.list_node, timeouts=timeouts)
+    return list(result.items)
+
+
+def list_pods_all_namespaces(core: client.CoreV1Api, timeouts: Timeouts) -> list[client.V1Pod]:
+    """Every pod of the cluster."""
+    result = call_api(
+        "list pods in all namespaces", core.list_pod_for_all_namespaces, timeouts=timeouts
+    )
+    return list(result.items)
+
+
+def pod_ips(pod: client.V1Pod) -> tuple[str, ...]:
+    """``status.podIPs`` (or the single ``status.podIP``), possibly empty."""
+    status = pod.status
+    if status is None:
+        return ()
+    if status.pod_ips:
+        return tuple(str(p.ip) for p in status.pod_ips if p.ip)
+    return (str(status.pod_ip),) if status.pod_ip else ()
+
+
+def detect_ip_families(
+    nodes: Sequence[client.V1Node], pods: Sequence[client.V1Pod] = ()
+) -> tuple[int, ...]:
+    """IP versions (4, 6) the pod network uses: from nodes' podCIDRs, else from pod IPs."""
+    versions: set[int] = set()
+    for node in nodes:
+        for cidr in node_pod_cidrs(node):
+            versions.add(ipaddress.ip_network(cidr, strict=False).version)
+    if not versions:
+        for pod in pods:
+            if pod.spec is not None and pod.spec.host_network:
+                continue
+            for ip in pod_ips(pod):
+                versions.add(ipaddress.ip_address(ip).version)
+    return tuple(sorted(versions))
+
+
+def families_for(option: str, detected: Sequence[int]) -> tuple[int, ...]:
+    """The IP versions to test: ``--ip-family`` when explicit, else what was detected (IPv4 when
+    nothing could be detected)."""
+    if option == "ipv4":
+        return (4,)
+    if option == "ipv6":
+        return (6,)
+    if option == "dual":
+        return (4, 6)
+    return tuple(detected) or (4,)
+
+
+def service_cluster_ips(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
+    """ClusterIPs of ``default/kubernetes``: addresses known to lie in the service range."""
+    try:
+        svc = call_api(
+            "read service default/kubernetes",
+            core.read_namespaced_service,
+            "kubernetes",
+            "default",
+            timeouts=timeouts,
+        )
+    except ApiException:
+        return ()
+    spec = svc.spec
+    if spec is None:
+        return ()
+    ips = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
+    return tuple(str(ip) for ip in ips if ip and ip != "None")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What collection learned about the cluster, once per process (deterministic, so xdist
+    workers agree on the parametrization). ``error`` is set when the cluster could not be read;
+    every test that needs the cluster then errors with it."""
+
+    nodes: tuple[str, ...] = ()
+    excluded: dict[str, str] = field(default_factory=dict)
+    families: tuple[int, ...] = (4,)
+    error: str | None = None
+
+    def explain_excluded(self) -> str:
+        if not self.excluded:
+            return "no nodes were excluded"
+        return "; ".join(f"{name}: {why}" for name, why in sorted(self.excluded.items()))
+
+
+def discover(settings: Settings) -> Discovery:
+    """Read nodes (and, when needed, pods) to plan the run. Never raises for cluster errors:
+    they are returned in ``error`` so tests can report them as setup errors."""
+    timeouts = replace(settings.timeouts, api_retry=settings.timeouts.discovery)
+    try:
+        core = client.CoreV1Api(make_api_client(settings))
+        nodes = list_nodes(core, timeouts)
+        selection = select_nodes(nodes, settings)
+        detected = detect_ip_families(selection.selected or nodes)
+        if not detected and settings.ip_family == "auto":
+            detected = detect_ip_families((), list_pods_all_namespaces(core, timeouts))
+    except (ClusterError, ApiException) as exc:
+        return Discovery(error=f"cannot read the cluster: {exc}")
+    if not selection.selected:
+        return Discovery(
+            excluded=selection.excluded,
+            error="no node can carry probes: " + (selection.explain() if nodes else "no nodes"),
+        )
+    return Discovery(
+        nodes=selection.names,
+        excluded=selection.excluded,
+        families=families_for(settings.ip_family, detected),
+    )
+
+
+def service_cidrs(api: client.ApiClient, timeouts: Timeouts) -> tuple[str, ...]:
+    """The service ranges from the ServiceCIDR API (networking.k8s.io/v1, Kubernetes 1.33+);
+    empty when the cluster does not serve it or we may not read it."""
+    try:
+        listed = client.NetworkingV1Api(api).list_service_cidr(
+            _request_timeout=timeouts.api_request
+        )
+    except (ApiException, urllib3.exceptions.HTTPError, AttributeError):
+        return ()
+    cidrs: list[str] = []
+    for item in listed.items or []:
+        cidrs.extend(str(c) for c in (item.spec.cidrs if item.spec else None) or [])
+    return tuple(sorted(set(cidrs)))
+
+
+def cluster_facts(
+    api: client.ApiClient,
+    nodes: Sequence[client.V1Node],
+    discovery: Discovery,
+    settings: Settings,
+) -> ClusterFacts:
+    """Facts about the cluster under test for the report."""
+    try:
+        version = client.VersionApi(api).get_code(_request_timeout=settings.timeouts.api_request)
+        server_version = str(version.git_version)
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        server_version = f"unknown ({describe_api_error(exc)})"
+    by_name = {name_of(n): n for n in nodes}
+    probed = [by_name[n] for n in discovery.nodes if n in by_name]
+    services = service_cidrs(api, settings.timeouts)
+    return ClusterFacts(
+        server_version=server_version,
+        node_count=len(nodes),
+        nodes_tested=discovery.nodes,
+        pod_cidrs=tuple(f"{name_of(n)}={c}" for n in probed for c in node_pod_cidrs(n)),
+        service_cidr=",".join(services) or None,
+        ip_families=tuple(f"ipv{f}" for f in discovery.families),
+        probe_image=settings.probe_image,
+    )

@@ -1,0 +1,188 @@
+"""Parsed command-line options (`Settings`) and every deadline of a run (`Timeouts`).
+
+The option parsers here are argparse ``type=`` callables: they raise ``pytest.UsageError`` so a
+bad value stops pytest before anything touches a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import pytest
+
+DEFAULT_PROBE_IMAGE = "nicolaka/netshoot:v0.13"
+IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+IP_FAMILIES = ("auto", "ipv4", "ipv6", "dual")
+
+# A label key is an optional DNS-subdomain prefix and a name; values are short names.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$")
+_LABEL_VALUE = re.compile(rf"^({_LABEL_NAME})?$")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Every deadline of a run, in seconds. One place, so a slow cluster is tuned once.
+
+    All waits in the suite take their bound from here; none waits forever.
+    """
+
+    #: One Kubernetes API request (client-side socket timeout).
+    api_request: float = 30.0
+    #: Total budget for retrying one API call on transient errors (5xx, 429, connection reset).
+    api_retry: float = 60.0
+    #: Discovering and listing nodes at collection time.
+    discovery: float = 30.0
+    #: All probe pods scheduled, images pulled and Ready (image pulls dominate).
+    pods_ready: float = 300.0
+    #: One batched exec of the probe agent (``agent.py call``), beyond the probes' own timeouts.
+    exec_overhead: float = 30.0
+    #: One network attempt inside the agent (connect, UDP round trip, ICMP echo).
+    probe: float = 5.0
+    #: How long the agent's sniffer is given to see a packet after the probe returned.
+    capture_wait: float = 3.0
+    #: Tries for an "eventually reachable" check before it counts as broken.
+    reach_attempts: int = 3
+    #: A killed sandbox container restarted and Ready again.
+    container_restart: float = 180.0
+    #: Run namespace gone after deletion (finalizers, pod termination).
+    namespace_delete: float = 180.0
+
+    @classmethod
+    def for_probe_timeout(cls, probe_timeout: float) -> Timeouts:
+        """Timeouts with ``probe`` set from ``--probe-timeout`` and the exec budget scaled to it."""
+        return cls(probe=probe_timeout, exec_overhead=max(30.0, 4 * probe_timeout))
+
+    def exec_budget(self, probes_in_batch: int) -> float:
+        """Deadline for one exec holding ``probes_in_batch`` network attempts run in sequence."""
+        return self.exec_overhead + probes_in_batch * (self.probe + self.capture_wait)
+
+
+class _ConfigLike(Protocol):
+    def getoption(self, name: str, default: Any = ...) -> Any: ...
+
+
+def parse_node_selector(text: str) -> Mapping[str, str]:
+    """``k=v,k2=v2`` as a read-only mapping; an empty string selects every node."""
+    selector: dict[str, str] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            raise pytest.UsageError(
+                f"--node-selector: {item!r} is not a label match of the form key=value "
+                "(separate several with commas)"
+            )
+        if key in selector and selector[key] != value:
+            raise pytest.UsageError(f"--node-selector: key {key!r} given twice")
+        selector[key] = value
+    return MappingProxyType(selector)
+
+
+def parse_max_nodes(text: str) -> int:
+    """A node count of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise pytest.UsageError(f"--max-nodes: {text!r} is not a whole number") from None
+    if value < 1:
+        raise pytest.UsageError(f"--max-nodes: must be at least 1, got {value}")
+    return value
+
+
+def parse_probe_timeout(text: str) -> float:
+    """Seconds, more than 0 and at most 300."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"--probe-timeout: {text!r} is not a number of seconds") from None
+    if not 0 < value <= 300:
+        raise pytest.UsageError(f"--probe-timeout: must be in (0, 300] seconds, got {value}")
+    return value
+
+
+def parse_image_pull_policy(text: str) -> str:
+    """One of Always, IfNotPresent, Never (case-insensitive on input, canonical on output)."""
+    for policy in IMAGE_PULL_POLICIES:
+        if text.lower() == policy.lower():
+            return policy
+    raise pytest.UsageError(
+        f"--image-pull-policy: {text!r} is not one of {', '.join(IMAGE_PULL_POLICIES)}"
+    )
+
+
+def parse_ip_family(text: str) -> str:
+    """One of auto, ipv4, ipv6, dual."""
+    value = text.lower()
+    if value not in IP_FAMILIES:
+        raise pytest.UsageError(f"--ip-family: {text!r} is not one of {', '.join(IP_FAMILIES)}")
+    return value
+
+
+def parse_probe_image(text: str) -> str:
+    """A non-empty image reference without whitespace."""
+    if not text or any(ch.isspace() for ch in text):
+        raise pytest.UsageError(f"--probe-image: {text!r} is not an image reference")
+    return text
+
+
+def resolve_kubeconfig(option: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The kubeconfig to use: the option, then ``$KUBECONFIG``, then ``~/.kube/config`` if it
+    exists; ``None`` means in-cluster configuration."""
+    env = os.environ if environ is None else environ
+    if option:
+        return option
+    if env.get("KUBECONFIG"):
+        return env["KUBECONFIG"]
+    default = Path(env.get("HOME", str(Path.home()))) / ".kube" / "config"
+    return str(default) if default.is_file() else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the options say about a run, parsed and validated."""
+
+    kubeconfig: str | None
+    context: str | None
+    probe_image: str = DEFAULT_PROBE_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    node_selector: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    max_nodes: int | None = None
+    include_control_plane: bool = False
+    probe_timeout: float = 5.0
+    keep_namespace: bool = False
+    ip_family: str = "auto"
+    cleanup_stale: bool = False
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    @classmethod
+    def from_config(cls, config: _ConfigLike) -> Settings:
+        """Settings from a pytest config whose options the netconform plugin registered.
+
+        ``--kubeconfig`` is read by option string, so it works when another plugin owns it.
+        """
+        probe_timeout = float(config.getoption("netconform_probe_timeout"))
+        kubeconfig_option = config.getoption("--kubeconfig", None)
+        return cls(
+            kubeconfig=resolve_kubeconfig(str(kubeconfig_option) if kubeconfig_option else None),
+            context=config.getoption("netconform_context") or None,
+            probe_image=config.getoption("netconform_probe_image"),
+            image_pull_policy=config.getoption("netconform_image_pull_policy"),
+            node_selector=config.getoption("netconform_node_selector"),
+            max_nodes=config.getoption("netconform_max_nodes"),
+            include_control_plane=bool(config.getoption("netconform_include_control_plane")),
+            probe_timeout=probe_timeout,
+            keep_namespace=bool(config.getoption("netconform_keep_namespace")),
+            ip_family=config.getoption("netconform_ip_family"),
+            cleanup_stale=bool(config.getoption("netconform_cleanup_stale")),
+            timeouts=Timeouts.for_probe_timeout(probe_timeout),
+        )

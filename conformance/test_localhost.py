@@ -1,0 +1,127 @@
+"""Containers within a pod share its network namespace: they reach each other over localhost,
+see the same interfaces and addresses, and share one port space."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.kit.agent_client import AgentClient, address_of_family, exchange, require_ok
+from conformance.kit.probes import ROLE_PROBE, ProbeMap
+from conformance.kit.report import format_rule_failure
+
+PROTOCOLS = ("tcp", "udp")
+# Loopback exists whatever the cluster's families: 127.0.0.1 always, ::1 when the pod has IPv6.
+FAMILIES = (4, 6)
+LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+DIRECTIONS = (("a", "b"), ("b", "a"))
+
+
+def test_localhost_between_containers(
+    proto: str,
+    family: int,
+    probe_node: str,
+    probe_map: ProbeMap,
+    agents: AgentClient,
+    nonce: str,
+) -> None:
+    """Containers of one pod MUST reach each other over localhost (127.0.0.1, and ::1 when the
+    pod has IPv6), in both directions."""
+    probe = probe_map.get(ROLE_PROBE, probe_node)
+    if family == 6 and address_of_family(probe.pod_ips, 6) is None:
+        pytest.skip(f"{probe.describe()} has no IPv6 address")
+    loopback = LOOPBACK[family]
+    failures = []
+    for src, dst in DIRECTIONS:
+        agent = probe.agent(dst)
+        result = exchange(
+            agents,
+            proto=proto,
+            source=(probe.name, src),
+            destination=(probe.name, dst),
+            host=loopback,
+            port=agent.udp_port if proto == "udp" else agent.tcp_port,
+            nonce=f"{nonce}-{src}{dst}",
+            capture=False,
+        )
+        if not result.reached:
+            failures.append(f"{src} -> {dst}: {result.describe()}")
+    if failures:
+        pytest.fail(
+            format_rule_failure(
+                "containers of one pod MUST reach each other over localhost",
+                expected=f"{proto} to {loopback} works from a to b and from b to a",
+                observed=f"{len(failures)} of 2 directions failed",
+                protocol=proto,
+                pods=[probe.describe()],
+                nodes=[probe_node],
+                details=failures,
+            ),
+            pytrace=False,
+        )
+
+
+def test_containers_share_interfaces(
+    probe_node: str, probe_map: ProbeMap, agents: AgentClient
+) -> None:
+    """Containers of one pod MUST see the same network namespace: the same interfaces with the
+    same addresses."""
+    probe = probe_map.get(ROLE_PROBE, probe_node)
+    views = {}
+    for container in ("a", "b"):
+        info, addresses = agents.call(probe.name, container, [{"op": "info"}, {"op": "addresses"}])
+        require_ok(info, pod=probe.name, container=container, what="info")
+        require_ok(addresses, pod=probe.name, container=container, what="addresses")
+        views[container] = {
+            "netns": info.get("netns"),
+            "interfaces": sorted(
+                (i.get("name"), i.get("mac"), tuple(sorted(i.get("addresses", []))))
+                for i in addresses.get("interfaces", [])
+            ),
+        }
+    if views["a"] != views["b"]:
+        pytest.fail(
+            format_rule_failure(
+                "containers of one pod MUST share one network namespace",
+                expected="identical network namespace and interface list in a and b",
+                observed=f"a sees {views['a']}; b sees {views['b']}",
+                pods=[probe.describe()],
+                nodes=[probe_node],
+            ),
+            pytrace=False,
+        )
+
+
+def test_port_space_shared(
+    proto: str, probe_node: str, probe_map: ProbeMap, agents: AgentClient
+) -> None:
+    """A port bound by one container of a pod MUST be in use (EADDRINUSE) for the others."""
+    probe = probe_map.get(ROLE_PROBE, probe_node)
+    failures = []
+    for binder, other in DIRECTIONS:
+        agent = probe.agent(binder)
+        port = agent.udp_port if proto == "udp" else agent.tcp_port
+        answer = require_ok(
+            agents.call_one(
+                probe.name, other, {"op": "try_bind", "proto": proto, "host": "", "port": port}
+            ),
+            pod=probe.name,
+            container=other,
+            what="try_bind",
+        )
+        if answer.get("bound") or answer.get("errno") != "EADDRINUSE":
+            failures.append(
+                f"{other} binding {proto} port {port} (held by {binder}): "
+                f"bound={answer.get('bound')} errno={answer.get('errno')}"
+            )
+    if failures:
+        pytest.fail(
+            format_rule_failure(
+                "containers of one pod MUST share one port space",
+                expected="binding the other container's listening port fails with EADDRINUSE",
+                observed="; ".join(failures),
+                protocol=proto,
+                pods=[probe.describe()],
+                nodes=[probe_node],
+            ),
+            pytrace=False,
+        )

@@ -1,0 +1,185 @@
+"""Every pod gets its own IP: unique in the cluster, from its node's pod range, in ranges that
+overlap neither each other, the service range nor the nodes' own addresses, and the IP the
+API reports is the address the pod really has."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from kubernetes import client
+
+from conformance.kit.agent_client import AgentClient, require_ok
+from conformance.kit.cidrs import (
+    NodeCIDRs,
+    PodAddress,
+    check_pod_ips_in_node_cidrs,
+    describe_findings,
+    find_cidrs_overlapping_service_range,
+    find_duplicate_pod_ips,
+    find_node_addresses_in_pod_cidrs,
+    find_overlapping_node_cidrs,
+    pod_cidr_skip_reason,
+)
+from conformance.kit.cluster import (
+    list_nodes,
+    list_pods_all_namespaces,
+    name_of,
+    node_ip_addresses,
+    node_pod_cidrs,
+    pod_ips,
+    service_cidrs,
+    service_cluster_ips,
+)
+from conformance.kit.probes import ROLE_PROBE, ProbeMap
+from conformance.kit.report import format_rule_failure
+from conformance.kit.settings import Timeouts
+
+# Completed pods keep status.podIP after their IP went back to the pool: not live addresses.
+FINISHED_PHASES = ("Succeeded", "Failed")
+
+
+def live_pod_addresses(core: client.CoreV1Api, timeouts: Timeouts) -> list[PodAddress]:
+    """Every running or pending pod of the cluster with its IPs (hostNetwork flagged)."""
+    addresses = []
+    for pod in list_pods_all_namespaces(core, timeouts):
+        if pod.status is not None and pod.status.phase in FINISHED_PHASES:
+            continue
+        addresses.append(
+            PodAddress(
+                namespace=str(pod.metadata.namespace if pod.metadata else ""),
+                name=name_of(pod),
+                node=str(pod.spec.node_name or "") if pod.spec else "",
+                ips=pod_ips(pod),
+                host_network=bool(pod.spec.host_network) if pod.spec else False,
+            )
+        )
+    return addresses
+
+
+def node_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> list[NodeCIDRs]:
+    return [
+        NodeCIDRs(name_of(n), node_pod_cidrs(n), node_ip_addresses(n))
+        for n in list_nodes(core, timeouts)
+    ]
+
+
+def fail(rule: str, expected: str, findings_text: str) -> None:
+    pytest.fail(format_rule_failure(rule, expected=expected, observed=findings_text), pytrace=False)
+
+
+@pytest.mark.usefixtures("probe_map")  # the probes add pods on every selected node
+def test_pod_ips_unique(core: client.CoreV1Api, timeouts: Timeouts) -> None:
+    """Every pod IP in the cluster (all namespaces, hostNetwork pods excluded) MUST be unique."""
+    duplicates = find_duplicate_pod_ips(live_pod_addresses(core, timeouts))
+    if duplicates:
+        fail(
+            "every pod MUST have its own IP address",
+            "no IP held by two live pods",
+            describe_findings(duplicates),
+        )
+
+
+@pytest.mark.usefixtures("probe_map")
+def test_pod_ips_inside_node_pod_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> None:
+    """Each pod IP MUST lie inside its node's spec.podCIDRs (where nodes carry podCIDRs)."""
+    nodes = node_cidrs(core, timeouts)
+    reason = pod_cidr_skip_reason(nodes)
+    if reason:
+        pytest.skip(reason)
+    report = check_pod_ips_in_node_cidrs(live_pod_addresses(core, timeouts), nodes)
+    if report.outside:
+        fail(
+            "a pod's IP MUST come from its node's podCIDRs",
+            "every pod IP inside the podCIDRs of the node it runs on",
+            describe_findings(report.outside),
+        )
+
+
+def test_node_pod_cidrs_disjoint(core: client.CoreV1Api, timeouts: Timeouts) -> None:
+    """Nodes' podCIDRs MUST NOT overlap each other."""
+    nodes = node_cidrs(core, timeouts)
+    reason = pod_cidr_skip_reason(nodes)
+    if reason:
+        pytest.skip(reason)
+    overlaps = find_overlapping_node_cidrs(nodes)
+    if overlaps:
+        fail(
+            "node pod ranges MUST be disjoint",
+            "no two nodes share pod addresses",
+            describe_findings(overlaps),
+        )
+
+
+def test_node_pod_cidrs_outside_service_range(
+    core: client.CoreV1Api, api_client: client.ApiClient, timeouts: Timeouts
+) -> None:
+    """Nodes' podCIDRs MUST NOT overlap the service range (from the ServiceCIDR API, else at
+    least the kubernetes service's ClusterIPs)."""
+    nodes = node_cidrs(core, timeouts)
+    reason = pod_cidr_skip_reason(nodes)
+    if reason:
+        pytest.skip(reason)
+    ranges = list(service_cidrs(api_client, timeouts))
+    source = "ServiceCIDR objects"
+    if not ranges:
+        ips = service_cluster_ips(core, timeouts)
+        ranges = [str(ipaddress.ip_network(ip)) for ip in ips]
+        source = "the ClusterIPs of service default/kubernetes (the service range is not served)"
+    if not ranges:
+        pytest.skip("service range unknown: no ServiceCIDR objects and no default/kubernetes")
+    overlaps = find_cidrs_overlapping_service_range(nodes, ranges)
+    if overlaps:
+        fail(
+            "pod ranges MUST NOT overlap the service range",
+            f"node podCIDRs disjoint from {', '.join(ranges)} ({source})",
+            describe_findings(overlaps),
+        )
+
+
+def test_node_addresses_outside_pod_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> None:
+    """Node addresses MUST NOT lie inside any node's podCIDRs."""
+    nodes = node_cidrs(core, timeouts)
+    reason = pod_cidr_skip_reason(nodes)
+    if reason:
+        pytest.skip(reason)
+    inside = find_node_addresses_in_pod_cidrs(nodes)
+    if inside:
+        fail(
+            "pod ranges MUST NOT contain node addresses",
+            "every node address outside every podCIDR",
+            describe_findings(inside),
+        )
+
+
+def test_pod_ip_is_interface_address(
+    probe_node: str, probe_map: ProbeMap, agents: AgentClient
+) -> None:
+    """The IPs the API reports for a pod (status.podIPs) MUST be addresses of the pod's own
+    network interfaces."""
+    probe = probe_map.get(ROLE_PROBE, probe_node)
+    container = probe.agent().container
+    answer = require_ok(
+        agents.call_one(probe.name, container, {"op": "addresses"}),
+        pod=probe.name,
+        container=container,
+        what="addresses",
+    )
+    interface_ips = {
+        str(ipaddress.ip_interface(text).ip)
+        for interface in answer.get("interfaces", [])
+        for text in interface.get("addresses", [])
+    }
+    missing = [ip for ip in probe.pod_ips if str(ipaddress.ip_address(ip)) not in interface_ips]
+    if not probe.pod_ips or missing:
+        pytest.fail(
+            format_rule_failure(
+                "a pod's reported IP MUST be the address it has inside",
+                expected=f"status.podIPs {list(probe.pod_ips)} on the pod's interfaces",
+                observed=f"missing {missing or 'all (no podIPs reported)'}; "
+                f"interfaces hold {sorted(interface_ips)}",
+                pods=[probe.describe()],
+                nodes=[probe_node],
+            ),
+            pytrace=False,
+        )

@@ -1,0 +1,87 @@
+"""API errors as v1 Status objects, shaped like the real API server's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+JSONDict = dict[str, Any]
+
+REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "AlreadyExists",
+    410: "Expired",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    500: "InternalError",
+}
+
+
+def status_object(
+    code: int, message: str, reason: str | None = None, details: JSONDict | None = None
+) -> JSONDict:
+    """A v1 Status with status Failure (or Success for 2xx)."""
+    body: JSONDict = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success" if code < 400 else "Failure",
+        "message": message,
+        "reason": reason if reason is not None else REASONS.get(code, ""),
+        "code": code,
+    }
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+class ApiError(Exception):
+    """Raised anywhere in a handler; the middleware turns it into a Status response."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        reason: str | None = None,
+        details: JSONDict | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status_object(code, message, reason, details)
+
+    def response(self) -> web.Response:
+        return web.json_response(self.status, status=self.code)
+
+
+def not_found(resource: str, name: str) -> ApiError:
+    return ApiError(404, f'{resource} "{name}" not found', details={"name": name, "kind": resource})
+
+
+def already_exists(resource: str, name: str) -> ApiError:
+    return ApiError(
+        409,
+        f'{resource} "{name}" already exists',
+        details={"name": name, "kind": resource},
+    )
+
+
+def invalid(kind: str, name: str, causes: list[JSONDict]) -> ApiError:
+    """422 Invalid: message lists every cause as `field: message`, as the real server does."""
+    parts = [f"{c['field']}: {c['message']}" if c.get("field") else c["message"] for c in causes]
+    joined = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+    return ApiError(
+        422,
+        f'{kind} "{name}" is invalid: {joined}',
+        details={"name": name, "kind": kind, "causes": causes},
+    )
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, message)

@@ -1,0 +1,432 @@
+"""The CRUD surface of core/v1: list, watch, get, create, update, patch, delete,
+deletecollection, and the status subresource."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from aiohttp import web
+
+from netlab.api import admission
+from netlab.api.cluster import Cluster
+from netlab.api.discovery import RESOURCES
+from netlab.api.errors import ApiError, already_exists, not_found
+from netlab.api.meta import new_uid, now_rfc3339
+from netlab.api.patch import apply_patch
+from netlab.api.request import (
+    Target,
+    bool_param,
+    field_validation,
+    int_param,
+    read_body,
+)
+from netlab.api.selectors import matcher, parse_field_selector, parse_label_selector
+from netlab.api.tables import table, wants_table
+from netlab.api.watch import WatchStream
+
+JSONDict = dict[str, Any]
+
+# Metadata only the server sets; a client's values are ignored on create.
+_SERVER_META = (
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+    "managedFields",
+)
+_UNDELETABLE = ("default", "kube-system", "kube-public")
+
+
+def respond(obj: JSONDict, status: int = 200, warnings: list[str] | None = None) -> web.Response:
+    response = web.Response(
+        body=json.dumps(obj).encode(), status=status, content_type="application/json"
+    )
+    for warning in warnings or []:
+        # JSON string escaping: quotes, control and non-ASCII characters cannot reach the header.
+        response.headers.add("Warning", f"299 - {json.dumps(warning)}")
+    return response
+
+
+def _include(request: web.Request) -> str:
+    value = request.query.get("includeObject", "Metadata") or "Metadata"
+    if value not in ("None", "Metadata", "Object"):
+        raise ApiError(400, f"includeObject parameter unsupported: {value!r}")
+    return value
+
+
+class Rest:
+    """Handlers for one Target at a time; ``bookmark_interval`` is how often watches bookmark."""
+
+    def __init__(self, cluster: Cluster, bookmark_interval: float = 60.0) -> None:
+        self.cluster = cluster
+        self.store = cluster.store
+        self.bookmark_interval = bookmark_interval
+
+    # helpers
+    def _kind(self, target: Target) -> str:
+        return RESOURCES[target.resource].kind
+
+    def _existing(self, target: Target) -> JSONDict:
+        assert target.name is not None
+        obj = self.store.get(target.resource, target.namespace or "", target.name)
+        if obj is None:
+            raise not_found(target.resource, target.name)
+        return obj
+
+    def _namespace_must_exist(self, namespace: str) -> JSONDict:
+        ns = self.store.get("namespaces", "", namespace)
+        if ns is None:
+            raise not_found("namespaces", namespace)
+        return ns
+
+    # collection verbs
+    async def list_or_watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        labels = parse_label_selector(request.query.get("labelSelector"))
+        fields = parse_field_selector(request.query.get("fieldSelector"), target.resource)
+        match = matcher(labels, fields)
+        as_table = _include(request) if wants_table(request.headers.get("Accept", "")) else None
+        timeout = int_param(request, "timeoutSeconds")
+        if bool_param(request, "watch"):
+            since_raw = request.query.get("resourceVersion", "")
+            since: int | None = None
+            if since_raw not in ("", "0"):
+                since = int_param(request, "resourceVersion")
+            bookmarks = bool_param(request, "allowWatchBookmarks")
+            initial = bool_param(request, "sendInitialEvents")
+            if initial:
+                since = None
+            stream = WatchStream(
+                request,
+                self.store,
+                target.resource,
+                target.namespace,
+                match,
+                as_table=as_table,
+                bookmark_interval=self.bookmark_interval,
+            )
+            return await stream.run(
+                since, float(timeout) if timeout is not None else None, bookmarks, initial
+            )
+        int_param(request, "limit")  # validated; lists are always complete (no continue token)
+        items = sorted(
+            (o for o in self.store.list(target.resource, target.namespace) if match(o)),
+            key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]),
+        )
+        rv = str(self.store.rv)
+        if as_table is not None:
+            return respond(table(target.resource, items, rv, as_table))
+        return respond(
+            {
+                "kind": f"{self._kind(target)}List",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": rv},
+                # Items of a typed list carry no kind/apiVersion, as the real server sends them.
+                "items": [
+                    {k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items
+                ],
+            }
+        )
+
+    async def create(self, request: web.Request, target: Target) -> web.Response:
+        kind = self._kind(target)
+        if "create" not in RESOURCES[target.resource].verbs:
+            raise ApiError(
+                405,
+                f"{target.resource} is forbidden: the server does not allow this method on the requested resource",
+            )
+        body = await read_body(request, kind=kind)
+        if not isinstance(body, dict):
+            raise ApiError(
+                400,
+                f"the object provided is unrecognized (must be of type {kind}): couldn't get version/kind; json parse error: not an object",
+            )
+        obj = admission.drop_nulls(body)
+        self._check_type(obj, kind)
+        warnings = admission.check_fields(kind, obj, field_validation(request))
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise ApiError(
+                400,
+                f"the object provided is unrecognized (must be of type {kind}): metadata is not an object",
+            )
+        name = admission.assign_name(obj, kind)
+        if target.namespace is not None:
+            if meta.get("namespace") not in (None, "", target.namespace):
+                raise ApiError(
+                    400,
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
+            meta["namespace"] = target.namespace
+        admission.validate(kind, obj, label_name=target.resource == "namespaces")
+        if target.namespace is not None:
+            ns = self._namespace_must_exist(target.namespace)
+            if ns.get("status", {}).get("phase") == "Terminating":
+                raise ApiError(
+                    403,
+                    f'{target.resource} "{name}" is forbidden: unable to create new content in namespace {target.namespace} because it is being terminated',
+                    "Forbidden",
+                    {
+                        "name": name,
+                        "kind": target.resource,
+                        "causes": [
+                            {
+                                "reason": "NamespaceTerminating",
+                                "message": f"namespace {target.namespace} is being terminated",
+                                "field": "metadata.namespace",
+                            }
+                        ],
+                    },
+                )
+        if self.store.get(target.resource, target.namespace or "", name) is not None:
+            raise already_exists(target.resource, name)
+        for key in _SERVER_META:
+            meta.pop(key, None)
+        meta["uid"] = new_uid()
+        meta["creationTimestamp"] = now_rfc3339()
+        obj["kind"], obj["apiVersion"] = kind, "v1"
+        if target.resource == "pods":
+            obj = admission.default_pod(obj)
+        elif target.resource == "namespaces":
+            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+            obj["spec"] = {"finalizers": ["kubernetes"]}
+            obj["status"] = {"phase": "Active"}
+        if request.query.get("dryRun"):
+            return respond(obj, 201, warnings)
+        stored = self.store.put(target.resource, obj, created=True)
+        if target.resource == "pods":
+            self.cluster.pod_created(stored)
+        return respond(stored, 201, warnings)
+
+    def _check_type(self, obj: JSONDict, kind: str) -> None:
+        if obj.get("apiVersion") not in (None, "", "v1"):
+            raise ApiError(
+                400,
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the expected API version (v1)",
+            )
+        if obj.get("kind") not in (None, "", kind):
+            raise ApiError(
+                400,
+                f"the kind in the data ({obj.get('kind')}) does not match the expected kind ({kind})",
+            )
+
+    async def delete_collection(self, request: web.Request, target: Target) -> web.Response:
+        if target.resource not in ("pods", "configmaps", "events"):
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        match = matcher(
+            parse_label_selector(request.query.get("labelSelector")),
+            parse_field_selector(request.query.get("fieldSelector"), target.resource),
+        )
+        grace = await self._grace(request)
+        deleted = []
+        for obj in sorted(
+            self.store.list(target.resource, target.namespace), key=lambda o: o["metadata"]["name"]
+        ):
+            if not match(obj):
+                continue
+            if target.resource == "pods":
+                deleted.append(self.cluster.delete_pod(obj, grace))
+            else:
+                gone = self.store.remove(
+                    target.resource, obj["metadata"]["namespace"], obj["metadata"]["name"]
+                )
+                if gone is not None:
+                    deleted.append(gone)
+        return respond(
+            {
+                "kind": f"{self._kind(target)}List",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self.store.rv)},
+                "items": deleted,
+            }
+        )
+
+    # item verbs
+    async def get(self, request: web.Request, target: Target) -> web.StreamResponse:
+        if bool_param(request, "watch"):  # deprecated single-object watch: a name field selector
+            assert target.name is not None
+            match = matcher((), (("metadata.name", True, target.name),))
+            stream = WatchStream(
+                request,
+                self.store,
+                target.resource,
+                target.namespace,
+                match,
+                as_table=None,
+                bookmark_interval=self.bookmark_interval,
+            )
+            since = int_param(request, "resourceVersion") or None
+            timeout = int_param(request, "timeoutSeconds")
+            return await stream.run(
+                since, float(timeout) if timeout is not None else None, False, False
+            )
+        obj = self._existing(target)
+        if wants_table(request.headers.get("Accept", "")):
+            return respond(
+                table(target.resource, [obj], obj["metadata"]["resourceVersion"], _include(request))
+            )
+        return respond(obj)
+
+    async def update(self, request: web.Request, target: Target) -> web.Response:
+        kind = self._kind(target)
+        if "update" not in RESOURCES[target.resource].verbs and target.subresource != "status":
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        body = await read_body(request, kind=kind)
+        if not isinstance(body, dict):
+            raise ApiError(
+                400, f"the object provided is unrecognized (must be of type {kind}): not an object"
+            )
+        return self._replace(request, target, copy.deepcopy(body), self._existing(target))
+
+    async def patch(self, request: web.Request, target: Target) -> web.Response:
+        kind = self._kind(target)
+        if target.resource == "nodes":
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        body = await read_body(request, kind=kind)
+        existing = self._existing(target)
+        patched = apply_patch(request.content_type or "", copy.deepcopy(existing), body)
+        if not isinstance(patched, dict):
+            raise ApiError(
+                422, f'{kind} "{target.name}" is invalid: the patch produced a non-object'
+            )
+        meta = patched.get("metadata")
+        if (
+            isinstance(meta, dict)
+            and meta.get("resourceVersion") == existing["metadata"]["resourceVersion"]
+        ):
+            meta.pop("resourceVersion")  # unchanged: no precondition was asked for
+        return self._replace(request, target, patched, existing)
+
+    def _replace(
+        self, request: web.Request, target: Target, obj: JSONDict, existing: JSONDict
+    ) -> web.Response:
+        """Shared tail of PUT and PATCH: checks, keeps server-owned fields, stores."""
+        kind = self._kind(target)
+        obj = admission.drop_nulls(obj)
+        self._check_type(obj, kind)
+        warnings = admission.check_fields(kind, obj, field_validation(request))
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            meta = obj["metadata"] = {}
+        if meta.get("name") not in (None, target.name):
+            raise ApiError(
+                400,
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({target.name})",
+            )
+        meta["name"] = target.name
+        old_meta = existing["metadata"]
+        if meta.get("resourceVersion") not in (None, "", old_meta["resourceVersion"]):
+            raise ApiError(
+                409,
+                f'Operation cannot be fulfilled on {target.resource} "{target.name}": the object has been modified; please apply your changes to the latest version and try again',
+                "Conflict",
+                {"name": target.name, "kind": target.resource},
+            )
+        if target.namespace is not None:
+            meta["namespace"] = target.namespace
+        for key in _SERVER_META:
+            if key in old_meta:
+                meta[key] = old_meta[key]
+            else:
+                meta.pop(key, None)
+        obj["kind"], obj["apiVersion"] = kind, "v1"
+        if target.subresource == "status":
+            obj = {**existing, "status": obj.get("status", {})}
+        else:
+            if "status" in existing:
+                obj["status"] = existing["status"]
+            if target.resource == "pods":
+                obj = self._pod_spec_update(obj, existing)
+            if target.resource == "namespaces":
+                obj["spec"] = existing.get("spec", {})
+        admission.validate(kind, obj, label_name=target.resource == "namespaces")
+        if request.query.get("dryRun"):
+            return respond(obj, 200, warnings)
+        return respond(self.store.put(target.resource, obj, created=False), 200, warnings)
+
+    def _pod_spec_update(self, pod: JSONDict, existing: JSONDict) -> JSONDict:
+        """Only images, activeDeadlineSeconds and added tolerations may change in a pod spec."""
+        defaulted = admission.default_pod(pod)
+        defaulted["status"] = existing.get("status", {})
+        new_spec = copy.deepcopy(defaulted.get("spec", {}))
+        old_spec = copy.deepcopy(existing.get("spec", {}))
+        for spec in (new_spec, old_spec):
+            for group in ("containers", "initContainers"):
+                for container in spec.get(group) or []:
+                    container.pop("image", None)
+            spec.pop("activeDeadlineSeconds", None)
+            spec.pop("tolerations", None)
+        if not new_spec.get("nodeName"):
+            new_spec["nodeName"] = old_spec.get("nodeName")
+            defaulted["spec"]["nodeName"] = old_spec.get("nodeName")
+        if {k: v for k, v in new_spec.items() if v is not None} != {
+            k: v for k, v in old_spec.items() if v is not None
+        }:
+            raise ApiError(
+                422,
+                f'Pod "{pod["metadata"]["name"]}" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)',
+                details={
+                    "name": pod["metadata"]["name"],
+                    "kind": "Pod",
+                    "causes": [
+                        {
+                            "reason": "FieldValueForbidden",
+                            "message": "Forbidden: pod updates may not change fields other than the image",
+                            "field": "spec",
+                        }
+                    ],
+                },
+            )
+        if not defaulted["spec"].get("nodeName"):
+            defaulted["spec"].pop("nodeName", None)
+        return defaulted
+
+    async def _grace(self, request: web.Request) -> int | None:
+        options = await read_body(request, kind="DeleteOptions", required=False)
+        grace = int_param(request, "gracePeriodSeconds")
+        if isinstance(options, dict):
+            value = options.get("gracePeriodSeconds")
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ApiError(400, "DeleteOptions.gracePeriodSeconds must be an integer")
+                grace = value
+        elif options is not None:
+            raise ApiError(400, "the body of a delete must be a DeleteOptions object")
+        if grace is not None and grace < 0:
+            grace = 0
+        return grace
+
+    async def delete(self, request: web.Request, target: Target) -> web.Response:
+        assert target.name is not None
+        if target.resource == "nodes":
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        grace = await self._grace(request)
+        obj = self._existing(target)
+        if target.resource == "pods":
+            return respond(self.cluster.delete_pod(obj, grace))
+        if target.resource == "namespaces":
+            if target.name in _UNDELETABLE:
+                raise ApiError(
+                    403,
+                    f'namespaces "{target.name}" is forbidden: this namespace may not be deleted',
+                    "Forbidden",
+                    {"name": target.name, "kind": "namespaces"},
+                )
+            return respond(self.cluster.delete_namespace(obj))
+        self.store.remove(target.resource, target.namespace or "", target.name)
+        return respond(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": target.name,
+                    "kind": target.resource,
+                    "uid": obj["metadata"]["uid"],
+                },
+            }
+        )

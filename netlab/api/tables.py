@@ -1,0 +1,266 @@
+"""meta.k8s.io/v1 Table responses for `kubectl get`, with the real server's columns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from netlab.api.meta import age
+
+JSONDict = dict[str, Any]
+
+
+def _col(name: str, type_: str, description: str, priority: int = 0, fmt: str = "") -> JSONDict:
+    return {
+        "name": name,
+        "type": type_,
+        "format": fmt,
+        "description": description,
+        "priority": priority,
+    }
+
+
+_NAME = _col("Name", "string", "Name must be unique within a namespace.", fmt="name")
+_AGE = _col(
+    "Age",
+    "string",
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+)
+
+COLUMNS: dict[str, list[JSONDict]] = {
+    "pods": [
+        _NAME,
+        _col("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
+        _col("Status", "string", "The aggregate status of the containers in this pod."),
+        _col(
+            "Restarts",
+            "string",
+            "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+        ),
+        _AGE,
+        _col(
+            "IP",
+            "string",
+            "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+            1,
+        ),
+        _col(
+            "Node", "string", "NodeName is a request to schedule this pod onto a specific node.", 1
+        ),
+        _col(
+            "Nominated Node",
+            "string",
+            "nominatedNodeName is set only when this pod preempts other pods on the node.",
+            1,
+        ),
+        _col(
+            "Readiness Gates",
+            "string",
+            "If specified, all readiness gates will be evaluated for pod readiness.",
+            1,
+        ),
+    ],
+    "nodes": [
+        _NAME,
+        _col("Status", "string", "The status of the node"),
+        _col("Roles", "string", "The roles of the node"),
+        _AGE,
+        _col("Version", "string", "Kubelet Version reported by the node."),
+        _col("Internal-IP", "string", "List of internal IPs of the node.", 1),
+        _col("External-IP", "string", "List of external IPs of the node.", 1),
+        _col(
+            "OS-Image",
+            "string",
+            "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
+            1,
+        ),
+        _col(
+            "Kernel-Version",
+            "string",
+            "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
+            1,
+        ),
+        _col(
+            "Container-Runtime",
+            "string",
+            "Container runtime version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+            1,
+        ),
+    ],
+    "namespaces": [_NAME, _col("Status", "string", "The status of the namespace"), _AGE],
+    "configmaps": [_NAME, _col("Data", "string", "Data contains the configuration data."), _AGE],
+    "events": [
+        _col("Last Seen", "string", "Time of the last occurrence."),
+        _col(
+            "Type",
+            "string",
+            "Type of this event (Normal, Warning), new types could be added in the future.",
+        ),
+        _col(
+            "Reason",
+            "string",
+            "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+        ),
+        _col("Object", "string", "The object that this event is about."),
+        _col("Message", "string", "A human-readable description of the status of this operation."),
+    ],
+}
+GENERIC = [_NAME, _AGE]
+
+
+def _pod_row(pod: JSONDict) -> list[Any]:
+    spec, status = pod.get("spec", {}), pod.get("status", {})
+    statuses = status.get("containerStatuses") or []
+    total = len(spec.get("containers") or [])
+    ready = sum(1 for s in statuses if s.get("ready"))
+    restarts = sum(int(s.get("restartCount") or 0) for s in statuses)
+    reason = status.get("reason") or status.get("phase") or "Unknown"
+    for index, cs in enumerate(status.get("initContainerStatuses") or []):
+        state = cs.get("state") or {}
+        if state.get("terminated", {}).get("exitCode", 0) == 0 and "terminated" in state:
+            continue
+        waiting = state.get("waiting", {}).get("reason")
+        reason = (
+            f"Init:{waiting}"
+            if waiting and waiting != "PodInitializing"
+            else f"Init:{index}/{len(spec.get('initContainers') or [])}"
+        )
+        break
+    else:
+        for cs in reversed(statuses):
+            state = cs.get("state") or {}
+            if state.get("waiting", {}).get("reason"):
+                reason = state["waiting"]["reason"]
+            elif state.get("terminated"):
+                term = state["terminated"]
+                reason = term.get("reason") or (
+                    f"Signal:{term['signal']}"
+                    if term.get("signal")
+                    else f"ExitCode:{term.get('exitCode')}"
+                )
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        reason = "Terminating"
+    gates = spec.get("readinessGates") or []
+    return [
+        pod["metadata"]["name"],
+        f"{ready}/{total}",
+        reason,
+        str(restarts),
+        age(pod["metadata"].get("creationTimestamp")),
+        status.get("podIP") or "<none>",
+        spec.get("nodeName") or "<none>",
+        status.get("nominatedNodeName") or "<none>",
+        f"0/{len(gates)}" if gates else "<none>",
+    ]
+
+
+def _node_row(node: JSONDict) -> list[Any]:
+    status = node.get("status", {})
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    state = "Ready" if ready and ready.get("status") == "True" else "NotReady"
+    if node.get("spec", {}).get("unschedulable"):
+        state += ",SchedulingDisabled"
+    labels = node["metadata"].get("labels") or {}
+    roles = sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
+    addresses = status.get("addresses") or []
+    info = status.get("nodeInfo") or {}
+
+    def address(kind: str) -> str:
+        return next((a["address"] for a in addresses if a.get("type") == kind), "<none>")
+
+    return [
+        node["metadata"]["name"],
+        state,
+        ",".join(r for r in roles if r) or "<none>",
+        age(node["metadata"].get("creationTimestamp")),
+        info.get("kubeletVersion", ""),
+        address("InternalIP"),
+        address("ExternalIP"),
+        info.get("osImage") or "<unknown>",
+        info.get("kernelVersion") or "<unknown>",
+        info.get("containerRuntimeVersion") or "<unknown>",
+    ]
+
+
+def _event_row(event: JSONDict) -> list[Any]:
+    involved = event.get("involvedObject", {})
+    return [
+        age(event.get("lastTimestamp") or event["metadata"].get("creationTimestamp")),
+        event.get("type", ""),
+        event.get("reason", ""),
+        f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
+        event.get("message", ""),
+    ]
+
+
+_ROWS: dict[str, Callable[[JSONDict], list[Any]]] = {
+    "pods": _pod_row,
+    "nodes": _node_row,
+    "namespaces": lambda ns: [
+        ns["metadata"]["name"],
+        ns.get("status", {}).get("phase", ""),
+        age(ns["metadata"].get("creationTimestamp")),
+    ],
+    "configmaps": lambda cm: [
+        cm["metadata"]["name"],
+        len(cm.get("data") or {}) + len(cm.get("binaryData") or {}),
+        age(cm["metadata"].get("creationTimestamp")),
+    ],
+    "events": _event_row,
+}
+
+
+def _generic_row(obj: JSONDict) -> list[Any]:
+    return [obj["metadata"]["name"], age(obj["metadata"].get("creationTimestamp"))]
+
+
+def _row_object(obj: JSONDict, include: str) -> JSONDict | None:
+    if include == "None":
+        return None
+    if include == "Object":
+        return obj
+    return {
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata", {}),
+    }
+
+
+def table(
+    resource: str, objects: list[JSONDict], resource_version: str, include: str = "Metadata"
+) -> JSONDict:
+    """A Table for ``objects``; ``include`` is the includeObject parameter (None|Metadata|Object)."""
+    build = _ROWS.get(resource, _generic_row)
+    rows = []
+    for obj in objects:
+        row: JSONDict = {"cells": build(obj)}
+        included = _row_object(obj, include)
+        if included is not None:
+            row["object"] = included
+        rows.append(row)
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": COLUMNS.get(resource, GENERIC),
+        "rows": rows,
+    }
+
+
+def wants_table(accept: str) -> bool:
+    """True when the Accept header asks for as=Table;g=meta.k8s.io;v=v1 (first choice)."""
+    for media in accept.split(","):
+        params = {
+            p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip()
+            for p in media.split(";")[1:]
+            if "=" in p
+        }
+        if (
+            params.get("as") == "Table"
+            and params.get("g") == "meta.k8s.io"
+            and params.get("v") == "v1"
+        ):
+            return True
+        if media.split(";")[0].strip() in ("application/json", "*/*") and "as" not in params:
+            return False
+    return False

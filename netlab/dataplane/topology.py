@@ -1,0 +1,291 @@
+"""The lab's network: a fabric namespace with one bridge, and one namespace per node.
+
+Like kind on a docker network: every node has ``eth0`` on the fabric bridge (``br0`` in the
+fabric namespace, gateway ``.1``), forwards IP, and reaches other nodes' pods by host-gw
+routes (pod range via that node's fabric address), as kindnet does. Nothing is ever created in
+the machine's root network namespace: veths are made inside the fabric namespace with their
+peer placed straight into the node namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from types import TracebackType
+
+from pyroute2 import IPRoute
+
+from netlab.contract import NodeInfo
+from netlab.dataplane.nsexec import (
+    create_netns,
+    in_netns_thread,
+    netns_exists,
+    netns_path,
+    remove_netns,
+)
+from netlab.spec import LabSpec, LabSpecError, NodePlan
+
+log = logging.getLogger(__name__)
+
+FABRIC_BRIDGE = "br0"
+NODE_UPLINK = "eth0"  # a node's interface on the fabric
+
+NODE_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.forwarding": "1",
+    # Same-node pod traffic crosses the CNI bridge; iptables must see it (as kube-proxy
+    # requires), both for the faults that act on it and to look like a real node.
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+}
+
+ARCH_LABELS = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
+
+OVERLAP_FAULT = "overlapping-pod-cidrs"
+OUTSIDE_FAULT = "ip-outside-node-cidr"
+
+
+class TopologyError(RuntimeError):
+    """The lab network could not be built (everything made so far was removed)."""
+
+
+# --- address plan (pure) -----------------------------------------------------------------------
+
+
+def check_topology_faults(spec: LabSpec) -> None:
+    """Raise LabSpecError when a fault cannot be built on a lab of this shape."""
+    if OVERLAP_FAULT in spec.faults and spec.nodes < 2:
+        raise LabSpecError(f"fault {OVERLAP_FAULT} needs at least 2 nodes")
+    if OUTSIDE_FAULT in spec.faults:
+        cluster = ipaddress.ip_network(spec.cluster_cidr)
+        room = 2 ** (spec.node_cidr_prefix - cluster.prefixlen)
+        if room < spec.nodes + 1:
+            raise LabSpecError(
+                f"fault {OUTSIDE_FAULT} needs room for {spec.nodes + 1} node ranges "
+                f"in cluster CIDR {cluster}"
+            )
+
+
+def _outside_node(spec: LabSpec) -> NodePlan:
+    """The node whose IPAM strays outside its podCIDR (the last one)."""
+    return spec.node_plans()[-1]
+
+
+def plan_ipam_ranges(spec: LabSpec) -> dict[str, list[str]]:
+    """Node name -> the ranges its CNI IPAM hands out (and that routes lead to).
+
+    Normally each node's podCIDRs. With ``ip-outside-node-cidr`` the last node hands out the
+    first unused node-sized subnet of the cluster CIDR, outside its published podCIDR.
+    """
+    check_topology_faults(spec)
+    plans = spec.node_plans()
+    ranges = {plan.name: list(plan.pod_cidrs) for plan in plans}
+    if OUTSIDE_FAULT in spec.faults:
+        cluster = ipaddress.ip_network(spec.cluster_cidr)
+        subnets = cluster.subnets(new_prefix=spec.node_cidr_prefix)
+        unused = next(subnet for index, subnet in enumerate(subnets) if index == len(plans))
+        ranges[_outside_node(spec).name] = [str(unused)]
+    return ranges
+
+
+def published_pod_cidrs(spec: LabSpec) -> dict[str, tuple[str, ...]]:
+    """Node name -> what the API shows as ``spec.podCIDRs``.
+
+    Normally each node's podCIDRs. With ``overlapping-pod-cidrs`` node-2 publishes the supernet
+    that also covers node-1's range; IPAM and routes keep the disjoint real ranges, so pods stay
+    unique and reachable and only the "podCIDRs do not overlap" rule breaks.
+    """
+    check_topology_faults(spec)
+    plans = spec.node_plans()
+    published = {plan.name: plan.pod_cidrs for plan in plans}
+    if OVERLAP_FAULT in spec.faults:
+        second = plans[1]
+        real = ipaddress.ip_network(second.pod_cidrs[0])
+        published[second.name] = (str(real.supernet(prefixlen_diff=1)),)
+    return published
+
+
+def node_routes(spec: LabSpec, plan: NodePlan) -> list[tuple[str, str]]:
+    """(destination range, gateway) host-gw routes ``plan``'s node needs to other nodes' pods."""
+    ranges = plan_ipam_ranges(spec)
+    return [
+        (pod_range, other.internal_ip)
+        for other in spec.node_plans()
+        if other.name != plan.name
+        for pod_range in ranges[other.name]
+    ]
+
+
+# --- node identity -----------------------------------------------------------------------------
+
+
+@cache
+def _os_image() -> str:
+    try:
+        lines = Path("/etc/os-release").read_text().splitlines()
+    except OSError:
+        return "Linux"
+    fields = dict(line.split("=", 1) for line in lines if "=" in line)
+    return fields.get("PRETTY_NAME", "Linux").strip().strip('"')
+
+
+@cache
+def _runtime_version() -> str:
+    runc = shutil.which("runc")
+    if runc is None:
+        return "runc://unknown"
+    completed = subprocess.run(
+        [runc, "--version"], capture_output=True, text=True, timeout=10, check=False
+    )
+    first = completed.stdout.splitlines()[0] if completed.stdout else ""
+    # "runc version 1.1.5+ds1" -> "runc://1.1.5+ds1", the shape kubelet reports.
+    return f"runc://{first.split()[-1]}" if first.startswith("runc version") else "runc://unknown"
+
+
+def node_infos(spec: LabSpec) -> list[NodeInfo]:
+    """What the API server publishes as the lab's v1 Nodes (podCIDRs as published)."""
+    published = published_pod_cidrs(spec)
+    machine = platform.machine()
+    return [
+        NodeInfo(
+            name=plan.name,
+            internal_ip=plan.internal_ip,
+            pod_cidrs=published[plan.name],
+            labels={
+                "kubernetes.io/hostname": plan.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": ARCH_LABELS.get(machine, machine),
+                "node-role.kubernetes.io/worker": "",
+            },
+            kernel_version=platform.release(),
+            os_image=_os_image(),
+            container_runtime_version=_runtime_version(),
+        )
+        for plan in spec.node_plans()
+    ]
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+def topology_netns_names(spec: LabSpec) -> list[str]:
+    """The namespaces the topology owns (fabric first), in creation order."""
+    return [spec.fabric_netns, *(plan.netns for plan in spec.node_plans())]
+
+
+def _interface_index(ipr: IPRoute, ifname: str) -> int:
+    indexes: list[int] = ipr.link_lookup(ifname=ifname)
+    if not indexes:
+        raise TopologyError(f"interface {ifname} vanished while building the lab")
+    return indexes[0]
+
+
+def _build_fabric(spec: LabSpec) -> None:
+    in_netns_thread(spec.fabric_netns, lambda: _build_fabric_here(spec))
+
+
+def _build_fabric_here(spec: LabSpec) -> None:
+    """Runs on a thread inside the fabric namespace (so IPRoute() talks to it, no fork)."""
+    fabric_prefix = ipaddress.ip_network(spec.fabric_cidr).prefixlen
+    with IPRoute() as fabric:
+        fabric.link("set", index=_interface_index(fabric, "lo"), state="up")
+        fabric.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
+        bridge = _interface_index(fabric, FABRIC_BRIDGE)
+        fabric.addr("add", index=bridge, address=spec.fabric_gateway, prefixlen=fabric_prefix)
+        fabric.link("set", index=bridge, state="up")
+        for plan in spec.node_plans():
+            node_fd = os.open(netns_path(plan.netns), os.O_RDONLY)
+            try:
+                # The peer is born inside the node namespace: no link ever touches the root ns.
+                fabric.link(
+                    "add",
+                    ifname=plan.name,
+                    kind="veth",
+                    peer={"ifname": NODE_UPLINK, "net_ns_fd": node_fd},
+                )
+            finally:
+                os.close(node_fd)
+            port = _interface_index(fabric, plan.name)
+            fabric.link("set", index=port, master=bridge)
+            fabric.link("set", index=port, state="up")
+
+
+def _build_node(spec: LabSpec, plan: NodePlan) -> None:
+    in_netns_thread(plan.netns, lambda: _build_node_here(spec, plan))
+
+
+def _build_node_here(spec: LabSpec, plan: NodePlan) -> None:
+    """Runs on a thread inside the node's namespace."""
+    fabric_prefix = ipaddress.ip_network(spec.fabric_cidr).prefixlen
+    for name, value in NODE_SYSCTLS.items():
+        Path("/proc/sys", *name.split(".")).write_text(value)
+    with IPRoute() as node:
+        node.link("set", index=_interface_index(node, "lo"), state="up")
+        uplink = _interface_index(node, NODE_UPLINK)
+        node.addr("add", index=uplink, address=plan.internal_ip, prefixlen=fabric_prefix)
+        node.link("set", index=uplink, state="up")
+        for destination, gateway in node_routes(spec, plan):
+            node.route("add", dst=destination, gateway=gateway, oif=uplink)
+
+
+def build_topology(spec: LabSpec) -> None:
+    """Create the fabric and node namespaces with links, addresses, routes and sysctls.
+
+    All or nothing: on any failure every namespace made here is removed before re-raising.
+    Refuses to run over leftovers (sweep the lab first).
+    """
+    check_topology_faults(spec)
+    names = topology_netns_names(spec)
+    existing = [name for name in names if netns_exists(name)]
+    if existing:
+        raise TopologyError(f"namespace {existing[0]} already exists; run `netlab down` first")
+    created: list[str] = []
+    try:
+        for name in names:
+            create_netns(name)
+            created.append(name)
+        _build_fabric(spec)
+        for plan in spec.node_plans():
+            _build_node(spec, plan)
+    except BaseException:
+        _remove_namespaces(created)
+        raise
+    log.info("topology %s: fabric and %d node namespaces built", spec.name, spec.nodes)
+
+
+def _remove_namespaces(names: list[str]) -> None:
+    # Node namespaces first: their eth0 dies with them, then the fabric's veth ends follow.
+    for name in reversed(names):
+        remove_netns(name)
+
+
+def destroy_topology(spec: LabSpec) -> None:
+    """Remove the fabric and node namespaces (their links, addresses and routes go with them).
+    Safe when some or all of them are already gone."""
+    _remove_namespaces(topology_netns_names(spec))
+    log.info("topology %s: removed", spec.name)
+
+
+class Topology:
+    """The lab network as a context manager: built on enter, destroyed on exit."""
+
+    def __init__(self, spec: LabSpec) -> None:
+        self.spec = spec
+
+    def __enter__(self) -> Topology:
+        build_topology(self.spec)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        destroy_topology(self.spec)

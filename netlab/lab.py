@@ -1,0 +1,249 @@
+"""A running lab: topology, network faults, one node agent per node and the API server, in one
+asyncio process (the lab daemon).
+
+``python -m netlab.lab --name X --nodes N [--fault F]... --kubeconfig PATH`` runs in the
+foreground and logs to stderr. It writes ``<state>/daemon.pid`` at once, then ``<state>/ready``
+(holding the kubeconfig path) when the API serves, or ``<state>/failed`` (one line) and exits
+non-zero. SIGTERM or SIGINT tear everything down in reverse; a final sweep is the safety net.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from netlab.dataplane.cleanup import sweep
+from netlab.dataplane.netfaults import apply_lab_faults
+from netlab.dataplane.topology import (
+    build_topology,
+    check_topology_faults,
+    destroy_topology,
+    node_infos,
+    plan_ipam_ranges,
+)
+from netlab.spec import STATE_ROOT, LabSpec, LabSpecError
+
+if TYPE_CHECKING:
+    from netlab.agent import NodeAgent
+    from netlab.api.server import ApiServer
+
+log = logging.getLogger("netlab.lab")
+
+# Files in the state dir that the CLI and `netlab down` read.
+PID_FILE = "daemon.pid"
+READY_FILE = "ready"
+FAILED_FILE = "failed"
+LOG_FILE = "lab.log"
+INFO_FILE = "info.json"
+KUBECONFIG_FILE = "kubeconfig"
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+AGENT_CLOSE_TIMEOUT = 60.0  # seconds for one agent to stop its pods; the sweep follows anyway
+API_STOP_TIMEOUT = 10.0
+
+
+def default_kubeconfig(spec: LabSpec) -> Path:
+    return spec.state_dir / KUBECONFIG_FILE
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers (the CLI polls) never see a half-written file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+class Lab:
+    """A lab's network, node agents and API server; an async context manager.
+
+    Entering sweeps leftovers of a lab of the same name, builds everything and serves; leaving
+    (or a failure while entering) stops agents and their pods, stops the API, and removes the
+    topology, in that order.
+    """
+
+    def __init__(self, spec: LabSpec, *, kubeconfig: Path | None = None) -> None:
+        self.spec = spec
+        self.kubeconfig = kubeconfig or default_kubeconfig(spec)
+        self.api_url: str | None = None
+        self.api: ApiServer | None = None
+        self.agents: list[NodeAgent] = []
+        self._api_serving = False
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Lab:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        # Imported here: the daemon must be able to report a missing piece in its `failed` file.
+        from netlab.agent import NodeAgent
+        from netlab.api.server import ApiServer
+
+        spec = self.spec
+        check_topology_faults(spec)
+        spec.state_dir.mkdir(parents=True, exist_ok=True)
+
+        # pyroute2's synchronous API runs its own event loop: keep it off this one.
+        await asyncio.to_thread(build_topology, spec)  # all or nothing by itself
+        self._stack.push_async_callback(asyncio.to_thread, destroy_topology, spec)
+        await asyncio.to_thread(apply_lab_faults, spec)
+        log.info("network ready: %d nodes, faults %s", spec.nodes, sorted(spec.faults) or "none")
+
+        self.api = ApiServer(spec)
+        self._stack.push_async_callback(self._stop_control_plane)
+        ranges = plan_ipam_ranges(spec)
+        for plan, info in zip(spec.node_plans(), node_infos(spec), strict=True):
+            agent = NodeAgent(
+                spec,
+                plan,
+                info,
+                ipam_ranges=ranges[plan.name],
+                on_status=self.api.pod_status_changed,
+                on_event=self.api.record_event,
+                configmaps=self.api.configmap_data,
+            )
+            self.agents.append(agent)  # closed on teardown even if start fails half-way
+            await agent.start()
+            self.api.register_node(agent)
+        log.info("node agents started: %s", ", ".join(agent.node.name for agent in self.agents))
+
+        self.api_url = await self.api.start()
+        self._api_serving = True
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        self._stack.callback(self.kubeconfig.unlink, missing_ok=True)  # also a partial one
+        self.api.write_kubeconfig(self.kubeconfig)
+        log.info("API serving at %s; kubeconfig %s", self.api_url, self.kubeconfig)
+
+    async def _stop_control_plane(self) -> None:
+        """Agents stop their pods first (while the API can still take their reports), then the
+        API stops; each step runs even if an earlier one failed."""
+        try:
+            for agent in reversed(self.agents):
+                try:
+                    async with asyncio.timeout(AGENT_CLOSE_TIMEOUT):
+                        await agent.close()
+                except (TimeoutError, OSError, RuntimeError) as error:
+                    # Reported, not fatal: the sweep after teardown removes what it left.
+                    log.error("node agent %s did not close cleanly: %s", agent.node.name, error)
+        finally:
+            if self.api is not None and self._api_serving:
+                async with asyncio.timeout(API_STOP_TIMEOUT):
+                    await self.api.stop()
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+async def run_lab(spec: LabSpec, kubeconfig: Path) -> int:
+    """The daemon's life: start, report ready or failed, serve until SIGTERM/SIGINT, tear down.
+    Returns the process exit code."""
+    state_dir = spec.state_dir
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stop(signal_name: str) -> None:
+        log.info("lab %s: %s received", spec.name, signal_name)
+        stop_requested.set()
+
+    def request_stop(signal_number: int, _frame: object) -> None:
+        # Only hand over to the loop: a signal handler must not log or take locks itself.
+        loop.call_soon_threadsafe(stop, signal.Signals(signal_number).name)
+
+    # Plain handlers, not loop.add_signal_handler: that one wakes the loop through a pipe that
+    # forked children (pyroute2, CNI helpers) inherit, so a signal sent to such a child would
+    # read as a stop request here.
+    previous = {number: signal.signal(number, request_stop) for number in STOP_SIGNALS}
+    failure: str | None = None
+    log.info("lab %s starting (pid %d)", spec.name, os.getpid())
+    try:
+        # Leftovers of a same-named lab.
+        await asyncio.to_thread(sweep, spec.name, spec.state_root, keep=(LOG_FILE,))
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(state_dir / PID_FILE, f"{os.getpid()}\n")
+        async with Lab(spec, kubeconfig=kubeconfig) as lab:
+            info = {
+                "name": spec.name,
+                "nodes": spec.nodes,
+                "faults": sorted(spec.faults),
+                "api_url": lab.api_url,
+                "kubeconfig": str(kubeconfig),
+                "pid": os.getpid(),
+            }
+            write_atomically(state_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
+            write_atomically(state_dir / READY_FILE, f"{kubeconfig}\n")
+            log.info("lab %s ready", spec.name)
+            await stop_requested.wait()
+            log.info("lab %s stopping", spec.name)
+    except Exception as error:  # any start-up failure becomes the one-line `failed` report
+        log.exception("lab %s failed", spec.name)
+        failure = one_line(error)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if failure is not None:
+        sweep(spec.name, spec.state_root, keep=(LOG_FILE,))
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(state_dir / FAILED_FILE, failure + "\n")
+        return 1
+    report = sweep(spec.name, spec.state_root)  # safety net; normally finds only files
+    log.info("lab %s down (%s)", spec.name, report.summary())
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m netlab.lab", description=__doc__)
+    parser.add_argument("--name", default="default")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--fault", action="append", default=[])
+    parser.add_argument("--kubeconfig", type=Path)
+    parser.add_argument("--state-root", type=Path, default=STATE_ROOT, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        spec = LabSpec(
+            name=args.name,
+            nodes=args.nodes,
+            faults=frozenset(args.fault),
+            state_root=args.state_root,
+        )
+        check_topology_faults(spec)
+    except LabSpecError as error:
+        print(f"netlab.lab: {error}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_lab(spec, args.kubeconfig or default_kubeconfig(spec)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""A live API server on 127.0.0.1:0 with two fake node agents, run on its own event loop in a
+background thread so the synchronous official client and kubectl can talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from fake_agent import FakeAgent  # tests/api is on sys.path (rootdir-less test dirs)
+from kubernetes import client, watch
+
+from netlab.api.server import ApiServer
+from netlab.contract import NodeInfo
+from netlab.spec import LabSpec
+
+T = TypeVar("T")
+
+
+def new_watch() -> Any:
+    """kubernetes.watch.Watch (untyped in the client)."""
+    return watch.Watch()  # type: ignore[no-untyped-call]
+
+
+@dataclass
+class LiveServer:
+    server: ApiServer
+    loop: asyncio.AbstractEventLoop
+    agents: list[FakeAgent]
+    kubeconfig: Path
+    api_client: client.ApiClient
+
+    @property
+    def core(self) -> Any:
+        """CoreV1Api, typed loosely: tests pass plain dicts as bodies (the client coerces them)
+        and read Optional model fields without an assert on every line."""
+        return client.CoreV1Api(self.api_client)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any, Any]:
+        """A raw HTTP request (for what the typed client refuses to send): status, headers, body."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(self.server.url + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.server.token}")
+        request.add_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
+        try:
+            context = ssl.create_default_context(cafile=str(self.server.ca_path))
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                status, reply_headers, payload = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            status, reply_headers, payload = error.code, error.headers, error.read()
+        try:
+            decoded = json.loads(payload) if payload else None
+        except ValueError:
+            decoded = payload
+        return status, reply_headers, decoded
+
+    def call(self, func: Any, *args: Any) -> Any:
+        """Run a plain function on the server's loop (its state is loop-owned)."""
+
+        async def wrapper() -> Any:
+            return func(*args)
+
+        return self.run(wrapper())
+
+
+def _nodes(spec: LabSpec) -> list[NodeInfo]:
+    infos = []
+    for plan in spec.node_plans():
+        taints: tuple[dict[str, Any], ...] = ()
+        labels = {"netlab.io/index": str(plan.index)}
+        if plan.index == 3:  # a tainted node that only tolerating pods may land on
+            taints = ({"key": "dedicated", "value": "infra", "effect": "NoSchedule"},)
+            labels["node-role.kubernetes.io/infra"] = ""
+        infos.append(
+            NodeInfo(
+                name=plan.name,
+                internal_ip=plan.internal_ip,
+                pod_cidrs=plan.pod_cidrs,
+                labels=labels,
+                taints=taints,
+                kernel_version="6.1.0-test",
+                os_image="Debian GNU/Linux 12 (bookworm)",
+                container_runtime_version="runc://1.1.12",
+            )
+        )
+    return infos
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="api-server", daemon=True)
+    thread.start()
+    spec = LabSpec(name="test", nodes=3, state_root=tmp_path_factory.mktemp("state"))
+    server = ApiServer(spec, history_limit=2000, bookmark_interval=0.5)
+    agents = [
+        FakeAgent(info, server.pod_status_changed, server.record_event) for info in _nodes(spec)
+    ]
+
+    async def boot() -> str:
+        url = await server.start()
+        for agent in agents:
+            server.register_node(agent)
+        return url
+
+    url = asyncio.run_coroutine_threadsafe(boot(), loop).result(10)
+    kubeconfig = tmp_path_factory.mktemp("kube") / "config"
+    server.write_kubeconfig(kubeconfig)
+    configuration = client.Configuration()
+    configuration.host = url
+    configuration.api_key = {"authorization": f"Bearer {server.token}"}
+    configuration.ssl_ca_cert = str(server.ca_path)
+    api_client = client.ApiClient(configuration)
+    try:
+        yield LiveServer(server, loop, agents, kubeconfig, api_client)
+    finally:
+        api_client.close()  # type: ignore[no-untyped-call]
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -1,0 +1,299 @@
+"""The lab network: address plan, node identity, build/destroy, reachability, and what each
+network fault changes (and what it leaves alone)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pytest
+from pyroute2 import IPRoute
+
+from netlab.dataplane import topology as topology_module
+from netlab.dataplane.cleanup import lab_netns_names
+from netlab.dataplane.netfaults import node_fault_rules
+from netlab.dataplane.nsexec import read_sysctl, run_in_netns
+from netlab.dataplane.topology import (
+    FABRIC_BRIDGE,
+    Topology,
+    TopologyError,
+    build_topology,
+    check_topology_faults,
+    node_infos,
+    node_routes,
+    plan_ipam_ranges,
+    published_pod_cidrs,
+)
+from netlab.spec import LabSpec, LabSpecError
+
+if TYPE_CHECKING:
+    from conftest import LabPod, NetworkKit
+
+
+def spec_with(name: str, *faults: str, nodes: int = 3) -> LabSpec:
+    return LabSpec(name=name, nodes=nodes, faults=frozenset(faults))
+
+
+# --- address plan (no namespaces) ----------------------------------------------------------------
+
+
+def test_without_faults_ipam_ranges_and_published_cidrs_are_the_node_pod_cidrs() -> None:
+    spec = spec_with("taplan")
+    plans = spec.node_plans()
+    assert plan_ipam_ranges(spec) == {plan.name: list(plan.pod_cidrs) for plan in plans}
+    assert published_pod_cidrs(spec) == {plan.name: plan.pod_cidrs for plan in plans}
+
+
+def test_overlapping_pod_cidrs_publishes_an_overlap_but_keeps_ranges_disjoint() -> None:
+    spec = spec_with("taplan", "overlapping-pod-cidrs")
+    published = published_pod_cidrs(spec)
+    first = ipaddress.ip_network(published["node-1"][0])
+    second = ipaddress.ip_network(published["node-2"][0])
+    assert first.overlaps(second)
+    ranges = [ipaddress.ip_network(r[0]) for r in plan_ipam_ranges(spec).values()]
+    assert not any(a.overlaps(b) for i, a in enumerate(ranges) for b in ranges[i + 1 :])
+    # Every pod address stays inside its node's published podCIDR: only overlap is broken.
+    for name, node_ranges in plan_ipam_ranges(spec).items():
+        assert ipaddress.ip_network(node_ranges[0]).subnet_of(
+            ipaddress.ip_network(published[name][0])  # type: ignore[arg-type]
+        )
+
+
+def test_ip_outside_node_cidr_moves_one_ipam_range_out_of_its_published_cidr() -> None:
+    spec = spec_with("taplan", "ip-outside-node-cidr")
+    published = published_pod_cidrs(spec)
+    ranges = plan_ipam_ranges(spec)
+    outside = [
+        name
+        for name in ranges
+        if not ipaddress.ip_network(ranges[name][0]).subnet_of(
+            ipaddress.ip_network(published[name][0])  # type: ignore[arg-type]
+        )
+    ]
+    assert outside == ["node-3"]
+    cluster = ipaddress.ip_network(spec.cluster_cidr)
+    assert ipaddress.ip_network(ranges["node-3"][0]).subnet_of(cluster)  # type: ignore[arg-type]
+    # Routes follow the real range, so connectivity still works.
+    assert (ranges["node-3"][0], "172.18.0.4") in node_routes(spec, spec.node_plans()[0])
+
+
+@pytest.mark.parametrize(
+    ("faults", "nodes", "message"),
+    [
+        pytest.param(("overlapping-pod-cidrs",), 1, "at least 2 nodes", id="overlap-needs-2"),
+        pytest.param(("ip-outside-node-cidr",), 1, None, id="outside-on-1-node-fits"),
+    ],
+)
+def test_faults_that_cannot_fit_the_lab_are_refused(
+    faults: tuple[str, ...], nodes: int, message: str | None
+) -> None:
+    spec = spec_with("taplan", *faults, nodes=nodes)
+    if message is None:
+        check_topology_faults(spec)
+    else:
+        with pytest.raises(LabSpecError, match=message):
+            check_topology_faults(spec)
+
+
+def test_ip_outside_node_cidr_needs_a_spare_range() -> None:
+    spec = LabSpec(
+        name="taplan",
+        nodes=2,
+        cluster_cidr="10.244.0.0/23",
+        faults=frozenset({"ip-outside-node-cidr"}),
+    )
+    with pytest.raises(LabSpecError, match="needs room"):
+        check_topology_faults(spec)
+
+
+def test_node_infos_carry_kubelet_style_labels_and_versions() -> None:
+    spec = spec_with("taplan", "overlapping-pod-cidrs")
+    infos = node_infos(spec)
+    assert [info.name for info in infos] == ["node-1", "node-2", "node-3"]
+    assert [info.internal_ip for info in infos] == ["172.18.0.2", "172.18.0.3", "172.18.0.4"]
+    assert infos[1].pod_cidrs == published_pod_cidrs(spec)["node-2"]
+    for info in infos:
+        assert info.labels["kubernetes.io/hostname"] == info.name
+        assert info.labels["kubernetes.io/os"] == "linux"
+        assert info.labels["kubernetes.io/arch"] in {"amd64", "arm64", "arm", "ppc64le", "s390x"}
+        assert info.labels["node-role.kubernetes.io/worker"] == ""
+        assert info.kernel_version
+        assert info.os_image
+        assert info.container_runtime_version.startswith("runc://")
+
+
+# --- building ------------------------------------------------------------------------------------
+
+
+def test_three_node_topology_builds_fast_and_is_removed_completely(lab_name: str) -> None:
+    spec = spec_with(lab_name)
+    started = time.monotonic()
+    with Topology(spec):
+        elapsed = time.monotonic() - started
+        assert lab_netns_names(lab_name) == sorted(
+            [spec.fabric_netns, *(plan.netns for plan in spec.node_plans())]
+        )
+        with IPRoute(netns=spec.fabric_netns, flags=0) as fabric:
+            bridge = fabric.link_lookup(ifname=FABRIC_BRIDGE)[0]
+            ports = {
+                link.get("ifname") for link in fabric.get_links() if link.get("master") == bridge
+            }
+        assert ports == {"node-1", "node-2", "node-3"}
+        for plan in spec.node_plans():
+            assert read_sysctl(plan.netns, "net.ipv4.ip_forward") == "1"
+            assert read_sysctl(plan.netns, "net.ipv6.conf.all.forwarding") == "1"
+            routes = run_in_netns(plan.netns, ["ip", "-4", "route"]).stdout
+            for destination, gateway in node_routes(spec, plan):
+                assert f"{destination} via {gateway} dev eth0" in routes
+    assert elapsed < 1.0, f"building 3 nodes took {elapsed:.2f} s"
+    assert lab_netns_names(lab_name) == []
+
+
+def test_failed_build_removes_everything_it_made(
+    lab_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = spec_with(lab_name)
+    real_build_node = topology_module._build_node
+
+    def fail_on_node_2(spec: LabSpec, plan: object) -> None:
+        if getattr(plan, "name", "") == "node-2":
+            raise OSError("injected failure")
+        real_build_node(spec, plan)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(topology_module, "_build_node", fail_on_node_2)
+    with pytest.raises(OSError, match="injected"):
+        build_topology(spec)
+    assert lab_netns_names(lab_name) == []
+
+
+def test_build_refuses_to_run_over_leftovers(lab_name: str) -> None:
+    spec = spec_with(lab_name, nodes=1)
+    with Topology(spec), pytest.raises(TopologyError, match="already exists"):
+        build_topology(spec)
+    assert lab_netns_names(lab_name) == []
+
+
+def test_nodes_reach_each_other_over_the_fabric(
+    lab_name: str, built_lab: Callable[[LabSpec], LabSpec], network_kit: NetworkKit
+) -> None:
+    spec = built_lab(spec_with(lab_name))
+    first, second, third = spec.node_plans()
+    network_kit.serve(second.netns)
+    network_kit.serve(third.netns)
+    for target in (second, third):
+        answer = network_kit.probe(first.netns, "tcp", target.internal_ip)
+        assert answer.ok, f"{first.name} -> {target.name}: {answer.error}"
+        assert answer.peer_seen == first.internal_ip
+
+
+# --- pod traffic and faults ----------------------------------------------------------------------
+
+
+class PodLayout:
+    """Two pods on node-1 (a, b) and one on node-2 (c), each running an echo server."""
+
+    def __init__(self, spec: LabSpec, kit: NetworkKit) -> None:
+        ranges = plan_ipam_ranges(spec)
+        self.node1, self.node2 = spec.node_plans()[:2]
+        self.a: LabPod = kit.add_pod(spec, self.node1, ranges["node-1"][0], 10)
+        self.b: LabPod = kit.add_pod(spec, self.node1, ranges["node-1"][0], 11)
+        self.c: LabPod = kit.add_pod(spec, self.node2, ranges["node-2"][0], 10)
+        for pod in (self.a, self.b, self.c):
+            kit.serve(pod.netns)
+
+
+def observe(kit: NetworkKit, layout: PodLayout) -> dict[str, str | None]:
+    """Path -> the source address the destination saw (None: no answer)."""
+    paths = {
+        "tcp same-node a->b": (layout.a.netns, "tcp", layout.b.ip),
+        "udp same-node a->b": (layout.a.netns, "udp", layout.b.ip),
+        "tcp cross-node a->c": (layout.a.netns, "tcp", layout.c.ip),
+        "udp cross-node a->c": (layout.a.netns, "udp", layout.c.ip),
+        "tcp cross-node c->a": (layout.c.netns, "tcp", layout.a.ip),
+        "tcp node-1->local a": (layout.node1.netns, "tcp", layout.a.ip),
+        "tcp node-1->remote c": (layout.node1.netns, "tcp", layout.c.ip),
+        "tcp node-2->remote a": (layout.node2.netns, "tcp", layout.a.ip),
+    }
+    seen = {}
+    for path, (netns, proto, host) in paths.items():
+        answer = kit.probe(netns, proto, host, timeout=0.7)
+        seen[path] = answer.peer_seen if answer.ok else None
+    return seen
+
+
+def healthy_view(layout: PodLayout) -> dict[str, str | None]:
+    return {
+        "tcp same-node a->b": layout.a.ip,
+        "udp same-node a->b": layout.a.ip,
+        "tcp cross-node a->c": layout.a.ip,
+        "udp cross-node a->c": layout.a.ip,
+        "tcp cross-node c->a": layout.c.ip,
+        "tcp node-1->local a": layout.a.gateway,  # the node reaches local pods from cni0
+        "tcp node-1->remote c": layout.node1.internal_ip,
+        "tcp node-2->remote a": layout.node2.internal_ip,
+    }
+
+
+def fault_changes(layout: PodLayout, fault: str) -> dict[str, str | None]:
+    """The paths a fault must change, and to what (every other path must stay healthy)."""
+    if fault == "snat-cross-node":
+        return {
+            "tcp cross-node a->c": layout.node1.internal_ip,
+            "udp cross-node a->c": layout.node1.internal_ip,
+            "tcp cross-node c->a": layout.node2.internal_ip,
+        }
+    if fault == "snat-same-node":
+        return {"tcp same-node a->b": layout.a.gateway, "udp same-node a->b": layout.a.gateway}
+    if fault == "block-node-to-pod":
+        return {"tcp node-1->local a": None}
+    if fault == "cross-node-blackhole":
+        return {
+            "tcp cross-node a->c": None,
+            "udp cross-node a->c": None,
+            "tcp cross-node c->a": None,
+        }
+    if fault == "udp-drop":
+        return {"udp same-node a->b": None, "udp cross-node a->c": None}
+    raise AssertionError(f"no expectation written for {fault}")
+
+
+def test_healthy_lab_keeps_pod_addresses_on_every_path(
+    lab_name: str, built_lab: Callable[[LabSpec], LabSpec], network_kit: NetworkKit
+) -> None:
+    spec = built_lab(spec_with(lab_name, nodes=2))
+    layout = PodLayout(spec, network_kit)
+    assert observe(network_kit, layout) == healthy_view(layout)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["snat-cross-node", "snat-same-node", "block-node-to-pod", "cross-node-blackhole", "udp-drop"],
+)
+def test_each_network_fault_changes_only_its_paths(
+    fault: str,
+    lab_name: str,
+    built_lab: Callable[[LabSpec], LabSpec],
+    network_kit: NetworkKit,
+) -> None:
+    spec = built_lab(spec_with(lab_name, fault, nodes=2))
+    assert node_fault_rules(spec, spec.node_plans()[0]), f"{fault} installed no rule"
+    layout = PodLayout(spec, network_kit)
+    expected = healthy_view(layout) | fault_changes(layout, fault)
+    assert observe(network_kit, layout) == expected
+
+
+def test_ip_outside_node_cidr_pods_are_reachable_across_nodes(
+    lab_name: str, built_lab: Callable[[LabSpec], LabSpec], network_kit: NetworkKit
+) -> None:
+    spec = built_lab(spec_with(lab_name, "ip-outside-node-cidr", nodes=2))
+    ranges = plan_ipam_ranges(spec)
+    node1, node2 = spec.node_plans()
+    near = network_kit.add_pod(spec, node1, ranges["node-1"][0], 10)
+    stray = network_kit.add_pod(spec, node2, ranges["node-2"][0], 10)
+    assert ipaddress.ip_address(stray.ip) not in ipaddress.ip_network(node2.pod_cidrs[0])
+    network_kit.serve(stray.netns)
+    answer = network_kit.probe(near.netns, "tcp", stray.ip)
+    assert answer.ok
+    assert answer.peer_seen == near.ip

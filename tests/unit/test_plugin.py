@@ -1,0 +1,323 @@
+"""The netconform pytest plugin, run inside pytester: options, the shared --kubeconfig, no
+cluster access unless a conformance test is collected, and an unreachable cluster reported as
+errors (never passes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import conformance.plugin as plugin
+from conformance.kit.settings import Timeouts
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kubernetes_client_fully_imported() -> None:
+    # An in-process pytester run unloads, when it ends, every module it imported: among them
+    # the kubernetes client's lazily imported models and APIs. Later tests in this process
+    # would then hold two classes for one model (pydantic refuses a V1ConfigMap as "not a
+    # V1ConfigMap"). Importing the whole client first keeps it out of pytester's reach.
+    import kubernetes.client
+
+    for name in dir(kubernetes.client):
+        getattr(kubernetes.client, name)
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The runs below must never find a real kubeconfig of the machine."""
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+@pytest.fixture
+def fast_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give up on an unreachable API server in about a second (in-process runs only)."""
+
+    def fast(cls: type[Timeouts], probe_timeout: float) -> Timeouts:
+        return cls(probe=probe_timeout, discovery=1.0, api_retry=1.0, api_request=2.0)
+
+    monkeypatch.setattr(Timeouts, "for_probe_timeout", classmethod(fast))
+
+
+def unreachable_kubeconfig(path: Path) -> Path:
+    """A kubeconfig whose API server refuses connections (port 1 on localhost)."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "nowhere", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "nobody", "user": {"token": "not-a-token"}}],
+                "contexts": [
+                    {"name": "nowhere", "context": {"cluster": "nowhere", "user": "nobody"}}
+                ],
+                "current-context": "nowhere",
+            }
+        )
+    )
+    return path
+
+
+SETTINGS_PROBE = """
+from conformance.plugin import SETTINGS_KEY
+
+def test_settings(pytestconfig):
+    s = pytestconfig.stash[SETTINGS_KEY]
+    print("SETTINGS", repr(s))
+    assert s.max_nodes == {max_nodes!r}
+    assert dict(s.node_selector) == {selector!r}
+    assert s.image_pull_policy == {policy!r}
+    assert s.ip_family == {family!r}
+    assert s.probe_timeout == {timeout!r}
+    assert s.timeouts.probe == {timeout!r}
+    assert s.kubeconfig == {kubeconfig!r}
+    assert s.keep_namespace is {keep!r}
+"""
+
+
+def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    text = result.stdout.str()
+    assert "k8s-netconform" in text
+    for option in (
+        "--kubeconfig",
+        "--context",
+        "--probe-image",
+        "--image-pull-policy",
+        "--node-selector",
+        "--max-nodes",
+        "--include-control-plane",
+        "--probe-timeout",
+        "--keep-namespace",
+        "--ip-family",
+        "--cleanup-stale",
+    ):
+        assert option in text, option
+
+
+def test_options_parse(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        SETTINGS_PROBE.format(
+            max_nodes=3,
+            selector={"pool": "a", "example.com/zone": "z1"},
+            policy="Always",
+            family="ipv6",
+            timeout=2.5,
+            kubeconfig="/some/kubeconfig",
+            keep=True,
+        )
+    )
+    result = pytester.runpytest(
+        "--max-nodes=3",
+        "--node-selector=pool=a, example.com/zone=z1",
+        "--image-pull-policy=always",
+        "--ip-family=IPv6",
+        "--probe-timeout=2.5",
+        "--kubeconfig=/some/kubeconfig",
+        "--keep-namespace",
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_kubeconfig_falls_back_to_environment(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", "/from/env")
+    pytester.makepyfile(
+        SETTINGS_PROBE.format(
+            max_nodes=None,
+            selector={},
+            policy="IfNotPresent",
+            family="auto",
+            timeout=5.0,
+            kubeconfig="/from/env",
+            keep=False,
+        )
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("argument", "complaint"),
+    [
+        ("--max-nodes=0", "--max-nodes: must be at least 1"),
+        ("--max-nodes=many", "--max-nodes: 'many' is not a whole number"),
+        ("--image-pull-policy=Sometimes", "--image-pull-policy: 'Sometimes' is not one of"),
+        ("--ip-family=ipv5", "--ip-family: 'ipv5' is not one of"),
+        ("--node-selector=pool", "--node-selector: 'pool' is not a label match"),
+        ("--node-selector=a=b,a=c", "--node-selector: key 'a' given twice"),
+        ("--probe-timeout=-1", "--probe-timeout: must be in (0, 300]"),
+        ("--probe-timeout=soon", "--probe-timeout: 'soon' is not a number"),
+        ("--probe-image=", "--probe-image: '' is not an image reference"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(
+    pytester: pytest.Pytester, argument: str, complaint: str
+) -> None:
+    pytester.makepyfile("def test_never(): pass")
+    result = pytester.runpytest(argument)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert complaint in result.stderr.str()
+
+
+def test_kubeconfig_option_shared_with_another_plugin(pytester: pytest.Pytester) -> None:
+    # Registered before netconform (a -p plugin loads before entry-point plugins), like
+    # pytest-helm-charts or pytest-kind would be.
+    pytester.makepyfile(
+        otherplugin="""
+def pytest_addoption(parser):
+    parser.getgroup("other").addoption("--kubeconfig", dest="kube_config", default=None)
+"""
+    )
+    pytester.syspathinsert()
+    pytester.makepyfile(
+        test_shared="""
+from conformance.plugin import SETTINGS_KEY
+
+def test_shared(pytestconfig):
+    assert pytestconfig.getoption("kube_config") == "/shared/kubeconfig"
+    assert pytestconfig.stash[SETTINGS_KEY].kubeconfig == "/shared/kubeconfig"
+"""
+    )
+    result = pytester.runpytest("-p", "otherplugin", "--kubeconfig", "/shared/kubeconfig")
+    result.assert_outcomes(passed=1)
+
+
+def test_no_cluster_access_without_conformance_tests(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    touched: list[str] = []
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        touched.append("discover")
+        raise AssertionError("the cluster must not be touched")
+
+    monkeypatch.setattr(plugin, "discover", forbidden)
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest(
+        "--kubeconfig", str(unreachable_kubeconfig(tmp_path / "kubeconfig"))
+    )
+    result.assert_outcomes(passed=1)
+    assert touched == []
+    assert not (pytester.path / "reports").exists()
+    assert "netconform" not in result.stdout.str().split("passed")[-1]
+
+
+def run_conformance(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """Run the real conformance suites (by package) from pytester's directory."""
+    return pytester.runpytest(
+        "--pyargs",
+        "conformance.test_no_snat",
+        "conformance.test_pod_ips",
+        "-p",
+        "no:cacheprovider",
+        *args,
+    )
+
+
+@pytest.mark.usefixtures("fast_timeouts")
+def test_unreachable_cluster_is_errors_not_passes(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    kubeconfig = unreachable_kubeconfig(tmp_path / "kubeconfig")
+    junit = pytester.path / "out" / "junit.xml"
+    result = run_conformance(pytester, "--kubeconfig", str(kubeconfig), f"--junitxml={junit}")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) >= 2
+    assert "passed" not in outcomes
+    assert "failed" not in outcomes
+    result.stdout.fnmatch_lines(["*COULD NOT TEST: cannot read the cluster*127.0.0.1*"])
+    summary = json.loads((junit.parent / "summary.json").read_text())
+    assert summary["totals"]["error"] == summary["totals"]["total"] > 0
+    assert summary["totals"]["passed"] == 0
+    assert all(test["rule"] for test in summary["tests"])
+    xml = junit.read_text()
+    assert 'name="netconform.run_id"' in xml
+    assert 'name="netconform.deployment" value="not started"' in xml
+    assert 'name="rule"' in xml
+
+
+def test_missing_kubeconfig_is_errors_under_xdist(pytester: pytest.Pytester) -> None:
+    result = run_conformance(pytester, "-n", "2", "--kubeconfig", "/nonexistent/kubeconfig")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) >= 2
+    assert "passed" not in outcomes
+    summary = json.loads((pytester.path / "reports" / "summary.json").read_text())
+    assert summary["totals"]["error"] == summary["totals"]["total"] > 0
+
+
+def test_conformance_test_ids_and_rule_docstrings(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conformance.kit.cluster import Discovery
+
+    monkeypatch.setattr(
+        plugin, "discover", lambda settings: Discovery(nodes=("node-1", "node-2"), families=(4,))
+    )
+    result = pytester.runpytest(
+        "--pyargs",
+        "conformance",
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    )
+    ids = result.stdout.str()
+    for expected in (
+        "test_no_snat[udp-node-1->node-2]",
+        "test_no_snat[tcp-node-1->node-1]",
+        "test_no_snat[icmp-node-2->node-1]",
+        "test_node_to_pod[tcp-node-2]",
+        "test_localhost_between_containers[ipv4-udp-node-1]",  # loopback: always both
+        "test_localhost_between_containers[ipv6-tcp-node-2]",
+        "test_volume_shared_between_containers[memory-b->a-node-1]",
+        "test_pod_ip_is_interface_address[node-2]",
+    ):
+        assert expected in ids, expected
+    snat_ids = [line for line in ids.splitlines() if "test_no_snat[" in line]
+    assert len(snat_ids) == 3 * (2 + 1)  # ring of two plus the same-node pair, 3 protocols
+    assert not [i for i in snat_ids if "ipv4" in i]  # one family: kept out of the IDs
+
+
+def test_dual_stack_ids_carry_the_family(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conformance.kit.cluster import Discovery
+
+    monkeypatch.setattr(
+        plugin, "discover", lambda settings: Discovery(nodes=("node-1", "node-2"), families=(4, 6))
+    )
+    result = pytester.runpytest(
+        "--pyargs", "conformance.test_no_snat", "--collect-only", "-q", "-p", "no:cacheprovider"
+    )
+    ids = result.stdout.str()
+    assert "test_no_snat[ipv6-udp-node-1->node-2]" in ids
+    assert "test_no_snat[ipv4-icmp-node-2->node-1]" in ids
+
+
+def test_single_node_skips_cross_node_pairs_only(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conformance.kit.cluster import Discovery
+
+    monkeypatch.setattr(
+        plugin, "discover", lambda settings: Discovery(nodes=("solo",), families=(4,))
+    )
+    result = pytester.runpytest(
+        "--pyargs", "conformance.test_no_snat", "--collect-only", "-q", "-p", "no:cacheprovider"
+    )
+    ids = result.stdout.str()
+    assert "test_no_snat[tcp-solo->solo]" in ids
+    assert "->" not in ids.replace("solo->solo", "")
+
+
+def test_rule_section_and_property(pytester: pytest.Pytester) -> None:
+    assert plugin.RULE_PROPERTY == "rule"
+    assert all(":" in marker for marker in plugin.MARKERS)

@@ -1,0 +1,723 @@
+"""The probe agent, run for real: as a subprocess on loopback, and in two network namespaces
+this module creates (``netlab-td-*``, a veth pair made directly between them, removed after).
+
+Traffic goes only to loopback or to addresses inside those namespaces.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from conformance.kit import probe_agent
+
+AGENT = Path(probe_agent.__file__).resolve()
+# Lab pods run the agent with the image's python3 (Debian's, with python3-scapy); use it for
+# the namespace tests when it is there, so both interpreters are exercised.
+IMAGE_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+Response = dict[str, Any]
+
+
+def nonce() -> str:
+    return f"nc-{secrets.token_hex(6)}"
+
+
+@dataclass
+class RunningAgent:
+    """A ``serve`` process and how to talk to it through ``agent.py call``."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    socket_path: Path
+    log_path: Path
+    python: str
+    tcp_port: int
+    udp_port: int
+    agent_path: Path = AGENT
+
+    def call(self, *requests: object, timeout: float = 30.0) -> list[Response]:
+        """One batch through the control socket, in process (the `call` CLI has its own tests,
+        and a Python start per request would dominate this module's runtime)."""
+        try:
+            responses = probe_agent.send_batch(str(self.socket_path), requests, timeout)
+        except OSError as exc:
+            pytest.fail(f"agent {self.name} did not answer: {exc}\n{self.log()}")
+        assert len(responses) == len(requests)
+        return responses
+
+    def call_cli(self, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [self.python, str(self.agent_path), "call", "--socket", str(self.socket_path)],
+            input=stdin,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+    def one(self, request: object) -> Response:
+        (response,) = self.call(request)
+        return response
+
+    def ok(self, request: object) -> Response:
+        response = self.one(request)
+        assert response["ok"], f"{request} -> {response}\n{self.log()}"
+        return response
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ping(self) -> bool:
+        try:
+            (info,) = probe_agent.send_batch(str(self.socket_path), [{"op": "info"}], 1.0)
+        except OSError:
+            return False
+        return bool(info.get("ok"))
+
+    def ping_cli(self) -> int:
+        done = subprocess.run(
+            [self.python, str(self.agent_path), "ping", "--socket", str(self.socket_path)],
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+        return done.returncode
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(timeout=5)
+
+
+def start_agent(
+    workdir: Path,
+    name: str,
+    *,
+    tcp_port: int,
+    udp_port: int,
+    netns: str | None = None,
+    python: str = sys.executable,
+    agent_path: Path = AGENT,
+    prefix: Sequence[str] = (),
+) -> RunningAgent:
+    """Start ``serve`` and wait (bounded) until ``ping`` answers."""
+    socket_path = workdir / f"{name}.sock"
+    log_path = workdir / f"{name}.log"
+    command = [
+        *prefix,
+        python,
+        str(agent_path),
+        "serve",
+        "--tcp-port",
+        str(tcp_port),
+        "--udp-port",
+        str(udp_port),
+        "--socket",
+        str(socket_path),
+    ]
+    if netns is not None:
+        command = ["nsenter", f"--net=/run/netns/{netns}", *command]
+    env = {**os.environ, "POD_NAME": name, "POD_NAMESPACE": "netconform-test", "NODE_NAME": "n1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    agent = RunningAgent(
+        name, process, socket_path, log_path, python, tcp_port, udp_port, agent_path
+    )
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"agent {name} exited with {process.returncode}:\n{agent.log()}")
+        return agent.ping()
+
+    waiting = Retrying(
+        stop=stop_after_delay(15),
+        wait=wait_fixed(0.1),
+        retry=retry_if_result(lambda ready: not ready),
+        retry_error_callback=lambda _state: False,
+    )
+    if not waiting(answers):
+        agent.stop()
+        pytest.fail(f"agent {name} never answered ping:\n{agent.log()}")
+    return agent
+
+
+def free_port_pair() -> tuple[int, int]:
+    """A TCP port and a UDP port free on every address right now (loopback agent only)."""
+    ports: list[int] = []
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET6, kind) as probe:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            probe.bind(("::", 0))
+            ports.append(probe.getsockname()[1])
+    return ports[0], ports[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Static properties of the shipped file.
+
+
+def test_agent_is_stdlib_only_and_parses_as_python_3_8() -> None:
+    source = AGENT.read_text()
+    tree = ast.parse(source, feature_version=(3, 8))
+    top_level: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top_level.add(node.module.split(".")[0])
+    assert top_level <= set(sys.stdlib_module_names) | {"__future__"}, top_level
+    assert "from __future__ import annotations" in source
+
+
+def test_deterministic_bytes_match_expected_digest() -> None:
+    for size in (0, 1, 65536, 65537, 200_001):
+        data = probe_agent.deterministic_bytes("seed-1", size)
+        assert len(data) == size
+        assert hashlib.sha256(data).hexdigest() == probe_agent.expected_sha256("seed-1", size)
+    assert probe_agent.deterministic_bytes("a", 64) != probe_agent.deterministic_bytes("b", 64)
+
+
+def test_call_without_serve_process_exits_non_zero(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(AGENT), "call", "--socket", str(tmp_path / "absent.sock")],
+        input=b'[{"op": "info"}]',
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert b"no answer from a serve process" in done.stderr
+    assert b"ENOENT" in done.stderr
+    assert done.stdout == b""
+    ping = subprocess.run(
+        [sys.executable, str(AGENT), "ping", "--socket", str(tmp_path / "absent.sock")],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert ping.returncode == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# On loopback, in this network namespace (listeners on free ports, traffic to 127.0.0.1/::1).
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Unix socket paths are limited to 108 bytes: keep them short.
+    return tmp_path_factory.mktemp("agent")
+
+
+@pytest.fixture(scope="module")
+def loopback_agent(workdir: Path) -> Iterator[RunningAgent]:
+    tcp_port, udp_port = free_port_pair()
+    agent = start_agent(workdir, "lo-a", tcp_port=tcp_port, udp_port=udp_port)
+    yield agent
+    assert agent.stop() == 0, agent.log()
+    assert not agent.socket_path.exists(), "serve removes its control socket on SIGTERM"
+
+
+@pytest.fixture(scope="module")
+def second_loopback_agent(workdir: Path) -> Iterator[RunningAgent]:
+    """Another agent in the same network namespace, as container b of a pod."""
+    tcp_port, udp_port = free_port_pair()
+    agent = start_agent(workdir, "lo-b", tcp_port=tcp_port, udp_port=udp_port)
+    yield agent
+    agent.stop()
+
+
+def test_info(loopback_agent: RunningAgent) -> None:
+    info = loopback_agent.ok({"op": "info"})
+    assert info["pid"] == loopback_agent.process.pid
+    assert info["netns"] == os.readlink("/proc/self/ns/net")
+    assert info["hostname"] == socket.gethostname()
+    assert info["env"]["POD_NAME"] == "lo-a"
+    assert info["env"]["POD_IP"] is None or isinstance(info["env"]["POD_IP"], str)
+    assert f"0.0.0.0:{loopback_agent.tcp_port}" in info["listeners"]["tcp"]
+    assert f"0.0.0.0:{loopback_agent.udp_port}" in info["listeners"]["udp"]
+
+
+def test_addresses_include_loopback(loopback_agent: RunningAgent) -> None:
+    interfaces = loopback_agent.ok({"op": "addresses"})["interfaces"]
+    by_name = {entry["name"]: entry for entry in interfaces}
+    assert "127.0.0.1/8" in by_name["lo"]["addresses"]
+    assert by_name["lo"]["index"] == socket.if_nametoindex("lo")
+    assert all(set(entry) == {"name", "index", "mac", "addresses"} for entry in interfaces)
+
+
+def test_proc_fallback_agrees_with_netlink() -> None:
+    # The fallback sees only the primary IPv4 address of an interface, every IPv6 one.
+    netlink = {e["name"]: e for e in probe_agent.interfaces_from_netlink()}
+    proc = {e["name"]: e for e in probe_agent.interfaces_from_proc()}
+    assert set(netlink) == set(proc)
+    for name, entry in proc.items():
+        assert (entry["index"], entry["mac"]) == (netlink[name]["index"], netlink[name]["mac"])
+        assert set(entry["addresses"]) <= set(netlink[name]["addresses"])
+        assert {a for a in entry["addresses"] if ":" in a} == {
+            a for a in netlink[name]["addresses"] if ":" in a
+        }
+
+
+def test_tcp_and_udp_connect_record_the_nonce(loopback_agent: RunningAgent) -> None:
+    tcp_nonce, udp_nonce = nonce(), nonce()
+    tcp, udp, seen_tcp, seen_udp = loopback_agent.call(
+        {
+            "op": "connect",
+            "proto": "tcp",
+            "host": "127.0.0.1",
+            "port": loopback_agent.tcp_port,
+            "nonce": tcp_nonce,
+            "timeout": 3,
+        },
+        {
+            "op": "connect",
+            "proto": "udp",
+            "host": "127.0.0.1",
+            "port": loopback_agent.udp_port,
+            "nonce": udp_nonce,
+            "timeout": 3,
+        },
+        {"op": "seen", "nonce": tcp_nonce},
+        {"op": "seen", "nonce": udp_nonce},
+    )
+    assert tcp == {"ok": True, "op": "connect", "peer_seen": "127.0.0.1", "local": "127.0.0.1"}
+    assert udp["ok"], udp
+    assert udp["peer_seen"] == "127.0.0.1"
+    assert seen_tcp["records"] == [{"proto": "tcp", "peer": "127.0.0.1"}]
+    assert seen_udp["records"] == [{"proto": "udp", "peer": "127.0.0.1"}]
+    assert f"listener tcp nonce={tcp_nonce} peer=127.0.0.1" in loopback_agent.log()
+    assert "request op=connect proto=tcp" in loopback_agent.log()
+
+
+def test_ipv6_loopback_connect(loopback_agent: RunningAgent) -> None:
+    if not any(":" in entry for entry in loopback_agent.ok({"op": "info"})["listeners"]["udp"]):
+        pytest.skip("no IPv6 in this kernel")
+    value = nonce()
+    udp = loopback_agent.ok(
+        {
+            "op": "connect",
+            "proto": "udp",
+            "host": "::1",
+            "port": loopback_agent.udp_port,
+            "nonce": value,
+        }
+    )
+    assert udp["peer_seen"] == "::1"
+    assert loopback_agent.ok({"op": "seen", "nonce": value})["records"] == [
+        {"proto": "udp", "peer": "::1"}
+    ]
+
+
+def test_icmp_echo_to_loopback_is_recorded(loopback_agent: RunningAgent) -> None:
+    value = nonce()
+    echo, seen = loopback_agent.call(
+        {"op": "icmp", "host": "127.0.0.1", "nonce": value, "timeout": 3},
+        {"op": "seen", "nonce": value, "wait": 2},
+    )
+    assert echo["ok"], echo
+    assert echo["reply_from"] == "127.0.0.1"
+    assert {"proto": "icmp", "peer": "127.0.0.1"} in seen["records"]
+
+
+def test_second_agent_sees_first_agents_ports_taken(
+    loopback_agent: RunningAgent, second_loopback_agent: RunningAgent
+) -> None:
+    value = nonce()
+    taken_tcp, taken_udp, free, via_loopback = second_loopback_agent.call(
+        {"op": "try_bind", "proto": "tcp", "host": "127.0.0.1", "port": loopback_agent.tcp_port},
+        {"op": "try_bind", "proto": "udp", "host": "0.0.0.0", "port": loopback_agent.udp_port},
+        {"op": "try_bind", "proto": "tcp", "host": "127.0.0.1", "port": 0},
+        {
+            "op": "connect",
+            "proto": "tcp",
+            "host": "127.0.0.1",
+            "port": loopback_agent.tcp_port,
+            "nonce": value,
+        },
+    )
+    assert taken_tcp == {"ok": True, "op": "try_bind", "bound": False, "errno": "EADDRINUSE"}
+    assert taken_udp == {"ok": True, "op": "try_bind", "bound": False, "errno": "EADDRINUSE"}
+    assert free == {"ok": True, "op": "try_bind", "bound": True, "errno": None}
+    assert via_loopback["peer_seen"] == "127.0.0.1"
+    assert loopback_agent.ok({"op": "seen", "nonce": value})["records"] == [
+        {"proto": "tcp", "peer": "127.0.0.1"}
+    ]
+
+
+def test_serve_on_taken_ports_exits_with_a_message(
+    workdir: Path, loopback_agent: RunningAgent
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(AGENT),
+            "serve",
+            "--tcp-port",
+            str(loopback_agent.tcp_port),
+            "--udp-port",
+            str(loopback_agent.udp_port),
+            "--socket",
+            str(workdir / "taken.sock"),
+        ],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert b"serve cannot start: EADDRINUSE" in done.stderr
+
+
+def test_write_and_read_file_hashes(
+    workdir: Path, loopback_agent: RunningAgent, second_loopback_agent: RunningAgent
+) -> None:
+    path = str(workdir / "shared-file")
+    written = loopback_agent.ok({"op": "write_file", "path": path, "size": 300_000, "seed": 7})
+    expected = probe_agent.expected_sha256("7", 300_000)
+    assert written["sha256"] == expected
+    assert written["size"] == 300_000
+    read = second_loopback_agent.ok({"op": "read_file", "path": path})
+    assert (read["sha256"], read["size"]) == (expected, 300_000)
+    empty = loopback_agent.ok({"op": "write_file", "path": path, "size": 0, "seed": "x"})
+    assert empty["sha256"] == hashlib.sha256(b"").hexdigest()
+    missing = second_loopback_agent.one({"op": "read_file", "path": str(workdir / "absent")})
+    assert missing["ok"] is False
+    assert missing["errno"] == "ENOENT"
+    assert "ENOENT" in missing["error"]
+
+
+@pytest.mark.parametrize(
+    ("request_body", "error_part"),
+    [
+        (42, "must be a JSON object"),
+        ({}, "unknown op None"),
+        ({"op": "teleport"}, "unknown op 'teleport'"),
+        (
+            {"op": "connect", "proto": "sctp", "host": "127.0.0.1", "port": 1, "nonce": "n"},
+            "'proto'",
+        ),
+        (
+            {"op": "connect", "proto": "tcp", "host": "127.0.0.1", "nonce": "n"},
+            "missing field 'port'",
+        ),
+        (
+            {"op": "connect", "proto": "tcp", "host": "127.0.0.1", "port": 70000, "nonce": "n"},
+            "'port'",
+        ),
+        (
+            {"op": "connect", "proto": "tcp", "host": "127.0.0.1", "port": 1, "nonce": "a b"},
+            "'nonce'",
+        ),
+        (
+            {
+                "op": "connect",
+                "proto": "tcp",
+                "host": "127.0.0.1",
+                "port": 1,
+                "nonce": "n",
+                "timeout": True,
+            },
+            "'timeout'",
+        ),
+        ({"op": "try_bind", "proto": "tcp", "host": "no-such-host", "port": 1}, "IP address"),
+        ({"op": "icmp", "host": "name.invalid", "nonce": "n", "timeout": 1}, "cannot resolve"),
+        ({"op": "write_file", "path": "/proc/version", "size": 1, "seed": "s"}, "E"),
+        ({"op": "write_file", "path": "/tmp/x", "size": -1, "seed": "s"}, "'size'"),
+        ({"op": "write_file", "path": "/tmp/x", "size": 1, "seed": None}, "'seed'"),
+        ({"op": "seen"}, "missing field 'nonce'"),
+        ({"op": "capture_result", "capture_id": "cap-999"}, "unknown capture_id"),
+        ({"op": "capture_start", "nonce": "n", "iface": "nosuchif0"}, "no interface"),
+    ],
+)
+def test_bad_requests_answer_ok_false(
+    loopback_agent: RunningAgent, request_body: object, error_part: str
+) -> None:
+    response = loopback_agent.one(request_body)
+    assert response["ok"] is False
+    assert error_part in response["error"]
+
+
+def test_refused_connections_name_the_errno(loopback_agent: RunningAgent) -> None:
+    closed_tcp, closed_udp = free_port_pair()
+    tcp, udp = loopback_agent.call(
+        {"op": "connect", "proto": "tcp", "host": "127.0.0.1", "port": closed_tcp, "nonce": "n"},
+        {"op": "connect", "proto": "udp", "host": "127.0.0.1", "port": closed_udp, "nonce": "n"},
+    )
+    assert (tcp["ok"], tcp["errno"]) == (False, "ECONNREFUSED")
+    assert (udp["ok"], udp["errno"]) == (False, "ECONNREFUSED")
+    assert loopback_agent.ok({"op": "info"})["pid"] == loopback_agent.process.pid
+
+
+def test_call_cli_round_trip_and_input_errors(loopback_agent: RunningAgent) -> None:
+    value = nonce()
+    batch = [
+        {"op": "info"},
+        {
+            "op": "connect",
+            "proto": "udp",
+            "host": "127.0.0.1",
+            "port": loopback_agent.udp_port,
+            "nonce": value,
+        },
+        {"op": "seen", "nonce": value},
+    ]
+    done = loopback_agent.call_cli(json.dumps(batch).encode())
+    assert done.returncode == 0, done.stderr
+    info, connect, seen = json.loads(done.stdout)
+    assert (info["op"], connect["peer_seen"], seen["records"]) == (
+        "info",
+        "127.0.0.1",
+        [{"proto": "udp", "peer": "127.0.0.1"}],
+    )
+    not_json = loopback_agent.call_cli(b"{op")
+    assert not_json.returncode == 2
+    assert b"not JSON" in not_json.stderr
+    not_list = loopback_agent.call_cli(b'"info"')
+    assert not_list.returncode == 2
+    single = loopback_agent.call_cli(b'{"op": "info"}')
+    assert single.returncode == 0
+    assert json.loads(single.stdout)[0]["op"] == "info"
+    assert json.loads(loopback_agent.call_cli(b"[]").stdout) == []
+    assert loopback_agent.ping_cli() == 0
+
+
+def test_sigterm_stops_serve_and_removes_socket(workdir: Path) -> None:
+    tcp_port, udp_port = free_port_pair()
+    agent = start_agent(workdir, "short", tcp_port=tcp_port, udp_port=udp_port)
+    assert agent.stop() == 0
+    assert not agent.socket_path.exists()
+    assert "signal 15: stopping" in agent.log()
+
+
+@pytest.fixture
+def unprivileged_dir() -> Iterator[Path]:
+    """A directory an unprivileged user can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="netconform-noraw-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_without_net_raw_tcp_udp_still_work_and_icmp_capture_fail_clearly(
+    unprivileged_dir: Path,
+) -> None:
+    """Pod security may drop NET_RAW: the agent must still serve, and say why ICMP fails."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the agent as an unprivileged user")
+    agent_path = unprivileged_dir / "agent.py"
+    shutil.copyfile(AGENT, agent_path)  # as the ConfigMap mount would hold it
+    agent_path.chmod(0o644)
+    tcp_port, udp_port = free_port_pair()
+    agent = start_agent(
+        unprivileged_dir,
+        "noraw",
+        tcp_port=tcp_port,
+        udp_port=udp_port,
+        python=IMAGE_PYTHON,
+        agent_path=agent_path,
+        prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+    )
+    try:
+        value = nonce()
+        info, tcp, echo, capture, seen = agent.call(
+            {"op": "info"},
+            {
+                "op": "connect",
+                "proto": "tcp",
+                "host": "127.0.0.1",
+                "port": tcp_port,
+                "nonce": value,
+            },
+            {"op": "icmp", "host": "127.0.0.1", "nonce": value, "timeout": 1},
+            {"op": "capture_start", "nonce": value, "iface": "lo", "timeout": 5},
+            {"op": "seen", "nonce": value},
+        )
+        assert info["listeners"]["icmp"] == []
+        assert tcp["peer_seen"] == "127.0.0.1"
+        # Ping sockets may be allowed for every group by net.ipv4.ping_group_range.
+        assert echo["ok"] or "NET_RAW" in echo["error"], echo
+        assert capture["ok"] is False
+        assert "NET_RAW" in capture["error"]
+        assert seen["records"] == [{"proto": "tcp", "peer": "127.0.0.1"}]
+        assert agent.ok({"op": "info"})["pid"] == info["pid"]
+    finally:
+        agent.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Two network namespaces joined by a veth pair: real source addresses, ICMP, captures.
+
+ADDR_A, ADDR_B = "198.51.100.1", "198.51.100.2"
+ADDR6_A, ADDR6_B = "fd00:7d::1", "fd00:7d::2"
+
+
+def ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=True)
+
+
+@dataclass
+class NamespacePair:
+    a: RunningAgent
+    b: RunningAgent
+    ns_a: str
+    ns_b: str
+    veth_a: str
+    veth_b: str
+
+
+# Probe images ship different scapy releases: Debian's python3 (scapy 2.5, what lab pods run)
+# and the project's own interpreter (the newest scapy, whose AsyncSniffer API changed).
+AGENT_PYTHONS = sorted({IMAGE_PYTHON, sys.executable})
+
+
+@pytest.fixture(scope="module", params=AGENT_PYTHONS)
+def netns_pair(workdir: Path, request: pytest.FixtureRequest) -> Iterator[NamespacePair]:
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
+        pytest.skip("needs root, iproute2 and nsenter to create network namespaces")
+    suffix = secrets.token_hex(3)
+    ns_a, ns_b = f"netlab-td-a-{suffix}", f"netlab-td-b-{suffix}"
+    veth_a, veth_b = f"tda{suffix}", f"tdb{suffix}"
+    created: list[str] = []
+    agents: list[RunningAgent] = []
+    try:
+        for name in (ns_a, ns_b):
+            ip("netns", "add", name)
+            created.append(name)
+        # The pair is made inside ns_a with its peer placed in ns_b: never in the root namespace.
+        ip("-n", ns_a, "link", "add", veth_a, "type", "veth", "peer", "name", veth_b, "netns", ns_b)
+        for ns, veth, v4, v6 in ((ns_a, veth_a, ADDR_A, ADDR6_A), (ns_b, veth_b, ADDR_B, ADDR6_B)):
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", veth)
+            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", veth, "nodad")
+            ip("-n", ns, "link", "set", veth, "up")
+        for ns, name in ((ns_a, "ns-a"), (ns_b, "ns-b")):
+            agents.append(
+                start_agent(
+                    workdir, name, tcp_port=8080, udp_port=8081, netns=ns, python=request.param
+                )
+            )
+        yield NamespacePair(agents[0], agents[1], ns_a, ns_b, veth_a, veth_b)
+    finally:
+        for agent in agents:
+            agent.stop()
+        for name in created:
+            subprocess.run(
+                ["ip", "netns", "del", name], capture_output=True, timeout=20, check=False
+            )
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
+        assert suffix not in left.stdout, f"namespaces left behind: {left.stdout}"
+
+
+def test_netns_addresses_match_ip_addr(netns_pair: NamespacePair) -> None:
+    interfaces = netns_pair.b.ok({"op": "addresses"})["interfaces"]
+    observed = {(e["name"], a) for e in interfaces for a in e["addresses"]}
+    shown = json.loads(ip("-n", netns_pair.ns_b, "-j", "addr", "show").stdout)
+    expected = {
+        (link["ifname"], f"{addr['local']}/{addr['prefixlen']}")
+        for link in shown
+        for addr in link.get("addr_info", [])
+    }
+    assert observed == expected
+    veth = next(e for e in interfaces if e["name"] == netns_pair.veth_b)
+    assert (
+        veth["mac"]
+        == next(link for link in shown if link["ifname"] == netns_pair.veth_b)["address"]
+    )
+    info_a, info_b = netns_pair.a.ok({"op": "info"}), netns_pair.b.ok({"op": "info"})
+    assert len({info_a["netns"], info_b["netns"], os.readlink("/proc/self/ns/net")}) == 3
+
+
+@pytest.mark.parametrize(
+    ("proto", "src", "dst"),
+    [
+        ("tcp", ADDR_A, ADDR_B),
+        ("udp", ADDR_A, ADDR_B),
+        ("tcp", ADDR6_A, ADDR6_B),
+        ("udp", ADDR6_A, ADDR6_B),
+    ],
+)
+def test_netns_connect_sees_the_senders_address(
+    netns_pair: NamespacePair, proto: str, src: str, dst: str
+) -> None:
+    value = nonce()
+    port = 8080 if proto == "tcp" else 8081
+    sent = netns_pair.a.ok(
+        {"op": "connect", "proto": proto, "host": dst, "port": port, "nonce": value, "timeout": 3}
+    )
+    assert (sent["peer_seen"], sent["local"]) == (src, src)
+    assert netns_pair.b.ok({"op": "seen", "nonce": value, "wait": 2})["records"] == [
+        {"proto": proto, "peer": src}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("proto", "src", "dst"), [("icmp", ADDR_A, ADDR_B), ("icmpv6", ADDR6_A, ADDR6_B)]
+)
+def test_netns_icmp_echo_is_recorded(
+    netns_pair: NamespacePair, proto: str, src: str, dst: str
+) -> None:
+    value = nonce()
+    echo = netns_pair.a.ok({"op": "icmp", "host": dst, "nonce": value, "timeout": 3})
+    assert echo["reply_from"] == dst
+    assert netns_pair.b.ok({"op": "seen", "nonce": value, "wait": 2})["records"] == [
+        {"proto": proto, "peer": src}
+    ]
+
+
+def test_netns_capture_matches_udp_and_icmp_nonces(netns_pair: NamespacePair) -> None:
+    udp_nonce, icmp_nonce, icmp6_nonce = nonce(), nonce(), nonce()
+    starts = netns_pair.b.call(
+        {"op": "capture_start", "nonce": udp_nonce, "timeout": 15},  # default: the pod's interface
+        {"op": "capture_start", "nonce": icmp_nonce, "iface": netns_pair.veth_b, "timeout": 15},
+        {"op": "capture_start", "nonce": icmp6_nonce, "iface": "any", "timeout": 15},
+    )
+    assert all(start["ok"] for start in starts), starts
+    udp_id, icmp_id, icmp6_id = (start["capture_id"] for start in starts)
+    sent = netns_pair.a.call(
+        {"op": "connect", "proto": "udp", "host": ADDR_B, "port": 8081, "nonce": udp_nonce},
+        {"op": "icmp", "host": ADDR_B, "nonce": icmp_nonce},
+        {"op": "icmp", "host": ADDR6_B, "nonce": icmp6_nonce},
+    )
+    assert all(response["ok"] for response in sent), sent
+    udp, icmp, icmp6, again = netns_pair.b.call(
+        {"op": "capture_result", "capture_id": udp_id, "wait": 5, "min_packets": 2},
+        {"op": "capture_result", "capture_id": icmp_id, "wait": 5, "min_packets": 2},
+        {"op": "capture_result", "capture_id": icmp6_id, "wait": 5, "min_packets": 2},
+        {"op": "capture_result", "capture_id": udp_id, "wait": 0},
+    )
+    veth = netns_pair.veth_b
+    # The datagram in, and the listener's answer (which echoes the nonce) out.
+    assert {"proto": "udp", "src": ADDR_A, "dst": ADDR_B, "iface": veth} in udp["packets"]
+    assert {"proto": "udp", "src": ADDR_B, "dst": ADDR_A, "iface": veth} in udp["packets"]
+    assert {"proto": "icmp", "src": ADDR_A, "dst": ADDR_B, "iface": veth} in icmp["packets"]
+    assert {"proto": "icmp", "src": ADDR_B, "dst": ADDR_A, "iface": veth} in icmp["packets"]
+    assert {"proto": "icmpv6", "src": ADDR6_A, "dst": ADDR6_B, "iface": veth} in icmp6["packets"]
+    assert again["packets"] == udp["packets"], "a finished capture keeps its packets"
+    assert all(packet["proto"] == "udp" for packet in udp["packets"])
+
+
+def test_netns_capture_without_traffic_returns_no_packets(netns_pair: NamespacePair) -> None:
+    start = netns_pair.b.ok({"op": "capture_start", "nonce": nonce(), "timeout": 5})
+    result = netns_pair.b.ok(
+        {"op": "capture_result", "capture_id": start["capture_id"], "wait": 0.5}
+    )
+    assert result["packets"] == []
