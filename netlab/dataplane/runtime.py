@@ -32,7 +32,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from netlab.spec import LabSpec
 
@@ -420,10 +428,25 @@ class RuncExecProcess:
             self.pid_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(self.pid_file.read_text().strip()), signal.SIGKILL)
+        """SIGKILL the command inside the container, then runc itself."""
+        with contextlib.suppress(OSError, ValueError, LookupError, RetryError):
+            os.kill(self._container_pid(), signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
+
+    def _container_pid(self) -> int:
+        # runc writes the pid file only after the command started: a command that already
+        # printed may not have it yet. Wait for it briefly (bounded), unless runc is gone.
+        for attempt in Retrying(
+            stop=stop_after_delay(1.0),
+            wait=wait_fixed(0.01),
+            retry=retry_if_exception_type((OSError, ValueError)),
+        ):
+            with attempt:
+                if self.process.returncode is not None and not self.pid_file.exists():
+                    raise LookupError("runc exited before writing the pid file")
+                return int(self.pid_file.read_text().strip())
+        raise AssertionError("unreachable: tenacity either returns or raises")
 
 
 class ContainerRuntime:

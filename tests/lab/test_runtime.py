@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent_fixtures import NEEDS_ROOT, lab_name, lab_network, leftovers
 from pyroute2 import IPRoute
+from tenacity import AsyncRetrying, stop_after_delay, wait_fixed
 
 from netlab.dataplane.cni import NodeCNI, PortMapping, parse_result, port_mappings_from_pod
 from netlab.dataplane.runtime import (
@@ -190,9 +191,20 @@ def test_runc_container_exit_code_exec_and_start_error() -> None:
             assert await stray.stdout.readline() == b"started\n"
             stray.kill()
             await stray.wait()
-            listing = await runtime.exec("c2", ["ps", "-eo", "args"])
-            processes, _ = await listing.communicate()
-            found["stray_left"] = b"sleep 31" in processes
+            # SIGKILL lands asynchronously: the command must be gone within a bounded while.
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(3), wait=wait_fixed(0.05), reraise=True
+            ):
+                with attempt:
+                    listing = await runtime.exec("c2", ["ps", "-eo", "stat,args"])
+                    processes, _ = await listing.communicate()
+                    alive = [
+                        line
+                        for line in processes.decode().splitlines()
+                        if "sleep 31" in line and not line.lstrip().startswith("Z")
+                    ]
+                    found["stray_left"] = bool(alive)
+                    assert not alive, alive
             found["stop_exit"] = await runtime.stop(long_running, 0.5)
             try:
                 await runtime.run(
