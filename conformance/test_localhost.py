@@ -39,7 +39,7 @@ def test_localhost_between_containers(
             source=(probe.name, src),
             destination=(probe.name, dst),
             host=loopback,
-            port=agent.udp_port if proto == "udp" else agent.tcp_port,
+            port=agent.port(proto),
             nonce=f"{nonce}-{src}{dst}",
             capture=False,
         )
@@ -99,7 +99,7 @@ def test_port_space_shared(
     failures = []
     for binder, other in DIRECTIONS:
         agent = probe.agent(binder)
-        port = agent.udp_port if proto == "udp" else agent.tcp_port
+        port = agent.port(proto)
         answer = require_ok(
             agents.call_one(
                 probe.name, other, {"op": "try_bind", "proto": proto, "host": "", "port": port}

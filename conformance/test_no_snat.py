@@ -46,7 +46,7 @@ def test_no_snat(
         source=(source.name, source.agent().container),
         destination=(target.name, agent.container),
         host=dst_ip,
-        port=agent.udp_port if proto == "udp" else agent.tcp_port,
+        port=agent.port(proto),
         nonce=nonce,
     )
     pods = [source.describe(), target.describe()]

@@ -68,7 +68,7 @@ def test_node_to_pod(
             source=(host.name, host.agent().container),
             destination=(target.name, agent.container),
             host=dst_ip,
-            port=agent.udp_port if proto == "udp" else agent.tcp_port,
+            port=agent.port(proto),
             nonce=f"{nonce}-{index}",
         )
         if not result.reached:

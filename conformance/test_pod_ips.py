@@ -64,6 +64,16 @@ def node_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> list[NodeCIDRs]:
     ]
 
 
+@pytest.fixture
+def nodes_with_pod_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> list[NodeCIDRs]:
+    """The nodes and their podCIDRs; skips when nodes carry none (CNIs with their own IPAM)."""
+    nodes = node_cidrs(core, timeouts)
+    reason = pod_cidr_skip_reason(nodes)
+    if reason:
+        pytest.skip(reason)
+    return nodes
+
+
 def fail(rule: str, expected: str, findings_text: str) -> None:
     pytest.fail(format_rule_failure(rule, expected=expected, observed=findings_text), pytrace=False)
 
@@ -81,13 +91,12 @@ def test_pod_ips_unique(core: client.CoreV1Api, timeouts: Timeouts) -> None:
 
 
 @pytest.mark.usefixtures("probe_map")
-def test_pod_ips_inside_node_pod_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> None:
+def test_pod_ips_inside_node_pod_cidrs(
+    core: client.CoreV1Api, timeouts: Timeouts, nodes_with_pod_cidrs: list[NodeCIDRs]
+) -> None:
     """Each pod IP MUST lie inside its node's spec.podCIDRs (where nodes carry podCIDRs)."""
-    nodes = node_cidrs(core, timeouts)
-    reason = pod_cidr_skip_reason(nodes)
-    if reason:
-        pytest.skip(reason)
-    report = check_pod_ips_in_node_cidrs(live_pod_addresses(core, timeouts), nodes)
+    pods = live_pod_addresses(core, timeouts)
+    report = check_pod_ips_in_node_cidrs(pods, nodes_with_pod_cidrs)
     if report.outside:
         fail(
             "a pod's IP MUST come from its node's podCIDRs",
@@ -96,13 +105,9 @@ def test_pod_ips_inside_node_pod_cidrs(core: client.CoreV1Api, timeouts: Timeout
         )
 
 
-def test_node_pod_cidrs_disjoint(core: client.CoreV1Api, timeouts: Timeouts) -> None:
+def test_node_pod_cidrs_disjoint(nodes_with_pod_cidrs: list[NodeCIDRs]) -> None:
     """Nodes' podCIDRs MUST NOT overlap each other."""
-    nodes = node_cidrs(core, timeouts)
-    reason = pod_cidr_skip_reason(nodes)
-    if reason:
-        pytest.skip(reason)
-    overlaps = find_overlapping_node_cidrs(nodes)
+    overlaps = find_overlapping_node_cidrs(nodes_with_pod_cidrs)
     if overlaps:
         fail(
             "node pod ranges MUST be disjoint",
@@ -112,14 +117,13 @@ def test_node_pod_cidrs_disjoint(core: client.CoreV1Api, timeouts: Timeouts) -> 
 
 
 def test_node_pod_cidrs_outside_service_range(
-    core: client.CoreV1Api, api_client: client.ApiClient, timeouts: Timeouts
+    core: client.CoreV1Api,
+    api_client: client.ApiClient,
+    timeouts: Timeouts,
+    nodes_with_pod_cidrs: list[NodeCIDRs],
 ) -> None:
     """Nodes' podCIDRs MUST NOT overlap the service range (from the ServiceCIDR API, else at
     least the kubernetes service's ClusterIPs)."""
-    nodes = node_cidrs(core, timeouts)
-    reason = pod_cidr_skip_reason(nodes)
-    if reason:
-        pytest.skip(reason)
     ranges = list(service_cidrs(api_client, timeouts))
     source = "ServiceCIDR objects"
     if not ranges:
@@ -128,7 +132,7 @@ def test_node_pod_cidrs_outside_service_range(
         source = "the ClusterIPs of service default/kubernetes (the service range is not served)"
     if not ranges:
         pytest.skip("service range unknown: no ServiceCIDR objects and no default/kubernetes")
-    overlaps = find_cidrs_overlapping_service_range(nodes, ranges)
+    overlaps = find_cidrs_overlapping_service_range(nodes_with_pod_cidrs, ranges)
     if overlaps:
         fail(
             "pod ranges MUST NOT overlap the service range",
@@ -137,13 +141,9 @@ def test_node_pod_cidrs_outside_service_range(
         )
 
 
-def test_node_addresses_outside_pod_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> None:
+def test_node_addresses_outside_pod_cidrs(nodes_with_pod_cidrs: list[NodeCIDRs]) -> None:
     """Node addresses MUST NOT lie inside any node's podCIDRs."""
-    nodes = node_cidrs(core, timeouts)
-    reason = pod_cidr_skip_reason(nodes)
-    if reason:
-        pytest.skip(reason)
-    inside = find_node_addresses_in_pod_cidrs(nodes)
+    inside = find_node_addresses_in_pod_cidrs(nodes_with_pod_cidrs)
     if inside:
         fail(
             "pod ranges MUST NOT contain node addresses",

@@ -78,6 +78,10 @@ class AgentEndpoint:
     tcp_port: int
     udp_port: int
 
+    def port(self, proto: str) -> int:
+        """The listener port for ``proto``: UDP's own, TCP's for tcp (and icmp, which has none)."""
+        return self.udp_port if proto == "udp" else self.tcp_port
+
 
 @dataclass(frozen=True)
 class Probe:
