@@ -457,6 +457,32 @@ def _wait_or_stop(stop: threading.Event, seconds: float) -> None:
     stop.wait(seconds)
 
 
+def _accept_loop(
+    sock: socket.socket,
+    stop: threading.Event,
+    slots: threading.BoundedSemaphore,
+    label: str,
+    handler_args: Callable[[socket.socket, Any], tuple[Any, ...]],
+    handle: Callable[..., None],
+) -> None:
+    """Accept connections until ``stop``, each handled on its own thread, at most ``slots`` at
+    once (a client over the limit is closed); socket errors back off instead of spinning."""
+    while not stop.is_set():
+        try:
+            conn, address = sock.accept()
+        except OSError as exc:
+            log(f"{label} accept: {describe_os_error(exc)}")
+            _wait_or_stop(stop, 0.2)
+            continue
+        if not slots.acquire(blocking=False):
+            log(f"{label}: too many clients; closing one")
+            conn.close()
+            continue
+        if not _start_handler(handle, handler_args(conn, address)):
+            conn.close()
+            slots.release()
+
+
 def serve_tcp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> None:
     slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
 
@@ -480,20 +506,14 @@ def serve_tcp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
         finally:
             slots.release()
 
-    while not stop.is_set():
-        try:
-            conn, address = sock.accept()
-        except OSError as exc:
-            log(f"listener tcp accept: {describe_os_error(exc)}")
-            _wait_or_stop(stop, 0.2)
-            continue
-        if not slots.acquire(blocking=False):
-            log("listener tcp: too many clients; closing one")
-            conn.close()
-            continue
-        if not _start_handler(handle, (conn, normalize_ip(address[0]))):
-            conn.close()
-            slots.release()
+    _accept_loop(
+        sock,
+        stop,
+        slots,
+        "listener tcp",
+        lambda conn, address: (conn, normalize_ip(address[0])),
+        handle,
+    )
 
 
 def _enable_pktinfo(sock: socket.socket) -> bool:
@@ -1188,20 +1208,7 @@ def serve_control(sock: socket.socket, agent: Agent, stop: threading.Event) -> N
         finally:
             slots.release()
 
-    while not stop.is_set():
-        try:
-            conn, _ = sock.accept()
-        except OSError as exc:
-            log(f"control accept: {describe_os_error(exc)}")
-            _wait_or_stop(stop, 0.2)
-            continue
-        if not slots.acquire(blocking=False):
-            log("control: too many clients; closing one")
-            conn.close()
-            continue
-        if not _start_handler(handle, (conn,)):
-            conn.close()
-            slots.release()
+    _accept_loop(sock, stop, slots, "control", lambda conn, _address: (conn,), handle)
 
 
 def answer_batch(agent: Agent, data: bytes) -> list[JSONDict]:
