@@ -44,7 +44,7 @@ class NodeInfo:
     """What the API server publishes as a v1 Node."""
 
     name: str
-    internal_ip: str
+    internal_ip: str  # primary family's address
     pod_cidrs: tuple[str, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[JSONDict, ...] = ()  # v1 Taint dicts
@@ -52,6 +52,12 @@ class NodeInfo:
     os_image: str = ""
     container_runtime_version: str = ""  # e.g. "runc://1.1.5"
     kubelet_version: str = "v1.31.0-netlab"
+    internal_ips: tuple[str, ...] = ()  # every family's address, primary first; () = internal_ip
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The node's InternalIP addresses as the API lists them, primary first."""
+        return self.internal_ips or (self.internal_ip,)
 
 
 class ExecProcess(Protocol):
