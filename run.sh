@@ -3,6 +3,7 @@
 #   ./run.sh setup        install what the lab and the tests need (idempotent)
 #   ./run.sh conformance  set up, boot a 3-node netlab, run the suite, write reports, tear down
 #   ./run.sh test         set up, then the project's own checks: ruff, mypy, pytest tests
+#   ./run.sh bench [--nodes 3,10,30]  set up, benchmark suite and lab, write bench/results.*
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -110,12 +111,23 @@ project_tests() {
   "$VENV/bin/pytest" tests "$@"
 }
 
+benchmarks() {
+  setup
+  # The plot needs matplotlib (the `bench` extra), installed on first use only.
+  if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    say "bench: installing the bench extra (matplotlib) into .venv"
+    "$VENV/bin/python" -m pip install -q -e ".[lab,dev,bench]"
+  fi
+  "$VENV/bin/python" -m bench "$@"
+}
+
 case "${1:-}" in
   setup) setup ;;
   conformance) conformance ;;
   test) shift; project_tests "$@" ;;
+  bench) shift; benchmarks "$@" ;;
   *)
-    say "usage: ./run.sh setup | conformance | test [pytest args]"
+    say "usage: ./run.sh setup | conformance | test [pytest args] | bench [--nodes 3,10,30]"
     exit 2
     ;;
 esac

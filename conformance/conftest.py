@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit.agent_client import AgentClient
+from conformance.kit.agent_client import AgentClient, AgentError
 from conformance.kit.cluster import (
     ClusterError,
     Discovery,
@@ -32,6 +32,7 @@ from conformance.kit.probes import (
     deploy_once,
     deploy_probes,
 )
+from conformance.kit.reachability import Sweep, plan_for_items, run_sweep, sweep_once
 from conformance.kit.settings import Settings, Timeouts
 from conformance.plugin import DUMP_KEY, RUN_KEY, SETTINGS_KEY, discovery_for
 
@@ -121,6 +122,20 @@ def probe_map(cluster_info: tuple[ProbeMap, Mapping[str, Any]]) -> ProbeMap:
 def agents(core: client.CoreV1Api, probe_map: ProbeMap, timeouts: Timeouts) -> AgentClient:
     """Runs agent request batches in probe containers (through exec)."""
     return AgentClient(core, probe_map.namespace, timeouts)
+
+
+@pytest.fixture(scope="session")
+def reachability(
+    request: pytest.FixtureRequest, run_info: RunInfo, probe_map: ProbeMap, agents: AgentClient
+) -> Sweep:
+    """The run's two-pass reachability sweep over every selected check `swept_by` a planner:
+    computed once in the whole run (xdist workers included), read back everywhere else."""
+    try:
+        return sweep_once(
+            run_info, lambda: run_sweep(agents, plan_for_items(request.session.items, probe_map))
+        )
+    except AgentError as exc:
+        could_not_test(f"reachability sweep: {exc}")
 
 
 @pytest.fixture

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
@@ -29,10 +32,17 @@ from conformance.kit.probes import (
     RunInfo,
     end_run,
     facts_from_state,
+    images_to_pull,
     read_state,
     run_properties,
 )
-from conformance.kit.report import SummaryCollector, build_summary, rule_from_docstring
+from conformance.kit.report import (
+    FLAKY_PROPERTY,
+    SummaryCollector,
+    build_summary,
+    flaky_line,
+    rule_from_docstring,
+)
 from conformance.kit.settings import (
     DEFAULT_PROBE_IMAGE,
     IMAGE_PULL_POLICIES,
@@ -44,6 +54,8 @@ from conformance.kit.settings import (
     parse_node_selector,
     parse_probe_image,
     parse_probe_timeout,
+    parse_pull_secret,
+    parse_taint_toleration,
 )
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -58,8 +70,17 @@ DEFAULT_PROTOCOLS = ("tcp", "udp", "icmp")
 
 COULD_NOT_TEST = (AgentError, ClusterError, ProbeDeploymentError)
 
+# Exit codes a CI gate relies on (README "Exit codes"); pytest's own codes pass through.
+EXIT_RULES_HOLD = 0
+EXIT_RULE_BROKEN = 1
+EXIT_COULD_NOT_TEST = 2
+DISCOVERY_FILE = "discovery.json"
+EXCLUDED_PROPERTY_PREFIX = "netconform.excluded."
+
 MARKERS = (
     "netconform: a k8s-netconform conformance check (added automatically)",
+    "node_cidr: the pod-IP-inside-its-node's-podCIDR check; deselect it with "
+    '-m "not node_cidr" where the IPAM ignores node podCIDRs',
     "multinode: needs at least two selected nodes; skipped otherwise",
     "disruptive: kills a probe container (the sandbox pod only)",
 )
@@ -126,7 +147,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="netconform_include_control_plane",
         action="store_true",
         default=False,
-        help="also probe nodes tainted NoSchedule/NoExecute (control-plane nodes)",
+        help="also probe control-plane nodes: the probes tolerate the control-plane taints",
+    )
+    group.addoption(
+        "--tolerate-taint",
+        dest="netconform_tolerate_taints",
+        action="append",
+        default=None,
+        type=parse_taint_toleration,
+        metavar="KEY[:EFFECT]",
+        help="also probe nodes carrying this taint, the probes tolerating it (any value; every "
+        "effect when none is given); repeatable",
+    )
+    group.addoption(
+        "--image-pull-secret",
+        dest="netconform_image_pull_secrets",
+        action="append",
+        default=None,
+        type=parse_pull_secret,
+        metavar="[NAMESPACE/]NAME",
+        help="copy this Secret (from namespace default unless given) into the run namespace "
+        "and list it in every probe pod's imagePullSecrets; repeatable",
+    )
+    group.addoption(
+        "--list-images",
+        dest="netconform_list_images",
+        action="store_true",
+        default=False,
+        help="print every image a run would pull, one per line, and exit without touching "
+        "the cluster",
     )
     group.addoption(
         "--probe-timeout",
@@ -159,6 +208,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="first delete namespaces left behind by earlier (killed) runs, then test",
     )
+
+
+# --- --list-images ---------------------------------------------------------------------------
+
+
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--list-images``: print the images, one per line and nothing else, and stop before any
+    session (so before any cluster access)."""
+    if not config.getoption("netconform_list_images", False) or config.option.help:
+        return None
+    for image in images_to_pull(Settings.from_config(config)):
+        sys.stdout.write(image + "\n")
+    sys.stdout.flush()
+    return int(pytest.ExitCode.OK)
 
 
 # --- configuration and xdist -----------------------------------------------------------------
@@ -195,6 +258,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[RUN_KEY] = run
     config.pluginmanager.register(_RunReporter(config, run), "netconform-reporter")
+    config.pluginmanager.register(_ExitGate(), "netconform-exit-gate")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistController(run), "netconform-xdist-controller")
 
@@ -221,14 +285,34 @@ def discovery_for(config: pytest.Config) -> Discovery:
     if found is None:
         found = discover(config.stash[SETTINGS_KEY])
         config.stash[DISCOVERY_KEY] = found
+        _record_discovery(config.stash[RUN_KEY], found)
     return found
+
+
+def _record_discovery(run: RunInfo, found: Discovery) -> None:
+    # The collecting processes (xdist workers) hand it to the reporting one through the run's
+    # shared directory; every worker finds the same, so the last write is as good as the first.
+    path = Path(run.shared_dir) / DISCOVERY_FILE
+    tmp = path.with_name(f"{DISCOVERY_FILE}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(found.to_dict(), sort_keys=True))
+        tmp.replace(path)
+
+
+def recorded_discovery(run: RunInfo) -> Discovery | None:
+    """The discovery a collecting process of this run recorded, if any."""
+    try:
+        return Discovery.from_dict(json.loads((Path(run.shared_dir) / DISCOVERY_FILE).read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _cases(metafunc: pytest.Metafunc, discovery: Discovery) -> list[tuple[dict[str, Any], str]]:
     """Every (fixture values, test ID) of one check, in a stable order.
 
-    IDs read like the place: ``udp-node-1->node-2`` (pairs), ``tcp-node-1`` (per node), with an
-    ``ipv6-`` style prefix only when more than one IP family is tested.
+    IDs read like the place: ``udp-node-1->node-2`` (pairs), ``tcp-node-1`` (per node). The
+    family leads the ID (``ipv6-tcp-node-1->node-2``) whenever the tested families are not
+    IPv4 only, so IPv4-only clusters keep the IDs existing expectations use.
     """
     names = set(metafunc.fixturenames)
     protocols: tuple[str, ...] = tuple(getattr(metafunc.module, "PROTOCOLS", DEFAULT_PROTOCOLS))
@@ -243,8 +327,8 @@ def _cases(metafunc: pytest.Metafunc, discovery: Discovery) -> list[tuple[dict[s
         ]
 
     if "family" in names:
-        families = tuple(getattr(metafunc.module, "FAMILIES", None) or discovery.families)
-        show = len(families) > 1
+        families = tuple(discovery.families)
+        show = families != (4,)
         extend([({"family": f}, f"ipv{f}" if show else "") for f in families])
     if "node_pair" in names:
         nodes = list(discovery.nodes)
@@ -366,6 +450,9 @@ class _RunReporter:
             rule=str(properties[RULE_PROPERTY]),
             wasxfail=hasattr(report, "wasxfail"),
         )
+        if report.when == "call" and report.passed and FLAKY_PROPERTY in properties:
+            # Passed only on a retry (see conformance.kit.reachability): a pass, but counted.
+            self.collector.mark_flaky(report.nodeid, str(properties[FLAKY_PROPERTY]))
 
     @pytest.hookimpl(tryfirst=True)  # before LogXML writes the JUnit file
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -374,13 +461,23 @@ class _RunReporter:
             return  # no conformance test ran: nothing to report, nothing to clean
         _junit_properties(self.config, run_properties(self.run, state))
         results = self.collector.results()
+        flaky = self.collector.flaky()
+        self.lines.extend(flaky_line(nodeid, flaky[nodeid]) for nodeid in sorted(flaky))
         summary = build_summary(
             results,
             facts=facts_from_state(state),
-            flaky=self.collector.flaky(),
+            flaky=flaky,
             session_duration=monotonic() - self.started,
         )
-        summary["exitstatus"] = int(exitstatus)
+        summary["exitstatus"] = int(session.exitstatus)  # the gate's code (see _ExitGate)
+        found = recorded_discovery(self.run)
+        if found is not None:
+            summary["excluded_nodes"] = dict(sorted(found.excluded.items()))
+            _junit_properties(
+                self.config,
+                [(EXCLUDED_PROPERTY_PREFIX + n, why) for n, why in sorted(found.excluded.items())],
+            )
+            self.lines.extend(found.exclusion_lines())
         self.lines.extend(
             end_run(
                 settings=self.config.stash[SETTINGS_KEY],
@@ -396,6 +493,47 @@ class _RunReporter:
             terminalreporter.section("netconform")
             for line in self.lines:
                 terminalreporter.write_line(line)
+
+
+def gate_exit_status(status: int, *, broken: bool, untested: bool) -> int:
+    """The exit code of a run: 2 when a check could not test (that wins), 1 when a rule is
+    broken, else pytest's. pytest's codes other than 0 and 1 (interrupted, internal error,
+    usage error, no tests collected) are kept as they are."""
+    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return int(status)
+    if untested:
+        return EXIT_COULD_NOT_TEST
+    if broken:
+        return EXIT_RULE_BROKEN
+    return int(status)
+
+
+class _ExitGate:
+    """Sorts conformance outcomes into "rule broken" (a check failed) and "could not test" (an
+    error in any phase of a check, a crashed worker, a collection error) and sets the session's
+    exit status from them. Registered in the controller (or the only process)."""
+
+    def __init__(self) -> None:
+        self.broken: list[str] = []
+        self.untested: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not report.failed or RULE_PROPERTY not in dict(report.user_properties):
+            return
+        # A failed call is a verdict on the network; a failed setup/teardown (COULD NOT TEST
+        # included, see pytest_runtest_makereport) or an xdist crash report ("???") is not.
+        (self.broken if report.when == "call" else self.untested).append(report.nodeid)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.untested.append(report.nodeid)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # before the reporters read the status
+    def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None, None, None]:
+        session.exitstatus = gate_exit_status(
+            session.exitstatus, broken=bool(self.broken), untested=bool(self.untested)
+        )
+        return (yield)
 
 
 def _reports_dir(config: pytest.Config) -> Path:

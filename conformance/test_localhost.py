@@ -3,54 +3,74 @@ see the same interfaces and addresses, and share one port space."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 
-from conformance.kit.agent_client import AgentClient, address_of_family, exchange, require_ok
+from conformance.kit.agent_client import AgentClient, address_of_family, require_ok
 from conformance.kit.probes import ROLE_PROBE, ProbeMap
-from conformance.kit.report import format_rule_failure
+from conformance.kit.reachability import Endpoint, Sweep, Target, outcomes_for, swept_by
+from conformance.kit.report import FLAKY_PROPERTY, format_rule_failure
 
 PROTOCOLS = ("tcp", "udp")
-# Loopback exists whatever the cluster's families: 127.0.0.1 always, ::1 when the pod has IPv6.
-FAMILIES = (4, 6)
+# The families come from the cluster (IPv4-only: 127.0.0.1; IPv6: ::1; dual: both).
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 DIRECTIONS = (("a", "b"), ("b", "a"))
 
 
+def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> list[Target]:
+    """Both directions between the probe pod's containers over the family's loopback address
+    (none for IPv6 when the pod has no IPv6 address)."""
+    proto, family, node = params["proto"], params["family"], params["probe_node"]
+    probe = probe_map.get(ROLE_PROBE, node)
+    if family == 6 and address_of_family(probe.pod_ips, 6) is None:
+        return []
+    return [
+        Target(
+            check="test_localhost_between_containers",
+            proto=proto,
+            family=family,
+            source=Endpoint(probe.name, src, node),
+            destination=Endpoint(probe.name, dst, node),
+            host=LOOPBACK[family],
+            port=probe.agent(dst).port(proto),
+            capture=False,
+        )
+        for src, dst in DIRECTIONS
+    ]
+
+
+@swept_by(targets)
 def test_localhost_between_containers(
     proto: str,
     family: int,
     probe_node: str,
     probe_map: ProbeMap,
     agents: AgentClient,
-    nonce: str,
+    reachability: Sweep,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Containers of one pod MUST reach each other over localhost (127.0.0.1, and ::1 when the
     pod has IPv6), in both directions."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
-    if family == 6 and address_of_family(probe.pod_ips, 6) is None:
+    planned = targets({"proto": proto, "family": family, "probe_node": probe_node}, probe_map)
+    if not planned:
         pytest.skip(f"{probe.describe()} has no IPv6 address")
     loopback = LOOPBACK[family]
-    failures = []
-    for src, dst in DIRECTIONS:
-        agent = probe.agent(dst)
-        result = exchange(
-            agents,
-            proto=proto,
-            source=(probe.name, src),
-            destination=(probe.name, dst),
-            host=loopback,
-            port=agent.port(proto),
-            nonce=f"{nonce}-{src}{dst}",
-            capture=False,
-        )
-        if not result.reached:
-            failures.append(f"{src} -> {dst}: {result.describe()}")
+    outcomes = outcomes_for(reachability, planned, agents)
+    failures = [
+        f"{o.target.source.container} -> {o.target.destination.container}: "
+        f"{o.exchange.describe() if o.exchange else o.error}"
+        for o in outcomes
+        if not o.reached
+    ]
     if failures:
         pytest.fail(
             format_rule_failure(
                 "containers of one pod MUST reach each other over localhost",
                 expected=f"{proto} to {loopback} works from a to b and from b to a",
-                observed=f"{len(failures)} of 2 directions failed",
+                observed=f"{len(failures)} of {len(outcomes)} directions failed",
                 protocol=proto,
                 pods=[probe.describe()],
                 nodes=[probe_node],
@@ -58,6 +78,13 @@ def test_localhost_between_containers(
             ),
             pytrace=False,
         )
+    flaky = [
+        f"{o.target.source.container} -> {o.target.destination.container}: {o.flaky}"
+        for o in outcomes
+        if o.flaky
+    ]
+    if flaky:
+        request.node.user_properties.append((FLAKY_PROPERTY, "; ".join(flaky)))
 
 
 def test_containers_share_interfaces(

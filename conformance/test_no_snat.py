@@ -1,15 +1,29 @@
 """Pods on any node can communicate with all pods on all nodes without NAT: the destination sees
 the source pod's own IP. Checked twice per exchange: by the destination's listener (the peer
-address of the connection or datagram) and by a packet capture inside the destination pod."""
+address of the connection or datagram) and by a packet capture inside the destination pod.
+
+The exchanges come from the run's two-pass reachability sweep (`conformance.kit.reachability`):
+each test reads its own pair's outcome, so verdicts and IDs stay per pair."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 
-from conformance.kit.agent_client import AgentClient, address_of_family, exchange
+from conformance.kit.agent_client import AgentClient, address_of_family
 from conformance.kit.pairs import NodePair
 from conformance.kit.probes import ROLE_PEER, ROLE_PROBE, Probe, ProbeMap
-from conformance.kit.report import format_rule_failure
+from conformance.kit.reachability import (
+    Endpoint,
+    Sweep,
+    Target,
+    failure_summary,
+    outcomes_for,
+    swept_by,
+)
+from conformance.kit.report import FLAKY_PROPERTY, format_rule_failure
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 
@@ -24,69 +38,70 @@ def endpoints(probe_map: ProbeMap, pair: NodePair) -> tuple[Probe, Probe]:
     return source, target
 
 
+def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> list[Target]:
+    """The exchange of one test item (none when a pod lacks an IP of the family)."""
+    proto, family, pair = params["proto"], params["family"], params["node_pair"]
+    source, target = endpoints(probe_map, pair)
+    src_ip = address_of_family(source.pod_ips, family)
+    dst_ip = address_of_family(target.pod_ips, family)
+    if src_ip is None or dst_ip is None:
+        return []
+    agent = target.agent()
+    return [
+        Target(
+            check="test_no_snat",
+            proto=proto,
+            family=family,
+            source=Endpoint(source.name, source.agent().container, source.node),
+            destination=Endpoint(target.name, agent.container, target.node),
+            host=dst_ip,
+            port=agent.port(proto),
+            allowed_sources=(src_ip,),
+        )
+    ]
+
+
+@swept_by(targets)
 def test_no_snat(
     proto: str,
     node_pair: NodePair,
     family: int,
     probe_map: ProbeMap,
     agents: AgentClient,
-    nonce: str,
+    reachability: Sweep,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A pod MUST reach a pod on the same node and on another node (tcp, udp, icmp), and the
     destination MUST see the source pod's own IP as the packets' source (no SNAT)."""
     source, target = endpoints(probe_map, node_pair)
-    src_ip = address_of_family(source.pod_ips, family)
-    dst_ip = address_of_family(target.pod_ips, family)
-    if src_ip is None or dst_ip is None:
+    planned = targets({"proto": proto, "family": family, "node_pair": node_pair}, probe_map)
+    if not planned:
         pytest.skip(f"no IPv{family} pod IP on {source.describe()} or {target.describe()}")
-    agent = target.agent()
-    result = exchange(
-        agents,
-        proto=proto,
-        source=(source.name, source.agent().container),
-        destination=(target.name, agent.container),
-        host=dst_ip,
-        port=agent.port(proto),
-        nonce=nonce,
-    )
-    pods = [source.describe(), target.describe()]
-    nodes = [node_pair.src, node_pair.dst]
-    if not result.reached:
-        pytest.fail(
-            format_rule_failure(
-                RULE,
-                expected=f"{dst_ip} answers {proto} from {src_ip}",
-                observed=f"no answer after {result.attempts} attempt(s): "
-                f"{result.client_response.get('error')}",
-                details=[result.describe()],
-                protocol=proto,
-                pods=pods,
-                nodes=nodes,
-            ),
-            pytrace=False,
-        )
-    seen_by_listener = set(result.listener_peers)
-    if proto != "icmp" and result.peer_seen:
-        seen_by_listener.add(result.peer_seen)
-    problems = []
-    if seen_by_listener != {src_ip}:
-        problems.append(f"listener saw source {sorted(seen_by_listener) or 'nothing'}")
-    if result.capture_error is not None:
-        problems.append(f"capture failed: {result.capture_error}")
-    elif set(result.captured_sources) != {src_ip}:
-        problems.append(
-            f"capture in {target.name} saw source {list(result.captured_sources) or 'nothing'}"
-        )
+    (outcome,) = outcomes_for(reachability, planned, agents)
+    result = outcome.exchange
+    assert result is not None  # outcomes_for raised for outcomes without one
+    src_ip, dst_ip = address_of_family(source.pod_ips, family), planned[0].host
+    problems = outcome.problems()
     if problems:
+        if not result.reached:
+            expected = f"{dst_ip} answers {proto} from {src_ip}"
+        else:
+            expected = f"source {src_ip} (the pod's own IP) at the listener and in the capture"
         pytest.fail(
             format_rule_failure(
                 RULE,
-                expected=f"source {src_ip} (the pod's own IP) at the listener and in the capture",
+                expected=expected,
                 observed="; ".join(problems),
-                details=[result.describe()],
-                protocol=proto,
-                pods=pods,
-                nodes=nodes,
+                details=[
+                    result.describe(),
+                    "across the run: "
+                    + failure_summary(reachability.failed("test_no_snat"), "test_no_snat"),
+                ],
+                protocol=f"{proto} over IPv{family}",
+                pods=[source.describe(), target.describe()],
+                nodes=[node_pair.src, node_pair.dst],
             ),
             pytrace=False,
         )
+    if outcome.flaky:
+        request.node.user_properties.append((FLAKY_PROPERTY, outcome.flaky))

@@ -1,17 +1,29 @@
 """Agents on a node (system daemons, kubelet) can communicate with all pods on that node: the
-hostNetwork probe reaches the node's pods, which see a source address of that node."""
+hostNetwork probe reaches the node's pods, which see a source address of that node.
+
+The exchanges come from the run's two-pass reachability sweep (`conformance.kit.reachability`)."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from kubernetes import client
 
-from conformance.kit.agent_client import AgentClient, address_of_family, exchange, require_ok
+from conformance.kit.agent_client import AgentClient, address_of_family, require_ok
 from conformance.kit.cluster import call_api, node_ip_addresses
 from conformance.kit.probes import ROLE_HOSTPROBE, ROLE_PEER, ROLE_PROBE, Probe, ProbeMap
-from conformance.kit.report import format_rule_failure
+from conformance.kit.reachability import (
+    Endpoint,
+    Sweep,
+    Target,
+    failure_summary,
+    outcomes_for,
+    swept_by,
+)
+from conformance.kit.report import FLAKY_PROPERTY, format_rule_failure
 from conformance.kit.settings import Timeouts
 
 PROTOCOLS = ("tcp", "udp", "icmp")
@@ -39,6 +51,33 @@ def node_own_addresses(
     return owned
 
 
+def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> list[Target]:
+    """The exchanges of one test item: the node's hostNetwork probe to each of its pod-network
+    probes that has an IP of the family. The check judges the sources itself (node addresses)."""
+    proto, family, node = params["proto"], params["family"], params["probe_node"]
+    host = probe_map.get(ROLE_HOSTPROBE, node)
+    planned = []
+    for role in (ROLE_PROBE, ROLE_PEER):
+        pod = probe_map.find(role, node)
+        dst_ip = address_of_family(pod.pod_ips, family) if pod else None
+        if pod is None or dst_ip is None:
+            continue
+        agent = pod.agent()
+        planned.append(
+            Target(
+                check="test_node_to_pod",
+                proto=proto,
+                family=family,
+                source=Endpoint(host.name, host.agent().container, node),
+                destination=Endpoint(pod.name, agent.container, node),
+                host=dst_ip,
+                port=agent.port(proto),
+            )
+        )
+    return planned
+
+
+@swept_by(targets)
 def test_node_to_pod(
     proto: str,
     family: int,
@@ -47,55 +86,63 @@ def test_node_to_pod(
     agents: AgentClient,
     core: client.CoreV1Api,
     timeouts: Timeouts,
-    nonce: str,
+    reachability: Sweep,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The hostNetwork probe on a node MUST reach every probe pod on that node (tcp, udp, icmp)
     and each pod MUST see a source address that belongs to that node."""
     host = probe_map.get(ROLE_HOSTPROBE, probe_node)
-    targets = [p for p in (probe_map.find(r, probe_node) for r in (ROLE_PROBE, ROLE_PEER)) if p]
+    pods = [p for p in (probe_map.find(r, probe_node) for r in (ROLE_PROBE, ROLE_PEER)) if p]
+    planned = targets({"proto": proto, "family": family, "probe_node": probe_node}, probe_map)
+    if not planned:
+        pytest.skip(f"no probe pod on {probe_node} has an IPv{family} address")
+    outcomes = outcomes_for(reachability, planned, agents)
     owned = node_own_addresses(core, agents, host, timeouts)
+    by_name = {p.name: p for p in pods}
     failures: list[str] = []
-    tested = 0
-    for index, target in enumerate(targets):
-        dst_ip = address_of_family(target.pod_ips, family)
-        if dst_ip is None:
-            continue
-        tested += 1
-        agent = target.agent()
-        result = exchange(
-            agents,
-            proto=proto,
-            source=(host.name, host.agent().container),
-            destination=(target.name, agent.container),
-            host=dst_ip,
-            port=agent.port(proto),
-            nonce=f"{nonce}-{index}",
-        )
+    for outcome in outcomes:
+        result = outcome.exchange
+        assert result is not None  # outcomes_for raised for outcomes without one
+        pod = by_name[outcome.target.destination.pod]
         if not result.reached:
-            failures.append(f"{target.describe()} did not answer: {result.describe()}")
+            failures.append(f"{pod.describe()} did not answer: {result.describe()}")
             continue
-        seen = set(result.listener_peers) | set(result.captured_sources)
+        recorded = set(result.listener_peers) | set(result.captured_sources)
+        if not recorded:
+            # An answer came, but not from this pod: another pod holds its IP (or a proxy).
+            failures.append(
+                f"{pod.describe()} recorded nothing (no listener record, no capture) although "
+                f"something answered at its IP: {result.describe()}"
+            )
+            continue
+        seen = set(recorded)
         if proto != "icmp" and result.peer_seen:
             seen.add(result.peer_seen)
         foreign = sorted(seen - owned)
-        if not seen or foreign:
+        if foreign:
             failures.append(
-                f"{target.describe()} saw source {sorted(seen) or 'nothing'}, "
+                f"{pod.describe()} saw source {sorted(seen) or 'nothing'}, "
                 f"not an address of node {probe_node}: {result.describe()}"
             )
-    if tested == 0:
-        pytest.skip(f"no probe pod on {probe_node} has an IPv{family} address")
     if failures:
+        unreachable = reachability.failed("test_node_to_pod")
         pytest.fail(
             format_rule_failure(
                 RULE,
                 expected=f"every pod on {probe_node} answers {proto} from the node and sees a "
                 f"source among the node's addresses {sorted(owned)}",
-                observed=f"{len(failures)} of {tested} pods failed",
-                protocol=proto,
-                pods=[host.describe(), *(t.describe() for t in targets)],
+                observed=f"{len(failures)} of {len(outcomes)} pods failed",
+                protocol=f"{proto} over IPv{family}",
+                pods=[host.describe(), *(p.describe() for p in pods)],
                 nodes=[probe_node],
-                details=failures,
+                details=[
+                    *failures,
+                    "unanswered across the run: "
+                    + failure_summary(unreachable, "test_node_to_pod"),
+                ],
             ),
             pytrace=False,
         )
+    flaky = [f"{o.target.destination.pod}: {o.flaky}" for o in outcomes if o.flaky]
+    if flaky:
+        request.node.user_properties.append((FLAKY_PROPERTY, "; ".join(flaky)))

@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import logging
 import shutil
+import signal
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ class PodRecord:
     stop_task: asyncio.Task[None] | None = None
     last_sent: JSONDict | None = None
     released_ips: tuple[str, ...] | None = None  # the IPs reported after the sandbox went
+    moved: set[str] = field(default_factory=set)  # sandbox-reset: following the pod's new sandbox
 
     @property
     def uid(self) -> str:
@@ -187,14 +189,15 @@ def qos_class(pod_spec: Mapping[str, Any]) -> str:
 
 
 def _neighbour_address(ip: str, cidrs: tuple[str, ...]) -> str:
-    """The address next to ``ip`` inside its range (the wrong-self-ip fault)."""
+    """The wrong-self-ip fault's address for ``ip``: mirrored from the top of its range, so it
+    stays in the podCIDR and unique per pod but is no pod's address (IPAM counts up from the
+    bottom), and traffic sent to it reaches nobody instead of another pod."""
     address = ipaddress.ip_address(ip)
     for cidr in cidrs:
         network = ipaddress.ip_interface(cidr).network
         if address in network:
-            following = address + 1
-            inside = following in network and following != network.broadcast_address
-            return str(following if inside else address - 1)
+            offset = int(address) - int(network.network_address)
+            return str(ipaddress.ip_address(int(network.broadcast_address) - offset))
     return str(address + 1)
 
 
@@ -512,17 +515,27 @@ class NodeAgent:
                 return False
         container.restart_count += 1
         if SANDBOX_RESET_FAULT in self.spec.faults and not container.init:
-            await self._reset_sandbox(record)
+            if container.name in record.moved:
+                record.moved.discard(container.name)  # restarted into the new sandbox: no reset
+            else:
+                await self._reset_sandbox(record, container)
         return not record.stopping.is_set()
 
-    async def _reset_sandbox(self, record: PodRecord) -> None:
-        """The sandbox-reset fault: a restart gets a brand new netns and IP."""
+    async def _reset_sandbox(self, record: PodRecord, restarting: ContainerRecord) -> None:
+        """The sandbox-reset fault: a restart gets a brand new netns and IP. As kubelet does
+        for a new sandbox, the pod's other running containers are killed and restarted in it
+        (else they would stay behind in the old, detached namespace)."""
         async with record.reset_lock:
             sandbox = record.sandbox
             assert sandbox is not None
             await sandbox.reset()
             self._write_etc(record)
+            others = [c for c in record.containers if c is not restarting and c.is_running]
+            record.moved.update(c.name for c in others)
             self._report(record)
+        for other in others:
+            if other.running is not None:
+                await self.runtime.kill(other.running.id, signal.SIGKILL)
 
     async def _run_once(self, record: PodRecord, container: ContainerRecord) -> int | None:
         """Start the container and wait for it to end; its exit code, or None when the pod is
@@ -590,13 +603,18 @@ class NodeAgent:
                 SPLIT_NETNS_FAULT in self.spec.faults
                 and not container.init
                 and not sandbox.host_network
+                # The first container keeps the pod's namespace (and its IP answers): the
+                # fault splits the pod's containers from each other, not the pod from the net.
+                and container is not record.containers[0]
             ):
                 net_path = await sandbox.container_netns(container.name)
             context = PodContext(
                 pod=record.pod,
                 node_name=self.plan.name,
-                pod_ips=sandbox.ips,
+                # The downward API shows what the API reports (wrong-self-ip: the wrong IP).
+                pod_ips=self._reported_ips(record),
                 host_ip=self.plan.internal_ip,
+                host_ips=self.node.addresses,
                 net_path=net_path,
                 uts_path=sandbox.uts_path,
                 ipc_path=sandbox.ipc_path,
@@ -960,7 +978,7 @@ class NodeAgent:
             "phase": phase,
             "conditions": [record.conditions[k] for k in CONDITION_ORDER],
             "hostIP": self.plan.internal_ip,
-            "hostIPs": [{"ip": self.plan.internal_ip}],
+            "hostIPs": [{"ip": ip} for ip in self.node.addresses],
             "startTime": record.start_time,
             "qosClass": qos_class(record.pod.get("spec", {})),
             "containerStatuses": [c.status() for c in record.containers],

@@ -38,7 +38,7 @@ from netlab.lab import (
     READY_FILE,
     default_kubeconfig,
 )
-from netlab.spec import STATE_ROOT, LabSpec, LabSpecError
+from netlab.spec import IP_FAMILIES, STATE_ROOT, LabSpec, LabSpecError
 
 CNI_PLUGIN_DIR = Path("/usr/lib/cni")
 REQUIRED_CNI_PLUGINS = ("bridge", "host-local", "loopback")
@@ -106,6 +106,7 @@ def spec_from_args(args: argparse.Namespace) -> LabSpec:
         spec = LabSpec(
             name=args.name,
             nodes=getattr(args, "nodes", 3),
+            ip_family=getattr(args, "ip_family", "ipv4"),
             faults=frozenset(getattr(args, "fault", [])),
             state_root=args.state_root,
         )
@@ -162,10 +163,14 @@ def command_up(args: argparse.Namespace) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / LOG_FILE
     argv = [sys.executable, "-m", "netlab.lab", "--name", spec.name, "--nodes", str(spec.nodes)]
+    argv += ["--ip-family", spec.ip_family]
     for fault in sorted(spec.faults):
         argv += ["--fault", fault]
     argv += ["--kubeconfig", str(kubeconfig), "--state-root", str(spec.state_root)]
-    say(f"starting lab {spec.name}: {spec.nodes} nodes, faults {sorted(spec.faults) or 'none'}")
+    say(
+        f"starting lab {spec.name}: {spec.nodes} nodes, {spec.ip_family}, "
+        f"faults {sorted(spec.faults) or 'none'}"
+    )
     with log_path.open("ab") as log_file:
         daemon = subprocess.Popen(
             argv,
@@ -312,7 +317,8 @@ def command_status(args: argparse.Namespace) -> int:
             continue
         pods = _pod_count(Path(info["kubeconfig"]))
         print(
-            f"{name}: running (pid {pid}), {info['nodes']} nodes, API {info['api_url']}, "
+            f"{name}: running (pid {pid}), {info['nodes']} nodes, "
+            f"{info.get('ip_family', 'ipv4')}, API {info['api_url']}, "
             f"pods {pods}, faults {', '.join(info['faults']) or 'none'}, "
             f"kubeconfig {info['kubeconfig']}"
         )
@@ -342,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="start a lab and print its kubeconfig path")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    up.add_argument(
+        "--ip-family",
+        choices=list(IP_FAMILIES),
+        default="ipv4",
+        help="pod, node and service address families (default ipv4; dual is IPv4-primary)",
+    )
     up.add_argument(
         "--fault",
         action="append",

@@ -12,7 +12,7 @@ FAULTS: dict[str, str] = {
     "overlapping-pod-cidrs": "two nodes are given overlapping podCIDRs",
     "duplicate-pod-ip": "IPAM forgets its leases, so pods on a node share an IP",
     "ip-outside-node-cidr": "a node's IPAM hands out addresses outside its podCIDR",
-    "split-netns": "each container gets its own network namespace instead of the pod's",
+    "split-netns": "containers after the first get their own network namespace, not the pod's",
     "unshared-emptydir": "each container gets its own copy of an emptyDir volume",
     "block-node-to-pod": "nodes drop traffic from their own address to local pods",
     "cross-node-blackhole": "pod traffic between nodes is dropped",

@@ -1,10 +1,11 @@
 """A running lab: topology, network faults, one node agent per node and the API server, in one
 asyncio process (the lab daemon).
 
-``python -m netlab.lab --name X --nodes N [--fault F]... --kubeconfig PATH`` runs in the
-foreground and logs to stderr. It writes ``<state>/daemon.pid`` at once, then ``<state>/ready``
-(holding the kubeconfig path) when the API serves, or ``<state>/failed`` (one line) and exits
-non-zero. SIGTERM or SIGINT tear everything down in reverse; a final sweep is the safety net.
+``python -m netlab.lab --name X --nodes N [--ip-family F] [--fault F]... --kubeconfig PATH``
+runs in the foreground and logs to stderr. It writes ``<state>/daemon.pid`` at once, then
+``<state>/ready`` (holding the kubeconfig path) when the API serves, or ``<state>/failed`` (one
+line) and exits non-zero. SIGTERM or SIGINT tear everything down in reverse; a final sweep is
+the safety net.
 """
 
 from __future__ import annotations
@@ -109,7 +110,12 @@ class Lab:
         await asyncio.to_thread(build_topology, spec)  # all or nothing by itself
         self._stack.push_async_callback(asyncio.to_thread, destroy_topology, spec)
         await asyncio.to_thread(apply_lab_faults, spec)
-        log.info("network ready: %d nodes, faults %s", spec.nodes, sorted(spec.faults) or "none")
+        log.info(
+            "network ready: %d nodes, %s, faults %s",
+            spec.nodes,
+            spec.ip_family,
+            sorted(spec.faults) or "none",
+        )
 
         self.api = ApiServer(spec)
         self._stack.push_async_callback(self._stop_control_plane)
@@ -188,6 +194,7 @@ async def run_lab(spec: LabSpec, kubeconfig: Path) -> int:
             info = {
                 "name": spec.name,
                 "nodes": spec.nodes,
+                "ip_family": spec.ip_family,
                 "faults": sorted(spec.faults),
                 "api_url": lab.api_url,
                 "kubeconfig": str(kubeconfig),
@@ -218,6 +225,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m netlab.lab", description=__doc__)
     parser.add_argument("--name", default="default")
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--ip-family", default="ipv4")
     parser.add_argument("--fault", action="append", default=[])
     parser.add_argument("--kubeconfig", type=Path)
     parser.add_argument("--state-root", type=Path, default=STATE_ROOT, help=argparse.SUPPRESS)
@@ -235,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = LabSpec(
             name=args.name,
             nodes=args.nodes,
+            ip_family=args.ip_family,
             faults=frozenset(args.fault),
             state_root=args.state_root,
         )

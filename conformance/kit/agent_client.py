@@ -95,6 +95,22 @@ class AgentClient:
         # Closing stdin needs the v5 exec protocol; older servers get the payload as argv.
         self._stdin_close: bool | None = None
 
+    def for_thread(self) -> AgentClient:
+        """A client with its own API client (same configuration), for use in another thread.
+
+        The kubernetes client's ``stream`` swaps ``call_api`` on the API client during each
+        exec, so two threads must never exec through one API client at once. Close it with
+        `close`.
+        """
+        api = client.ApiClient(self.core.api_client.configuration)
+        twin = AgentClient(client.CoreV1Api(api), self.namespace, self.timeouts)
+        twin._stdin_close = self._stdin_close
+        return twin
+
+    def close(self) -> None:
+        """Release the API client's connections (for clients made by `for_thread`)."""
+        self.core.api_client.close()
+
     def _open(self, pod: str, container: str, command: list[str], stdin: bool) -> Any:
         for attempt in Retrying(
             retry=retry_if_exception(_retryable_open),
@@ -326,6 +342,137 @@ class Exchange:
             + (f" (capture failed: {self.capture_error})" if self.capture_error else "")
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (shared between xdist workers); `from_dict` reads it back."""
+        return {
+            "proto": self.proto,
+            "source": self.source,
+            "destination": self.destination,
+            "target": self.target,
+            "attempts": self.attempts,
+            "client_response": self.client_response,
+            "listener_peers": list(self.listener_peers),
+            "captured_sources": list(self.captured_sources),
+            "capture_error": self.capture_error,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Exchange:
+        return cls(
+            proto=str(raw["proto"]),
+            source=str(raw["source"]),
+            destination=str(raw["destination"]),
+            target=str(raw["target"]),
+            attempts=int(raw["attempts"]),
+            client_response=dict(raw["client_response"]),
+            listener_peers=tuple(raw["listener_peers"]),
+            captured_sources=tuple(raw["captured_sources"]),
+            capture_error=raw.get("capture_error"),
+        )
+
+
+def probe_request(
+    proto: str, host: str, port: int | None, nonce: str, timeout: float
+) -> dict[str, Any]:
+    """The agent request of one network attempt: an ICMP (ICMPv6 for an IPv6 ``host``) echo, or
+    a TCP/UDP exchange with the listener at ``host``:``port``."""
+    if proto == "icmp":
+        return {"op": "icmp", "host": host, "nonce": nonce, "timeout": timeout}
+    return {
+        "op": "connect",
+        "proto": proto,
+        "host": host,
+        "port": port,
+        "nonce": nonce,
+        "timeout": timeout,
+    }
+
+
+def target_text(proto: str, host: str, port: int | None) -> str:
+    """``host:port`` (``[v6]:port``) for tcp/udp, the bare address for icmp."""
+    if proto == "icmp":
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def collect_queries(
+    nonce: str, capture_id: str | None, *, reached: bool, capture_wait: float
+) -> list[dict[str, Any]]:
+    """The destination's queries after probing: listener records, then the capture's packets.
+
+    Waits only when the probe was answered: a packet that never came will not come later.
+    """
+    # ICMP is recorded by a raw socket beside the kernel's echo: give the record a moment.
+    seen_wait = min(1.0, capture_wait) if reached else 0.0
+    queries: list[dict[str, Any]] = [{"op": "seen", "nonce": nonce, "wait": seen_wait}]
+    if capture_id is not None:
+        queries.append(
+            {
+                "op": "capture_result",
+                "capture_id": capture_id,
+                "wait": capture_wait if reached else 0.0,
+            }
+        )
+    return queries
+
+
+def exchange_from_answers(
+    *,
+    proto: str,
+    source: tuple[str, str],
+    destination: tuple[str, str],
+    host: str,
+    port: int | None,
+    attempts: int,
+    response: AgentResponse,
+    answers: Sequence[AgentResponse],
+    captured: bool,
+) -> Exchange:
+    """Build the `Exchange` from the client's last response and the destination's answers to
+    `collect_queries` (``captured``: a capture was running, so ``answers[1]`` is its result).
+
+    `AgentError` when the listener records cannot be read (could not test)."""
+    dst_pod, dst_container = destination
+    seen = require_ok(
+        answers[0], pod=dst_pod, container=dst_container, what="read listener records"
+    )
+    peers = tuple(
+        sorted(
+            {
+                normalize_ip(r.get("peer")) or str(r.get("peer"))
+                for r in seen.get("records", [])
+                if str(r.get("proto", "")).startswith(proto)  # icmp covers icmpv6
+            }
+        )
+    )
+    packets: tuple[str, ...] = ()
+    capture_error: str | None = None
+    if captured:
+        result = answers[1]
+        if result.get("ok"):
+            packets = tuple(
+                sorted(
+                    {
+                        normalize_ip(p.get("src")) or str(p.get("src"))
+                        for p in result.get("packets", [])
+                        if normalize_ip(p.get("dst")) == normalize_ip(host)
+                    }
+                )
+            )
+        else:
+            capture_error = str(result.get("error"))
+    return Exchange(
+        proto=proto,
+        source="/".join(source),
+        destination="/".join(destination),
+        target=target_text(proto, host, port),
+        attempts=attempts,
+        client_response=response,
+        listener_peers=peers,
+        captured_sources=packets,
+        capture_error=capture_error,
+    )
+
 
 def exchange(
     agents: AgentClient,
@@ -348,7 +495,6 @@ def exchange(
     src_pod, src_container = source
     dst_pod, dst_container = destination
     capture_id: str | None = None
-    capture_error: str | None = None
     if capture:
         budget = timeouts.reach_attempts * (timeouts.probe + 1) + timeouts.capture_wait + 10
         started = agents.call_one(
@@ -358,73 +504,25 @@ def exchange(
         )
         require_ok(started, pod=dst_pod, container=dst_container, what="start packet capture")
         capture_id = str(started["capture_id"])
-    if proto == "icmp":
-        request: dict[str, Any] = {
-            "op": "icmp",
-            "host": host,
-            "nonce": nonce,
-            "timeout": timeouts.probe,
-        }
-        target = host
-    else:
-        request = {
-            "op": "connect",
-            "proto": proto,
-            "host": host,
-            "port": port,
-            "nonce": nonce,
-            "timeout": timeouts.probe,
-        }
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = probe_request(proto, host, port, nonce, timeouts.probe)
     response: AgentResponse = {}
     attempts = 0
     for attempts in range(1, timeouts.reach_attempts + 1):  # noqa: B007 - reported below
         response = agents.call_one(src_pod, src_container, request)
         if response.get("ok"):
             break
-    # ICMP is recorded by a raw socket beside the kernel's echo: give the record a moment.
-    seen_wait = min(1.0, timeouts.capture_wait) if response.get("ok") else 0.0
-    queries: list[dict[str, Any]] = [{"op": "seen", "nonce": nonce, "wait": seen_wait}]
-    if capture_id is not None:
-        queries.append(
-            {"op": "capture_result", "capture_id": capture_id, "wait": timeouts.capture_wait}
-        )
+    queries = collect_queries(
+        nonce, capture_id, reached=bool(response.get("ok")), capture_wait=timeouts.capture_wait
+    )
     answers = agents.call(dst_pod, dst_container, queries)
-    seen = require_ok(
-        answers[0], pod=dst_pod, container=dst_container, what="read listener records"
-    )
-    peers = tuple(
-        sorted(
-            {
-                normalize_ip(r.get("peer")) or str(r.get("peer"))
-                for r in seen.get("records", [])
-                if str(r.get("proto", "")).startswith(proto)  # icmp covers icmpv6
-            }
-        )
-    )
-    captured: tuple[str, ...] = ()
-    if capture_id is not None:
-        result = answers[1]
-        if result.get("ok"):
-            captured = tuple(
-                sorted(
-                    {
-                        normalize_ip(p.get("src")) or str(p.get("src"))
-                        for p in result.get("packets", [])
-                        if normalize_ip(p.get("dst")) == normalize_ip(host)
-                    }
-                )
-            )
-        else:
-            capture_error = str(result.get("error"))
-    return Exchange(
+    return exchange_from_answers(
         proto=proto,
-        source=f"{src_pod}/{src_container}",
-        destination=f"{dst_pod}/{dst_container}",
-        target=target,
+        source=source,
+        destination=destination,
+        host=host,
+        port=port,
         attempts=attempts,
-        client_response=response,
-        listener_peers=peers,
-        captured_sources=captured,
-        capture_error=capture_error,
+        response=response,
+        answers=answers,
+        captured=capture_id is not None,
     )

@@ -4,7 +4,7 @@ retries, and node discovery and selection."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -20,11 +20,16 @@ from tenacity import (
 )
 
 from conformance.kit.report import ClusterFacts
-from conformance.kit.settings import Settings, Timeouts
+from conformance.kit.settings import (
+    CONTROL_PLANE_TAINT_KEYS,
+    Settings,
+    TaintToleration,
+    Timeouts,
+)
 
 T = TypeVar("T")
 
-CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+CONTROL_PLANE_LABELS = CONTROL_PLANE_TAINT_KEYS  # the same keys serve as labels and taints
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 
 
@@ -176,6 +181,29 @@ def blocking_taints(node: client.V1Node) -> list[str]:
     return [f"{t.key}:{t.effect}" for t in taints if t.effect in BLOCKING_TAINT_EFFECTS]
 
 
+def untolerated_taints(
+    node: client.V1Node, tolerations: Sequence[TaintToleration]
+) -> list[client.V1Taint]:
+    """The node's NoSchedule/NoExecute taints that none of ``tolerations`` matches."""
+    taints = (node.spec.taints if node.spec else None) or []
+    return [
+        t
+        for t in taints
+        if t.effect in BLOCKING_TAINT_EFFECTS
+        and not any(tol.tolerates(str(t.key), str(t.effect)) for tol in tolerations)
+    ]
+
+
+def _taint_advice(taints: Sequence[client.V1Taint]) -> str:
+    if all(t.key in CONTROL_PLANE_TAINT_KEYS for t in taints):
+        return "use --include-control-plane to include it"
+    return (
+        "use "
+        + " ".join(f"--tolerate-taint {t.key}:{t.effect}" for t in taints)
+        + (" to include it")
+    )
+
+
 def node_addresses(node: client.V1Node) -> tuple[str, ...]:
     """Every address the node reports, InternalIP first."""
     addresses = (node.status.addresses if node.status else None) or []
@@ -225,19 +253,19 @@ class NodeSelection:
 def exclusion_reason(node: client.V1Node, settings: Settings) -> str | None:
     """Why ``node`` cannot carry probes under ``settings``; ``None`` when it can."""
     labels = labels_of(node)
+    if node_os(node) != "linux":
+        return f"OS is {node_os(node)}, not linux (the probes are Linux containers)"
     if not node_is_ready(node):
         return "not Ready"
     if node.spec is not None and node.spec.unschedulable:
         return "cordoned (spec.unschedulable)"
-    if node_os(node) != "linux":
-        return f"OS is {node_os(node)}, not linux"
     for key, value in settings.node_selector.items():
         if labels.get(key) != value:
             return f"does not match --node-selector {key}={value}"
-    if not settings.include_control_plane:
-        taints = blocking_taints(node)
-        if taints:
-            return f"tainted {', '.join(taints)} (use --include-control-plane to include it)"
+    taints = untolerated_taints(node, settings.tolerations)
+    if taints:
+        shown = ", ".join(f"{t.key}:{t.effect}" for t in taints)
+        return f"tainted {shown} ({_taint_advice(taints)})"
     return None
 
 
@@ -347,6 +375,28 @@ class Discovery:
             return "no nodes were excluded"
         return "; ".join(f"{name}: {why}" for name, why in sorted(self.excluded.items()))
 
+    def exclusion_lines(self) -> list[str]:
+        """One line per node left out, sorted by node, for the terminal summary."""
+        return [f"node {name} left out: {why}" for name, why in sorted(self.excluded.items())]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, handed from the processes that collect to the one that reports."""
+        return {
+            "nodes": list(self.nodes),
+            "excluded": dict(sorted(self.excluded.items())),
+            "families": list(self.families),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Discovery:
+        return cls(
+            nodes=tuple(str(n) for n in raw.get("nodes") or ()),
+            excluded={str(k): str(v) for k, v in (raw.get("excluded") or {}).items()},
+            families=tuple(int(f) for f in raw.get("families") or (4,)),
+            error=raw.get("error"),
+        )
+
 
 def discover(settings: Settings) -> Discovery:
     """Read nodes (and, when needed, pods) to plan the run. Never raises for cluster errors:
@@ -412,3 +462,65 @@ def cluster_facts(
         ip_families=tuple(f"ipv{f}" for f in discovery.families),
         probe_image=settings.probe_image,
     )
+
+
+# --- IPAM ------------------------------------------------------------------------------------
+
+#: IPAMs that allocate pod IPs from pools of their own and ignore ``node.spec.podCIDR`` by
+#: design, found by their pool resources: (IPAM, API group, version, plural).
+POOL_IPAM_RESOURCES = (
+    ("Calico IPAM", "crd.projectcalico.org", "v1", "ippools"),
+    ("Calico IPAM", "projectcalico.org", "v3", "ippools"),
+)
+
+
+@dataclass(frozen=True)
+class PoolIPAM:
+    """An IPAM found in the cluster that hands out pod IPs from its own pools."""
+
+    ipam: str
+    resource: str
+    pools: tuple[str, ...]
+
+    def reason(self) -> str:
+        """Why the podCIDR containment rule does not apply, for the skip message."""
+        shown = ", ".join(self.pools[:5]) + (" ..." if len(self.pools) > 5 else "")
+        return (
+            f"{self.ipam} allocates pod IPs from its own pools, not from node podCIDRs "
+            f"({len(self.pools)} {self.resource}: {shown}); the node podCIDR rule does not apply"
+        )
+
+
+def _pool_description(item: Any) -> str:
+    if not isinstance(item, Mapping):
+        return "?"
+    meta = item.get("metadata") or {}
+    spec = item.get("spec") or {}
+    name = str(meta.get("name") or "?") if isinstance(meta, Mapping) else "?"
+    cidr = spec.get("cidr") if isinstance(spec, Mapping) else None
+    return f"{name} ({cidr})" if cidr else name
+
+
+def detect_pool_ipam(api: client.ApiClient, timeouts: Timeouts) -> PoolIPAM | None:
+    """The pool-based IPAM the cluster runs (Calico IPPools exist), or ``None``.
+
+    One request per known resource, no retries. A resource the server does not serve (404) or
+    we may not list (403) counts as absent, and so does any other failure: this only decides
+    whether one check is skipped, so it never raises.
+    """
+    custom = client.CustomObjectsApi(api)
+    for ipam, group, version, plural in POOL_IPAM_RESOURCES:
+        try:
+            listed = custom.list_cluster_custom_object(
+                group, version, plural, _request_timeout=timeouts.api_request
+            )
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError):
+            continue
+        items = listed.get("items") if isinstance(listed, Mapping) else None
+        if isinstance(items, list) and items:
+            return PoolIPAM(
+                ipam=ipam,
+                resource=f"{plural}.{group}/{version}",
+                pools=tuple(_pool_description(item) for item in items),
+            )
+    return None

@@ -1372,12 +1372,23 @@ def run_call(args: argparse.Namespace) -> int:
 
 
 def run_ping(args: argparse.Namespace) -> int:
-    try:
-        responses = send_batch(args.socket, [{"op": "info"}], args.timeout or 3.0)
-    except (OSError, ValueError) as exc:
-        text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-        sys.stderr.write(f"agent ping: no answer from a serve process on {args.socket}: {text}\n")
-        return 1
+    # --wait: a readiness probe run right at container start waits (bounded) for the serve
+    # process, so the pod turns Ready at once and later probes can be rare and cheap.
+    deadline = time.monotonic() + max(0.0, args.wait)
+    pause = threading.Event()
+    while True:
+        try:
+            responses = send_batch(args.socket, [{"op": "info"}], args.timeout or 3.0)
+            break
+        except (OSError, ValueError) as exc:
+            if time.monotonic() < deadline:
+                pause.wait(0.05)
+                continue
+            text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            sys.stderr.write(
+                f"agent ping: no answer from a serve process on {args.socket}: {text}\n"
+            )
+            return 1
     if not responses or not responses[0].get("ok"):
         sys.stderr.write(f"agent ping: unexpected answer {responses!r}\n")
         return 1
@@ -1398,6 +1409,13 @@ def build_parser() -> argparse.ArgumentParser:
         client = commands.add_parser(name, help=help_text)
         client.add_argument("--socket", default=DEFAULT_SOCKET, help="control unix socket path")
         client.add_argument("--timeout", type=float, default=None, help="seconds to wait")
+        if name == "ping":
+            client.add_argument(
+                "--wait",
+                type=float,
+                default=0.0,
+                help="keep trying this many seconds until the serve process answers",
+            )
     return parser
 
 

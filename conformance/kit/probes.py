@@ -242,12 +242,20 @@ def serve_command(agent: AgentEndpoint) -> list[str]:
     ]
 
 
+#: Readiness of agent containers: the first probe waits up to this long for the agent.
+READINESS_FIRST_WAIT = 10
+#: Seconds between later readiness probes (the sandbox pod's restarts need a quicker eye).
+READINESS_PERIOD = 30
+READINESS_PERIOD_SANDBOX = 2
+
+
 def agent_container(
     agent: AgentEndpoint,
     settings: Settings,
     mounts: Sequence[client.V1VolumeMount] = (),
     *,
     host_network: bool = False,
+    readiness_period: int = READINESS_PERIOD,
 ) -> client.V1Container:
     """A container running the agent, Ready when the agent answers ``ping``.
 
@@ -267,12 +275,24 @@ def agent_container(
         command=serve_command(agent),
         env=[_field_env(name, path) for name, path in AGENT_ENV],
         ports=ports,
+        # The first probe waits for the agent (ping --wait), so the pod is Ready as soon as the
+        # agent answers; later probes only notice a dead agent. Each probe is an exec (a process
+        # in the container), so they are rare: every 2 s on every container cost a 3-node lab
+        # 0.6 of a core, and 30 nodes would need more CPU than the machine has.
         readiness_probe=client.V1Probe(
             _exec=client.V1ExecAction(
-                command=["python3", AGENT_PATH, "ping", "--socket", agent_socket(agent.container)]
+                command=[
+                    "python3",
+                    AGENT_PATH,
+                    "ping",
+                    "--socket",
+                    agent_socket(agent.container),
+                    "--wait",
+                    str(READINESS_FIRST_WAIT),
+                ]
             ),
-            period_seconds=2,
-            timeout_seconds=5,
+            period_seconds=readiness_period,
+            timeout_seconds=READINESS_FIRST_WAIT + 5,
             failure_threshold=3,
         ),
         security_context=client.V1SecurityContext(
@@ -319,9 +339,9 @@ def _pod(
             termination_grace_period_seconds=2,
             automount_service_account_token=False,
             enable_service_links=False,
-            # Pinned by nodeName: the scheduler is bypassed, but NoExecute taints would still
-            # evict. Nodes were chosen deliberately, so tolerate everything on them.
-            tolerations=[client.V1Toleration(operator="Exists")],
+            # Pinned by spec.nodeName (the Node object's name, never a hostname): no scheduler.
+            # Tolerations come from the options (pod_spec): a NoExecute taint would evict.
+            tolerations=None,
             init_containers=init_containers,
             containers=containers,
             volumes=[
@@ -371,10 +391,82 @@ def seed_container(settings: Settings) -> client.V1Container:
 
 
 def pod_spec(probe: Probe, namespace: str, run_id: str, settings: Settings) -> client.V1Pod:
-    """The pod object for ``probe``."""
+    """The pod object for ``probe``, pinned to its node by ``spec.nodeName``, tolerating the
+    taints the options allow and pulling with the ``--image-pull-secret`` secrets."""
+    pod = _role_pod(probe, namespace, run_id, settings)
+    assert pod.spec is not None
+    pod.spec.tolerations = [
+        client.V1Toleration(key=t.key, operator="Exists", effect=t.effect)
+        for t in settings.tolerations
+    ] or None
+    pod.spec.image_pull_secrets = [
+        client.V1LocalObjectReference(name=s.name) for s in settings.image_pull_secrets
+    ] or None
+    return pod
+
+
+def images_to_pull(settings: Settings) -> tuple[str, ...]:
+    """Every image a run's probe pods use (init containers included), sorted, once each."""
+    images: set[str] = set()
+    for probe in planned_probes(["node"]):
+        spec = pod_spec(probe, "ns", "run", settings).spec
+        assert spec is not None
+        images.update(str(c.image) for c in (spec.init_containers or []) + spec.containers)
+    return tuple(sorted(images))
+
+
+def copy_pull_secrets(
+    core: client.CoreV1Api, namespace: str, run_id: str, settings: Settings
+) -> None:
+    """Copy the ``--image-pull-secret`` Secrets into the run namespace (pods can only use
+    Secrets of their own namespace). A missing or unreadable Secret is a `ProbeDeploymentError`."""
+    for secret in settings.image_pull_secrets:
+        try:
+            source = call_api(
+                f"read secret {secret}",
+                core.read_namespaced_secret,
+                secret.name,
+                secret.namespace,
+                timeouts=settings.timeouts,
+            )
+        except ApiException as exc:
+            raise ProbeDeploymentError(
+                f"--image-pull-secret {secret}: {describe_api_error(exc)}"
+            ) from exc
+        except ClusterError as exc:
+            raise ProbeDeploymentError(f"--image-pull-secret {secret}: {exc}") from exc
+        copy = client.V1Secret(
+            api_version="v1",
+            kind="Secret",
+            metadata=client.V1ObjectMeta(
+                name=secret.name,
+                namespace=namespace,
+                labels={MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: run_id},
+            ),
+            type=source.type,
+            data=source.data,
+        )
+        try:
+            call_api(
+                f"create secret {secret.name} in {namespace}",
+                core.create_namespaced_secret,
+                namespace,
+                copy,
+                timeouts=settings.timeouts,
+            )
+        except (ApiException, ClusterError) as exc:
+            raise ProbeDeploymentError(
+                f"--image-pull-secret {secret}: copy into {namespace} failed: {exc}"
+            ) from exc
+
+
+def _role_pod(probe: Probe, namespace: str, run_id: str, settings: Settings) -> client.V1Pod:
     if probe.role in (ROLE_PROBE, ROLE_SANDBOX):
+        # The sandbox check waits for its restarted container to be Ready again: probe it often.
+        period = READINESS_PERIOD_SANDBOX if probe.role == ROLE_SANDBOX else READINESS_PERIOD
         containers = [
-            agent_container(a, settings, _shared_mounts(a.container)) for a in probe.agents
+            agent_container(a, settings, _shared_mounts(a.container), readiness_period=period)
+            for a in probe.agents
         ]
         init = [seed_container(settings)] if probe.role == ROLE_PROBE else None
         return _pod(probe, namespace, run_id, containers, _shared_volumes(), init_containers=init)
@@ -535,6 +627,7 @@ def deploy_probes(
         agent_configmap(namespace, run_id),
         timeouts=timeouts,
     )
+    copy_pull_secrets(core, namespace, run_id, settings)
     planned = planned_probes(nodes)
 
     def create(probe: Probe) -> str | None:

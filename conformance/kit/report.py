@@ -21,6 +21,8 @@ OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 PHASES = ("setup", "call", "teardown")
 #: Failure messages in the summary are cut here; the full text stays in JUnit and the log.
 MESSAGE_LIMIT = 4000
+#: JUnit property of a check that passed only on a retry; its value says how.
+FLAKY_PROPERTY = "netconform.flaky"
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,12 @@ class SummaryCollector:
         }
         found.update(self._flaky)
         return found
+
+
+def flaky_line(nodeid: str, reason: str) -> str:
+    """The terminal summary line of a flaky test, e.g. ``flaky: test_no_snat[udp-node-1->node-2]
+    passed on attempt 2 of 3 (first: ETIMEDOUT ...)``."""
+    return f"flaky: {nodeid.rsplit('::', 1)[-1]} {reason}"
 
 
 def count_outcomes(results: Iterable[CheckResult]) -> dict[str, int]:

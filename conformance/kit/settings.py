@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -19,11 +19,21 @@ import pytest
 DEFAULT_PROBE_IMAGE = "nicolaka/netshoot:v0.13"
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 IP_FAMILIES = ("auto", "ipv4", "ipv6", "dual")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+CONTROL_PLANE_TAINT_KEYS = (
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+)
+#: Where ``--image-pull-secret NAME`` (no namespace given) is copied from.
+DEFAULT_SECRET_NAMESPACE = "default"
 
 # A label key is an optional DNS-subdomain prefix and a name; values are short names.
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _LABEL_KEY = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$")
 _LABEL_VALUE = re.compile(rf"^({_LABEL_NAME})?$")
+# Secret names are DNS subdomains, namespaces DNS labels.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,34 @@ class Timeouts:
     def exec_budget(self, probes_in_batch: int) -> float:
         """Deadline for one exec holding ``probes_in_batch`` network attempts run in sequence."""
         return self.exec_overhead + probes_in_batch * (self.probe + self.capture_wait)
+
+
+@dataclass(frozen=True)
+class TaintToleration:
+    """A taint the probes tolerate (operator Exists, any value); ``effect`` None means every
+    effect of that key."""
+
+    key: str
+    effect: str | None = None
+
+    def tolerates(self, key: str, effect: str) -> bool:
+        """Whether a taint ``key:effect`` is tolerated."""
+        return key == self.key and self.effect in (None, effect)
+
+    def __str__(self) -> str:
+        return f"{self.key}:{self.effect}" if self.effect else self.key
+
+
+@dataclass(frozen=True)
+class PullSecret:
+    """``--image-pull-secret [NAMESPACE/]NAME``: a Secret copied into the run namespace and
+    named in every probe pod's ``imagePullSecrets``."""
+
+    name: str
+    namespace: str = DEFAULT_SECRET_NAMESPACE
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 class _ConfigLike(Protocol):
@@ -135,6 +173,51 @@ def parse_probe_image(text: str) -> str:
     return text
 
 
+def parse_taint_toleration(text: str) -> TaintToleration:
+    """``KEY`` (every effect) or ``KEY:EFFECT`` with EFFECT one of NoSchedule,
+    PreferNoSchedule, NoExecute (case-insensitive on input)."""
+    key, sep, effect_text = text.strip().partition(":")
+    key = key.strip()
+    if not _LABEL_KEY.match(key):
+        raise pytest.UsageError(
+            f"--tolerate-taint: {text!r} is not KEY or KEY:EFFECT with a taint key"
+        )
+    if not sep:
+        return TaintToleration(key)
+    for effect in TAINT_EFFECTS:
+        if effect_text.strip().lower() == effect.lower():
+            return TaintToleration(key, effect)
+    raise pytest.UsageError(
+        f"--tolerate-taint: effect {effect_text!r} is not one of {', '.join(TAINT_EFFECTS)}"
+    )
+
+
+def parse_pull_secret(text: str) -> PullSecret:
+    """``NAME`` (a Secret in namespace ``default``) or ``NAMESPACE/NAME``."""
+    namespace, sep, name = text.strip().rpartition("/")
+    if not sep:
+        namespace = DEFAULT_SECRET_NAMESPACE
+    if not _DNS_SUBDOMAIN.match(name) or not _DNS_LABEL.match(namespace):
+        raise pytest.UsageError(
+            f"--image-pull-secret: {text!r} is not a Secret name or NAMESPACE/NAME"
+        )
+    return PullSecret(name=name, namespace=namespace)
+
+
+def check_pull_secrets(secrets: Sequence[PullSecret]) -> tuple[PullSecret, ...]:
+    """The secrets in order, duplicates dropped; two namespaces giving one name is an error
+    (both would land under that name in the run namespace)."""
+    by_name: dict[str, PullSecret] = {}
+    for secret in secrets:
+        seen = by_name.setdefault(secret.name, secret)
+        if seen != secret:
+            raise pytest.UsageError(
+                f"--image-pull-secret: {seen} and {secret} would both be copied as "
+                f"{secret.name!r} into the run namespace"
+            )
+    return tuple(by_name.values())
+
+
 def resolve_kubeconfig(option: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """The kubeconfig to use: the option, then ``$KUBECONFIG``, then ``~/.kube/config`` if it
     exists; ``None`` means in-cluster configuration."""
@@ -162,7 +245,20 @@ class Settings:
     keep_namespace: bool = False
     ip_family: str = "auto"
     cleanup_stale: bool = False
+    tolerate_taints: tuple[TaintToleration, ...] = ()
+    image_pull_secrets: tuple[PullSecret, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
+
+    @property
+    def tolerations(self) -> tuple[TaintToleration, ...]:
+        """Every taint the probes tolerate: ``--tolerate-taint`` and, with
+        ``--include-control-plane``, the control-plane taints (any effect)."""
+        extra = (
+            tuple(TaintToleration(key) for key in CONTROL_PLANE_TAINT_KEYS)
+            if self.include_control_plane
+            else ()
+        )
+        return tuple(dict.fromkeys((*self.tolerate_taints, *extra)))
 
     @classmethod
     def from_config(cls, config: _ConfigLike) -> Settings:
@@ -184,5 +280,11 @@ class Settings:
             keep_namespace=bool(config.getoption("netconform_keep_namespace")),
             ip_family=config.getoption("netconform_ip_family"),
             cleanup_stale=bool(config.getoption("netconform_cleanup_stale")),
+            tolerate_taints=tuple(
+                dict.fromkeys(config.getoption("netconform_tolerate_taints") or ())
+            ),
+            image_pull_secrets=check_pull_secrets(
+                config.getoption("netconform_image_pull_secrets") or ()
+            ),
             timeouts=Timeouts.for_probe_timeout(probe_timeout),
         )

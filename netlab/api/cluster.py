@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import logging
 import secrets
 from collections.abc import Coroutine, Mapping
@@ -16,6 +17,7 @@ from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.scheduler import pick_node
 from netlab.api.store import Store
 from netlab.contract import NodeAgentAPI, NodeInfo
+from netlab.spec import LabSpec
 
 JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -36,6 +38,36 @@ def namespace_object(name: str) -> JSONDict:
         },
         "spec": {"finalizers": ["kubernetes"]},
         "status": {"phase": "Active"},
+    }
+
+
+def kubernetes_service(spec: LabSpec) -> JSONDict:
+    """default/kubernetes as kube-apiserver publishes it: the first host of the primary service
+    range, single-stack also on dual-stack clusters (the apiserver creates it with one
+    clusterIP), https 443 -> 6443. The lab serves the object; nothing routes to it."""
+    cluster_ips = [str(ipaddress.ip_network(spec.service_cidrs[0])[1])]
+    families = [f"IPv{ipaddress.ip_address(ip).version}" for ip in cluster_ips]
+    return {
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "uid": new_uid(),
+            "creationTimestamp": now_rfc3339(),
+            "labels": {"component": "apiserver", "provider": "kubernetes"},
+        },
+        "spec": {
+            "ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 6443}],
+            "clusterIP": cluster_ips[0],
+            "clusterIPs": cluster_ips,
+            "type": "ClusterIP",
+            "sessionAffinity": "None",
+            "ipFamilies": families,
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+        },
+        "status": {"loadBalancer": {}},
     }
 
 
@@ -103,8 +135,9 @@ def node_object(info: NodeInfo) -> JSONDict:
                 ),
                 condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ],
+            # Every family's address, primary first, then the hostname, as the kubelet lists them.
             "addresses": [
-                {"type": "InternalIP", "address": info.internal_ip},
+                *({"type": "InternalIP", "address": address} for address in info.addresses),
                 {"type": "Hostname", "address": info.name},
             ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
@@ -127,7 +160,7 @@ def node_object(info: NodeInfo) -> JSONDict:
 class Cluster:
     """Owns the store and the node agents; every state change goes through here."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, spec: LabSpec) -> None:
         self.store = store
         self.agents: dict[str, NodeAgentAPI] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -135,6 +168,7 @@ class Cluster:
         self._events: list[tuple[str, str]] = []  # (namespace, name), oldest first
         for name in INITIAL_NAMESPACES:
             store.put("namespaces", namespace_object(name), created=True)
+        store.put("services", kubernetes_service(spec), created=True)
 
     # background work
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -315,7 +349,7 @@ class Cluster:
                     break
         finally:
             self.store.unwatch(watcher)
-        for resource in ("configmaps", "events"):
+        for resource in ("configmaps", "events", "services"):
             for obj in self.store.list(resource, name):
                 self.store.remove(resource, name, obj["metadata"]["name"])
         self.store.remove("namespaces", "", name)

@@ -22,13 +22,16 @@ class ResourceInfo:
     verbs: tuple[str, ...]
     short_names: tuple[str, ...] = ()
     singular: str = ""
+    categories: tuple[str, ...] = ()
+    # Why writes are refused (405), for a resource the lab only serves for reading.
+    read_only: str = ""
 
 
 _RW = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 RESOURCES: dict[str, ResourceInfo] = {
     r.name: r
     for r in (
-        ResourceInfo("pods", "Pod", True, _RW, ("po",), "pod"),
+        ResourceInfo("pods", "Pod", True, _RW, ("po",), "pod", ("all",)),
         ResourceInfo("nodes", "Node", False, ("get", "list", "watch"), ("no",), "node"),
         ResourceInfo(
             "namespaces",
@@ -40,6 +43,19 @@ RESOURCES: dict[str, ResourceInfo] = {
         ),
         ResourceInfo("configmaps", "ConfigMap", True, _RW, ("cm",), "configmap"),
         ResourceInfo("events", "Event", True, _RW, ("ev",), "event"),
+        ResourceInfo(
+            "services",
+            "Service",
+            True,
+            ("get", "list", "watch"),
+            ("svc",),
+            "service",
+            ("all",),
+            read_only=(
+                "services are read-only in netlab: the lab has no Service data plane "
+                "(no kube-proxy, no cluster IPs), so it serves only default/kubernetes"
+            ),
+        ),
     )
 }
 # Subresources: name -> (kind, verbs)
@@ -97,7 +113,7 @@ def api_resource_list() -> JSONDict:
                 "kind": info.kind,
                 "verbs": list(info.verbs),
                 "shortNames": list(info.short_names),
-                **({"categories": ["all"]} if info.name == "pods" else {}),
+                **({"categories": list(info.categories)} if info.categories else {}),
             }
         )
     for name, (kind, verbs) in SUBRESOURCES.items():

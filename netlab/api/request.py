@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +9,7 @@ import yaml
 from aiohttp import web
 
 from netlab.api.discovery import RESOURCES
+from netlab.api.encode import loads
 from netlab.api.errors import ApiError
 
 JSONDict = dict[str, Any]
@@ -92,7 +92,7 @@ async def read_body(request: web.Request, *, kind: str, required: bool = True) -
     try:
         if "yaml" in (request.content_type or ""):
             return yaml.safe_load(raw)
-        return json.loads(raw)
+        return loads(raw)
     except (ValueError, yaml.YAMLError) as error:
         message = str(error).splitlines()[0][:200]
         raise ApiError(

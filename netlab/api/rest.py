@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -12,8 +13,16 @@ from aiohttp import web
 from netlab.api import admission
 from netlab.api.cluster import Cluster
 from netlab.api.discovery import RESOURCES
+from netlab.api.encode import dumps
 from netlab.api.errors import ApiError, already_exists, not_found
 from netlab.api.meta import new_uid, now_rfc3339
+from netlab.api.paging import (
+    EXPIRED_MESSAGE,
+    INCONSISTENT_RV,
+    decode_continue,
+    encode_continue,
+    paginate,
+)
 from netlab.api.patch import apply_patch
 from netlab.api.request import (
     Target,
@@ -22,7 +31,8 @@ from netlab.api.request import (
     int_param,
     read_body,
 )
-from netlab.api.selectors import matcher, parse_field_selector, parse_label_selector
+from netlab.api.selectors import match_all, matcher, parse_field_selector, parse_label_selector
+from netlab.api.store import TooOld
 from netlab.api.tables import table, wants_table
 from netlab.api.watch import WatchStream
 
@@ -42,9 +52,14 @@ _UNDELETABLE = ("default", "kube-system", "kube-public")
 
 
 def respond(obj: JSONDict, status: int = 200, warnings: list[str] | None = None) -> web.Response:
-    response = web.Response(
-        body=json.dumps(obj).encode(), status=status, content_type="application/json"
-    )
+    return respond_bytes(dumps(obj), status, warnings)
+
+
+def respond_bytes(
+    body: bytes, status: int = 200, warnings: list[str] | None = None
+) -> web.Response:
+    """A JSON response from encoded bytes; each warning becomes a ``Warning: 299`` header."""
+    response = web.Response(body=body, status=status, content_type="application/json")
     for warning in warnings or []:
         # JSON string escaping: quotes, control and non-ASCII characters cannot reach the header.
         response.headers.add("Warning", f"299 - {json.dumps(warning)}")
@@ -76,6 +91,19 @@ class Rest:
         if obj is None:
             raise not_found(target.resource, target.name)
         return obj
+
+    def _allowed(self, target: Target, verb: str) -> None:
+        """405 MethodNotAllowed (a Status) for a verb the resource does not serve."""
+        info = RESOURCES[target.resource]
+        if verb in info.verbs:
+            return
+        message = "the server does not allow this method on the requested resource"
+        details: JSONDict = {"kind": target.resource}
+        if target.name is not None:
+            details["name"] = target.name
+        raise ApiError(
+            405, f"{message}: {info.read_only}" if info.read_only else message, details=details
+        )
 
     def _namespace_must_exist(self, namespace: str) -> JSONDict:
         ns = self.store.get("namespaces", "", namespace)
@@ -111,33 +139,70 @@ class Rest:
             return await stream.run(
                 since, float(timeout) if timeout is not None else None, bookmarks, initial
             )
-        int_param(request, "limit")  # validated; lists are always complete (no continue token)
-        items = sorted(
-            (o for o in self.store.list(target.resource, target.namespace) if match(o)),
-            key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]),
+        return self._list(request, target, match, as_table)
+
+    def _list(
+        self,
+        request: web.Request,
+        target: Target,
+        match: Callable[[JSONDict], bool],
+        as_table: str | None,
+    ) -> web.Response:
+        """A list, paged when ``limit`` is given (limit <= 0 means no limit, as in the API)."""
+        limit = int_param(request, "limit")
+        if limit is not None and limit <= 0:
+            limit = None
+        token = request.query.get("continue", "")
+        selective = match is not match_all
+        rv = self.store.rv
+        start = None
+        objects = None
+        if token:
+            position = decode_continue(token)
+            if request.query.get("resourceVersion", "") not in ("", "0"):
+                raise ApiError(
+                    400, "specifying resource version is not allowed when using continue"
+                )
+            start = position.start
+            if position.rv != INCONSISTENT_RV:
+                try:
+                    objects = self.store.snapshot(target.resource, position.rv)
+                except TooOld:
+                    error = ApiError(410, EXPIRED_MESSAGE, "Expired")
+                    # The real answer carries a token that goes on, inconsistently, from now.
+                    error.status["metadata"] = {
+                        "continue": encode_continue(position.start, INCONSISTENT_RV)
+                    }
+                    raise error from None
+                rv = position.rv
+        if objects is None:
+            objects = self.store.objects(target.resource)
+        page = paginate(
+            objects,
+            namespace=target.namespace,
+            match=match,
+            selective=selective,
+            limit=limit,
+            start=start,
         )
-        rv = str(self.store.rv)
+        meta: JSONDict = {"resourceVersion": str(rv)}
+        if page.next_start is not None:
+            meta["continue"] = encode_continue(page.next_start, rv)
+            if page.remaining is not None:
+                meta["remainingItemCount"] = page.remaining
         if as_table is not None:
-            return respond(table(target.resource, items, rv, as_table))
-        return respond(
-            {
-                "kind": f"{self._kind(target)}List",
-                "apiVersion": "v1",
-                "metadata": {"resourceVersion": rv},
-                # Items of a typed list carry no kind/apiVersion, as the real server sends them.
-                "items": [
-                    {k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items
-                ],
-            }
-        )
+            listing = table(target.resource, page.items, str(rv), as_table)
+            listing["metadata"] = meta
+            return respond(listing)
+        head = dumps({"kind": f"{self._kind(target)}List", "apiVersion": "v1", "metadata": meta})
+        # Items of a typed list carry no kind/apiVersion, as the real server sends them; each
+        # stored object's encoding is cached until it changes.
+        items = self.store.encoded_items(target.resource, page.items)
+        return respond_bytes(head[:-1] + b',"items":[' + items + b"]}")
 
     async def create(self, request: web.Request, target: Target) -> web.Response:
         kind = self._kind(target)
-        if "create" not in RESOURCES[target.resource].verbs:
-            raise ApiError(
-                405,
-                f"{target.resource} is forbidden: the server does not allow this method on the requested resource",
-            )
+        self._allowed(target, "create")
         body = await read_body(request, kind=kind)
         if not isinstance(body, dict):
             raise ApiError(
@@ -214,8 +279,7 @@ class Rest:
             )
 
     async def delete_collection(self, request: web.Request, target: Target) -> web.Response:
-        if target.resource not in ("pods", "configmaps", "events"):
-            raise ApiError(405, "the server does not allow this method on the requested resource")
+        self._allowed(target, "deletecollection")
         match = matcher(
             parse_label_selector(request.query.get("labelSelector")),
             parse_field_selector(request.query.get("fieldSelector"), target.resource),
@@ -268,12 +332,12 @@ class Rest:
             return respond(
                 table(target.resource, [obj], obj["metadata"]["resourceVersion"], _include(request))
             )
-        return respond(obj)
+        return respond_bytes(self.store.encoded(target.resource, obj))
 
     async def update(self, request: web.Request, target: Target) -> web.Response:
         kind = self._kind(target)
-        if "update" not in RESOURCES[target.resource].verbs and target.subresource != "status":
-            raise ApiError(405, "the server does not allow this method on the requested resource")
+        if target.subresource != "status":
+            self._allowed(target, "update")
         body = await read_body(request, kind=kind)
         if not isinstance(body, dict):
             raise ApiError(
@@ -283,8 +347,8 @@ class Rest:
 
     async def patch(self, request: web.Request, target: Target) -> web.Response:
         kind = self._kind(target)
-        if target.resource == "nodes":
-            raise ApiError(405, "the server does not allow this method on the requested resource")
+        if target.subresource != "status":
+            self._allowed(target, "patch")
         body = await read_body(request, kind=kind)
         existing = self._existing(target)
         patched = apply_patch(request.content_type or "", copy.deepcopy(existing), body)
@@ -401,8 +465,7 @@ class Rest:
 
     async def delete(self, request: web.Request, target: Target) -> web.Response:
         assert target.name is not None
-        if target.resource == "nodes":
-            raise ApiError(405, "the server does not allow this method on the requested resource")
+        self._allowed(target, "delete")
         grace = await self._grace(request)
         obj = self._existing(target)
         if target.resource == "pods":

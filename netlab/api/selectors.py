@@ -42,6 +42,7 @@ FIELD_PATHS: dict[str, set[str]] = {
     "namespaces": {"status.phase"},
     "nodes": {"spec.unschedulable"},
     "configmaps": set(),
+    "services": set(),
 }
 
 
@@ -180,5 +181,12 @@ def fields_match(selector: FieldSelector, obj: JSONDict) -> bool:
     return all((_field_value(obj, path) == value) == equal for path, equal, value in selector)
 
 
+def match_all(obj: JSONDict) -> bool:
+    """The matcher of an empty selector."""
+    return True
+
+
 def matcher(labels: LabelSelector, fields: FieldSelector) -> Callable[[JSONDict], bool]:
+    if not labels and not fields:
+        return match_all
     return lambda obj: labels_match(labels, obj) and fields_match(fields, obj)

@@ -87,7 +87,7 @@ class ApiServer:
         self._port = port
         self._token = token or secrets.token_urlsafe(32)
         self.store = Store(history_limit)
-        self.cluster = Cluster(self.store)
+        self.cluster = Cluster(self.store, spec)
         self.rest = Rest(self.cluster, bookmark_interval)
         self._tls = tls
         self._cert: ServingCert | None = None

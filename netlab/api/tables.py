@@ -89,6 +89,24 @@ COLUMNS: dict[str, list[JSONDict]] = {
     ],
     "namespaces": [_NAME, _col("Status", "string", "The status of the namespace"), _AGE],
     "configmaps": [_NAME, _col("Data", "string", "Data contains the configuration data."), _AGE],
+    "services": [
+        _NAME,
+        _col("Type", "string", "type determines how the Service is exposed."),
+        _col("Cluster-IP", "string", "clusterIP is the IP address of the service."),
+        _col(
+            "External-IP",
+            "string",
+            "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+        ),
+        _col("Port(s)", "string", "The list of ports that are exposed by this service."),
+        _AGE,
+        _col(
+            "Selector",
+            "string",
+            "Route service traffic to pods with label keys and values matching this selector.",
+            1,
+        ),
+    ],
     "events": [
         _col("Last Seen", "string", "Time of the last occurrence."),
         _col(
@@ -182,6 +200,35 @@ def _node_row(node: JSONDict) -> list[Any]:
     ]
 
 
+def _service_row(service: JSONDict) -> list[Any]:
+    """kubectl's printService: first cluster IP, external IPs, port/protocol list, selector."""
+    spec = service.get("spec", {})
+    cluster_ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    external = list(spec.get("externalIPs") or [])
+    if spec.get("type") == "LoadBalancer":
+        ingress = service.get("status", {}).get("loadBalancer", {}).get("ingress") or []
+        external += [i.get("ip") or i.get("hostname") or "" for i in ingress]
+        external = external or ["<pending>"]
+    elif spec.get("type") == "ExternalName":
+        external = [spec.get("externalName", "")]
+    ports = []
+    for port in spec.get("ports") or []:
+        text = f"{port.get('port')}/{port.get('protocol', 'TCP')}"
+        if port.get("nodePort"):
+            text = f"{port.get('port')}:{port['nodePort']}/{port.get('protocol', 'TCP')}"
+        ports.append(text)
+    selector = spec.get("selector") or {}
+    return [
+        service["metadata"]["name"],
+        spec.get("type", "ClusterIP"),
+        cluster_ips[0] if cluster_ips else "<none>",
+        ",".join(external) or "<none>",
+        ",".join(ports) or "<none>",
+        age(service["metadata"].get("creationTimestamp")),
+        ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "<none>",
+    ]
+
+
 def _event_row(event: JSONDict) -> list[Any]:
     involved = event.get("involvedObject", {})
     return [
@@ -207,6 +254,7 @@ _ROWS: dict[str, Callable[[JSONDict], list[Any]]] = {
         age(cm["metadata"].get("creationTimestamp")),
     ],
     "events": _event_row,
+    "services": _service_row,
 }
 
 

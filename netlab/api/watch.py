@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from netlab.api.discovery import RESOURCES
+from netlab.api.encode import dumps
 from netlab.api.errors import status_object
 from netlab.api.store import Event, Store, TooOld
 from netlab.api.tables import table
@@ -68,7 +68,12 @@ class WatchStream:
             if self._columns_sent:
                 obj["columnDefinitions"] = None
             self._columns_sent = True
-        await self.response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+            encoded = dumps(obj)
+        elif type_ in ("ADDED", "MODIFIED", "DELETED"):
+            encoded = self.store.encoded(self.resource, obj)  # cached while obj is stored
+        else:
+            encoded = dumps(obj)
+        await self.response.write(b'{"type":"' + type_.encode() + b'","object":' + encoded + b"}\n")
 
     def _bookmark(self, annotations: JSONDict | None = None) -> JSONDict:
         meta: JSONDict = {"resourceVersion": str(self.store.rv)}

@@ -12,10 +12,14 @@ Each fault breaks one rule of the network model and nothing else:
 - ``block-node-to-pod``: new connections from the node's own stack to its pods are dropped.
 - ``cross-node-blackhole``: pod <-> pod traffic between nodes is dropped.
 - ``udp-drop``: UDP between pods (same node and cross node) is dropped.
+
+On IPv6 and dual-stack labs every fault is installed once per family (ip6tables for IPv6),
+so it breaks its rule for each family the lab has.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from netlab.dataplane.nsexec import run_in_netns, write_sysctls
@@ -29,10 +33,20 @@ NODE_NETWORK_FAULTS = frozenset(
 )
 
 
-def node_fault_rules(spec: LabSpec, plan: NodePlan) -> dict[str, list[str]]:
+RESTORE_COMMANDS = {4: "iptables-restore", 6: "ip6tables-restore"}
+
+
+def node_fault_rules(
+    spec: LabSpec, plan: NodePlan, version: int | None = None
+) -> dict[str, list[str]]:
     """iptables table name -> rules (``-A ...`` lines) for the faults of ``spec`` on ``plan``'s
-    node. Empty when the lab carries no network fault."""
-    ranges = plan_ipam_ranges(spec)
+    node, for IP ``version`` (default: the lab's primary family; 6 means ip6tables rules).
+    Empty when the lab carries no network fault."""
+    family = spec.families[0] if version is None else version
+    ranges = {
+        name: [r for r in node_ranges if ipaddress.ip_network(r).version == family]
+        for name, node_ranges in plan_ipam_ranges(spec).items()
+    }
     own = ranges[plan.name]
     others = [r for name, node_ranges in ranges.items() if name != plan.name for r in node_ranges]
     every = [r for node_ranges in ranges.values() for r in node_ranges]
@@ -94,18 +108,23 @@ def apply_node_faults(spec: LabSpec, plan: NodePlan, bridge_name: str = "cni0") 
     existing (rules match on addresses and ``eth0``), so this is safe before the first pod.
     """
     del bridge_name  # kept in the signature for the node agent; see docstring
-    rules_by_table = node_fault_rules(spec, plan)
-    if not rules_by_table:
+    rules: list[str] = []
+    for version in spec.families:
+        rules_by_table = node_fault_rules(spec, plan, version)
+        if not rules_by_table:
+            continue
+        if "snat-same-node" in spec.faults or "udp-drop" in spec.faults:
+            # Already on from the topology; re-asserted because these faults depend on it.
+            call = "iptables" if version == 4 else "ip6tables"
+            write_sysctls(plan.netns, {f"net.bridge.bridge-nf-call-{call}": "1"})
+        run_in_netns(
+            plan.netns,
+            [RESTORE_COMMANDS[version], "--noflush", "--wait"],
+            input_text=iptables_restore_input(rules_by_table),
+        )
+        rules += [rule for table_rules in rules_by_table.values() for rule in table_rules]
+    if not rules:
         return []
-    if "snat-same-node" in spec.faults or "udp-drop" in spec.faults:
-        # Already on from the topology; re-asserted because these faults depend on it.
-        write_sysctls(plan.netns, {"net.bridge.bridge-nf-call-iptables": "1"})
-    run_in_netns(
-        plan.netns,
-        ["iptables-restore", "--noflush", "--wait"],
-        input_text=iptables_restore_input(rules_by_table),
-    )
-    rules = [rule for table_rules in rules_by_table.values() for rule in table_rules]
     log.info("node %s: %d fault rules installed (%s)", plan.name, len(rules), sorted(spec.faults))
     return rules
 

@@ -752,8 +752,9 @@ def write_etc_files(
         "fe00::2\tip6-allrouters",
     ]
     hosts += [f"{ip}\t{hostname}" for ip in pod_ips]
-    service = ipaddress.ip_network(spec.service_cidr)
-    dns_server = service.network_address + 10  # kubeadm's cluster DNS address
+    # kubeadm's cluster DNS address, in the primary family's service range.
+    service = ipaddress.ip_network(spec.service_cidrs[0])
+    dns_server = service.network_address + 10
     if host_network:
         resolv = Path("/etc/resolv.conf").read_text()  # ClusterFirst falls back to the host's
     else:
@@ -920,6 +921,7 @@ class PodContext:
     shm_dir: Path
     volumes: PodVolumes
     configmaps: Any
+    host_ips: tuple[str, ...] = ()  # the node's addresses, primary first (host_ip is [0])
 
 
 def field_value(context: PodContext, field_path: str) -> str:
@@ -934,7 +936,7 @@ def field_value(context: PodContext, field_path: str) -> str:
         "status.podIP": context.pod_ips[0] if context.pod_ips else "",
         "status.podIPs": ",".join(context.pod_ips),
         "status.hostIP": context.host_ip,
-        "status.hostIPs": context.host_ip,
+        "status.hostIPs": ",".join(context.host_ips or (context.host_ip,)),
     }
     if field_path in simple:
         return str(simple[field_path])

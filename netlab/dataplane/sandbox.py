@@ -97,9 +97,10 @@ class PodSandbox:
 
     @property
     def ips(self) -> tuple[str, ...]:
-        """The pod's IPs (IPv4 first), as the sandbox status reports them."""
+        """The pod's IPs (IPv4 first), as the sandbox status reports them; a hostNetwork pod
+        has the node's addresses (one per family)."""
         if self.host_network:
-            return (self.plan.internal_ip,)
+            return self.plan.internal_ips or (self.plan.internal_ip,)
         return self.attachment.ips if self.attachment else ()
 
     @property

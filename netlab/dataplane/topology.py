@@ -5,6 +5,11 @@ fabric namespace, gateway ``.1``), forwards IP, and reaches other nodes' pods by
 routes (pod range via that node's fabric address), as kindnet does. Nothing is ever created in
 the machine's root network namespace: veths are made inside the fabric namespace with their
 peer placed straight into the node namespace.
+
+IPv6 and dual-stack labs get the same per family: a fabric address of each family on ``br0``
+and every ``eth0``, and host-gw routes of each family via the other node's address of that
+family. Duplicate address detection is off in every lab namespace (there is nothing to
+collide with), so IPv6 addresses are usable the moment they are added, as on kind's nodes.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import logging
 import os
 import platform
 import shutil
+import socket
 import subprocess
 from functools import cache
 from pathlib import Path
 from types import TracebackType
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_DADFAILED, IFA_F_NODAD, IFA_F_TENTATIVE
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from netlab.contract import NodeInfo
 from netlab.dataplane.nsexec import (
@@ -36,7 +44,14 @@ log = logging.getLogger(__name__)
 FABRIC_BRIDGE = "br0"
 NODE_UPLINK = "eth0"  # a node's interface on the fabric
 
+# No DAD in lab namespaces: written before any link exists, so every link made afterwards
+# (eth0, cni0, the CNI veths) inherits "default"; "all" covers the kernel's either-or check.
+NO_DAD_SYSCTLS = {
+    "net.ipv6.conf.all.accept_dad": "0",
+    "net.ipv6.conf.default.accept_dad": "0",
+}
 NODE_SYSCTLS = {
+    **NO_DAD_SYSCTLS,
     "net.ipv4.ip_forward": "1",
     "net.ipv6.conf.all.forwarding": "1",
     # Same-node pod traffic crosses the CNI bridge; iptables must see it (as kube-proxy
@@ -49,6 +64,7 @@ ARCH_LABELS = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le"
 
 OVERLAP_FAULT = "overlapping-pod-cidrs"
 OUTSIDE_FAULT = "ip-outside-node-cidr"
+ADDRESS_SETTLE_TIMEOUT = 5.0  # seconds for a node's IPv6 addresses to leave "tentative"
 
 
 class TopologyError(RuntimeError):
@@ -58,18 +74,31 @@ class TopologyError(RuntimeError):
 # --- address plan (pure) -----------------------------------------------------------------------
 
 
+def _node_prefix(spec: LabSpec, version: int) -> int:
+    return spec.node_cidr_prefix if version == 4 else spec.node_cidr_prefix_v6
+
+
+def _fabric_network(spec: LabSpec, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(spec.fabric_cidr if version == 4 else spec.fabric_cidr_v6)
+
+
+def _version(cidr_or_address: str) -> int:
+    return ipaddress.ip_interface(cidr_or_address).version
+
+
 def check_topology_faults(spec: LabSpec) -> None:
     """Raise LabSpecError when a fault cannot be built on a lab of this shape."""
     if OVERLAP_FAULT in spec.faults and spec.nodes < 2:
         raise LabSpecError(f"fault {OVERLAP_FAULT} needs at least 2 nodes")
     if OUTSIDE_FAULT in spec.faults:
-        cluster = ipaddress.ip_network(spec.cluster_cidr)
-        room = 2 ** (spec.node_cidr_prefix - cluster.prefixlen)
-        if room < spec.nodes + 1:
-            raise LabSpecError(
-                f"fault {OUTSIDE_FAULT} needs room for {spec.nodes + 1} node ranges "
-                f"in cluster CIDR {cluster}"
-            )
+        for version, cluster_text in zip(spec.families, spec.cluster_cidrs, strict=True):
+            cluster = ipaddress.ip_network(cluster_text)
+            room = 2 ** min(_node_prefix(spec, version) - cluster.prefixlen, 32)
+            if room < spec.nodes + 1:
+                raise LabSpecError(
+                    f"fault {OUTSIDE_FAULT} needs room for {spec.nodes + 1} node ranges "
+                    f"in cluster CIDR {cluster}"
+                )
 
 
 def _outside_node(spec: LabSpec) -> NodePlan:
@@ -80,42 +109,61 @@ def _outside_node(spec: LabSpec) -> NodePlan:
 def plan_ipam_ranges(spec: LabSpec) -> dict[str, list[str]]:
     """Node name -> the ranges its CNI IPAM hands out (and that routes lead to).
 
-    Normally each node's podCIDRs. With ``ip-outside-node-cidr`` the last node hands out the
-    first unused node-sized subnet of the cluster CIDR, outside its published podCIDR.
+    Normally each node's podCIDRs (one per family, primary first). With
+    ``ip-outside-node-cidr`` the last node hands out, in each family, the first unused
+    node-sized subnet of that family's cluster CIDR, outside its published podCIDR.
     """
     check_topology_faults(spec)
     plans = spec.node_plans()
     ranges = {plan.name: list(plan.pod_cidrs) for plan in plans}
     if OUTSIDE_FAULT in spec.faults:
-        cluster = ipaddress.ip_network(spec.cluster_cidr)
-        subnets = cluster.subnets(new_prefix=spec.node_cidr_prefix)
-        unused = next(subnet for index, subnet in enumerate(subnets) if index == len(plans))
-        ranges[_outside_node(spec).name] = [str(unused)]
+        unused_ranges = []
+        for version, cluster_text in zip(spec.families, spec.cluster_cidrs, strict=True):
+            subnets = ipaddress.ip_network(cluster_text).subnets(
+                new_prefix=_node_prefix(spec, version)
+            )
+            unused = next(subnet for index, subnet in enumerate(subnets) if index == len(plans))
+            unused_ranges.append(str(unused))
+        ranges[_outside_node(spec).name] = unused_ranges
     return ranges
 
 
 def published_pod_cidrs(spec: LabSpec) -> dict[str, tuple[str, ...]]:
     """Node name -> what the API shows as ``spec.podCIDRs``.
 
-    Normally each node's podCIDRs. With ``overlapping-pod-cidrs`` node-2 publishes the supernet
-    that also covers node-1's range; IPAM and routes keep the disjoint real ranges, so pods stay
-    unique and reachable and only the "podCIDRs do not overlap" rule breaks.
+    Normally each node's podCIDRs. With ``overlapping-pod-cidrs`` node-2 publishes, in each
+    family, the supernet that also covers node-1's range; IPAM and routes keep the disjoint real
+    ranges, so pods stay unique and reachable and only the "podCIDRs do not overlap" rule breaks.
     """
     check_topology_faults(spec)
     plans = spec.node_plans()
     published = {plan.name: plan.pod_cidrs for plan in plans}
     if OVERLAP_FAULT in spec.faults:
         second = plans[1]
-        real = ipaddress.ip_network(second.pod_cidrs[0])
-        published[second.name] = (str(real.supernet(prefixlen_diff=1)),)
+        published[second.name] = tuple(
+            str(ipaddress.ip_network(real).supernet(prefixlen_diff=1)) for real in second.pod_cidrs
+        )
     return published
 
 
+def node_addresses(plan: NodePlan) -> tuple[str, ...]:
+    """The node's fabric addresses, one per family, primary first."""
+    return plan.internal_ips or (plan.internal_ip,)
+
+
+def _address_of_version(addresses: tuple[str, ...], version: int) -> str:
+    for address in addresses:
+        if _version(address) == version:
+            return address
+    raise LabSpecError(f"no IPv{version} address among {', '.join(addresses)}")
+
+
 def node_routes(spec: LabSpec, plan: NodePlan) -> list[tuple[str, str]]:
-    """(destination range, gateway) host-gw routes ``plan``'s node needs to other nodes' pods."""
+    """(destination range, gateway) host-gw routes ``plan``'s node needs to other nodes' pods;
+    each range goes via the other node's fabric address of the same family."""
     ranges = plan_ipam_ranges(spec)
     return [
-        (pod_range, other.internal_ip)
+        (pod_range, _address_of_version(node_addresses(other), _version(pod_range)))
         for other in spec.node_plans()
         if other.name != plan.name
         for pod_range in ranges[other.name]
@@ -156,6 +204,7 @@ def node_infos(spec: LabSpec) -> list[NodeInfo]:
         NodeInfo(
             name=plan.name,
             internal_ip=plan.internal_ip,
+            internal_ips=node_addresses(plan),
             pod_cidrs=published[plan.name],
             labels={
                 "kubernetes.io/hostname": plan.name,
@@ -190,14 +239,28 @@ def _build_fabric(spec: LabSpec) -> None:
     in_netns_thread(spec.fabric_netns, lambda: _build_fabric_here(spec))
 
 
+def _write_sysctls_here(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        Path("/proc/sys", *name.split(".")).write_text(value)
+
+
+def _add_address(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
+    """Add ``address``; IPv6 ones without DAD (``nodad``), so they are usable at once."""
+    if _version(address) == 6:
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen, flags=IFA_F_NODAD)
+    else:
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+
+
 def _build_fabric_here(spec: LabSpec) -> None:
     """Runs on a thread inside the fabric namespace (so IPRoute() talks to it, no fork)."""
-    fabric_prefix = ipaddress.ip_network(spec.fabric_cidr).prefixlen
+    _write_sysctls_here(NO_DAD_SYSCTLS)
     with IPRoute() as fabric:
         fabric.link("set", index=_interface_index(fabric, "lo"), state="up")
         fabric.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
         bridge = _interface_index(fabric, FABRIC_BRIDGE)
-        fabric.addr("add", index=bridge, address=spec.fabric_gateway, prefixlen=fabric_prefix)
+        for version, gateway in zip(spec.families, spec.fabric_gateways, strict=True):
+            _add_address(fabric, bridge, gateway, _fabric_network(spec, version).prefixlen)
         fabric.link("set", index=bridge, state="up")
         for plan in spec.node_plans():
             node_fd = os.open(netns_path(plan.netns), os.O_RDONLY)
@@ -216,20 +279,53 @@ def _build_fabric_here(spec: LabSpec) -> None:
             fabric.link("set", index=port, state="up")
 
 
+def _prepare_node(plan: NodePlan) -> None:
+    """Node sysctls, written before the fabric makes the node's eth0 (so it inherits no-DAD)."""
+    in_netns_thread(plan.netns, lambda: _write_sysctls_here(NODE_SYSCTLS))
+
+
 def _build_node(spec: LabSpec, plan: NodePlan) -> None:
-    in_netns_thread(plan.netns, lambda: _build_node_here(spec, plan))
+    in_netns_thread(
+        plan.netns,
+        lambda: _build_node_here(spec, plan),
+        timeout=ADDRESS_SETTLE_TIMEOUT + 10.0,
+    )
+
+
+def _unsettled_addresses(ipr: IPRoute, index: int) -> list[str]:
+    """IPv6 addresses of link ``index`` that are still tentative (or failed DAD)."""
+    unsettled = []
+    for address in ipr.get_addr(family=socket.AF_INET6, index=index):
+        flags = address.get_attr("IFA_FLAGS") or address["flags"]
+        if flags & IFA_F_DADFAILED:
+            unsettled.append(f"{address.get_attr('IFA_ADDRESS')} (dadfailed)")
+        elif flags & IFA_F_TENTATIVE:
+            unsettled.append(f"{address.get_attr('IFA_ADDRESS')} (tentative)")
+    return unsettled
 
 
 def _build_node_here(spec: LabSpec, plan: NodePlan) -> None:
-    """Runs on a thread inside the node's namespace."""
-    fabric_prefix = ipaddress.ip_network(spec.fabric_cidr).prefixlen
-    for name, value in NODE_SYSCTLS.items():
-        Path("/proc/sys", *name.split(".")).write_text(value)
+    """Runs on a thread inside the node's namespace (its sysctls were set by _prepare_node)."""
     with IPRoute() as node:
         node.link("set", index=_interface_index(node, "lo"), state="up")
         uplink = _interface_index(node, NODE_UPLINK)
-        node.addr("add", index=uplink, address=plan.internal_ip, prefixlen=fabric_prefix)
+        for address in node_addresses(plan):
+            prefix = _fabric_network(spec, _version(address)).prefixlen
+            _add_address(node, uplink, address, prefix)
         node.link("set", index=uplink, state="up")
+        if 6 in spec.families:
+            # Bounded: with DAD off this is immediate; a route via a tentative address fails.
+            unsettled = Retrying(
+                stop=stop_after_delay(ADDRESS_SETTLE_TIMEOUT),
+                wait=wait_fixed(0.05),
+                retry=retry_if_result(bool),
+                retry_error_callback=lambda state: state.outcome.result() if state.outcome else [],
+            )(lambda: _unsettled_addresses(node, uplink))
+            if unsettled:
+                raise TopologyError(
+                    f"{plan.name} {NODE_UPLINK}: IPv6 addresses not usable after "
+                    f"{ADDRESS_SETTLE_TIMEOUT:.0f} s: {', '.join(unsettled)}"
+                )
         for destination, gateway in node_routes(spec, plan):
             node.route("add", dst=destination, gateway=gateway, oif=uplink)
 
@@ -250,6 +346,8 @@ def build_topology(spec: LabSpec) -> None:
         for name in names:
             create_netns(name)
             created.append(name)
+        for plan in spec.node_plans():
+            _prepare_node(plan)
         _build_fabric(spec)
         for plan in spec.node_plans():
             _build_node(spec, plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.parse
 import uuid
@@ -90,6 +91,7 @@ def test_wrong_shaped_json(
                 "includeObject",
                 "fieldValidation",
                 "gracePeriodSeconds",
+                "continue",
             ]
         ),
         st.text(max_size=8),
@@ -104,6 +106,41 @@ def test_bad_selectors_and_params(
     query = urllib.parse.urlencode({"labelSelector": label, "fieldSelector": field, **extra})
     status, _, body = live.request("GET", f"/api/v1/namespaces/{fuzz_ns}/pods?{query}")
     assert_status(status, body)
+
+
+continue_tokens = st.one_of(
+    st.text(max_size=60),
+    st.binary(max_size=60).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+    st.builds(
+        lambda v, rv, start: (
+            base64.urlsafe_b64encode(json.dumps({"v": v, "rv": rv, "start": start}).encode())
+            .decode()
+            .rstrip("=")
+        ),
+        st.sampled_from(["meta.k8s.io/v1", "v2", ""]),
+        json_values,
+        st.text(max_size=12),
+    ),
+)
+
+
+@FUZZ
+@given(
+    limit=st.one_of(st.integers(), st.text(max_size=8)).map(str),
+    token=continue_tokens,
+    scope=st.sampled_from(["/api/v1/pods", "/api/v1/namespaces/{ns}/pods", "/api/v1/nodes"]),
+    table=st.booleans(),
+)
+def test_paging_params(
+    live: LiveServer, fuzz_ns: str, limit: str, token: str, scope: str, table: bool
+) -> None:
+    """Bad limits and garbage continue tokens: 400 (or 410 for a lost snapshot), never a 5xx."""
+    query = urllib.parse.urlencode({"limit": limit, "continue": token})
+    headers = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"} if table else {}
+    status, _, body = live.request("GET", scope.format(ns=fuzz_ns) + "?" + query, headers=headers)
+    assert_status(status, body)
+    if status == 200 and token:
+        assert body["metadata"]["resourceVersion"], body
 
 
 @FUZZ

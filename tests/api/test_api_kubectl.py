@@ -119,3 +119,44 @@ def test_create_strict_validation(live: LiveServer, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert 'strict decoding error: unknown field "spec.containers[0].bogus"' in result.stderr
     assert kubectl(live, "get", "pod", "bad", check=False).returncode == 1  # nothing stored
+
+
+def test_get_services(live: LiveServer) -> None:
+    lines = kubectl(live, "get", "svc", "-A", "-o", "wide").stdout.splitlines()
+    assert lines[0].split() == [
+        "NAMESPACE",
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "AGE",
+        "SELECTOR",
+    ]
+    row = lines[1].split()
+    assert row[:6] == ["default", "kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    assert len(lines) == 2
+    refused = kubectl(live, "delete", "svc", "kubernetes", check=False)
+    assert refused.returncode == 1
+    assert "no Service data plane" in refused.stderr
+
+
+def test_get_pods_in_chunks(live: LiveServer) -> None:
+    ns = f"c-{uuid.uuid4().hex[:6]}"
+    kubectl(live, "create", "namespace", ns)
+    try:
+        for i in range(5):
+            kubectl(live, "create", "-n", ns, "-f", "-", stdin=POD_YAML.format(name=f"p-{i}"))
+        result = kubectl(live, "get", "pods", "-n", ns, "--chunk-size=2", "-o", "name", "-v=6")
+        assert result.stdout.split() == [f"pod/p-{i}" for i in range(5)]
+        requests = [
+            line for line in result.stderr.splitlines() if f"/namespaces/{ns}/pods?" in line
+        ]
+        assert len(requests) == 3, requests  # 2 + 2 + 1
+        assert all("limit=2" in line for line in requests), requests
+        assert sum("continue=" in line for line in requests) == 2, requests
+        table = kubectl(live, "get", "pods", "-n", ns, "--chunk-size=3").stdout.splitlines()
+        assert [line.split()[0] for line in table[1:]] == [f"p-{i}" for i in range(5)]
+        assert table[0].split()[:3] == ["NAME", "READY", "STATUS"]
+    finally:
+        kubectl(live, "delete", "namespace", ns, "--wait=false")

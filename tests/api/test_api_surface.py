@@ -178,3 +178,44 @@ def test_watch_bookmarks_and_timeout(live: LiveServer, ns: str) -> None:
     bookmark = next(e for e in events if e["type"] == "BOOKMARK")
     assert bookmark["object"]["kind"] == "Pod"
     assert set(bookmark["object"]["metadata"]) == {"resourceVersion"}
+
+
+def test_field_validation_directives(live: LiveServer, ns: str) -> None:
+    pods = f"/api/v1/namespaces/{ns}/pods"
+    body = pod_body("fv-pod")
+    body["spec"]["foo"] = 1  # type: ignore[index]
+    status, _, strict = live.request("POST", f"{pods}?fieldValidation=Strict", body)
+    assert status == 400
+    assert strict["reason"] == "BadRequest"
+    assert strict["message"].endswith('strict decoding error: unknown field "spec.foo"')
+    assert live.request("GET", f"{pods}/fv-pod")[0] == 404, "nothing stored on Strict"
+    status, headers, warned = live.request("POST", pods, body)  # no parameter: Warn
+    assert status == 201
+    assert headers.get_all("Warning") == ['299 - "unknown field \\"spec.foo\\""']
+    assert "foo" not in warned["spec"]
+    patch = {"spec": {"bar": 2}, "metadata": {"labels": {"x": "y"}}}
+    merge = {"Content-Type": "application/merge-patch+json"}
+    status, _, strict = live.request("PATCH", f"{pods}/fv-pod?fieldValidation=Strict", patch, merge)
+    assert status == 400
+    assert 'unknown field "spec.bar"' in strict["message"]
+    status, headers, ignored = live.request(
+        "PATCH", f"{pods}/fv-pod?fieldValidation=Ignore", patch, merge
+    )
+    assert status == 200
+    assert headers.get_all("Warning") is None
+    assert "bar" not in ignored["spec"]
+    assert ignored["metadata"]["labels"] == {"x": "y"}
+    cm = {"metadata": {"name": "fv-cm"}, "data": {"a": "b"}}
+    assert live.request("POST", f"/api/v1/namespaces/{ns}/configmaps", cm)[0] == 201
+    cm["metadata"]["bogus"] = True  # type: ignore[index]
+    status, _, strict = live.request(
+        "PUT", f"/api/v1/namespaces/{ns}/configmaps/fv-cm?fieldValidation=Strict", cm
+    )
+    assert status == 400
+    assert 'unknown field "metadata.bogus"' in strict["message"]
+    invalid = {"metadata": {"name": "fv-bad"}, "data": {"a": 1}}
+    status, _, answer = live.request(
+        "POST", f"/api/v1/namespaces/{ns}/configmaps?fieldValidation=Strict", invalid
+    )
+    assert status == 422, "an invalid value stays 422 Invalid whatever the directive"
+    assert answer["reason"] == "Invalid"

@@ -34,8 +34,9 @@ STATUS_TIMEOUT = 20.0  # seconds for one awaited pod status change
 
 
 def lab_name() -> str:
-    """A fresh lab name (``tb`` + 6 hex digits): parallel runs never collide."""
-    return f"tb{secrets.token_hex(3)}"
+    """A fresh lab name (``tb``, or ``$NETLAB_TEST_LAB_PREFIX``, + 6 hex digits): parallel runs
+    never collide."""
+    return f"{os.environ.get('NETLAB_TEST_LAB_PREFIX', 'tb')}{secrets.token_hex(3)}"
 
 
 @dataclass

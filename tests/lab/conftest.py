@@ -2,8 +2,8 @@
 "pods" (plain namespaces wired to a node's bridge, as the CNI bridge plugin would) with a
 TCP/UDP echo probe to see what source address a peer observes.
 
-Lab names made here start with ``ta`` so that other engineers' concurrent lab tests (other
-prefixes) never collide with these.
+Lab names made here start with ``ta`` (or ``$NETLAB_TEST_LAB_PREFIX``, two letters) so that
+other engineers' concurrent lab tests (other prefixes) never collide with these.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from netlab.dataplane.nsexec import netns_path, popen_in_netns, run_in_netns
 from netlab.dataplane.topology import build_topology, destroy_topology
 from netlab.spec import STATE_ROOT, LabSpec, NodePlan
 
-TEST_LAB_PREFIX = "ta"
+TEST_LAB_PREFIX = os.environ.get("NETLAB_TEST_LAB_PREFIX", "ta")
 LAB_OF_NETNS = re.compile(r"^netlab-(.+)-(fabric|node-[0-9]+|pod-.+)$")
 CNI_BRIDGE = "cni0"
+NODAD = 0x02  # IFA_F_NODAD: IPv6 addresses usable at once (no duplicate address detection)
 PROBE_PORT = 7070
 PROBE_LIFETIME = 60  # seconds an echo server lives at most, even if a test forgets it
 
@@ -91,33 +92,41 @@ PROBE_SCRIPT = r"""
 import json, socket, sys, threading, time
 
 def serve(port, lifetime):
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind(("0.0.0.0", port)); tcp.listen(16)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", port))
-    def tcp_loop():
+    sockets = []
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            for s in (tcp, udp):
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        tcp.bind((host, port)); tcp.listen(16)
+        udp.bind((host, port))
+        sockets += [("tcp", tcp), ("udp", udp)]
+    def tcp_loop(tcp):
         while True:
             conn, peer = tcp.accept()
             with conn:
                 conn.sendall(peer[0].encode() + b"\n")
-    def udp_loop():
+    def udp_loop(udp):
         while True:
             _, peer = udp.recvfrom(2048)
             udp.sendto(peer[0].encode() + b"\n", peer)
-    for loop in (tcp_loop, udp_loop):
-        threading.Thread(target=loop, daemon=True).start()
+    for proto, s in sockets:
+        loop = tcp_loop if proto == "tcp" else udp_loop
+        threading.Thread(target=loop, args=(s,), daemon=True).start()
     print("serving", flush=True)
     time.sleep(lifetime)
 
 def connect(proto, host, port, timeout):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         if proto == "tcp":
             with socket.create_connection((host, port), timeout=timeout) as s:
                 s.settimeout(timeout)
                 seen = s.recv(100).decode().strip()
         else:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
                 s.settimeout(timeout)
                 s.sendto(b"hello", (host, port))
                 seen = s.recv(100).decode().strip()
@@ -142,9 +151,23 @@ class ProbeResult:
 @dataclass(frozen=True)
 class LabPod:
     netns: str
-    ip: str
-    gateway: str
+    ips: tuple[str, ...]  # one per range the pod was given, in that order
+    gateways: tuple[str, ...]  # the cni0 address of each of those ranges
     node: NodePlan
+
+    @property
+    def ip(self) -> str:
+        return self.ips[0]
+
+    @property
+    def gateway(self) -> str:
+        return self.gateways[0]
+
+    def ip_of(self, version: int) -> str:
+        return next(ip for ip in self.ips if ipaddress.ip_address(ip).version == version)
+
+    def gateway_of(self, version: int) -> str:
+        return next(g for g in self.gateways if ipaddress.ip_address(g).version == version)
 
 
 class NetworkKit:
@@ -153,14 +176,16 @@ class NetworkKit:
     def __init__(self) -> None:
         self._servers: list[subprocess.Popen[str]] = []
 
-    def add_pod(self, spec: LabSpec, plan: NodePlan, pod_range: str, host_number: int) -> LabPod:
+    def add_pod(
+        self, spec: LabSpec, plan: NodePlan, pod_range: str | list[str], host_number: int
+    ) -> LabPod:
         """A pod namespace ``netlab-<lab>-pod-<8 hex>`` with eth0 on the node's cni0 bridge, as
-        the CNI bridge plugin would make it (sweep removes it with the lab)."""
-        network = ipaddress.ip_network(pod_range)
-        gateway = ensure_cni_bridge(plan, pod_range)
+        the CNI bridge plugin would make it (sweep removes it with the lab). Given several
+        ranges (one per family) the pod gets an address of each (``ips``, in that order)."""
+        pod_ranges = [pod_range] if isinstance(pod_range, str) else pod_range
+        gateways = [ensure_cni_bridge(plan, one_range) for one_range in pod_ranges]
         uid8 = secrets.token_hex(4)
         pod_netns = f"{spec.netns_prefix}pod-{uid8}"
-        address = str(network.network_address + host_number)
         pyroute2_netns.create(pod_netns)
         pod_fd = os.open(netns_path(pod_netns), os.O_RDONLY)
         try:
@@ -176,13 +201,22 @@ class NetworkKit:
                 node.link("set", index=host_end, state="up")
         finally:
             os.close(pod_fd)
-        with IPRoute(netns=pod_netns, flags=0) as pod:
-            pod.link("set", index=pod.link_lookup(ifname="lo")[0], state="up")
-            eth0 = pod.link_lookup(ifname="eth0")[0]
-            pod.addr("add", index=eth0, address=address, prefixlen=network.prefixlen)
-            pod.link("set", index=eth0, state="up")
-            pod.route("add", dst="0.0.0.0/0", gateway=gateway)
-        return LabPod(netns=pod_netns, ip=address, gateway=gateway, node=plan)
+        ips: list[str] = []
+        for one_range, gateway in zip(pod_ranges, gateways, strict=True):
+            network = ipaddress.ip_network(one_range)
+            address = str(network.network_address + host_number)
+            with IPRoute(netns=pod_netns, flags=0) as pod:
+                pod.link("set", index=pod.link_lookup(ifname="lo")[0], state="up")
+                eth0 = pod.link_lookup(ifname="eth0")[0]
+                # nodad: usable at once, as the CNI bridge plugin's addresses are.
+                pod.addr(
+                    "add", index=eth0, address=address, prefixlen=network.prefixlen, flags=NODAD
+                )
+                pod.link("set", index=eth0, state="up")
+                default = "0.0.0.0/0" if network.version == 4 else "::/0"
+                pod.route("add", dst=default, gateway=gateway)
+            ips.append(address)
+        return LabPod(netns=pod_netns, ips=tuple(ips), gateways=tuple(gateways), node=plan)
 
     def serve(self, netns: str) -> None:
         """Start a TCP+UDP echo server (answers with the peer address it saw) in ``netns``."""
@@ -225,9 +259,12 @@ def ensure_cni_bridge(plan: NodePlan, pod_range: str) -> str:
     with IPRoute(netns=plan.netns, flags=0) as node:
         if not node.link_lookup(ifname=CNI_BRIDGE):
             node.link("add", ifname=CNI_BRIDGE, kind="bridge")
-            bridge = node.link_lookup(ifname=CNI_BRIDGE)[0]
-            node.addr("add", index=bridge, address=gateway, prefixlen=network.prefixlen)
-            node.link("set", index=bridge, state="up")
+            node.link("set", index=node.link_lookup(ifname=CNI_BRIDGE)[0], state="up")
+        bridge = node.link_lookup(ifname=CNI_BRIDGE)[0]
+        if not node.get_addr(index=bridge, address=gateway):
+            node.addr(
+                "add", index=bridge, address=gateway, prefixlen=network.prefixlen, flags=NODAD
+            )
     return gateway
 
 

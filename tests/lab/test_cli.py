@@ -79,6 +79,12 @@ def assert_one_line_error(code: int, out: str, err: str, fragment: str) -> None:
             "needs at least 2 nodes",
             id="fault-does-not-fit",
         ),
+        pytest.param(
+            ["--ip-family", "ipv5"],
+            "argument --ip-family: invalid choice: 'ipv5'",
+            id="bad-ip-family",
+        ),
+        pytest.param(["--ip-family"], "expected one argument", id="ip-family-without-value"),
     ],
 )
 def test_up_rejects_bad_input_in_one_line_and_makes_nothing(
@@ -264,6 +270,37 @@ def test_up_status_down_round_trip(lab_name: str) -> None:
         down = run_cli("down", "--name", lab_name)
     assert down.returncode == 0, down.stderr
     assert f"lab {lab_name} is down" in down.stderr
+    assert_nothing_of(lab_name)
+
+
+@needs_control_plane
+def test_up_dual_stack_publishes_both_families_and_status_shows_it(lab_name: str) -> None:
+    started = time.monotonic()
+    up = run_cli("up", "--name", lab_name, "--nodes", "2", "--ip-family", "dual")
+    print(f"`netlab up --ip-family dual` (2 nodes) took {time.monotonic() - started:.1f} s")
+    assert up.returncode == 0, up.stderr
+    assert "2 nodes, dual" in up.stderr
+    try:
+        status = run_cli("status", "--name", lab_name)
+        assert "2 nodes, dual," in status.stdout, status.stdout
+        info = json.loads((STATE_ROOT / lab_name / "info.json").read_text())
+        assert info["ip_family"] == "dual"
+
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(up.stdout.splitlines()[-1]))
+        for node, plan in zip(
+            sorted(api.list_node().items, key=lambda n: n.metadata.name),
+            LabSpec(name=lab_name, nodes=2, ip_family="dual").node_plans(),
+            strict=True,
+        ):
+            assert node.spec.pod_cidrs == list(plan.pod_cidrs), (
+                f"{node.metadata.name}: podCIDRs {node.spec.pod_cidrs}, expected {plan.pod_cidrs}"
+            )
+            assert node.spec.pod_cidr == plan.pod_cidrs[0]
+    finally:
+        down = run_cli("down", "--name", lab_name)
+    assert down.returncode == 0, down.stderr
     assert_nothing_of(lab_name)
 
 

@@ -6,9 +6,12 @@ import ipaddress
 from itertools import combinations
 
 import pytest
+import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kubernetes.client.exceptions import ApiException
 
+from conformance.kit import cluster
 from conformance.kit.cidrs import (
     CIDRParseError,
     NodeCIDRs,
@@ -23,6 +26,7 @@ from conformance.kit.cidrs import (
     parse_cidr_list,
     pod_cidr_skip_reason,
 )
+from conformance.kit.settings import Timeouts
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -279,3 +283,85 @@ def test_describe_findings_limits_lines() -> None:
 
 def test_parse_cidr_list_canonicalises() -> None:
     assert parse_cidr_list("10.96.0.1/12,,fd00:0:0::/108 ") == ("10.96.0.0/12", "fd00::/108")
+
+
+# ---------------------------------------------------------------------------------------------
+# IPAM that ignores node podCIDRs (Calico IPPools), found through the API without ever raising.
+
+
+class _CustomObjects:
+    """``list_cluster_custom_object`` answering from a table: a dict, or an exception to raise."""
+
+    def __init__(self, answers: dict[tuple[str, str, str], object]) -> None:
+        self.answers = answers
+        self.asked: list[tuple[str, str, str]] = []
+
+    def list_cluster_custom_object(
+        self, group: str, version: str, plural: str, **_: object
+    ) -> object:
+        self.asked.append((group, version, plural))
+        answer = self.answers.get((group, version, plural), ApiException(status=404))
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+V1_POOLS = ("crd.projectcalico.org", "v1", "ippools")
+V3_POOLS = ("projectcalico.org", "v3", "ippools")
+POOL = {"metadata": {"name": "default-ipv4-ippool"}, "spec": {"cidr": "192.168.0.0/16"}}
+
+
+def detect(
+    monkeypatch: pytest.MonkeyPatch, answers: dict[tuple[str, str, str], object]
+) -> tuple[cluster.PoolIPAM | None, list[tuple[str, str, str]]]:
+    fake = _CustomObjects(answers)
+    monkeypatch.setattr(cluster.client, "CustomObjectsApi", lambda api: fake)
+    return cluster.detect_pool_ipam(None, Timeouts()), fake.asked  # type: ignore[arg-type]
+
+
+def test_calico_ippools_are_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    found, asked = detect(monkeypatch, {V1_POOLS: {"items": [POOL, {"metadata": {}}]}})
+    assert found is not None
+    assert asked == [V1_POOLS]
+    assert found.ipam == "Calico IPAM"
+    reason = found.reason()
+    assert "default-ipv4-ippool (192.168.0.0/16)" in reason
+    assert "2 ippools.crd.projectcalico.org/v1" in reason
+    assert "node podCIDR rule does not apply" in reason
+
+
+@pytest.mark.parametrize(
+    "v1_answer",
+    [
+        ApiException(status=404),  # not served: the v3 API is asked next
+        ApiException(status=403),  # forbidden: the same
+        ApiException(status=500),  # any other failure: the same, never raised
+        urllib3.exceptions.MaxRetryError(None, "/apis", "connection refused"),
+        {"items": []},  # the CRD exists but holds no pool
+    ],
+)
+def test_v3_pools_found_whatever_v1_says(
+    monkeypatch: pytest.MonkeyPatch, v1_answer: object
+) -> None:
+    found, asked = detect(monkeypatch, {V1_POOLS: v1_answer, V3_POOLS: {"items": [POOL]}})
+    assert asked == [V1_POOLS, V3_POOLS]
+    assert found is not None
+    assert found.resource == "ippools.projectcalico.org/v3"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ApiException(status=404),
+        ApiException(status=403),
+        ApiException(status=503),
+        urllib3.exceptions.MaxRetryError(None, "/apis", "connection refused"),
+        {"items": []},
+        {"kind": "Status"},  # no items at all
+        "not json",
+    ],
+)
+def test_no_pools_means_no_pool_ipam(monkeypatch: pytest.MonkeyPatch, answer: object) -> None:
+    found, asked = detect(monkeypatch, {V1_POOLS: answer, V3_POOLS: answer})
+    assert found is None
+    assert asked == [V1_POOLS, V3_POOLS]

@@ -4,6 +4,7 @@ errors (never passes)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,9 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
         "--keep-namespace",
         "--ip-family",
         "--cleanup-stale",
+        "--tolerate-taint",
+        "--image-pull-secret",
+        "--list-images",
     ):
         assert option in text, option
 
@@ -156,6 +160,8 @@ def test_kubeconfig_falls_back_to_environment(
         ("--probe-timeout=-1", "--probe-timeout: must be in (0, 300]"),
         ("--probe-timeout=soon", "--probe-timeout: 'soon' is not a number"),
         ("--probe-image=", "--probe-image: '' is not an image reference"),
+        ("--tolerate-taint=gpu:Sometimes", "--tolerate-taint: effect 'Sometimes' is not one of"),
+        ("--image-pull-secret=Bad_Name", "--image-pull-secret: 'Bad_Name' is not a Secret"),
     ],
 )
 def test_bad_option_values_are_usage_errors(
@@ -246,6 +252,7 @@ def test_unreachable_cluster_is_errors_not_passes(
 
 def test_missing_kubeconfig_is_errors_under_xdist(pytester: pytest.Pytester) -> None:
     result = run_conformance(pytester, "-n", "2", "--kubeconfig", "/nonexistent/kubeconfig")
+    assert result.ret == plugin.EXIT_COULD_NOT_TEST
     outcomes = result.parseoutcomes()
     assert outcomes.get("errors", 0) >= 2
     assert "passed" not in outcomes
@@ -275,8 +282,8 @@ def test_conformance_test_ids_and_rule_docstrings(
         "test_no_snat[tcp-node-1->node-1]",
         "test_no_snat[icmp-node-2->node-1]",
         "test_node_to_pod[tcp-node-2]",
-        "test_localhost_between_containers[ipv4-udp-node-1]",  # loopback: always both
-        "test_localhost_between_containers[ipv6-tcp-node-2]",
+        "test_localhost_between_containers[udp-node-1]",  # the cluster's families only
+        "test_localhost_between_containers[tcp-node-2]",
         "test_volume_shared_between_containers[memory-b->a-node-1]",
         "test_pod_ip_is_interface_address[node-2]",
     ):
@@ -321,3 +328,273 @@ def test_single_node_skips_cross_node_pairs_only(
 def test_rule_section_and_property(pytester: pytest.Pytester) -> None:
     assert plugin.RULE_PROPERTY == "rule"
     assert all(":" in marker for marker in plugin.MARKERS)
+
+
+# --- issue 8: tolerations, pull secrets, --list-images, node_cidr, exclusions, exit codes ------
+
+
+def test_repeatable_options_reach_the_settings(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+from conformance.plugin import SETTINGS_KEY
+from conformance.kit.settings import PullSecret, TaintToleration
+
+def test_settings(pytestconfig):
+    s = pytestconfig.stash[SETTINGS_KEY]
+    assert s.tolerate_taints == (
+        TaintToleration("example.com/gpu", "NoSchedule"), TaintToleration("dedicated")
+    )
+    assert s.image_pull_secrets == (PullSecret("regcred"), PullSecret("mirror", "infra"))
+    assert [str(t) for t in s.tolerations][:2] == ["example.com/gpu:NoSchedule", "dedicated"]
+"""
+    )
+    result = pytester.runpytest(
+        "--tolerate-taint=example.com/gpu:noschedule",
+        "--tolerate-taint",
+        "dedicated",
+        "--image-pull-secret=regcred",
+        "--image-pull-secret=infra/mirror",
+        "--include-control-plane",
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_clashing_pull_secrets_are_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_never(): pass")
+    result = pytester.runpytest("--image-pull-secret=a/regcred", "--image-pull-secret=b/regcred")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "would both be copied as 'regcred'" in result.stderr.str()
+
+
+def forbid_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make any discovery or API client creation record itself and fail."""
+    touched: list[str] = []
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        touched.append("cluster")
+        raise AssertionError("the cluster must not be touched")
+
+    monkeypatch.setattr(plugin, "discover", forbidden)
+    monkeypatch.setattr("conformance.kit.cluster.make_api_client", forbidden)
+    return touched
+
+
+@pytest.mark.parametrize("extra", [(), ("-n", "2")])
+def test_list_images_prints_only_the_images(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, extra: tuple[str]
+) -> None:
+    touched = forbid_cluster(monkeypatch)
+    kubeconfig = unreachable_kubeconfig(tmp_path / "kubeconfig")
+    result = pytester.runpytest(
+        "--pyargs", "conformance", "--kubeconfig", str(kubeconfig), "--list-images", *extra
+    )
+    assert result.ret == 0
+    assert result.outlines == [plugin.DEFAULT_PROBE_IMAGE]
+    mirrored = pytester.runpytest(
+        "--list-images", "--probe-image=registry.example/netshoot:v0.13", *extra
+    )
+    assert mirrored.ret == 0
+    assert mirrored.outlines == ["registry.example/netshoot:v0.13"]
+    assert touched == []
+    assert not (pytester.path / "reports").exists()
+
+
+def test_node_cidr_marker_is_registered_and_deselects_one_check(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conformance.kit.cluster import Discovery
+
+    monkeypatch.setattr(plugin, "discover", lambda settings: Discovery(nodes=("n1", "n2")))
+    markers = pytester.runpytest("--markers").stdout.str()
+    assert "@pytest.mark.node_cidr:" in markers
+    args = ("--pyargs", "conformance.test_pod_ips", "--collect-only", "-q", "--strict-markers")
+    everything = pytester.runpytest(*args, "-p", "no:cacheprovider").stdout.str()
+    assert "test_pod_ips_inside_node_pod_cidrs" in everything
+    gate = pytester.runpytest(*args, "-p", "no:cacheprovider", "-m", "not node_cidr")
+    kept = gate.stdout.str()
+    assert "test_pod_ips_inside_node_pod_cidrs" not in kept
+    for still_runs in (
+        "test_pod_ips_unique",
+        "test_node_pod_cidrs_disjoint",
+        "test_node_pod_cidrs_outside_service_range",
+        "test_node_addresses_outside_pod_cidrs",
+    ):
+        assert still_runs in kept, still_runs
+    gate.stdout.fnmatch_lines(["*1 deselected*"])
+
+
+@pytest.mark.parametrize(
+    ("status", "broken", "untested", "expected"),
+    [
+        (pytest.ExitCode.OK, False, False, 0),
+        (pytest.ExitCode.TESTS_FAILED, True, False, 1),
+        (pytest.ExitCode.TESTS_FAILED, False, True, 2),
+        (pytest.ExitCode.TESTS_FAILED, True, True, 2),  # could-not-test wins
+        (pytest.ExitCode.TESTS_FAILED, False, False, 1),  # another plugin's test failed
+        (pytest.ExitCode.INTERRUPTED, True, False, 2),
+        (pytest.ExitCode.INTERNAL_ERROR, True, True, 3),
+        (pytest.ExitCode.USAGE_ERROR, False, False, 4),
+        (pytest.ExitCode.NO_TESTS_COLLECTED, False, False, 5),
+    ],
+)
+def test_gate_exit_status_table(
+    status: pytest.ExitCode, broken: bool, untested: bool, expected: int
+) -> None:
+    assert plugin.gate_exit_status(status, broken=broken, untested=untested) == expected
+
+
+def test_gate_sorts_report_phases() -> None:
+    gate = plugin._ExitGate()
+    rule = [(plugin.RULE_PROPERTY, "a rule")]
+
+    def report(when: str, outcome: str, props: list[tuple[str, str]]) -> pytest.TestReport:
+        return pytest.TestReport(
+            "c.py::t", ("c.py", 1, "t"), {}, outcome, None, when, user_properties=props
+        )
+
+    gate.pytest_runtest_logreport(report("call", "passed", rule))
+    gate.pytest_runtest_logreport(report("call", "failed", []))  # not a conformance check
+    assert (gate.broken, gate.untested) == ([], [])
+    gate.pytest_runtest_logreport(report("call", "failed", rule))
+    assert gate.broken == ["c.py::t"]
+    for when in ("setup", "teardown", "???"):  # "???": xdist's report of a crashed worker
+        gate.pytest_runtest_logreport(report(when, "failed", rule))
+    assert len(gate.untested) == 3
+
+
+def fake_node(name: str, cidr: str, address: str) -> Any:
+    from kubernetes import client
+
+    return client.V1Node(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1NodeSpec(pod_cidr=cidr, pod_cidrs=[cidr]),
+        status=client.V1NodeStatus(
+            addresses=[client.V1NodeAddress(type="InternalIP", address=address)]
+        ),
+    )
+
+
+HEALTHY_NODES = [
+    fake_node("n1", "10.244.1.0/24", "172.18.0.2"),
+    fake_node("n2", "10.244.2.0/24", "172.18.0.3"),
+]
+OVERLAPPING_NODES = [
+    fake_node("n1", "10.244.0.0/16", "172.18.0.2"),
+    fake_node("n2", "10.244.2.0/24", "10.244.3.5"),  # inside n1's range too
+]
+# Checks that need nothing but the node list (no probes, no other API call).
+NODE_ONLY_CHECKS = "test_node_pod_cidrs_disjoint or test_node_addresses_outside_pod_cidrs"
+
+
+@pytest.fixture
+def fake_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """Discovery of two nodes (one more left out), a node list chosen per test, and a kubeconfig
+    whose server (a closed port on 127.0.0.1) refuses everything else."""
+    from conformance.kit.cluster import Discovery
+
+    # Through sys.modules: an earlier in-process run may have dropped the module from it
+    # while the package attribute still points at the old copy.
+    test_pod_ips = importlib.import_module("conformance.test_pod_ips")
+    monkeypatch.setattr(
+        plugin,
+        "discover",
+        lambda settings: Discovery(
+            nodes=("n1", "n2"), excluded={"win-1": "OS is windows, not linux"}, families=(4,)
+        ),
+    )
+
+    def run(
+        pytester: pytest.Pytester, nodes: list[Any], *args: str, **kwargs: Any
+    ) -> pytest.RunResult:
+        monkeypatch.setattr(test_pod_ips, "list_nodes", lambda core, timeouts: list(nodes))
+        kubeconfig = unreachable_kubeconfig(tmp_path / "kubeconfig")
+        return pytester.runpytest(
+            "--pyargs",
+            "conformance.test_pod_ips",
+            "-p",
+            "no:cacheprovider",
+            "--kubeconfig",
+            str(kubeconfig),
+            f"--junitxml={pytester.path / 'out' / 'junit.xml'}",
+            *args,
+            **kwargs,
+        )
+
+    return run
+
+
+def summary_of(pytester: pytest.Pytester) -> dict[str, Any]:
+    return json.loads((pytester.path / "out" / "summary.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.usefixtures("fast_timeouts")
+def test_exit_0_when_every_rule_holds(pytester: pytest.Pytester, fake_cluster: Any) -> None:
+    result = fake_cluster(pytester, HEALTHY_NODES, "-k", NODE_ONLY_CHECKS)
+    result.assert_outcomes(passed=2, deselected=5)
+    assert result.ret == plugin.EXIT_RULES_HOLD
+    # Every left-out node is named once, in the terminal summary, the JUnit and the JSON.
+    assert result.outlines.count("node win-1 left out: OS is windows, not linux") == 1
+    xml = (pytester.path / "out" / "junit.xml").read_text()
+    assert 'name="netconform.excluded.win-1" value="OS is windows, not linux"' in xml
+    summary = summary_of(pytester)
+    assert summary["excluded_nodes"] == {"win-1": "OS is windows, not linux"}
+    assert summary["exitstatus"] == 0
+
+
+@pytest.mark.usefixtures("fast_timeouts")
+def test_exit_1_when_a_rule_is_broken(pytester: pytest.Pytester, fake_cluster: Any) -> None:
+    result = fake_cluster(pytester, OVERLAPPING_NODES, "-k", NODE_ONLY_CHECKS)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 2
+    assert "errors" not in outcomes
+    assert result.ret == plugin.EXIT_RULE_BROKEN
+    assert summary_of(pytester)["exitstatus"] == 1
+
+
+@pytest.mark.usefixtures("fast_timeouts")
+def test_exit_2_wins_over_1(pytester: pytest.Pytester, fake_cluster: Any) -> None:
+    # The node checks fail (broken rule); the uniqueness check needs probes, whose deployment
+    # meets the closed port (could not test).
+    result = fake_cluster(
+        pytester, OVERLAPPING_NODES, "-k", f"{NODE_ONLY_CHECKS} or test_pod_ips_unique"
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 2
+    assert outcomes.get("errors") == 1
+    result.stdout.fnmatch_lines(["*COULD NOT TEST: probe deployment*127.0.0.1*"])
+    assert result.ret == plugin.EXIT_COULD_NOT_TEST
+    assert summary_of(pytester)["exitstatus"] == 2
+
+
+@pytest.mark.usefixtures("fast_timeouts")
+def test_interrupt_keeps_pytest_code(
+    pytester: pytest.Pytester, fake_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(nodes: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(
+        importlib.import_module("conformance.test_pod_ips"),
+        "find_overlapping_node_cidrs",
+        interrupted,
+    )
+    # no_reraise_ctrlc: the inner Ctrl-C must not stop this outer run.
+    result = fake_cluster(
+        pytester, OVERLAPPING_NODES, "-k", NODE_ONLY_CHECKS, no_reraise_ctrlc=True
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+    assert "failed" not in result.parseoutcomes()
+
+
+def test_no_tests_collected_keeps_pytest_code(pytester: pytest.Pytester, fake_cluster: Any) -> None:
+    result = fake_cluster(pytester, HEALTHY_NODES, "-k", "no_such_check")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+@pytest.mark.usefixtures("fast_timeouts")
+def test_unreachable_cluster_exits_2(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    kubeconfig = unreachable_kubeconfig(tmp_path / "kubeconfig")
+    result = run_conformance(pytester, "--kubeconfig", str(kubeconfig))
+    assert result.ret == plugin.EXIT_COULD_NOT_TEST
+    assert json.loads((pytester.path / "reports" / "summary.json").read_text())["exitstatus"] == 2

@@ -218,6 +218,30 @@ def test_call_without_serve_process_exits_non_zero(tmp_path: Path) -> None:
     assert ping.returncode == 1
 
 
+def test_ping_wait_answers_once_a_late_serve_process_starts(tmp_path: Path) -> None:
+    """The readiness probe's first ping runs at container start, before the agent listens."""
+    socket_path = tmp_path / "late.sock"
+    ping = subprocess.Popen(
+        [sys.executable, str(AGENT), "ping", "--socket", str(socket_path), "--wait", "20"],
+        stderr=subprocess.PIPE,
+    )
+    tcp_port, udp_port = free_port_pair()
+    agent = start_agent(tmp_path, "late", tcp_port=tcp_port, udp_port=udp_port)
+    try:
+        assert ping.wait(timeout=30) == 0, ping.stderr.read() if ping.stderr else ""
+    finally:
+        ping.kill()
+        agent.stop()
+    bounded = subprocess.run(
+        [sys.executable, str(AGENT), "ping", "--socket", str(socket_path), "--wait", "0.3"],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert bounded.returncode == 1, "with no serve process, ping --wait gives up after its bound"
+    assert b"no answer from a serve process" in bounded.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # On loopback, in this network namespace (listeners on free ports, traffic to 127.0.0.1/::1).
 

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from conformance.kit.report import (
+    FLAKY_PROPERTY,
     OUTCOMES,
     CheckResult,
     ClusterFacts,
     SummaryCollector,
     build_summary,
     count_outcomes,
+    flaky_line,
     format_rule_failure,
     phase_outcome,
     pod_label,
@@ -221,3 +223,12 @@ def test_format_rule_failure() -> None:
 def test_shorten() -> None:
     assert shorten("abc", 5) == "abc"
     assert shorten("abcdefgh", 5) == "abcde\n... (3 more characters in the JUnit report)"
+
+
+def test_flaky_line_names_the_test_and_how_it_passed() -> None:
+    nodeid = "conformance/test_no_snat.py::test_no_snat[udp-node-1->node-2]"
+    reason = "passed on attempt 2 of 3 (first: ETIMEDOUT no answer)"
+    assert flaky_line(nodeid, reason) == (
+        "flaky: test_no_snat[udp-node-1->node-2] passed on attempt 2 of 3 (first: ETIMEDOUT no answer)"
+    )
+    assert FLAKY_PROPERTY == "netconform.flaky"

@@ -27,13 +27,18 @@ from tenacity import Retrying, stop_after_delay, wait_fixed
 from conformance.kit import agent_client, cluster, namespace, probes
 from conformance.kit.settings import (
     DEFAULT_PROBE_IMAGE,
+    PullSecret,
     Settings,
+    TaintToleration,
     Timeouts,
+    check_pull_secrets,
     parse_image_pull_policy,
     parse_ip_family,
     parse_max_nodes,
     parse_node_selector,
     parse_probe_timeout,
+    parse_pull_secret,
+    parse_taint_toleration,
     resolve_kubeconfig,
 )
 
@@ -677,3 +682,217 @@ def test_exchange_and_checks_against_the_real_agent(two_local_agents: dict[str, 
     info, addresses = agents.call("pod", "a", [{"op": "info"}, {"op": "addresses"}])
     assert isinstance(info["pid"], int)
     assert any("127.0.0.1/8" in i["addresses"] for i in addresses["interfaces"])
+
+
+# --- taints, tolerations, pull secrets, images (issue 8) -------------------------------------
+
+
+def test_taint_toleration_parses() -> None:
+    assert parse_taint_toleration("dedicated") == TaintToleration("dedicated")
+    assert parse_taint_toleration("example.com/gpu:noexecute") == TaintToleration(
+        "example.com/gpu", "NoExecute"
+    )
+    assert str(parse_taint_toleration("a:NoSchedule")) == "a:NoSchedule"
+    tol = TaintToleration("a")
+    assert tol.tolerates("a", "NoExecute")
+    assert tol.tolerates("a", "NoSchedule")
+    assert not tol.tolerates("b", "NoSchedule")
+    assert not TaintToleration("a", "NoSchedule").tolerates("a", "NoExecute")
+
+
+@pytest.mark.parametrize("text", ["", ":NoSchedule", "a:Sometimes", "a b", "a/b/c"])
+def test_taint_toleration_rejects(text: str) -> None:
+    with pytest.raises(pytest.UsageError, match="--tolerate-taint"):
+        parse_taint_toleration(text)
+
+
+def test_pull_secrets_parse_and_clash() -> None:
+    assert parse_pull_secret("regcred") == PullSecret("regcred", "default")
+    assert parse_pull_secret("infra/regcred") == PullSecret("regcred", "infra")
+    for bad in ("", "Reg_Cred", "a/b/c", "/x", "ns/"):
+        with pytest.raises(pytest.UsageError, match="--image-pull-secret"):
+            parse_pull_secret(bad)
+    same = parse_pull_secret("regcred")
+    assert check_pull_secrets([same, same, parse_pull_secret("infra/other")]) == (
+        same,
+        PullSecret("other", "infra"),
+    )
+    with pytest.raises(pytest.UsageError, match="both be copied as 'regcred'"):
+        check_pull_secrets([same, parse_pull_secret("infra/regcred")])
+
+
+def test_control_plane_option_adds_its_tolerations() -> None:
+    assert settings().tolerations == ()
+    cp = settings(include_control_plane=True).tolerations
+    assert {t.key for t in cp} == {
+        "node-role.kubernetes.io/control-plane",
+        "node-role.kubernetes.io/master",
+    }
+    assert all(t.effect is None for t in cp)
+    both = settings(include_control_plane=True, tolerate_taints=(TaintToleration("gpu"),))
+    assert both.tolerations[0] == TaintToleration("gpu")
+    assert len(both.tolerations) == 3
+
+
+def test_every_exclusion_has_a_reason_and_tolerations_include() -> None:
+    win_by_info = make_node("win-info")
+    win_by_info.metadata.labels = {}
+    win_by_info.status.node_info = client.V1NodeSystemInfo(
+        architecture="amd64",
+        boot_id="b",
+        container_runtime_version="containerd://1.7",
+        kernel_version="10.0",
+        kube_proxy_version="v1.33.0",
+        kubelet_version="v1.33.0",
+        machine_id="m",
+        operating_system="windows",
+        os_image="Windows Server 2022",
+        system_uuid="u",
+    )
+    nodes = [
+        make_node("ok"),
+        win_by_info,
+        make_node("down-cordoned", ready=False, unschedulable=True),
+        make_node("gpu", taints=[("example.com/gpu", "NoSchedule")]),
+        make_node("evict", taints=[("example.com/drain", "NoExecute")]),
+        make_node(
+            "cp",
+            taints=[*CP_TAINT, ("example.com/gpu", "NoSchedule")],
+            labels={"node-role.kubernetes.io/control-plane": ""},
+        ),
+        make_node("soft", taints=[("x", "PreferNoSchedule")]),
+    ]
+    plain = cluster.select_nodes(nodes, settings())
+    assert plain.names == ("ok", "soft")
+    assert set(plain.excluded) == {"win-info", "down-cordoned", "gpu", "evict", "cp"}
+    assert "windows" in plain.excluded["win-info"]
+    assert plain.excluded["down-cordoned"] == "not Ready"  # the first reason wins
+    assert "--tolerate-taint example.com/gpu:NoSchedule" in plain.excluded["gpu"]
+    assert "--tolerate-taint example.com/drain:NoExecute" in plain.excluded["evict"]
+
+    gpu = settings(tolerate_taints=(parse_taint_toleration("example.com/gpu"),))
+    assert cluster.select_nodes(nodes, gpu).names == ("gpu", "ok", "soft")
+    # Control-plane tolerations alone do not cover the node's second taint.
+    cp_only = cluster.select_nodes(nodes, settings(include_control_plane=True))
+    assert "cp" not in cp_only.names
+    assert "example.com/gpu:NoSchedule" in cp_only.excluded["cp"]
+    assert "node-role" not in cp_only.excluded["cp"]
+    both = settings(include_control_plane=True, tolerate_taints=gpu.tolerate_taints)
+    assert cluster.select_nodes(nodes, both).names == ("cp", "gpu", "ok", "soft")
+    wrong_effect = settings(
+        tolerate_taints=(parse_taint_toleration("example.com/drain:NoSchedule"),)
+    )
+    assert "evict" in cluster.select_nodes(nodes, wrong_effect).excluded
+
+
+@pytest.mark.parametrize("role", probes.ROLES)
+def test_probe_pods_carry_exactly_the_tolerations_and_pull_secrets(role: str) -> None:
+    probe = next(p for p in probes.planned_probes(["node-1"]) if p.role == role)
+    plain = probes.to_manifest(probes.pod_spec(probe, "ns", "r", settings()))["spec"]
+    assert "tolerations" not in plain  # nothing tolerated unless asked
+    assert "imagePullSecrets" not in plain
+    custom = settings(
+        include_control_plane=True,
+        tolerate_taints=(parse_taint_toleration("example.com/gpu:NoExecute"),),
+        image_pull_secrets=(parse_pull_secret("regcred"), parse_pull_secret("infra/mirror")),
+    )
+    manifest = probes.to_manifest(probes.pod_spec(probe, "ns", "r", custom))
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    spec = manifest["spec"]
+    assert spec["tolerations"] == [
+        {"effect": "NoExecute", "key": "example.com/gpu", "operator": "Exists"},
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"},
+        {"key": "node-role.kubernetes.io/master", "operator": "Exists"},
+    ]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+
+
+def test_probes_pin_the_node_object_name_never_a_hostname() -> None:
+    # Kubelets may report a hostname (label, address) that differs from the Node's name.
+    node = make_node(
+        "ip-10-0-0-5.internal",
+        labels={"kubernetes.io/hostname": "worker-a"},
+        addresses=(("Hostname", "worker-a"), ("InternalIP", "10.0.0.5")),
+    )
+    selection = cluster.select_nodes([node], settings())
+    assert selection.names == ("ip-10-0-0-5.internal",)
+    for probe in probes.planned_probes(selection.names):
+        spec = probes.to_manifest(probes.pod_spec(probe, "ns", "r", settings()))["spec"]
+        assert spec["nodeName"] == "ip-10-0-0-5.internal"
+        assert "nodeSelector" not in spec
+        assert "affinity" not in spec
+        assert "worker-a" not in json.dumps(spec)
+    assert cluster.node_ip_addresses(node) == ("10.0.0.5",)
+
+
+def test_images_to_pull_lists_every_container_image() -> None:
+    assert probes.images_to_pull(settings()) == (DEFAULT_PROBE_IMAGE,)
+    mirrored = settings(probe_image="registry.example/netshoot:v0.13")
+    assert probes.images_to_pull(mirrored) == ("registry.example/netshoot:v0.13",)
+    every = {
+        c["image"]
+        for role in probes.ROLES
+        for c in (lambda spec: spec["containers"] + spec.get("initContainers", []))(
+            probes.to_manifest(
+                probes.pod_spec(
+                    next(p for p in probes.planned_probes(["n"]) if p.role == role),
+                    "ns",
+                    "r",
+                    mirrored,
+                )
+            )["spec"]
+        )
+    }
+    assert every == set(probes.images_to_pull(mirrored))
+
+
+class _SecretsCore:
+    """The two Secret calls of a CoreV1Api, in memory."""
+
+    def __init__(self, secrets: dict[tuple[str, str], client.V1Secret]) -> None:
+        self.secrets = secrets
+        self.created: list[client.V1Secret] = []
+
+    def read_namespaced_secret(self, name: str, namespace: str, **_: Any) -> client.V1Secret:
+        if (namespace, name) not in self.secrets:
+            raise client.ApiException(status=404, reason="Not Found")
+        return self.secrets[(namespace, name)]
+
+    def create_namespaced_secret(
+        self, namespace: str, body: client.V1Secret, **_: Any
+    ) -> client.V1Secret:
+        self.created.append(body)
+        return body
+
+
+def test_pull_secrets_are_copied_into_the_run_namespace() -> None:
+    source = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="regcred", namespace="infra", resource_version="7"),
+        type="kubernetes.io/dockerconfigjson",
+        data={".dockerconfigjson": "e30="},
+    )
+    core = _SecretsCore({("infra", "regcred"): source})
+    custom = settings(image_pull_secrets=(parse_pull_secret("infra/regcred"),))
+    probes.copy_pull_secrets(core, "netconform-x", "run1", custom)  # type: ignore[arg-type]
+    (copy,) = core.created
+    assert copy.metadata.namespace == "netconform-x"
+    assert copy.metadata.name == "regcred"
+    assert copy.metadata.resource_version is None
+    assert copy.metadata.labels["netconform/run"] == "run1"
+    assert (copy.type, copy.data) == (source.type, source.data)
+    kubernetes_validate.validate(probes.to_manifest(copy), K8S_VERSION, strict=True)
+
+    missing = settings(image_pull_secrets=(parse_pull_secret("absent"),))
+    with pytest.raises(probes.ProbeDeploymentError, match="default/absent: HTTP 404"):
+        probes.copy_pull_secrets(core, "netconform-x", "run1", missing)  # type: ignore[arg-type]
+
+
+def test_discovery_round_trips_with_its_exclusions() -> None:
+    found = cluster.Discovery(
+        nodes=("a", "b"), excluded={"z": "not Ready", "c": "cordoned"}, families=(4, 6)
+    )
+    again = cluster.Discovery.from_dict(json.loads(json.dumps(found.to_dict())))
+    assert again == found
+    assert again.exclusion_lines() == ["node c left out: cordoned", "node z left out: not Ready"]
+    failed = cluster.Discovery(error="cannot read the cluster: x")
+    assert cluster.Discovery.from_dict(failed.to_dict()).error == failed.error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -58,3 +59,34 @@ def test_every_fault_has_a_one_line_description() -> None:
     lines = describe_faults().splitlines()
     assert len(lines) == len(FAULTS)
     assert all(line.split()[0] in FAULTS for line in lines)
+
+
+def test_ip_family_plans_carry_one_address_and_pod_cidr_per_family_primary_first() -> None:
+    dual = LabSpec(ip_family="dual")
+    assert dual.families == (4, 6)
+    first = dual.node_plans()[0]
+    assert first.internal_ips == ("172.18.0.2", "fd00:172:18::2")
+    assert first.internal_ip == "172.18.0.2"
+    assert first.pod_cidrs == ("10.244.0.0/24", "fd00:10:244::/64")
+    assert dual.fabric_gateways == ("172.18.0.1", "fd00:172:18::1")
+    assert dual.service_cidrs == ("10.96.0.0/12", "fd00:10:96::/112")
+    assert dual.cluster_cidrs == ("10.244.0.0/16", "fd00:10:244::/56")
+    ipv6 = LabSpec(ip_family="ipv6")
+    third = ipv6.node_plans()[2]
+    assert (third.internal_ip, third.internal_ips) == ("fd00:172:18::4", ("fd00:172:18::4",))
+    assert third.pod_cidrs == ("fd00:10:244:2::/64",)
+    assert ipv6.fabric_gateway == "fd00:172:18::1"
+    assert LabSpec().node_plans()[0].internal_ips == ("172.18.0.2",)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ip_family": "ipv5"}, "IP family 'ipv5' is not one of ipv4, ipv6, dual"),
+        ({"ip_family": "dual", "cluster_cidr_v6": "10.0.0.0/8"}, "must all be IPv6"),
+        ({"ip_family": "ipv6", "node_cidr_prefix_v6": 56}, "does not fit"),
+    ],
+)
+def test_bad_ip_family_specs_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(LabSpecError, match=re.escape(message)):
+        LabSpec(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,215 @@
+"""Boot a 3-node netlab, run the conformance suite against it as a user would, read the JUnit.
+
+Used by the end-to-end tests and the detection matrix. Lab names start with ``tm`` so concurrent
+lab tests of other prefixes never collide with these; every lab is torn down whatever happened.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NETLAB = [sys.executable, "-m", "netlab"]
+LAB_PREFIX = "tm"
+# Generous bounds for a loaded 2-core machine; a healthy lab boots in seconds.
+BOOT_TIMEOUT = 180
+SUITE_TIMEOUT = 900
+DOWN_TIMEOUT = 120
+
+
+class LabError(RuntimeError):
+    """netlab up/down failed, or a lab left namespaces behind."""
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One check of the suite: its ID ``module::name[id]`` and its verdict."""
+
+    test_id: str
+    outcome: str  # "passed", "failed", "error", "skipped"
+    message: str = ""
+
+
+@dataclass
+class SuiteRun:
+    """What one run of the suite against one lab produced."""
+
+    faults: tuple[str, ...]
+    cases: list[CaseResult] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+    boot_seconds: float = 0.0
+    suite_seconds: float = 0.0
+    report_dir: Path = ROOT
+    lab: str = ""
+    leftovers: list[str] = field(default_factory=list)  # netconform namespaces and pods left
+
+    def ids(self, outcome: str) -> list[str]:
+        """The IDs of the checks with this outcome, in report order."""
+        return [case.test_id for case in self.cases if case.outcome == outcome]
+
+    @property
+    def ran(self) -> int:
+        """Checks that ran (not skipped)."""
+        return sum(1 for case in self.cases if case.outcome != "skipped")
+
+
+def new_lab_name() -> str:
+    """``tm`` + 6 random hex characters: valid, unique, and ours."""
+    return LAB_PREFIX + secrets.token_hex(3)
+
+
+def leftover_namespaces(name: str) -> list[str]:
+    """Network namespaces of lab ``name`` still present."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [
+        line.split()[0]
+        for line in listing.stdout.splitlines()
+        if line.split() and line.split()[0].startswith(f"netlab-{name}-")
+    ]
+
+
+@contextmanager
+def running_lab(*faults: str) -> Iterator[tuple[str, Path]]:
+    """A 3-node lab with ``faults``: yields (name, kubeconfig); down and checked empty on exit."""
+    name = new_lab_name()
+    fault_args = [arg for fault in faults for arg in ("--fault", fault)]
+    try:
+        up = subprocess.run(
+            [*NETLAB, "up", "--nodes", "3", "--name", name, *fault_args],
+            capture_output=True,
+            text=True,
+            timeout=BOOT_TIMEOUT,
+            check=False,
+        )
+        if up.returncode != 0:
+            raise LabError(f"netlab up {name} {fault_args} failed:\n{up.stderr[-4000:]}")
+        yield name, Path(up.stdout.strip().splitlines()[-1])
+    finally:
+        down = subprocess.run(
+            [*NETLAB, "down", "--name", name],
+            capture_output=True,
+            text=True,
+            timeout=DOWN_TIMEOUT,
+            check=False,
+        )
+        left = leftover_namespaces(name)
+        if down.returncode != 0 or left:
+            raise LabError(f"netlab down {name} failed ({down.stderr[-2000:]}) or left {left}")
+
+
+def _case_id(case: ET.Element) -> str:
+    # classname is "conformance.test_no_snat" (or a deeper path): keep the module's own name.
+    return f"{(case.get('classname') or '').split('.')[-1]}::{case.get('name')}"
+
+
+def _outcome(case: ET.Element) -> tuple[str, str]:
+    for tag, outcome in (("error", "error"), ("failure", "failed"), ("skipped", "skipped")):
+        found = case.find(tag)
+        if found is not None:
+            return outcome, found.get("message") or ""
+    return "passed", ""
+
+
+def read_junit(junit: Path) -> tuple[list[CaseResult], dict[str, str]]:
+    """The cases and the suite properties of a JUnit report written by pytest."""
+    root = ET.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        raise LabError(f"{junit}: no testsuite element")
+    cases = [CaseResult(_case_id(case), *_outcome(case)) for case in suite.iter("testcase")]
+    properties = {str(prop.get("name")): str(prop.get("value")) for prop in suite.iter("property")}
+    return cases, properties
+
+
+def run_suite(
+    kubeconfig: Path, report_dir: Path, *extra: str
+) -> tuple[list[CaseResult], dict[str, str], str]:
+    """Run the suite against ``kubeconfig`` in a subprocess; JUnit goes to ``report_dir``."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    junit = report_dir / "junit.xml"
+    # `--kubeconfig PATH` as two words, as the README tells users to write it.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--kubeconfig",
+            str(kubeconfig),
+            f"--junitxml={junit}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUITE_TIMEOUT,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    if not junit.exists():
+        raise LabError(f"the suite wrote no JUnit report:\n{output[-6000:]}")
+    cases, properties = read_junit(junit)
+    return cases, properties, output
+
+
+def run_on_lab(faults: tuple[str, ...], report_dir: Path, *extra: str) -> SuiteRun:
+    """Boot a lab with ``faults``, run the suite against it, tear it down; the run's results."""
+    started = time.monotonic()
+    with running_lab(*faults) as (name, kubeconfig):
+        booted = time.monotonic()
+        cases, properties, output = run_suite(kubeconfig, report_dir, *extra)
+        done = time.monotonic()
+        left = cluster_leftovers(kubeconfig)
+    return SuiteRun(
+        lab=name,
+        leftovers=left,
+        faults=faults,
+        cases=cases,
+        properties=properties,
+        output=output,
+        boot_seconds=booted - started,
+        suite_seconds=done - booted,
+        report_dir=report_dir,
+    )
+
+
+def cluster_leftovers(kubeconfig: Path) -> list[str]:
+    """The suite's namespaces and any pods still in the cluster after a run."""
+    from kubernetes import client, config  # the lab's API, as any user of the cluster sees it
+
+    api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))  # type: ignore[no-untyped-call]
+    names = [ns.metadata.name if ns.metadata else "" for ns in api.list_namespace().items]
+    namespaces = [f"namespace/{name}" for name in names if (name or "").startswith("netconform-")]
+    pods = [
+        f"pod/{pod.metadata.namespace}/{pod.metadata.name}" if pod.metadata else "pod/?"
+        for pod in api.list_pod_for_all_namespaces().items
+    ]
+    return namespaces + pods
+
+
+def unexpected_verdicts(
+    run: SuiteRun, must: Sequence[re.Pattern[str]], may: Sequence[re.Pattern[str]] = ()
+) -> list[str]:
+    """Checks whose verdict is off: every check matching ``must`` fails (a skip is off too),
+    and no check fails unless it matches ``must`` or ``may`` (verdicts the fault leaves open)."""
+    off = []
+    for case in run.cases:
+        must_fail = any(pattern.search(case.test_id) for pattern in must)
+        may_fail = must_fail or any(pattern.search(case.test_id) for pattern in may)
+        failed = case.outcome == "failed"
+        if (must_fail and not failed) or (failed and not may_fail):
+            message = f" ({case.message[:300]})" if case.message else ""
+            off.append(f"{case.outcome}: {case.test_id}{message}")
+    return off

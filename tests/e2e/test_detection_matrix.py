@@ -1,0 +1,228 @@
+"""Proof of detection: the whole suite, run as a user runs it, against 3-node netlabs.
+
+On a healthy lab every check passes (or skips for a reason other than "could not test") and the
+run leaves nothing behind; on a lab with a fault (or two), exactly the checks of the broken
+rules fail, at least one does, and nothing errors. The labs boot and run in a bounded pool,
+``POOL_SIZE`` at a time; every lab is torn down, also when its run fails.
+
+``NETCONFORM_MATRIX_DOC=docs/detection-matrix.md pytest tests/e2e/test_detection_matrix.py``
+also writes the matrix document from the run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from labrun import LabError, SuiteRun, leftover_namespaces, run_on_lab, unexpected_verdicts
+from matrixdoc import write_matrix_doc
+
+if os.geteuid() != 0:
+    pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
+
+POOL_SIZE = 3  # labs booted and tested at once: the 2-core CI machine's sweet spot
+DOC_VARIABLE = "NETCONFORM_MATRIX_DOC"
+
+# Checks are named "module::name[id]". Reachability IDs read "<proto>-node-<src>->node-<dst>"
+# (IPv6 clusters may prefix a family; IPv4 labs do not), so patterns name the rule and place.
+_PAIR = r"(?:ipv\d-)?(tcp|udp|icmp)-node-(\d+)->node-"
+CROSS_NODE_NO_SNAT = rf"test_no_snat::test_no_snat\[{_PAIR}(?!\2\])\d+\]"
+SAME_NODE_NO_SNAT = rf"test_no_snat::test_no_snat\[{_PAIR}\2\]"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The checks a fault must fail (a regular expression over "module::name[id]"), why, and
+    the checks whose verdict the fault leaves open (``may``: empty unless the rule model says
+    the outcome depends on chance, e.g. which of two pods sharing an IP answers ARP)."""
+
+    pattern: str
+    why: str
+    may: str = ""
+
+
+# Fault -> the checks that must fail, and only they: the checks of the rule the fault breaks.
+EXPECTED_FAILURES: dict[str, Expectation] = {
+    "snat-cross-node": Expectation(
+        CROSS_NODE_NO_SNAT,
+        "pod -> other node's pod is masqueraded: cross-node no-SNAT pairs, every protocol",
+    ),
+    "snat-same-node": Expectation(
+        SAME_NODE_NO_SNAT,
+        "pod -> pod on the same node is masqueraded: same-node no-SNAT pairs, every protocol",
+    ),
+    "overlapping-pod-cidrs": Expectation(
+        r"test_pod_ips::test_node_pod_cidrs_disjoint\b",
+        "two nodes publish overlapping podCIDRs",
+    ),
+    "duplicate-pod-ip": Expectation(
+        rf"test_pod_ips::test_pod_ips_unique\b|{SAME_NODE_NO_SNAT}",
+        "pods on a node share one IP; a same-node pair then sends to its own address",
+        # probe, peer and sandbox pods on node-1 share the IP: which one answers ARP, and so
+        # whether traffic into node-1 reaches the intended pod, is chance.
+        may=rf"test_no_snat::test_no_snat\[{_PAIR}1\]|test_node_to_pod::test_node_to_pod\[.*-node-1\]",
+    ),
+    "ip-outside-node-cidr": Expectation(
+        r"test_pod_ips::test_pod_ips_inside_node_pod_cidrs\b",
+        "one node's pods get IPs outside its podCIDR (routes still lead there)",
+    ),
+    "split-netns": Expectation(
+        r"test_localhost::|test_sandbox::test_sandbox_survives_container_restart\b",
+        "a pod's second container has its own network namespace: localhost, interfaces and"
+        " port space are not shared (nor localhost after a restart)",
+    ),
+    "unshared-emptydir": Expectation(
+        r"test_shared_volumes::",
+        "each container (init included) gets its own emptyDir copy",
+    ),
+    "block-node-to-pod": Expectation(
+        r"test_node_to_pod::test_node_to_pod\[",
+        "a node's own stack cannot open connections to its pods, every protocol",
+    ),
+    "cross-node-blackhole": Expectation(
+        CROSS_NODE_NO_SNAT,
+        "pod <-> pod traffic between nodes is dropped: cross-node pairs, every protocol",
+    ),
+    "sandbox-reset": Expectation(
+        r"test_sandbox::test_sandbox_survives_container_restart\b",
+        "a container restart gives the pod a new network namespace and IP",
+    ),
+    "wrong-self-ip": Expectation(
+        r"test_pod_ips::test_pod_ip_is_interface_address\b|test_no_snat::|test_node_to_pod::",
+        "the API reports an IP no pod has: the pod lacks it, and every check that reaches a pod"
+        " at its reported IP finds nobody there",
+    ),
+    "udp-drop": Expectation(
+        r"test_no_snat::test_no_snat\[(?:ipv\d-)?udp-",
+        "UDP between pods is dropped, same node and cross node",
+    ),
+}
+
+# Two faults at once: each must be caught as if alone (the union of their checks).
+COMBINATIONS: tuple[tuple[str, str], ...] = (
+    ("snat-cross-node", "unshared-emptydir"),
+    ("duplicate-pod-ip", "block-node-to-pod"),
+    ("split-netns", "overlapping-pod-cidrs"),
+)
+
+HEALTHY: tuple[str, ...] = ()
+CASES: tuple[tuple[str, ...], ...] = (
+    HEALTHY,
+    *((fault,) for fault in EXPECTED_FAILURES),
+    *COMBINATIONS,
+)
+
+
+def case_id(faults: tuple[str, ...]) -> str:
+    return "+".join(faults) or "healthy"
+
+
+def expected_patterns(
+    faults: tuple[str, ...],
+) -> tuple[list[re.Pattern[str]], list[re.Pattern[str]]]:
+    """The checks ``faults`` must fail and may fail: the union over the faults, one pattern per
+    fault (kept apart so each pattern's back-references keep their numbers)."""
+    must = [re.compile(EXPECTED_FAILURES[fault].pattern) for fault in faults]
+    may = [re.compile(EXPECTED_FAILURES[f].may) for f in faults if EXPECTED_FAILURES[f].may]
+    return must, may
+
+
+class Matrix:
+    """The selected cases, submitted at once to a bounded pool of lab runs."""
+
+    def __init__(self, cases: list[tuple[str, ...]], report_root: Path) -> None:
+        self.started = time.monotonic()
+        self.wall_seconds = 0.0
+        self.pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="matrix")
+        self.futures: dict[tuple[str, ...], Future[SuiteRun]] = {
+            faults: self.pool.submit(run_on_lab, faults, report_root / case_id(faults))
+            for faults in cases
+        }
+
+    def result(self, faults: tuple[str, ...]) -> SuiteRun:
+        return self.futures[faults].result()
+
+    def close(self) -> None:
+        """Wait for the labs under way (each tears itself down); never start the rest."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.wall_seconds = time.monotonic() - self.started
+
+
+def _selected_cases(session: pytest.Session, module: object) -> list[tuple[str, ...]]:
+    cases = []
+    for item in session.items:
+        if getattr(item, "module", None) is not module:
+            continue
+        callspec = getattr(item, "callspec", None)
+        faults = callspec.params.get("faults", HEALTHY) if callspec else HEALTHY
+        if faults not in cases:
+            cases.append(faults)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def matrix(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Matrix]:
+    """Every selected case's lab run, started in the pool; torn down (and checked) at the end."""
+    cases = _selected_cases(request.session, request.module)
+    running = Matrix(cases, tmp_path_factory.mktemp("matrix"))
+    try:
+        yield running
+    finally:
+        running.close()
+    runs = {
+        faults: future.result()
+        for faults, future in running.futures.items()
+        if future.done() and not future.cancelled() and future.exception() is None
+    }
+    left = [ns for run in runs.values() for ns in leftover_namespaces(run.lab)]
+    assert not left, f"matrix labs left namespaces behind: {left}"
+    print(
+        f"matrix: {len(running.futures)} labs in {running.wall_seconds:.0f} s, {POOL_SIZE} at a time"
+    )
+    doc = os.environ.get(DOC_VARIABLE)
+    if doc and len(runs) == len(CASES):  # the whole matrix ran, every lab came up
+        write_matrix_doc(Path(doc), runs, running.wall_seconds, POOL_SIZE)
+
+
+def test_healthy_lab_passes_every_check_and_leaves_nothing(matrix: Matrix) -> None:
+    run = matrix.result(HEALTHY)
+    print(f"healthy: boot {run.boot_seconds:.0f} s, suite {run.suite_seconds:.0f} s, {run.ran} ran")
+    failed, errors = run.ids("failed"), run.ids("error")
+    assert (failed, errors) == ([], []), (
+        f"a healthy lab must pass: failed {failed}, errored {errors}\n{run.output[-6000:]}"
+    )
+    assert run.ran >= 50, f"only {run.ran} checks ran:\n{run.output[-3000:]}"
+    for case in run.cases:
+        if case.outcome == "skipped":
+            assert "COULD NOT TEST" not in case.message, f"{case.test_id}: {case.message}"
+    assert run.properties.get("netconform.node_count") == "3", run.properties
+    assert (run.report_dir / "summary.json").read_text().strip() not in ("", "{}", "[]")
+    assert run.leftovers == [], f"the run left objects behind in the cluster: {run.leftovers}"
+
+
+@pytest.mark.parametrize("faults", [c for c in CASES if c], ids=case_id)
+def test_faults_fail_exactly_the_checks_of_their_rules(
+    faults: tuple[str, ...], matrix: Matrix
+) -> None:
+    try:
+        run = matrix.result(faults)
+    except LabError as error:
+        pytest.fail(f"{case_id(faults)}: {error}", pytrace=False)
+    label = case_id(faults)
+    print(f"{label}: boot {run.boot_seconds:.0f} s, suite {run.suite_seconds:.0f} s, {run.ran} ran")
+    errors = run.ids("error")
+    assert not errors, f"{label}: checks errored: {errors}\n{run.output[-6000:]}"
+    caught = bool(run.ids("failed"))
+    assert caught, f"{label}: the suite caught nothing:\n{run.output[-3000:]}"
+    off = unexpected_verdicts(run, *expected_patterns(faults))
+    why = "; ".join(f"{f}: {EXPECTED_FAILURES[f].why}" for f in faults)
+    assert not off, f"{label}: verdicts off the expectation ({why}):\n  " + "\n  ".join(off)
+    assert run.leftovers == [], f"{label}: the run left objects behind: {run.leftovers}"
