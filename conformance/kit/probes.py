@@ -756,7 +756,8 @@ def write_state(run: RunInfo, state: DeploymentState) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (shared by the run's processes, xdist workers too)."""
     # flock is released by the kernel if the holder dies, so a crashed worker cannot wedge
     # the others.
     with path.open("a") as handle:
@@ -776,7 +777,7 @@ def deploy_once(
     `ProbeDeploymentError`, so each test needing probes errors with the real cause.
     """
     Path(run.shared_dir).mkdir(parents=True, exist_ok=True)
-    with _locked(run.lock_path):
+    with run_lock(run.lock_path):
         state = read_state(run)
         if state.status == STATE_READY and state.probes is not None:
             return state.probes, state.facts

@@ -45,7 +45,7 @@ from conformance.kit.agent_client import (
     target_text,
 )
 from conformance.kit.pairs import natural_key
-from conformance.kit.probes import ProbeMap, RunInfo, _locked
+from conformance.kit.probes import ProbeMap, RunInfo, run_lock
 from conformance.kit.settings import Timeouts
 
 #: Concurrent agent calls of a sweep (one per source or destination container).
@@ -516,7 +516,7 @@ def sweep_once(run: RunInfo, compute: Callable[[], list[Outcome]]) -> Sweep:
     """
     state_path, lock_path = _sweep_paths(run)
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(lock_path):
+    with run_lock(lock_path):
         if state_path.exists():
             raw = json.loads(state_path.read_text())
             if raw.get("error"):
