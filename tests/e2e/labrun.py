@@ -39,11 +39,31 @@ class CaseResult:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class LabCase:
+    """One lab of the matrix: its faults (none: healthy) and its IP family."""
+
+    faults: tuple[str, ...] = ()
+    family: str = "ipv4"
+
+    @property
+    def id(self) -> str:
+        """Test ID: ``healthy``, ``snat-cross-node``, ``a+b``; ``-ipv6``/``-dual`` when not IPv4."""
+        name = "+".join(self.faults) or "healthy"
+        return name if self.family == "ipv4" else f"{name}-{self.family}"
+
+    @property
+    def label(self) -> str:
+        """For people: ``healthy (no fault)``, `` `a` + `b` ``, with the family when not IPv4."""
+        name = " + ".join(f"`{fault}`" for fault in self.faults) or "healthy (no fault)"
+        return name if self.family == "ipv4" else f"{name}, {self.family}"
+
+
 @dataclass
 class SuiteRun:
     """What one run of the suite against one lab produced."""
 
-    faults: tuple[str, ...]
+    case: LabCase
     cases: list[CaseResult] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
     output: str = ""
@@ -79,10 +99,11 @@ def leftover_namespaces(name: str) -> list[str]:
 
 
 @contextmanager
-def running_lab(*faults: str) -> Iterator[tuple[str, Path]]:
-    """A 3-node lab with ``faults``: yields (name, kubeconfig); down and checked empty on exit."""
+def running_lab(case: LabCase) -> Iterator[tuple[str, Path]]:
+    """A 3-node lab of ``case``: yields (name, kubeconfig); down and checked empty on exit."""
     name = new_lab_name()
-    fault_args = [arg for fault in faults for arg in ("--fault", fault)]
+    fault_args = [arg for fault in case.faults for arg in ("--fault", fault)]
+    fault_args += ["--ip-family", case.family]
     try:
         up = subprocess.run(
             [*NETLAB, "up", "--nodes", "3", "--name", name, *fault_args],
@@ -164,10 +185,10 @@ def run_suite(
     return cases, properties, output
 
 
-def run_on_lab(faults: tuple[str, ...], report_dir: Path, *extra: str) -> SuiteRun:
-    """Boot a lab with ``faults``, run the suite against it, tear it down; the run's results."""
+def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
+    """Boot the lab of ``case``, run the suite against it, tear it down; the run's results."""
     started = time.monotonic()
-    with running_lab(*faults) as (name, kubeconfig):
+    with running_lab(case) as (name, kubeconfig):
         booted = time.monotonic()
         cases, properties, output = run_suite(kubeconfig, report_dir, *extra)
         done = time.monotonic()
@@ -175,7 +196,7 @@ def run_on_lab(faults: tuple[str, ...], report_dir: Path, *extra: str) -> SuiteR
     return SuiteRun(
         lab=name,
         leftovers=left,
-        faults=faults,
+        case=case,
         cases=cases,
         properties=properties,
         output=output,

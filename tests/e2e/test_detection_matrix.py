@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from labrun import LabError, SuiteRun, leftover_namespaces, run_on_lab, unexpected_verdicts
+from labrun import LabCase, LabError, SuiteRun, leftover_namespaces, run_on_lab, unexpected_verdicts
 from matrixdoc import write_matrix_doc
 
 if os.geteuid() != 0:
@@ -111,16 +111,23 @@ COMBINATIONS: tuple[tuple[str, str], ...] = (
     ("split-netns", "overlapping-pod-cidrs"),
 )
 
-HEALTHY: tuple[str, ...] = ()
-CASES: tuple[tuple[str, ...], ...] = (
-    HEALTHY,
-    *((fault,) for fault in EXPECTED_FAILURES),
-    *COMBINATIONS,
+# IPv6-only and dual-stack labs: healthy, and faults caught in every family the lab has.
+HEALTHY_CASES: tuple[LabCase, ...] = tuple(LabCase((), f) for f in ("ipv4", "ipv6", "dual"))
+FAMILY_FAULT_CASES: tuple[LabCase, ...] = (
+    LabCase(("snat-cross-node",), "dual"),
+    LabCase(("ip-outside-node-cidr",), "dual"),
+    LabCase(("block-node-to-pod",), "ipv6"),
 )
+FAULT_CASES: tuple[LabCase, ...] = (
+    *(LabCase((fault,)) for fault in EXPECTED_FAILURES),
+    *(LabCase(pair) for pair in COMBINATIONS),
+    *FAMILY_FAULT_CASES,
+)
+CASES: tuple[LabCase, ...] = (*HEALTHY_CASES, *FAULT_CASES)
 
 
-def case_id(faults: tuple[str, ...]) -> str:
-    return "+".join(faults) or "healthy"
+def case_id(case: LabCase) -> str:
+    return case.id
 
 
 def expected_patterns(
@@ -136,17 +143,16 @@ def expected_patterns(
 class Matrix:
     """The selected cases, submitted at once to a bounded pool of lab runs."""
 
-    def __init__(self, cases: list[tuple[str, ...]], report_root: Path) -> None:
+    def __init__(self, cases: list[LabCase], report_root: Path) -> None:
         self.started = time.monotonic()
         self.wall_seconds = 0.0
         self.pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="matrix")
-        self.futures: dict[tuple[str, ...], Future[SuiteRun]] = {
-            faults: self.pool.submit(run_on_lab, faults, report_root / case_id(faults))
-            for faults in cases
+        self.futures: dict[LabCase, Future[SuiteRun]] = {
+            case: self.pool.submit(run_on_lab, case, report_root / case.id) for case in cases
         }
 
-    def result(self, faults: tuple[str, ...]) -> SuiteRun:
-        return self.futures[faults].result()
+    def result(self, case: LabCase) -> SuiteRun:
+        return self.futures[case].result()
 
     def close(self) -> None:
         """Wait for the labs under way (each tears itself down); never start the rest."""
@@ -154,15 +160,15 @@ class Matrix:
         self.wall_seconds = time.monotonic() - self.started
 
 
-def _selected_cases(session: pytest.Session, module: object) -> list[tuple[str, ...]]:
-    cases = []
+def _selected_cases(session: pytest.Session, module: object) -> list[LabCase]:
+    cases: list[LabCase] = []
     for item in session.items:
         if getattr(item, "module", None) is not module:
             continue
         callspec = getattr(item, "callspec", None)
-        faults = callspec.params.get("faults", HEALTHY) if callspec else HEALTHY
-        if faults not in cases:
-            cases.append(faults)
+        case = callspec.params.get("case") if callspec else None
+        if isinstance(case, LabCase) and case not in cases:
+            cases.append(case)
     return cases
 
 
@@ -178,8 +184,8 @@ def matrix(
     finally:
         running.close()
     runs = {
-        faults: future.result()
-        for faults, future in running.futures.items()
+        case: future.result()
+        for case, future in running.futures.items()
         if future.done() and not future.cancelled() and future.exception() is None
     }
     left = [ns for run in runs.values() for ns in leftover_namespaces(run.lab)]
@@ -192,31 +198,33 @@ def matrix(
         write_matrix_doc(Path(doc), runs, running.wall_seconds, POOL_SIZE)
 
 
-def test_healthy_lab_passes_every_check_and_leaves_nothing(matrix: Matrix) -> None:
-    run = matrix.result(HEALTHY)
-    print(f"healthy: boot {run.boot_seconds:.0f} s, suite {run.suite_seconds:.0f} s, {run.ran} ran")
+@pytest.mark.parametrize("case", HEALTHY_CASES, ids=case_id)
+def test_healthy_lab_passes_every_check_and_leaves_nothing(case: LabCase, matrix: Matrix) -> None:
+    run = matrix.result(case)
+    print(
+        f"{case.id}: boot {run.boot_seconds:.0f} s, suite {run.suite_seconds:.0f} s, {run.ran} ran"
+    )
     failed, errors = run.ids("failed"), run.ids("error")
     assert (failed, errors) == ([], []), (
         f"a healthy lab must pass: failed {failed}, errored {errors}\n{run.output[-6000:]}"
     )
     assert run.ran >= 50, f"only {run.ran} checks ran:\n{run.output[-3000:]}"
-    for case in run.cases:
-        if case.outcome == "skipped":
-            assert "COULD NOT TEST" not in case.message, f"{case.test_id}: {case.message}"
+    for check in run.cases:
+        if check.outcome == "skipped":
+            assert "COULD NOT TEST" not in check.message, f"{check.test_id}: {check.message}"
     assert run.properties.get("netconform.node_count") == "3", run.properties
     assert (run.report_dir / "summary.json").read_text().strip() not in ("", "{}", "[]")
     assert run.leftovers == [], f"the run left objects behind in the cluster: {run.leftovers}"
 
 
-@pytest.mark.parametrize("faults", [c for c in CASES if c], ids=case_id)
-def test_faults_fail_exactly_the_checks_of_their_rules(
-    faults: tuple[str, ...], matrix: Matrix
-) -> None:
+@pytest.mark.parametrize("case", FAULT_CASES, ids=case_id)
+def test_faults_fail_exactly_the_checks_of_their_rules(case: LabCase, matrix: Matrix) -> None:
     try:
-        run = matrix.result(faults)
+        run = matrix.result(case)
     except LabError as error:
-        pytest.fail(f"{case_id(faults)}: {error}", pytrace=False)
-    label = case_id(faults)
+        pytest.fail(f"{case.id}: {error}", pytrace=False)
+    label = case.id
+    faults = case.faults
     print(f"{label}: boot {run.boot_seconds:.0f} s, suite {run.suite_seconds:.0f} s, {run.ran} ran")
     errors = run.ids("error")
     assert not errors, f"{label}: checks errored: {errors}\n{run.output[-6000:]}"
