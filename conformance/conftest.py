@@ -25,6 +25,8 @@ from conformance.kit.cluster import (
     make_api_client,
 )
 from conformance.kit.namespace import create_namespace, dump_namespace, sweep_stale
+from conformance.kit.prefetch import Prefetch, prefetch_once, run_prefetch
+from conformance.kit.prefetch import plan_for_items as plan_prefetch
 from conformance.kit.probes import (
     ProbeDeploymentError,
     ProbeMap,
@@ -136,6 +138,25 @@ def reachability(
         )
     except AgentError as exc:
         could_not_test(f"reachability sweep: {exc}")
+
+
+@pytest.fixture(scope="session")
+def prefetch(
+    request: pytest.FixtureRequest, run_info: RunInfo, probe_map: ProbeMap, agents: AgentClient
+) -> Prefetch:
+    """The run's staged, batched agent requests of every selected check `prefetched_by` a
+    planner: run once in the whole run (xdist workers included), read back everywhere else.
+    A test reads its own answers with ``prefetch.answers(request.node)``."""
+    try:
+        answers = prefetch_once(
+            run_info,
+            lambda: run_prefetch(
+                agents, plan_prefetch(request.session.items, probe_map, run_info.run_id)
+            ),
+        )
+    except AgentError as exc:
+        could_not_test(f"prefetch: {exc}")
+    return Prefetch(answers, agents, probe_map, run_info.run_id)
 
 
 @pytest.fixture

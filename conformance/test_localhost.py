@@ -1,5 +1,9 @@
 """Containers within a pod share its network namespace: they reach each other over localhost,
-see the same interfaces and addresses, and share one port space."""
+see the same interfaces and addresses, and share one port space.
+
+The localhost exchanges come from the run's reachability sweep (`conformance.kit.reachability`,
+with its retries); the interface and port-space requests from the staged prefetch
+(`conformance.kit.prefetch`)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import pytest
 
 from conformance.kit.agent_client import AgentClient, address_of_family, require_ok
+from conformance.kit.prefetch import Prefetch, Step, prefetched_by
 from conformance.kit.probes import ROLE_PROBE, ProbeMap
 from conformance.kit.reachability import Endpoint, Sweep, Target, outcomes_for, swept_by
 from conformance.kit.report import FLAKY_PROPERTY, format_rule_failure
@@ -17,6 +22,7 @@ PROTOCOLS = ("tcp", "udp")
 # The families come from the cluster (IPv4-only: 127.0.0.1; IPv6: ::1; dual: both).
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 DIRECTIONS = (("a", "b"), ("b", "a"))
+CONTAINERS = ("a", "b")
 
 
 def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> list[Target]:
@@ -87,17 +93,32 @@ def test_localhost_between_containers(
         request.node.user_properties.append((FLAKY_PROPERTY, "; ".join(flaky)))
 
 
+def interface_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
+    """Each container's view of its network namespace: ``info`` (netns) and ``addresses``."""
+    probe = probe_map.get(ROLE_PROBE, params["probe_node"])
+    return [
+        Step(f"{container}.{op}", probe.name, container, {"op": op})
+        for container in CONTAINERS
+        for op in ("info", "addresses")
+    ]
+
+
+@prefetched_by(interface_steps)
 def test_containers_share_interfaces(
-    probe_node: str, probe_map: ProbeMap, agents: AgentClient
+    probe_node: str, probe_map: ProbeMap, prefetch: Prefetch, request: pytest.FixtureRequest
 ) -> None:
     """Containers of one pod MUST see the same network namespace: the same interfaces with the
     same addresses."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
+    answers = prefetch.answers(request.node)
     views = {}
-    for container in ("a", "b"):
-        info, addresses = agents.call(probe.name, container, [{"op": "info"}, {"op": "addresses"}])
-        require_ok(info, pod=probe.name, container=container, what="info")
-        require_ok(addresses, pod=probe.name, container=container, what="addresses")
+    for container in CONTAINERS:
+        info = require_ok(
+            answers[f"{container}.info"], pod=probe.name, container=container, what="info"
+        )
+        addresses = require_ok(
+            answers[f"{container}.addresses"], pod=probe.name, container=container, what="addresses"
+        )
         views[container] = {
             "netns": info.get("netns"),
             "interfaces": sorted(
@@ -118,22 +139,37 @@ def test_containers_share_interfaces(
         )
 
 
+def bind_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
+    """Each container tries to bind the port the other container's agent listens on."""
+    proto = params["proto"]
+    probe = probe_map.get(ROLE_PROBE, params["probe_node"])
+    return [
+        Step(
+            f"{other}.try_bind",
+            probe.name,
+            other,
+            {"op": "try_bind", "proto": proto, "host": "", "port": probe.agent(binder).port(proto)},
+        )
+        for binder, other in DIRECTIONS
+    ]
+
+
+@prefetched_by(bind_steps)
 def test_port_space_shared(
-    proto: str, probe_node: str, probe_map: ProbeMap, agents: AgentClient
+    proto: str,
+    probe_node: str,
+    probe_map: ProbeMap,
+    prefetch: Prefetch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A port bound by one container of a pod MUST be in use (EADDRINUSE) for the others."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
+    answers = prefetch.answers(request.node)
     failures = []
     for binder, other in DIRECTIONS:
-        agent = probe.agent(binder)
-        port = agent.port(proto)
+        port = probe.agent(binder).port(proto)
         answer = require_ok(
-            agents.call_one(
-                probe.name, other, {"op": "try_bind", "proto": proto, "host": "", "port": port}
-            ),
-            pod=probe.name,
-            container=other,
-            what="try_bind",
+            answers[f"{other}.try_bind"], pod=probe.name, container=other, what="try_bind"
         )
         if answer.get("bound") or answer.get("errno") != "EADDRINUSE":
             failures.append(

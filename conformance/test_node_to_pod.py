@@ -1,7 +1,9 @@
 """Agents on a node (system daemons, kubelet) can communicate with all pods on that node: the
 hostNetwork probe reaches the node's pods, which see a source address of that node.
 
-The exchanges come from the run's two-pass reachability sweep (`conformance.kit.reachability`)."""
+The exchanges come from the run's two-pass reachability sweep (`conformance.kit.reachability`);
+the node's interface addresses from the staged prefetch (`conformance.kit.prefetch`), its status
+addresses from one node list per process."""
 
 from __future__ import annotations
 
@@ -12,8 +14,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from conformance.kit.agent_client import AgentClient, address_of_family, require_ok
-from conformance.kit.cluster import call_api, node_ip_addresses
+from conformance.kit.agent_client import (
+    AgentClient,
+    AgentResponse,
+    address_of_family,
+    require_ok,
+)
+from conformance.kit.cluster import call_api, list_nodes, name_of, node_ip_addresses
+from conformance.kit.prefetch import Prefetch, Step, prefetched_by
 from conformance.kit.probes import ROLE_HOSTPROBE, ROLE_PEER, ROLE_PROBE, Probe, ProbeMap
 from conformance.kit.reachability import (
     Endpoint,
@@ -31,16 +39,36 @@ PROTOCOLS = ("tcp", "udp", "icmp")
 RULE = "agents on a node MUST reach every pod on that node"
 
 
+@pytest.fixture(scope="session")
+def node_status_addresses(core: client.CoreV1Api, timeouts: Timeouts) -> dict[str, set[str]]:
+    """Every node's status addresses (IP literals), from one list per process."""
+    return {name_of(n): set(node_ip_addresses(n)) for n in list_nodes(core, timeouts)}
+
+
+def host_address_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
+    """The addresses on the interfaces of the node's network namespace, seen by its
+    hostNetwork probe."""
+    host = probe_map.get(ROLE_HOSTPROBE, params["probe_node"])
+    return [Step("node addresses", host.name, host.agent().container, {"op": "addresses"})]
+
+
 def node_own_addresses(
-    core: client.CoreV1Api, agents: AgentClient, host: Probe, timeouts: Timeouts
+    status_addresses: Mapping[str, set[str]],
+    core: client.CoreV1Api,
+    host: Probe,
+    interfaces_answer: AgentResponse,
+    timeouts: Timeouts,
 ) -> set[str]:
     """Addresses that belong to the node: its status addresses and every address on the
     interfaces of its network namespace (seen by the hostNetwork probe), e.g. a CNI bridge."""
-    node = call_api(f"read node {host.node}", core.read_node, host.node, timeouts=timeouts)
-    owned = set(node_ip_addresses(node))
+    if host.node in status_addresses:
+        owned = set(status_addresses[host.node])
+    else:  # a node the list did not show (added since): read it
+        node = call_api(f"read node {host.node}", core.read_node, host.node, timeouts=timeouts)
+        owned = set(node_ip_addresses(node))
     agent = host.agent()
     answer = require_ok(
-        agents.call_one(host.name, agent.container, {"op": "addresses"}),
+        interfaces_answer,
         pod=host.name,
         container=agent.container,
         what="list the node's addresses",
@@ -78,6 +106,7 @@ def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> list[Target]:
 
 
 @swept_by(targets)
+@prefetched_by(host_address_steps)
 def test_node_to_pod(
     proto: str,
     family: int,
@@ -87,6 +116,8 @@ def test_node_to_pod(
     core: client.CoreV1Api,
     timeouts: Timeouts,
     reachability: Sweep,
+    prefetch: Prefetch,
+    node_status_addresses: dict[str, set[str]],
     request: pytest.FixtureRequest,
 ) -> None:
     """The hostNetwork probe on a node MUST reach every probe pod on that node (tcp, udp, icmp)
@@ -97,7 +128,13 @@ def test_node_to_pod(
     if not planned:
         pytest.skip(f"no probe pod on {probe_node} has an IPv{family} address")
     outcomes = outcomes_for(reachability, planned, agents)
-    owned = node_own_addresses(core, agents, host, timeouts)
+    owned = node_own_addresses(
+        node_status_addresses,
+        core,
+        host,
+        prefetch.answers(request.node)["node addresses"],
+        timeouts,
+    )
     by_name = {p.name: p for p in pods}
     failures: list[str] = []
     for outcome in outcomes:

@@ -5,11 +5,13 @@ API reports is the address the pod really has."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from kubernetes import client
 
-from conformance.kit.agent_client import AgentClient, require_ok
+from conformance.kit.agent_client import require_ok
 from conformance.kit.cidrs import (
     NodeCIDRs,
     PodAddress,
@@ -32,6 +34,7 @@ from conformance.kit.cluster import (
     service_cidrs,
     service_cluster_ips,
 )
+from conformance.kit.prefetch import Prefetch, Step, prefetched_by
 from conformance.kit.probes import ROLE_PROBE, ProbeMap
 from conformance.kit.report import format_rule_failure
 from conformance.kit.settings import Timeouts
@@ -161,15 +164,22 @@ def test_node_addresses_outside_pod_cidrs(nodes_with_pod_cidrs: list[NodeCIDRs])
         )
 
 
+def address_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
+    """The probe pod's interfaces and their addresses, seen from inside."""
+    probe = probe_map.get(ROLE_PROBE, params["probe_node"])
+    return [Step("addresses", probe.name, probe.agent().container, {"op": "addresses"})]
+
+
+@prefetched_by(address_steps)
 def test_pod_ip_is_interface_address(
-    probe_node: str, probe_map: ProbeMap, agents: AgentClient
+    probe_node: str, probe_map: ProbeMap, prefetch: Prefetch, request: pytest.FixtureRequest
 ) -> None:
     """The IPs the API reports for a pod (status.podIPs) MUST be addresses of the pod's own
     network interfaces."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
     container = probe.agent().container
     answer = require_ok(
-        agents.call_one(probe.name, container, {"op": "addresses"}),
+        prefetch.answers(request.node)["addresses"],
         pod=probe.name,
         container=container,
         what="addresses",

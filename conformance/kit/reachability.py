@@ -21,7 +21,6 @@ import json
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +44,7 @@ from conformance.kit.agent_client import (
     target_text,
 )
 from conformance.kit.pairs import natural_key
+from conformance.kit.parallel import in_parallel as calls_in_parallel
 from conformance.kit.probes import ProbeMap, RunInfo, run_lock
 from conformance.kit.settings import Timeouts
 
@@ -313,19 +313,11 @@ def run_sweep(
         groups: Mapping[Endpoint, list[_State]],
         work: Callable[[AgentClient, Endpoint, list[_State]], None],
     ) -> None:
-        def run(endpoint: Endpoint) -> None:
-            group = groups[endpoint]
-            own = agents.for_thread()
-            try:
-                work(own, endpoint, group)
-            except AgentError as exc:
-                for state in group:
-                    state.error = state.error or str(exc)
-            finally:
-                own.close()
+        def could_not_ask(group: list[_State], exc: AgentError) -> None:
+            for state in group:
+                state.error = state.error or str(exc)
 
-        with ThreadPoolExecutor(max_workers=min(workers, max(1, len(groups)))) as pool:
-            list(pool.map(run, list(groups)))
+        calls_in_parallel(agents, groups, work, could_not_ask, max_parallel=workers)
 
     # Captures first, on every destination, for the whole sweep.
     budget = _capture_budget(targets, timeouts)

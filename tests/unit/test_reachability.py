@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recording_agents import RecordingAgents
 
 from conformance.kit.agent_client import AgentError, AgentResponse
 from conformance.kit.pairs import NodePair, plan_node_pairs
@@ -64,7 +65,7 @@ def ring_targets(protos: Sequence[str] = ("tcp", "udp", "icmp")) -> list[Target]
 
 
 @dataclass
-class FakeAgents:
+class FakeAgents(RecordingAgents):
     """Answers agent batches like a cluster would. ``failures[(src_pod, host)]`` is how many
     tries fail (ETIMEDOUT) before one is answered; ``snat_nodes``: traffic leaving these nodes
     shows the node's IP; ``broken``: (pod, container) whose exec fails."""
@@ -72,32 +73,13 @@ class FakeAgents:
     timeouts: Timeouts = TIMEOUTS
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     snat_nodes: frozenset[str] = frozenset()
-    broken: frozenset[tuple[str, str]] = frozenset()
-    calls: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
-    threads: set[int] = field(default_factory=set)
-    clones: int = 0
-    closed: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _tries: dict[tuple[str, str], int] = field(default_factory=dict)
     _sent: dict[str, tuple[str, str]] = field(default_factory=dict)  # nonce -> (source, proto)
-
-    def for_thread(self) -> FakeAgents:
-        with self._lock:
-            self.clones += 1
-        return self
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed += 1
 
     def call(
         self, pod: str, container: str, requests: Sequence[Mapping[str, Any]]
     ) -> list[AgentResponse]:
-        with self._lock:
-            self.calls.append((pod, container, tuple(str(r["op"]) for r in requests)))
-            self.threads.add(threading.get_ident())
-        if (pod, container) in self.broken:
-            raise AgentError("exec failed: container not running", pod=pod, container=container)
+        self.record(pod, container, requests)
         return [self._answer(pod, dict(r)) for r in requests]
 
     def _answer(self, pod: str, request: dict[str, Any]) -> AgentResponse:
