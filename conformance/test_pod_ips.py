@@ -21,7 +21,10 @@ from conformance.kit.cidrs import (
     find_duplicate_pod_ips,
     find_node_addresses_in_pod_cidrs,
     find_overlapping_node_cidrs,
+    nodes_of_family,
+    of_family,
     pod_cidr_skip_reason,
+    pods_of_family,
 )
 from conformance.kit.cluster import (
     detect_pool_ipam,
@@ -69,12 +72,15 @@ def node_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> list[NodeCIDRs]:
 
 
 @pytest.fixture
-def nodes_with_pod_cidrs(core: client.CoreV1Api, timeouts: Timeouts) -> list[NodeCIDRs]:
-    """The nodes and their podCIDRs; skips when nodes carry none (CNIs with their own IPAM)."""
-    nodes = node_cidrs(core, timeouts)
+def nodes_with_pod_cidrs(
+    core: client.CoreV1Api, timeouts: Timeouts, family: int
+) -> list[NodeCIDRs]:
+    """The nodes with their podCIDRs and addresses of the tested family; skips when nodes carry
+    none (CNIs with their own IPAM)."""
+    nodes = nodes_of_family(node_cidrs(core, timeouts), family)
     reason = pod_cidr_skip_reason(nodes)
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"IPv{family}: {reason}")
     return nodes
 
 
@@ -83,9 +89,9 @@ def fail(rule: str, expected: str, findings_text: str) -> None:
 
 
 @pytest.mark.usefixtures("probe_map")  # the probes add pods on every selected node
-def test_pod_ips_unique(core: client.CoreV1Api, timeouts: Timeouts) -> None:
+def test_pod_ips_unique(core: client.CoreV1Api, timeouts: Timeouts, family: int) -> None:
     """Every pod IP in the cluster (all namespaces, hostNetwork pods excluded) MUST be unique."""
-    duplicates = find_duplicate_pod_ips(live_pod_addresses(core, timeouts))
+    duplicates = find_duplicate_pod_ips(pods_of_family(live_pod_addresses(core, timeouts), family))
     if duplicates:
         fail(
             "every pod MUST have its own IP address",
@@ -100,6 +106,7 @@ def test_pod_ips_inside_node_pod_cidrs(
     core: client.CoreV1Api,
     api_client: client.ApiClient,
     timeouts: Timeouts,
+    family: int,
     nodes_with_pod_cidrs: list[NodeCIDRs],
 ) -> None:
     """Each pod IP MUST lie inside its node's spec.podCIDRs (where nodes carry podCIDRs and the
@@ -107,7 +114,7 @@ def test_pod_ips_inside_node_pod_cidrs(
     ipam = detect_pool_ipam(api_client, timeouts)
     if ipam is not None:
         pytest.skip(ipam.reason())
-    pods = live_pod_addresses(core, timeouts)
+    pods = pods_of_family(live_pod_addresses(core, timeouts), family)
     report = check_pod_ips_in_node_cidrs(pods, nodes_with_pod_cidrs)
     if report.outside:
         fail(
@@ -132,18 +139,22 @@ def test_node_pod_cidrs_outside_service_range(
     core: client.CoreV1Api,
     api_client: client.ApiClient,
     timeouts: Timeouts,
+    family: int,
     nodes_with_pod_cidrs: list[NodeCIDRs],
 ) -> None:
     """Nodes' podCIDRs MUST NOT overlap the service range (from the ServiceCIDR API, else at
     least the kubernetes service's ClusterIPs)."""
-    ranges = list(service_cidrs(api_client, timeouts))
+    ranges = list(of_family(service_cidrs(api_client, timeouts), family))
     source = "ServiceCIDR objects"
     if not ranges:
-        ips = service_cluster_ips(core, timeouts)
+        ips = of_family(service_cluster_ips(core, timeouts), family)
         ranges = [str(ipaddress.ip_network(ip)) for ip in ips]
         source = "the ClusterIPs of service default/kubernetes (the service range is not served)"
     if not ranges:
-        pytest.skip("service range unknown: no ServiceCIDR objects and no default/kubernetes")
+        pytest.skip(
+            f"IPv{family} service range unknown: no ServiceCIDR objects and no IPv{family} "
+            "ClusterIP on default/kubernetes"
+        )
     overlaps = find_cidrs_overlapping_service_range(nodes_with_pod_cidrs, ranges)
     if overlaps:
         fail(

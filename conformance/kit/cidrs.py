@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -212,6 +212,28 @@ def check_pod_ips_in_node_cidrs(
 def nodes_without_pod_cidrs(nodes: Iterable[NodeCIDRs]) -> list[str]:
     """Names of nodes whose ``spec.podCIDRs`` is empty, sorted."""
     return sorted(node.node for node in nodes if not node.pod_cidrs)
+
+
+def of_family(texts: Iterable[str], version: int) -> tuple[str, ...]:
+    """The addresses or CIDRs of ``texts`` of IP ``version`` (4 or 6), in order."""
+    return tuple(t for t in texts if ipaddress.ip_network(t, strict=False).version == version)
+
+
+def nodes_of_family(nodes: Iterable[NodeCIDRs], version: int) -> list[NodeCIDRs]:
+    """The nodes with only their podCIDRs and addresses of IP ``version``."""
+    return [
+        replace(
+            n,
+            pod_cidrs=of_family(n.pod_cidrs, version),
+            internal_ips=of_family(n.internal_ips, version),
+        )
+        for n in nodes
+    ]
+
+
+def pods_of_family(pods: Iterable[PodAddress], version: int) -> list[PodAddress]:
+    """The pods with only their IPs of IP ``version``."""
+    return [replace(p, ips=of_family(p.ips, version)) for p in pods]
 
 
 def pod_cidr_skip_reason(nodes: Sequence[NodeCIDRs]) -> str | None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit import cluster
+from conformance.kit import cidrs, cluster
 from conformance.kit.cidrs import (
     CIDRParseError,
     NodeCIDRs,
@@ -365,3 +365,17 @@ def test_no_pools_means_no_pool_ipam(monkeypatch: pytest.MonkeyPatch, answer: ob
     found, asked = detect(monkeypatch, {V1_POOLS: answer, V3_POOLS: answer})
     assert found is None
     assert asked == [V1_POOLS, V3_POOLS]
+
+
+def test_family_filters_keep_only_that_family() -> None:
+    node = NodeCIDRs("n1", ("10.244.0.0/24", "fd00:10:244::/64"), ("172.18.0.2", "fd00:172:18::2"))
+    pod = PodAddress("ns", "p", "n1", ("10.244.0.5", "fd00:10:244::5"))
+    assert cidrs.of_family(["10.96.0.1", "fd00:10:96::1", "10.96.0.0/12"], 6) == ("fd00:10:96::1",)
+    (v6,) = cidrs.nodes_of_family([node], 6)
+    assert (v6.pod_cidrs, v6.internal_ips) == (("fd00:10:244::/64",), ("fd00:172:18::2",))
+    (v4,) = cidrs.pods_of_family([pod], 4)
+    assert v4.ips == ("10.244.0.5",)
+    assert v4.ref == "ns/p"
+    # An IPv4-only node has nothing of IPv6: the podCIDR checks of that family skip.
+    (empty,) = cidrs.nodes_of_family([NodeCIDRs("n2", ("10.244.1.0/24",))], 6)
+    assert cidrs.pod_cidr_skip_reason([empty]) is not None
