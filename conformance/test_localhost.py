@@ -15,8 +15,15 @@ import pytest
 from conformance.kit.agent_client import AgentClient, address_of_family, require_ok
 from conformance.kit.prefetch import Prefetch, Step, prefetched_by
 from conformance.kit.probes import ROLE_PROBE, ProbeMap
-from conformance.kit.reachability import Endpoint, Sweep, Target, outcomes_for, swept_by
-from conformance.kit.report import FLAKY_PROPERTY, format_rule_failure
+from conformance.kit.reachability import (
+    Endpoint,
+    Sweep,
+    Target,
+    outcomes_for,
+    record_flaky,
+    swept_by,
+)
+from conformance.kit.report import format_rule_failure
 
 PROTOCOLS = ("tcp", "udp")
 # The families come from the cluster (IPv4-only: 127.0.0.1; IPv6: ::1; dual: both).
@@ -84,13 +91,11 @@ def test_localhost_between_containers(
             ),
             pytrace=False,
         )
-    flaky = [
-        f"{o.target.source.container} -> {o.target.destination.container}: {o.flaky}"
-        for o in outcomes
-        if o.flaky
-    ]
-    if flaky:
-        request.node.user_properties.append((FLAKY_PROPERTY, "; ".join(flaky)))
+    record_flaky(
+        request.node.user_properties,
+        outcomes,
+        lambda o: f"{o.target.source.container} -> {o.target.destination.container}",
+    )
 
 
 def interface_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:

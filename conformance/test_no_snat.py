@@ -21,9 +21,10 @@ from conformance.kit.reachability import (
     Target,
     failure_summary,
     outcomes_for,
+    record_flaky,
     swept_by,
 )
-from conformance.kit.report import FLAKY_PROPERTY, format_rule_failure
+from conformance.kit.report import format_rule_failure
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 
@@ -103,5 +104,4 @@ def test_no_snat(
             ),
             pytrace=False,
         )
-    if outcome.flaky:
-        request.node.user_properties.append((FLAKY_PROPERTY, outcome.flaky))
+    record_flaky(request.node.user_properties, [outcome])

@@ -29,9 +29,10 @@ from conformance.kit.reachability import (
     Target,
     failure_summary,
     outcomes_for,
+    record_flaky,
     swept_by,
 )
-from conformance.kit.report import FLAKY_PROPERTY, format_rule_failure
+from conformance.kit.report import format_rule_failure
 from conformance.kit.settings import Timeouts
 
 PROTOCOLS = ("tcp", "udp", "icmp")
@@ -180,6 +181,4 @@ def test_node_to_pod(
             ),
             pytrace=False,
         )
-    flaky = [f"{o.target.destination.pod}: {o.flaky}" for o in outcomes if o.flaky]
-    if flaky:
-        request.node.user_properties.append((FLAKY_PROPERTY, "; ".join(flaky)))
+    record_flaky(request.node.user_properties, outcomes, lambda o: o.target.destination.pod)

@@ -46,6 +46,7 @@ from conformance.kit.agent_client import (
 from conformance.kit.pairs import natural_key
 from conformance.kit.parallel import in_parallel as calls_in_parallel
 from conformance.kit.probes import ProbeMap, RunInfo, run_lock
+from conformance.kit.report import FLAKY_PROPERTY
 from conformance.kit.settings import Timeouts
 
 #: Concurrent agent calls of a sweep (one per source or destination container).
@@ -449,6 +450,19 @@ class Sweep:
     def failed(self, check: str) -> list[Outcome]:
         """The outcomes of ``check`` whose `Outcome.problems` are not empty."""
         return [o for o in self.outcomes.values() if o.target.check == check and o.problems()]
+
+
+def record_flaky(
+    user_properties: list[tuple[str, object]],
+    outcomes: Iterable[Outcome],
+    label: Callable[[Outcome], str] | None = None,
+) -> None:
+    """Add the ``netconform.flaky`` property for the outcomes that passed only on a retry:
+    each outcome's `Outcome.flaky`, after ``label(outcome) + ": "`` when given, joined by
+    "; ". Nothing when none was flaky."""
+    parts = [f"{label(o)}: {o.flaky}" if label else str(o.flaky) for o in outcomes if o.flaky]
+    if parts:
+        user_properties.append((FLAKY_PROPERTY, "; ".join(parts)))
 
 
 def failure_summary(failed: Sequence[Outcome], check: str) -> str:
