@@ -17,24 +17,7 @@ from conformance.kit.settings import Timeouts
 pytest_plugins = ["pytester"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _kubernetes_client_fully_imported() -> None:
-    # An in-process pytester run unloads, when it ends, every module it imported: among them
-    # the kubernetes client's lazily imported models and APIs. Later tests in this process
-    # would then hold two classes for one model (pydantic refuses a V1ConfigMap as "not a
-    # V1ConfigMap"). Importing the whole client first keeps it out of pytester's reach.
-    import kubernetes.client
-
-    for name in dir(kubernetes.client):
-        getattr(kubernetes.client, name)
-
-
-@pytest.fixture(autouse=True)
-def no_ambient_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The runs below must never find a real kubeconfig of the machine."""
-    monkeypatch.delenv("KUBECONFIG", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+pytestmark = pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
@@ -18,21 +17,7 @@ from conformance.kit.report import FLAKY_PROPERTY
 pytest_plugins = ["pytester"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _kubernetes_client_fully_imported() -> None:
-    # See tests/unit/test_plugin.py: keep the client's lazily imported models out of pytester's
-    # module cleanup.
-    import kubernetes.client
-
-    for name in dir(kubernetes.client):
-        getattr(kubernetes.client, name)
-
-
-@pytest.fixture(autouse=True)
-def no_ambient_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("KUBECONFIG", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+pytestmark = pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")
 
 
 def collected_ids(
