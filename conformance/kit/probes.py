@@ -29,6 +29,7 @@ from conformance.kit.cluster import (
 from conformance.kit.namespace import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, describe_pod
 from conformance.kit.report import ClusterFacts, write_summary
 from conformance.kit.settings import Settings, Timeouts
+from conformance.probe_agent import agent_source
 
 AGENT_CONFIGMAP = "netconform-agent"
 AGENT_KEY = "agent.py"
@@ -185,11 +186,6 @@ def planned_probes(nodes: Sequence[str]) -> tuple[Probe, ...]:
 
 
 # --- specs -----------------------------------------------------------------------------------
-
-
-def agent_source() -> str:
-    """The probe agent program shipped to the pods."""
-    return Path(__file__).with_name("probe_agent.py").read_text()
 
 
 def agent_configmap(namespace: str, run_id: str) -> client.V1ConfigMap:
@@ -896,7 +892,7 @@ _MANIFEST_HEADER = """\
 #   kubectl create namespace {namespace}
 #   kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=privileged
 #   kubectl -n {namespace} create configmap {configmap} \\
-#       --from-file={key}=conformance/kit/probe_agent.py
+#       --from-file={key}=conformance/probe_agent/agent.py
 #   kubectl apply -f manifests/{file}
 """
 

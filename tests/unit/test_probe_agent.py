@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from conformance.kit import probe_agent
+from conformance.probe_agent import agent as probe_agent
 
 AGENT = Path(probe_agent.__file__).resolve()
 # Lab pods run the agent with the image's python3 (Debian's, with python3-scapy); use it for

@@ -611,7 +611,7 @@ class LocalAgents(agent_client.AgentClient):
         return agent_client.ExecResult(done.stdout, done.stderr, done.returncode)
 
 
-AGENT = ROOT / "conformance" / "kit" / "probe_agent.py"
+AGENT = ROOT / "conformance" / "probe_agent" / "agent.py"
 
 
 def free_port(kind: int) -> int:
