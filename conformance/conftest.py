@@ -1,42 +1,38 @@
-"""Fixtures the conformance suites share: settings, the cluster, the probes, the agent client.
+"""Fixtures the conformance suites share: settings, the cluster, the probes, the probe client,
+and each test item's own results from the run's sweep and prefetch.
 
 The probes are deployed once per run (whichever process needs them first, xdist workers
-included; see `conformance.kit.probes.deploy_once`) and deleted by the controller at the end.
-A cluster that cannot be read, or probes that cannot be deployed, make every test that needs
+included; see `conformance.kit.runstate.once`) and deleted by the controller at the end. A
+cluster that cannot be read, or probes that cannot be deployed, make every test that needs
 them a setup error carrying the cause: never a pass, never a network failure.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from conformance.kit.agent_client import AgentClient, AgentError
-from conformance.kit.cluster import (
-    ClusterError,
-    Discovery,
-    cluster_facts,
-    list_nodes,
-    make_api_client,
+from conformance.kit.cluster import Discovery, cluster_facts, list_nodes, make_api_client
+from conformance.kit.deploy import Deployment, deploy_once, deploy_probes
+from conformance.kit.errors import CouldNotTest
+from conformance.kit.namespace import (
+    create_namespace,
+    dump_namespace,
+    sweep_stale,
+    wait_for_default_service_account,
 )
-from conformance.kit.namespace import create_namespace, dump_namespace, sweep_stale
-from conformance.kit.prefetch import Prefetch, prefetch_once, run_prefetch
-from conformance.kit.prefetch import plan_for_items as plan_prefetch
-from conformance.kit.probes import (
-    ProbeDeploymentError,
-    ProbeMap,
-    RunInfo,
-    deploy_once,
-    deploy_probes,
-)
-from conformance.kit.reachability import Sweep, plan_for_items, run_sweep, sweep_once
+from conformance.kit.prefetch import ItemAnswers, answers_for_item, prefetch_once
+from conformance.kit.probe_client import ProbeClient
+from conformance.kit.probes import ProbeMap
+from conformance.kit.reachability import Sweep, outcomes_for_item, sweep_once
+from conformance.kit.runstate import RunInfo
+from conformance.kit.session import DUMP_KEY, RUN_KEY, SETTINGS_KEY
 from conformance.kit.settings import Settings, Timeouts
-from conformance.plugin import DUMP_KEY, RUN_KEY, SETTINGS_KEY, discovery_for
+from conformance.kit.verdicts import ItemExchanges
+from conformance.plugin import discovery_for
 
 
 def could_not_test(reason: str) -> NoReturn:
@@ -81,82 +77,109 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
 
 
 @pytest.fixture(scope="session")
-def cluster_info(
+def deployment(
     pytestconfig: pytest.Config,
     settings: Settings,
     run_info: RunInfo,
     api_client: client.ApiClient,
     core: client.CoreV1Api,
     discovery: Discovery,
-) -> tuple[ProbeMap, Mapping[str, Any]]:
+) -> Deployment:
     """The deployed probes and the cluster facts recorded with them."""
 
-    def deploy() -> tuple[ProbeMap, Mapping[str, Any]]:
+    def deploy() -> Deployment:
         timeouts = settings.timeouts
-        facts: dict[str, Any] = {}
+        swept = None
         if settings.cleanup_stale:
-            swept = sweep_stale(core, run_info.run_id, timeouts)
-            facts["stale_namespaces_deleted"] = ",".join(swept) or "none"
+            swept = tuple(sweep_stale(core, run_info.run_id, timeouts))
         create_namespace(core, run_info.namespace, run_info.run_id, timeouts)
+        wait_for_default_service_account(core, run_info.namespace, timeouts)
         probes = deploy_probes(core, run_info.namespace, run_info.run_id, discovery.nodes, settings)
-        facts["cluster"] = cluster_facts(
-            api_client, list_nodes(core, timeouts), discovery, settings
-        ).as_dict()
-        return probes, facts
+        facts = cluster_facts(api_client, list_nodes(core, timeouts), discovery, settings)
+        return Deployment(probes=probes, cluster=facts, stale_namespaces_deleted=swept)
 
     try:
-        probes, facts = deploy_once(run_info, deploy)
-    except (ProbeDeploymentError, ClusterError, ApiException) as exc:
+        found = deploy_once(run_info, deploy)
+    except CouldNotTest as exc:
         could_not_test(f"probe deployment in namespace {run_info.namespace} failed: {exc}")
     pytestconfig.stash[DUMP_KEY] = lambda: dump_namespace(
         core, run_info.namespace, settings.timeouts
     )
-    return probes, facts
+    return found
 
 
 @pytest.fixture(scope="session")
-def probe_map(cluster_info: tuple[ProbeMap, Mapping[str, Any]]) -> ProbeMap:
+def probe_map(deployment: Deployment) -> ProbeMap:
     """Every probe pod of the run, Ready, with IPs."""
-    return cluster_info[0]
+    return deployment.probes
 
 
 @pytest.fixture(scope="session")
-def agents(core: client.CoreV1Api, probe_map: ProbeMap, timeouts: Timeouts) -> AgentClient:
+def probe_client(core: client.CoreV1Api, probe_map: ProbeMap, timeouts: Timeouts) -> ProbeClient:
     """Runs agent request batches in probe containers (through exec)."""
-    return AgentClient(core, probe_map.namespace, timeouts)
+    return ProbeClient(core, probe_map.namespace, timeouts)
 
 
 @pytest.fixture(scope="session")
 def reachability(
-    request: pytest.FixtureRequest, run_info: RunInfo, probe_map: ProbeMap, agents: AgentClient
+    request: pytest.FixtureRequest,
+    run_info: RunInfo,
+    probe_map: ProbeMap,
+    probe_client: ProbeClient,
 ) -> Sweep:
-    """The run's two-pass reachability sweep over every selected check `swept_by` a planner:
+    """The run's two-pass reachability sweep over every selected check marked ``swept_by``:
     computed once in the whole run (xdist workers included), read back everywhere else."""
     try:
-        return sweep_once(
-            run_info, lambda: run_sweep(agents, plan_for_items(request.session.items, probe_map))
-        )
-    except AgentError as exc:
+        return sweep_once(run_info, request.session.items, probe_map, probe_client)
+    except CouldNotTest as exc:
         could_not_test(f"reachability sweep: {exc}")
+
+
+@pytest.fixture
+def exchanges(
+    request: pytest.FixtureRequest,
+    reachability: Sweep,
+    probe_map: ProbeMap,
+    probe_client: ProbeClient,
+    settings: Settings,
+) -> ItemExchanges:
+    """This test item's own exchanges from the sweep, judged by ``assert_rule``."""
+    outcomes, unplanned = outcomes_for_item(reachability, request.node, probe_map, probe_client)
+    return ItemExchanges(
+        outcomes=outcomes,
+        unplanned=unplanned,
+        sweep=reachability,
+        user_properties=request.node.user_properties,
+        strict=settings.strict,
+    )
 
 
 @pytest.fixture(scope="session")
 def prefetch(
-    request: pytest.FixtureRequest, run_info: RunInfo, probe_map: ProbeMap, agents: AgentClient
-) -> Prefetch:
-    """The run's staged, batched agent requests of every selected check `prefetched_by` a
-    planner: run once in the whole run (xdist workers included), read back everywhere else.
-    A test reads its own answers with ``prefetch.answers(request.node)``."""
+    request: pytest.FixtureRequest,
+    run_info: RunInfo,
+    probe_map: ProbeMap,
+    probe_client: ProbeClient,
+) -> dict[str, ItemAnswers]:
+    """The run's staged, batched agent requests of every selected check marked
+    ``prefetched_by``: run once in the whole run (xdist workers included), read back
+    everywhere else."""
     try:
-        answers = prefetch_once(
-            run_info,
-            lambda: run_prefetch(
-                agents, plan_prefetch(request.session.items, probe_map, run_info.run_id)
-            ),
-        )
-    except AgentError as exc:
+        return prefetch_once(run_info, request.session.items, probe_map, probe_client)
+    except CouldNotTest as exc:
         could_not_test(f"prefetch: {exc}")
-    return Prefetch(answers, agents, probe_map, run_info.run_id)
+
+
+@pytest.fixture
+def answers(
+    request: pytest.FixtureRequest,
+    prefetch: dict[str, ItemAnswers],
+    probe_map: ProbeMap,
+    probe_client: ProbeClient,
+    run_info: RunInfo,
+) -> ItemAnswers:
+    """This test item's own answers from the prefetch, by step name."""
+    return answers_for_item(prefetch, request.node, probe_map, probe_client, run_info.run_id)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """pytest hooks of k8s-netconform: options, markers, parametrization from the discovered nodes,
-xdist wiring, report hooks and the end-of-run cleanup. The work lives in ``conformance.kit``;
-fixtures live in ``conformance/conftest.py``.
+and report hooks. The work lives in ``conformance.kit`` (the run's session in
+`conformance.kit.session`); fixtures live in ``conformance/conftest.py``.
 
 Nothing here touches a cluster unless a conformance test is collected: nodes are discovered in
 ``pytest_generate_tests`` of a conformance test, probes are deployed by the first test that
@@ -11,37 +11,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
+import secrets
 import shutil
 import sys
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
-from time import monotonic
 from typing import Any
 
 import pytest
 
-from conformance.kit.agent_client import AgentError
-from conformance.kit.cluster import ClusterError, Discovery, discover
+from conformance.kit.cases import PAIRS_ALL, pair_plan, place_properties, plan_cases
+from conformance.kit.cluster import Discovery, discover
+from conformance.kit.errors import CouldNotTest
 from conformance.kit.namespace import namespace_name, new_run_id
-from conformance.kit.pairs import plan_checks, plan_node_pairs, plan_same_node_pairs
-from conformance.kit.probes import (
-    ProbeDeploymentError,
-    RunInfo,
-    end_run,
-    facts_from_state,
-    images_to_pull,
-    read_state,
-    run_properties,
-)
-from conformance.kit.report import (
-    FLAKY_PROPERTY,
-    SummaryCollector,
-    build_summary,
-    flaky_line,
-    rule_from_docstring,
+from conformance.kit.pairs import AUTO_SAMPLE_ABOVE, AUTO_SAMPLE_SIZE, PairPlan
+from conformance.kit.podspecs import images_to_pull
+from conformance.kit.report import rule_from_docstring
+from conformance.kit.runstate import RunInfo
+from conformance.kit.session import (
+    DISCOVERY_KEY,
+    RULE_PROPERTY,
+    RUN_KEY,
+    SETTINGS_KEY,
+    WORKERINPUT_KEY,
+    ExitGate,
+    RunReporter,
+    XdistController,
+    is_worker,
+    record_discovery,
 )
 from conformance.kit.settings import (
     DEFAULT_PROBE_IMAGE,
@@ -52,30 +50,15 @@ from conformance.kit.settings import (
     parse_ip_family,
     parse_max_nodes,
     parse_node_selector,
+    parse_pairs,
+    parse_pairs_seed,
     parse_probe_image,
     parse_probe_timeout,
     parse_pull_secret,
     parse_taint_toleration,
 )
 
-SETTINGS_KEY = pytest.StashKey[Settings]()
-RUN_KEY = pytest.StashKey[RunInfo]()
-DISCOVERY_KEY = pytest.StashKey[Discovery]()
-DUMP_KEY = pytest.StashKey[Any]()  # callable -> str, set once probes exist (see conftest)
-
-WORKERINPUT_KEY = "netconform_run"
-RULE_PROPERTY = "rule"
 PARAM_FIXTURES = ("proto", "family", "probe_node", "node_pair")
-DEFAULT_PROTOCOLS = ("tcp", "udp", "icmp")
-
-COULD_NOT_TEST = (AgentError, ClusterError, ProbeDeploymentError)
-
-# Exit codes a CI gate relies on (README "Exit codes"); pytest's own codes pass through.
-EXIT_RULES_HOLD = 0
-EXIT_RULE_BROKEN = 1
-EXIT_COULD_NOT_TEST = 2
-DISCOVERY_FILE = "discovery.json"
-EXCLUDED_PROPERTY_PREFIX = "netconform.excluded."
 
 MARKERS = (
     "netconform: a k8s-netconform conformance check (added automatically)",
@@ -83,6 +66,10 @@ MARKERS = (
     '-m "not node_cidr" where the IPAM ignores node podCIDRs',
     "multinode: needs at least two selected nodes; skipped otherwise",
     "disruptive: kills a probe container (the sandbox pod only)",
+    "swept_by(planner): the check's exchanges come from the run's reachability sweep; "
+    "planner(params, probe_map) gives one item's targets",
+    "prefetched_by(planner): the check's agent requests come from the run's prefetch; "
+    "planner(params, probe_map, nonce) gives one item's steps",
 )
 
 
@@ -208,6 +195,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="first delete namespaces left behind by earlier (killed) runs, then test",
     )
+    # pytest owns --strict (its strict mode), hence the longer name.
+    group.addoption(
+        "--strict-reachability",
+        dest="netconform_strict",
+        action="store_true",
+        default=False,
+        help="an exchange that answers only on a retry fails its check (default: it passes "
+        "and is reported as flaky)",
+    )
+    group.addoption(
+        "--pairs",
+        dest="netconform_pairs",
+        default="auto",
+        type=parse_pairs,
+        metavar="all|auto|sample:K",
+        help=f"cross-node pairs to check: all, or sample:K (K random pairs per node as source "
+        f"and as destination); auto (default) checks all up to {AUTO_SAMPLE_ABOVE} nodes and "
+        f"samples {AUTO_SAMPLE_SIZE} per node above",
+    )
+    group.addoption(
+        "--pairs-seed",
+        dest="netconform_pairs_seed",
+        default=None,
+        type=parse_pairs_seed,
+        metavar="N",
+        help="seed of a sampled run's pair choice (default: random, printed and recorded); "
+        "pass a run's seed to replay its pairs",
+    )
 
 
 # --- --list-images ---------------------------------------------------------------------------
@@ -224,48 +239,38 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     return int(pytest.ExitCode.OK)
 
 
-# --- configuration and xdist -----------------------------------------------------------------
-
-
-def _is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
-
-
-class _XdistController:
-    """Hands the run's identity to each xdist worker (registered only when xdist is loaded)."""
-
-    def __init__(self, run: RunInfo) -> None:
-        self.run = run
-
-    def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput[WORKERINPUT_KEY] = self.run.to_dict()
+# --- configuration ---------------------------------------------------------------------------
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     config.stash[SETTINGS_KEY] = Settings.from_config(config)
-    if _is_worker(config):
+    if is_worker(config):
         workerinput: dict[str, Any] = getattr(config, "workerinput")  # noqa: B009
         config.stash[RUN_KEY] = RunInfo.from_dict(workerinput[WORKERINPUT_KEY])
         return
     # Names only: nothing is created in the cluster until a test needs probes.
     run_id = new_run_id()
+    settings = config.stash[SETTINGS_KEY]
     run = RunInfo(
         run_id=run_id,
         namespace=namespace_name(run_id),
         shared_dir=tempfile.mkdtemp(prefix="netconform-"),
+        pairs_seed=settings.pairs_seed
+        if settings.pairs_seed is not None
+        else secrets.randbelow(2**31),  # not a secret: a replayable choice, printed
     )
     config.stash[RUN_KEY] = run
-    config.pluginmanager.register(_RunReporter(config, run), "netconform-reporter")
-    config.pluginmanager.register(_ExitGate(), "netconform-exit-gate")
+    config.pluginmanager.register(RunReporter(config, run), "netconform-reporter")
+    config.pluginmanager.register(ExitGate(), "netconform-exit-gate")
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistController(run), "netconform-xdist-controller")
+        config.pluginmanager.register(XdistController(run), "netconform-xdist-controller")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
-    if run is not None and not _is_worker(config):
+    if run is not None and not is_worker(config):
         shutil.rmtree(run.shared_dir, ignore_errors=True)
 
 
@@ -285,68 +290,15 @@ def discovery_for(config: pytest.Config) -> Discovery:
     if found is None:
         found = discover(config.stash[SETTINGS_KEY])
         config.stash[DISCOVERY_KEY] = found
-        _record_discovery(config.stash[RUN_KEY], found)
+        record_discovery(config.stash[RUN_KEY], found)
     return found
 
 
-def _record_discovery(run: RunInfo, found: Discovery) -> None:
-    # The collecting processes (xdist workers) hand it to the reporting one through the run's
-    # shared directory; every worker finds the same, so the last write is as good as the first.
-    path = Path(run.shared_dir) / DISCOVERY_FILE
-    tmp = path.with_name(f"{DISCOVERY_FILE}.{os.getpid()}")
-    with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(found.to_dict(), sort_keys=True))
-        tmp.replace(path)
-
-
-def recorded_discovery(run: RunInfo) -> Discovery | None:
-    """The discovery a collecting process of this run recorded, if any."""
-    try:
-        return Discovery.from_dict(json.loads((Path(run.shared_dir) / DISCOVERY_FILE).read_text()))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
-def _cases(metafunc: pytest.Metafunc, discovery: Discovery) -> list[tuple[dict[str, Any], str]]:
-    """Every (fixture values, test ID) of one check, in a stable order.
-
-    IDs read like the place: ``udp-node-1->node-2`` (pairs), ``tcp-node-1`` (per node). The
-    family leads the ID (``ipv6-tcp-node-1->node-2``) whenever the tested families are not
-    IPv4 only, so IPv4-only clusters keep the IDs existing expectations use.
-    """
-    names = set(metafunc.fixturenames)
-    protocols: tuple[str, ...] = tuple(getattr(metafunc.module, "PROTOCOLS", DEFAULT_PROTOCOLS))
-    cases: list[tuple[dict[str, Any], str]] = [({}, "")]
-
-    def extend(axis: list[tuple[dict[str, Any], str]]) -> None:
-        nonlocal cases
-        cases = [
-            ({**values, **more}, "-".join(p for p in (ident, part) if p))
-            for values, ident in cases
-            for more, part in axis
-        ]
-
-    if "family" in names:
-        families = tuple(discovery.families)
-        show = families != (4,)
-        extend([({"family": f}, f"ipv{f}" if show else "") for f in families])
-    if "node_pair" in names:
-        nodes = list(discovery.nodes)
-        pairs = plan_same_node_pairs(nodes, nodes[:1]) + plan_node_pairs(nodes)
-        if "proto" in names:
-            extend(
-                [
-                    ({"proto": c.proto, "node_pair": c.pair}, c.id)
-                    for c in plan_checks(protocols, pairs)
-                ]
-            )
-        else:
-            extend([({"node_pair": p}, f"{p.src}->{p.dst}") for p in pairs])
-    elif "proto" in names:
-        extend([({"proto": p}, p) for p in protocols])
-    if "probe_node" in names:
-        extend([({"probe_node": n}, n) for n in discovery.nodes])
-    return cases
+def pair_plan_for(config: pytest.Config, discovery: Discovery) -> PairPlan:
+    """The run's choice of cross-node pairs (the same in every process of the run)."""
+    return pair_plan(
+        config.stash[SETTINGS_KEY].pairs, len(discovery.nodes), config.stash[RUN_KEY].pairs_seed
+    )
 
 
 @pytest.hookimpl(trylast=True)  # after @pytest.mark.parametrize: the place ends the test ID
@@ -363,7 +315,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     params = [
         pytest.param(*(values[n] for n in wanted), id=ident or "all")
-        for values, ident in _cases(metafunc, discovery)
+        for values, ident in plan_cases(
+            set(metafunc.fixturenames),
+            getattr(metafunc.module, "PROTOCOLS", None),
+            discovery,
+            pair_plan_for(metafunc.config, discovery),
+            getattr(metafunc.module, "PAIRS", PAIRS_ALL),
+        )
     ]
     if not params:
         reason = "nothing to test with the selected nodes (" + ", ".join(discovery.nodes) + ")"
@@ -392,6 +350,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         item.add_marker(pytest.mark.netconform)
         item.user_properties.append((RULE_PROPERTY, rule_of(item)))
+        callspec = getattr(item, "callspec", None)
+        item.user_properties.extend(
+            place_properties(
+                getattr(item, "originalname", item.name),
+                dict(callspec.params) if callspec is not None else {},
+                getattr(module, "SOURCE_KIND", "pod"),
+            )
+        )
 
 
 # --- reports ---------------------------------------------------------------------------------
@@ -408,7 +374,7 @@ def pytest_runtest_makereport(
         report.when == "call"
         and report.failed
         and call.excinfo is not None
-        and call.excinfo.errisinstance(COULD_NOT_TEST)
+        and call.excinfo.errisinstance(CouldNotTest)
     ):
         # The probes could not be asked (exec failed, API refused...): no verdict on the network.
         # Report it as an error, like a failed fixture, never as a broken rule.
@@ -416,138 +382,5 @@ def pytest_runtest_makereport(
         report.longrepr = f"COULD NOT TEST: {call.excinfo.value}"
     if report.when == "call" or (report.when == "setup" and not report.passed):
         report.sections.append(("rule", rule_of(item)))
-    if report.failed and report.when == "call":
-        dump = item.config.stash.get(DUMP_KEY, None)
-        if dump is not None:
-            report.sections.append(("probe pods and events", dump()))
+    # The run's pod states and events appear once per report (RunReporter), not per failure.
     return report
-
-
-class _RunReporter:
-    """Collects conformance results (xdist reports arrive here in the controller too) and, at
-    the end of the session, writes the summary and JUnit properties, then dumps and deletes
-    the run namespace. Registered only in the controller or the single process."""
-
-    def __init__(self, config: pytest.Config, run: RunInfo) -> None:
-        self.config = config
-        self.run = run
-        self.collector = SummaryCollector()
-        self.seen_conformance = False
-        self.started = monotonic()
-        self.lines: list[str] = []
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        properties = dict(report.user_properties)
-        if RULE_PROPERTY not in properties:
-            return
-        self.seen_conformance = True
-        self.collector.record_phase(
-            report.nodeid,
-            report.when or "call",
-            report.outcome,
-            report.duration,
-            message=report.longreprtext if report.failed else None,
-            rule=str(properties[RULE_PROPERTY]),
-            wasxfail=hasattr(report, "wasxfail"),
-        )
-        if report.when == "call" and report.passed and FLAKY_PROPERTY in properties:
-            # Passed only on a retry (see conformance.kit.reachability): a pass, but counted.
-            self.collector.mark_flaky(report.nodeid, str(properties[FLAKY_PROPERTY]))
-
-    @pytest.hookimpl(tryfirst=True)  # before LogXML writes the JUnit file
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        state = read_state(self.run)
-        if not state.touched_cluster and not self.seen_conformance:
-            return  # no conformance test ran: nothing to report, nothing to clean
-        _junit_properties(self.config, run_properties(self.run, state))
-        results = self.collector.results()
-        flaky = self.collector.flaky()
-        self.lines.extend(flaky_line(nodeid, flaky[nodeid]) for nodeid in sorted(flaky))
-        summary = build_summary(
-            results,
-            facts=facts_from_state(state),
-            flaky=flaky,
-            session_duration=monotonic() - self.started,
-        )
-        summary["exitstatus"] = int(session.exitstatus)  # the gate's code (see _ExitGate)
-        found = recorded_discovery(self.run)
-        if found is not None:
-            summary["excluded_nodes"] = dict(sorted(found.excluded.items()))
-            _junit_properties(
-                self.config,
-                [(EXCLUDED_PROPERTY_PREFIX + n, why) for n, why in sorted(found.excluded.items())],
-            )
-            self.lines.extend(found.exclusion_lines())
-        self.lines.extend(
-            end_run(
-                settings=self.config.stash[SETTINGS_KEY],
-                run=self.run,
-                state=state,
-                summary=summary,
-                reports_dir=_reports_dir(self.config),
-            )
-        )
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.lines:
-            terminalreporter.section("netconform")
-            for line in self.lines:
-                terminalreporter.write_line(line)
-
-
-def gate_exit_status(status: int, *, broken: bool, untested: bool) -> int:
-    """The exit code of a run: 2 when a check could not test (that wins), 1 when a rule is
-    broken, else pytest's. pytest's codes other than 0 and 1 (interrupted, internal error,
-    usage error, no tests collected) are kept as they are."""
-    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-        return int(status)
-    if untested:
-        return EXIT_COULD_NOT_TEST
-    if broken:
-        return EXIT_RULE_BROKEN
-    return int(status)
-
-
-class _ExitGate:
-    """Sorts conformance outcomes into "rule broken" (a check failed) and "could not test" (an
-    error in any phase of a check, a crashed worker, a collection error) and sets the session's
-    exit status from them. Registered in the controller (or the only process)."""
-
-    def __init__(self) -> None:
-        self.broken: list[str] = []
-        self.untested: list[str] = []
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if not report.failed or RULE_PROPERTY not in dict(report.user_properties):
-            return
-        # A failed call is a verdict on the network; a failed setup/teardown (COULD NOT TEST
-        # included, see pytest_runtest_makereport) or an xdist crash report ("???") is not.
-        (self.broken if report.when == "call" else self.untested).append(report.nodeid)
-
-    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:
-            self.untested.append(report.nodeid)
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)  # before the reporters read the status
-    def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None, None, None]:
-        session.exitstatus = gate_exit_status(
-            session.exitstatus, broken=bool(self.broken), untested=bool(self.untested)
-        )
-        return (yield)
-
-
-def _reports_dir(config: pytest.Config) -> Path:
-    xmlpath = getattr(config.option, "xmlpath", None)
-    if xmlpath:
-        return Path(xmlpath).resolve().parent
-    return config.invocation_params.dir / "reports"
-
-
-def _junit_properties(config: pytest.Config, properties: list[tuple[str, str]]) -> None:
-    # LogXML (--junitxml) is registered anonymously; find it by its public method. Under xdist
-    # record_testsuite_property does not reach the controller, so the controller adds them.
-    for plugin in config.pluginmanager.get_plugins():
-        add = getattr(plugin, "add_global_property", None)
-        if callable(add):
-            for name, value in properties:
-                add(name, value)

@@ -7,23 +7,17 @@ with its retries); the interface and port-space requests from the staged prefetc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
-from conformance.kit.agent_client import AgentClient, address_of_family, require_ok
-from conformance.kit.prefetch import Prefetch, Step, prefetched_by
+from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
+from conformance.kit.probe_client import address_of_family, require_ok
 from conformance.kit.probes import ROLE_PROBE, ProbeMap
-from conformance.kit.reachability import (
-    Endpoint,
-    Sweep,
-    Target,
-    outcomes_for,
-    record_flaky,
-    swept_by,
-)
+from conformance.kit.reachability import Endpoint, Target, Unplanned, swept_by
 from conformance.kit.report import format_rule_failure
+from conformance.kit.verdicts import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp")
 # The families come from the cluster (IPv4-only: 127.0.0.1; IPv6: ::1; dual: both).
@@ -32,13 +26,13 @@ DIRECTIONS = (("a", "b"), ("b", "a"))
 CONTAINERS = ("a", "b")
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> list[Target]:
+def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
     """Both directions between the probe pod's containers over the family's loopback address
     (none for IPv6 when the pod has no IPv6 address)."""
     proto, family, node = params["proto"], params["family"], params["probe_node"]
     probe = probe_map.get(ROLE_PROBE, node)
     if family == 6 and address_of_family(probe.pod_ips, 6) is None:
-        return []
+        return Unplanned(f"{probe.describe()} has no IPv6 address")
     return [
         Target(
             check="test_localhost_between_containers",
@@ -47,7 +41,7 @@ def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> list[Target]:
             source=Endpoint(probe.name, src, node),
             destination=Endpoint(probe.name, dst, node),
             host=LOOPBACK[family],
-            port=probe.agent(dst).port(proto),
+            port=probe.container(dst).port(proto),
             capture=False,
         )
         for src, dst in DIRECTIONS
@@ -56,45 +50,13 @@ def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> list[Target]:
 
 @swept_by(targets)
 def test_localhost_between_containers(
-    proto: str,
-    family: int,
-    probe_node: str,
-    probe_map: ProbeMap,
-    agents: AgentClient,
-    reachability: Sweep,
-    request: pytest.FixtureRequest,
+    proto: str, family: int, probe_node: str, exchanges: ItemExchanges
 ) -> None:
     """Containers of one pod MUST reach each other over localhost (127.0.0.1, and ::1 when the
     pod has IPv6), in both directions."""
-    probe = probe_map.get(ROLE_PROBE, probe_node)
-    planned = targets({"proto": proto, "family": family, "probe_node": probe_node}, probe_map)
-    if not planned:
-        pytest.skip(f"{probe.describe()} has no IPv6 address")
-    loopback = LOOPBACK[family]
-    outcomes = outcomes_for(reachability, planned, agents)
-    failures = [
-        f"{o.target.source.container} -> {o.target.destination.container}: "
-        f"{o.exchange.describe() if o.exchange else o.error}"
-        for o in outcomes
-        if not o.reached
-    ]
-    if failures:
-        pytest.fail(
-            format_rule_failure(
-                "containers of one pod MUST reach each other over localhost",
-                expected=f"{proto} to {loopback} works from a to b and from b to a",
-                observed=f"{len(failures)} of {len(outcomes)} directions failed",
-                protocol=proto,
-                pods=[probe.describe()],
-                nodes=[probe_node],
-                details=failures,
-            ),
-            pytrace=False,
-        )
-    record_flaky(
-        request.node.user_properties,
-        outcomes,
-        lambda o: f"{o.target.source.container} -> {o.target.destination.container}",
+    exchanges.assert_rule(
+        "containers of one pod MUST reach each other over localhost",
+        expected=f"{proto} to {LOOPBACK[family]} works from a to b and from b to a",
     )
 
 
@@ -110,12 +72,11 @@ def interface_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) 
 
 @prefetched_by(interface_steps)
 def test_containers_share_interfaces(
-    probe_node: str, probe_map: ProbeMap, prefetch: Prefetch, request: pytest.FixtureRequest
+    probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
 ) -> None:
     """Containers of one pod MUST see the same network namespace: the same interfaces with the
     same addresses."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
-    answers = prefetch.answers(request.node)
     views = {}
     for container in CONTAINERS:
         info = require_ok(
@@ -153,7 +114,12 @@ def bind_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> li
             f"{other}.try_bind",
             probe.name,
             other,
-            {"op": "try_bind", "proto": proto, "host": "", "port": probe.agent(binder).port(proto)},
+            {
+                "op": "try_bind",
+                "proto": proto,
+                "host": "",
+                "port": probe.container(binder).port(proto),
+            },
         )
         for binder, other in DIRECTIONS
     ]
@@ -161,18 +127,13 @@ def bind_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> li
 
 @prefetched_by(bind_steps)
 def test_port_space_shared(
-    proto: str,
-    probe_node: str,
-    probe_map: ProbeMap,
-    prefetch: Prefetch,
-    request: pytest.FixtureRequest,
+    proto: str, probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
 ) -> None:
     """A port bound by one container of a pod MUST be in use (EADDRINUSE) for the others."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
-    answers = prefetch.answers(request.node)
     failures = []
     for binder, other in DIRECTIONS:
-        port = probe.agent(binder).port(proto)
+        port = probe.container(binder).port(proto)
         answer = require_ok(
             answers[f"{other}.try_bind"], pod=probe.name, container=other, what="try_bind"
         )

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from conformance.kit.agent_client import require_ok
 from conformance.kit.cidrs import (
     NodeCIDRs,
     PodAddress,
@@ -37,8 +36,9 @@ from conformance.kit.cluster import (
     service_cidrs,
     service_cluster_ips,
 )
-from conformance.kit.prefetch import Prefetch, Step, prefetched_by
-from conformance.kit.probes import ROLE_PROBE, ProbeMap
+from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
+from conformance.kit.probe_client import address_of_family, require_ok
+from conformance.kit.probes import ROLE_HOSTPROBE, ROLE_PROBE, ProbeMap
 from conformance.kit.report import format_rule_failure
 from conformance.kit.settings import Timeouts
 
@@ -86,6 +86,33 @@ def nodes_with_pod_cidrs(
 
 def fail(rule: str, expected: str, findings_text: str) -> None:
     pytest.fail(format_rule_failure(rule, expected=expected, observed=findings_text), pytrace=False)
+
+
+def test_required_family_on_every_pod_and_node(probe_map: ProbeMap, family: int) -> None:
+    """Where ``--ip-family`` requires an IP family, every probe pod in the pod network MUST have
+    an IP of that family and every tested node an address of it."""
+    if family not in probe_map.required_families:
+        pytest.skip(f"IPv{family} is not required (--ip-family auto follows the cluster)")
+    pods = [
+        p.describe()
+        for p in probe_map.probes
+        if p.role != ROLE_HOSTPROBE and address_of_family(p.pod_ips, family) is None
+    ]
+    nodes = sorted(
+        node
+        for node in {p.node for p in probe_map.probes}
+        if address_of_family(probe_map.node_addresses.get(node, ()), family) is None
+    )
+    if pods or nodes:
+        fail(
+            f"every pod and node MUST have an address of each IP family the cluster serves "
+            f"(IPv{family}, required by --ip-family)",
+            f"an IPv{family} address on every pod-network probe and every tested node",
+            "; ".join(
+                [f"pods without one: {', '.join(pods)}"] * bool(pods)
+                + [f"nodes without one: {', '.join(nodes)}"] * bool(nodes)
+            ),
+        )
 
 
 @pytest.mark.usefixtures("probe_map")  # the probes add pods on every selected node
@@ -178,19 +205,19 @@ def test_node_addresses_outside_pod_cidrs(nodes_with_pod_cidrs: list[NodeCIDRs])
 def address_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
     """The probe pod's interfaces and their addresses, seen from inside."""
     probe = probe_map.get(ROLE_PROBE, params["probe_node"])
-    return [Step("addresses", probe.name, probe.agent().container, {"op": "addresses"})]
+    return [Step("addresses", probe.name, probe.container().name, {"op": "addresses"})]
 
 
 @prefetched_by(address_steps)
 def test_pod_ip_is_interface_address(
-    probe_node: str, probe_map: ProbeMap, prefetch: Prefetch, request: pytest.FixtureRequest
+    probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
 ) -> None:
     """The IPs the API reports for a pod (status.podIPs) MUST be addresses of the pod's own
     network interfaces."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
-    container = probe.agent().container
+    container = probe.container().name
     answer = require_ok(
-        prefetch.answers(request.node)["addresses"],
+        answers["addresses"],
         pod=probe.name,
         container=container,
         what="addresses",

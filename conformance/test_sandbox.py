@@ -1,106 +1,63 @@
 """The pod sandbox outlives its containers: when one container restarts, the pod keeps its
-network namespace, so its IP and localhost between its containers survive."""
+network namespace, so its IP and localhost between its containers survive. Checked on every
+node: each node's sandbox pod loses a container (all nodes at once, see
+`conformance.kit.sandboxes`)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 from kubernetes import client
 
-from conformance.kit.agent_client import AgentClient, AgentError, exchange, require_ok
-from conformance.kit.cluster import call_api, pod_ips
-from conformance.kit.probes import (
-    ROLE_SANDBOX,
-    ProbeDeploymentError,
-    ProbeMap,
-    pod_ready,
-    restart_count,
-    wait_for_pods,
-)
+from conformance.kit.errors import CouldNotTest, ProbeCallError
+from conformance.kit.probe_client import ProbeClient
+from conformance.kit.probes import ProbeMap
 from conformance.kit.report import format_rule_failure
-from conformance.kit.settings import Timeouts
+from conformance.kit.runstate import RunInfo
+from conformance.kit.sandboxes import KILLED, SURVIVOR, SandboxRestart, restart_sandboxes_once
+from conformance.kit.verdicts import problems
 
-KILLED = "b"
-SURVIVOR = "a"
-# The agent handles SIGTERM (and exits), so this works for a PID 1 too.
-KILL_SCRIPT = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGTERM)"
+RULE = "a pod MUST keep its IP and network namespace across a container restart"
+
+
+@pytest.fixture(scope="session")
+def sandbox_restarts(
+    run_info: RunInfo, probe_map: ProbeMap, probe_client: ProbeClient, core: client.CoreV1Api
+) -> dict[str, SandboxRestart]:
+    """Every node's sandbox pod, before and after one of its containers restarted."""
+    try:
+        return restart_sandboxes_once(run_info, probe_map, probe_client, core)
+    except CouldNotTest as exc:
+        pytest.fail(f"COULD NOT TEST: {exc}", pytrace=False)
 
 
 @pytest.mark.disruptive
 def test_sandbox_survives_container_restart(
-    probe_map: ProbeMap,
-    agents: AgentClient,
-    core: client.CoreV1Api,
-    timeouts: Timeouts,
-    nonce: str,
+    probe_node: str, sandbox_restarts: dict[str, SandboxRestart]
 ) -> None:
     """When a container of a pod restarts, the pod MUST keep its IP and its containers MUST
     reach each other over localhost again (the sandbox and its network namespace persist)."""
-    sandboxes = probe_map.of_role(ROLE_SANDBOX)
-    if not sandboxes:
-        raise ProbeDeploymentError("the run deployed no sandbox pod")
-    sandbox = sandboxes[0]
-    namespace = probe_map.namespace
-    before = call_api(
-        f"read pod {sandbox.name}",
-        core.read_namespaced_pod,
-        sandbox.name,
-        namespace,
-        timeouts=timeouts,
-    )
-    ips_before = pod_ips(before)
-    restarts_before = restart_count(before, KILLED)
-    info = require_ok(
-        agents.call_one(sandbox.name, KILLED, {"op": "info"}),
-        pod=sandbox.name,
-        container=KILLED,
-        what="info",
-    )
-    # The container may die before the exec reports back; the restart count decides.
-    with contextlib.suppress(AgentError):
-        agents.exec(
-            sandbox.name,
-            KILLED,
-            ["python3", "-c", KILL_SCRIPT, str(info["pid"])],
-            timeout=timeouts.exec_overhead,
+    restart = sandbox_restarts[probe_node]
+    if restart.error is not None:
+        raise ProbeCallError(f"{restart.pod}: {restart.error}")
+    outcome = restart.localhost
+    if outcome is None or outcome.error is not None:
+        raise ProbeCallError(f"{restart.pod}: localhost not probed: {outcome and outcome.error}")
+    found = []
+    if restart.ips_after != restart.ips_before:
+        found.append(
+            f"pod IPs changed from {list(restart.ips_before)} to {list(restart.ips_after)}"
         )
-
-    restarted = wait_for_pods(
-        core,
-        namespace,
-        [sandbox.name],
-        timeout=timeouts.container_restart,
-        condition=lambda p: restart_count(p, KILLED) > restarts_before and pod_ready(p),
-        what=f"restarted (container {KILLED}) and Ready again",
-        timeouts=timeouts,
-    )[sandbox.name]
-    ips_after = pod_ips(restarted)
-    problems = []
-    if ips_after != ips_before:
-        problems.append(f"pod IPs changed from {list(ips_before)} to {list(ips_after)}")
-    agent = sandbox.agent(KILLED)
-    result = exchange(
-        agents,
-        proto="tcp",
-        source=(sandbox.name, SURVIVOR),
-        destination=(sandbox.name, KILLED),
-        host="127.0.0.1",
-        port=agent.tcp_port,
-        nonce=nonce,
-        capture=False,
-    )
-    if not result.reached:
-        problems.append(f"localhost {SURVIVOR} -> {KILLED} broken: {result.describe()}")
-    if problems:
+    if problems(outcome):
+        found.append(f"localhost {SURVIVOR} -> {KILLED} broken: {outcome.describe()}")
+    if found:
         pytest.fail(
             format_rule_failure(
-                "a pod MUST keep its IP and network namespace across a container restart",
-                expected=f"IPs {list(ips_before)} kept and localhost between containers working "
-                f"after container {KILLED} restarted",
-                observed="; ".join(problems),
-                pods=[sandbox.describe()],
-                nodes=[sandbox.node],
+                RULE,
+                expected=f"IPs {list(restart.ips_before)} kept and localhost between containers "
+                f"working after container {KILLED} restarted",
+                observed="; ".join(found),
+                pods=[restart.pod],
+                nodes=[probe_node],
             ),
             pytrace=False,
         )

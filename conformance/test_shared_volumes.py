@@ -12,17 +12,16 @@ from typing import Any
 
 import pytest
 
-from conformance.kit.agent_client import require_ok
-from conformance.kit.prefetch import Prefetch, Step, prefetched_by
-from conformance.kit.probes import (
+from conformance.kit.podspecs import (
     MEMORY_VOLUME,
     MOUNT_PATHS,
-    ROLE_PROBE,
     SCRATCH_VOLUME,
     SEED_CONTENT,
     SEED_FILE,
-    ProbeMap,
 )
+from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
+from conformance.kit.probe_client import require_ok
+from conformance.kit.probes import ROLE_PROBE, ProbeMap
 from conformance.kit.report import format_rule_failure
 
 SIZE = 1 << 20  # 1 MiB
@@ -61,13 +60,11 @@ def test_volume_shared_between_containers(
     reader: str,
     probe_node: str,
     probe_map: ProbeMap,
-    prefetch: Prefetch,
-    request: pytest.FixtureRequest,
+    answers: ItemAnswers,
 ) -> None:
     """A file written by one container into a shared emptyDir volume (disk or medium Memory)
     MUST be read back, byte for byte, by the other container at its own mount path."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
-    answers = prefetch.answers(request.node)
     write_path, read_path = volume_paths(
         {"volume": volume, "writer": writer, "reader": reader}, answers.nonce
     )
@@ -102,12 +99,11 @@ def seed_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> li
 
 @prefetched_by(seed_steps)
 def test_init_container_file_seen_by_both(
-    probe_node: str, probe_map: ProbeMap, prefetch: Prefetch, request: pytest.FixtureRequest
+    probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
 ) -> None:
     """A file an init container wrote into an emptyDir volume MUST be seen by every container
     of the pod that mounts the volume."""
     probe = probe_map.get(ROLE_PROBE, probe_node)
-    answers = prefetch.answers(request.node)
     expected = hashlib.sha256(SEED_CONTENT.encode()).hexdigest()
     failures = []
     for container in CONTAINERS:

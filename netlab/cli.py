@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 import yaml
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from netlab.api.admin import add_api_faults_command
 from netlab.dataplane.cleanup import lab_netns_names, process_alive, process_started_before, sweep
 from netlab.dataplane.topology import check_topology_faults
 from netlab.faults import describe_faults
@@ -108,6 +109,7 @@ def spec_from_args(args: argparse.Namespace) -> LabSpec:
             nodes=getattr(args, "nodes", 3),
             ip_family=getattr(args, "ip_family", "ipv4"),
             faults=frozenset(getattr(args, "fault", [])),
+            api_faults=tuple(getattr(args, "api_fault", [])),
             state_root=args.state_root,
         )
         check_topology_faults(spec)
@@ -166,10 +168,12 @@ def command_up(args: argparse.Namespace) -> int:
     argv += ["--ip-family", spec.ip_family]
     for fault in sorted(spec.faults):
         argv += ["--fault", fault]
+    for api_fault in spec.api_faults:
+        argv += ["--api-fault", api_fault]
     argv += ["--kubeconfig", str(kubeconfig), "--state-root", str(spec.state_root)]
     say(
         f"starting lab {spec.name}: {spec.nodes} nodes, {spec.ip_family}, "
-        f"faults {sorted(spec.faults) or 'none'}"
+        f"faults {sorted(spec.faults) or 'none'}, API faults {list(spec.api_faults) or 'none'}"
     )
     with log_path.open("ab") as log_file:
         daemon = subprocess.Popen(
@@ -361,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="break one network rule (repeatable; `netlab faults` lists them)",
     )
+    up.add_argument(
+        "--api-fault",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="a control-plane fault (repeatable; `netlab api-faults` lists them)",
+    )
     up.add_argument("--name", default="default", help="lab name (default 'default')")
     up.add_argument(
         "--kubeconfig",
@@ -380,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     faults = commands.add_parser("faults", help="list the fault modes")
     faults.set_defaults(handler=command_faults)
+    add_api_faults_command(commands)
     return parser
 
 

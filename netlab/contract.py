@@ -1,8 +1,8 @@
-"""The seam between netlab's control plane (API server) and its node agents (data plane).
+"""The seam between netlab's control plane (API server) and its kubelets (one per node).
 
-The API server owns objects; a node agent runs the pods bound to its node, like a kubelet.
-The API server calls a node agent imperatively (start, stop, exec, logs); the agent reports
-back through the callbacks it was given. Objects cross this seam as JSON-shaped dicts exactly
+The API server owns objects; a kubelet runs the pods bound to its node. The API server calls a
+kubelet imperatively (start, stop, exec, logs); the kubelet reports back through the callbacks
+it was given. Objects cross this seam as JSON-shaped dicts exactly
 as the Kubernetes API serialises them (camelCase keys), so neither side re-maps fields.
 """
 
@@ -15,20 +15,20 @@ from typing import Any, Protocol
 
 JSONDict = dict[str, Any]
 
-# Called by a node agent whenever a pod's status changes: (pod uid, full v1 PodStatus dict).
+# Called by a kubelet whenever a pod's status changes: (pod uid, full v1 PodStatus dict).
 StatusCallback = Callable[[str, JSONDict], None]
-# Called by a node agent to record an Event: (pod uid, type "Normal"|"Warning", reason, message).
+# Called by a kubelet to record an Event: (pod uid, type "Normal"|"Warning", reason, message).
 EventCallback = Callable[[str, str, str, str], None]
-# Looks up an object the agent needs to run a pod (configMap volumes): (namespace, name) -> data.
+# Looks up an object the kubelet needs to run a pod (configMap volumes): (namespace, name) -> data.
 ConfigMapLookup = Callable[[str, str], Mapping[str, str] | None]
 
 
 class RuntimeError_(Exception):
-    """Base of the errors a node agent raises to the API server."""
+    """Base of the errors a kubelet raises to the API server."""
 
 
 class PodNotFound(RuntimeError_):
-    """The agent runs no pod with that uid."""
+    """The kubelet runs no pod with that uid."""
 
 
 class ContainerNotRunning(RuntimeError_):
@@ -73,15 +73,15 @@ class ExecProcess(Protocol):
     def kill(self) -> None: ...
 
 
-class NodeAgentAPI(Protocol):
-    """What the API server needs of a node agent (one per node)."""
+class KubeletAPI(Protocol):
+    """What the API server needs of a kubelet (one per node)."""
 
     node: NodeInfo
 
     async def start_pod(self, pod: JSONDict) -> None:
         """Run the pod (spec.nodeName is this node). Returns once the sandbox is being made;
         progress (Pending -> Running/Succeeded/Failed, IPs, container states) arrives through
-        the status callback the agent was built with."""
+        the status callback the kubelet was built with."""
 
     async def stop_pod(self, uid: str, grace_period_seconds: int) -> None:
         """Graceful delete: SIGTERM, wait up to the grace period, SIGKILL, then CNI DEL and the

@@ -1,7 +1,9 @@
 """The lab's fault modes: each builds a cluster that breaks one rule of the network model.
 
-A fault is a name in ``LabSpec.faults``; the data plane and node agent consult it where the
-broken behaviour lives (iptables in node namespaces, IPAM config, the pod runtime).
+A fault is a name in ``LabSpec.faults``; the data plane and the kubelet consult it where the
+broken behaviour lives (iptables and link MTUs in node namespaces, IPAM config, the pod
+runtime). Faults that name a node say which one; a lab too small or of the wrong IP family for
+a fault is refused with one line (``topology.check_topology_faults``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,20 @@ FAULTS: dict[str, str] = {
     "sandbox-reset": "a container restart gives the pod a new network namespace and IP",
     "wrong-self-ip": "the API reports a podIP that differs from the pod's own address",
     "udp-drop": "nodes drop UDP between pods",
+    "one-way-pair-drop": (
+        "node-1's pods cannot open flows to node-3's pods (node-2's on 2 nodes); the reverse works"
+    ),
+    "same-node-drop-last": "pod-to-pod traffic between pods of the last node is dropped",
+    "host-to-remote-pods-blocked": (
+        "node-2's own network stack (hostNetwork pods) cannot reach other nodes' pods"
+    ),
+    "pmtu-blackhole": (
+        "node-2's uplink MTU is 1400 (pods 1500), ICMP too-big dropped: full-size packets "
+        "between its pods and other nodes' vanish"
+    ),
+    "family-missing-on-node": (
+        "node-2's IPAM gives its pods IPv4 addresses only (dual-stack labs only)"
+    ),
 }
 
 

@@ -1,7 +1,8 @@
-"""A running lab: topology, network faults, one node agent per node and the API server, in one
+"""A running lab: topology, network faults, one kubelet per node and the API server, in one
 asyncio process (the lab daemon).
 
-``python -m netlab.lab --name X --nodes N [--ip-family F] [--fault F]... --kubeconfig PATH``
+``python -m netlab.lab --name X --nodes N [--ip-family F] [--fault F]... [--api-fault A]...
+--kubeconfig PATH``
 runs in the foreground and logs to stderr. It writes ``<state>/daemon.pid`` at once, then
 ``<state>/ready`` (holding the kubeconfig path) when the API serves, or ``<state>/failed`` (one
 line) and exits non-zero. SIGTERM or SIGINT tear everything down in reverse; a final sweep is
@@ -35,8 +36,8 @@ from netlab.dataplane.topology import (
 from netlab.spec import STATE_ROOT, LabSpec, LabSpecError
 
 if TYPE_CHECKING:
-    from netlab.agent import NodeAgent
     from netlab.api.server import ApiServer
+    from netlab.kubelet import Kubelet
 
 log = logging.getLogger("netlab.lab")
 
@@ -49,7 +50,7 @@ INFO_FILE = "info.json"
 KUBECONFIG_FILE = "kubeconfig"
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-AGENT_CLOSE_TIMEOUT = 60.0  # seconds for one agent to stop its pods; the sweep follows anyway
+KUBELET_CLOSE_TIMEOUT = 60.0  # seconds for one kubelet to stop its pods; the sweep follows anyway
 API_STOP_TIMEOUT = 10.0
 
 
@@ -65,10 +66,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 class Lab:
-    """A lab's network, node agents and API server; an async context manager.
+    """A lab's network, kubelets and API server; an async context manager.
 
     Entering sweeps leftovers of a lab of the same name, builds everything and serves; leaving
-    (or a failure while entering) stops agents and their pods, stops the API, and removes the
+    (or a failure while entering) stops kubelets and their pods, stops the API, and removes the
     topology, in that order.
     """
 
@@ -77,7 +78,7 @@ class Lab:
         self.kubeconfig = kubeconfig or default_kubeconfig(spec)
         self.api_url: str | None = None
         self.api: ApiServer | None = None
-        self.agents: list[NodeAgent] = []
+        self.kubelets: list[Kubelet] = []
         self._api_serving = False
         self._stack = AsyncExitStack()
 
@@ -99,8 +100,8 @@ class Lab:
 
     async def _start(self) -> None:
         # Imported here: the daemon must be able to report a missing piece in its `failed` file.
-        from netlab.agent import NodeAgent
         from netlab.api.server import ApiServer
+        from netlab.kubelet import Kubelet
 
         spec = self.spec
         check_topology_faults(spec)
@@ -121,7 +122,7 @@ class Lab:
         self._stack.push_async_callback(self._stop_control_plane)
         ranges = plan_ipam_ranges(spec)
         for plan, info in zip(spec.node_plans(), node_infos(spec), strict=True):
-            agent = NodeAgent(
+            kubelet = Kubelet(
                 spec,
                 plan,
                 info,
@@ -130,10 +131,10 @@ class Lab:
                 on_event=self.api.record_event,
                 configmaps=self.api.configmap_data,
             )
-            self.agents.append(agent)  # closed on teardown even if start fails half-way
-            await agent.start()
-            self.api.register_node(agent)
-        log.info("node agents started: %s", ", ".join(agent.node.name for agent in self.agents))
+            self.kubelets.append(kubelet)  # closed on teardown even if start fails half-way
+            await kubelet.start()
+            self.api.register_node(kubelet)
+        log.info("kubelets started: %s", ", ".join(k.node.name for k in self.kubelets))
 
         self.api_url = await self.api.start()
         self._api_serving = True
@@ -143,16 +144,16 @@ class Lab:
         log.info("API serving at %s; kubeconfig %s", self.api_url, self.kubeconfig)
 
     async def _stop_control_plane(self) -> None:
-        """Agents stop their pods first (while the API can still take their reports), then the
-        API stops; each step runs even if an earlier one failed."""
+        """Kubelets stop their pods first (while the API can still take their reports), then
+        the API stops; each step runs even if an earlier one failed."""
         try:
-            for agent in reversed(self.agents):
+            for kubelet in reversed(self.kubelets):
                 try:
-                    async with asyncio.timeout(AGENT_CLOSE_TIMEOUT):
-                        await agent.close()
+                    async with asyncio.timeout(KUBELET_CLOSE_TIMEOUT):
+                        await kubelet.close()
                 except (TimeoutError, OSError, RuntimeError) as error:
                     # Reported, not fatal: the sweep after teardown removes what it left.
-                    log.error("node agent %s did not close cleanly: %s", agent.node.name, error)
+                    log.error("kubelet %s did not close cleanly: %s", kubelet.node.name, error)
         finally:
             if self.api is not None and self._api_serving:
                 async with asyncio.timeout(API_STOP_TIMEOUT):
@@ -196,6 +197,7 @@ async def run_lab(spec: LabSpec, kubeconfig: Path) -> int:
                 "nodes": spec.nodes,
                 "ip_family": spec.ip_family,
                 "faults": sorted(spec.faults),
+                "api_faults": list(spec.api_faults),  # as started; `netlab api-faults` has now
                 "api_url": lab.api_url,
                 "kubeconfig": str(kubeconfig),
                 "pid": os.getpid(),
@@ -227,6 +229,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--ip-family", default="ipv4")
     parser.add_argument("--fault", action="append", default=[])
+    parser.add_argument("--api-fault", action="append", default=[])
     parser.add_argument("--kubeconfig", type=Path)
     parser.add_argument("--state-root", type=Path, default=STATE_ROOT, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -245,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             nodes=args.nodes,
             ip_family=args.ip_family,
             faults=frozenset(args.fault),
+            api_faults=tuple(args.api_fault),
             state_root=args.state_root,
         )
         check_topology_faults(spec)

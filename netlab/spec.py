@@ -50,6 +50,8 @@ class LabSpec:
     node_cidr_prefix_v6: int = 64
     fabric_cidr_v6: str = "fd00:172:18::/64"
     faults: frozenset[str] = field(default_factory=frozenset)
+    # Control-plane faults, `NAME[=VALUE]` as `--api-fault` takes them (netlab.api.faults).
+    api_faults: tuple[str, ...] = ()
     state_root: Path = STATE_ROOT
 
     def __post_init__(self) -> None:
@@ -72,6 +74,12 @@ class LabSpec:
             raise LabSpecError(
                 f"unknown fault {', '.join(unknown)}; `netlab faults` lists the known ones"
             )
+        from netlab.api.faults import ApiFaultError, parse_api_faults
+
+        try:
+            parse_api_faults(self.api_faults)
+        except ApiFaultError as error:
+            raise LabSpecError(str(error)) from None
 
     def _ranges(self, version: int) -> tuple[str, str, int, str]:
         """(cluster CIDR, service CIDR, node CIDR prefix, fabric CIDR) of one IP version."""

@@ -4,6 +4,7 @@ retries, and node discovery and selection."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -19,7 +20,10 @@ from tenacity import (
     wait_exponential,
 )
 
-from conformance.kit.report import ClusterFacts
+from conformance.kit.cni import recognise_cni
+from conformance.kit.errors import ClusterError
+from conformance.kit.report import CNI_UNKNOWN, ClusterFacts
+from conformance.kit.serial import JSONData
 from conformance.kit.settings import (
     CONTROL_PLANE_TAINT_KEYS,
     Settings,
@@ -31,10 +35,6 @@ T = TypeVar("T")
 
 CONTROL_PLANE_LABELS = CONTROL_PLANE_TAINT_KEYS  # the same keys serve as labels and taints
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
-
-
-class ClusterError(Exception):
-    """The cluster could not be reached or refused a call: the suite could not test."""
 
 
 def name_of(obj: Any) -> str:
@@ -116,6 +116,39 @@ def describe_api_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def retry_after(exc: BaseException | None) -> float | None:
+    """Seconds a 429/503 answer asks the client to wait (its ``Retry-After`` header, or the
+    Status's ``details.retryAfterSeconds``); None when it does not say."""
+    if not isinstance(exc, ApiException):
+        return None
+    headers = exc.headers or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None
+    body = exc.body.decode() if isinstance(exc.body, bytes) else exc.body
+    try:
+        details = (json.loads(body or "") or {}).get("details") or {}
+        return float(details["retryAfterSeconds"])
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+#: At most this long a Retry-After is honoured (a server asking for more is not waited on
+#: beyond the call's retry budget anyway).
+MAX_RETRY_AFTER = 30.0
+
+
+def _wait_for_retry(state: RetryCallState) -> float:
+    """Exponential back-off, at least what the server's Retry-After asks."""
+    backoff = float(wait_exponential(multiplier=0.5, max=5)(state))
+    outcome = state.outcome
+    asked = retry_after(outcome.exception() if outcome is not None else None)
+    return max(backoff, min(asked, MAX_RETRY_AFTER)) if asked is not None else backoff
+
+
 def call_api(what: str, fn: Callable[..., T], *args: Any, timeouts: Timeouts, **kwargs: Any) -> T:
     """Call ``fn`` with bounded retries on transient errors; raise `ClusterError` naming ``what``.
 
@@ -138,7 +171,7 @@ def call_api(what: str, fn: Callable[..., T], *args: Any, timeouts: Timeouts, **
         for attempt in Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_delay(timeouts.api_retry),
-            wait=wait_exponential(multiplier=0.5, max=5),
+            wait=_wait_for_retry,
             retry_error_callback=give_up,
         ):
             with attempt:
@@ -360,7 +393,7 @@ def service_cluster_ips(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str
 
 
 @dataclass(frozen=True)
-class Discovery:
+class Discovery(JSONData):
     """What collection learned about the cluster, once per process (deterministic, so xdist
     workers agree on the parametrization). ``error`` is set when the cluster could not be read;
     every test that needs the cluster then errors with it."""
@@ -378,24 +411,6 @@ class Discovery:
     def exclusion_lines(self) -> list[str]:
         """One line per node left out, sorted by node, for the terminal summary."""
         return [f"node {name} left out: {why}" for name, why in sorted(self.excluded.items())]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, handed from the processes that collect to the one that reports."""
-        return {
-            "nodes": list(self.nodes),
-            "excluded": dict(sorted(self.excluded.items())),
-            "families": list(self.families),
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Discovery:
-        return cls(
-            nodes=tuple(str(n) for n in raw.get("nodes") or ()),
-            excluded={str(k): str(v) for k, v in (raw.get("excluded") or {}).items()},
-            families=tuple(int(f) for f in raw.get("families") or (4,)),
-            error=raw.get("error"),
-        )
 
 
 def discover(settings: Settings) -> Discovery:
@@ -438,6 +453,20 @@ def service_cidrs(api: client.ApiClient, timeouts: Timeouts) -> tuple[str, ...]:
     return tuple(sorted(set(cidrs)))
 
 
+def detect_cni(api: client.ApiClient, timeouts: Timeouts) -> tuple[str, str]:
+    """(CNI, evidence) from the cluster's DaemonSets (see `conformance.kit.cni`): one list
+    request, no retries; a refused or unserved list is ``unknown``, the evidence saying why."""
+    try:
+        listed = client.AppsV1Api(api).list_daemon_set_for_all_namespaces(
+            _request_timeout=timeouts.api_request
+        )
+    except ApiException as exc:
+        return CNI_UNKNOWN, f"DaemonSets not readable: HTTP {exc.status} {exc.reason or ''}".strip()
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        return CNI_UNKNOWN, f"DaemonSets not readable: {describe_api_error(exc)}"
+    return recognise_cni(listed.items or [])
+
+
 def cluster_facts(
     api: client.ApiClient,
     nodes: Sequence[client.V1Node],
@@ -453,6 +482,7 @@ def cluster_facts(
     by_name = {name_of(n): n for n in nodes}
     probed = [by_name[n] for n in discovery.nodes if n in by_name]
     services = service_cidrs(api, settings.timeouts)
+    cni, cni_evidence = detect_cni(api, settings.timeouts)
     return ClusterFacts(
         server_version=server_version,
         node_count=len(nodes),
@@ -461,6 +491,8 @@ def cluster_facts(
         service_cidr=",".join(services) or None,
         ip_families=tuple(f"ipv{f}" for f in discovery.families),
         probe_image=settings.probe_image,
+        cni=cni,
+        cni_evidence=cni_evidence,
     )
 
 

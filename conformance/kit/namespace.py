@@ -6,11 +6,11 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from conformance.kit.cluster import (
-    ClusterError,
     call_api,
     describe_api_error,
     labels_of,
@@ -18,6 +18,7 @@ from conformance.kit.cluster import (
     resource_version_of,
     watch_events,
 )
+from conformance.kit.errors import ClusterError
 from conformance.kit.settings import Timeouts
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -74,6 +75,57 @@ def create_namespace(
         timeouts=timeouts,
     )
     return result
+
+
+def wait_for_default_service_account(
+    core: client.CoreV1Api, namespace: str, timeouts: Timeouts
+) -> None:
+    """Wait until the namespace's ``default`` ServiceAccount exists.
+
+    The controller manager creates it asynchronously after the namespace; a pod created before
+    it is refused (403 "serviceaccount default not found"), so, as the upstream e2e framework
+    does, pods wait for it. `ClusterError` when it does not appear within
+    ``Timeouts.service_account``.
+    """
+    selector = "metadata.name=default"
+    listed = call_api(
+        f"list serviceaccounts in {namespace}",
+        core.list_namespaced_service_account,
+        namespace,
+        field_selector=selector,
+        timeouts=timeouts,
+    )
+    if listed.items:
+        return
+    try:
+        for event in watch_events(
+            core.list_namespaced_service_account,
+            namespace,
+            field_selector=selector,
+            resource_version=resource_version_of(listed),
+            timeout=timeouts.service_account,
+        ):
+            if event["type"] in ("ADDED", "MODIFIED"):
+                return
+    except ApiException as exc:
+        if exc.status != 410:  # 410: the watch expired; look once more below
+            raise ClusterError(
+                f"watch serviceaccounts in {namespace}: {describe_api_error(exc)}"
+            ) from exc
+    except urllib3.exceptions.HTTPError:
+        pass  # the watch connection dropped; look once more below
+    again = call_api(
+        f"list serviceaccounts in {namespace}",
+        core.list_namespaced_service_account,
+        namespace,
+        field_selector=selector,
+        timeouts=timeouts,
+    )
+    if not again.items:
+        raise ClusterError(
+            f"the default ServiceAccount of namespace {namespace} did not appear within "
+            f"{timeouts.service_account:.0f}s (is the controller manager running?)"
+        )
 
 
 def _container_state(status: client.V1ContainerStatus) -> str:

@@ -1,18 +1,29 @@
-"""Pure pair planning: which node talks to which, so the checks cost O(nodes), not O(nodes²).
+"""Pure pair planning: which node talks to which.
 
-Cross-node checks use a ring over the nodes in natural name order (node-2 before node-10):
-each node is the source once and the destination once. Same-node checks need a second
-pod-network probe on the node (the ``peer-<node>`` pod), so they are planned only where the
-caller says one exists.
+The rules say "all pods on all nodes", so by default every ordered pair of tested nodes is a
+pair (N*(N-1) cross-node pairs) and every node is a same-node pair with itself. The cost stays
+O(N) in round trips and pods because a source probes all its destinations inside one agent
+call, not because pairs are left out.
+
+On huge clusters a run may sample instead (`PairPlan` with ``sample``): K random offsets over
+a random order of the nodes, so every node is the source of exactly K pairs and the
+destination of exactly K; the choice comes from a seed that is printed and recorded, and the
+same seed replays the same pairs. Node names order naturally (node-2 before node-10).
 """
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 _DIGITS = re.compile(r"(\d+)")
+
+#: ``--pairs auto`` checks every pair up to this many nodes, and samples above.
+AUTO_SAMPLE_ABOVE = 40
+#: Pairs per node (as source and as destination) when ``auto`` samples.
+AUTO_SAMPLE_SIZE = 20
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -60,6 +71,26 @@ class PairCheck:
         return self.pair.id(self.proto)
 
 
+@dataclass(frozen=True)
+class PairPlan:
+    """How a run picks its cross-node pairs: all of them (``sample`` None) or ``sample`` pairs
+    per node, from ``seed``."""
+
+    sample: int | None = None
+    seed: int = 0
+
+    def describe(self, nodes: int) -> str:
+        """For the terminal summary: how many pairs of how many, and how to replay."""
+        possible = nodes * (nodes - 1)
+        if self.sample is None or self.sample >= nodes - 1:
+            return f"every ordered node pair: {possible} cross-node pairs of {nodes} nodes"
+        return (
+            f"sampled {nodes * self.sample} of {possible} cross-node pairs ({self.sample} per "
+            f"node as source and as destination), seed {self.seed}; replay with "
+            f"--pairs sample:{self.sample} --pairs-seed {self.seed}"
+        )
+
+
 def ordered_nodes(nodes: Iterable[str]) -> list[str]:
     """Distinct node names in natural order; ``ValueError`` on an empty name."""
     distinct = set(nodes)
@@ -68,31 +99,30 @@ def ordered_nodes(nodes: Iterable[str]) -> list[str]:
     return sorted(distinct, key=_order)
 
 
-def plan_node_pairs(nodes: Sequence[str]) -> list[NodePair]:
-    """Cross-node ring: n1->n2, n2->n3, ..., nk->n1 in natural order.
-
-    Every node is the source of exactly one pair and the destination of exactly one, so the
-    count equals the number of distinct nodes (two nodes: both directions; one node: none).
-    """
-    ring = ordered_nodes(nodes)
-    if len(ring) < 2:
-        return []
-    return [NodePair(src, ring[(index + 1) % len(ring)]) for index, src in enumerate(ring)]
-
-
-def plan_same_node_pairs(
-    nodes: Sequence[str], nodes_with_second_probe: Collection[str]
-) -> list[NodePair]:
-    """Same-node pairs (``NodePair(n, n)``) for every node that has a second pod-network probe.
-
-    ``ValueError`` when a node with a second probe is not among ``nodes``: that would be a
-    planning bug, and silently testing fewer nodes would hide it.
-    """
+def plan_node_pairs(nodes: Sequence[str], plan: PairPlan | None = None) -> list[NodePair]:
+    """Cross-node pairs in natural order (by source, then destination): every ordered pair, or
+    the sample ``plan`` asks for (each node the source of ``sample`` pairs and the destination
+    of ``sample``)."""
     ordered = ordered_nodes(nodes)
-    unknown = sorted(set(nodes_with_second_probe) - set(ordered), key=_order)
-    if unknown:
-        raise ValueError(f"nodes with a second probe are not selected nodes: {unknown}")
-    return [NodePair(node, node) for node in ordered if node in nodes_with_second_probe]
+    if len(ordered) < 2:
+        return []
+    if plan is None or plan.sample is None or plan.sample >= len(ordered) - 1:
+        return [NodePair(src, dst) for src in ordered for dst in ordered if src != dst]
+    chooser = random.Random(plan.seed)  # a replayable choice, not a secret
+    shuffled = list(ordered)
+    chooser.shuffle(shuffled)
+    offsets = chooser.sample(range(1, len(shuffled)), plan.sample)
+    chosen = {
+        NodePair(shuffled[i], shuffled[(i + offset) % len(shuffled)])
+        for i in range(len(shuffled))
+        for offset in offsets
+    }
+    return sorted(chosen, key=lambda p: (_order(p.src), _order(p.dst)))
+
+
+def plan_same_node_pairs(nodes: Sequence[str]) -> list[NodePair]:
+    """``NodePair(n, n)`` for every node (each node carries a second pod-network probe)."""
+    return [NodePair(node, node) for node in ordered_nodes(nodes)]
 
 
 def plan_checks(protos: Sequence[str], pairs: Sequence[NodePair]) -> list[PairCheck]:

@@ -1,7 +1,7 @@
 """Agent calls to many containers at once: a bounded thread pool, one API client per thread.
 
 The kubernetes client's exec swaps ``call_api`` on its API client while it runs, so each task
-gets its own client (`AgentClient.for_thread`). Shared by the reachability sweep and the
+gets its own client (`ProbeClient.for_thread`). Shared by the reachability sweep and the
 prefetch of per-pod checks.
 """
 
@@ -11,23 +11,24 @@ from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from conformance.kit.agent_client import AgentClient, AgentError
+from conformance.kit.errors import ProbeCallError
+from conformance.kit.probe_client import ProbeClient
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
 def in_parallel(
-    agents: AgentClient,
+    agents: ProbeClient,
     groups: Mapping[K, V],
-    work: Callable[[AgentClient, K, V], None],
-    on_error: Callable[[V, AgentError], None],
+    work: Callable[[ProbeClient, K, V], None],
+    on_error: Callable[[V, ProbeCallError], None],
     *,
     max_parallel: int,
 ) -> None:
     """Run ``work(own_client, key, group)`` for every group, at most ``max_parallel`` at a time.
 
-    A group whose work raises `AgentError` (its container could not be asked) is handed to
+    A group whose work raises `ProbeCallError` (its container could not be asked) is handed to
     ``on_error``; the other groups are not affected. Any other exception propagates.
     """
     if not groups:
@@ -38,7 +39,7 @@ def in_parallel(
         own = agents.for_thread()
         try:
             work(own, key, group)
-        except AgentError as exc:
+        except ProbeCallError as exc:
             on_error(group, exc)
         finally:
             own.close()

@@ -1,18 +1,20 @@
-"""Two-pass reachability for the pair checks: one sweep per run, shared by the test items.
+"""Traffic for the pair checks: one two-pass reachability sweep per run, shared by the items.
 
-Every exchange the run's selected reachability checks need (a `Target`) is probed at once:
+A check declares its exchanges with the marker ``@pytest.mark.swept_by(planner)``:
+``planner(params, probe_map)`` turns one test item's parameters into the `Target`s it needs
+(or `Unplanned` with the reason it has none). The sweep plans every selected item once, then
+probes every target at once:
 
 1. pass one, breadth-first: one try per target, every source container's targets in one agent
    ``call`` batch, the batches of all source containers concurrently (bounded thread pool);
 2. pass two: only the failed targets are tried again, in rounds, until
    ``Timeouts.reach_attempts`` tries in all, with tenacity-bounded waits between rounds.
 
-Captures run on the destinations across both passes (one nonce per target), and the listener
-records and captures are read back once at the end. A target that passed only on a retry
-passes, but carries how (`Outcome.flaky`). The sweep runs once per run, behind a lock file in
-``RunInfo.shared_dir`` (`sweep_once`), so xdist workers share one result. Each test item reads
-its own targets' `Outcome` and asserts on it; `failure_summary` groups a check's failed pairs
-by node, so one bad node reads as one bad node.
+Captures run on the destinations across both passes, and the listener records and captures
+are read back once at the end. The result (`Sweep`: each item's plan and each target's
+`Outcome`) is computed once per run (`conformance.kit.runstate.once`) and read back by xdist
+workers. What the outcomes mean is judged elsewhere, in one place for every check
+(`conformance.kit.verdicts`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from time import monotonic
+from typing import Any
 
+import pytest
 from tenacity import (
     RetryError,
     Retrying,
@@ -33,34 +36,30 @@ from tenacity import (
     wait_exponential,
 )
 
-from conformance.kit.agent_client import (
-    AgentClient,
-    AgentError,
-    AgentResponse,
-    Exchange,
-    collect_queries,
-    exchange_from_answers,
-    probe_request,
-    target_text,
-)
-from conformance.kit.pairs import natural_key
+from conformance.kit.errors import ProbeCallError, SweepError
 from conformance.kit.parallel import in_parallel as calls_in_parallel
-from conformance.kit.probes import ProbeMap, RunInfo, run_lock
-from conformance.kit.report import FLAKY_PROPERTY
+from conformance.kit.probe_client import ProbeClient, ProbeResponse, canonical_ip, require_ok
+from conformance.kit.probes import Probe, ProbeMap
+from conformance.kit.runstate import RunInfo, once
+from conformance.kit.serial import JSONData
 from conformance.kit.settings import Timeouts
 
+#: The marker a check carries when its exchanges come from the sweep.
+MARKER = "swept_by"
 #: Concurrent agent calls of a sweep (one per source or destination container).
 MAX_PARALLEL_CALLS = 16
-#: Attribute a test function carries when its exchanges come from the sweep (`swept_by`).
-PLANNER_ATTRIBUTE = "netconform_reachability_planner"
+#: Exchanges one source container runs at once (inside one agent call).
+PARALLEL_PROBES = 32
 #: The agent bounds one capture at this many seconds.
 MAX_CAPTURE_SECONDS = 300.0
-
-F = TypeVar("F", bound=Callable[..., Any])
+#: The run-state record of the sweep.
+RECORD = "reachability"
+#: Bytes of a full-size TCP transfer (`Target.full_size`).
+TRANSFER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class Endpoint(JSONData):
     """One agent taking part in an exchange: the pod, its container, and the pod's node."""
 
     pod: str
@@ -73,13 +72,16 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
-class Target:
+class Target(JSONData):
     """One exchange a check needs: ``proto`` from ``source`` to ``host`` (``port``) where
     ``destination``'s agent listens.
 
-    ``allowed_sources``: when set, the destination must see traffic, and only from these
-    addresses (listener and capture); when None, the sweep judges reachability only and the
-    check judges the rest.
+    ``allowed_sources``: when set, the destination must see the traffic, and only from these
+    addresses (listener and, with ``capture``, the capture). ``source_is_node``: the source
+    is a node's own network stack, so every address on the source's interfaces is allowed too
+    (the sweep asks the source for them). ``full_size``: the exchange carries full-size
+    packets (TCP: a `TRANSFER_BYTES` transfer; UDP and ICMP: a datagram or echo of the source
+    interface's MTU with Don't Fragment), and must arrive intact.
     """
 
     check: str
@@ -91,53 +93,101 @@ class Target:
     port: int | None
     capture: bool = True
     allowed_sources: tuple[str, ...] | None = None
+    source_is_node: bool = False
+    full_size: bool = False
 
     @property
     def key(self) -> str:
         """Unique in a run, and the same whichever process plans it."""
+        size = ":full-size" if self.full_size else ""
         return (
-            f"{self.check}:{self.proto}:{self.source.label}->{self.destination.label}"
+            f"{self.check}:{self.proto}{size}:{self.source.label}->{self.destination.label}"
             f"@{target_text(self.proto, self.host, self.port)}"
         )
 
-    def as_dict(self) -> dict[str, Any]:
+    @property
+    def what(self) -> str:
+        """``tcp``, or for full-size exchanges ``tcp transfer of 1048576 bytes``, ``udp
+        datagram of the interface MTU (DF)``..."""
+        if not self.full_size:
+            return self.proto
         return {
-            "check": self.check,
-            "proto": self.proto,
-            "family": self.family,
-            "source": vars(self.source),
-            "destination": vars(self.destination),
-            "host": self.host,
-            "port": self.port,
-            "capture": self.capture,
-            "allowed_sources": (
-                list(self.allowed_sources) if self.allowed_sources is not None else None
-            ),
-        }
+            "tcp": f"tcp transfer of {TRANSFER_BYTES} bytes",
+            "udp": "udp datagram of the interface MTU (DF)",
+            "icmp": "icmp echo of the interface MTU (DF)",
+        }[self.proto]
 
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Target:
-        allowed = raw.get("allowed_sources")
-        return cls(
-            check=str(raw["check"]),
-            proto=str(raw["proto"]),
-            family=int(raw["family"]),
-            source=Endpoint(**raw["source"]),
-            destination=Endpoint(**raw["destination"]),
-            host=str(raw["host"]),
-            port=raw.get("port"),
-            capture=bool(raw.get("capture", True)),
-            allowed_sources=tuple(allowed) if allowed is not None else None,
+    def describe(self) -> str:
+        """``tcp probe-node-1/a -> probe-node-2/a at 10.244.1.5:8080``."""
+        return (
+            f"{self.what} {self.source.label} -> {self.destination.label} at "
+            f"{target_text(self.proto, self.host, self.port)}"
         )
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Unplanned(JSONData):
+    """Why an item has no exchanges: not applicable here (a skip), or, with ``broken``, because
+    the cluster breaks a rule before any traffic (a failure)."""
+
+    reason: str
+    broken: bool = False
+
+
+def without_address(family: int, probes: Sequence[Probe], probe_map: ProbeMap) -> Unplanned:
+    """Why an item has no traffic when ``probes`` lack an address of ``family``: a broken rule
+    when ``--ip-family`` required the family, else not applicable here."""
+    names = "; ".join(p.describe() for p in probes)
+    if family in probe_map.required_families:
+        return Unplanned(
+            f"no IPv{family} address on {names}, although --ip-family requires IPv{family}",
+            broken=True,
+        )
+    return Unplanned(f"no IPv{family} address on {names}")
+
+
+#: ``planner(params, probe_map)``: the targets of one test item from its parameters.
+Planner = Callable[[Mapping[str, Any], ProbeMap], "Sequence[Target] | Unplanned"]
+
+
+@dataclass(frozen=True)
+class Exchange(JSONData):
+    """What one probed exchange showed, from both ends."""
+
+    attempts: int
+    client_response: ProbeResponse  # the last connect/icmp response
+    listener_peers: tuple[str, ...]  # sources the destination's listeners recorded
+    captured_sources: tuple[str, ...]  # sources of captured packets holding the nonce
+    capture_error: str | None = None
+    captured: bool = True  # a capture ran on the destination for this exchange
+
+    @property
+    def reached(self) -> bool:
+        return bool(self.client_response.get("ok"))
+
+    @property
+    def peer_seen(self) -> str | None:
+        """The source address the destination reported back to the client."""
+        return canonical_ip(self.client_response.get("peer_seen"))
+
+    def describe(self) -> str:
+        return (
+            f"{'reached' if self.reached else 'NOT reached'} after {self.attempts} attempt(s); "
+            f"client said {json.dumps(self.client_response, sort_keys=True)}; "
+            f"listener recorded {list(self.listener_peers) or 'nothing'}"
+            + (f"; capture saw {list(self.captured_sources) or 'nothing'}" if self.captured else "")
+            + (f" (capture failed: {self.capture_error})" if self.capture_error else "")
+        )
+
+
+@dataclass(frozen=True)
+class Outcome(JSONData):
     """What the sweep saw for one target.
 
     ``error`` set: the agents could not be asked (could not test, no verdict). Otherwise
     ``exchange`` holds both ends' view; ``first_error`` is the first try's failure (None when
-    the first try was answered).
+    the first try was answered); ``allowed_sources`` the addresses the destination may see,
+    resolved (None: any).
     """
 
     target: Target
@@ -147,111 +197,206 @@ class Outcome:
     first_error: str | None = None
     error: str | None = None
     max_attempts: int = 1
+    allowed_sources: tuple[str, ...] | None = None
 
     @property
     def reached(self) -> bool:
         return self.exchange is not None and self.exchange.reached
 
-    @property
-    def flaky(self) -> str | None:
-        """How a target answered only on a retry, e.g. ``passed on attempt 2 of 3 (first:
-        ETIMEDOUT ...)``; None when the first try was answered or none was."""
-        if not self.reached or self.attempts <= 1:
-            return None
-        return (
-            f"passed on attempt {self.attempts} of {self.max_attempts} (first: {self.first_error})"
-        )
-
-    def problems(self) -> list[str]:
-        """What breaks the rule, as far as the sweep can judge (empty: nothing found)."""
-        if self.error is not None or self.exchange is None:
-            return []
-        result = self.exchange
-        if not result.reached:
-            error = result.client_response.get("error")
-            return [f"no answer after {result.attempts} attempt(s): {error}"]
-        allowed = self.target.allowed_sources
-        if allowed is None:
-            return []
-        problems = []
-        listener = set(result.listener_peers)
-        if self.target.proto != "icmp" and result.peer_seen:
-            listener.add(result.peer_seen)
-        if not listener or not listener <= set(allowed):
-            problems.append(f"listener saw source {sorted(listener) or 'nothing'}")
-        if result.capture_error is not None:
-            problems.append(f"capture failed: {result.capture_error}")
-        elif self.target.capture and (
-            not result.captured_sources or not set(result.captured_sources) <= set(allowed)
-        ):
-            problems.append(
-                f"capture in {self.target.destination.pod} saw source "
-                f"{list(result.captured_sources) or 'nothing'}"
-            )
-        return problems
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target.as_dict(),
-            "nonce": self.nonce,
-            "attempts": self.attempts,
-            "exchange": self.exchange.as_dict() if self.exchange is not None else None,
-            "first_error": self.first_error,
-            "error": self.error,
-            "max_attempts": self.max_attempts,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Outcome:
-        return cls(
-            target=Target.from_dict(raw["target"]),
-            nonce=str(raw["nonce"]),
-            attempts=int(raw["attempts"]),
-            exchange=Exchange.from_dict(raw["exchange"]) if raw.get("exchange") else None,
-            first_error=raw.get("first_error"),
-            error=raw.get("error"),
-            max_attempts=int(raw.get("max_attempts") or 1),
-        )
+    def describe(self) -> str:
+        """The target and what happened, for failure text."""
+        seen = self.exchange.describe() if self.exchange is not None else f"error: {self.error}"
+        return f"{self.target.describe()}: {seen}"
 
 
-def swept_by(planner: Callable[[Mapping[str, Any], ProbeMap], list[Target]]) -> Callable[[F], F]:
-    """Mark a check whose exchanges come from the run's sweep: ``planner(params, probe_map)``
-    gives the targets of one test item from its parameters (``item.callspec.params``)."""
+@dataclass(frozen=True)
+class ItemPlan(JSONData):
+    """One test item's planned target keys, or why it has none."""
 
-    def mark(function: F) -> F:
-        setattr(function, PLANNER_ATTRIBUTE, planner)
-        return function
-
-    return mark
+    nodeid: str
+    keys: tuple[str, ...] = ()
+    unplanned: Unplanned | None = None
 
 
-def plan_for_items(items: Iterable[Any], probe_map: ProbeMap) -> list[Target]:
-    """The targets of every collected test item whose function is `swept_by` a planner, in
-    collection order, without duplicates. Items are read duck-typed (``function``,
-    ``callspec.params``), so plain objects do in unit tests."""
-    planned: dict[str, Target] = {}
+@dataclass(frozen=True)
+class Sweep(JSONData):
+    """One run's sweep: every item's plan and every target's outcome (by target key)."""
+
+    items: Mapping[str, ItemPlan] = field(default_factory=dict)
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+    #: Wall-clock seconds the sweep took (planning included).
+    seconds: float = 0.0
+
+    def of_check(self, check: str) -> list[Outcome]:
+        """Every outcome of ``check`` in the run."""
+        return [o for o in self.outcomes.values() if o.target.check == check]
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def swept_by(planner: Planner) -> pytest.MarkDecorator:
+    """The ``swept_by`` marker carrying ``planner``, to decorate a check with.
+
+    (``pytest.mark.swept_by(planner)`` would not do: pytest takes a lone callable argument for
+    the function to decorate, hence ``with_args``.)"""
+    return pytest.mark.swept_by.with_args(planner)
+
+
+def planner_of(item: Any) -> Planner | None:
+    """The planner an item's ``swept_by`` marker names (None when it has no such marker).
+    Items are read duck-typed, so plain objects do in unit tests."""
+    get_marker = getattr(item, "get_closest_marker", None)
+    marker = get_marker(MARKER) if get_marker is not None else None
+    if marker is None or not marker.args:
+        return None
+    planner: Planner = marker.args[0]
+    return planner
+
+
+def plan_item(item: Any, probe_map: ProbeMap) -> tuple[ItemPlan, list[Target]] | None:
+    """The plan of one item (None when it is not swept, or is a placeholder case whose
+    parameters are None: cluster unavailable, not applicable)."""
+    planner = planner_of(item)
+    callspec = getattr(item, "callspec", None)
+    if planner is None or callspec is None:
+        return None
+    params = callspec.params
+    if any(value is None for value in params.values()):
+        return None
+    planned = planner(params, probe_map)
+    nodeid = str(item.nodeid)
+    if isinstance(planned, Unplanned):
+        return ItemPlan(nodeid, unplanned=planned), []
+    targets = list(planned)
+    return ItemPlan(nodeid, keys=tuple(t.key for t in targets)), targets
+
+
+def plan_for_items(
+    items: Iterable[Any], probe_map: ProbeMap
+) -> tuple[dict[str, ItemPlan], list[Target]]:
+    """Every swept item's plan, and their targets in collection order without duplicates."""
+    plans: dict[str, ItemPlan] = {}
+    targets: dict[str, Target] = {}
     for item in items:
-        planner = getattr(getattr(item, "function", None), PLANNER_ATTRIBUTE, None)
-        callspec = getattr(item, "callspec", None)
-        if planner is None or callspec is None:
+        found = plan_item(item, probe_map)
+        if found is None:
             continue
-        params = callspec.params
-        if any(value is None for value in params.values()):
-            continue  # placeholder case (cluster unavailable, not applicable)
-        for target in planner(params, probe_map):
-            planned.setdefault(target.key, target)
-    return list(planned.values())
+        plan, planned = found
+        plans.setdefault(plan.nodeid, plan)
+        for target in planned:
+            targets.setdefault(target.key, target)
+    return plans, list(targets.values())
 
 
-# --- the sweep -------------------------------------------------------------------------------
+# --- the agent requests of an exchange ---------------------------------------------------------
 
 
-def _capture_budget(targets: Sequence[Target], timeouts: Timeouts) -> float:
-    """Seconds a capture must live: every try of the busiest source, in sequence, plus the
+def target_text(proto: str, host: str, port: int | None) -> str:
+    """``host:port`` (``[v6]:port``) for tcp/udp, the bare address for icmp."""
+    if proto == "icmp":
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def probe_request(target: Target, nonce: str, timeout: float) -> dict[str, Any]:
+    """The agent request of one network attempt for ``target``: an ICMP (ICMPv6 for an IPv6
+    address) echo, or a TCP/UDP exchange with the listener at ``host``:``port``; full-size:
+    a TCP transfer, or a datagram or echo as large as the interface MTU with Don't Fragment."""
+    request: dict[str, Any] = {"host": target.host, "nonce": nonce, "timeout": timeout}
+    if target.proto == "icmp":
+        request["op"] = "icmp"
+    elif target.full_size and target.proto == "tcp":
+        request.update(op="transfer", port=target.port, size=TRANSFER_BYTES)
+    else:
+        request.update(op="connect", proto=target.proto, port=target.port)
+    if target.full_size and target.proto in ("udp", "icmp"):
+        request.update(size="mtu", df=True)
+    return request
+
+
+def collect_queries(
+    prefix: str,
+    capture_id: str | None,
+    expect: Sequence[str],
+    capture_expect: Sequence[str],
+    wait: float,
+) -> list[dict[str, Any]]:
+    """One destination's queries after probing: its listener records of the sweep's nonces
+    (``prefix``), then its capture's packets. Each waits (at most ``wait``) only for the nonces
+    of exchanges that were answered: a packet that never came will not come later."""
+    queries: list[dict[str, Any]] = [
+        {
+            "op": "seen",
+            "nonce_prefix": prefix,
+            "expect_nonces": list(expect),
+            # ICMP is recorded by a raw socket beside the kernel's echo: give it a moment.
+            "wait": min(1.0, wait) if expect else 0.0,
+        }
+    ]
+    if capture_id is not None:
+        queries.append(
+            {
+                "op": "capture_result",
+                "capture_id": capture_id,
+                "expect_nonces": list(capture_expect),
+                "wait": wait if capture_expect else 0.0,
+            }
+        )
+    return queries
+
+
+def by_nonce(entries: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Records or packets grouped by the nonce they carry."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in entries:
+        grouped.setdefault(str(entry.get("nonce")), []).append(entry)
+    return grouped
+
+
+def exchange_of(
+    target: Target,
+    *,
+    attempts: int,
+    response: ProbeResponse,
+    records: Sequence[Mapping[str, Any]],
+    packets: Sequence[Mapping[str, Any]] | None,
+    capture_error: str | None,
+) -> Exchange:
+    """The `Exchange` from the client's last response and what the destination recorded for the
+    exchange's nonce (listener records; captured packets, None without a capture)."""
+    peers = {
+        canonical_ip(r.get("peer")) or str(r.get("peer"))
+        for r in records
+        if str(r.get("proto", "")).startswith(target.proto)  # icmp covers icmpv6
+    }
+    sources = {
+        canonical_ip(p.get("src")) or str(p.get("src"))
+        for p in packets or ()
+        if canonical_ip(p.get("dst")) == canonical_ip(target.host)
+    }
+    return Exchange(
+        attempts=attempts,
+        client_response=response,
+        listener_peers=tuple(sorted(peers)),
+        captured_sources=tuple(sorted(sources)),
+        capture_error=capture_error,
+        captured=packets is not None,
+    )
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+
+def _capture_budget(targets: Sequence[Target], timeouts: Timeouts, max_parallel: int) -> float:
+    """Seconds a capture must live: every round of tries (each a wave of source calls,
+    ``max_parallel`` at a time, each running its exchanges `PARALLEL_PROBES` at a time), the
     waits between rounds and the reading back; bounded by what the agent allows."""
     per_source = Counter(t.source.label for t in targets)
     busiest = max(per_source.values(), default=1)
-    tries = timeouts.reach_attempts * busiest * (timeouts.probe + 1)
+    waves = -(-len(per_source) // max(1, max_parallel))
+    lanes = -(-busiest // PARALLEL_PROBES)
+    tries = timeouts.reach_attempts * waves * lanes * (timeouts.probe + 1)
     return min(MAX_CAPTURE_SECONDS, tries + 2 * timeouts.exec_overhead + timeouts.capture_wait)
 
 
@@ -263,15 +408,22 @@ class _StillFailing(Exception):
 class _State:
     target: Target
     nonce: str
-    capture_id: str | None = None
     attempts: int = 0
-    response: AgentResponse = field(default_factory=dict)
+    response: ProbeResponse = field(default_factory=dict)
     first_error: str | None = None
     error: str | None = None
+    exchange: Exchange | None = None
+    own_addresses: tuple[str, ...] = ()
 
     @property
     def pending(self) -> bool:
         return self.error is None and not self.response.get("ok")
+
+    def allowed_sources(self) -> tuple[str, ...] | None:
+        allowed = self.target.allowed_sources
+        if allowed is None:
+            return None
+        return tuple(sorted(set(allowed) | set(self.own_addresses)))
 
 
 def _by(
@@ -283,74 +435,105 @@ def _by(
     return groups
 
 
-def _error_text(response: AgentResponse) -> str:
+def _error_text(response: ProbeResponse) -> str:
     errno = response.get("errno")
     error = str(response.get("error") or "no answer")
     return f"{errno} {error}" if errno and str(errno) not in error else error
 
 
+def interface_addresses(answer: ProbeResponse) -> tuple[str, ...]:
+    """The IP addresses on the interfaces an ``addresses`` answer lists (link-local included)."""
+    found = {
+        canonical_ip(text.split("/", 1)[0])
+        for interface in answer.get("interfaces", [])
+        for text in interface.get("addresses", [])
+    }
+    return tuple(sorted(ip for ip in found if ip))
+
+
 def run_sweep(
-    agents: AgentClient,
+    client: ProbeClient,
     targets: Sequence[Target],
     *,
     max_parallel: int = MAX_PARALLEL_CALLS,
-    new_nonce: Callable[[], str] | None = None,
+    nonce_prefix: str | None = None,
 ) -> list[Outcome]:
     """Probe every target: pass one (one try each), pass two (retries of the failed ones, up to
     ``reach_attempts`` tries in all), then read back listener records and captures.
 
-    Agent calls go out one batch per container, ``max_parallel`` at a time, each through its
-    own API client. A container that cannot be asked (`AgentError`) makes its targets'
+    Agent calls go out one batch per container, ``max_parallel`` containers at a time, each
+    through its own API client; inside a source's batch the agent runs `PARALLEL_PROBES`
+    exchanges at once. A container that cannot be asked (`ProbeCallError`) makes its targets'
     outcomes carry ``error``; nothing else is retried or hidden.
     """
-    timeouts = agents.timeouts
-    make_nonce = new_nonce or (lambda: f"nc-{secrets.token_hex(8)}")
-    states = [_State(target=t, nonce=make_nonce()) for t in targets]
+    timeouts = client.timeouts
+    # One prefix per sweep, one nonce per exchange: a destination's capture and listener
+    # records are asked once for the prefix and sorted by nonce.
+    prefix = nonce_prefix or f"nc-{secrets.token_hex(4)}-"
+    states = [_State(target=t, nonce=f"{prefix}{index:x}") for index, t in enumerate(targets)]
     if not states:
         return []
     workers = max(1, min(max_parallel, len(states)))
 
     def in_parallel(
         groups: Mapping[Endpoint, list[_State]],
-        work: Callable[[AgentClient, Endpoint, list[_State]], None],
+        work: Callable[[ProbeClient, Endpoint, list[_State]], None],
     ) -> None:
-        def could_not_ask(group: list[_State], exc: AgentError) -> None:
+        def could_not_ask(group: list[_State], exc: ProbeCallError) -> None:
             for state in group:
                 state.error = state.error or str(exc)
 
-        calls_in_parallel(agents, groups, work, could_not_ask, max_parallel=workers)
+        calls_in_parallel(client, groups, work, could_not_ask, max_parallel=workers)
 
-    # Captures first, on every destination, for the whole sweep.
-    budget = _capture_budget(targets, timeouts)
+    # A node's own stack may use any address of the node: ask such sources for theirs.
+    def ask_addresses(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:
+        answer = require_ok(
+            own.call(endpoint.pod, endpoint.container, [{"op": "addresses"}])[0],
+            pod=endpoint.pod,
+            container=endpoint.container,
+            what="list the node's addresses",
+        )
+        for state in group:
+            state.own_addresses = interface_addresses(answer)
 
-    def start_captures(own: AgentClient, endpoint: Endpoint, group: list[_State]) -> None:
-        answers = own.call(
+    in_parallel(
+        _by((s for s in states if s.target.source_is_node), lambda s: s.target.source),
+        ask_addresses,
+    )
+
+    # One capture per destination container, for every exchange of the sweep (the nonces share
+    # the sweep's prefix), started before any traffic and read once at the end.
+    budget = _capture_budget([t for t in targets if t.capture], timeouts, workers)
+    captures: dict[Endpoint, str] = {}
+
+    def start_capture(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:
+        (answer,) = own.call(
             endpoint.pod,
             endpoint.container,
-            [{"op": "capture_start", "nonce": s.nonce, "timeout": budget} for s in group],
+            [{"op": "capture_start", "nonce_prefix": prefix, "timeout": budget}],
         )
-        for state, answer in zip(group, answers, strict=True):
-            if answer.get("ok"):
-                state.capture_id = str(answer["capture_id"])
-            else:
+        if answer.get("ok"):
+            captures[endpoint] = str(answer["capture_id"])
+        else:
+            for state in group:
                 state.error = (
                     f"start packet capture: agent answered error {answer.get('error')!r} "
                     f"[pod {endpoint.pod}, container {endpoint.container}]"
                 )
 
     in_parallel(
-        _by((s for s in states if s.target.capture), lambda s: s.target.destination),
-        start_captures,
+        _by(
+            (s for s in states if s.target.capture and not s.error), lambda s: s.target.destination
+        ),
+        start_capture,
     )
 
-    def probe(own: AgentClient, endpoint: Endpoint, group: list[_State]) -> None:
+    def probe(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:
         answers = own.call(
             endpoint.pod,
             endpoint.container,
-            [
-                probe_request(s.target.proto, s.target.host, s.target.port, s.nonce, timeouts.probe)
-                for s in group
-            ],
+            [probe_request(s.target, s.nonce, timeouts.probe) for s in group],
+            parallel=PARALLEL_PROBES,
         )
         for state, answer in zip(group, answers, strict=True):
             state.attempts += 1
@@ -358,212 +541,126 @@ def run_sweep(
             if state.attempts == 1 and not answer.get("ok"):
                 state.first_error = _error_text(answer)
 
-    def one_round() -> list[_State]:
-        in_parallel(_by((s for s in states if s.pending), lambda s: s.target.source), probe)
-        return [s for s in states if s.pending]
+    def probe_rounds(phase: list[_State]) -> None:
+        def one_round() -> list[_State]:
+            in_parallel(_by((s for s in phase if s.pending), lambda s: s.target.source), probe)
+            return [s for s in phase if s.pending]
 
-    # Pass one is the first round; pass two the later ones, for what still fails.
-    if one_round() and timeouts.reach_attempts > 1:
-        try:
-            for attempt in Retrying(
-                retry=retry_if_exception_type(_StillFailing),
-                stop=stop_after_attempt(timeouts.reach_attempts - 1),
-                wait=wait_exponential(multiplier=0.5, max=2.0),
-            ):
-                with attempt:
-                    if one_round():
-                        raise _StillFailing
-        except RetryError:
-            pass  # bounded: what still fails after reach_attempts tries is a verdict
-
-    def collect(own: AgentClient, endpoint: Endpoint, group: list[_State]) -> None:
-        queries: list[dict[str, Any]] = []
-        spans: list[tuple[_State, int, int]] = []
-        for state in group:
-            part = collect_queries(
-                state.nonce,
-                state.capture_id,
-                reached=bool(state.response.get("ok")),
-                capture_wait=timeouts.capture_wait,
-            )
-            spans.append((state, len(queries), len(part)))
-            queries.extend(part)
-        answers = own.call(endpoint.pod, endpoint.container, queries)
-        for state, start, length in spans:
-            state_answers = answers[start : start + length]
+        # Pass one is the first round; pass two the later ones, for what still fails.
+        if one_round() and timeouts.reach_attempts > 1:
             try:
-                exchange = exchange_from_answers(
-                    proto=state.target.proto,
-                    source=(state.target.source.pod, state.target.source.container),
-                    destination=(endpoint.pod, endpoint.container),
-                    host=state.target.host,
-                    port=state.target.port,
-                    attempts=state.attempts,
-                    response=state.response,
-                    answers=state_answers,
-                    captured=state.capture_id is not None,
-                )
-            except AgentError as exc:
-                state.error = str(exc)
-                continue
-            exchanges[state.nonce] = exchange
+                for attempt in Retrying(
+                    retry=retry_if_exception_type(_StillFailing),
+                    stop=stop_after_attempt(timeouts.reach_attempts - 1),
+                    wait=wait_exponential(multiplier=0.5, max=2.0),
+                ):
+                    with attempt:
+                        if one_round():
+                            raise _StillFailing
+            except RetryError:
+                pass  # bounded: what still fails after reach_attempts tries is a verdict
 
-    exchanges: dict[str, Exchange] = {}
-    in_parallel(
-        _by((s for s in states if s.error is None), lambda s: s.target.destination), collect
-    )
-    outcomes = []
-    for state in states:
-        outcomes.append(
-            Outcome(
-                target=state.target,
-                nonce=state.nonce,
-                attempts=state.attempts,
-                exchange=exchanges.get(state.nonce) if state.error is None else None,
-                first_error=state.first_error,
-                error=state.error,
-                max_attempts=timeouts.reach_attempts,
-            )
+    def collect(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:
+        answered = [s.nonce for s in group if s.response.get("ok")]
+        capture_id = captures.get(endpoint) if any(s.target.capture for s in group) else None
+        queries = collect_queries(
+            prefix,
+            capture_id,
+            answered,
+            [s.nonce for s in group if s.response.get("ok") and s.target.capture],
+            timeouts.capture_wait,
         )
-    return outcomes
-
-
-# --- the sweep's results, shared by a run's processes ----------------------------------------
-
-
-class SweepError(AgentError):
-    """The sweep as a whole could not run: every check needing it could not test."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, pod="-", container="-")
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """The outcomes of one run's sweep, by target key."""
-
-    outcomes: Mapping[str, Outcome]
-
-    def outcome(self, target: Target) -> Outcome | None:
-        return self.outcomes.get(target.key)
-
-    def failed(self, check: str) -> list[Outcome]:
-        """The outcomes of ``check`` whose `Outcome.problems` are not empty."""
-        return [o for o in self.outcomes.values() if o.target.check == check and o.problems()]
-
-
-def record_flaky(
-    user_properties: list[tuple[str, object]],
-    outcomes: Iterable[Outcome],
-    label: Callable[[Outcome], str] | None = None,
-) -> None:
-    """Add the ``netconform.flaky`` property for the outcomes that passed only on a retry:
-    each outcome's `Outcome.flaky`, after ``label(outcome) + ": "`` when given, joined by
-    "; ". Nothing when none was flaky."""
-    parts = [f"{label(o)}: {o.flaky}" if label else str(o.flaky) for o in outcomes if o.flaky]
-    if parts:
-        user_properties.append((FLAKY_PROPERTY, "; ".join(parts)))
-
-
-def failure_summary(failed: Sequence[Outcome], check: str) -> str:
-    """One line grouping a check's failed targets by node, e.g. ``node-2 is in all 6 failed
-    pairs of test_no_snat in this run (as source 3, as destination 3); other nodes: node-1 in
-    3 (as source 3), node-3 in 3 (as destination 3)``."""
-    total = len(failed)
-    if total == 0:
-        return f"no failed pairs of {check} in this run"
-    roles: dict[str, Counter[str]] = {}
-    for outcome in failed:
-        src, dst = outcome.target.source.node, outcome.target.destination.node
-        if src == dst:
-            roles.setdefault(src, Counter())["same-node"] += 1
-        else:
-            roles.setdefault(src, Counter())["source"] += 1
-            roles.setdefault(dst, Counter())["destination"] += 1
-
-    def count(node: str) -> int:
-        return sum(roles[node].values())
-
-    def how(node: str) -> str:
-        parts = [
-            f"as {role} {roles[node][role]}"
-            for role in ("source", "destination", "same-node")
-            if roles[node][role]
-        ]
-        return ", ".join(parts)
-
-    nodes = sorted(roles, key=natural_key)
-    everywhere = [n for n in nodes if count(n) == total]
-    others = [n for n in nodes if n not in everywhere]
-    noun = "failed pair" if total == 1 else "failed pairs"
-    if everywhere:
-        if len(everywhere) == 1:
-            who, where = f"{everywhere[0]} is", how(everywhere[0])
-        else:
-            who = " and ".join([", ".join(everywhere[:-1]), everywhere[-1]]) + " are"
-            where = "; ".join(f"{n} {how(n)}" for n in everywhere)
-        quantity = "the 1" if total == 1 else f"all {total}"
-        rest = ", ".join(f"{n} in {count(n)} ({how(n)})" for n in others) or "none"
-        return f"{who} in {quantity} {noun} of {check} in this run ({where}); other nodes: {rest}"
-    listed = ", ".join(f"{n} in {count(n)} ({how(n)})" for n in nodes)
-    return f"{total} {noun} of {check} in this run, no node in all of them: {listed}"
-
-
-def _sweep_paths(run: RunInfo) -> tuple[Path, Path]:
-    shared = Path(run.shared_dir)
-    return shared / "reachability.json", shared / "reachability.lock"
-
-
-def sweep_once(run: RunInfo, compute: Callable[[], list[Outcome]]) -> Sweep:
-    """Compute the sweep on the first call in the whole run (any process, behind the same kind
-    of lock file as `conformance.kit.probes.deploy_once`); later calls read it back.
-
-    A sweep that failed is not repeated: every later caller gets the same `SweepError`.
-    """
-    state_path, lock_path = _sweep_paths(run)
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    with run_lock(lock_path):
-        if state_path.exists():
-            raw = json.loads(state_path.read_text())
-            if raw.get("error"):
-                raise SweepError(str(raw["error"]))
-            return Sweep({o.target.key: o for o in map(Outcome.from_dict, raw["outcomes"])})
-        try:
-            outcomes = compute()
-        except BaseException as exc:
-            _write(state_path, {"error": f"the reachability sweep failed: {exc!r}"})
-            raise
-        _write(state_path, {"outcomes": [o.as_dict() for o in outcomes]})
-        return Sweep({o.target.key: o for o in outcomes})
-
-
-def _write(path: Path, raw: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(raw, sort_keys=True))
-    tmp.replace(path)
-
-
-def outcomes_for(sweep: Sweep, targets: Sequence[Target], agents: AgentClient) -> list[Outcome]:
-    """The outcomes of ``targets``: from the sweep, or (for a target the sweep did not plan,
-    which a correct plan never leaves) from a sweep of just the missing ones. `AgentError`
-    when the agents could not be asked about one of them."""
-    found: dict[str, Outcome] = {}
-    missing: list[Target] = []
-    for target in targets:
-        outcome = sweep.outcome(target)
-        if outcome is None:
-            missing.append(target)
-        else:
-            found[target.key] = outcome
-    for outcome in run_sweep(agents, missing):
-        found[outcome.target.key] = outcome
-    results = [found[t.key] for t in targets]
-    for outcome in results:
-        if outcome.error is not None:
-            raise AgentError(
-                f"{outcome.target.proto} {outcome.target.source.label} -> "
-                f"{outcome.target.destination.label}: {outcome.error}",
-                pod=outcome.target.source.pod,
-                container=outcome.target.source.container,
+        answers = own.call(endpoint.pod, endpoint.container, queries)
+        seen = require_ok(
+            answers[0], pod=endpoint.pod, container=endpoint.container, what="read records"
+        )
+        records = by_nonce(seen.get("records", []))
+        packets: dict[str, list[Mapping[str, Any]]] = {}
+        capture_error = None
+        if capture_id is not None:
+            if answers[1].get("ok"):
+                packets = by_nonce(answers[1].get("packets", []))
+            else:
+                capture_error = str(answers[1].get("error"))
+        for state in group:
+            state.exchange = exchange_of(
+                state.target,
+                attempts=state.attempts,
+                response=state.response,
+                records=records.get(state.nonce, []),
+                packets=packets.get(state.nonce, []) if state.target.capture else None,
+                capture_error=capture_error if state.target.capture else None,
             )
-    return results
+
+    # Two phases: first the exchanges a capture watches, whose captures are then read (and so
+    # stopped); only then the rest, 1 MiB transfers and full-size packets among them, whose
+    # floods of small ACKs would otherwise crowd the sniffers' sockets and cost captured packets.
+    for phase in (
+        [s for s in states if s.target.capture and s.error is None],
+        [s for s in states if not s.target.capture and s.error is None],
+    ):
+        probe_rounds(phase)
+        in_parallel(
+            _by((s for s in phase if s.error is None), lambda s: s.target.destination), collect
+        )
+    return [
+        Outcome(
+            target=state.target,
+            nonce=state.nonce,
+            attempts=state.attempts,
+            exchange=state.exchange if state.error is None else None,
+            first_error=state.first_error,
+            error=state.error,
+            max_attempts=timeouts.reach_attempts,
+            allowed_sources=state.allowed_sources(),
+        )
+        for state in states
+    ]
+
+
+# --- once per run ------------------------------------------------------------------------------
+
+
+def sweep_once(
+    run: RunInfo, items: Iterable[Any], probe_map: ProbeMap, client: ProbeClient
+) -> Sweep:
+    """Plan every swept item and probe every target, on the first call in the whole run (any
+    process); later calls read the result back. A sweep that failed is not repeated: every
+    later caller gets the same `SweepError`."""
+
+    def compute() -> Sweep:
+        started = monotonic()
+        plans, targets = plan_for_items(items, probe_map)
+        outcomes = run_sweep(client, targets)
+        return Sweep(
+            items=plans,
+            outcomes={o.target.key: o for o in outcomes},
+            seconds=round(monotonic() - started, 3),
+        )
+
+    return once(
+        run,
+        RECORD,
+        compute,
+        encode=Sweep.to_dict,
+        decode=Sweep.from_dict,
+        error=lambda cause: SweepError(f"the reachability sweep failed: {cause}"),
+    )
+
+
+def outcomes_for_item(
+    sweep: Sweep, item: Any, probe_map: ProbeMap, client: ProbeClient
+) -> tuple[list[Outcome], Unplanned | None]:
+    """The outcomes of ``item``'s targets from the sweep, or why it has none. An item the sweep
+    did not plan (a correct run never leaves one) is planned and swept on its own now."""
+    plan = sweep.items.get(str(item.nodeid))
+    if plan is None:
+        found = plan_item(item, probe_map)
+        if found is None:
+            raise ValueError(f"{item.nodeid} carries no {MARKER} marker")
+        plan, targets = found
+        extra = {o.target.key: o for o in run_sweep(client, targets)}
+        sweep = Sweep(items={plan.nodeid: plan}, outcomes={**sweep.outcomes, **extra})
+    if plan.unplanned is not None:
+        return [], plan.unplanned
+    return [sweep.outcomes[key] for key in plan.keys], None

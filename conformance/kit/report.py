@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from conformance.kit.runstate import write_json_atomically
+from conformance.kit.serial import JSONData
 
 SUMMARY_SCHEMA = "netconform-summary/1"
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
@@ -23,10 +26,33 @@ PHASES = ("setup", "call", "teardown")
 MESSAGE_LIMIT = 4000
 #: JUnit property of a check that passed only on a retry; its value says how.
 FLAKY_PROPERTY = "netconform.flaky"
+#: Prefix of the JUnit properties a check item carries (its place, its tries).
+PLACE_PREFIX = "netconform."
+PLACE_KEYS = ("check", "family", "protocol", "source", "destination", "node", "source_kind")
+#: JUnit properties of a reachability check: network attempts made, and attempts lost.
+ATTEMPTS_PROPERTY = PLACE_PREFIX + "attempts"
+LOSSES_PROPERTY = PLACE_PREFIX + "losses"
+#: What the report says of a CNI it cannot recognise.
+CNI_UNKNOWN = "unknown"
+
+#: What each exit code of a run means (README "Exit codes"; the gate is `conformance.kit.session`).
+EXIT_MEANINGS = {
+    0: "every rule held",
+    1: "a rule is broken",
+    2: "could not test (a check could not run, the cluster or probes were unavailable), "
+    "or the run was interrupted",
+    3: "pytest internal error",
+    4: "usage error (a bad option)",
+    5: "no tests collected",
+}
+
+
+def _count(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 @dataclass(frozen=True)
-class ClusterFacts:
+class ClusterFacts(JSONData):
     """Facts about the cluster under test, shown in JUnit properties and the JSON summary."""
 
     server_version: str
@@ -36,6 +62,10 @@ class ClusterFacts:
     service_cidr: str | None
     ip_families: tuple[str, ...]
     probe_image: str
+    #: The CNI plugin, recognised by a well-known DaemonSet (``Cilium (kube-system/cilium,
+    #: image ...)``), else ``unknown``; ``cni_evidence`` says what was looked at.
+    cni: str = CNI_UNKNOWN
+    cni_evidence: str = ""
 
     def junit_properties(self) -> list[tuple[str, str]]:
         """``(name, value)`` pairs for ``record_testsuite_property``, names ``netconform.*``."""
@@ -47,19 +77,8 @@ class ClusterFacts:
             ("netconform.service_cidr", self.service_cidr or "unknown"),
             ("netconform.ip_families", ",".join(self.ip_families) or "unknown"),
             ("netconform.probe_image", self.probe_image),
+            ("netconform.cni", self.cni),
         ]
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping (tuples as lists)."""
-        return {
-            "server_version": self.server_version,
-            "node_count": self.node_count,
-            "nodes_tested": list(self.nodes_tested),
-            "pod_cidrs": list(self.pod_cidrs),
-            "service_cidr": self.service_cidr,
-            "ip_families": list(self.ip_families),
-            "probe_image": self.probe_image,
-        }
 
 
 def rule_from_docstring(doc: str | None) -> str:
@@ -78,7 +97,7 @@ def shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class CheckResult(JSONData):
     """The final outcome of one test, merged from its phases."""
 
     nodeid: str
@@ -86,15 +105,14 @@ class CheckResult:
     duration: float
     rule: str = ""
     message: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "nodeid": self.nodeid,
-            "outcome": self.outcome,
-            "duration": round(self.duration, 3),
-            "rule": self.rule,
-            "message": self.message,
-        }
+    #: Where the check looked (``netconform.*`` place properties without the prefix:
+    #: check, family, protocol, source, destination, node, source_kind).
+    place: Mapping[str, str] = field(default_factory=dict)
+    #: Network attempts made and lost (reachability checks).
+    attempts: int | None = None
+    losses: int | None = None
+    #: Why the check was skipped (None unless it was).
+    reason: str | None = None
 
 
 @dataclass
@@ -104,6 +122,8 @@ class _Merging:
     duration: float = 0.0
     messages: list[str] = field(default_factory=list)
     call_outcomes: list[str] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)
+    skip_reason: str | None = None
 
 
 def phase_outcome(when: str, outcome: str, *, wasxfail: bool = False) -> str:
@@ -140,15 +160,23 @@ class SummaryCollector:
         message: str | None = None,
         rule: str = "",
         wasxfail: bool = False,
+        properties: Mapping[str, object] | None = None,
+        skip_reason: str | None = None,
     ) -> None:
-        """One ``TestReport`` (``report.when``, ``report.outcome``, ``report.duration``).
+        """One ``TestReport`` (``report.when``, ``report.outcome``, ``report.duration``, and its
+        ``user_properties``; ``skip_reason`` for a skipped phase).
 
         Never raises on an outcome it does not know (it runs inside a report hook): a rerun
         plugin's ``rerun`` counts as an attempt, anything else is kept as reported.
         """
         test = self._tests.setdefault(nodeid, _Merging())
         test.rule = test.rule or rule
+        for name, value in (properties or {}).items():
+            if name.startswith(PLACE_PREFIX):
+                test.properties[name.removeprefix(PLACE_PREFIX)] = str(value)
         test.duration += max(duration, 0.0)
+        if skip_reason:
+            test.skip_reason = test.skip_reason or skip_reason
         if message:
             test.messages.append(message if when == "call" else f"[{when}] {message}")
         if outcome == "rerun":
@@ -179,9 +207,13 @@ class SummaryCollector:
             CheckResult(
                 nodeid=nodeid,
                 outcome=test.outcome or "error",
-                duration=test.duration,
+                duration=round(test.duration, 3),
                 rule=test.rule,
                 message=shorten("\n".join(test.messages)) if test.messages else None,
+                place={k: v for k, v in test.properties.items() if k in PLACE_KEYS},
+                attempts=_count(test.properties.get("attempts")),
+                losses=_count(test.properties.get("losses")),
+                reason=test.skip_reason if test.outcome == "skipped" else None,
             )
             for nodeid, test in self._tests.items()
         ]
@@ -227,19 +259,15 @@ def build_summary(
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", stamp),
         "duration": round(session_duration, 3),
         "totals": count_outcomes(results),
-        "cluster": facts.as_dict() if facts is not None else None,
-        "tests": [result.as_dict() for result in results],
+        "cluster": facts.to_dict() if facts is not None else None,
+        "tests": [result.to_dict() for result in results],
         "flaky": [{"nodeid": nodeid, "reason": flaky[nodeid]} for nodeid in sorted(flaky)],
     }
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
-    """Write ``summary`` as indented JSON; atomic (temp file + rename), parents created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    os.replace(temporary, path)
-    return path
+    """Write ``summary`` as indented JSON, atomically; parents created."""
+    return write_json_atomically(path, summary, indent=2)
 
 
 def pod_label(namespace: str, name: str, node: str | None = None) -> str:
@@ -274,3 +302,67 @@ def format_rule_failure(
     lines.append(f"  observed: {observed}")
     lines.extend(f"  {detail}" for detail in details)
     return "\n".join(lines)
+
+
+#: Lines of `format_rule_failure` text a report reads back (expected versus observed).
+_EXPECTED = "  expected: "
+_OBSERVED = "  observed: "
+COULD_NOT_TEST_PREFIX = "COULD NOT TEST: "
+#: A cause shown on one line (a matrix cell's hover text, a terminal line) is cut here.
+CAUSE_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class FailureText:
+    """What a failure message says, read back: expected and observed when the message is a
+    `format_rule_failure` text, else its first line as the observation."""
+
+    expected: str | None
+    observed: str
+
+
+def read_failure(message: str | None) -> FailureText:
+    """Expected versus observed from a check's failure message (see `format_rule_failure`);
+    a setup error (``COULD NOT TEST: ...``) or any other text is observed as its first line."""
+    lines = (message or "").splitlines()
+    expected = next((line[len(_EXPECTED) :] for line in lines if line.startswith(_EXPECTED)), None)
+    observed = next((line[len(_OBSERVED) :] for line in lines if line.startswith(_OBSERVED)), None)
+    if observed is None:
+        first = next((line.strip() for line in lines if line.strip()), "")
+        observed = first.removeprefix("[setup] ").removeprefix("[teardown] ")
+    return FailureText(expected=expected, observed=observed)
+
+
+def one_line(text: str, limit: int = CAUSE_LIMIT) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+
+
+def check_of(result: CheckResult) -> str:
+    """The check (test function) a result belongs to: its ``check`` place, else the name in
+    its node ID without parameters."""
+    return result.place.get("check") or result.nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
+
+
+def module_of(nodeid: str) -> str:
+    """The file part of a node ID (``conformance/test_no_snat.py``)."""
+    return nodeid.split("::", 1)[0]
+
+
+def exit_meaning(code: int | None) -> str:
+    """What a run's exit code means, for people (``unknown`` for codes we never set)."""
+    if code is None:
+        return "not recorded"
+    return EXIT_MEANINGS.get(code, f"exit code {code}")
+
+
+#: The JSON Schema of ``summary.json``, shipped in the ``conformance`` package.
+SCHEMA_RESOURCE = "summary.schema.json"
+
+
+def summary_schema() -> dict[str, Any]:
+    """The JSON Schema ``summary.json`` follows (``conformance/summary.schema.json``)."""
+    text = resources.files("conformance").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema

@@ -49,6 +49,8 @@ class Timeouts:
     api_retry: float = 60.0
     #: Discovering and listing nodes at collection time.
     discovery: float = 30.0
+    #: A new namespace's ``default`` ServiceAccount made by the controller manager.
+    service_account: float = 60.0
     #: All probe pods scheduled, images pulled and Ready (image pulls dominate).
     pods_ready: float = 300.0
     #: One batched exec of the probe agent (``agent.py call``), beyond the probes' own timeouts.
@@ -69,9 +71,11 @@ class Timeouts:
         """Timeouts with ``probe`` set from ``--probe-timeout`` and the exec budget scaled to it."""
         return cls(probe=probe_timeout, exec_overhead=max(30.0, 4 * probe_timeout))
 
-    def exec_budget(self, probes_in_batch: int) -> float:
-        """Deadline for one exec holding ``probes_in_batch`` network attempts run in sequence."""
-        return self.exec_overhead + probes_in_batch * (self.probe + self.capture_wait)
+    def exec_budget(self, probes_in_batch: int, parallel: int = 1) -> float:
+        """Deadline for one exec holding ``probes_in_batch`` network attempts, ``parallel`` of
+        them at a time."""
+        rounds = -(-probes_in_batch // max(1, parallel))
+        return self.exec_overhead + rounds * (self.probe + self.capture_wait)
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,30 @@ def parse_ip_family(text: str) -> str:
     return value
 
 
+def parse_pairs(text: str) -> str:
+    """``all``, ``auto`` or ``sample:K`` (K at least 1): which cross-node pairs a run checks."""
+    value = text.strip().lower()
+    if value in ("all", "auto"):
+        return value
+    mode, sep, count = value.partition(":")
+    if mode == "sample" and sep and count.isdigit() and int(count) >= 1:
+        return f"sample:{int(count)}"
+    raise pytest.UsageError(
+        f"--pairs: {text!r} is not all, auto or sample:K (K pairs per node, at least 1)"
+    )
+
+
+def parse_pairs_seed(text: str) -> int:
+    """A whole number from 0 to 2**63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise pytest.UsageError(f"--pairs-seed: {text!r} is not a whole number") from None
+    if not 0 <= value < 2**63:
+        raise pytest.UsageError(f"--pairs-seed: must be in [0, 2**63), got {value}")
+    return value
+
+
 def parse_probe_image(text: str) -> str:
     """A non-empty image reference without whitespace."""
     if not text or any(ch.isspace() for ch in text):
@@ -245,6 +273,11 @@ class Settings:
     keep_namespace: bool = False
     ip_family: str = "auto"
     cleanup_stale: bool = False
+    #: A pass on retry counts as broken (``--strict-reachability``).
+    strict: bool = False
+    #: ``--pairs``: ``all``, ``auto`` or ``sample:K``; ``--pairs-seed`` (None: random per run).
+    pairs: str = "auto"
+    pairs_seed: int | None = None
     tolerate_taints: tuple[TaintToleration, ...] = ()
     image_pull_secrets: tuple[PullSecret, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -280,6 +313,9 @@ class Settings:
             keep_namespace=bool(config.getoption("netconform_keep_namespace")),
             ip_family=config.getoption("netconform_ip_family"),
             cleanup_stale=bool(config.getoption("netconform_cleanup_stale")),
+            strict=bool(config.getoption("netconform_strict", False)),
+            pairs=config.getoption("netconform_pairs", "auto"),
+            pairs_seed=config.getoption("netconform_pairs_seed", None),
             tolerate_taints=tuple(
                 dict.fromkeys(config.getoption("netconform_tolerate_taints") or ())
             ),

@@ -2,21 +2,26 @@
 """The netconform probe agent: one self-contained program run in every probe container.
 
 It is shipped to pods in ConfigMap ``netconform-agent`` (key ``agent.py``) and run with the probe
-image's own ``python3`` (3.8 or newer), so it imports only the standard library at import time.
-scapy is imported lazily, once, by the ``serve`` process, and only for packet captures.
+image's own ``python3``. **The oldest Python it supports is 3.8** (checked with ``vermin
+-t=3.8-``, which knows library APIs, in tests/unit/test_probe_agent.py), so it imports only the
+standard library at import time. scapy is imported lazily, once, by the ``serve`` process, and
+only for packet captures.
 
 Subcommands (see docs/architecture.md, "The probe agent protocol"):
 
 ``serve``
     Long-running. TCP and UDP listeners on every address of the pod (IPv4 and IPv6 where the
-    kernel has it), raw ICMP/ICMPv6 sockets recording echo requests, and a control unix socket
-    taking JSON requests. Logs one line per request on stderr (the container log).
+    kernel has it; port 0 picks a free port, reported by ``info``), raw ICMP/ICMPv6 sockets
+    recording echo requests, and a control unix socket taking JSON requests. File requests
+    are served only inside the ``--data-dir`` directories. Logs one line per request on stderr
+    (the container log).
 ``ping``
     Exit 0 when the serve process answers (readiness probe), 1 otherwise.
 ``call``
-    Reads a JSON list of requests on stdin, forwards it to the serve process, writes the JSON
-    list of responses (same order) on stdout and exits 0. Exits 2 on bad input and 3 when no
-    serve process answers, with the reason on stderr.
+    Reads a batch on stdin: a JSON list of requests (run one after another), or
+    ``{"parallel": N, "requests": [...]}`` (run at most N at a time); forwards it to the serve
+    process, writes the JSON list of responses (request order) on stdout and exits 0. Exits 2
+    on bad input and 3 when no serve process answers, with the reason on stderr.
 
 Every response holds ``ok`` and ``op``; when ``ok`` is false it holds ``error`` (text for a
 person) and, when the failure came from the kernel, ``errno`` (its name, e.g. ``ETIMEDOUT``).
@@ -37,6 +42,7 @@ import platform
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -49,34 +55,66 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     JSONDict = dict[str, Any]
+    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
+    PacketRow = tuple[str, str | None, str | None, str | None, str]
 
 DEFAULT_SOCKET = "/tmp/netconform-agent.sock"
 DEFAULT_TCP_PORT = 8080
 DEFAULT_UDP_PORT = 8081
 ENV_KEYS = ("POD_NAME", "POD_NAMESPACE", "NODE_NAME", "POD_IP", "HOST_IP")
 
-# Bounds: every buffer, list and wait in the agent has one, so a misbehaving peer cannot grow it.
-MAX_CONTROL_BYTES = 1 << 20
+# Bounds: every buffer, list, thread pool and wait in the agent has one, so a misbehaving peer
+# or a malformed request cannot grow it.
+MAX_CONTROL_BYTES = 1 << 20  # one batch on the control socket (and on `call`'s stdin)
+CONTROL_READ_SECONDS = 30.0  # to read one batch from a control client
+MAX_BATCH_REQUESTS = 4096
+MAX_BATCH_RESPONSE_BYTES = 32 << 20  # a batch's encoded responses; beyond, ok false each
+MAX_PARALLEL = 64  # "parallel" of one batch
+MAX_BATCH_WORKERS = 256  # extra worker threads of all parallel batches at once
 MAX_NONCE_LENGTH = 128
-MAX_RECORDS = 10000
+MAX_PREFIX_LENGTH = 64
+MAX_EXPECT_NONCES = 20000
+MAX_RECORDS = 20000
 MAX_FILE_BYTES = 256 << 20
 MAX_TIMEOUT = 120.0
 MAX_CAPTURE_SECONDS = 300.0
 MAX_CAPTURES = 32
-MAX_PACKETS_PER_CAPTURE = 200
+MAX_PACKETS_PER_CAPTURE = 200  # a capture by `nonce`
+MAX_PACKETS_PER_PREFIX_CAPTURE = 20000  # a capture by `nonce_prefix`; beyond: `dropped`
+CAPTURE_MAX_PACKET_BYTES = 600  # bulk transfers and full-size packets never reach Python
+CAPTURE_FILTER = f"(tcp or udp or icmp or icmp6) and less {CAPTURE_MAX_PACKET_BYTES}"
 MAX_CONTROL_CLIENTS = 16
-MAX_TCP_CLIENTS = 64
-LISTENER_READ_TIMEOUT = 5.0
+MAX_TCP_CLIENTS = 256  # tens of sources transferring at once; 64 KiB buffer each
+TCP_BACKLOG = 512  # clients beyond MAX_TCP_CLIENTS wait here, not refused
+LISTENER_READ_TIMEOUT = 5.0  # for a header line, and the longest silence inside a transfer
+MAX_TRANSFER_BYTES = 64 << 20
+TRANSFER_MAX_SECONDS = MAX_TIMEOUT  # one transfer on the listener side
+TRANSFER_MAGIC = b"NETCONFORM-TRANSFER"
 UDP_RESEND_INTERVAL = 0.5
+UDP_RECEIVE_BYTES = 1 << 16  # every UDP datagram fits
+MAX_IP_PACKET = 65535
+EPHEMERAL_BIND_ATTEMPTS = 16  # port 0: IPv4 picks, IPv6 binds the same port or we retry
 FILE_CHUNK = 64 << 10
+INTERFACE_CACHE_SECONDS = 1.0
 
 # Linux constants the socket module does not export on every Python version.
 IP_PKTINFO = 8
+IP_MTU_DISCOVER = 10
+IP_MTU = 14
+IP_PMTUDISC_DO = 2
+IPV6_MTU_DISCOVER = 23
+IPV6_MTU = 24
+IPV6_PMTUDISC_DO = 2
+IPV6_DONTFRAG = 62
+TCP_MAXSEG = 2
+TIOCOUTQ = 0x5411  # bytes in a TCP socket's send queue not yet acknowledged
 SIOCGIFADDR = 0x8915
 SIOCGIFNETMASK = 0x891B
 SIOCGIFHWADDR = 0x8927
+SIOCGIFMTU = 0x8921
 NETLINK_ROUTE = 0
 NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -84,14 +122,29 @@ RTM_NEWLINK = 16
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_GETADDR = 22
+RTM_NEWROUTE = 24
+RTM_GETROUTE = 26
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
+IFLA_MTU = 4
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
+RTA_DST = 1
+RTA_OIF = 4
+RTA_METRICS = 8
+RTAX_MTU = 2
 ICMP_ECHO_REPLY = 0
+ICMP_DEST_UNREACH = 3
+ICMP_FRAG_NEEDED = 4
 ICMP_ECHO_REQUEST = 8
+ICMPV6_PACKET_TOO_BIG = 2
 ICMPV6_ECHO_REQUEST = 128
 ICMPV6_ECHO_REPLY = 129
+IP_PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+# Characters of a nonce found inside bytes (prefix matching): printable ASCII without space,
+# '"' and '\\' (those end a JSON string, and the listeners' replies carry nonces in JSON).
+NONCE_TOKEN_BYTES = frozenset(range(0x21, 0x7F)) - {0x22, 0x5C}
 
 _log_lock = threading.Lock()
 
@@ -105,15 +158,19 @@ def log(message: str) -> None:
 
 
 class RequestError(Exception):
-    """A request that cannot be served; becomes ``ok: false`` with this text (and errno name)."""
+    """A request that cannot be served; becomes ``ok: false`` with this text, the errno name
+    and ``details`` (fields a person needs to judge the failure, e.g. the sizes tried)."""
 
-    def __init__(self, message: str, errno_name: str | None = None) -> None:
+    def __init__(
+        self, message: str, errno_name: str | None = None, details: JSONDict | None = None
+    ) -> None:
         super().__init__(message)
         self.errno_name = errno_name
+        self.details: JSONDict = details or {}
 
 
 # --------------------------------------------------------------------------------------------
-# Deterministic file content (the suite computes the same digest without a pod).
+# Deterministic content (the suite computes the same digest without a pod).
 
 
 def iter_deterministic_chunks(seed: str, size: int) -> Iterator[bytes]:
@@ -129,7 +186,8 @@ def deterministic_bytes(seed: str, size: int) -> bytes:
 
 
 def expected_sha256(seed: str, size: int) -> str:
-    """The sha256 hex digest ``write_file`` reports for ``seed`` and ``size``."""
+    """The sha256 hex digest of ``deterministic_bytes(seed, size)``: what ``write_file``
+    reports, and what a ``transfer`` of ``size`` bytes with nonce ``seed`` must arrive as."""
     digest = hashlib.sha256()
     for chunk in iter_deterministic_chunks(seed, size):
         digest.update(chunk)
@@ -153,7 +211,7 @@ def field_number(request: JSONDict, name: str, default: float, low: float, high:
     value = request.get(name, default)
     # bool is an int in Python; "timeout": true is a client bug, not 1 second.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(f"field {name!r} must be a number, got {value!r}")
+        raise RequestError(f"field {name!r} must be a number, got {_shown(value)}")
     if not low <= value <= high:
         raise RequestError(f"field {name!r} must be between {low} and {high}, got {value}")
     return float(value)
@@ -164,34 +222,117 @@ def field_int(request: JSONDict, name: str, default: int | None, low: int, high:
     if value is None:
         raise RequestError(f"missing field {name!r}")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"field {name!r} must be an integer, got {value!r}")
+        raise RequestError(f"field {name!r} must be an integer, got {_shown(value)}")
     if not low <= value <= high:
         raise RequestError(f"field {name!r} must be between {low} and {high}, got {value}")
+    return value
+
+
+def field_bool(request: JSONDict, name: str, default: bool) -> bool:
+    value = request.get(name, default)
+    if not isinstance(value, bool):
+        raise RequestError(f"field {name!r} must be true or false, got {_shown(value)}")
     return value
 
 
 def field_proto(request: JSONDict) -> str:
     proto = field_str(request, "proto")
     if proto not in ("tcp", "udp"):
-        raise RequestError(f"field 'proto' must be 'tcp' or 'udp', got {proto!r}")
+        raise RequestError(f"field 'proto' must be 'tcp' or 'udp', got {_shown(proto)}")
     return proto
 
 
-def field_nonce(request: JSONDict) -> str:
-    nonce = field_str(request, "nonce")
+def is_valid_nonce(nonce: object) -> bool:
+    """Nonces are 1..128 printable characters without spaces (one line, matched as bytes)."""
+    return (
+        isinstance(nonce, str)
+        and 0 < len(nonce) <= MAX_NONCE_LENGTH
+        and nonce.isprintable()
+        and " " not in nonce
+    )
+
+
+def field_nonce(request: JSONDict, name: str = "nonce") -> str:
+    nonce = field_str(request, name)
     # The TCP listener reads one line and the capture matches raw bytes: keep nonces plain.
-    if not 0 < len(nonce) <= MAX_NONCE_LENGTH or not nonce.isprintable() or " " in nonce:
+    if not is_valid_nonce(nonce):
         raise RequestError(
-            f"field 'nonce' must be 1..{MAX_NONCE_LENGTH} printable characters without spaces"
+            f"field {name!r} must be 1..{MAX_NONCE_LENGTH} printable characters without spaces"
         )
     return nonce
+
+
+def field_nonce_prefix(request: JSONDict) -> str:
+    prefix = field_str(request, "nonce_prefix")
+    if not 0 < len(prefix) <= MAX_PREFIX_LENGTH or not all(
+        ord(char) in NONCE_TOKEN_BYTES for char in prefix
+    ):
+        raise RequestError(
+            f"field 'nonce_prefix' must be 1..{MAX_PREFIX_LENGTH} printable ASCII characters "
+            "without spaces, '\"' or '\\'"
+        )
+    return prefix
+
+
+def field_nonce_or_prefix(request: JSONDict) -> tuple[str | None, str | None]:
+    """(nonce, None) or (None, nonce_prefix): a request names exactly one of the two."""
+    if "nonce" in request and "nonce_prefix" in request:
+        raise RequestError("give only one of the fields 'nonce' and 'nonce_prefix'")
+    if "nonce" not in request and "nonce_prefix" not in request:
+        raise RequestError("missing field 'nonce' (or 'nonce_prefix')")
+    if "nonce" in request:
+        return field_nonce(request), None
+    return None, field_nonce_prefix(request)
+
+
+def field_expect_nonces(request: JSONDict, prefix: str | None) -> list[str]:
+    """The ``expect_nonces`` list (only with ``nonce_prefix``; each starts with the prefix)."""
+    value = request.get("expect_nonces")
+    if value is None:
+        return []
+    if prefix is None:
+        raise RequestError("field 'expect_nonces' needs 'nonce_prefix'")
+    if not isinstance(value, list) or len(value) > MAX_EXPECT_NONCES:
+        raise RequestError(f"field 'expect_nonces' must be a list of at most {MAX_EXPECT_NONCES}")
+    for nonce in value:
+        if not is_valid_nonce(nonce) or not nonce.startswith(prefix):
+            raise RequestError(
+                f"field 'expect_nonces' holds {_shown(nonce)}, not a nonce starting with {prefix!r}"
+            )
+    return list(dict.fromkeys(value))
+
+
+def field_packet_size(request: JSONDict) -> int | str | None:
+    """``size``: None (a small packet, as before), ``"mtu"`` or an IP packet size in bytes."""
+    value = request.get("size")
+    if value is None or value == "mtu":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IP_PACKET:
+        raise RequestError(
+            f"field 'size' must be \"mtu\" or an IP packet size 1..{MAX_IP_PACKET}, "
+            f"got {_shown(value)}"
+        )
+    return value
 
 
 def field_seed(request: JSONDict) -> str:
     seed = request.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, (str, int)):
-        raise RequestError(f"field 'seed' must be a string or an integer, got {seed!r}")
+        raise RequestError(f"field 'seed' must be a string or an integer, got {_shown(seed)}")
     return str(seed)
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """A request value for an error text, never longer than ``limit``."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain(value: object, limit: int = 80) -> str:
+    """A value for a log line: printable text as it is, anything else as its repr (one line,
+    whatever a peer sent), never longer than ``limit``."""
+    text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def errno_name(code: int | None) -> str | None:
@@ -208,7 +349,26 @@ def describe_os_error(exc: OSError) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Addresses.
+# Nonces inside bytes.
+
+
+def nonce_token_at(data: bytes, start: int) -> str:
+    """The nonce beginning at ``data[start]``: nonce characters up to 128 of them."""
+    end = start
+    limit = min(len(data), start + MAX_NONCE_LENGTH)
+    while end < limit and data[end] in NONCE_TOKEN_BYTES:
+        end += 1
+    return data[start:end].decode("ascii")
+
+
+def find_nonce(data: bytes, prefix: bytes) -> str | None:
+    """The first nonce in ``data`` that begins with ``prefix``, or None."""
+    start = data.find(prefix)
+    return None if start < 0 else nonce_token_at(data, start)
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses, interfaces, routes, MTUs.
 
 
 def normalize_ip(text: str) -> str:
@@ -230,7 +390,7 @@ def family_of(host: str) -> socket.AddressFamily:
     try:
         parsed = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError as exc:
-        raise RequestError(f"field 'host' must be an IP address, got {host!r}") from exc
+        raise RequestError(f"field 'host' must be an IP address, got {_shown(host)}") from exc
     return socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
 
 
@@ -240,29 +400,29 @@ def resolve(host: str, port: int, socktype: int) -> tuple[socket.AddressFamily, 
         # getaddrinfo knows no ports for raw sockets: resolve as datagram, port 0 (ICMP).
         lookup_type = socket.SOCK_DGRAM if socktype == socket.SOCK_RAW else socktype
         infos = socket.getaddrinfo(host, port, 0, lookup_type)
-    except socket.gaierror as exc:
-        raise RequestError(f"cannot resolve {host!r}: {exc}", "EAI_NONAME") from exc
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise RequestError(f"cannot resolve {_shown(host)}: {exc}", "EAI_NONAME") from exc
     if not infos:
-        raise RequestError(f"cannot resolve {host!r}: no address", "EAI_NONAME")
+        raise RequestError(f"cannot resolve {_shown(host)}: no address", "EAI_NONAME")
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
 
 
-def _netlink_dump(message_type: int, body: bytes) -> list[tuple[int, bytes]]:
-    """All messages of one rtnetlink dump request (type, payload after the netlink header)."""
+def _netlink_request(message_type: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
+    """The answer to one rtnetlink request (type, payload after the netlink header): every
+    message of a dump, or the single message of a plain request."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.settimeout(2.0)
         sock.bind((0, 0))
-        header = struct.pack(
-            "=IHHII", 16 + len(body), message_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
-        )
+        header = struct.pack("=IHHII", 16 + len(body), message_type, flags, 1, 0)
         sock.send(header + body)
         messages: list[tuple[int, bytes]] = []
         for _ in range(10000):  # a dump of any real host ends long before this
             data = sock.recv(1 << 16)
             offset = 0
+            multipart = False
             while offset + 16 <= len(data):
-                length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
+                length, kind, message_flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
                 if length < 16:
                     break
                 if kind == NLMSG_DONE:
@@ -271,10 +431,18 @@ def _netlink_dump(message_type: int, body: bytes) -> list[tuple[int, bytes]]:
                     (code,) = struct.unpack_from("=i", data, offset + 16)
                     if code:
                         raise OSError(-code, os.strerror(-code))
-                else:
-                    messages.append((kind, data[offset + 16 : offset + length]))
+                    return messages  # an acknowledgement ends a plain request
+                messages.append((kind, data[offset + 16 : offset + length]))
+                multipart = multipart or bool(message_flags & NLM_F_MULTI)
                 offset += (length + 3) & ~3
+            if not multipart:
+                return messages
         raise OSError(errno.EMSGSIZE, "netlink dump did not end")
+
+
+def _netlink_dump(message_type: int, body: bytes) -> list[tuple[int, bytes]]:
+    """All messages of one rtnetlink dump request (type, payload after the netlink header)."""
+    return _netlink_request(message_type, NLM_F_REQUEST | NLM_F_DUMP, body)
 
 
 def _rtattrs(data: bytes, offset: int) -> dict[int, bytes]:
@@ -300,10 +468,12 @@ def interfaces_from_netlink() -> list[JSONDict]:
         _family, _type, index, _flags, _change = struct.unpack_from("=BxHiII", payload)
         attrs = _rtattrs(payload, 16)
         name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode("utf-8", "replace")
+        mtu = attrs.get(IFLA_MTU, b"")
         interfaces[index] = {
             "name": name,
             "index": index,
             "mac": _format_mac(attrs.get(IFLA_ADDRESS, b"")),
+            "mtu": struct.unpack("=I", mtu[:4])[0] if len(mtu) >= 4 else None,
             "addresses": [],
         }
     for kind, payload in _netlink_dump(RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0)):
@@ -328,12 +498,28 @@ def _ioctl_ifreq(sock: socket.socket, request: int, name: str) -> bytes:
     return fcntl.ioctl(sock.fileno(), request, ifreq)
 
 
+def interface_mtu(name: str) -> int | None:
+    """The MTU of interface ``name`` (ioctl), or None when it has gone."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            (mtu,) = struct.unpack_from("=i", _ioctl_ifreq(sock, SIOCGIFMTU, name), 16)
+    except OSError:
+        return None
+    return int(mtu)
+
+
 def interfaces_from_proc() -> list[JSONDict]:
     """Fallback without netlink: ioctl for IPv4 (primary address only), /proc for IPv6."""
     interfaces: dict[str, JSONDict] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for index, name in socket.if_nameindex():
-            entry: JSONDict = {"name": name, "index": index, "mac": None, "addresses": []}
+            entry: JSONDict = {
+                "name": name,
+                "index": index,
+                "mac": None,
+                "mtu": interface_mtu(name),
+                "addresses": [],
+            }
             interfaces[name] = entry
             try:
                 hwaddr = _ioctl_ifreq(sock, SIOCGIFHWADDR, name)[18:24]
@@ -361,12 +547,97 @@ def interfaces_from_proc() -> list[JSONDict]:
 
 
 def list_interfaces() -> list[JSONDict]:
-    """Every interface of this network namespace with its MAC and addresses (ip/prefix)."""
+    """Every interface of this network namespace: name, index, MAC, MTU, addresses."""
     try:
         return interfaces_from_netlink()
     except OSError as exc:
         log(f"netlink unavailable ({describe_os_error(exc)}); reading /proc and ioctl")
         return interfaces_from_proc()
+
+
+class InterfaceCache:
+    """Which interface (name, MTU) holds a local address, from an interface list at most a
+    second old: the UDP listener asks for every datagram."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_address: dict[str, tuple[str, int | None]] = {}
+        self._read_at = float("-inf")
+
+    def holding(self, address: str | None) -> tuple[str | None, int | None]:
+        if not address:
+            return None, None
+        address = normalize_ip(address)
+        with self._lock:
+            age = time.monotonic() - self._read_at
+            # A new address is looked up again soon; a known one at most once a second.
+            if age > INTERFACE_CACHE_SECONDS or (address not in self._by_address and age > 0.2):
+                self._refresh()
+            return self._by_address.get(address, (None, None))
+
+    def _refresh(self) -> None:
+        self._read_at = time.monotonic()
+        try:
+            interfaces = list_interfaces()
+        except OSError as exc:
+            log(f"cannot list interfaces: {describe_os_error(exc)}")
+            return
+        self._by_address = {
+            entry.split("/", 1)[0]: (str(interface["name"]), interface.get("mtu"))
+            for interface in interfaces
+            for entry in interface["addresses"]
+        }
+
+
+INTERFACES = InterfaceCache()
+
+
+def _route_lookup(address: str) -> tuple[int | None, int | None]:
+    """The kernel's route to ``address`` (RTM_GETROUTE): output interface index, and the path
+    MTU it learned (a "fragmentation needed" it believed), if any."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    raw = socket.inet_pton(family, address)
+    body = struct.pack("=BBBBBBBBI", family, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0)
+    body += struct.pack("=HH", 4 + len(raw), RTA_DST) + raw  # 4 or 16 bytes: aligned
+    for kind, payload in _netlink_request(RTM_GETROUTE, NLM_F_REQUEST, body):
+        if kind != RTM_NEWROUTE or len(payload) < 12:
+            continue
+        attrs = _rtattrs(payload, 12)
+        oif = attrs.get(RTA_OIF, b"")
+        metric = _rtattrs(attrs.get(RTA_METRICS, b""), 0).get(RTAX_MTU, b"")
+        return (
+            int(struct.unpack("=i", oif[:4])[0]) if len(oif) >= 4 else None,
+            int(struct.unpack("=I", metric[:4])[0]) if len(metric) >= 4 else None,
+        )
+    return None, None
+
+
+def _route_output_index(address: str) -> int | None:
+    """The output interface index of the kernel's route to ``address``."""
+    return _route_lookup(address)[0]
+
+
+def route_interface(address: str) -> tuple[str | None, int | None]:
+    """Name and MTU of the local interface the kernel routes ``address`` through: the
+    interface's MTU, not the path MTU cache. (None, None) when there is no route."""
+    address = address.split("%", 1)[0]
+    try:
+        index = _route_output_index(address)
+        if index:
+            name = socket.if_indextoname(index)
+            return name, interface_mtu(name)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return None, None
+    # Without netlink: the source address the kernel picks, and the interface holding it.
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))  # a UDP connect sends nothing
+            local = probe.getsockname()[0]
+    except OSError:
+        return None, None
+    return INTERFACES.holding(local)
 
 
 def default_interface() -> str | None:
@@ -394,6 +665,75 @@ def default_interface() -> str | None:
     return None
 
 
+def set_dont_fragment(sock: socket.socket, family: socket.AddressFamily) -> None:
+    """Don't Fragment: the kernel refuses (EMSGSIZE) what does not fit the path MTU."""
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+
+
+def path_mtu(sock: socket.socket, family: socket.AddressFamily) -> int | None:
+    """The kernel's path MTU for a connected socket's destination, or None."""
+    try:
+        if family == socket.AF_INET6:
+            return int(sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
+        return int(sock.getsockopt(socket.IPPROTO_IP, IP_MTU))
+    except OSError:
+        pass
+    # After an ICMP error the socket's route is stale (ENOTCONN): ask the routing table.
+    try:
+        return _route_lookup(str(sock.getpeername()[0]).split("%", 1)[0])[1]
+    except (OSError, ValueError):
+        return None
+
+
+class SizedPacket:
+    """A probe packet of a chosen IP size: the nonce line, then deterministic padding."""
+
+    def __init__(
+        self, nonce: str, size: int | str, family: socket.AddressFamily, address: str, l4: int
+    ) -> None:
+        self.iface, self.mtu = route_interface(address)
+        overhead = (40 if family == socket.AF_INET6 else 20) + l4
+        if isinstance(size, int):
+            packet_size = size
+        elif self.mtu is None:
+            raise RequestError(
+                f"cannot size the packet to the MTU: no local interface routes {address}",
+                "ENETUNREACH",
+            )
+        else:
+            packet_size = min(self.mtu, MAX_IP_PACKET)
+        head = nonce.encode() + b"\n"
+        if packet_size < overhead + len(head):
+            raise RequestError(
+                f"field 'size' {packet_size} is too small: {overhead} header bytes and the "
+                f"{len(head)}-byte nonce line need {overhead + len(head)}"
+            )
+        self.size = packet_size
+        self.head = head
+        self.payload = head + deterministic_bytes(nonce, packet_size - overhead - len(head))
+        self.sha256 = hashlib.sha256(self.payload).hexdigest()
+
+    def details(self) -> JSONDict:
+        return {
+            "size": self.size,
+            "payload_bytes": len(self.payload),
+            "mtu": self.mtu,
+            "iface": self.iface,
+        }
+
+    def text(self, df: bool, peer_mtu: object = None) -> str:
+        flags = ", DF" if df else ""
+        peer = f", peer MTU {peer_mtu}" if peer_mtu is not None else ""
+        return (
+            f"{self.size}-byte packet ({len(self.payload)} payload bytes{flags}); "
+            f"local {self.iface} MTU {self.mtu}{peer}"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Records of what the listeners saw.
 
@@ -403,41 +743,63 @@ class RecordBook:
 
     def __init__(self, limit: int = MAX_RECORDS) -> None:
         self._changed = threading.Condition()
-        # (key, proto, peer, is_payload): ICMP keys are whole payloads, matched by substring.
-        self._records: deque[tuple[str, str, str, bool]] = deque(maxlen=limit)
+        # (key, proto, peer): a nonce (str), or an ICMP payload (bytes) holding one.
+        self._records: deque[tuple[str | bytes, str, str]] = deque(maxlen=limit)
 
     def add(self, nonce: str, proto: str, peer: str) -> None:
         with self._changed:
-            self._records.append((nonce, proto, peer, False))
+            self._records.append((nonce, proto, peer))
             self._changed.notify_all()
 
     def add_payload(self, payload: bytes, proto: str, peer: str) -> None:
         with self._changed:
-            self._records.append((payload.decode("latin-1"), proto, peer, True))
+            self._records.append((bytes(payload), proto, peer))
             self._changed.notify_all()
 
-    def _matching(self, nonce: str) -> list[JSONDict]:
-        return [
-            {"proto": proto, "peer": peer}
-            for key, proto, peer, is_payload in self._records
-            if (nonce in key if is_payload else nonce == key)
-        ]
+    def _matching(self, nonce: str | None, prefix: str | None) -> list[JSONDict]:
+        found: list[JSONDict] = []
+        needle = (nonce if nonce is not None else str(prefix)).encode()
+        for key, proto, peer in self._records:
+            if isinstance(key, bytes):
+                if needle not in key:
+                    continue
+                name = nonce if nonce is not None else find_nonce(key, needle)
+            elif nonce is not None:
+                name = key if key == nonce else None
+            else:
+                name = key if key.startswith(str(prefix)) else None
+            if name is not None:
+                found.append({"proto": proto, "peer": peer, "nonce": name})
+        return found
 
-    def find(self, nonce: str, wait: float = 0.0) -> list[JSONDict]:
-        """Records for ``nonce``; waits up to ``wait`` seconds for the first one to arrive.
+    def find(
+        self,
+        nonce: str | None = None,
+        prefix: str | None = None,
+        expect: Sequence[str] = (),
+        wait: float = 0.0,
+    ) -> tuple[list[JSONDict], list[str]]:
+        """Records for ``nonce`` (or every nonce starting with ``prefix``) and the ``expect``ed
+        nonces without one. Waits up to ``wait`` seconds for the first record, or with
+        ``expect`` until each of those has one.
 
         The listener threads record concurrently with the request that caused the traffic (an
         echo reply can be read before the recorder thread has stored the request).
         """
         with self._changed:
             found: list[JSONDict] = []
+            missing: list[str] = list(expect)
 
-            def any_found() -> bool:
-                found[:] = self._matching(nonce)
+            def done() -> bool:
+                found[:] = self._matching(nonce, prefix)
+                if expect:
+                    names = {record["nonce"] for record in found}
+                    missing[:] = [name for name in expect if name not in names]
+                    return not missing
                 return bool(found)
 
-            self._changed.wait_for(any_found, timeout=wait)
-            return found
+            self._changed.wait_for(done, timeout=wait)
+            return found, missing
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,8 +810,10 @@ def _nonce_of(data: bytes) -> str:
     return data.split(b"\n", 1)[0].strip().decode("utf-8", "replace")[:MAX_NONCE_LENGTH]
 
 
-def _listener_reply(nonce: str, peer: str) -> bytes:
-    return json.dumps({"nonce": nonce, "peer": peer}).encode() + b"\n"
+def _listener_reply(nonce: str, peer: str, extra: JSONDict | None = None) -> bytes:
+    reply: JSONDict = {"nonce": nonce, "peer": peer}
+    reply.update(extra or {})
+    return json.dumps(reply).encode() + b"\n"
 
 
 def _wait_or_stop(stop: threading.Event, seconds: float) -> None:
@@ -466,21 +830,38 @@ def _accept_loop(
     handle: Callable[..., None],
 ) -> None:
     """Accept connections until ``stop``, each handled on its own thread, at most ``slots`` at
-    once (a client over the limit is closed); socket errors back off instead of spinning."""
+    once: while every slot is busy, new clients wait in the kernel's backlog (bounded), not
+    refused; socket errors back off instead of spinning."""
     while not stop.is_set():
+        if not slots.acquire(timeout=0.5):
+            continue
         try:
             conn, address = sock.accept()
         except OSError as exc:
+            slots.release()
             log(f"{label} accept: {describe_os_error(exc)}")
             _wait_or_stop(stop, 0.2)
-            continue
-        if not slots.acquire(blocking=False):
-            log(f"{label}: too many clients; closing one")
-            conn.close()
             continue
         if not _start_handler(handle, handler_args(conn, address)):
             conn.close()
             slots.release()
+
+
+def _read_header(conn: socket.socket, deadline: float, limit: int = 512) -> tuple[bytes, bytes]:
+    """The first line a client sends (without the newline) and whatever followed it in the same
+    reads; at most ``limit`` bytes, by ``deadline`` (a slow client does not hold a slot)."""
+    data = b""
+    while b"\n" not in data and len(data) < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("no line within the read timeout")  # noqa: UP041
+        conn.settimeout(remaining)
+        chunk = conn.recv(limit)
+        if not chunk:
+            break
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return line, rest
 
 
 def serve_tcp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> None:
@@ -489,17 +870,14 @@ def serve_tcp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
     def handle(conn: socket.socket, peer: str) -> None:
         try:
             with conn:
-                conn.settimeout(LISTENER_READ_TIMEOUT)
-                data = b""
-                while b"\n" not in data and len(data) < 512:
-                    chunk = conn.recv(512)
-                    if not chunk:
-                        break
-                    data += chunk
-                nonce = _nonce_of(data)
+                line, rest = _read_header(conn, time.monotonic() + LISTENER_READ_TIMEOUT)
+                if line.startswith(TRANSFER_MAGIC + b" "):
+                    receive_transfer(conn, peer, line, rest, book)
+                    return
+                nonce = line.strip().decode("utf-8", "replace")[:MAX_NONCE_LENGTH]
                 if nonce:
                     book.add(nonce, "tcp", peer)
-                log(f"listener tcp nonce={nonce or '-'} peer={peer}")
+                log(f"listener tcp nonce={_plain(nonce) if nonce else '-'} peer={peer}")
                 conn.sendall(_listener_reply(nonce, peer))
         except OSError as exc:
             log(f"listener tcp peer={peer}: {describe_os_error(exc)}")
@@ -516,6 +894,63 @@ def serve_tcp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
     )
 
 
+def _parse_transfer_header(line: bytes) -> tuple[str, int]:
+    """``NETCONFORM-TRANSFER <nonce> <size>`` (a nonce holds no spaces: never a nonce line)."""
+    fields = line.decode("utf-8", "replace").split(" ")
+    if len(fields) != 3 or not is_valid_nonce(fields[1]) or not fields[2].isdigit():
+        raise RequestError(f"bad transfer header {_shown(line)}")
+    size = int(fields[2])
+    if size > MAX_TRANSFER_BYTES:
+        raise RequestError(f"transfer of {size} bytes; at most {MAX_TRANSFER_BYTES}")
+    return fields[1], size
+
+
+def receive_transfer(
+    conn: socket.socket, peer: str, line: bytes, rest: bytes, book: RecordBook
+) -> None:
+    """Read exactly the announced bytes (hashed as they come, never buffered whole), bounded
+    in time and silence; answer ``{nonce, peer, bytes, sha256, mtu}`` with what arrived."""
+    try:
+        nonce, size = _parse_transfer_header(line)
+    except RequestError as exc:
+        log(f"listener tcp transfer peer={peer}: {exc}")
+        conn.sendall(json.dumps({"error": str(exc), "peer": peer}).encode() + b"\n")
+        return
+    book.add(nonce, "tcp", peer)
+    digest = hashlib.sha256()
+    first = rest[:size]
+    digest.update(first)
+    received = len(first)
+    buffer = bytearray(FILE_CHUNK)
+    view = memoryview(buffer)
+    started = time.monotonic()
+    deadline = started + TRANSFER_MAX_SECONDS
+    ending = "complete"
+    conn.settimeout(LISTENER_READ_TIMEOUT)
+    while received < size:
+        if time.monotonic() > deadline:
+            ending = f"cut after {TRANSFER_MAX_SECONDS:.0f}s"
+            break
+        try:
+            count = conn.recv_into(view, min(len(buffer), size - received))
+        except socket.timeout:  # noqa: UP041  (not TimeoutError on Python < 3.10)
+            ending = f"silent for {LISTENER_READ_TIMEOUT:.0f}s"
+            break
+        if not count:
+            ending = "closed by the peer"
+            break
+        digest.update(view[:count])
+        received += count
+    _iface, mtu = INTERFACES.holding(conn.getsockname()[0])
+    log(
+        f"listener tcp transfer nonce={nonce} peer={peer} bytes={received}/{size} {ending} "
+        f"{time.monotonic() - started:.2f}s"
+    )
+    extra = {"bytes": received, "sha256": digest.hexdigest(), "mtu": mtu}
+    conn.settimeout(LISTENER_READ_TIMEOUT)
+    conn.sendall(_listener_reply(nonce, peer, extra))
+
+
 def _enable_pktinfo(sock: socket.socket) -> bool:
     try:
         if sock.family == socket.AF_INET6:
@@ -527,15 +962,16 @@ def _enable_pktinfo(sock: socket.socket) -> bool:
     return True
 
 
-def _reply_pktinfo(ancillary: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
-    """Ancillary data making the reply leave from the address the datagram was sent to."""
+def _pktinfo(ancillary: list[tuple[int, int, bytes]]) -> tuple[str | None, list[Any]]:
+    """The address a datagram was sent to, and ancillary data making the reply leave from it."""
     for level, kind, data in ancillary:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
             _ifindex, _spec_dst, header_dst = struct.unpack("=I4s4s", data[:12])
-            return [(level, kind, struct.pack("=I4s4s", 0, header_dst, b"\0" * 4))]
+            reply = [(level, kind, struct.pack("=I4s4s", 0, header_dst, b"\0" * 4))]
+            return socket.inet_ntop(socket.AF_INET, header_dst), reply
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
-            return [(level, kind, data[:20])]
-    return []
+            return socket.inet_ntop(socket.AF_INET6, data[:16]), [(level, kind, data[:20])]
+    return None, []
 
 
 def serve_udp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> None:
@@ -545,7 +981,7 @@ def serve_udp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
     ancillary_size = socket.CMSG_SPACE(64)
     while not stop.is_set():
         try:
-            data, ancillary, _flags, address = sock.recvmsg(2048, ancillary_size)
+            data, ancillary, _flags, address = sock.recvmsg(UDP_RECEIVE_BYTES, ancillary_size)
         except OSError as exc:
             log(f"listener udp receive: {describe_os_error(exc)}")
             _wait_or_stop(stop, 0.2)
@@ -554,10 +990,12 @@ def serve_udp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
         nonce = _nonce_of(data)
         if nonce:
             book.add(nonce, "udp", peer)
-        log(f"listener udp nonce={nonce or '-'} peer={peer}")
-        reply = _listener_reply(nonce, peer)
+        local, pktinfo = _pktinfo(ancillary) if use_pktinfo else (None, [])
+        _iface, mtu = INTERFACES.holding(local)
+        log(f"listener udp nonce={_plain(nonce) if nonce else '-'} peer={peer} bytes={len(data)}")
+        extra = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mtu": mtu}
+        reply = _listener_reply(nonce, peer, extra)
         try:
-            pktinfo = _reply_pktinfo(ancillary) if use_pktinfo else []
             if pktinfo:
                 try:
                     sock.sendmsg([reply], pktinfo, 0, address)
@@ -593,8 +1031,8 @@ def serve_icmp_records(sock: socket.socket, book: RecordBook, stop: threading.Ev
         payload = message[8:264]
         book.add_payload(payload, proto, source)
         # Log only text payloads (our nonces); ping(8) pads with binary bytes on every echo.
-        shown = payload[:64].decode("latin-1")
-        if payload.isascii() and shown.isprintable():
+        shown = payload.split(b"\n", 1)[0][:64].decode("latin-1")
+        if shown.isascii() and shown.isprintable():
             log(f"listener {proto} echo request peer={source} payload={shown}")
 
 
@@ -621,17 +1059,17 @@ def _read_line(sock: socket.socket, deadline: float) -> bytes:
     return data
 
 
-def _parse_listener_reply(data: bytes, nonce: str, where: str) -> str:
+def _parse_listener_reply(data: bytes, nonce: str, where: str) -> JSONDict:
+    """The listener's JSON answer line; ``RequestError`` unless it is for ``nonce``."""
     try:
         reply = json.loads(data.split(b"\n", 1)[0].decode())
     except ValueError as exc:
         raise RequestError(f"{where} answered {data[:80]!r}, not the agent's JSON line") from exc
     if not isinstance(reply, dict) or reply.get("nonce") != nonce:
-        raise RequestError(f"{where} answered {reply!r}, expected nonce {nonce!r}")
-    peer = reply.get("peer")
-    if not isinstance(peer, str):
-        raise RequestError(f"{where} answered {reply!r} without a peer")
-    return peer
+        raise RequestError(f"{where} answered {_shown(reply)}, expected nonce {nonce!r}")
+    if not isinstance(reply.get("peer"), str):
+        raise RequestError(f"{where} answered {_shown(reply)} without a peer")
+    return reply
 
 
 def connect_tcp(host: str, port: int, nonce: str, timeout: float) -> JSONDict:
@@ -646,15 +1084,35 @@ def connect_tcp(host: str, port: int, nonce: str, timeout: float) -> JSONDict:
             raise RequestError(f"{where}: connect timed out after {timeout}s", "ETIMEDOUT") from exc
         local = normalize_ip(sock.getsockname()[0])
         sock.sendall(nonce.encode() + b"\n")
-        peer = _parse_listener_reply(_read_line(sock, deadline), nonce, where)
-    return {"peer_seen": peer, "local": local}
+        reply = _parse_listener_reply(_read_line(sock, deadline), nonce, where)
+    return {"peer_seen": reply["peer"], "local": local}
 
 
-def connect_udp(host: str, port: int, nonce: str, timeout: float) -> JSONDict:
+def _too_big(
+    where: str, packet: SizedPacket | None, df: bool, pmtu: int | None, cause: str
+) -> RequestError:
+    details = packet.details() if packet is not None else {}
+    details["path_mtu"] = pmtu
+    sizes = packet.text(df) if packet is not None else "packet"
+    return RequestError(f"{where}: EMSGSIZE {cause}: {sizes}; path MTU {pmtu}", "EMSGSIZE", details)
+
+
+def connect_udp(
+    host: str,
+    port: int,
+    nonce: str,
+    timeout: float,
+    size: int | str | None = None,
+    df: bool = False,
+) -> JSONDict:
     family, sockaddr = resolve(host, port, socket.SOCK_DGRAM)
     where = f"udp {host} port {port}"
+    packet = SizedPacket(nonce, size, family, sockaddr[0], 8) if size is not None else None
+    payload = packet.payload if packet is not None else nonce.encode()
     deadline = time.monotonic() + timeout
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if df:
+            set_dont_fragment(sock, family)
         sock.connect(sockaddr)
         local = normalize_ip(sock.getsockname()[0])
         # UDP may drop a datagram: resend every half second until the timeout.
@@ -662,7 +1120,12 @@ def connect_udp(host: str, port: int, nonce: str, timeout: float) -> JSONDict:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            sock.send(nonce.encode())
+            try:
+                sock.send(payload)
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    raise _too_big(where, packet, df, path_mtu(sock, family), "on send") from exc
+                raise
             wait_until = time.monotonic() + min(UDP_RESEND_INTERVAL, remaining)
             for _datagram in range(1000):  # stale answers to other nonces; bounded
                 left = wait_until - time.monotonic()
@@ -671,13 +1134,128 @@ def connect_udp(host: str, port: int, nonce: str, timeout: float) -> JSONDict:
                 readable, _, _ = select.select([sock], [], [], left)
                 if not readable:
                     break
-                data = sock.recv(4096)
                 try:
-                    peer = _parse_listener_reply(data, nonce, where)
+                    data = sock.recv(4096)
+                except OSError as exc:
+                    # A "fragmentation needed" for this connected socket's datagram.
+                    if exc.errno == errno.EMSGSIZE:
+                        pmtu = path_mtu(sock, family)
+                        raise _too_big(where, packet, df, pmtu, "reported by the path") from exc
+                    raise
+                try:
+                    reply = _parse_listener_reply(data, nonce, where)
                 except RequestError:
                     continue  # a late answer to someone else's nonce
-                return {"peer_seen": peer, "local": local}
-    raise RequestError(f"{where}: no answer within {timeout}s", "ETIMEDOUT")
+                if packet is None:
+                    return {"peer_seen": reply["peer"], "local": local}
+                return _judge_sized_udp(where, packet, df, reply, local)
+    sizes = f" ({packet.text(df)})" if packet is not None else ""
+    details = packet.details() if packet is not None else {}
+    raise RequestError(f"{where}: no answer within {timeout}s{sizes}", "ETIMEDOUT", details)
+
+
+def _judge_sized_udp(
+    where: str, packet: SizedPacket, df: bool, reply: JSONDict, local: str
+) -> JSONDict:
+    result = packet.details()
+    result.update({"peer_mtu": reply.get("mtu"), "peer_seen": reply["peer"], "local": local})
+    received, digest = reply.get("bytes"), reply.get("sha256")
+    if received != len(packet.payload) or digest != packet.sha256:
+        same = "the same" if digest == packet.sha256 else "a different"
+        raise RequestError(
+            f"{where}: the listener received {received} of {len(packet.payload)} payload bytes "
+            f"with {same} sha256 ({packet.text(df, reply.get('mtu'))})",
+            None,
+            result,
+        )
+    return result
+
+
+def _tcp_unacknowledged(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue that the peer has not acknowledged yet."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("=i", raw)[0])
+
+
+def transfer(host: str, port: int, nonce: str, size: int, timeout: float) -> JSONDict:
+    """Send ``size`` deterministic bytes (seeded by the nonce) to an agent's TCP listener and
+    judge its answer: ok only when every byte arrived with the expected digest."""
+    family, sockaddr = resolve(host, port, socket.SOCK_STREAM)
+    where = f"tcp {host} port {port}"
+    iface, mtu = route_interface(sockaddr[0])
+    header = TRANSFER_MAGIC + f" {nonce} {size}\n".encode()
+    expected = hashlib.sha256()
+    started = time.monotonic()
+    deadline = started + timeout
+    details: JSONDict = {"bytes_sent": 0, "mtu": mtu, "iface": iface, "mss": None}
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(sockaddr)
+        except socket.timeout as exc:  # noqa: UP041  (not TimeoutError on Python < 3.10)
+            raise RequestError(
+                f"{where}: connect timed out after {timeout}s", "ETIMEDOUT", details
+            ) from exc
+        local = normalize_ip(sock.getsockname()[0])
+        with contextlib.suppress(OSError):
+            details["mss"] = sock.getsockopt(socket.IPPROTO_TCP, TCP_MAXSEG)
+        sent = 0
+        try:
+            sock.sendall(header)
+            for chunk in iter_deterministic_chunks(nonce, size):
+                expected.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise socket.timeout("transfer deadline")  # noqa: UP041
+                    sock.settimeout(remaining)
+                    count = sock.send(view)
+                    sent += count
+                    view = view[count:]
+            details["bytes_sent"] = sent
+            reply = _parse_listener_reply(_read_line(sock, deadline), nonce, where)
+        except (socket.timeout, RequestError) as exc:  # noqa: UP041
+            if isinstance(exc, RequestError) and exc.errno_name != "ETIMEDOUT":
+                exc.details.update(details)
+                raise
+            details["bytes_sent"] = sent
+            # Acknowledged by the peer's kernel = sent into the socket - still unacknowledged.
+            through = max(0, sent - _tcp_unacknowledged(sock))
+            details["bytes_acknowledged"] = through
+            raise RequestError(
+                f"{where}: transfer stalled: {through} of {size} bytes acknowledged by the "
+                f"peer within {timeout}s ({sent} sent; local {iface} MTU {mtu}, "
+                f"MSS {details['mss']}); a path-MTU blackhole looks like this",
+                "ETIMEDOUT",
+                details,
+            ) from exc
+    received, digest = reply.get("bytes"), reply.get("sha256")
+    result: JSONDict = {
+        "bytes_sent": sent,
+        "bytes_received": received,
+        "sha256_expected": expected.hexdigest(),
+        "sha256_received": digest,
+        "seconds": round(time.monotonic() - started, 4),
+        "mtu": mtu,
+        "iface": iface,
+        "peer_mtu": reply.get("mtu"),
+        "mss": details["mss"],
+        "peer_seen": reply["peer"],
+        "local": local,
+    }
+    if received != size or digest != result["sha256_expected"]:
+        raise RequestError(
+            f"{where}: the listener received {received} of {size} bytes, sha256 "
+            f"{'matches' if digest == result['sha256_expected'] else 'differs'} "
+            f"(local {iface} MTU {mtu}, peer MTU {reply.get('mtu')}, MSS {details['mss']})",
+            None,
+            result,
+        )
+    return result
 
 
 def _icmp_checksum(data: bytes) -> int:
@@ -691,6 +1269,8 @@ def _icmp_checksum(data: bytes) -> int:
 
 
 _icmp_sequence = itertools.count(1)
+# Not the pid: two containers of a pod share the network namespace, and each may be PID 1.
+_ICMP_IDENTIFIER = int.from_bytes(os.urandom(2), "big")
 
 
 def _open_icmp_socket(family: socket.AddressFamily) -> tuple[socket.socket, bool]:
@@ -710,15 +1290,43 @@ def _open_icmp_socket(family: socket.AddressFamily) -> tuple[socket.socket, bool
         ) from exc
 
 
-def send_icmp_echo(host: str, nonce: str, timeout: float) -> JSONDict:
+def _too_big_report(message: bytes, is_v6: bool, identifier: int, sequence: int) -> int | None:
+    """The next-hop MTU when ``message`` is "fragmentation needed" / "packet too big" about our
+    echo request (identifier, sequence); else None."""
+    if is_v6:
+        if len(message) < 8 + 40 + 8 or message[0] != ICMPV6_PACKET_TOO_BIG:
+            return None
+        reported = struct.unpack("!I", message[4:8])[0]
+        original = message[48:56]
+        wanted = ICMPV6_ECHO_REQUEST
+    else:
+        if len(message) < 8 + 20 + 8 or message[:2] != bytes((ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED)):
+            return None
+        reported = struct.unpack("!H", message[6:8])[0]
+        inner_header = (message[8] & 0x0F) * 4
+        original = message[8 + inner_header : 8 + inner_header + 8]
+        wanted = ICMP_ECHO_REQUEST
+    if len(original) < 8 or original[0] != wanted:
+        return None
+    _, _, _, original_id, original_sequence = struct.unpack("!BBHHH", original)
+    if (original_id, original_sequence) != (identifier, sequence):
+        return None
+    return int(reported)
+
+
+def send_icmp_echo(
+    host: str, nonce: str, timeout: float, size: int | str | None = None, df: bool = False
+) -> JSONDict:
     family, sockaddr = resolve(host, 0, socket.SOCK_RAW)
     is_v6 = family == socket.AF_INET6
     request_type, reply_type = (
         (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY) if is_v6 else (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
     )
-    identifier = os.getpid() & 0xFFFF
+    where = f"icmp {host}"
+    packet = SizedPacket(nonce, size, family, sockaddr[0], 8) if size is not None else None
+    identifier = _ICMP_IDENTIFIER
     sequence = next(_icmp_sequence) & 0xFFFF
-    payload = nonce.encode()
+    payload = packet.payload if packet is not None else nonce.encode()
     header = struct.pack("!BBHHH", request_type, 0, 0, identifier, sequence)
     if not is_v6:  # the kernel computes ICMPv6 checksums itself
         checksum = _icmp_checksum(header + payload)
@@ -726,7 +1334,15 @@ def send_icmp_echo(host: str, nonce: str, timeout: float) -> JSONDict:
     deadline = time.monotonic() + timeout
     sock, is_raw = _open_icmp_socket(family)
     with sock:
-        sock.sendto(header + payload, sockaddr)
+        if df:
+            set_dont_fragment(sock, family)
+        try:
+            sock.sendto(header + payload, sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                learned = _route_lookup(str(sockaddr[0]).split("%", 1)[0])[1]
+                raise _too_big(where, packet, df, learned, "on send") from exc
+            raise
         for _ in range(10000):  # other ICMP traffic arrives too; bounded
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -734,22 +1350,43 @@ def send_icmp_echo(host: str, nonce: str, timeout: float) -> JSONDict:
             readable, _, _ = select.select([sock], [], [], remaining)
             if not readable:
                 break
-            packet, address = sock.recvfrom(1 << 16)
+            received, address = sock.recvfrom(1 << 16)
             if is_raw and not is_v6:
-                message = packet[(packet[0] & 0x0F) * 4 :]
-                source = socket.inet_ntop(socket.AF_INET, packet[12:16])
+                message = received[(received[0] & 0x0F) * 4 :]
+                source = socket.inet_ntop(socket.AF_INET, received[12:16])
             else:
-                message, source = packet, address[0]
+                message, source = received, address[0]
+            if is_raw and packet is not None:
+                reported = _too_big_report(message, is_v6, identifier, sequence)
+                if reported is not None:
+                    raise _too_big(where, packet, df, reported, f"reported by {source}")
             if len(message) < 8 or message[0] != reply_type:
                 continue
             _, _, _, reply_id, reply_sequence = struct.unpack("!BBHHH", message[:8])
             # Ping sockets rewrite the identifier; the sequence and payload still match.
-            if reply_sequence != sequence or message[8:] != payload:
+            if reply_sequence != sequence or (is_raw and reply_id != identifier):
                 continue
-            if is_raw and reply_id != identifier:
-                continue
-            return {"reply_from": normalize_ip(source)}
-    raise RequestError(f"no ICMP echo reply from {host} within {timeout}s", "ETIMEDOUT")
+            if packet is None:
+                if message[8:] != payload:
+                    continue
+                return {"reply_from": normalize_ip(source)}
+            if not message[8:].startswith(packet.head):
+                continue  # another agent of this network namespace, same sequence number
+            result = packet.details()
+            result.update({"reply_from": normalize_ip(source), "reply_bytes": len(message) - 8})
+            if message[8:] != payload:
+                raise RequestError(
+                    f"{where}: the echo reply carried {len(message) - 8} payload bytes, not the "
+                    f"{len(payload)} sent unchanged ({packet.text(df)})",
+                    None,
+                    result,
+                )
+            return result
+    sizes = f" ({packet.text(df)})" if packet is not None else ""
+    details = packet.details() if packet is not None else {}
+    raise RequestError(
+        f"no ICMP echo reply from {host} within {timeout}s{sizes}", "ETIMEDOUT", details
+    )
 
 
 def try_bind(proto: str, host: str, port: int) -> JSONDict:
@@ -764,55 +1401,122 @@ def try_bind(proto: str, host: str, port: int) -> JSONDict:
     return {"bound": True, "errno": None}
 
 
-def write_file(path: str, size: int, seed: str) -> JSONDict:
-    digest = hashlib.sha256()
-    # Write then rename, so a reader in the other container never sees half a file.
-    temporary = f"{path}.netconform-{os.getpid()}-{threading.get_ident()}"
-    try:
-        with open(temporary, "wb") as out:
-            for chunk in iter_deterministic_chunks(seed, size):
+# --------------------------------------------------------------------------------------------
+# Files, only inside the agent's data directories.
+
+
+class DataDirectories:
+    """The directories file requests may touch (``serve --data-dir``); none: files refused."""
+
+    def __init__(self, directories: Sequence[str]) -> None:
+        self.roots = [os.path.realpath(directory) for directory in directories]
+
+    def resolve(self, path: str, for_write: bool) -> str:
+        """The real path of ``path``; ``RequestError`` (EACCES) unless it lies inside a data
+        directory after every symlink is followed (a written file's own name is not followed:
+        the write replaces it)."""
+        if not self.roots:
+            raise RequestError(
+                "file requests are refused: the agent was started without --data-dir", "EACCES"
+            )
+        if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
+            raise RequestError(
+                f"path {_shown(path)} must be absolute, without '..' components", "EACCES"
+            )
+        if for_write:
+            parent, name = os.path.split(path)
+            if not name:
+                raise RequestError(f"path {_shown(path)} names no file", "EACCES")
+            resolved = os.path.join(os.path.realpath(parent), name)
+        else:
+            resolved = os.path.realpath(path)
+        for root in self.roots:
+            if resolved != root and os.path.commonpath([resolved, root]) == root:
+                return resolved
+        raise RequestError(
+            f"path {_shown(path)} (really {_shown(resolved)}) is outside the agent's data "
+            f"directories {self.roots}",
+            "EACCES",
+        )
+
+    def write_file(self, path: str, size: int, seed: str) -> JSONDict:
+        resolved = self.resolve(path, for_write=True)
+        directory, name = os.path.split(resolved)
+        digest = hashlib.sha256()
+        # Write then rename, so a reader in the other container never sees half a file; the
+        # temporary name is created, never followed (O_EXCL | O_NOFOLLOW).
+        temporary = os.path.join(
+            directory, f".{name}.netconform-{os.getpid()}-{threading.get_ident()}"
+        )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        descriptor = os.open(temporary, flags, 0o666)
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                for chunk in iter_deterministic_chunks(seed, size):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, resolved)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return {"sha256": digest.hexdigest(), "size": size, "path": path}
+
+    def read_file(self, path: str) -> JSONDict:
+        resolved = self.resolve(path, for_write=False)
+        # O_NONBLOCK: a FIFO in a volume must not hang the request; only regular files count.
+        descriptor = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as source:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise RequestError(f"{_shown(path)} is not a regular file", "EINVAL")
+            digest = hashlib.sha256()
+            size = 0
+            for chunk in iter(lambda: source.read(FILE_CHUNK), b""):
                 digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except OSError:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return {"sha256": digest.hexdigest(), "size": size, "path": path}
-
-
-def read_file(path: str) -> JSONDict:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        for chunk in iter(lambda: source.read(FILE_CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"sha256": digest.hexdigest(), "size": size, "path": path}
+                size += len(chunk)
+        return {"sha256": digest.hexdigest(), "size": size, "path": path}
 
 
 # --------------------------------------------------------------------------------------------
 # Packet captures (scapy, imported on first use).
 
 
-class Capture:
-    """One running or finished sniffer, with the packets it matched."""
+class CaptureStartError(RequestError):
+    """A sniffer that did not start; ``thread_died``: it failed at once (not a slow start)."""
 
-    def __init__(self, capture_id: str, nonce: str, iface: str | list[str]) -> None:
+    def __init__(self, message: str, thread_died: bool) -> None:
+        super().__init__(message)
+        self.thread_died = thread_died
+
+
+class Capture:
+    """One running or finished sniffer, with the packets it matched (bounded)."""
+
+    def __init__(
+        self, capture_id: str, needle: str, by_prefix: bool, iface: str | list[str]
+    ) -> None:
         self.capture_id = capture_id
-        self.nonce = nonce
+        self.needle = needle.encode()
+        self.by_prefix = by_prefix
         self.iface = iface
-        self.packets: list[JSONDict] = []
+        self.limit = MAX_PACKETS_PER_PREFIX_CAPTURE if by_prefix else MAX_PACKETS_PER_CAPTURE
+        self.packets: list[PacketRow] = []
+        self.nonces: set[str] = set()
+        self.dropped = 0
         self.finished = False
         self.condition = threading.Condition()
         self.sniffer: Any = None
 
-    def add(self, packet: JSONDict) -> None:
+    def add(self, packet: PacketRow) -> None:
         with self.condition:
-            if len(self.packets) < MAX_PACKETS_PER_CAPTURE:
+            if len(self.packets) < self.limit:
                 self.packets.append(packet)
+            else:
+                self.dropped += 1
+            if len(self.nonces) < self.limit:
+                self.nonces.add(packet[4])
             self.condition.notify_all()
 
     def mark_finished(self) -> None:
@@ -820,34 +1524,16 @@ class Capture:
             self.finished = True
             self.condition.notify_all()
 
-    def wait(self, min_packets: int, seconds: float) -> None:
+    def wait(self, min_packets: int, expect: Sequence[str], seconds: float) -> None:
+        def done() -> bool:
+            if self.finished:
+                return True
+            if expect:
+                return all(nonce in self.nonces for nonce in expect)
+            return len(self.packets) >= min_packets
+
         with self.condition:
-            self.condition.wait_for(
-                lambda: self.finished or len(self.packets) >= min_packets, timeout=seconds
-            )
-
-
-def describe_packet(packet: Any) -> JSONDict:
-    """proto/src/dst/iface of a scapy packet (proto from the layer after IP/IPv6)."""
-    src = dst = None
-    proto = "other"
-    layer = packet
-    for _ in range(8):  # walk link-layer headers down to the IP layer; bounded
-        if layer is None or not hasattr(layer, "payload"):
-            break
-        name = type(layer).__name__
-        if name in ("IP", "IPv6"):
-            src, dst = str(layer.src), str(layer.dst)
-            upper = type(layer.payload).__name__
-            if upper in ("TCP", "UDP", "ICMP"):
-                proto = upper.lower()
-            elif upper.startswith("ICMPv6"):
-                proto = "icmpv6"
-            else:
-                proto = upper.lower() or "other"
-            break
-        layer = layer.payload
-    return {"proto": proto, "src": src, "dst": dst, "iface": getattr(packet, "sniffed_on", None)}
+            self.condition.wait_for(done, timeout=seconds)
 
 
 class CaptureBook:
@@ -857,28 +1543,48 @@ class CaptureBook:
         self._lock = threading.Lock()
         self._captures: dict[str, Capture] = {}
         self._ids = itertools.count(1)
-        self._scapy_sniffer: Any = None
+        self._scapy: dict[str, Any] | None = None
         self._scapy_error: str | None = None
 
-    def _async_sniffer(self) -> Any:
+    def _load_scapy(self) -> dict[str, Any]:
         with self._lock:
-            if self._scapy_sniffer is None and self._scapy_error is None:
+            if self._scapy is None and self._scapy_error is None:
                 started = time.monotonic()
                 try:
                     from scapy.config import conf
-                    from scapy.layers import inet, inet6, l2  # noqa: F401  (dissectors)
+                    from scapy.layers import l2  # noqa: F401  (link-layer dissectors)
+                    from scapy.layers.inet import IP
+                    from scapy.layers.inet6 import IPv6
                     from scapy.sendrecv import AsyncSniffer
 
                     conf.verb = 0
-                    self._scapy_sniffer = AsyncSniffer
+                    self._scapy = {
+                        "AsyncSniffer": AsyncSniffer,
+                        "IP": IP,
+                        "IPv6": IPv6,
+                        "filter": self._kernel_filter(),
+                    }
                     log(f"scapy imported in {time.monotonic() - started:.1f}s")
                 except Exception as exc:  # scapy raises more than ImportError when half-installed
                     self._scapy_error = f"scapy is not usable in this image: {exc}"
-            if self._scapy_error is not None:
-                raise RequestError(self._scapy_error)
-            return self._scapy_sniffer
+            if self._scapy is None:
+                raise RequestError(str(self._scapy_error))
+            return self._scapy
 
-    def start(self, nonce: str, iface: str, timeout: float) -> JSONDict:
+    @staticmethod
+    def _kernel_filter() -> str | None:
+        """The BPF filter, if this scapy can compile one (libpcap); else Python filters alone."""
+        try:
+            from scapy.arch.common import compile_filter
+            from scapy.data import DLT_EN10MB
+
+            compile_filter(CAPTURE_FILTER, linktype=DLT_EN10MB)
+        except Exception as exc:
+            log(f"no kernel packet filter ({exc}); filtering in Python")
+            return None
+        return CAPTURE_FILTER
+
+    def start(self, nonce: str | None, prefix: str | None, iface: str, timeout: float) -> JSONDict:
         interfaces: str | list[str]
         if iface == "any":
             interfaces = [name for _, name in socket.if_nameindex()]
@@ -886,9 +1592,11 @@ class CaptureBook:
             try:
                 socket.if_nametoindex(iface)
             except OSError as exc:
-                raise RequestError(f"no interface {iface!r} in this network namespace") from exc
+                raise RequestError(
+                    f"no interface {_shown(iface)} in this network namespace"
+                ) from exc
             interfaces = iface
-        sniffer_class = self._async_sniffer()
+        scapy = self._load_scapy()
         with self._lock:
             running = [c for c in self._captures.values() if not c.finished]
             if len(running) >= MAX_CAPTURES:
@@ -897,22 +1605,69 @@ class CaptureBook:
             finished = [i for i, c in self._captures.items() if c.finished]
             for old_id in finished[: max(0, len(self._captures) + 1 - MAX_CAPTURES)]:
                 del self._captures[old_id]
-            capture = Capture(f"cap-{next(self._ids)}", nonce, interfaces)
+            needle = prefix if prefix is not None else str(nonce)
+            capture = Capture(f"cap-{next(self._ids)}", needle, prefix is not None, interfaces)
             self._captures[capture.capture_id] = capture
-        needle = nonce.encode()
-        started = threading.Event()
+        try:
+            self._launch(capture, scapy, scapy["filter"])
+        except CaptureStartError as exc:
+            if scapy["filter"] is None or not exc.thread_died:
+                raise
+            # An interface whose link type the filter compiler does not know: Python alone.
+            log(f"capture {capture.capture_id} on {iface!r}: retrying without a kernel filter")
+            capture.finished = False
+            self._launch(capture, scapy, None)
+
+        def watch() -> None:
+            # Bound the capture here: scapy >= 2.6 refuses AsyncSniffer(timeout=...).
+            capture.sniffer.join(timeout)
+            self._stop(capture)
+
+        threading.Thread(target=watch, daemon=True).start()
+        return {"capture_id": capture.capture_id, "iface": interfaces}
+
+    def _launch(self, capture: Capture, scapy: dict[str, Any], kernel_filter: str | None) -> None:
+        ip_layer, ipv6_layer = scapy["IP"], scapy["IPv6"]
+        needle = capture.needle
 
         def matches(packet: Any) -> bool:
             raw = getattr(packet, "original", None) or bytes(packet)
-            return needle in raw
+            return len(raw) <= CAPTURE_MAX_PACKET_BYTES and needle in raw
 
-        sniffer = sniffer_class(
-            iface=interfaces,
-            lfilter=matches,
-            prn=lambda packet: capture.add(describe_packet(packet)),
-            store=False,
-            started_callback=started.set,
-        )
+        def record(packet: Any) -> None:
+            raw = getattr(packet, "original", None) or bytes(packet)
+            if capture.by_prefix:
+                nonce = find_nonce(raw, needle) or needle.decode()
+            else:
+                nonce = needle.decode()
+            # Ask layers by type; proto from the IP header's own protocol field.
+            if packet.haslayer(ip_layer):
+                layer, number = packet[ip_layer], packet[ip_layer].proto
+            elif packet.haslayer(ipv6_layer):
+                layer, number = packet[ipv6_layer], packet[ipv6_layer].nh
+            else:
+                return
+            capture.add(
+                (
+                    IP_PROTOCOL_NAMES.get(int(number), "other"),
+                    sys.intern(str(layer.src)),
+                    sys.intern(str(layer.dst)),
+                    sys.intern(str(getattr(packet, "sniffed_on", None) or "")) or None,
+                    sys.intern(nonce),
+                )
+            )
+
+        started = threading.Event()
+        options: JSONDict = {
+            "iface": capture.iface,
+            "lfilter": matches,
+            "prn": record,
+            "store": False,
+            "started_callback": started.set,
+        }
+        if kernel_filter is not None:
+            options["filter"] = kernel_filter
+        sniffer = scapy["AsyncSniffer"](**options)
         capture.sniffer = sniffer
         sniffer.start()
         # The sniffer opens its socket in its own thread: answer only once it listens, so the
@@ -922,24 +1677,18 @@ class CaptureBook:
             thread = getattr(sniffer, "thread", None)
             if (thread is not None and not thread.is_alive()) or time.monotonic() > deadline:
                 break
-        if not started.is_set():
-            capture.mark_finished()
-            self._stop(capture)
-            thread = getattr(sniffer, "thread", None)
-            if thread is not None and not thread.is_alive():
-                error = getattr(sniffer, "exception", None) or "see the agent log"
-                raise RequestError(
-                    f"capture on {iface!r} failed to start ({error}); capturing needs NET_RAW"
-                )
-            raise RequestError(f"capture on {iface!r} did not start within 10s")
-
-        def watch() -> None:
-            # Bound the capture here: scapy >= 2.6 refuses AsyncSniffer(timeout=...).
-            sniffer.join(timeout)
-            self._stop(capture)
-
-        threading.Thread(target=watch, daemon=True).start()
-        return {"capture_id": capture.capture_id, "iface": interfaces}
+        if started.is_set():
+            return
+        capture.mark_finished()
+        self._stop(capture)
+        thread = getattr(sniffer, "thread", None)
+        where = _shown(capture.iface)
+        if thread is not None and not thread.is_alive():
+            error = getattr(sniffer, "exception", None) or "see the agent log"
+            raise CaptureStartError(
+                f"capture on {where} failed to start ({error}); capturing needs NET_RAW", True
+            )
+        raise CaptureStartError(f"capture on {where} did not start within 10s", False)
 
     @staticmethod
     def _stop(capture: Capture) -> None:
@@ -953,16 +1702,35 @@ class CaptureBook:
                 log(f"capture {capture.capture_id} stop: {exc}")
         capture.mark_finished()
 
-    def result(self, capture_id: str, wait: float, min_packets: int) -> JSONDict:
+    def result(
+        self, capture_id: str, wait: float, min_packets: int, expect: Sequence[str]
+    ) -> JSONDict:
         with self._lock:
             capture = self._captures.get(capture_id)
         if capture is None:
-            raise RequestError(f"unknown capture_id {capture_id!r}")
-        capture.wait(min_packets, wait)
+            raise RequestError(f"unknown capture_id {_shown(capture_id)}")
+        if expect and not capture.by_prefix:
+            raise RequestError("field 'expect_nonces' needs a capture started with nonce_prefix")
+        for nonce in expect:
+            if not nonce.startswith(capture.needle.decode()):
+                raise RequestError(f"expected nonce {nonce!r} does not start with the prefix")
+        capture.wait(min_packets, expect, wait)
         self._stop(capture)
         with capture.condition:
-            packets = list(capture.packets)
-        return {"capture_id": capture_id, "packets": packets}
+            rows = list(capture.packets)
+            seen = set(capture.nonces)
+            dropped = capture.dropped
+        response: JSONDict = {
+            "capture_id": capture_id,
+            "packets": [
+                {"proto": proto, "src": src, "dst": dst, "iface": iface, "nonce": nonce}
+                for proto, src, dst, iface, nonce in rows
+            ],
+            "dropped": dropped,
+        }
+        if expect:
+            response["missing"] = [nonce for nonce in expect if nonce not in seen]
+        return response
 
 
 # --------------------------------------------------------------------------------------------
@@ -972,9 +1740,17 @@ class CaptureBook:
 class Agent:
     """Dispatches control requests; every failure becomes a response, never a crash."""
 
-    def __init__(self, book: RecordBook, listeners: JSONDict) -> None:
+    def __init__(
+        self,
+        book: RecordBook,
+        listeners: JSONDict,
+        ports: JSONDict | None = None,
+        data: DataDirectories | None = None,
+    ) -> None:
         self.book = book
         self.listeners = listeners
+        self.ports = ports or {}
+        self.data = data or DataDirectories(())
         self.captures = CaptureBook()
         self._ops: dict[str, Callable[[JSONDict], JSONDict]] = {
             "info": self.op_info,
@@ -982,6 +1758,7 @@ class Agent:
             "try_bind": self.op_try_bind,
             "connect": self.op_connect,
             "icmp": self.op_icmp,
+            "transfer": self.op_transfer,
             "seen": self.op_seen,
             "capture_start": self.op_capture_start,
             "capture_result": self.op_capture_result,
@@ -992,16 +1769,23 @@ class Agent:
     def handle(self, request: object) -> JSONDict:
         started = time.monotonic()
         op = request.get("op") if isinstance(request, dict) else None
+        # Echo the op only as a short string: a request must not make the response huge.
+        if not isinstance(op, str) or len(op) > 64:
+            op = None if not isinstance(op, str) else op[:64]
         response: JSONDict = {"ok": True, "op": op}
         try:
             if not isinstance(request, dict):
                 raise RequestError(f"a request must be a JSON object, got {type(request).__name__}")
-            handler = self._ops.get(op) if isinstance(op, str) else None
+            handler = self._ops.get(op) if op is not None else None
             if handler is None:
-                raise RequestError(f"unknown op {op!r}; known ops: {', '.join(sorted(self._ops))}")
+                raise RequestError(
+                    f"unknown op {_shown(request.get('op'))}; known ops: "
+                    f"{', '.join(sorted(self._ops))}"
+                )
             response.update(handler(request))
         except RequestError as exc:
-            response = {"ok": False, "op": op, "error": str(exc)}
+            response = dict(exc.details)
+            response.update({"ok": False, "op": op, "error": str(exc)})
             if exc.errno_name is not None:
                 response["errno"] = exc.errno_name
         except OSError as exc:
@@ -1028,6 +1812,8 @@ class Agent:
             "netns": netns,
             "env": {key: os.environ.get(key) for key in ENV_KEYS},
             "listeners": self.listeners,
+            "ports": self.ports,
+            "data_dirs": self.data.roots,
             "python": platform.python_version(),
         }
 
@@ -1047,53 +1833,93 @@ class Agent:
         port = field_int(request, "port", None, 1, 65535)
         nonce = field_nonce(request)
         timeout = field_number(request, "timeout", 3.0, 0.05, MAX_TIMEOUT)
+        size = field_packet_size(request)
+        df = field_bool(request, "df", False)
         if proto == "tcp":
+            if size is not None or df:
+                raise RequestError("fields 'size' and 'df' are for udp; use op transfer for tcp")
             return connect_tcp(host, port, nonce, timeout)
-        return connect_udp(host, port, nonce, timeout)
+        return connect_udp(host, port, nonce, timeout, size, df)
 
     def op_icmp(self, request: JSONDict) -> JSONDict:
         return send_icmp_echo(
             field_str(request, "host"),
             field_nonce(request),
             field_number(request, "timeout", 3.0, 0.05, MAX_TIMEOUT),
+            field_packet_size(request),
+            field_bool(request, "df", False),
+        )
+
+    def op_transfer(self, request: JSONDict) -> JSONDict:
+        return transfer(
+            field_str(request, "host"),
+            field_int(request, "port", None, 1, 65535),
+            field_nonce(request),
+            field_int(request, "size", None, 0, MAX_TRANSFER_BYTES),
+            field_number(request, "timeout", 10.0, 0.05, MAX_TIMEOUT),
         )
 
     def op_seen(self, request: JSONDict) -> JSONDict:
+        nonce, prefix = field_nonce_or_prefix(request)
+        expect = field_expect_nonces(request, prefix)
         wait = field_number(request, "wait", 0.0, 0.0, MAX_TIMEOUT)
-        return {"records": self.book.find(field_nonce(request), wait)}
+        records, missing = self.book.find(nonce, prefix, expect, wait)
+        response: JSONDict = {"records": records}
+        if expect:
+            response["missing"] = missing
+        return response
 
     def op_capture_start(self, request: JSONDict) -> JSONDict:
-        nonce = field_nonce(request)
+        nonce, prefix = field_nonce_or_prefix(request)
         iface = request.get("iface") or default_interface()
         if not isinstance(iface, str):
             raise RequestError("field 'iface' must be a string (no default interface found)")
         timeout = field_number(request, "timeout", 10.0, 0.1, MAX_CAPTURE_SECONDS)
-        return self.captures.start(nonce, iface, timeout)
+        return self.captures.start(nonce, prefix, iface, timeout)
 
     def op_capture_result(self, request: JSONDict) -> JSONDict:
+        expect = request.get("expect_nonces")
+        if expect is not None and (
+            not isinstance(expect, list)
+            or len(expect) > MAX_EXPECT_NONCES
+            or not all(is_valid_nonce(nonce) for nonce in expect)
+        ):
+            raise RequestError(
+                f"field 'expect_nonces' must be a list of at most {MAX_EXPECT_NONCES} nonces"
+            )
         return self.captures.result(
             field_str(request, "capture_id"),
             field_number(request, "wait", 2.0, 0.0, MAX_CAPTURE_SECONDS),
-            field_int(request, "min_packets", 1, 1, MAX_PACKETS_PER_CAPTURE),
+            field_int(request, "min_packets", 1, 1, MAX_PACKETS_PER_PREFIX_CAPTURE),
+            list(dict.fromkeys(expect or [])),
         )
 
     def op_write_file(self, request: JSONDict) -> JSONDict:
-        return write_file(
-            field_str(request, "path"),
-            field_int(request, "size", None, 0, MAX_FILE_BYTES),
-            field_seed(request),
-        )
+        path = field_str(request, "path")
+        size = field_int(request, "size", None, 0, MAX_FILE_BYTES)
+        return self.data.write_file(path, size, field_seed(request))
 
     def op_read_file(self, request: JSONDict) -> JSONDict:
-        return read_file(field_str(request, "path"))
+        return self.data.read_file(field_str(request, "path"))
 
 
 def _request_summary(request: object) -> str:
     if not isinstance(request, dict):
         return ""
     shown = [
-        f"{key}={request[key]}"
-        for key in ("proto", "host", "port", "nonce", "iface", "capture_id", "path")
+        f"{key}={_plain(request[key], 60)}"
+        for key in (
+            "proto",
+            "host",
+            "port",
+            "nonce",
+            "nonce_prefix",
+            "size",
+            "df",
+            "iface",
+            "capture_id",
+            "path",
+        )
         if key in request
     ]
     return " ".join(shown) + " " if shown else ""
@@ -1101,54 +1927,188 @@ def _request_summary(request: object) -> str:
 
 def _response_summary(response: JSONDict) -> str:
     if not response["ok"]:
-        return f"FAILED {response.get('error')}"
+        return f"FAILED {_plain(response.get('error'), 300)}"
     shown = [
         f"{key}={response[key]}"
-        for key in ("peer_seen", "reply_from", "bound", "sha256")
+        for key in ("peer_seen", "reply_from", "bound", "sha256", "size", "bytes_received")
         if key in response
     ]
-    for key in ("records", "packets"):
+    for key in ("records", "packets", "missing"):
         if key in response:
             shown.append(f"{key}={len(response[key])}")
     return " ".join(["ok", *shown])
 
 
-def open_listeners(tcp_port: int, udp_port: int) -> tuple[list[socket.socket], JSONDict]:
-    """TCP and UDP listeners, one per address family the kernel supports (IPv4 always)."""
+# --------------------------------------------------------------------------------------------
+# Batches: a list (one request after another) or {"parallel": N, "requests": [...]}.
+
+
+def batch_requests(body: object) -> tuple[list[object], int]:
+    """The requests of a batch and how many may run at once. ``RequestError`` on a bad batch
+    object or too many requests; any other value is taken as a batch of one request."""
+    if isinstance(body, list):
+        requests, parallel = body, 1
+    elif isinstance(body, dict) and "requests" in body:
+        requests = body["requests"]
+        if not isinstance(requests, list):
+            raise RequestError("field 'requests' of a batch must be a list of requests")
+        parallel = field_int(body, "parallel", 1, 1, MAX_PARALLEL)
+    else:
+        requests, parallel = [body], 1
+    if len(requests) > MAX_BATCH_REQUESTS:
+        raise RequestError(
+            f"a batch holds at most {MAX_BATCH_REQUESTS} requests, got {len(requests)}"
+        )
+    return requests, parallel
+
+
+class ResponseBytes:
+    """Encodes a batch's responses as they finish, within ``MAX_BATCH_RESPONSE_BYTES``."""
+
+    def __init__(self, limit: int = MAX_BATCH_RESPONSE_BYTES) -> None:
+        self._lock = threading.Lock()
+        self._left = limit
+
+    def encode(self, response: JSONDict) -> bytes:
+        # default=str: an odd value in a response must not cost the whole batch.
+        encoded = json.dumps(response, default=str).encode()
+        with self._lock:
+            if len(encoded) <= self._left:
+                self._left -= len(encoded)
+                return encoded
+        return json.dumps(
+            {
+                "ok": False,
+                "op": response.get("op"),
+                "error": f"response dropped: the batch's responses exceed "
+                f"{MAX_BATCH_RESPONSE_BYTES} bytes",
+            }
+        ).encode()
+
+
+# Extra threads of every parallel batch at once; the handler thread itself always works too,
+# so a batch runs (perhaps less parallel) even when the pool is empty.
+_batch_workers = threading.BoundedSemaphore(MAX_BATCH_WORKERS)
+
+
+def run_batch(agent: Agent, requests: Sequence[object], parallel: int) -> bytes:
+    """The JSON list of responses, in request order; at most ``parallel`` run at once."""
+    encoder = ResponseBytes()
+    encoded: list[bytes] = [b""] * len(requests)
+    pending = iter(range(len(requests)))
+    pending_lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with pending_lock:
+                index = next(pending, None)
+            if index is None:
+                return
+            encoded[index] = encoder.encode(agent.handle(requests[index]))
+
+    def helper() -> None:
+        try:
+            work()
+        finally:
+            _batch_workers.release()
+
+    helpers: list[threading.Thread] = []
+    for _ in range(min(parallel, len(requests)) - 1):
+        if not _batch_workers.acquire(blocking=False):
+            break
+        thread = threading.Thread(target=helper, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": fewer helpers, same answers
+            _batch_workers.release()
+            log(f"batch runs with {len(helpers) + 1} workers: {exc}")
+            break
+        helpers.append(thread)
+    work()
+    for thread in helpers:
+        thread.join()
+    return b"[" + b",".join(encoded) + b"]\n"
+
+
+def answer_batch(agent: Agent, data: bytes) -> bytes:
+    """The encoded answer to the bytes of one control request."""
+    try:
+        if len(data) > MAX_CONTROL_BYTES:
+            raise RequestError(f"batch larger than {MAX_CONTROL_BYTES} bytes")
+        try:
+            body = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise RequestError(f"batch is not JSON: {_shown(str(exc), 200)}") from exc
+        requests, parallel = batch_requests(body)
+    except RequestError as exc:
+        return json.dumps([{"ok": False, "op": None, "error": str(exc)}]).encode() + b"\n"
+    return run_batch(agent, requests, parallel)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving.
+
+
+def _bind_listener(family: socket.AddressFamily, kind: int, port: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # One socket per family: peers show as plain IPv4, never as ::ffff:a.b.c.d.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(TCP_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_proto_listeners(proto: str, port: int) -> list[socket.socket]:
+    """The IPv4 listener of ``proto`` and, where the kernel has IPv6, the IPv6 one on the same
+    port. Port 0: IPv4 picks a free port and IPv6 binds it; if IPv6 loses that port to a race,
+    both are tried again (bounded)."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    attempts = EPHEMERAL_BIND_ATTEMPTS if port == 0 else 1
+    for attempt in range(1, attempts + 1):
+        ipv4 = _bind_listener(socket.AF_INET, kind, port)
+        chosen = ipv4.getsockname()[1]
+        try:
+            ipv6 = _bind_listener(socket.AF_INET6, kind, chosen)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                log(f"no IPv6 {proto} listener: {describe_os_error(exc)}")
+                return [ipv4]
+            ipv4.close()
+            if port == 0 and exc.errno == errno.EADDRINUSE and attempt < attempts:
+                log(f"{proto} port {chosen} is taken for IPv6; picking another (try {attempt})")
+                continue
+            raise
+        return [ipv4, ipv6]
+    raise OSError(errno.EADDRINUSE, f"no free {proto} port for IPv4 and IPv6 together")
+
+
+def open_listeners(tcp_port: int, udp_port: int) -> tuple[list[socket.socket], JSONDict, JSONDict]:
+    """TCP and UDP listeners, one per address family the kernel supports (IPv4 always); what
+    they serve (``listeners``) and their real ports (``ports``)."""
     sockets: list[socket.socket] = []
     listeners: JSONDict = {"tcp": [], "udp": [], "icmp": []}
-    for family, any_address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    ports: JSONDict = {}
+    try:
         for proto, port in (("tcp", tcp_port), ("udp", udp_port)):
-            kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-            try:
-                sock = socket.socket(family, kind)
-            except OSError as exc:
-                if family == socket.AF_INET6:
-                    log(f"no IPv6 {proto} listener: {describe_os_error(exc)}")
-                    continue
-                raise
-            try:
-                if proto == "tcp":
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    # One socket per family: peers show as plain IPv4, never as ::ffff:a.b.c.d.
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind((any_address, port))
-                if proto == "tcp":
-                    sock.listen(128)
-            except OSError as exc:
-                sock.close()
-                if family == socket.AF_INET6 and exc.errno in (
-                    errno.EADDRNOTAVAIL,
-                    errno.EAFNOSUPPORT,
-                ):
-                    log(f"no IPv6 {proto} listener: {describe_os_error(exc)}")
-                    continue
-                raise
-            sockets.append(sock)
-            shown = f"[{any_address}]" if family == socket.AF_INET6 else any_address
-            listeners[proto].append(f"{shown}:{sock.getsockname()[1]}")
-    return sockets, listeners
+            for sock in open_proto_listeners(proto, port):
+                sockets.append(sock)
+                bound = sock.getsockname()[1]
+                ports[proto] = bound
+                shown = "[::]" if sock.family == socket.AF_INET6 else "0.0.0.0"
+                listeners[proto].append(f"{shown}:{bound}")
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets, listeners, ports
 
 
 def open_icmp_recorders() -> list[socket.socket]:
@@ -1192,35 +2152,26 @@ def serve_control(sock: socket.socket, agent: Agent, stop: threading.Event) -> N
     def handle(conn: socket.socket) -> None:
         try:
             with conn:
-                conn.settimeout(30.0)
+                deadline = time.monotonic() + CONTROL_READ_SECONDS
                 data = b""
                 while len(data) <= MAX_CONTROL_BYTES:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise socket.timeout("no whole batch in time")  # noqa: UP041
+                    conn.settimeout(remaining)
                     chunk = conn.recv(1 << 16)
                     if not chunk:
                         break
                     data += chunk
-                responses = answer_batch(agent, data)
-                conn.settimeout(None)
-                # default=str: an odd value in a response must not cost the whole batch.
-                conn.sendall(json.dumps(responses, default=str).encode() + b"\n")
+                answer = answer_batch(agent, data)
+                conn.settimeout(CONTROL_READ_SECONDS)
+                conn.sendall(answer)
         except OSError as exc:
             log(f"control connection: {describe_os_error(exc)}")
         finally:
             slots.release()
 
     _accept_loop(sock, stop, slots, "control", lambda conn, _address: (conn,), handle)
-
-
-def answer_batch(agent: Agent, data: bytes) -> list[JSONDict]:
-    if len(data) > MAX_CONTROL_BYTES:
-        return [{"ok": False, "op": None, "error": f"batch larger than {MAX_CONTROL_BYTES} bytes"}]
-    try:
-        requests = json.loads(data.decode("utf-8"))
-    except ValueError as exc:
-        return [{"ok": False, "op": None, "error": f"batch is not JSON: {exc}"}]
-    if not isinstance(requests, list):
-        requests = [requests]
-    return [agent.handle(request) for request in requests]
 
 
 def _guarded(target: Callable[..., None], args: tuple[Any, ...], stop: threading.Event) -> None:
@@ -1252,7 +2203,7 @@ def run_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     book = RecordBook()
     try:
-        listen_sockets, listeners = open_listeners(args.tcp_port, args.udp_port)
+        listen_sockets, listeners, ports = open_listeners(args.tcp_port, args.udp_port)
         control = open_control_socket(args.socket)
     except (OSError, RequestError) as exc:
         text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
@@ -1260,7 +2211,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     recorders = open_icmp_recorders()
     listeners["icmp"] = ["ipv6" if sock.family == socket.AF_INET6 else "ipv4" for sock in recorders]
-    agent = Agent(book, listeners)
+    agent = Agent(book, listeners, ports, DataDirectories(args.data_dir))
     threads: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
         (serve_control, (control, agent, stop))
     ]
@@ -1278,7 +2229,8 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     log(
         f"serving tcp={listeners['tcp']} udp={listeners['udp']} icmp={listeners['icmp']} "
-        f"control={args.socket} python={platform.python_version()}"
+        f"ports={ports} data_dirs={agent.data.roots} control={args.socket} "
+        f"python={platform.python_version()}"
     )
     for target, thread_args in threads:
         threading.Thread(target=_guarded, args=(target, thread_args, stop), daemon=True).start()
@@ -1301,38 +2253,57 @@ _OP_WAIT_FIELDS: dict[str, tuple[str | None, float]] = {
     "seen": ("wait", 0.0),
     "connect": ("timeout", 3.0),
     "icmp": ("timeout", 3.0),
+    "transfer": ("timeout", 10.0),
     "capture_result": ("wait", 2.0),
     # Not a field: the first capture imports scapy and waits for the sniffer to listen.
     "capture_start": (None, 10.0),
 }
+CALL_MARGIN = 10.0
 
 
-def call_budget(requests: Sequence[object]) -> float:
-    """Seconds a batch may take: the waits of its requests plus a margin for the rest."""
-    total = 10.0
-    for request in requests:
-        if not isinstance(request, dict) or request.get("op") not in _OP_WAIT_FIELDS:
-            continue
-        key, default = _OP_WAIT_FIELDS[request["op"]]
-        if key is None:
-            total += default
-            continue
-        value = request.get(key, default)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            total += min(max(float(value), 0.0), MAX_CAPTURE_SECONDS)
-    return total
+def request_wait(request: object) -> float:
+    """Seconds one request may spend in the serve process before answering (0 for most)."""
+    if not isinstance(request, dict):
+        return 0.0
+    op = request.get("op")
+    if not isinstance(op, str) or op not in _OP_WAIT_FIELDS:
+        return 0.0
+    key, default = _OP_WAIT_FIELDS[op]
+    if key is None:
+        return default
+    value = request.get(key, default)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return min(max(float(value), 0.0), MAX_CAPTURE_SECONDS)
+    return 0.0
 
 
-def send_batch(path: str, requests: Sequence[object], timeout: float) -> list[JSONDict]:
-    """Send requests to the serve process on ``path``; ``OSError`` when it does not answer."""
+def call_budget(requests: Sequence[object], parallel: int = 1) -> float:
+    """Seconds a batch may take: 10 s of margin plus, for waits w_i run at most N at a time,
+    sum(w_i) / N + (1 - 1/N) * max(w_i) (a sequential list, N = 1: the plain sum). That is
+    the longest any greedy N-worker schedule of the batch can take."""
+    waits = [request_wait(request) for request in requests]
+    if not waits:
+        return CALL_MARGIN
+    workers = max(1, parallel)
+    return CALL_MARGIN + sum(waits) / workers + (1 - 1 / workers) * max(waits)
+
+
+def send_batch(
+    path: str, requests: Sequence[object], timeout: float, parallel: int | None = None
+) -> list[JSONDict]:
+    """Send requests to the serve process on ``path`` (as a plain list, or as a parallel batch
+    when ``parallel`` is given); ``OSError`` when it does not answer."""
+    body: object = list(requests)
+    if parallel is not None:
+        body = {"parallel": parallel, "requests": list(requests)}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(json.dumps(list(requests)).encode())
+        sock.sendall(json.dumps(body).encode())
         sock.shutdown(socket.SHUT_WR)
         data = b""
         deadline = time.monotonic() + timeout
-        while len(data) <= 64 * MAX_CONTROL_BYTES:  # far above any real batch's answer
+        while len(data) <= 2 * MAX_BATCH_RESPONSE_BYTES:  # far above any answer it may send
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:.0f}s")
@@ -1350,19 +2321,30 @@ def send_batch(path: str, requests: Sequence[object], timeout: float) -> list[JS
 
 
 def run_call(args: argparse.Namespace) -> int:
-    try:
-        requests = json.loads(sys.stdin.read())
-    except ValueError as exc:
-        sys.stderr.write(f"agent call: stdin is not JSON: {exc}\n")
+    raw = sys.stdin.buffer.read(MAX_CONTROL_BYTES + 1)
+    if len(raw) > MAX_CONTROL_BYTES:
+        sys.stderr.write(f"agent call: stdin holds more than {MAX_CONTROL_BYTES} bytes\n")
         return 2
-    if isinstance(requests, dict):
-        requests = [requests]
-    if not isinstance(requests, list):
-        sys.stderr.write("agent call: stdin must be a JSON list of requests\n")
-        return 2
-    timeout = args.timeout if args.timeout is not None else call_budget(requests)
     try:
-        responses = send_batch(args.socket, requests, timeout)
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        sys.stderr.write(f"agent call: stdin is not JSON: {_shown(str(exc), 200)}\n")
+        return 2
+    if not isinstance(body, (list, dict)):
+        sys.stderr.write(
+            "agent call: stdin must be a JSON list of requests, one request, or "
+            '{"parallel": N, "requests": [...]}\n'
+        )
+        return 2
+    try:
+        requests, parallel = batch_requests(body)
+    except RequestError as exc:
+        sys.stderr.write(f"agent call: {exc}\n")
+        return 2
+    is_parallel = isinstance(body, dict) and "requests" in body
+    timeout = args.timeout if args.timeout is not None else call_budget(requests, parallel)
+    try:
+        responses = send_batch(args.socket, requests, timeout, parallel if is_parallel else None)
     except (OSError, ValueError) as exc:
         text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
         sys.stderr.write(f"agent call: no answer from a serve process on {args.socket}: {text}\n")
@@ -1395,16 +2377,33 @@ def run_ping(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: pick a free one), got {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent.py", description="netconform probe agent")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the listeners and the control socket")
-    serve.add_argument("--tcp-port", type=int, default=DEFAULT_TCP_PORT)
-    serve.add_argument("--udp-port", type=int, default=DEFAULT_UDP_PORT)
+    serve.add_argument(
+        "--tcp-port", type=_port, default=DEFAULT_TCP_PORT, help="0: a free port (see info)"
+    )
+    serve.add_argument(
+        "--udp-port", type=_port, default=DEFAULT_UDP_PORT, help="0: a free port (see info)"
+    )
     serve.add_argument("--socket", default=DEFAULT_SOCKET, help="control unix socket path")
+    serve.add_argument(
+        "--data-dir",
+        action="append",
+        default=[],
+        help="a directory write_file/read_file may use (repeatable); none: file requests refused",
+    )
     for name, help_text in (
         ("ping", "exit 0 when the serve process answers"),
-        ("call", "JSON list of requests on stdin, JSON list of responses on stdout"),
+        ("call", "a JSON batch of requests on stdin, JSON list of responses on stdout"),
     ):
         client = commands.add_parser(name, help=help_text)
         client.add_argument("--socket", default=DEFAULT_SOCKET, help="control unix socket path")

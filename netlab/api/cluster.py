@@ -8,15 +8,17 @@ import copy
 import ipaddress
 import logging
 import secrets
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from netlab.api.discovery import go_arch
+from netlab.api.faults import FaultSwitch, parse_api_faults
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.scheduler import pick_node
+from netlab.api.serviceaccounts import ServiceAccountController
 from netlab.api.store import Store
-from netlab.contract import NodeAgentAPI, NodeInfo
+from netlab.contract import KubeletAPI, NodeInfo
 from netlab.spec import LabSpec
 
 JSONDict = dict[str, Any]
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 EVENT_LIMIT = 5_000  # oldest events are dropped beyond this, like the real event TTL
+# Pod conditions the control plane sets, kept when a kubelet reports a status without them.
+CONTROL_PLANE_CONDITIONS = ("PodScheduled", "DisruptionTarget")
 
 
 def namespace_object(name: str) -> JSONDict:
@@ -160,14 +164,18 @@ def node_object(info: NodeInfo) -> JSONDict:
 class Cluster:
     """Owns the store and the node agents; every state change goes through here."""
 
-    def __init__(self, store: Store, spec: LabSpec) -> None:
+    def __init__(self, store: Store, spec: LabSpec, switch: FaultSwitch | None = None) -> None:
         self.store = store
-        self.agents: dict[str, NodeAgentAPI] = {}
+        self.switch = switch or FaultSwitch(parse_api_faults(spec.api_faults))
+        self.service_accounts = ServiceAccountController(store, self.switch)
+        self.on_pod_created: list[Callable[[JSONDict], None]] = []
+        self.agents: dict[str, KubeletAPI] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._uids: dict[str, tuple[str, str]] = {}  # pod uid -> (namespace, name)
         self._events: list[tuple[str, str]] = []  # (namespace, name), oldest first
         for name in INITIAL_NAMESPACES:
             store.put("namespaces", namespace_object(name), created=True)
+            self.service_accounts.ensure(name)  # a cluster that has run a while has them
         store.put("services", kubernetes_service(spec), created=True)
 
     # background work
@@ -182,12 +190,13 @@ class Cluster:
             log.error("background task failed", exc_info=task.exception())
 
     async def stop(self) -> None:
+        self.service_accounts.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # nodes
-    def register_node(self, agent: NodeAgentAPI) -> None:
+    def register_node(self, agent: KubeletAPI) -> None:
         self.agents[agent.node.name] = agent
         existing = self.store.get("nodes", "", agent.node.name)
         obj = node_object(agent.node)
@@ -210,6 +219,16 @@ class Cluster:
     def pod_created(self, pod: JSONDict) -> None:
         self._uids[pod["metadata"]["uid"]] = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         self.spawn(self.schedule_and_start(pod["metadata"]["namespace"], pod["metadata"]["name"]))
+        for listener in list(self.on_pod_created):
+            listener(pod)
+
+    # controllers' hooks on writes made through the API
+    def namespace_created(self, name: str) -> None:
+        self.service_accounts.namespace_added(name)
+
+    def object_removed(self, resource: str, namespace: str, name: str) -> None:
+        if resource == "serviceaccounts":
+            self.service_accounts.account_removed(namespace, name)
 
     def _set_condition(self, status: JSONDict, condition: JSONDict) -> None:
         conditions = [
@@ -295,9 +314,13 @@ class Cluster:
         new = copy.deepcopy(dict(status))
         old_status = pod.get("status", {})
         # Keep what the control plane owns if the agent's status leaves it out.
-        carried = [c for c in old_status.get("conditions") or [] if c.get("type") == "PodScheduled"]
         types = {c.get("type") for c in new.get("conditions") or []}
-        if "PodScheduled" not in types:
+        carried = [
+            c
+            for c in old_status.get("conditions") or []
+            if c.get("type") in CONTROL_PLANE_CONDITIONS and c.get("type") not in types
+        ]
+        if carried:
             new["conditions"] = carried + list(new.get("conditions") or [])
         new.setdefault("qosClass", old_status.get("qosClass", "BestEffort"))
         self.store.put("pods", {**pod, "status": new}, created=False)
@@ -315,6 +338,26 @@ class Cluster:
         marked = self.store.put("pods", marked, created=False)
         self.spawn(self._stop_pod(marked, grace))
         return marked
+
+    def evict_pod(self, pod: JSONDict, grace: int | None) -> JSONDict:
+        """What the Eviction subresource does once no disruption budget objects: mark the pod
+        DisruptionTarget (Kubernetes 1.31), then delete it gracefully."""
+        conditions = pod.get("status", {}).get("conditions") or []
+        if not any(c.get("type") == "DisruptionTarget" for c in conditions):
+            marked = copy.deepcopy(pod)
+            self._set_condition(
+                marked.setdefault("status", {}),
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "lastProbeTime": None,
+                    "lastTransitionTime": now_rfc3339(),
+                    "reason": "EvictionByEvictionAPI",
+                    "message": "Eviction API: evicting",
+                },
+            )
+            pod = self.store.put("pods", marked, created=False)
+        return self.delete_pod(pod, grace)
 
     async def _stop_pod(self, pod: JSONDict, grace: int) -> None:
         meta = pod["metadata"]
@@ -349,7 +392,7 @@ class Cluster:
                     break
         finally:
             self.store.unwatch(watcher)
-        for resource in ("configmaps", "events", "services"):
+        for resource in ("configmaps", "events", "services", "serviceaccounts"):
             for obj in self.store.list(resource, name):
                 self.store.remove(resource, name, obj["metadata"]["name"])
         self.store.remove("namespaces", "", name)

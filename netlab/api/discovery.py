@@ -42,6 +42,7 @@ RESOURCES: dict[str, ResourceInfo] = {
             "namespace",
         ),
         ResourceInfo("configmaps", "ConfigMap", True, _RW, ("cm",), "configmap"),
+        ResourceInfo("serviceaccounts", "ServiceAccount", True, _RW, ("sa",), "serviceaccount"),
         ResourceInfo("events", "Event", True, _RW, ("ev",), "event"),
         ResourceInfo(
             "services",
@@ -63,9 +64,14 @@ SUBRESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pods/status": ("Pod", ("get", "patch", "update")),
     "pods/log": ("Pod", ("get",)),
     "pods/exec": ("PodExecOptions", ("create", "get")),
+    "pods/eviction": ("Eviction", ("create",)),
     "namespaces/status": ("Namespace", ("get",)),
     "nodes/status": ("Node", ("get",)),
 }
+
+
+# Subresources served in another API group's version (discovery names it), as Eviction is.
+SUBRESOURCE_GROUP_VERSIONS: dict[str, tuple[str, str]] = {"pods/eviction": ("policy", "v1")}
 
 
 def go_arch() -> str:
@@ -122,12 +128,20 @@ def api_resource_list() -> JSONDict:
                 "name": name,
                 "singularName": "",
                 "namespaced": RESOURCES[name.split("/")[0]].namespaced,
+                **_group_version(name),
                 "kind": kind,
                 "verbs": list(verbs),
             }
         )
     entries.sort(key=lambda e: e["name"])
     return {"kind": "APIResourceList", "groupVersion": "v1", "resources": entries}
+
+
+def _group_version(subresource: str) -> JSONDict:
+    if subresource not in SUBRESOURCE_GROUP_VERSIONS:
+        return {}
+    group, version = SUBRESOURCE_GROUP_VERSIONS[subresource]
+    return {"group": group, "version": version}
 
 
 def openapi_v3_root() -> JSONDict:

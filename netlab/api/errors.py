@@ -20,14 +20,17 @@ REASONS = {
     413: "RequestEntityTooLarge",
     415: "UnsupportedMediaType",
     422: "Invalid",
+    429: "TooManyRequests",
     500: "InternalError",
+    503: "ServiceUnavailable",
 }
 
 
 def status_object(
     code: int, message: str, reason: str | None = None, details: JSONDict | None = None
 ) -> JSONDict:
-    """A v1 Status with status Failure (or Success for 2xx)."""
+    """A v1 Status with status Failure (or Success for 2xx); an empty reason is left out, as
+    Go's encoder leaves out StatusReasonUnknown."""
     body: JSONDict = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -37,6 +40,8 @@ def status_object(
         "reason": reason if reason is not None else REASONS.get(code, ""),
         "code": code,
     }
+    if not body["reason"]:
+        del body["reason"]
     if details is not None:
         body["details"] = details
     return body
@@ -57,7 +62,13 @@ class ApiError(Exception):
         self.status = status_object(code, message, reason, details)
 
     def response(self) -> web.Response:
-        return web.json_response(self.status, status=self.code)
+        """The Status as JSON; ``details.retryAfterSeconds`` also becomes a Retry-After header,
+        as kube-apiserver's ErrorNegotiated writes it."""
+        response = web.json_response(self.status, status=self.code)
+        retry_after = (self.status.get("details") or {}).get("retryAfterSeconds")
+        if retry_after:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
 
 def not_found(resource: str, name: str) -> ApiError:

@@ -3,6 +3,10 @@
 Every message is one channel byte then data: 0 stdin, 1 stdout, 2 stderr, 3 error (a v1
 Status when the command ends), 4 resize; v5 adds 255 "close" (client closes its stdin).
 SPDY is not spoken: a request without a WebSocket upgrade gets a 400 Status saying so.
+
+As on a real node, a command whose argument is longer than Linux allows (MAX_ARG_STRLEN) cannot
+start; with the ``exec-v4-only`` API fault only the protocols of API servers before 1.30 are
+offered; with ``cut-streams`` the connection may drop part-way (netlab.api.injector).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import base64
 import contextlib
 import json
 import logging
+import secrets
+import shutil
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -19,10 +25,13 @@ from aiohttp import WSMsgType, web
 from netlab.api.cluster import Cluster
 from netlab.api.containers import node_of, resolve_container
 from netlab.api.errors import ApiError
+from netlab.api.faults import ApiFaults
+from netlab.api.injector import STREAM_CUT, StreamCut, drop_connection
 from netlab.contract import ExecProcess, RuntimeError_
 
 JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
+fault_log = logging.getLogger("netlab.api.faults")
 
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
@@ -30,8 +39,13 @@ V4_BASE64 = "v4.base64.channel.k8s.io"
 BASE64 = "base64.channel.k8s.io"
 V1 = "channel.k8s.io"
 PROTOCOLS = (V5, V4, V4_BASE64, BASE64, V1)
+PRE_1_30_PROTOCOLS = (V4, V4_BASE64, BASE64, V1)  # what exec-v4-only offers
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 MAX_FRAME = 1 << 20
+# Linux's limit on one execve argument, its terminating NUL included (32 pages).
+MAX_ARG_STRLEN = 32 * 4096
+# The PATH a container gets when neither its image nor its spec sets one (containerd's default).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def exit_status(code: int, command: list[str]) -> JSONDict:
@@ -53,21 +67,96 @@ def _go_list(command: list[str]) -> str:
     return "[" + " ".join(command) + "]"
 
 
+def internal_error(cause: str) -> JSONDict:
+    """The error-channel Status of a command that could not run (apierrors.NewInternalError,
+    as kubelet's streaming server writes it)."""
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"Internal error occurred: {cause}",
+        "reason": "InternalError",
+        "details": {"causes": [{"message": cause}]},
+        "code": 500,
+    }
+
+
+def argument_too_long(command: list[str], path: str = DEFAULT_PATH) -> str | None:
+    """containerd's words for an exec whose argument Linux refuses (E2BIG), or None. ``path``
+    is the container's PATH (lab containers see the host's files, so it resolves here)."""
+    if not any(len(arg.encode()) + 1 > MAX_ARG_STRLEN for arg in command):
+        return None
+    # runc resolves the program first, so the message names its path.
+    program = command[0]
+    if "/" not in program:
+        program = shutil.which(program, path=path) or program
+    return (
+        "error executing command in container: failed to exec in container: failed to start "
+        f'exec "{secrets.token_hex(32)}": OCI runtime exec failed: exec failed: unable to '
+        f"start container process: exec {program}: argument list too long: unknown"
+    )
+
+
+def offered_protocols(request: web.Request) -> list[str]:
+    return [
+        protocol.strip()
+        for header in request.headers.getall("Sec-WebSocket-Protocol", [])
+        for protocol in header.split(",")
+        if protocol.strip()
+    ]
+
+
+def _container_path(pod: JSONDict, container: str) -> str:
+    """The PATH the container's spec sets, else the default."""
+    spec = pod.get("spec", {})
+    for group in ("containers", "initContainers"):
+        for candidate in spec.get(group) or []:
+            if candidate.get("name") == container:
+                for variable in candidate.get("env") or []:
+                    if variable.get("name") == "PATH" and variable.get("value"):
+                        return str(variable["value"])
+    return DEFAULT_PATH
+
+
 def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in ("1", "true")
 
 
-class ExecSession:
-    """One upgraded exec connection."""
+class _Cut(Exception):
+    """The cut-streams fault's moment has come: drop the connection."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+
+class ExecSession:
+    """One upgraded exec connection; with ``cut``, it drops after that much output."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, cut: StreamCut | None = None
+    ) -> None:
         self.ws = ws
+        self.request = request
         self.protocol = ws.ws_protocol or V1
         self.base64 = "base64" in self.protocol
+        self.cut = cut
+        self._output = 0  # stdout and stderr bytes sent
+
+    def cut_now(self) -> None:
+        fault_log.info("api fault: exec stream cut after %d output bytes", self._output)
+        drop_connection(self.request)
+        raise _Cut
 
     async def send(self, channel: int, data: bytes) -> None:
         if self.ws.closed:
             return
+        if self.cut is not None and channel in (STDOUT, STDERR):
+            room = self.cut.output_bytes - self._output
+            if len(data) >= room:
+                if room > 0:
+                    await self._send_frame(channel, data[:room])
+                    self._output += room
+                self.cut_now()
+            self._output += len(data)
+        await self._send_frame(channel, data)
+
+    async def _send_frame(self, channel: int, data: bytes) -> None:
         if self.base64:
             await self.ws.send_str(str(channel) + base64.b64encode(data).decode())
         else:
@@ -118,7 +207,10 @@ class ExecSession:
                 process.stdin.close()
 
 
-async def serve_exec(request: web.Request, cluster: Cluster, pod: JSONDict) -> web.StreamResponse:
+async def serve_exec(
+    request: web.Request, cluster: Cluster, pod: JSONDict, faults: ApiFaults | None = None
+) -> web.StreamResponse:
+    faults = faults or ApiFaults()
     command = request.query.getall("command", [])
     if not command:
         raise ApiError(400, "you must specify at least 1 command")
@@ -137,35 +229,35 @@ async def serve_exec(request: web.Request, cluster: Cluster, pod: JSONDict) -> w
             400,
             f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to start: ContainerCreating',
         )
+    protocols = PRE_1_30_PROTOCOLS if faults.exec_v4_only else PROTOCOLS
     # Checked after the request itself, so that kubectl's SPDY fallback (taken whenever the
     # WebSocket upgrade fails) still shows the real reason above.
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ApiError(
             400,
             "Upgrade request required: this API server (netlab) serves exec over WebSocket only "
-            f"(subprotocols {', '.join(PROTOCOLS)}); SPDY is not supported",
+            f"(subprotocols {', '.join(protocols)}); SPDY is not supported",
         )
+    offered = offered_protocols(request)
+    if offered and not set(offered) & set(protocols):
+        # The WebSocket handshake's refusal (golang.org/x/net/websocket): 403, no body.
+        return web.Response(status=403)
     # timeout: how long close() waits for the client's close frame (short: stop() waits on it).
-    ws = web.WebSocketResponse(protocols=PROTOCOLS, max_msg_size=MAX_FRAME, timeout=1.0)
+    ws = web.WebSocketResponse(protocols=protocols, max_msg_size=MAX_FRAME, timeout=1.0)
     await ws.prepare(request)
-    session = ExecSession(ws)
+    session = ExecSession(ws, request, request.get(STREAM_CUT))
+    too_long = argument_too_long(list(command), _container_path(pod, container))
+    if too_long is not None:  # the command cannot start: E2BIG from execve
+        await session.send(ERROR, json.dumps(internal_error(too_long)).encode())
+        await ws.close()
+        return ws
     try:
         process = await agent.exec(
             pod["metadata"]["uid"], container, list(command), stdin=stdin, tty=tty
         )
     except (RuntimeError_, OSError) as error:  # e.g. no such executable in the container
-        await session.send(
-            ERROR,
-            json.dumps(
-                {
-                    "metadata": {},
-                    "status": "Failure",
-                    "message": str(error),
-                    "reason": "InternalError",
-                    "code": 500,
-                }
-            ).encode(),
-        )
+        cause = f"error executing command in container: {error}"
+        await session.send(ERROR, json.dumps(internal_error(cause)).encode())
         await ws.close()
         return ws
     loop = asyncio.get_running_loop()
@@ -185,16 +277,23 @@ async def serve_exec(request: web.Request, cluster: Cluster, pod: JSONDict) -> w
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(process.wait(), 5)
         if not ws.closed:
-            await ws.close()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.close()
     return ws
 
 
 async def _run_to_end(
     session: ExecSession, process: ExecProcess, command: list[str], stdout: bool, stderr: bool
 ) -> None:
-    await asyncio.gather(
-        session.pump_out(process.stdout, STDOUT, stdout),
-        session.pump_out(process.stderr, STDERR, stderr),
-    )
-    code = await process.wait()
-    await session.send(ERROR, json.dumps(exit_status(code, command)).encode())
+    cut = False
+    try:
+        async with asyncio.TaskGroup() as pumps:  # a cut in one pump stops the other
+            pumps.create_task(session.pump_out(process.stdout, STDOUT, stdout))
+            pumps.create_task(session.pump_out(process.stderr, STDERR, stderr))
+        code = await process.wait()
+        if session.cut is not None:  # the output was shorter than the cut: lose the status
+            session.cut_now()
+    except* _Cut:
+        cut = True
+    if not cut:
+        await session.send(ERROR, json.dumps(exit_status(code, command)).encode())

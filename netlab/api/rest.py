@@ -15,6 +15,7 @@ from netlab.api.cluster import Cluster
 from netlab.api.discovery import RESOURCES
 from netlab.api.encode import dumps
 from netlab.api.errors import ApiError, already_exists, not_found
+from netlab.api.injector import STREAM_CUT
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.paging import (
     EXPIRED_MESSAGE,
@@ -32,6 +33,7 @@ from netlab.api.request import (
     read_body,
 )
 from netlab.api.selectors import match_all, matcher, parse_field_selector, parse_label_selector
+from netlab.api.serviceaccounts import admit_pod
 from netlab.api.store import TooOld
 from netlab.api.tables import table, wants_table
 from netlab.api.watch import WatchStream
@@ -135,6 +137,7 @@ class Rest:
                 match,
                 as_table=as_table,
                 bookmark_interval=self.bookmark_interval,
+                cut=request.get(STREAM_CUT),
             )
             return await stream.run(
                 since, float(timeout) if timeout is not None else None, bookmarks, initial
@@ -218,6 +221,8 @@ class Rest:
                 400,
                 f"the object provided is unrecognized (must be of type {kind}): metadata is not an object",
             )
+        # Admission sees the name as the client gave it (names are generated later).
+        requested_name = str(meta.get("name") or meta.get("generateName") or "")
         name = admission.assign_name(obj, kind)
         if target.namespace is not None:
             if meta.get("namespace") not in (None, "", target.namespace):
@@ -246,6 +251,8 @@ class Rest:
                         ],
                     },
                 )
+        if target.resource == "pods":
+            admit_pod(self.store, target.namespace or "", obj, requested_name)
         if self.store.get(target.resource, target.namespace or "", name) is not None:
             raise already_exists(target.resource, name)
         for key in _SERVER_META:
@@ -264,6 +271,8 @@ class Rest:
         stored = self.store.put(target.resource, obj, created=True)
         if target.resource == "pods":
             self.cluster.pod_created(stored)
+        elif target.resource == "namespaces":
+            self.cluster.namespace_created(name)
         return respond(stored, 201, warnings)
 
     def _check_type(self, obj: JSONDict, kind: str) -> None:
@@ -299,6 +308,9 @@ class Rest:
                 )
                 if gone is not None:
                     deleted.append(gone)
+                    self.cluster.object_removed(
+                        target.resource, obj["metadata"]["namespace"], obj["metadata"]["name"]
+                    )
         return respond(
             {
                 "kind": f"{self._kind(target)}List",
@@ -321,6 +333,7 @@ class Rest:
                 match,
                 as_table=None,
                 bookmark_interval=self.bookmark_interval,
+                cut=request.get(STREAM_CUT),
             )
             since = int_param(request, "resourceVersion") or None
             timeout = int_param(request, "timeoutSeconds")
@@ -480,6 +493,7 @@ class Rest:
                 )
             return respond(self.cluster.delete_namespace(obj))
         self.store.remove(target.resource, target.namespace or "", target.name)
+        self.cluster.object_removed(target.resource, target.namespace or "", target.name)
         return respond(
             {
                 "kind": "Status",

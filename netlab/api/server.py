@@ -4,6 +4,7 @@ that netlab/lab.py and the node agents use."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -11,27 +12,41 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from netlab.api import discovery
+from netlab.api.admin import ADMIN_PREFIX, serve_admin
 from netlab.api.cluster import Cluster
 from netlab.api.errors import ApiError, status_object
+from netlab.api.eviction import DisruptionScheduler, serve_eviction
 from netlab.api.execs import serve_exec
+from netlab.api.faults import ApiFaults, FaultSwitch, parse_api_faults
+from netlab.api.injector import FaultInjector
 from netlab.api.kubeconfig import write_kubeconfig
 from netlab.api.logs import serve_logs
 from netlab.api.request import NOT_FOUND, Target, parse_path
 from netlab.api.rest import Rest, respond
 from netlab.api.store import DEFAULT_HISTORY, Store
 from netlab.api.tls import ServingCert, make_serving_cert
-from netlab.contract import JSONDict, NodeAgentAPI
+from netlab.contract import JSONDict, KubeletAPI
 from netlab.spec import LabSpec
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 3 * 1024 * 1024
+MAX_BODY = 3 * 1024 * 1024  # the real server's request body limit
+# Go's http server (kube-apiserver sets MaxHeaderBytes 1 MiB) takes request lines this long;
+# an exec's command travels in the URL, so long argv payloads must get through as they do.
+MAX_HEADER_BYTES = 1 << 20
 TLS_DIR = "apiserver-tls"  # under the lab's state dir
-STOP_TIMEOUT = 5.0  # seconds streams get to end (an exec kills its process) on stop()  # the real server's request body limit
+STOP_TIMEOUT = 5.0  # seconds streams get to end (an exec kills its process) on stop()
+RELISTEN_TIMEOUT = 30.0  # seconds a restarted API server keeps trying to bind its port again
 UNAUTHENTICATED = frozenset({"/healthz", "/readyz", "/livez"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _exempt_from_faults(path: str) -> bool:
+    """Health checks and the lab's own admin endpoint never see an API fault."""
+    return path in UNAUTHENTICATED or path.startswith(ADMIN_PREFIX)
 
 
 @web.middleware
@@ -81,19 +96,29 @@ class ApiServer:
         history_limit: int = DEFAULT_HISTORY,
         bookmark_interval: float = 60.0,
         tls: bool = True,
+        api_faults: ApiFaults | None = None,
     ) -> None:
         self.spec = spec
         self._host = host
         self._port = port
         self._token = token or secrets.token_urlsafe(32)
         self.store = Store(history_limit)
-        self.cluster = Cluster(self.store, spec)
+        # API faults: from the spec (`netlab up --api-fault`) unless given; switchable later.
+        self.faults = FaultSwitch(api_faults or parse_api_faults(spec.api_faults))
+        self.cluster = Cluster(self.store, spec, self.faults)
         self.rest = Rest(self.cluster, bookmark_interval)
+        self.injector = FaultInjector(self.faults, exempt=_exempt_from_faults)
+        self.disruptions = DisruptionScheduler(self.cluster, self.faults)
+        self.cluster.on_pod_created.append(self.disruptions.pod_created)
+        self.faults.subscribe(self._faults_changed)
         self._tls = tls
         self._cert: ServingCert | None = None
         self._runner: web.AppRunner | None = None
         self._inflight: set[asyncio.Task[object]] = set()  # handlers still running (watch, exec)
         self._url = ""
+        self._restarts: asyncio.Task[None] | None = None  # the restart fault's schedule
+        self._listening = asyncio.Lock()  # start, restart and stop take turns
+        self._stopping = asyncio.Event()
 
     # the facade
     @property
@@ -115,7 +140,7 @@ class ApiServer:
             raise RuntimeError("ApiServer is not started")
         return self._url
 
-    def register_node(self, agent: NodeAgentAPI) -> None:
+    def register_node(self, agent: KubeletAPI) -> None:
         self.cluster.register_node(agent)
 
     def pod_status_changed(self, uid: str, status: JSONDict) -> None:
@@ -129,28 +154,118 @@ class ApiServer:
         return None if obj is None else dict(obj.get("data") or {})
 
     async def start(self) -> str:
-        app = web.Application(middlewares=[_errors, _auth(self._token)], client_max_size=MAX_BODY)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
         try:
-            context = None
-            if self._tls:
-                self._cert = await make_serving_cert(self._host, self.spec.state_dir / TLS_DIR)
-                context = self._cert.server_context()
-            site = web.TCPSite(self._runner, self._host, self._port, ssl_context=context)
-            await site.start()
+            async with self._listening:
+                if self._tls:
+                    self._cert = await make_serving_cert(self._host, self.spec.state_dir / TLS_DIR)
+                await self._listen()
         except BaseException:
             await self.stop()  # nothing half-started is left behind (port, certificate)
             raise
+        self._faults_changed(self.faults.current)
+        return self._url
+
+    async def _listen(self) -> None:
+        """Serve on the host and port (the port first bound, after a restart)."""
+        app = web.Application(
+            middlewares=[_errors, _auth(self._token), self.injector.middleware],
+            client_max_size=MAX_BODY,
+        )
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=1.0,
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+        )
+        await self._runner.setup()
+        context = self._cert.server_context() if self._cert is not None else None
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=context)
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         server = site._server  # the bound port when port=0
         sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else self._port
-        self._url = f"{'https' if self._tls else 'http'}://{self._host}:{port}"
-        return self._url
+        self._port = sockets[0].getsockname()[1] if sockets else self._port
+        self._url = f"{'https' if self._tls else 'http'}://{self._host}:{self._port}"
+
+    async def _drop_everything(self) -> None:
+        """Stop listening and drop every connection at once, as a dying process does: streams
+        end without a last chunk or close frame, handlers are cancelled (an exec kills its
+        process)."""
+        runner = self._runner
+        if runner is not None and runner.server is not None:
+            for connection in runner.server.connections:
+                if connection.transport is not None:
+                    connection.transport.abort()
+        for task in list(self._inflight):
+            task.cancel()
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=STOP_TIMEOUT)
+        if runner is not None:
+            await runner.cleanup()
+        self._runner = None
+
+    async def restart(self, down: float) -> None:
+        """What the restart fault does: the API stops listening and drops every connection,
+        stays down ``down`` seconds, then serves the same objects on the same port again (no
+        event is lost; resourceVersions go on; clients re-list or re-watch)."""
+        async with self._listening:
+            if self._runner is None or self._stopping.is_set():
+                return
+            log.warning("api fault: API server restarting, down for %.1f s", down)
+            await self._drop_everything()
+            if await self._pause(down):
+                return
+            # The port is the kubeconfig's: if something took it meanwhile, keep trying it.
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(OSError),
+                stop=stop_after_delay(RELISTEN_TIMEOUT),
+                wait=wait_fixed(0.2),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._listen()
+            log.warning("api fault: API server serving again at %s", self._url)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Let ``seconds`` pass unless the server stops first (then True at once)."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def _faults_changed(self, faults: ApiFaults) -> None:
+        """Re-arm the restart schedule (a fresh EVERY from now) when the faults change."""
+        if self._restarts is not None:
+            self._restarts.cancel()
+            self._restarts = None
+        if faults.restart_every > 0 and self._url and not self._stopping.is_set():
+            self._restarts = asyncio.get_running_loop().create_task(
+                self._restart_every(faults.restart_every, faults.restart_down)
+            )
+
+    async def _restart_every(self, every: float, down: float) -> None:
+        while not await self._pause(every):
+            # Shielded: a new schedule (faults switched) never leaves the API down half-way.
+            await asyncio.shield(self.restart(down))
 
     async def stop(self) -> None:
         """End every stream (watches, exec processes, log follows), then the listener."""
+        self._stopping.set()
+        if self._restarts is not None:
+            self._restarts.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restarts
+            self._restarts = None
+        async with self._listening:
+            pass  # a restart under way sees the stop and ends first
+        self.disruptions.stop()
         self.store.close_watchers()
         for task in list(self._inflight):
             task.cancel()
@@ -179,6 +294,8 @@ class ApiServer:
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
+        if path.startswith(ADMIN_PREFIX):
+            return await serve_admin(request, path, self.faults)
         simple = self._simple(path)
         if simple is not None:
             if request.method not in ("GET", "HEAD"):
@@ -243,6 +360,10 @@ class ApiServer:
         if kind == "pods/log":
             return {"GET": lambda r: serve_logs(r, self.cluster, rest._existing(base))}
         if kind == "pods/exec":
-            exec_handler: Handler = lambda r: serve_exec(r, self.cluster, rest._existing(base))  # noqa: E731
+            exec_handler: Handler = lambda r: serve_exec(  # noqa: E731
+                r, self.cluster, rest._existing(base), self.faults.current
+            )
             return {"GET": exec_handler, "POST": exec_handler}
+        if kind == "pods/eviction":
+            return {"POST": lambda r: serve_eviction(r, self.cluster, rest._existing(base))}
         raise ApiError(404, NOT_FOUND, details={})

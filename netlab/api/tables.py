@@ -89,6 +89,15 @@ COLUMNS: dict[str, list[JSONDict]] = {
     ],
     "namespaces": [_NAME, _col("Status", "string", "The status of the namespace"), _AGE],
     "configmaps": [_NAME, _col("Data", "string", "Data contains the configuration data."), _AGE],
+    "serviceaccounts": [
+        _NAME,
+        _col(
+            "Secrets",
+            "string",
+            'Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use. Pods are only limited to this list if this service account has a "kubernetes.io/enforce-mountable-secrets" annotation set to "true". This field should not be used to find auto-generated service account token secrets for use outside of pods. Instead, tokens can be requested directly using the TokenRequest API, or service account token secrets can be manually created. More info: https://kubernetes.io/docs/concepts/configuration/secret',
+        ),
+        _AGE,
+    ],
     "services": [
         _NAME,
         _col("Type", "string", "type determines how the Service is exposed."),
@@ -255,6 +264,11 @@ _ROWS: dict[str, Callable[[JSONDict], list[Any]]] = {
     ],
     "events": _event_row,
     "services": _service_row,
+    "serviceaccounts": lambda sa: [
+        sa["metadata"]["name"],
+        len(sa.get("secrets") or []),
+        age(sa["metadata"].get("creationTimestamp")),
+    ],
 }
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +13,12 @@ from aiohttp import web
 from netlab.api.discovery import RESOURCES
 from netlab.api.encode import dumps
 from netlab.api.errors import status_object
+from netlab.api.injector import StreamCut, drop_connection
 from netlab.api.store import Event, Store, TooOld
 from netlab.api.tables import table
 
 JSONDict = dict[str, Any]
+log = logging.getLogger("netlab.api.faults")
 
 DEFAULT_TIMEOUT = 1800.0  # the real server's minimum request timeout, before jitter
 
@@ -36,8 +39,12 @@ def translate(event: Event, match: Callable[[JSONDict], bool]) -> str | None:
     return "DELETED" if before else None
 
 
+class _Cut(Exception):
+    """The cut-streams fault's moment has come: drop the connection."""
+
+
 class WatchStream:
-    """One watch request's response."""
+    """One watch request's response; with ``cut``, its connection drops part-way."""
 
     def __init__(
         self,
@@ -49,6 +56,7 @@ class WatchStream:
         *,
         as_table: str | None,
         bookmark_interval: float,
+        cut: StreamCut | None = None,
     ) -> None:
         self.request = request
         self.store = store
@@ -59,8 +67,16 @@ class WatchStream:
         self.bookmark_interval = bookmark_interval
         self.response = web.StreamResponse(headers={"Content-Type": "application/json"})
         self._columns_sent = False
+        self.cut = cut
+        self._frames = 0
+
+    def _cut_due(self) -> None:
+        if self.cut is not None and self._frames >= self.cut.frames:
+            raise _Cut
 
     async def _send(self, type_: str, obj: JSONDict) -> None:
+        self._cut_due()
+        self._frames += 1
         if self.as_table is not None and type_ in ("ADDED", "MODIFIED", "DELETED"):
             obj = table(
                 self.resource, [obj], obj["metadata"].get("resourceVersion", ""), self.as_table
@@ -89,6 +105,7 @@ class WatchStream:
         try:
             watcher = self.store.watch(self.resource, self.namespace, since)
         except TooOld as error:
+            self.cut = None  # one ERROR event, then the end: nothing to cut
             await self.response.prepare(self.request)
             await self._send("ERROR", status_object(410, str(error), "Expired"))
             return self.response
@@ -109,6 +126,9 @@ class WatchStream:
             await self._stream(
                 watcher, timeout if timeout is not None else DEFAULT_TIMEOUT, bookmarks
             )
+        except _Cut:
+            log.info("api fault: watch of %s cut after %d events", self.resource, self._frames)
+            drop_connection(self.request)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -118,6 +138,10 @@ class WatchStream:
     async def _stream(self, watcher: Any, timeout: float, bookmarks: bool) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # A cut stream may also drop while nothing happens: at its time, if before the end.
+        cut_on_time = self.cut is not None and self.cut.after < timeout
+        if self.cut is not None and cut_on_time:
+            deadline = loop.time() + self.cut.after
         while (remaining := deadline - loop.time()) > 0:
             wait = min(remaining, self.bookmark_interval) if bookmarks else remaining
             try:
@@ -131,3 +155,5 @@ class WatchStream:
             kind = translate(event, self.match)
             if kind is not None:
                 await self._send(kind, event.object)
+        if cut_on_time:
+            raise _Cut

@@ -36,6 +36,8 @@ BRIDGE_NAME = "cni0"
 POD_IFNAME = "eth0"
 PLUGIN_TIMEOUT = 30.0  # seconds for one plugin call (portmap runs iptables, may wait a lock)
 DUPLICATE_IP_FAULT = "duplicate-pod-ip"
+FAMILY_MISSING_FAULT = "family-missing-on-node"
+FAMILY_MISSING_NODE = "node-2"  # whose IPAM forgets IPv6 under family-missing-on-node
 
 JSONDict = dict[str, Any]
 
@@ -103,6 +105,15 @@ def _family_key(cidr: str) -> int:
     return ipaddress.ip_network(cidr, strict=False).version
 
 
+def handed_out_ranges(spec: LabSpec, plan: NodePlan, ipam_ranges: Sequence[str]) -> list[str]:
+    """The ranges host-local hands out on ``plan``'s node: its IPAM ranges, except under
+    ``family-missing-on-node``, where node-2's pods get IPv4 only (the node keeps both
+    podCIDRs in the API and its routes, so only the pods miss a family)."""
+    if FAMILY_MISSING_FAULT in spec.faults and plan.name == FAMILY_MISSING_NODE:
+        return [cidr for cidr in ipam_ranges if _family_key(cidr) == 4]
+    return list(ipam_ranges)
+
+
 class NodeCNI:
     """The CNI of one node: builds its config lists and runs ADD/DEL inside the node netns."""
 
@@ -111,7 +122,7 @@ class NodeCNI:
             raise ValueError(f"node {plan.name} has no IPAM range")
         self.spec = spec
         self.plan = plan
-        self.ipam_ranges = list(ipam_ranges)
+        self.ipam_ranges = handed_out_ranges(spec, plan, ipam_ranges)
         self.state_dir = spec.state_dir / "cni" / plan.name
         self.data_dir = self.state_dir / "ipam"
         self.cache_dir = self.state_dir / "results"

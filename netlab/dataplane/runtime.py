@@ -1,13 +1,17 @@
-"""runc as the lab's container runtime: OCI bundles, run, exec, kill, and a pod's files.
+"""runc as the lab's container runtime: root filesystems, OCI bundles, run, exec, kill.
 
-The image of every container is the host itself: the rootfs is one per-lab, read-only,
-non-recursive bind of ``/`` at ``<state>/rootfs`` (runc cannot pivot_root into ``/`` itself),
-with a private tmpfs on ``/tmp`` per container. Per-pod files (``/etc/hosts``, volumes, logs)
-live under ``<state>/pods/<uid>``; runc's own state under ``<state>/runc``; bundles under
-``<state>/bundles/<id>``. So a SIGKILLed lab leaves only things the sweep finds by path.
+The image of every container is the host itself. Each lab holds one non-recursive bind of ``/``
+at ``<state>/rootfs`` (runc cannot pivot_root into ``/`` itself) and one tmpfs at
+``<state>/layers``. A container's root is an overlay at ``<state>/bundles/<id>/rootfs``: the
+host view as its lower layer, ``layers/<id>`` as its upper one, so the mount points runc
+creates for volumes land in the tmpfs and never in the host's own directories; runc mounts the
+root read-only and gives every container a private tmpfs on ``/tmp``. runc keeps its state
+under ``<state>/runc``. So a SIGKILLed lab leaves only things the sweep finds by path.
 
 App containers run as ``runc run`` in the foreground, one asyncio child each, so the exit code
 of the container is the exit code of that child (128+signal when killed, as kubelet reports).
+What goes into a container (pod spec to ``ContainerConfig``, volumes, /etc files) is the
+kubelet's business: ``netlab.kubelet.containers``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import ipaddress
 import json
 import logging
 import os
-import re
 import resource
 import shutil
 import signal
@@ -49,8 +51,6 @@ log = logging.getLogger(__name__)
 RUNC = "runc"
 RUNC_TIMEOUT = 20.0  # seconds for one short runc command (create, kill, delete)
 START_TIMEOUT = 20.0  # seconds from `runc run` to the container's pid file
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-UNSHARED_EMPTYDIR_FAULT = "unshared-emptydir"
 MNT_DETACH = 2
 MS_BIND = 4096
 MS_REC = 16384
@@ -137,15 +137,6 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 class ContainerRuntimeError(RuntimeError):
     """runc failed; the message carries runc's own error line."""
-
-
-class ContainerConfigError(ValueError):
-    """A container spec this runtime cannot run; ``reason`` is the kubelet waiting reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class ContainerStartError(ContainerRuntimeError):
@@ -722,333 +713,3 @@ def _runc_error(runc_log: Path) -> str:
         if entry.get("level") in ("error", "fatal"):
             return str(entry.get("msg", "")).strip()
     return ""
-
-
-# --- pod files: /etc files, volumes, env -------------------------------------------------------
-
-
-def pod_dir(spec: LabSpec, uid: str) -> Path:
-    return spec.state_dir / "pods" / uid
-
-
-def write_etc_files(
-    directory: Path,
-    *,
-    hostname: str,
-    pod_ips: Sequence[str],
-    host_network: bool,
-    namespace: str,
-    spec: LabSpec,
-) -> dict[str, Path]:
-    """/etc/hostname, /etc/hosts and /etc/resolv.conf as kubelet writes them for a pod."""
-    directory.mkdir(parents=True, exist_ok=True)
-    hosts = [
-        "# Kubernetes-managed hosts file.",
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        "fe00::0\tip6-localnet",
-        "fe00::0\tip6-mcastprefix",
-        "fe00::1\tip6-allnodes",
-        "fe00::2\tip6-allrouters",
-    ]
-    hosts += [f"{ip}\t{hostname}" for ip in pod_ips]
-    # kubeadm's cluster DNS address, in the primary family's service range.
-    service = ipaddress.ip_network(spec.service_cidrs[0])
-    dns_server = service.network_address + 10
-    if host_network:
-        resolv = Path("/etc/resolv.conf").read_text()  # ClusterFirst falls back to the host's
-    else:
-        resolv = (
-            f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
-            f"nameserver {dns_server}\noptions ndots:5\n"
-        )
-    paths = {
-        "/etc/hostname": directory / "hostname",
-        "/etc/hosts": directory / "hosts",
-        "/etc/resolv.conf": directory / "resolv.conf",
-    }
-    paths["/etc/hostname"].write_text(hostname + "\n")
-    paths["/etc/hosts"].write_text("\n".join(hosts) + "\n")
-    paths["/etc/resolv.conf"].write_text(resolv)
-    return paths
-
-
-class PodVolumes:
-    """A pod's emptyDir and configMap volumes on disk under its pod dir."""
-
-    def __init__(
-        self,
-        spec: LabSpec,
-        pod: Mapping[str, Any],
-        directory: Path,
-        configmaps: Any,  # ConfigMapLookup; Any here to keep the dataplane free of contract
-    ) -> None:
-        self.spec = spec
-        self.pod = pod
-        self.root = directory / "_volumes"  # "_": never a container name (DNS label)
-        self.configmaps = configmaps
-        self.namespace = str(pod.get("metadata", {}).get("namespace", "default"))
-        self.volumes: dict[str, Mapping[str, Any]] = {
-            str(v["name"]): v for v in pod.get("spec", {}).get("volumes") or []
-        }
-        self.unshared = UNSHARED_EMPTYDIR_FAULT in spec.faults
-
-    def _containers(self) -> list[str]:
-        spec = self.pod.get("spec", {})
-        return [
-            str(c["name"])
-            for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
-        ]
-
-    def prepare(self) -> None:
-        """Create every volume (raises ContainerConfigError for an unusable one)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        for name, volume in self.volumes.items():
-            if "emptyDir" in volume:
-                medium = (volume.get("emptyDir") or {}).get("medium", "")
-                copies = [f"{name}@{c}" for c in self._containers()] if self.unshared else [name]
-                for copy in copies:
-                    path = self.root / copy
-                    if medium == "Memory":
-                        mount_tmpfs(path)
-                    else:
-                        path.mkdir(parents=True, exist_ok=True)
-                        path.chmod(0o777)  # kubelet's emptyDir mode
-            elif "configMap" in volume:
-                self._write_configmap(name, volume["configMap"])
-            else:
-                kinds = sorted(set(volume) - {"name"})
-                raise ContainerConfigError(
-                    "CreateContainerConfigError", f"volume {name}: unsupported type {kinds}"
-                )
-
-    def _write_configmap(self, name: str, source: Mapping[str, Any]) -> None:
-        data = self.configmaps(self.namespace, str(source.get("name", "")))
-        if data is None:
-            if source.get("optional"):
-                data = {}
-            else:
-                raise ContainerConfigError(
-                    "CreateContainerConfigError",
-                    f'configmap "{source.get("name")}" not found',
-                )
-        default_mode = int(source.get("defaultMode", 0o644))
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        items = source.get("items")
-        entries = (
-            [(str(i["key"]), str(i["path"]), int(i.get("mode", default_mode))) for i in items]
-            if items
-            else [(key, key, default_mode) for key in data]
-        )
-        for key, relative, mode in entries:
-            if key not in data:
-                if source.get("optional"):
-                    continue
-                raise ContainerConfigError(
-                    "CreateContainerConfigError", f"configmap references non-existent key {key}"
-                )
-            target = path / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(data[key])
-            target.chmod(mode)
-
-    def host_path(self, volume: str, container: str) -> Path:
-        if volume not in self.volumes:
-            raise ContainerConfigError(
-                "CreateContainerConfigError", f"volumeMount {volume} has no volume"
-            )
-        if self.unshared and "emptyDir" in self.volumes[volume]:
-            return self.root / f"{volume}@{container}"
-        return self.root / volume
-
-    def is_configmap(self, volume: str) -> bool:
-        return "configMap" in self.volumes.get(volume, {})
-
-    def release(self) -> None:
-        """Unmount memory-backed volumes (the files go with the pod dir)."""
-        for mount_point in mount_points_under(self.root):
-            unmount(mount_point)
-
-
-_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
-
-
-def expand_references(value: str, variables: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: known names replaced, ``$$`` escapes, others kept."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return variables.get(name, match.group(0))
-
-    return _REFERENCE.sub(replace, value)
-
-
-def _capability_name(name: str) -> str:
-    name = name.upper()
-    return name if name.startswith("CAP_") else f"CAP_{name}"
-
-
-def capabilities_for(security: Mapping[str, Any]) -> tuple[str, ...]:
-    """containerd's default set with the container's add/drop applied (ALL supported)."""
-    changes = security.get("capabilities") or {}
-    add = [_capability_name(c) for c in changes.get("add") or []]
-    drop = [_capability_name(c) for c in changes.get("drop") or []]
-    caps = list(DEFAULT_CAPABILITIES)
-    if "CAP_ALL" in add:
-        caps = known_capabilities()
-    caps = [] if "CAP_ALL" in drop else [c for c in caps if c not in drop]
-    for cap in add:
-        if cap != "CAP_ALL" and cap not in caps:
-            caps.append(cap)
-    return tuple(caps)
-
-
-@dataclass(frozen=True)
-class PodContext:
-    """What the downward API and the container namespaces need of the running pod."""
-
-    pod: Mapping[str, Any]
-    node_name: str
-    pod_ips: tuple[str, ...]
-    host_ip: str
-    net_path: str
-    uts_path: str
-    ipc_path: str
-    etc_files: Mapping[str, Path]
-    shm_dir: Path
-    volumes: PodVolumes
-    configmaps: Any
-    host_ips: tuple[str, ...] = ()  # the node's addresses, primary first (host_ip is [0])
-
-
-def field_value(context: PodContext, field_path: str) -> str:
-    pod = context.pod
-    metadata = pod.get("metadata", {})
-    simple = {
-        "metadata.name": metadata.get("name", ""),
-        "metadata.namespace": metadata.get("namespace", "default"),
-        "metadata.uid": metadata.get("uid", ""),
-        "spec.nodeName": context.node_name,
-        "spec.serviceAccountName": pod.get("spec", {}).get("serviceAccountName", "default"),
-        "status.podIP": context.pod_ips[0] if context.pod_ips else "",
-        "status.podIPs": ",".join(context.pod_ips),
-        "status.hostIP": context.host_ip,
-        "status.hostIPs": ",".join(context.host_ips or (context.host_ip,)),
-    }
-    if field_path in simple:
-        return str(simple[field_path])
-    match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", field_path)
-    if match:
-        return str((metadata.get(match.group(1)) or {}).get(match.group(2), ""))
-    raise ContainerConfigError(
-        "CreateContainerConfigError", f"unsupported fieldRef fieldPath {field_path}"
-    )
-
-
-def _configmap_value(context: PodContext, ref: Mapping[str, Any]) -> str | None:
-    namespace = str(context.pod.get("metadata", {}).get("namespace", "default"))
-    data = context.configmaps(namespace, str(ref.get("name", "")))
-    if data is None or ref.get("key") not in data:
-        if ref.get("optional"):
-            return None
-        raise ContainerConfigError(
-            "CreateContainerConfigError",
-            f"couldn't find key {ref.get('key')} in ConfigMap {namespace}/{ref.get('name')}",
-        )
-    return str(data[ref["key"]])
-
-
-def container_environment(context: PodContext, container: Mapping[str, Any]) -> list[str]:
-    """The env list (``K=V``) kubelet would give ``container``, references expanded."""
-    hostname = str(context.pod.get("metadata", {}).get("name", ""))
-    variables: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
-    for source in container.get("envFrom") or []:
-        ref = source.get("configMapRef")
-        if ref is None:
-            continue
-        namespace = str(context.pod.get("metadata", {}).get("namespace", "default"))
-        data = context.configmaps(namespace, str(ref.get("name", "")))
-        if data is None and not ref.get("optional"):
-            raise ContainerConfigError(
-                "CreateContainerConfigError", f'configmap "{ref.get("name")}" not found'
-            )
-        prefix = str(source.get("prefix", ""))
-        variables.update({prefix + k: str(v) for k, v in (data or {}).items()})
-    for entry in container.get("env") or []:
-        name = str(entry["name"])
-        if "valueFrom" in entry:
-            value_from = entry["valueFrom"]
-            if "fieldRef" in value_from:
-                variables[name] = field_value(context, str(value_from["fieldRef"]["fieldPath"]))
-            elif "configMapKeyRef" in value_from:
-                value = _configmap_value(context, value_from["configMapKeyRef"])
-                if value is not None:
-                    variables[name] = value
-            else:
-                raise ContainerConfigError(
-                    "CreateContainerConfigError",
-                    f"env {name}: unsupported valueFrom {sorted(value_from)}",
-                )
-        else:
-            variables[name] = expand_references(str(entry.get("value", "")), variables)
-    return [f"{key}={value}" for key, value in variables.items()]
-
-
-def container_config(context: PodContext, container: Mapping[str, Any]) -> ContainerConfig:
-    """Translate a v1 Container of the pod into runc terms (containerd's CRI semantics)."""
-    name = str(container["name"])
-    env = container_environment(context, container)
-    variables = dict(entry.split("=", 1) for entry in env)
-    command = [expand_references(str(a), variables) for a in container.get("command") or []]
-    args = [expand_references(str(a), variables) for a in container.get("args") or []]
-    # The host view has no image entrypoint: command overrides nothing, args alone run as-is.
-    argv = command + args
-    if not argv:
-        raise ContainerConfigError(
-            "CreateContainerError",
-            f"container {name} has neither command nor args, and the host image has no entrypoint",
-        )
-    pod_security = context.pod.get("spec", {}).get("securityContext") or {}
-    security = container.get("securityContext") or {}
-    uid = security.get("runAsUser", pod_security.get("runAsUser", 0))
-    gid = security.get("runAsGroup", pod_security.get("runAsGroup", 0))
-    groups = [int(g) for g in pod_security.get("supplementalGroups") or []]
-    if pod_security.get("fsGroup") is not None:
-        groups.append(int(pod_security["fsGroup"]))
-    privileged = bool(security.get("privileged", False))
-    mounts: list[Mount] = [
-        bind(path, destination) for destination, path in context.etc_files.items()
-    ]
-    mounts.append(bind(context.shm_dir, "/dev/shm"))  # shared with the pod, like its IPC
-    for volume_mount in container.get("volumeMounts") or []:
-        volume = str(volume_mount["name"])
-        source = context.volumes.host_path(volume, name)
-        sub_path = str(volume_mount.get("subPath", ""))
-        if sub_path:
-            source = source / sub_path
-            if not context.volumes.is_configmap(volume):
-                source.mkdir(parents=True, exist_ok=True)
-        readonly = bool(volume_mount.get("readOnly")) or context.volumes.is_configmap(volume)
-        mounts.append(bind(source, str(volume_mount["mountPath"]), readonly=readonly))
-    return ContainerConfig(
-        args=tuple(argv),
-        env=tuple(env),
-        cwd=str(container.get("workingDir") or "/"),
-        uid=int(uid),
-        gid=int(gid),
-        additional_gids=tuple(groups),
-        capabilities=capabilities_for(security),
-        privileged=privileged,
-        no_new_privileges=security.get("allowPrivilegeEscalation") is False,
-        namespaces={
-            "pid": None,
-            "mount": None,
-            "network": context.net_path,
-            "uts": context.uts_path,
-            "ipc": context.ipc_path,
-        },
-        mounts=tuple(mounts),
-    )

@@ -64,6 +64,15 @@ ARCH_LABELS = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le"
 
 OVERLAP_FAULT = "overlapping-pod-cidrs"
 OUTSIDE_FAULT = "ip-outside-node-cidr"
+FAMILY_MISSING_FAULT = "family-missing-on-node"
+# Faults that act on node-2, or on a pair of nodes: a 1-node lab cannot carry them.
+TWO_NODE_FAULTS = (
+    OVERLAP_FAULT,
+    "one-way-pair-drop",
+    "host-to-remote-pods-blocked",
+    "pmtu-blackhole",
+    FAMILY_MISSING_FAULT,
+)
 ADDRESS_SETTLE_TIMEOUT = 5.0  # seconds for a node's IPv6 addresses to leave "tentative"
 
 
@@ -87,9 +96,15 @@ def _version(cidr_or_address: str) -> int:
 
 
 def check_topology_faults(spec: LabSpec) -> None:
-    """Raise LabSpecError when a fault cannot be built on a lab of this shape."""
-    if OVERLAP_FAULT in spec.faults and spec.nodes < 2:
-        raise LabSpecError(f"fault {OVERLAP_FAULT} needs at least 2 nodes")
+    """Raise LabSpecError (one line) when a fault cannot be built on a lab of this shape."""
+    for fault in TWO_NODE_FAULTS:
+        if fault in spec.faults and spec.nodes < 2:
+            raise LabSpecError(f"fault {fault} needs at least 2 nodes")
+    if FAMILY_MISSING_FAULT in spec.faults and spec.ip_family != "dual":
+        raise LabSpecError(
+            f"fault {FAMILY_MISSING_FAULT} needs a dual-stack lab (--ip-family dual), "
+            f"not {spec.ip_family}"
+        )
     if OUTSIDE_FAULT in spec.faults:
         for version, cluster_text in zip(spec.families, spec.cluster_cidrs, strict=True):
             cluster = ipaddress.ip_network(cluster_text)

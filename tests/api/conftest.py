@@ -4,6 +4,7 @@ background thread so the synchronous official client and kubectl can talk to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import threading
@@ -107,12 +108,21 @@ def _nodes(spec: LabSpec) -> list[NodeInfo]:
     return infos
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@contextlib.contextmanager
+def serving(
+    tmp_path_factory: pytest.TempPathFactory,
+    api_faults: tuple[str, ...] = (),
+    *,
+    client_retries: int | None = None,
+) -> Iterator[LiveServer]:
+    """An API server with three fake nodes on its own loop and thread, and a client for it
+    (``client_retries=0``: urllib3 does not retry a 429 or 503 carrying Retry-After itself)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="api-server", daemon=True)
     thread.start()
-    spec = LabSpec(name="test", nodes=3, state_root=tmp_path_factory.mktemp("state"))
+    spec = LabSpec(
+        name="test", nodes=3, state_root=tmp_path_factory.mktemp("state"), api_faults=api_faults
+    )
     server = ApiServer(spec, history_limit=2000, bookmark_interval=0.5)
     agents = [
         FakeAgent(info, server.pod_status_changed, server.record_event) for info in _nodes(spec)
@@ -131,6 +141,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     configuration.host = url
     configuration.api_key = {"authorization": f"Bearer {server.token}"}
     configuration.ssl_ca_cert = str(server.ca_path)
+    configuration.retries = client_retries
     api_client = client.ApiClient(configuration)
     try:
         yield LiveServer(server, loop, agents, kubeconfig, api_client)
@@ -140,3 +151,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The shared server. Its ServiceAccount controller acts at once (sa-delay=0), so tests of
+    other behaviour can create pods right after their namespace; tests/api/test_api_faults.py
+    has the lag."""
+    with serving(tmp_path_factory, ("sa-delay=0",)) as server:
+        yield server

@@ -26,7 +26,7 @@ def log_text(container: str) -> bytes:
 
 
 class FakeAgent:
-    """Implements netlab.contract.NodeAgentAPI without containers."""
+    """Implements netlab.contract.KubeletAPI without containers."""
 
     def __init__(self, node: NodeInfo, on_status: StatusCallback, on_event: EventCallback) -> None:
         self.node = node

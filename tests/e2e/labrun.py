@@ -45,6 +45,8 @@ class LabCase:
 
     faults: tuple[str, ...] = ()
     family: str = "ipv4"
+    #: Options the suite runs with on this lab (e.g. ``--ip-family dual``).
+    suite_args: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -56,7 +58,9 @@ class LabCase:
     def label(self) -> str:
         """For people: ``healthy (no fault)``, `` `a` + `b` ``, with the family when not IPv4."""
         name = " + ".join(f"`{fault}`" for fault in self.faults) or "healthy (no fault)"
-        return name if self.family == "ipv4" else f"{name}, {self.family}"
+        if self.family != "ipv4":
+            name = f"{name}, {self.family}"
+        return f"{name} (suite: `{' '.join(self.suite_args)}`)" if self.suite_args else name
 
 
 @dataclass
@@ -190,7 +194,7 @@ def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
     started = time.monotonic()
     with running_lab(case) as (name, kubeconfig):
         booted = time.monotonic()
-        cases, properties, output = run_suite(kubeconfig, report_dir, *extra)
+        cases, properties, output = run_suite(kubeconfig, report_dir, *case.suite_args, *extra)
         done = time.monotonic()
         left = cluster_leftovers(kubeconfig)
     return SuiteRun(

@@ -29,11 +29,32 @@ if os.geteuid() != 0:
 POOL_SIZE = 3  # labs booted and tested at once: the 2-core CI machine's sweet spot
 DOC_VARIABLE = "NETCONFORM_MATRIX_DOC"
 
-# Checks are named "module::name[id]". Reachability IDs read "<proto>-node-<src>->node-<dst>"
-# (IPv6 clusters may prefix a family; IPv4 labs do not), so patterns name the rule and place.
-_PAIR = r"(?:ipv\d-)?(tcp|udp|icmp)-node-(\d+)->node-"
-CROSS_NODE_NO_SNAT = rf"test_no_snat::test_no_snat\[{_PAIR}(?!\2\])\d+\]"
-SAME_NODE_NO_SNAT = rf"test_no_snat::test_no_snat\[{_PAIR}\2\]"
+# Checks are named "module::name[id]". Pair IDs read "<proto>-node-<src>->node-<dst>" (clusters
+# that are not IPv4-only prefix a family), per-node IDs "<proto>-node-<n>"; every ordered pair
+# of the 3 nodes is checked, and every node with itself.
+_FAMILY = r"(?:ipv\d-)?"
+_PROTO = r"(?:tcp|udp|icmp)"
+
+
+def cross_node(check: str, src: str = r"\d+", dst: str = r"\d+", proto: str = _PROTO) -> str:
+    """Pair items of ``check`` between two different nodes (``src``/``dst``: node numbers)."""
+    return rf"{check}\[{_FAMILY}{proto}-node-(?P<s>{src})->node-(?!(?P=s)\])(?:{dst})\]"
+
+
+def same_node(check: str, node: str = r"\d+", proto: str = _PROTO) -> str:
+    """Pair items of ``check`` from a node to itself."""
+    return rf"{check}\[{_FAMILY}{proto}-node-(?P<s>{node})->node-(?P=s)\]"
+
+
+def either(*patterns: str) -> str:
+    """Any of the patterns (each in its own group scope)."""
+    return "|".join(f"(?:{p})" for p in patterns)
+
+
+NO_SNAT = "test_no_snat::test_no_snat"
+FULL_SIZE = "test_full_size::test_full_size_packets"
+HOST_TO_POD = "test_host_to_pod::test_host_to_pod"
+NODE_TO_POD = "test_node_to_pod::test_node_to_pod"
 
 
 @dataclass(frozen=True)
@@ -50,11 +71,11 @@ class Expectation:
 # Fault -> the checks that must fail, and only they: the checks of the rule the fault breaks.
 EXPECTED_FAILURES: dict[str, Expectation] = {
     "snat-cross-node": Expectation(
-        CROSS_NODE_NO_SNAT,
+        cross_node(NO_SNAT),
         "pod -> other node's pod is masqueraded: cross-node no-SNAT pairs, every protocol",
     ),
     "snat-same-node": Expectation(
-        SAME_NODE_NO_SNAT,
+        same_node(NO_SNAT),
         "pod -> pod on the same node is masqueraded: same-node no-SNAT pairs, every protocol",
     ),
     "overlapping-pod-cidrs": Expectation(
@@ -62,14 +83,12 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         "two nodes publish overlapping podCIDRs",
     ),
     "duplicate-pod-ip": Expectation(
-        rf"test_pod_ips::test_pod_ips_unique\b|{SAME_NODE_NO_SNAT}",
+        rf"test_pod_ips::test_pod_ips_unique\b|{same_node(NO_SNAT)}|{same_node(FULL_SIZE)}",
         "pods on a node share one IP; a same-node pair then sends to its own address",
-        # probe, peer and sandbox pods on node-1 share the IP: which one answers ARP, and so
-        # whether traffic into node-1 (a request, or the reply to node-1's own probe) reaches
-        # the intended pod, is chance.
-        may=rf"test_no_snat::test_no_snat\[(?:ipv\d-)?(tcp|udp|icmp)-node-1->"
-        rf"|test_no_snat::test_no_snat\[{_PAIR}1\]"
-        r"|test_node_to_pod::test_node_to_pod\[.*-node-1\]",
+        # The pods of a node share the IP: which one answers ARP, and so whether traffic into
+        # a node (a request, or the reply to the node's own probe) reaches the intended pod,
+        # is chance, for every pair and every host-network probe.
+        may=either(cross_node(NO_SNAT), cross_node(FULL_SIZE), HOST_TO_POD, NODE_TO_POD),
     ),
     "ip-outside-node-cidr": Expectation(
         r"test_pod_ips::test_pod_ips_inside_node_pod_cidrs\b",
@@ -78,32 +97,72 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
     "split-netns": Expectation(
         r"test_localhost::|test_sandbox::test_sandbox_survives_container_restart\b",
         "a pod's second container has its own network namespace: localhost, interfaces and"
-        " port space are not shared (nor localhost after a restart)",
+        " port space are not shared (nor localhost after a restart), on every node",
     ),
     "unshared-emptydir": Expectation(
         r"test_shared_volumes::",
         "each container (init included) gets its own emptyDir copy",
     ),
     "block-node-to-pod": Expectation(
-        r"test_node_to_pod::test_node_to_pod\[",
+        rf"{NODE_TO_POD}\[",
         "a node's own stack cannot open connections to its pods, every protocol",
     ),
     "cross-node-blackhole": Expectation(
-        CROSS_NODE_NO_SNAT,
-        "pod <-> pod traffic between nodes is dropped: cross-node pairs, every protocol",
+        either(cross_node(NO_SNAT), cross_node(FULL_SIZE)),
+        "pod <-> pod traffic between nodes is dropped: every cross-node pod pair, every protocol,"
+        " small and full-size",
     ),
     "sandbox-reset": Expectation(
         r"test_sandbox::test_sandbox_survives_container_restart\b",
-        "a container restart gives the pod a new network namespace and IP",
+        "a container restart gives the pod a new network namespace and IP, on every node",
     ),
     "wrong-self-ip": Expectation(
-        r"test_pod_ips::test_pod_ip_is_interface_address\b|test_no_snat::|test_node_to_pod::",
+        rf"test_pod_ips::test_pod_ip_is_interface_address\b|{NO_SNAT}|{NODE_TO_POD}"
+        rf"|{HOST_TO_POD}|{FULL_SIZE}",
         "the API reports an IP no pod has: the pod lacks it, and every check that reaches a pod"
         " at its reported IP finds nobody there",
     ),
     "udp-drop": Expectation(
-        r"test_no_snat::test_no_snat\[(?:ipv\d-)?udp-",
-        "UDP between pods is dropped, same node and cross node",
+        either(
+            cross_node(NO_SNAT, proto="udp"),
+            same_node(NO_SNAT, proto="udp"),
+            cross_node(FULL_SIZE, proto="udp"),
+            same_node(FULL_SIZE, proto="udp"),
+        ),
+        "UDP between pods is dropped, same node and cross node, small and full-size",
+    ),
+    "one-way-pair-drop": Expectation(
+        either(cross_node(NO_SNAT, "1", "3"), cross_node(FULL_SIZE, "1", "3")),
+        "pod traffic from node-1 to node-3 only (not in the old ring) is dropped: that one"
+        " direction, every protocol, small and full-size",
+    ),
+    "same-node-drop-last": Expectation(
+        either(same_node(NO_SNAT, "3"), same_node(FULL_SIZE, "3")),
+        "pod traffic inside the last node is dropped: its same-node pairs only",
+    ),
+    "host-to-remote-pods-blocked": Expectation(
+        cross_node(HOST_TO_POD, src="2"),
+        "node-2's host network cannot reach other nodes' pods: its host-to-pod pairs only",
+    ),
+    "pmtu-blackhole": Expectation(
+        either(cross_node(FULL_SIZE, src="2"), cross_node(FULL_SIZE, dst="2")),
+        "node-2's uplink MTU is below the pods' and 'fragmentation needed' is dropped: full-size"
+        " traffic between node-2's pods and other nodes' pods, both directions",
+    ),
+    "family-missing-on-node": Expectation(
+        either(
+            r"test_pod_ips::test_required_family_on_every_pod_and_node\[ipv6\]",
+            cross_node(NO_SNAT, src="2", proto="ipv6-" + _PROTO),
+            cross_node(NO_SNAT, dst="2", proto="ipv6-" + _PROTO),
+            same_node(NO_SNAT, "2", proto="ipv6-" + _PROTO),
+            cross_node(FULL_SIZE, src="2", proto="ipv6-" + _PROTO),
+            cross_node(FULL_SIZE, dst="2", proto="ipv6-" + _PROTO),
+            same_node(FULL_SIZE, "2", proto="ipv6-" + _PROTO),
+            cross_node(HOST_TO_POD, dst="2", proto="ipv6-" + _PROTO),
+            rf"{NODE_TO_POD}\[ipv6-{_PROTO}-node-2\]",
+        ),
+        "node-2's pods get no IPv6 address on a dual-stack lab run with --ip-family dual: the"
+        " required-family check, and every IPv6 check with a pod of node-2 at either end",
     ),
 }
 
@@ -120,9 +179,12 @@ FAMILY_FAULT_CASES: tuple[LabCase, ...] = (
     LabCase(("snat-cross-node",), "dual"),
     LabCase(("ip-outside-node-cidr",), "dual"),
     LabCase(("block-node-to-pod",), "ipv6"),
+    # A requested family missing: the user asked for both families.
+    LabCase(("family-missing-on-node",), "dual", ("--ip-family", "dual")),
 )
+DUAL_ONLY_FAULTS = frozenset({"family-missing-on-node"})
 FAULT_CASES: tuple[LabCase, ...] = (
-    *(LabCase((fault,)) for fault in EXPECTED_FAILURES),
+    *(LabCase((fault,)) for fault in EXPECTED_FAILURES if fault not in DUAL_ONLY_FAULTS),
     *(LabCase(pair) for pair in COMBINATIONS),
     *FAMILY_FAULT_CASES,
 )

@@ -1,23 +1,25 @@
-"""IPv6 and dual-stack pods end to end (real runc, real CNI, one agent per node): each pod gets
+"""IPv6 and dual-stack pods end to end (real runc, real CNI, one kubelet per node): each pod gets
 one address per family from its node's podCIDRs, status and the downward API show them
 primary first, and pods on different nodes reach each other over IPv6 (TCP and ICMPv6).
-IPAM faults break their rule in every family."""
+IPAM faults break their rule in every family; family-missing-on-node takes IPv6 from one
+node's pods only."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
-from agent_fixtures import NEEDS_ROOT, AgentHarness, lab_name, lab_network, make_pod, sleeper
+from kubelet_fixtures import NEEDS_ROOT, KubeletHarness, lab_name, lab_network, make_pod, sleeper
 
-from netlab.agent import NodeAgent
 from netlab.contract import JSONDict
 from netlab.dataplane.topology import node_infos, plan_ipam_ranges
+from netlab.kubelet import Kubelet
 from netlab.spec import LabSpec
 
 pytestmark = NEEDS_ROOT
@@ -58,6 +60,11 @@ PING6 = (
     "    sys.exit('no ICMPv6 echo reply')\n"
 )
 ENV_DUMP = "import os; print(os.environ['POD_IPS']); print(os.environ['HOST_IPS'])"
+# Prints the pod's IPv6 addresses other than loopback and link-local (hex, as the kernel lists).
+GLOBAL_IPV6 = (
+    "import json; print(json.dumps([l.split()[0] for l in open('/proc/net/if_inet6') "
+    "if not l.startswith(('fe80', '0' * 31 + '1'))]))"
+)
 
 
 def lab(ip_family: str, *faults: str) -> LabSpec:
@@ -80,14 +87,14 @@ def families(addresses: list[str]) -> list[int]:
 
 
 @asynccontextmanager
-async def node_agents(spec: LabSpec) -> AsyncIterator[dict[str, AgentHarness]]:
-    """A started NodeAgent per node of the lab (IPAM over its planned ranges), by node name."""
+async def node_kubelets(spec: LabSpec) -> AsyncIterator[dict[str, KubeletHarness]]:
+    """A started Kubelet per node of the lab (IPAM over its planned ranges), by node name."""
     ranges = plan_ipam_ranges(spec)
-    harnesses: dict[str, AgentHarness] = {}
+    harnesses: dict[str, KubeletHarness] = {}
     async with AsyncExitStack() as stack:
         for plan, info in zip(spec.node_plans(), node_infos(spec), strict=True):
-            holder: list[AgentHarness] = []
-            agent = NodeAgent(
+            holder: list[KubeletHarness] = []
+            kubelet = Kubelet(
                 spec,
                 plan,
                 info,
@@ -98,19 +105,19 @@ async def node_agents(spec: LabSpec) -> AsyncIterator[dict[str, AgentHarness]]:
                 ),
                 configmaps=lambda namespace, name: None,
             )
-            holder.append(AgentHarness(agent))
-            await agent.start()
-            stack.push_async_callback(agent.close)
+            holder.append(KubeletHarness(kubelet))
+            await kubelet.start()
+            stack.push_async_callback(kubelet.close)
             harnesses[plan.name] = holder[0]
         yield harnesses
 
 
-async def start_running(harness: AgentHarness, pod: JSONDict) -> JSONDict:
-    await harness.agent.start_pod(pod)
+async def start_running(harness: KubeletHarness, pod: JSONDict) -> JSONDict:
+    await harness.kubelet.start_pod(pod)
     return await harness.wait_running(pod["metadata"]["uid"])
 
 
-async def python(harness: AgentHarness, uid: str, container: str, source: str, *args: str) -> str:
+async def python(harness: KubeletHarness, uid: str, container: str, source: str, *args: str) -> str:
     """``python3 -c source args...`` in the container; its output (fails the test on error)."""
     code, text = await harness.exec(uid, container, ["python3", "-c", source, *args])
     assert code == 0, f"python in {container} of {uid} exited {code}: {text}"
@@ -132,12 +139,12 @@ def test_pods_get_an_address_per_family_and_reach_each_other_over_ipv6(ip_family
     )
 
     async def scenario() -> None:
-        async with node_agents(spec) as agents:
+        async with node_kubelets(spec) as kubelets:
             started = time.monotonic()
             statuses = await asyncio.gather(
-                start_running(agents["node-1"], client),
-                start_running(agents["node-2"], server),
-                start_running(agents["node-1"], host_pod),
+                start_running(kubelets["node-1"], client),
+                start_running(kubelets["node-2"], server),
+                start_running(kubelets["node-1"], host_pod),
             )
             print(f"3 {ip_family} pods Running in {time.monotonic() - started:.2f} s")
             client_status, server_status, host_status = statuses
@@ -161,29 +168,29 @@ def test_pods_get_an_address_per_family_and_reach_each_other_over_ipv6(ip_family
             assert pod_ips(host_status) == list(node1.internal_ips)
 
             c_uid = client["metadata"]["uid"]
-            env = (await python(agents["node-1"], c_uid, "c", ENV_DUMP)).splitlines()
+            env = (await python(kubelets["node-1"], c_uid, "c", ENV_DUMP)).splitlines()
             assert env == [",".join(pod_ips(client_status)), ",".join(node1.internal_ips)], (
                 "downward API status.podIPs, status.hostIPs"
             )
             host_uid = host_pod["metadata"]["uid"]
-            host_env = await python(agents["node-1"], host_uid, "h", ENV_DUMP)
+            host_env = await python(kubelets["node-1"], host_uid, "h", ENV_DUMP)
             assert host_env.splitlines()[0] == ",".join(node1.internal_ips)
 
-            await agents["node-2"].wait_log(server["metadata"]["uid"], "s", b"ready")
+            await kubelets["node-2"].wait_log(server["metadata"]["uid"], "s", b"ready")
             client_v6 = pod_ips(client_status)[-1]
             server_v6 = pod_ips(server_status)[-1]
             port = str(LISTEN_PORT)
-            seen = await python(agents["node-1"], c_uid, "c", CONNECT, server_v6, port)
+            seen = await python(kubelets["node-1"], c_uid, "c", CONNECT, server_v6, port)
             assert seen == client_v6, (
                 f"TCP over IPv6 {client_v6} (node-1) -> {server_v6} (node-2): peer saw {seen}"
             )
-            replied = await python(agents["node-1"], c_uid, "c", PING6, server_v6)
+            replied = await python(kubelets["node-1"], c_uid, "c", PING6, server_v6)
             assert replied == server_v6, f"ICMPv6 echo to {server_v6} answered by {replied}"
             # Loopback over ::1 inside the pod, and a node reaching a remote pod over IPv6.
             s_uid = server["metadata"]["uid"]
-            local = await python(agents["node-2"], s_uid, "s", CONNECT, "::1", port)
+            local = await python(kubelets["node-2"], s_uid, "s", CONNECT, "::1", port)
             assert local == "::1"
-            from_host = await python(agents["node-1"], host_uid, "h", CONNECT, server_v6, port)
+            from_host = await python(kubelets["node-1"], host_uid, "h", CONNECT, server_v6, port)
             assert from_host == node1.internal_ips[-1], "node -> remote pod over IPv6 was NATed"
 
     with lab_network(spec):
@@ -198,11 +205,11 @@ def test_ipam_faults_break_their_rule_in_both_families_of_a_dual_lab() -> None:
     stray = make_pod("stray", [sleeper("a")], node="node-2")
 
     async def scenario() -> None:
-        async with node_agents(spec) as agents:
+        async with node_kubelets(spec) as kubelets:
             first_status, twin_status, stray_status = await asyncio.gather(
-                start_running(agents["node-1"], first),
-                start_running(agents["node-1"], twin),
-                start_running(agents["node-2"], stray),
+                start_running(kubelets["node-1"], first),
+                start_running(kubelets["node-1"], twin),
+                start_running(kubelets["node-2"], stray),
             )
             assert families(pod_ips(first_status)) == [4, 6]
             assert pod_ips(twin_status) == pod_ips(first_status), (
@@ -215,6 +222,39 @@ def test_ipam_faults_break_their_rule_in_both_families_of_a_dual_lab() -> None:
                 assert ipaddress.ip_address(ip) not in ipaddress.ip_network(cidr), (
                     f"ip-outside-node-cidr: {ip} of node-2 is inside its podCIDR {cidr}"
                 )
+
+    with lab_network(spec):
+        run(scenario())
+
+
+def test_family_missing_on_node_leaves_node_2s_pods_without_ipv6() -> None:
+    spec = lab("dual", "family-missing-on-node")
+    node2 = spec.node_plans()[1]
+    near = make_pod("near", [sleeper("a")], node="node-1")
+    bare = make_pod("bare", [sleeper("b", command=["python3", "-c", LISTENER])], node="node-2")
+
+    async def scenario() -> None:
+        async with node_kubelets(spec) as kubelets:
+            near_status, bare_status = await asyncio.gather(
+                start_running(kubelets["node-1"], near),
+                start_running(kubelets["node-2"], bare),
+            )
+            assert families(pod_ips(near_status)) == [4, 6], "node-1's pods keep both families"
+            assert families(pod_ips(bare_status)) == [4], (
+                f"family-missing-on-node: node-2's pod has podIPs {pod_ips(bare_status)}"
+            )
+            # The pod itself has no IPv6 address beyond loopback and link-local.
+            b_uid = bare["metadata"]["uid"]
+            inet6 = await python(kubelets["node-2"], b_uid, "b", GLOBAL_IPV6)
+            assert json.loads(inet6) == [], f"node-2's pod has IPv6 addresses {inet6}"
+            # The node still publishes both podCIDRs, and IPv4 to the pod works.
+            assert node_infos(spec)[1].pod_cidrs == node2.pod_cidrs
+            assert [ipaddress.ip_network(c).version for c in node2.pod_cidrs] == [4, 6]
+            await kubelets["node-2"].wait_log(b_uid, "b", b"ready")
+            n_uid = near["metadata"]["uid"]
+            bare_v4 = pod_ips(bare_status)[0]
+            seen = await python(kubelets["node-1"], n_uid, "a", CONNECT, bare_v4, str(LISTEN_PORT))
+            assert seen == pod_ips(near_status)[0], f"IPv4 to node-2's pod: peer saw {seen}"
 
     with lab_network(spec):
         run(scenario())

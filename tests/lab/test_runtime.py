@@ -1,4 +1,4 @@
-"""The pod runtime below the agent: OCI spec policy (pure), CNI ADD/DEL as libcni does it,
+"""The pod runtime below the kubelet: OCI spec policy (pure), CNI ADD/DEL as libcni does it,
 the duplicate-pod-ip fault, and sandboxes with runc containers (real runc, real CNI, root)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from agent_fixtures import NEEDS_ROOT, lab_name, lab_network, leftovers
+from kubelet_fixtures import NEEDS_ROOT, lab_name, lab_network, leftovers
 from pyroute2 import IPRoute
 from tenacity import AsyncRetrying, stop_after_delay, wait_fixed
 
@@ -18,11 +18,10 @@ from netlab.dataplane.runtime import (
     ContainerConfig,
     ContainerRuntime,
     ContainerStartError,
-    capabilities_for,
-    expand_references,
     oci_spec,
 )
 from netlab.dataplane.sandbox import PodSandbox
+from netlab.kubelet.containers import capabilities_for, expand_references
 from netlab.spec import LabSpec
 
 # --- pure ------------------------------------------------------------------------------------

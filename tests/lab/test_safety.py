@@ -23,7 +23,7 @@ from netlab.dataplane.topology import plan_ipam_ranges
 from netlab.spec import STATE_ROOT, LabSpec
 
 if TYPE_CHECKING:
-    from conftest import NetworkKit
+    from network_kit import NetworkKit
 
 LAB_NETWORKS = [ipaddress.ip_network("172.18.0.0/16"), ipaddress.ip_network("10.244.0.0/16")]
 ROOT_SYSCTLS = [

@@ -13,6 +13,7 @@ from pyroute2 import IPRoute
 
 from netlab.dataplane import topology as topology_module
 from netlab.dataplane.cleanup import lab_netns_names
+from netlab.dataplane.cni import handed_out_ranges
 from netlab.dataplane.netfaults import node_fault_rules
 from netlab.dataplane.nsexec import read_sysctl, run_in_netns
 from netlab.dataplane.topology import (
@@ -29,7 +30,7 @@ from netlab.dataplane.topology import (
 from netlab.spec import LabSpec, LabSpecError, NodePlan
 
 if TYPE_CHECKING:
-    from conftest import LabPod, NetworkKit
+    from network_kit import LabPod, NetworkKit
 
 
 def spec_with(name: str, *faults: str, nodes: int = 3, ip_family: str = "ipv4") -> LabSpec:
@@ -84,6 +85,11 @@ def test_ip_outside_node_cidr_moves_one_ipam_range_out_of_its_published_cidr() -
     [
         pytest.param(("overlapping-pod-cidrs",), 1, "at least 2 nodes", id="overlap-needs-2"),
         pytest.param(("ip-outside-node-cidr",), 1, None, id="outside-on-1-node-fits"),
+        pytest.param(("one-way-pair-drop",), 1, "at least 2 nodes", id="one-way-needs-2"),
+        pytest.param(("one-way-pair-drop",), 2, None, id="one-way-on-2-nodes-fits"),
+        pytest.param(("host-to-remote-pods-blocked",), 1, "at least 2 nodes", id="host-needs-2"),
+        pytest.param(("pmtu-blackhole",), 1, "at least 2 nodes", id="pmtu-needs-2"),
+        pytest.param(("same-node-drop-last",), 1, None, id="same-node-on-1-node-fits"),
     ],
 )
 def test_faults_that_cannot_fit_the_lab_are_refused(
@@ -93,8 +99,33 @@ def test_faults_that_cannot_fit_the_lab_are_refused(
     if message is None:
         check_topology_faults(spec)
     else:
-        with pytest.raises(LabSpecError, match=message):
+        with pytest.raises(LabSpecError, match=message) as refused:
             check_topology_faults(spec)
+        assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("ip_family", ["ipv4", "ipv6"])
+def test_family_missing_on_node_is_refused_with_one_line_unless_dual_stack(ip_family: str) -> None:
+    with pytest.raises(LabSpecError, match="needs a dual-stack lab") as refused:
+        check_topology_faults(spec_with("taplan", "family-missing-on-node", ip_family=ip_family))
+    assert "\n" not in str(refused.value)
+    check_topology_faults(spec_with("taplan", "family-missing-on-node", ip_family="dual"))
+
+
+def test_family_missing_on_node_takes_ipv6_from_node_2s_ipam_only() -> None:
+    spec = spec_with("taplan", "family-missing-on-node", ip_family="dual")
+    ranges = plan_ipam_ranges(spec)
+    handed = {
+        plan.name: handed_out_ranges(spec, plan, ranges[plan.name]) for plan in spec.node_plans()
+    }
+    assert handed == {
+        "node-1": ["10.244.0.0/24", "fd00:10:244::/64"],
+        "node-2": ["10.244.1.0/24"],
+        "node-3": ["10.244.2.0/24", "fd00:10:244:2::/64"],
+    }
+    # The API and the routes keep node-2's IPv6 podCIDR: only its pods miss the family.
+    assert published_pod_cidrs(spec)["node-2"] == ("10.244.1.0/24", "fd00:10:244:1::/64")
+    assert ("fd00:10:244:1::/64", "fd00:172:18::3") in node_routes(spec, spec.node_plans()[0])
 
 
 def test_ip_outside_node_cidr_needs_a_spare_range() -> None:

@@ -1,10 +1,15 @@
-"""Fixtures for the unit tests that run the plugin in-process with pytester."""
+"""Fixtures of the unit tests: for the runs of the plugin in-process with pytester, and the
+real probe agent served by local processes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from local_agents import LocalAgent, serving_agents
+
+from conformance.kit import probe_client
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +30,14 @@ def no_ambient_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+@pytest.fixture
+def local_agents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, LocalAgent]]:
+    """Agents "a" and "b" serving on this machine (as two containers of one pod), reached
+    through `LocalProbeClient`: the client's control-socket paths point at them."""
+    monkeypatch.setattr(probe_client, "agent_socket", lambda c: str(tmp_path / f"{c}.sock"))
+    with serving_agents(tmp_path, ("a", "b")) as agents:
+        yield agents

@@ -1,4 +1,4 @@
-"""A base for fake agent clients in unit tests: records every batch and the threads that sent
+"""A base for fake probe clients in unit tests: records every batch and the threads that sent
 it, hands out itself as each thread's client (counting), and fails (pod, container) pairs listed
 in ``broken`` the way an exec into a dead container fails."""
 
@@ -9,11 +9,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.kit.agent_client import AgentError
+from conformance.kit.errors import ProbeExecError
 
 
 @dataclass
-class RecordingAgents:
+class RecordingProbeClient:
+    """Stands in for a `ProbeClient` (the calls the kit's thread pool makes)."""
+
     broken: frozenset[tuple[str, str]] = frozenset()
     barrier: threading.Barrier | None = None  # every call waits here (concurrency tests)
     calls: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
@@ -32,11 +34,11 @@ class RecordingAgents:
             self.closed += 1
 
     def record(self, pod: str, container: str, requests: Sequence[Mapping[str, Any]]) -> None:
-        """Note one batch; wait at the barrier; raise `AgentError` for a broken container."""
+        """Note one batch; wait at the barrier; raise `ProbeExecError` for a broken container."""
         with self._lock:
             self.calls.append((pod, container, tuple(str(r["op"]) for r in requests)))
             self.threads.add(threading.get_ident())
         if self.barrier is not None:
             self.barrier.wait()
         if (pod, container) in self.broken:
-            raise AgentError("exec failed: container not running", pod=pod, container=container)
+            raise ProbeExecError("exec failed: container not running", pod=pod, container=container)

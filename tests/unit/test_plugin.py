@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 import conformance.plugin as plugin
-from conformance.kit.settings import Timeouts
+from conformance.kit import session
+from conformance.kit.settings import DEFAULT_PROBE_IMAGE, Timeouts
 
 pytest_plugins = ["pytester"]
 
@@ -50,7 +51,7 @@ def unreachable_kubeconfig(path: Path) -> Path:
 
 
 SETTINGS_PROBE = """
-from conformance.plugin import SETTINGS_KEY
+from conformance.kit.session import SETTINGS_KEY
 
 def test_settings(pytestconfig):
     s = pytestconfig.stash[SETTINGS_KEY]
@@ -85,6 +86,7 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
         "--tolerate-taint",
         "--image-pull-secret",
         "--list-images",
+        "--strict-reachability",
     ):
         assert option in text, option
 
@@ -168,7 +170,7 @@ def pytest_addoption(parser):
     pytester.syspathinsert()
     pytester.makepyfile(
         test_shared="""
-from conformance.plugin import SETTINGS_KEY
+from conformance.kit.session import SETTINGS_KEY
 
 def test_shared(pytestconfig):
     assert pytestconfig.getoption("kube_config") == "/shared/kubeconfig"
@@ -235,7 +237,7 @@ def test_unreachable_cluster_is_errors_not_passes(
 
 def test_missing_kubeconfig_is_errors_under_xdist(pytester: pytest.Pytester) -> None:
     result = run_conformance(pytester, "-n", "2", "--kubeconfig", "/nonexistent/kubeconfig")
-    assert result.ret == plugin.EXIT_COULD_NOT_TEST
+    assert result.ret == session.EXIT_COULD_NOT_TEST
     outcomes = result.parseoutcomes()
     assert outcomes.get("errors", 0) >= 2
     assert "passed" not in outcomes
@@ -272,7 +274,7 @@ def test_conformance_test_ids_and_rule_docstrings(
     ):
         assert expected in ids, expected
     snat_ids = [line for line in ids.splitlines() if "test_no_snat[" in line]
-    assert len(snat_ids) == 3 * (2 + 1)  # ring of two plus the same-node pair, 3 protocols
+    assert len(snat_ids) == 3 * (2 + 2)  # both ordered pairs and each node with itself, 3 protos
     assert not [i for i in snat_ids if "ipv4" in i]  # one family: kept out of the IDs
 
 
@@ -308,9 +310,12 @@ def test_single_node_skips_cross_node_pairs_only(
     assert "->" not in ids.replace("solo->solo", "")
 
 
-def test_rule_section_and_property(pytester: pytest.Pytester) -> None:
-    assert plugin.RULE_PROPERTY == "rule"
+def test_markers_are_registered_with_their_meaning(pytester: pytest.Pytester) -> None:
+    assert session.RULE_PROPERTY == "rule"
     assert all(":" in marker for marker in plugin.MARKERS)
+    markers = pytester.runpytest("--markers").stdout.str()
+    for name in ("netconform", "swept_by(planner)", "prefetched_by(planner)"):
+        assert f"@pytest.mark.{name}:" in markers, name
 
 
 # --- issue 8: tolerations, pull secrets, --list-images, node_cidr, exclusions, exit codes ------
@@ -319,7 +324,7 @@ def test_rule_section_and_property(pytester: pytest.Pytester) -> None:
 def test_repeatable_options_reach_the_settings(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
-from conformance.plugin import SETTINGS_KEY
+from conformance.kit.session import SETTINGS_KEY
 from conformance.kit.settings import PullSecret, TaintToleration
 
 def test_settings(pytestconfig):
@@ -372,7 +377,7 @@ def test_list_images_prints_only_the_images(
         "--pyargs", "conformance", "--kubeconfig", str(kubeconfig), "--list-images", *extra
     )
     assert result.ret == 0
-    assert result.outlines == [plugin.DEFAULT_PROBE_IMAGE]
+    assert result.outlines == [DEFAULT_PROBE_IMAGE]
     mirrored = pytester.runpytest(
         "--list-images", "--probe-image=registry.example/netshoot:v0.13", *extra
     )
@@ -404,45 +409,6 @@ def test_node_cidr_marker_is_registered_and_deselects_one_check(
     ):
         assert still_runs in kept, still_runs
     gate.stdout.fnmatch_lines(["*1 deselected*"])
-
-
-@pytest.mark.parametrize(
-    ("status", "broken", "untested", "expected"),
-    [
-        (pytest.ExitCode.OK, False, False, 0),
-        (pytest.ExitCode.TESTS_FAILED, True, False, 1),
-        (pytest.ExitCode.TESTS_FAILED, False, True, 2),
-        (pytest.ExitCode.TESTS_FAILED, True, True, 2),  # could-not-test wins
-        (pytest.ExitCode.TESTS_FAILED, False, False, 1),  # another plugin's test failed
-        (pytest.ExitCode.INTERRUPTED, True, False, 2),
-        (pytest.ExitCode.INTERNAL_ERROR, True, True, 3),
-        (pytest.ExitCode.USAGE_ERROR, False, False, 4),
-        (pytest.ExitCode.NO_TESTS_COLLECTED, False, False, 5),
-    ],
-)
-def test_gate_exit_status_table(
-    status: pytest.ExitCode, broken: bool, untested: bool, expected: int
-) -> None:
-    assert plugin.gate_exit_status(status, broken=broken, untested=untested) == expected
-
-
-def test_gate_sorts_report_phases() -> None:
-    gate = plugin._ExitGate()
-    rule = [(plugin.RULE_PROPERTY, "a rule")]
-
-    def report(when: str, outcome: str, props: list[tuple[str, str]]) -> pytest.TestReport:
-        return pytest.TestReport(
-            "c.py::t", ("c.py", 1, "t"), {}, outcome, None, when, user_properties=props
-        )
-
-    gate.pytest_runtest_logreport(report("call", "passed", rule))
-    gate.pytest_runtest_logreport(report("call", "failed", []))  # not a conformance check
-    assert (gate.broken, gate.untested) == ([], [])
-    gate.pytest_runtest_logreport(report("call", "failed", rule))
-    assert gate.broken == ["c.py::t"]
-    for when in ("setup", "teardown", "???"):  # "???": xdist's report of a crashed worker
-        gate.pytest_runtest_logreport(report(when, "failed", rule))
-    assert len(gate.untested) == 3
 
 
 def fake_node(name: str, cidr: str, address: str) -> Any:
@@ -513,8 +479,9 @@ def summary_of(pytester: pytest.Pytester) -> dict[str, Any]:
 @pytest.mark.usefixtures("fast_timeouts")
 def test_exit_0_when_every_rule_holds(pytester: pytest.Pytester, fake_cluster: Any) -> None:
     result = fake_cluster(pytester, HEALTHY_NODES, "-k", NODE_ONLY_CHECKS)
-    result.assert_outcomes(passed=2, deselected=5)
-    assert result.ret == plugin.EXIT_RULES_HOLD
+    # The node checks pass; the rest is deselected (the required-family check among them).
+    result.assert_outcomes(passed=2, deselected=6)
+    assert result.ret == session.EXIT_RULES_HOLD
     # Every left-out node is named once, in the terminal summary, the JUnit and the JSON.
     assert result.outlines.count("node win-1 left out: OS is windows, not linux") == 1
     xml = (pytester.path / "out" / "junit.xml").read_text()
@@ -530,7 +497,7 @@ def test_exit_1_when_a_rule_is_broken(pytester: pytest.Pytester, fake_cluster: A
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == 2
     assert "errors" not in outcomes
-    assert result.ret == plugin.EXIT_RULE_BROKEN
+    assert result.ret == session.EXIT_RULE_BROKEN
     assert summary_of(pytester)["exitstatus"] == 1
 
 
@@ -545,7 +512,7 @@ def test_exit_2_wins_over_1(pytester: pytest.Pytester, fake_cluster: Any) -> Non
     assert outcomes.get("failed") == 2
     assert outcomes.get("errors") == 1
     result.stdout.fnmatch_lines(["*COULD NOT TEST: probe deployment*127.0.0.1*"])
-    assert result.ret == plugin.EXIT_COULD_NOT_TEST
+    assert result.ret == session.EXIT_COULD_NOT_TEST
     assert summary_of(pytester)["exitstatus"] == 2
 
 
@@ -579,5 +546,5 @@ def test_no_tests_collected_keeps_pytest_code(pytester: pytest.Pytester, fake_cl
 def test_unreachable_cluster_exits_2(pytester: pytest.Pytester, tmp_path: Path) -> None:
     kubeconfig = unreachable_kubeconfig(tmp_path / "kubeconfig")
     result = run_conformance(pytester, "--kubeconfig", str(kubeconfig))
-    assert result.ret == plugin.EXIT_COULD_NOT_TEST
+    assert result.ret == session.EXIT_COULD_NOT_TEST
     assert json.loads((pytester.path / "reports" / "summary.json").read_text())["exitstatus"] == 2

@@ -45,7 +45,16 @@ def test_ipv4_only_ids_stay_as_they_were(
     snat = ids_of(ids, "test_no_snat")
     assert "tcp-node-1->node-2" in snat
     assert "icmp-node-1->node-1" in snat
-    assert len(snat) == 3 * 3  # the ring of two and one same-node pair, 3 protocols
+    assert len(snat) == 3 * 4  # both ordered pairs and each node with itself, 3 protocols
+    # The whole rule: host network to the other node's pods, both ways; full-size packets on
+    # every pair; the sandbox on every node.
+    assert ids_of(ids, "test_host_to_pod") == [
+        f"{proto}-{pair}"
+        for proto in ("tcp", "udp", "icmp")
+        for pair in ("node-1->node-2", "node-2->node-1")
+    ]
+    assert ids_of(ids, "test_full_size_packets") == snat
+    assert ids_of(ids, "test_sandbox_survives_container_restart") == ["node-1", "node-2"]
     assert ids_of(ids, "test_node_to_pod") == [
         f"{proto}-{node}" for proto in ("tcp", "udp", "icmp") for node in ("node-1", "node-2")
     ]
@@ -73,7 +82,7 @@ def test_dual_stack_ids_carry_both_families(
 ) -> None:
     ids = collected_ids(pytester, monkeypatch, (4, 6))
     snat = ids_of(ids, "test_no_snat")
-    assert len(snat) == 2 * 3 * 3
+    assert len(snat) == 2 * 3 * 4
     assert {"ipv4-udp-node-2->node-1", "ipv6-udp-node-2->node-1"} <= set(snat)
     localhost = ids_of(ids, "test_localhost_between_containers")
     assert {"ipv4-tcp-node-1", "ipv6-tcp-node-1"} <= set(localhost)

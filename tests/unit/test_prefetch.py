@@ -1,10 +1,10 @@
-"""The staged prefetch of per-pod checks without a cluster: fake agents answer the batches.
+"""`conformance.kit.prefetch` without a cluster: fake probe clients answer the batches.
 
-Checked: stages run in order (a later stage sees the earlier one's writes); one batch per
-container per stage; the batches of a stage run concurrently, each on its own client; every
-process plans the same nonces and steps; a container that cannot be asked is could-not-test
-for its items only; an unplanned item runs its own steps; the prefetch runs once per run
-behind its lock file.
+Checked: a check's planner travels on its ``prefetched_by`` marker; stages run in order (a
+later stage sees the earlier one's writes); one batch per container per stage; the batches of
+a stage run concurrently, each on its own client; every process plans the same nonces and
+steps; a container that cannot be asked is could-not-test for its items only; an unplanned
+item runs its own steps; the prefetch runs once per run.
 """
 
 from __future__ import annotations
@@ -13,31 +13,34 @@ import hashlib
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from recording_agents import RecordingAgents
+from fake_items import FakeItem, item
+from recording_agents import RecordingProbeClient
 
-from conformance.kit.agent_client import AgentError, AgentResponse
+from conformance.kit.errors import CouldNotTest, PrefetchError
 from conformance.kit.prefetch import (
+    MARKER,
     ItemAnswers,
-    Prefetch,
-    PrefetchError,
     Step,
+    answers_for_item,
     item_nonce,
     plan_for_items,
+    plan_item,
     prefetch_once,
     prefetched_by,
     run_prefetch,
 )
-from conformance.kit.probes import ProbeMap, RunInfo
+from conformance.kit.probe_client import ProbeResponse
+from conformance.kit.probes import ProbeMap
+from conformance.kit.runstate import RunInfo
 
 
 @dataclass
-class FakeAgents(RecordingAgents):
+class FakeProbeClient(RecordingProbeClient):
     """Each pod has one shared volume (a dict, as an emptyDir); ``broken``: (pod, container)
     whose exec fails; ``barrier``: every call waits there (a concurrency test)."""
 
@@ -45,11 +48,11 @@ class FakeAgents(RecordingAgents):
 
     def call(
         self, pod: str, container: str, requests: Sequence[Mapping[str, Any]]
-    ) -> list[AgentResponse]:
+    ) -> list[ProbeResponse]:
         self.record(pod, container, requests)
         return [self._answer(pod, container, r) for r in requests]
 
-    def _answer(self, pod: str, container: str, request: Mapping[str, Any]) -> AgentResponse:
+    def _answer(self, pod: str, container: str, request: Mapping[str, Any]) -> ProbeResponse:
         op = request["op"]
         if op == "write_file":
             digest = hashlib.sha256(str(request["seed"]).encode()).hexdigest()
@@ -96,58 +99,53 @@ def check_unmarked(pod: str) -> None:
     """Not prefetched."""
 
 
-@dataclass
-class FakeCallSpec:
-    params: Mapping[str, Any]
-
-
-@dataclass
-class FakeItem:
-    nodeid: str
-    function: Any
-    callspec: FakeCallSpec | None
-
-
 def volume_items() -> list[FakeItem]:
     return [
-        FakeItem(
-            f"test_v.py::check_volume[{w}->{r}-{pod}]",
-            check_volume,
-            FakeCallSpec({"pod": pod, "writer": w, "reader": r}),
-        )
+        item(f"test_v.py::check_volume[{w}->{r}-{pod}]", check_volume, pod=pod, writer=w, reader=r)
         for pod in PODS
         for w, r in (("a", "b"), ("b", "a"))
     ]
 
 
 def info_items() -> list[FakeItem]:
-    return [
-        FakeItem(f"test_i.py::check_info[{pod}]", check_info, FakeCallSpec({"pod": pod}))
-        for pod in PODS
-    ]
+    return [item(f"test_i.py::check_info[{pod}]", check_info, pod=pod) for pod in PODS]
+
+
+def test_the_planner_travels_on_the_marker() -> None:
+    mark = check_volume.pytestmark[0]  # type: ignore[attr-defined]
+    assert (mark.name, mark.args) == (MARKER, (volume_planner,))
+    first = volume_items()[0]
+    plan = plan_item(first, NO_PROBES, "run-1")
+    assert first.asked == [MARKER]  # read with get_closest_marker, as pytest's items answer
+    assert plan is not None
+    assert [s.name for s in plan.steps] == ["write", "read"]
 
 
 def test_stages_run_in_order_and_later_stages_see_earlier_writes() -> None:
-    agents = FakeAgents()
+    probes = FakeProbeClient()
     plans = plan_for_items(volume_items(), NO_PROBES, "run-1")
-    answers = run_prefetch(agents, plans)  # type: ignore[arg-type]
-    ops = [op for _, _, batch in agents.calls for op in batch]
+    answers = run_prefetch(probes, plans)  # type: ignore[arg-type]
+    ops = [op for _, _, batch in probes.calls for op in batch]
     assert ops.index("read_file") > max(i for i, op in enumerate(ops) if op == "write_file")
     assert len(answers) == 6
-    for item in answers:
-        assert item.error is None
-        assert item["read"] == {"ok": True, "op": "read_file", "sha256": item["write"]["sha256"]}
+    for answered in answers:
+        assert answered.error is None
+        assert answered["read"] == {
+            "ok": True,
+            "op": "read_file",
+            "sha256": answered["write"]["sha256"],
+        }
 
 
 def test_one_batch_per_container_per_stage() -> None:
-    agents = FakeAgents()
-    run_prefetch(agents, plan_for_items(volume_items(), NO_PROBES, "run-1"))  # type: ignore[arg-type]
+    probes = FakeProbeClient()
+    run_prefetch(probes, plan_for_items(volume_items(), NO_PROBES, "run-1"))  # type: ignore[arg-type]
     # 3 pods x 2 containers x 2 stages: one call each (writer's write, then reader's read).
-    assert len(agents.calls) == 12
-    assert len({(pod, c) for pod, c, _ in agents.calls}) == 6
-    assert Counter(ops for _, _, ops in agents.calls) == {("write_file",): 6, ("read_file",): 6}
+    assert len(probes.calls) == 12
+    assert len({(pod, c) for pod, c, _ in probes.calls}) == 6
+    assert Counter(ops for _, _, ops in probes.calls) == {("write_file",): 6, ("read_file",): 6}
     # Another check's stage-0 requests join the same batches, in collection order.
-    mixed = FakeAgents()
+    mixed = FakeProbeClient()
     plans = plan_for_items([*volume_items(), *info_items()], NO_PROBES, "run-1")
     run_prefetch(mixed, plans)  # type: ignore[arg-type]
     assert Counter(ops for _, _, ops in mixed.calls) == {
@@ -158,16 +156,17 @@ def test_one_batch_per_container_per_stage() -> None:
 
 def test_batches_of_a_stage_run_concurrently_each_on_its_own_client() -> None:
     # Six batches in stage 0: all must be in flight at once to pass the barrier.
-    agents = FakeAgents(barrier=threading.Barrier(6, timeout=10))
-    answers = run_prefetch(agents, plan_for_items(info_items(), NO_PROBES, "r"), max_parallel=6)  # type: ignore[arg-type]
+    probes = FakeProbeClient(barrier=threading.Barrier(6, timeout=10))
+    plans = plan_for_items(info_items(), NO_PROBES, "r")
+    answers = run_prefetch(probes, plans, max_parallel=6)  # type: ignore[arg-type]
     assert all(a.error is None for a in answers)
-    assert len(agents.threads) == 6
-    assert agents.clones == agents.closed == 6
+    assert len(probes.threads) == 6
+    assert probes.clones == probes.closed == 6
 
 
 def test_every_process_plans_the_same_nonces_and_steps() -> None:
     first = plan_for_items(volume_items(), NO_PROBES, "run-1")
-    second = plan_for_items(list(reversed(volume_items()))[::-1], NO_PROBES, "run-1")
+    second = plan_for_items(volume_items(), NO_PROBES, "run-1")
     assert first == second
     nonces = [p.nonce for p in first]
     assert len(set(nonces)) == len(nonces)
@@ -177,8 +176,8 @@ def test_every_process_plans_the_same_nonces_and_steps() -> None:
 
 def test_unmarked_and_placeholder_items_are_not_planned() -> None:
     items = [
-        FakeItem("t::check_unmarked[p]", check_unmarked, FakeCallSpec({"pod": "p"})),
-        FakeItem("t::check_info[none]", check_info, FakeCallSpec({"pod": None})),
+        item("t::check_unmarked[p]", check_unmarked, pod="p"),
+        item("t::check_info[none]", check_info, pod=None),
         *info_items(),
         info_items()[0],  # collected twice: planned once
     ]
@@ -186,10 +185,22 @@ def test_unmarked_and_placeholder_items_are_not_planned() -> None:
     assert [p.nodeid for p in plans] == [i.nodeid for i in info_items()]
 
 
+def test_repeated_step_names_are_refused() -> None:
+    def twice(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
+        return [Step("info", "p", "a", {"op": "info"}), Step("info", "p", "b", {"op": "info"})]
+
+    @prefetched_by(twice)
+    def check_twice(pod: str) -> None:
+        """Names two steps alike."""
+
+    with pytest.raises(ValueError, match="step names repeat"):
+        plan_item(item("t::check_twice[p]", check_twice, pod="p"), NO_PROBES, "r")
+
+
 def test_a_broken_container_makes_only_its_items_could_not_test() -> None:
-    agents = FakeAgents(broken=frozenset({("probe-node-2", "a")}))
+    probes = FakeProbeClient(broken=frozenset({("probe-node-2", "a")}))
     plans = plan_for_items(volume_items(), NO_PROBES, "r")
-    answers = {a.nodeid: a for a in run_prefetch(agents, plans)}  # type: ignore[arg-type]
+    answers = {a.nodeid: a for a in run_prefetch(probes, plans)}  # type: ignore[arg-type]
     failed = {n for n, a in answers.items() if a.error is not None}
     # Writer a fails in stage 0; reader a fails in stage 1; other pods are untouched.
     assert failed == {
@@ -200,56 +211,68 @@ def test_a_broken_container_makes_only_its_items_could_not_test() -> None:
     assert "container not running" in str(errored.error)
     assert "read" not in errored.responses  # its later stage was not sent
     assert all(a["read"]["ok"] for n, a in answers.items() if n not in failed)
-    prefetch = Prefetch(answers, agents, NO_PROBES, "r")  # type: ignore[arg-type]
-    item = volume_items()[2]
-    with pytest.raises(AgentError, match=r"pod probe-node-2, container a"):
-        prefetch.answers(item)
-    assert prefetch.answers(volume_items()[0])["read"]["ok"]
+    with pytest.raises(PrefetchError, match=r"pod probe-node-2, container a") as raised:
+        answers_for_item(answers, volume_items()[2], NO_PROBES, probes, "r")  # type: ignore[arg-type]
+    assert isinstance(raised.value, CouldNotTest)
+    assert answers_for_item(answers, volume_items()[0], NO_PROBES, probes, "r")["read"]["ok"]  # type: ignore[arg-type]
 
 
 def test_an_unplanned_item_runs_its_own_steps() -> None:
-    agents = FakeAgents()
-    prefetch = Prefetch({}, agents, NO_PROBES, "r")  # type: ignore[arg-type]
-    item = volume_items()[0]
-    answers = prefetch.answers(item)
-    assert answers.nonce == item_nonce("r", item.nodeid)
+    probes = FakeProbeClient()
+    late = volume_items()[0]
+    answers = answers_for_item({}, late, NO_PROBES, probes, "r")  # type: ignore[arg-type]
+    assert answers.nonce == item_nonce("r", late.nodeid)
     assert answers["read"]["ok"]
     assert answers["read"]["sha256"] == answers["write"]["sha256"]
-    assert [(c, ops) for _, c, ops in agents.calls] == [
+    assert [(c, ops) for _, c, ops in probes.calls] == [
         ("a", ("write_file",)),
         ("b", ("read_file",)),
     ]
-    with pytest.raises(ValueError, match="not prefetched_by"):
-        prefetch.answers(FakeItem("t::u", check_unmarked, None))
+    with pytest.raises(ValueError, match=f"carries no {MARKER} marker"):
+        answers_for_item({}, item("t::u", check_unmarked), NO_PROBES, probes, "r")  # type: ignore[arg-type]
 
 
 def run_info(tmp_path: Path) -> RunInfo:
     return RunInfo(run_id="r", namespace="ns", shared_dir=str(tmp_path / "shared"))
 
 
-def test_prefetch_once_computes_once_for_all_callers(tmp_path: Path) -> None:
+def test_prefetch_once_runs_once_for_all_callers(tmp_path: Path) -> None:
     run = run_info(tmp_path)
-    computed: list[int] = []
-    agents = FakeAgents()
+    probes = FakeProbeClient()
+    callers = 4
+    everyone_asks = threading.Barrier(callers, timeout=10)
+    results: list[dict[str, ItemAnswers]] = []
 
-    def compute() -> list[ItemAnswers]:
-        computed.append(1)
-        return run_prefetch(agents, plan_for_items(volume_items(), NO_PROBES, run.run_id))  # type: ignore[arg-type]
+    def ask() -> None:
+        everyone_asks.wait()
+        results.append(prefetch_once(run, volume_items(), NO_PROBES, probes))  # type: ignore[arg-type]
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda _i: prefetch_once(run, compute), range(4)))
-    assert computed == [1]
+    threads = [threading.Thread(target=ask) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(probes.calls) == 12  # one prefetch's batches, for everyone
+    assert len(results) == callers
     assert all(r == results[0] for r in results)
-    assert len(results[0]) == 6
+    assert sorted(results[0]) == sorted(i.nodeid for i in volume_items())
+    assert results[0][volume_items()[0].nodeid].nonce == item_nonce(
+        run.run_id, volume_items()[0].nodeid
+    )
 
 
 def test_a_failed_prefetch_is_not_repeated(tmp_path: Path) -> None:
     run = run_info(tmp_path)
 
-    def boom() -> list[ItemAnswers]:
-        raise RuntimeError("API server gone")
+    class Gone(FakeProbeClient):
+        def call(self, pod: str, container: str, requests: Sequence[Mapping[str, Any]]) -> Any:
+            self.record(pod, container, requests)
+            raise RuntimeError("API server gone")
 
+    gone = Gone()
     with pytest.raises(RuntimeError):
-        prefetch_once(run, boom)
-    with pytest.raises(PrefetchError, match="API server gone"):
-        prefetch_once(run, lambda: pytest.fail("must not compute again"))
+        prefetch_once(run, volume_items(), NO_PROBES, gone)  # type: ignore[arg-type]
+    asked = len(gone.calls)
+    with pytest.raises(PrefetchError, match="the prefetch failed: API server gone"):
+        prefetch_once(run, volume_items(), NO_PROBES, gone)  # type: ignore[arg-type]
+    assert len(gone.calls) == asked

@@ -119,8 +119,10 @@ def start_agent(
     python: str = sys.executable,
     agent_path: Path = AGENT,
     prefix: Sequence[str] = (),
+    data_dirs: Sequence[Path] = (),
 ) -> RunningAgent:
-    """Start ``serve`` and wait (bounded) until ``ping`` answers."""
+    """Start ``serve`` and wait (bounded) until ``ping`` answers; ports 0 are replaced by the
+    ports the agent picked (``info``'s ``ports``)."""
     socket_path = workdir / f"{name}.sock"
     log_path = workdir / f"{name}.log"
     command = [
@@ -135,6 +137,8 @@ def start_agent(
         "--socket",
         str(socket_path),
     ]
+    for directory in data_dirs:
+        command += ["--data-dir", str(directory)]
     if netns is not None:
         command = ["nsenter", f"--net=/run/netns/{netns}", *command]
     env = {**os.environ, "POD_NAME": name, "POD_NAMESPACE": "netconform-test", "NODE_NAME": "n1"}
@@ -158,6 +162,8 @@ def start_agent(
     if not waiting(answers):
         agent.stop()
         pytest.fail(f"agent {name} never answered ping:\n{agent.log()}")
+    ports = agent.ok({"op": "info"})["ports"]
+    agent.tcp_port, agent.udp_port = ports["tcp"], ports["udp"]
     return agent
 
 
@@ -174,6 +180,41 @@ def free_port_pair() -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------------------------
 # Static properties of the shipped file.
+
+
+#: The oldest Python the agent promises to run on (its docstring and docs/architecture.md say so).
+OLDEST_PYTHON = "3.8"
+VERMIN = Path(sys.executable).with_name("vermin")
+
+
+def run_vermin(path: Path) -> subprocess.CompletedProcess[str]:
+    if not VERMIN.exists():
+        pytest.fail("vermin is missing: install the dev extra (.venv/bin/pip install -e .[dev])")
+    return subprocess.run(
+        [str(VERMIN), "--no-tips", "--violations", f"-t={OLDEST_PYTHON}-", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_agent_runs_on_the_oldest_python_it_promises() -> None:
+    """vermin knows library APIs (``str.removeprefix`` is 3.9), not only grammar."""
+    done = run_vermin(AGENT)
+    assert done.returncode == 0, (
+        f"agent.py needs a newer Python than {OLDEST_PYTHON}:\n{done.stdout}"
+    )
+    assert f"The oldest Python it supports is {OLDEST_PYTHON}" in AGENT.read_text()
+
+
+def test_vermin_catches_a_newer_api(tmp_path: Path) -> None:
+    """The check above can fail: a 3.9 string method is a violation for 3.8."""
+    newer = tmp_path / "newer.py"
+    newer.write_text('print("nc-1".removeprefix("nc-"))\n')
+    done = run_vermin(newer)
+    assert done.returncode != 0
+    assert "removeprefix" in done.stdout
 
 
 def test_agent_is_stdlib_only_and_parses_as_python_3_8() -> None:
@@ -255,7 +296,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def loopback_agent(workdir: Path) -> Iterator[RunningAgent]:
     tcp_port, udp_port = free_port_pair()
-    agent = start_agent(workdir, "lo-a", tcp_port=tcp_port, udp_port=udp_port)
+    agent = start_agent(workdir, "lo-a", tcp_port=tcp_port, udp_port=udp_port, data_dirs=[workdir])
     yield agent
     assert agent.stop() == 0, agent.log()
     assert not agent.socket_path.exists(), "serve removes its control socket on SIGTERM"
@@ -265,7 +306,7 @@ def loopback_agent(workdir: Path) -> Iterator[RunningAgent]:
 def second_loopback_agent(workdir: Path) -> Iterator[RunningAgent]:
     """Another agent in the same network namespace, as container b of a pod."""
     tcp_port, udp_port = free_port_pair()
-    agent = start_agent(workdir, "lo-b", tcp_port=tcp_port, udp_port=udp_port)
+    agent = start_agent(workdir, "lo-b", tcp_port=tcp_port, udp_port=udp_port, data_dirs=[workdir])
     yield agent
     agent.stop()
 
@@ -279,6 +320,7 @@ def test_info(loopback_agent: RunningAgent) -> None:
     assert info["env"]["POD_IP"] is None or isinstance(info["env"]["POD_IP"], str)
     assert f"0.0.0.0:{loopback_agent.tcp_port}" in info["listeners"]["tcp"]
     assert f"0.0.0.0:{loopback_agent.udp_port}" in info["listeners"]["udp"]
+    assert info["ports"] == {"tcp": loopback_agent.tcp_port, "udp": loopback_agent.udp_port}
 
 
 def test_addresses_include_loopback(loopback_agent: RunningAgent) -> None:
@@ -286,7 +328,8 @@ def test_addresses_include_loopback(loopback_agent: RunningAgent) -> None:
     by_name = {entry["name"]: entry for entry in interfaces}
     assert "127.0.0.1/8" in by_name["lo"]["addresses"]
     assert by_name["lo"]["index"] == socket.if_nametoindex("lo")
-    assert all(set(entry) == {"name", "index", "mac", "addresses"} for entry in interfaces)
+    assert all(set(entry) == {"name", "index", "mac", "mtu", "addresses"} for entry in interfaces)
+    assert by_name["lo"]["mtu"] == int(Path("/sys/class/net/lo/mtu").read_text())
 
 
 def test_proc_fallback_agrees_with_netlink() -> None:
@@ -295,7 +338,11 @@ def test_proc_fallback_agrees_with_netlink() -> None:
     proc = {e["name"]: e for e in probe_agent.interfaces_from_proc()}
     assert set(netlink) == set(proc)
     for name, entry in proc.items():
-        assert (entry["index"], entry["mac"]) == (netlink[name]["index"], netlink[name]["mac"])
+        assert (entry["index"], entry["mac"], entry["mtu"]) == (
+            netlink[name]["index"],
+            netlink[name]["mac"],
+            netlink[name]["mtu"],
+        )
         assert set(entry["addresses"]) <= set(netlink[name]["addresses"])
         assert {a for a in entry["addresses"] if ":" in a} == {
             a for a in netlink[name]["addresses"] if ":" in a
@@ -327,8 +374,8 @@ def test_tcp_and_udp_connect_record_the_nonce(loopback_agent: RunningAgent) -> N
     assert tcp == {"ok": True, "op": "connect", "peer_seen": "127.0.0.1", "local": "127.0.0.1"}
     assert udp["ok"], udp
     assert udp["peer_seen"] == "127.0.0.1"
-    assert seen_tcp["records"] == [{"proto": "tcp", "peer": "127.0.0.1"}]
-    assert seen_udp["records"] == [{"proto": "udp", "peer": "127.0.0.1"}]
+    assert seen_tcp["records"] == [{"proto": "tcp", "peer": "127.0.0.1", "nonce": tcp_nonce}]
+    assert seen_udp["records"] == [{"proto": "udp", "peer": "127.0.0.1", "nonce": udp_nonce}]
     assert f"listener tcp nonce={tcp_nonce} peer=127.0.0.1" in loopback_agent.log()
     assert "request op=connect proto=tcp" in loopback_agent.log()
 
@@ -348,7 +395,7 @@ def test_ipv6_loopback_connect(loopback_agent: RunningAgent) -> None:
     )
     assert udp["peer_seen"] == "::1"
     assert loopback_agent.ok({"op": "seen", "nonce": value})["records"] == [
-        {"proto": "udp", "peer": "::1"}
+        {"proto": "udp", "peer": "::1", "nonce": value}
     ]
 
 
@@ -360,7 +407,7 @@ def test_icmp_echo_to_loopback_is_recorded(loopback_agent: RunningAgent) -> None
     )
     assert echo["ok"], echo
     assert echo["reply_from"] == "127.0.0.1"
-    assert {"proto": "icmp", "peer": "127.0.0.1"} in seen["records"]
+    assert {"proto": "icmp", "peer": "127.0.0.1", "nonce": value} in seen["records"]
 
 
 def test_second_agent_sees_first_agents_ports_taken(
@@ -384,7 +431,7 @@ def test_second_agent_sees_first_agents_ports_taken(
     assert free == {"ok": True, "op": "try_bind", "bound": True, "errno": None}
     assert via_loopback["peer_seen"] == "127.0.0.1"
     assert loopback_agent.ok({"op": "seen", "nonce": value})["records"] == [
-        {"proto": "tcp", "peer": "127.0.0.1"}
+        {"proto": "tcp", "peer": "127.0.0.1", "nonce": value}
     ]
 
 
@@ -464,7 +511,7 @@ def test_write_and_read_file_hashes(
         ),
         ({"op": "try_bind", "proto": "tcp", "host": "no-such-host", "port": 1}, "IP address"),
         ({"op": "icmp", "host": "name.invalid", "nonce": "n", "timeout": 1}, "cannot resolve"),
-        ({"op": "write_file", "path": "/proc/version", "size": 1, "seed": "s"}, "E"),
+        ({"op": "write_file", "path": "/proc/version", "size": 1, "seed": "s"}, "outside"),
         ({"op": "write_file", "path": "/tmp/x", "size": -1, "seed": "s"}, "'size'"),
         ({"op": "write_file", "path": "/tmp/x", "size": 1, "seed": None}, "'seed'"),
         ({"op": "seen"}, "missing field 'nonce'"),
@@ -510,7 +557,7 @@ def test_call_cli_round_trip_and_input_errors(loopback_agent: RunningAgent) -> N
     assert (info["op"], connect["peer_seen"], seen["records"]) == (
         "info",
         "127.0.0.1",
-        [{"proto": "udp", "peer": "127.0.0.1"}],
+        [{"proto": "udp", "peer": "127.0.0.1", "nonce": value}],
     )
     not_json = loopback_agent.call_cli(b"{op")
     assert not_json.returncode == 2
@@ -581,7 +628,7 @@ def test_without_net_raw_tcp_udp_still_work_and_icmp_capture_fail_clearly(
         assert echo["ok"] or "NET_RAW" in echo["error"], echo
         assert capture["ok"] is False
         assert "NET_RAW" in capture["error"]
-        assert seen["records"] == [{"proto": "tcp", "peer": "127.0.0.1"}]
+        assert seen["records"] == [{"proto": "tcp", "peer": "127.0.0.1", "nonce": value}]
         assert agent.ok({"op": "info"})["pid"] == info["pid"]
     finally:
         agent.stop()
@@ -689,7 +736,7 @@ def test_netns_connect_sees_the_senders_address(
     )
     assert (sent["peer_seen"], sent["local"]) == (src, src)
     assert netns_pair.b.ok({"op": "seen", "nonce": value, "wait": 2})["records"] == [
-        {"proto": proto, "peer": src}
+        {"proto": proto, "peer": src, "nonce": value}
     ]
 
 
@@ -703,7 +750,7 @@ def test_netns_icmp_echo_is_recorded(
     echo = netns_pair.a.ok({"op": "icmp", "host": dst, "nonce": value, "timeout": 3})
     assert echo["reply_from"] == dst
     assert netns_pair.b.ok({"op": "seen", "nonce": value, "wait": 2})["records"] == [
-        {"proto": proto, "peer": src}
+        {"proto": proto, "peer": src, "nonce": value}
     ]
 
 
@@ -730,11 +777,17 @@ def test_netns_capture_matches_udp_and_icmp_nonces(netns_pair: NamespacePair) ->
     )
     veth = netns_pair.veth_b
     # The datagram in, and the listener's answer (which echoes the nonce) out.
-    assert {"proto": "udp", "src": ADDR_A, "dst": ADDR_B, "iface": veth} in udp["packets"]
-    assert {"proto": "udp", "src": ADDR_B, "dst": ADDR_A, "iface": veth} in udp["packets"]
-    assert {"proto": "icmp", "src": ADDR_A, "dst": ADDR_B, "iface": veth} in icmp["packets"]
-    assert {"proto": "icmp", "src": ADDR_B, "dst": ADDR_A, "iface": veth} in icmp["packets"]
-    assert {"proto": "icmpv6", "src": ADDR6_A, "dst": ADDR6_B, "iface": veth} in icmp6["packets"]
+    udp_in = {"proto": "udp", "src": ADDR_A, "dst": ADDR_B, "iface": veth, "nonce": udp_nonce}
+    udp_out = {"proto": "udp", "src": ADDR_B, "dst": ADDR_A, "iface": veth, "nonce": udp_nonce}
+    assert udp_in in udp["packets"]
+    assert udp_out in udp["packets"]
+    echo_in = {"proto": "icmp", "src": ADDR_A, "dst": ADDR_B, "iface": veth, "nonce": icmp_nonce}
+    echo_out = {"proto": "icmp", "src": ADDR_B, "dst": ADDR_A, "iface": veth, "nonce": icmp_nonce}
+    assert echo_in in icmp["packets"]
+    assert echo_out in icmp["packets"]
+    echo6 = {"proto": "icmpv6", "src": ADDR6_A, "dst": ADDR6_B, "iface": veth, "nonce": icmp6_nonce}
+    assert echo6 in icmp6["packets"]
+    assert udp["dropped"] == 0
     assert again["packets"] == udp["packets"], "a finished capture keeps its packets"
     assert all(packet["proto"] == "udp" for packet in udp["packets"])
 

@@ -1,91 +1,132 @@
-"""The two-pass reachability sweep without a cluster: fake agents answer the batched calls.
+"""`conformance.kit.reachability` without a cluster: fake probe clients answer the batched calls.
 
-Checked: pass one is one batch per source container with one try per target; pass two retries
-only the failed targets, bounded by ``reach_attempts``; a pass on a retry is recorded as
-flaky; sources are judged; failed pairs are grouped by node; a container that cannot be asked
-is could-not-test for its targets only; the sweep runs once per run behind its lock file.
+Checked: a check's planner travels on its ``swept_by`` marker and is read from the item with
+``get_closest_marker`` (placeholder cases are not planned); pass one is one batch per source
+container with one try per target; pass two retries only the failed targets, bounded by
+``reach_attempts``; a node's own addresses are allowed for a node source; failed pairs are
+grouped by node; a container that cannot be asked leaves its targets without a verdict;
+the sweep runs once per run and stores each item's plan; each item gets its own outcomes;
+and the sweep's exchanges against the real agent served by local processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from recording_agents import RecordingAgents
+from fake_items import FakeItem, item
+from kubernetes import client
+from local_agents import LocalAgent, LocalProbeClient
+from recording_agents import RecordingProbeClient
 
-from conformance.kit.agent_client import AgentError, AgentResponse
-from conformance.kit.pairs import NodePair, plan_node_pairs
-from conformance.kit.probes import RunInfo
+from conformance.kit.errors import SweepError
+from conformance.kit.pairs import NodePair
+from conformance.kit.probe_client import ProbeResponse
+from conformance.kit.probes import ProbeMap
 from conformance.kit.reachability import (
-    PLANNER_ATTRIBUTE,
+    MARKER,
     Endpoint,
+    Exchange,
+    ItemPlan,
     Outcome,
     Sweep,
-    SweepError,
     Target,
-    failure_summary,
-    outcomes_for,
+    Unplanned,
+    outcomes_for_item,
     plan_for_items,
+    plan_item,
+    planner_of,
     run_sweep,
     sweep_once,
     swept_by,
 )
+from conformance.kit.runstate import RunInfo
 from conformance.kit.settings import Timeouts
+from conformance.kit.verdicts import failure_summary, flaky_text, problems
+
+pytest_plugins = ["pytester"]
 
 NODES = ("node-1", "node-2", "node-3")
+# A ring over the three nodes: every node once a source and once a destination.
+RING = (NodePair("node-1", "node-2"), NodePair("node-2", "node-3"), NodePair("node-3", "node-1"))
 POD_IP = {"probe-node-1": "10.244.0.2", "probe-node-2": "10.244.1.2", "probe-node-3": "10.244.2.2"}
 NODE_IP = {"node-1": "192.168.77.1", "node-2": "192.168.77.2", "node-3": "192.168.77.3"}
+POD_BY_IP = {ip: pod for pod, ip in POD_IP.items()}
 TIMEOUTS = Timeouts(probe=0.1, reach_attempts=3, capture_wait=0.1)
+NO_PROBES = ProbeMap(namespace="ns", probes=())
+
+
+def ring_target(proto: str, pair: NodePair) -> Target:
+    """The pod-to-pod target of one ring pair, as test_no_snat plans it."""
+    src, dst = f"probe-{pair.src}", f"probe-{pair.dst}"
+    return Target(
+        check="test_no_snat",
+        proto=proto,
+        family=4,
+        source=Endpoint(src, "a", pair.src),
+        destination=Endpoint(dst, "a", pair.dst),
+        host=POD_IP[dst],
+        port=None if proto == "icmp" else 8080,
+        allowed_sources=(POD_IP[src],),
+    )
 
 
 def ring_targets(protos: Sequence[str] = ("tcp", "udp", "icmp")) -> list[Target]:
-    """The ring's pod-to-pod targets, as test_no_snat plans them."""
-    targets = []
-    for proto in protos:
-        for pair in plan_node_pairs(NODES):
-            src, dst = f"probe-{pair.src}", f"probe-{pair.dst}"
-            targets.append(
-                Target(
-                    check="test_no_snat",
-                    proto=proto,
-                    family=4,
-                    source=Endpoint(src, "a", pair.src),
-                    destination=Endpoint(dst, "a", pair.dst),
-                    host=POD_IP[dst],
-                    port=None if proto == "icmp" else 8080,
-                    allowed_sources=(POD_IP[src],),
-                )
-            )
-    return targets
+    return [ring_target(proto, pair) for proto in protos for pair in RING]
 
 
 @dataclass
-class FakeAgents(RecordingAgents):
+class FakeProbeClient(RecordingProbeClient):
     """Answers agent batches like a cluster would. ``failures[(src_pod, host)]`` is how many
     tries fail (ETIMEDOUT) before one is answered; ``snat_nodes``: traffic leaving these nodes
-    shows the node's IP; ``broken``: (pod, container) whose exec fails."""
+    shows the node's IP; ``broken``: (pod, container) whose exec fails; ``refuse_captures``:
+    pods whose agent answers capture_start with an error. Listeners and captures record every
+    exchange that arrived, by nonce."""
 
     timeouts: Timeouts = TIMEOUTS
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     snat_nodes: frozenset[str] = frozenset()
+    refuse_captures: frozenset[str] = frozenset()
+    parallel: list[int | None] = field(default_factory=list)  # of every probing batch
     _tries: dict[tuple[str, str], int] = field(default_factory=dict)
-    _sent: dict[str, tuple[str, str]] = field(default_factory=dict)  # nonce -> (source, proto)
+    # destination pod -> what arrived there: {nonce, peer, proto}
+    _arrived: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     def call(
-        self, pod: str, container: str, requests: Sequence[Mapping[str, Any]]
-    ) -> list[AgentResponse]:
+        self,
+        pod: str,
+        container: str,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        parallel: int | None = None,
+        timeout: float | None = None,
+    ) -> list[ProbeResponse]:
         self.record(pod, container, requests)
+        if requests and requests[0]["op"] in ("connect", "icmp"):
+            self.parallel.append(parallel)
         return [self._answer(pod, dict(r)) for r in requests]
 
-    def _answer(self, pod: str, request: dict[str, Any]) -> AgentResponse:
+    def _answer(self, pod: str, request: dict[str, Any]) -> ProbeResponse:
         op = request["op"]
         if op == "capture_start":
-            return {"ok": True, "op": op, "capture_id": f"cap-{request['nonce']}"}
+            if pod in self.refuse_captures:
+                return {"ok": False, "op": op, "error": "no scapy"}
+            return {"ok": True, "op": op, "capture_id": f"cap-{pod}"}
+        if op == "addresses":
+            node = pod.removeprefix("host-")
+            return {
+                "ok": True,
+                "op": op,
+                "interfaces": [
+                    {"name": "eth0", "addresses": [f"{NODE_IP[node]}/24", "fe80::1/64"]},
+                    {"name": "cni0", "addresses": ["10.244.9.1/24"]},
+                ],
+            }
         if op in ("connect", "icmp"):
             key = (pod, str(request["host"]))
             with self._lock:
@@ -93,56 +134,224 @@ class FakeAgents(RecordingAgents):
                 failing = self._tries[key] <= self.failures.get(key, 0)
             if failing:
                 return {"ok": False, "op": op, "errno": "ETIMEDOUT", "error": "timed out"}
-            node = pod.removeprefix("probe-")
-            source = NODE_IP[node] if node in self.snat_nodes else POD_IP[pod]
+            node = pod.removeprefix("probe-").removeprefix("host-")
+            if pod.startswith("host-"):
+                source = "10.244.9.1"  # a node's stack sends from its bridge to local pods
+            elif node in self.snat_nodes:
+                source = NODE_IP[node]
+            else:
+                source = POD_IP[pod]
+            arrival = {
+                "nonce": str(request["nonce"]),
+                "peer": source,
+                "proto": str(request.get("proto", op)),
+                "dst": str(request["host"]),
+            }
             with self._lock:
-                self._sent[str(request["nonce"])] = (source, str(request.get("proto", op)))
+                self._arrived.setdefault(POD_BY_IP[str(request["host"])], []).append(arrival)
             return {"ok": True, "op": op, "peer_seen": source}
-        nonce = str(request.get("nonce") or str(request.get("capture_id", "")).removeprefix("cap-"))
-        sent = self._sent.get(nonce)
+        arrived = (
+            [
+                a
+                for a in self._arrived.get(pod, [])
+                if a["nonce"].startswith(request["nonce_prefix"])
+            ]
+            if "nonce_prefix" in request
+            else self._arrived.get(pod, [])
+        )
         if op == "seen":
-            records = [] if sent is None else [{"peer": sent[0], "proto": sent[1]}]
+            records = [
+                {"nonce": a["nonce"], "peer": a["peer"], "proto": a["proto"]} for a in arrived
+            ]
             return {"ok": True, "op": op, "records": records}
         if op == "capture_result":
-            packets = [] if sent is None else [{"src": sent[0], "dst": POD_IP[pod]}]
+            assert request["capture_id"] == f"cap-{pod}"
+            packets = [{"nonce": a["nonce"], "src": a["peer"], "dst": a["dst"]} for a in arrived]
             return {"ok": True, "op": op, "packets": packets}
         raise AssertionError(f"unexpected op {op}")
 
 
-def probe_batches(agents: FakeAgents) -> list[tuple[str, int]]:
+def probe_batches(probes: FakeProbeClient) -> list[tuple[str, int]]:
     """(source pod, number of tries) of every batch that probed."""
-    return [(pod, len(ops)) for pod, _c, ops in agents.calls if set(ops) <= {"connect", "icmp"}]
+    return [(pod, len(ops)) for pod, _c, ops in probes.calls if set(ops) <= {"connect", "icmp"}]
+
+
+def sweep_of(outcomes: list[Outcome]) -> Sweep:
+    return Sweep(outcomes={o.target.key: o for o in outcomes})
+
+
+# --- the planner marker ------------------------------------------------------------------------
+
+
+def ring_planner(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+    """One ring pair's target; node-9 has no probes (not applicable)."""
+    pair: NodePair = params["node_pair"]
+    if pair.src == "node-9":
+        return Unplanned("node-9 carries no probe")
+    return [ring_target(params["proto"], pair)]
+
+
+@swept_by(ring_planner)
+def check_ring(proto: str, node_pair: NodePair) -> None:
+    """A stand-in for a swept check."""
+
+
+def check_unswept(proto: str) -> None:
+    """A check whose exchanges do not come from the sweep."""
+
+
+def ring_items(protos: Sequence[str] = ("tcp", "udp", "icmp")) -> list[FakeItem]:
+    return [
+        item(
+            f"t.py::check_ring[{proto}-{pair.src}->{pair.dst}]",
+            check_ring,
+            proto=proto,
+            node_pair=pair,
+        )
+        for proto in protos
+        for pair in RING
+    ]
+
+
+def test_the_planner_travels_on_the_marker() -> None:
+    mark = check_ring.pytestmark[0]  # type: ignore[attr-defined]
+    assert (mark.name, mark.args) == (MARKER, (ring_planner,))
+    swept = ring_items(("tcp",))[0]
+    assert planner_of(swept) is ring_planner
+    assert swept.asked == [MARKER]  # read with get_closest_marker, as pytest's items answer
+    assert planner_of(item("t.py::check_unswept[tcp]", check_unswept, proto="tcp")) is None
+    assert planner_of(object()) is None  # not an item at all
+
+
+def test_plan_item_reads_the_params_and_skips_placeholders() -> None:
+    (first,) = ring_items(("tcp",))[:1]
+    found = plan_item(first, NO_PROBES)
+    assert found is not None
+    plan, targets = found
+    assert targets == [ring_target("tcp", RING[0])]
+    assert plan == ItemPlan(first.nodeid, keys=(targets[0].key,))
+    # The plugin's placeholder cases (cluster unavailable, not applicable) carry None.
+    placeholder = item(
+        "t.py::check_ring[cluster-unavailable]", check_ring, proto=None, node_pair=None
+    )
+    assert plan_item(placeholder, NO_PROBES) is None
+    assert plan_item(item("t.py::check_ring", check_ring), NO_PROBES) is None  # not parametrized
+    assert plan_item(item("t.py::u[tcp]", check_unswept, proto="tcp"), NO_PROBES) is None
+    unplanned = item(
+        "t.py::check_ring[x]", check_ring, proto="tcp", node_pair=NodePair("node-9", "node-1")
+    )
+    assert plan_item(unplanned, NO_PROBES) == (
+        ItemPlan(unplanned.nodeid, unplanned=Unplanned("node-9 carries no probe")),
+        [],
+    )
+
+
+def test_plan_for_items_plans_each_item_once_in_collection_order() -> None:
+    items = [*ring_items(("tcp", "udp")), ring_items(("tcp",))[0]]  # the first collected twice
+    plans, targets = plan_for_items(items, NO_PROBES)
+    assert list(plans) == [i.nodeid for i in ring_items(("tcp", "udp"))]
+    assert targets == ring_targets(("tcp", "udp"))
+
+
+SWEPT_MODULE = """
+import pytest
+from conformance.kit.reachability import Endpoint, Target, Unplanned, swept_by
+
+def planner(params, probe_map):
+    if params["proto"] == "sctp":
+        return Unplanned("no sctp here")
+    src = params["src"]
+    return [
+        Target(
+            check="test_pair",
+            proto=params["proto"],
+            family=4,
+            source=Endpoint("probe-" + src, "a", src),
+            destination=Endpoint("probe-node-2", "a", "node-2"),
+            host="10.244.1.2",
+            port=8080,
+        )
+    ]
+
+@pytest.mark.parametrize("proto", ["tcp", "sctp"])
+@pytest.mark.parametrize("src", ["node-1", "node-3"])
+@swept_by(planner)
+def test_pair(proto, src):
+    pass
+
+# The plugin's placeholders: a cluster that could not be read, a case that does not apply.
+@pytest.mark.parametrize(("proto", "src"), [
+    pytest.param(None, None, id="cluster-unavailable"),
+    pytest.param(None, None, id="not-applicable", marks=pytest.mark.skip(reason="one node")),
+])
+@swept_by(planner)
+def test_placeholder(proto, src):
+    pass
+
+@swept_by(planner)
+class TestMarkedClass:
+    @pytest.mark.parametrize("proto", ["udp"])
+    @pytest.mark.parametrize("src", ["node-3"])
+    def test_in_class(self, proto, src):
+        pass
+
+def test_unswept():
+    pass
+"""
+
+
+@pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")
+def test_real_items_are_planned_from_their_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_swept=SWEPT_MODULE)
+    items, _ = pytester.inline_genitems("-p", "no:cacheprovider")
+    plans, targets = plan_for_items(items, NO_PROBES)
+    planned = {nodeid.split("::", 1)[1]: plan for nodeid, plan in plans.items()}
+    assert sorted(planned) == [
+        "TestMarkedClass::test_in_class[node-3-udp]",  # the class's marker is the closest
+        "test_pair[node-1-sctp]",
+        "test_pair[node-1-tcp]",
+        "test_pair[node-3-sctp]",
+        "test_pair[node-3-tcp]",
+    ]
+    assert planned["test_pair[node-1-sctp]"].unplanned == Unplanned("no sctp here")
+    assert [(t.proto, t.source.node) for t in targets] == [
+        ("tcp", "node-1"),
+        ("tcp", "node-3"),
+        ("udp", "node-3"),
+    ]
+    assert planned["test_pair[node-3-tcp]"].keys == (targets[1].key,)
+
+
+# --- the sweep ---------------------------------------------------------------------------------
 
 
 def test_pass_one_is_one_batch_per_source_and_everything_passes() -> None:
-    agents = FakeAgents()
-    outcomes = run_sweep(agents, ring_targets(("tcp",)))  # type: ignore[arg-type]
-    assert all(o.reached and o.attempts == 1 and not o.problems() for o in outcomes)
-    assert all(o.flaky is None for o in outcomes)
-    assert sorted(probe_batches(agents)) == [
+    probes = FakeProbeClient()
+    outcomes = run_sweep(probes, ring_targets(("tcp",)))  # type: ignore[arg-type]
+    assert all(o.reached and o.attempts == 1 and not problems(o) for o in outcomes)
+    assert all(flaky_text(o) is None for o in outcomes)
+    assert sorted(probe_batches(probes)) == [
         ("probe-node-1", 1),
         ("probe-node-2", 1),
         ("probe-node-3", 1),
     ]
     # Every exec went through a client of its own thread, and each was closed.
-    assert agents.clones == agents.closed == len(agents.calls)
+    assert probes.clones == probes.closed == len(probes.calls)
 
 
 def test_pass_two_retries_only_the_failed_pairs_bounded() -> None:
     targets = ring_targets(("tcp", "udp", "icmp"))
     # node-1 -> node-2 never answers; node-2 -> node-3 answers on the second try.
-    agents = FakeAgents(
+    probes = FakeProbeClient(
         failures={
             ("probe-node-1", POD_IP["probe-node-2"]): 99,
             ("probe-node-2", POD_IP["probe-node-3"]): 3,  # tcp, udp, icmp each fail once
         }
     )
-    outcomes = {o.target.key: o for o in run_sweep(agents, targets)}  # type: ignore[arg-type]
-    batches = probe_batches(agents)
+    outcomes = {o.target.key: o for o in run_sweep(probes, targets)}  # type: ignore[arg-type]
+    batches = probe_batches(probes)
     # Pass one: one batch per source holding all its 3 targets; pass two: failed ones only.
-    assert batches[:3] == [(p, 3) for p in ("probe-node-1", "probe-node-2", "probe-node-3")] or (
-        sorted(batches[:3]) == [("probe-node-1", 3), ("probe-node-2", 3), ("probe-node-3", 3)]
-    )
+    assert sorted(batches[:3]) == [("probe-node-1", 3), ("probe-node-2", 3), ("probe-node-3", 3)]
     retried = batches[3:]
     assert {pod for pod, _n in retried} == {"probe-node-1", "probe-node-2"}
     assert sum(n for pod, n in retried if pod == "probe-node-1") == 2 * 3  # 3 tries in all
@@ -152,35 +361,67 @@ def test_pass_two_retries_only_the_failed_pairs_bounded() -> None:
         if src == "node-1":
             assert not outcome.reached
             assert outcome.attempts == TIMEOUTS.reach_attempts
-            assert outcome.problems() == ["no answer after 3 attempt(s): timed out"]
+            assert problems(outcome) == ["no answer after 3 attempt(s): timed out"]
         elif src == "node-2":
-            assert (outcome.reached, outcome.attempts, outcome.problems()) == (True, 2, [])
-            assert outcome.flaky == "passed on attempt 2 of 3 (first: ETIMEDOUT timed out)"
+            assert (outcome.reached, outcome.attempts, problems(outcome)) == (True, 2, [])
+            assert flaky_text(outcome) == "passed on attempt 2 of 3 (first: ETIMEDOUT timed out)"
         else:
-            assert (outcome.reached, outcome.attempts, outcome.flaky) == (True, 1, None)
+            assert (outcome.reached, outcome.attempts, flaky_text(outcome)) == (True, 1, None)
 
 
 def test_exchanges_run_concurrently_across_sources() -> None:
     barrier = threading.Barrier(3, timeout=5)
 
-    class Meeting(FakeAgents):
-        def call(self, pod: str, container: str, requests: Sequence[Mapping[str, Any]]) -> Any:
+    class Meeting(FakeProbeClient):
+        def call(
+            self, pod: str, container: str, requests: Sequence[Mapping[str, Any]], **how: Any
+        ) -> Any:
             if requests[0]["op"] in ("connect", "icmp"):
                 barrier.wait()  # all three sources must be in flight at once, or this times out
-            return super().call(pod, container, requests)
+            return super().call(pod, container, requests, **how)
 
     outcomes = run_sweep(Meeting(), ring_targets(("tcp",)))  # type: ignore[arg-type]
     assert all(o.reached for o in outcomes)
 
 
+def test_a_node_source_may_use_any_address_on_its_interfaces() -> None:
+    node = "node-1"
+    host_target = Target(
+        check="test_node_to_pod",
+        proto="tcp",
+        family=4,
+        source=Endpoint(f"host-{node}", "agent", node),
+        destination=Endpoint("probe-node-1", "a", node),
+        host=POD_IP["probe-node-1"],
+        port=8080,
+        allowed_sources=(NODE_IP[node],),  # the Node object's addresses
+        source_is_node=True,
+    )
+    probes = FakeProbeClient()
+    (outcome,) = run_sweep(probes, [host_target])  # type: ignore[arg-type]
+    assert ("host-node-1", "agent", ("addresses",)) in probes.calls
+    assert outcome.allowed_sources == ("10.244.9.1", NODE_IP[node], "fe80::1")
+    assert outcome.exchange is not None
+    assert outcome.exchange.listener_peers == ("10.244.9.1",)
+    assert problems(outcome) == []
+    # The same source judged against the Node object's addresses alone would be broken.
+    pod_like = dataclasses.replace(host_target, source_is_node=False)
+    (strict,) = run_sweep(FakeProbeClient(), [pod_like])  # type: ignore[arg-type]
+    assert strict.allowed_sources == (NODE_IP[node],)
+    assert problems(strict) == [
+        "listener saw source ['10.244.9.1']",
+        "capture in probe-node-1 saw source ['10.244.9.1']",
+    ]
+
+
 def test_snat_is_a_problem_and_grouped_by_node() -> None:
-    agents = FakeAgents(snat_nodes=frozenset({"node-2"}))
-    outcomes = run_sweep(agents, ring_targets())  # type: ignore[arg-type]
-    failed = [o for o in outcomes if o.problems()]
+    probes = FakeProbeClient(snat_nodes=frozenset({"node-2"}))
+    outcomes = run_sweep(probes, ring_targets())  # type: ignore[arg-type]
+    failed = [o for o in outcomes if problems(o)]
     assert {o.target.source.node for o in failed} == {"node-2"}
-    problems = failed[0].problems()
-    assert any("listener saw source ['192.168.77.2']" in p for p in problems)
-    assert any("capture in probe-node-3 saw source ['192.168.77.2']" in p for p in problems)
+    found = problems(failed[0])
+    assert "listener saw source ['192.168.77.2']" in found
+    assert "capture in probe-node-3 saw source ['192.168.77.2']" in found
     assert failure_summary(failed, "test_no_snat") == (
         "node-2 and node-3 are in all 3 failed pairs of test_no_snat in this run "
         "(node-2 as source 3; node-3 as destination 3); other nodes: none"
@@ -189,21 +430,22 @@ def test_snat_is_a_problem_and_grouped_by_node() -> None:
 
 def test_one_bad_node_reads_as_one_bad_node() -> None:
     dead = POD_IP["probe-node-2"]
-    agents = FakeAgents(
+    probes = FakeProbeClient(
         failures={("probe-node-1", dead): 99, ("probe-node-2", POD_IP["probe-node-3"]): 99}
     )
-    sweep = Sweep({o.target.key: o for o in run_sweep(agents, ring_targets())})  # type: ignore[arg-type]
-    failed = sweep.failed("test_no_snat")
+    sweep = sweep_of(run_sweep(probes, ring_targets()))  # type: ignore[arg-type]
+    failed = [o for o in sweep.of_check("test_no_snat") if problems(o)]
     assert len(failed) == 6
     assert failure_summary(failed, "test_no_snat") == (
         "node-2 is in all 6 failed pairs of test_no_snat in this run "
         "(as source 3, as destination 3); other nodes: node-1 in 3 (as source 3), "
         "node-3 in 3 (as destination 3)"
     )
+    assert sweep.of_check("test_node_to_pod") == []
 
 
 def test_no_node_in_every_failure_and_same_node_pairs() -> None:
-    everything = FakeAgents(
+    everything = FakeProbeClient(
         failures={(f"probe-{n}", ip): 99 for n in NODES for ip in POD_IP.values()}
     )
     failed = run_sweep(everything, ring_targets(("tcp",)))  # type: ignore[arg-type]
@@ -227,104 +469,178 @@ def test_no_node_in_every_failure_and_same_node_pairs() -> None:
     assert failure_summary([], "c") == "no failed pairs of c in this run"
 
 
-def test_a_container_that_cannot_be_asked_is_could_not_test_for_its_targets_only() -> None:
-    agents = FakeAgents(broken=frozenset({("probe-node-3", "a")}))
-    targets = ring_targets(("tcp",))
-    outcomes = run_sweep(agents, targets)  # type: ignore[arg-type]
+def test_a_container_that_cannot_be_asked_leaves_only_its_targets_without_verdict() -> None:
+    probes = FakeProbeClient(broken=frozenset({("probe-node-3", "a")}))
+    outcomes = run_sweep(probes, ring_targets(("tcp",)))  # type: ignore[arg-type]
     by_src = {o.target.source.node: o for o in outcomes}
     # probe-node-3 is the source of node-3 -> node-1 and the destination of node-2 -> node-3.
-    assert by_src["node-3"].error is not None
-    assert by_src["node-2"].error is not None
+    assert "container not running" in str(by_src["node-3"].error)
+    assert "container not running" in str(by_src["node-2"].error)
+    assert by_src["node-3"].exchange is None
     assert by_src["node-1"].error is None
     assert by_src["node-1"].reached
-    assert all(not o.problems() for o in outcomes)  # no verdict without an answer
-    sweep = Sweep({o.target.key: o for o in outcomes})
-    with pytest.raises(AgentError, match="container not running"):
-        outcomes_for(sweep, [by_src["node-3"].target], agents)  # type: ignore[arg-type]
-    assert outcomes_for(sweep, [by_src["node-1"].target], agents) == [by_src["node-1"]]  # type: ignore[arg-type]
+    assert all(not problems(o) for o in outcomes)  # no verdict without an answer
 
 
-def test_a_target_the_sweep_missed_is_probed_on_its_own() -> None:
-    agents = FakeAgents()
-    (target,) = ring_targets(("udp",))[:1]
-    (outcome,) = outcomes_for(Sweep({}), [target], agents)  # type: ignore[arg-type]
-    assert outcome.reached
-    assert outcome.target == target
+def test_a_refused_capture_is_no_verdict_for_its_target() -> None:
+    probes = FakeProbeClient(refuse_captures=frozenset({"probe-node-2"}))
+    outcomes = {o.target.destination.pod: o for o in run_sweep(probes, ring_targets(("udp",)))}  # type: ignore[arg-type]
+    refused = outcomes["probe-node-2"]
+    assert refused.error is not None
+    assert "start packet capture: agent answered error 'no scapy'" in refused.error
+    assert refused.attempts == 0  # never probed: its verdict could not be complete
+    assert all(o.error is None and o.reached for d, o in outcomes.items() if d != "probe-node-2")
+
+
+def test_exchange_description_names_both_ends() -> None:
+    target = ring_target("udp", RING[0])
+    exchange = Exchange(
+        attempts=3,
+        client_response={"ok": False, "error": "timed out"},
+        listener_peers=(),
+        captured_sources=("10.0.0.1",),
+    )
+    text = Outcome(target=target, nonce="n", attempts=3, exchange=exchange).describe()
+    assert text.startswith(
+        "udp probe-node-1/a -> probe-node-2/a at 10.244.1.2:8080: NOT reached after 3 attempt(s)"
+    )
+    assert "timed out" in text
+    assert "listener recorded nothing" in text
+    assert "capture saw ['10.0.0.1']" in text
+    unasked = Outcome(target=target, nonce="n", error="exec failed")
+    assert unasked.describe().endswith("at 10.244.1.2:8080: error: exec failed")
+    icmp = ring_target("icmp", RING[0])
+    assert icmp.describe() == "icmp probe-node-1/a -> probe-node-2/a at 10.244.1.2"
 
 
 def test_outcomes_round_trip_through_json() -> None:
-    agents = FakeAgents(failures={("probe-node-1", POD_IP["probe-node-2"]): 1})
-    for outcome in run_sweep(agents, ring_targets()):  # type: ignore[arg-type]
-        again = Outcome.from_dict(outcome.as_dict())
+    probes = FakeProbeClient(failures={("probe-node-1", POD_IP["probe-node-2"]): 1})
+    for outcome in run_sweep(probes, ring_targets()):  # type: ignore[arg-type]
+        again = Outcome.from_dict(outcome.to_dict())
         assert again == outcome
-        assert again.flaky == outcome.flaky
-        assert again.problems() == outcome.problems()
+        assert flaky_text(again) == flaky_text(outcome)
+        assert problems(again) == problems(outcome)
+
+
+# --- once per run, and each item's own outcomes -----------------------------------------------
 
 
 def run_info(tmp_path: Path) -> RunInfo:
     return RunInfo(run_id="r", namespace="ns", shared_dir=str(tmp_path / "shared"))
 
 
-def test_sweep_once_computes_once_for_all_callers(tmp_path: Path) -> None:
+def test_sweep_once_sweeps_once_for_all_callers_and_keeps_each_plan(tmp_path: Path) -> None:
     run = run_info(tmp_path)
-    computed: list[int] = []
-    agents = FakeAgents()
+    probes = FakeProbeClient()
+    items = [
+        *ring_items(),
+        item(
+            "t.py::check_ring[gone]",
+            check_ring,
+            proto="tcp",
+            node_pair=NodePair("node-9", "node-1"),
+        ),
+    ]
+    callers = 4
+    everyone_asks = threading.Barrier(callers, timeout=10)
+    sweeps: list[Sweep] = []
 
-    def compute() -> list[Outcome]:
-        computed.append(1)
-        return run_sweep(agents, ring_targets())  # type: ignore[arg-type]
+    def ask() -> None:
+        everyone_asks.wait()
+        sweeps.append(sweep_once(run, items, NO_PROBES, probes))  # type: ignore[arg-type]
 
-    # Concurrent callers (as xdist workers are) all wait on the lock and share one result.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        sweeps = list(pool.map(lambda _i: sweep_once(run, compute), range(4)))
-    assert computed == [1]
-    assert all(s.outcomes == sweeps[0].outcomes for s in sweeps)
-    assert len(sweeps[0].outcomes) == 9
+    threads = [threading.Thread(target=ask) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(sweeps) == callers
+    assert all(s == sweeps[0] for s in sweeps)
+    assert len(probe_batches(probes)) == 3  # one pass of three sources, for everyone
+    sweep = sweeps[0]
+    assert len(sweep.outcomes) == 9
+    assert sweep.items["t.py::check_ring[gone]"].unplanned == Unplanned("node-9 carries no probe")
+    for swept in ring_items():
+        (key,) = sweep.items[swept.nodeid].keys
+        assert sweep.outcomes[key].target == ring_target(
+            swept.callspec.params["proto"],  # type: ignore[union-attr]
+            swept.callspec.params["node_pair"],  # type: ignore[union-attr]
+        )
 
 
 def test_a_failed_sweep_is_not_repeated(tmp_path: Path) -> None:
     run = run_info(tmp_path)
 
-    def boom() -> list[Outcome]:
-        raise RuntimeError("API server gone")
+    class Gone(FakeProbeClient):
+        def call(
+            self, pod: str, container: str, requests: Sequence[Mapping[str, Any]], **how: Any
+        ) -> Any:
+            self.record(pod, container, requests)
+            raise RuntimeError("API server gone")
 
-    with pytest.raises(RuntimeError):
-        sweep_once(run, boom)
-    with pytest.raises(SweepError, match="API server gone"):
-        sweep_once(run, lambda: pytest.fail("must not compute again"))
-
-
-@dataclass
-class FakeItem:
-    function: Any
-    params: Mapping[str, Any]
-
-    @property
-    def callspec(self) -> Any:
-        return type("CallSpec", (), {"params": self.params})()
+    gone = Gone()
+    with pytest.raises(RuntimeError, match="API server gone"):
+        sweep_once(run, ring_items(), NO_PROBES, gone)  # type: ignore[arg-type]
+    asked = len(gone.calls)
+    with pytest.raises(SweepError, match="the reachability sweep failed: API server gone"):
+        sweep_once(run, ring_items(), NO_PROBES, gone)  # type: ignore[arg-type]
+    assert len(gone.calls) == asked  # not swept again
 
 
-def test_plan_for_items_reads_the_selected_items() -> None:
-    def planner(params: Mapping[str, Any], probe_map: Any) -> list[Target]:
-        return [
-            t for t in ring_targets((params["proto"],)) if t.source.node == params["node_pair"].src
-        ]
+def test_each_item_gets_its_own_outcomes(tmp_path: Path) -> None:
+    probes = FakeProbeClient()
+    sweep = sweep_once(run_info(tmp_path), ring_items(), NO_PROBES, probes)  # type: ignore[arg-type]
+    for swept in ring_items():
+        outcomes, unplanned = outcomes_for_item(sweep, swept, NO_PROBES, probes)  # type: ignore[arg-type]
+        assert unplanned is None
+        assert [o.target for o in outcomes] == plan_item(swept, NO_PROBES)[1]  # type: ignore[index]
+    gone = item(
+        "t.py::check_ring[gone]", check_ring, proto="tcp", node_pair=NodePair("node-9", "node-1")
+    )
+    assert outcomes_for_item(sweep, gone, NO_PROBES, probes) == (  # type: ignore[arg-type]
+        [],
+        Unplanned("node-9 carries no probe"),
+    )
 
-    @swept_by(planner)
-    def check() -> None: ...
 
-    def other() -> None: ...
+def test_an_item_the_sweep_did_not_plan_is_swept_on_its_own() -> None:
+    probes = FakeProbeClient()
+    late = ring_items(("udp",))[0]
+    outcomes, unplanned = outcomes_for_item(Sweep(), late, NO_PROBES, probes)  # type: ignore[arg-type]
+    assert unplanned is None
+    (outcome,) = outcomes
+    assert outcome.reached
+    assert outcome.target == ring_target("udp", RING[0])
+    assert len(probe_batches(probes)) == 1
+    unswept = item("t.py::u[tcp]", check_unswept, proto="tcp")
+    with pytest.raises(ValueError, match=f"carries no {MARKER} marker"):
+        outcomes_for_item(Sweep(), unswept, NO_PROBES, probes)  # type: ignore[arg-type]
 
-    assert getattr(check, PLANNER_ATTRIBUTE) is planner
-    items = [
-        FakeItem(check, {"proto": "tcp", "node_pair": NodePair("node-1", "node-2")}),
-        FakeItem(check, {"proto": "tcp", "node_pair": NodePair("node-1", "node-2")}),  # again
-        FakeItem(check, {"proto": "udp", "node_pair": NodePair("node-3", "node-1")}),
-        FakeItem(check, {"proto": None, "node_pair": None}),  # the cluster-unavailable case
-        FakeItem(other, {"proto": "tcp"}),
+
+# --- against the real agent (local processes, no cluster) ------------------------------------
+
+
+def test_the_sweep_against_the_real_agent(local_agents: dict[str, LocalAgent]) -> None:
+    local = LocalProbeClient(client.CoreV1Api(client.ApiClient()), "ns", Timeouts(probe=2.0))
+    b = local_agents["b"]
+    targets = [
+        Target(
+            check="test_local",
+            proto=proto,
+            family=4,
+            source=Endpoint("pod", "a", "here"),
+            destination=Endpoint("pod", "b", "here"),
+            host="127.0.0.1",
+            port=b.tcp_port if proto == "tcp" else b.udp_port,
+            capture=False,  # no sniffer outside a pod
+            allowed_sources=("127.0.0.1",),
+        )
+        for proto in ("tcp", "udp")
     ]
-    planned = plan_for_items(items, probe_map=None)  # type: ignore[arg-type]
-    assert [(t.proto, t.source.node, t.destination.node) for t in planned] == [
-        ("tcp", "node-1", "node-2"),
-        ("udp", "node-3", "node-1"),
-    ]
+    for outcome in run_sweep(local, targets):
+        assert outcome.error is None, outcome.error
+        assert outcome.exchange is not None
+        assert outcome.reached, outcome.describe()
+        assert outcome.exchange.peer_seen == "127.0.0.1"
+        assert outcome.exchange.listener_peers == ("127.0.0.1",)
+        assert problems(outcome) == []

@@ -158,7 +158,7 @@ def test_rerun_reports_count_as_attempts_and_never_raise() -> None:
 
 def test_summary_round_trips_through_json(tmp_path: Path) -> None:
     results = [
-        CheckResult("t::a", "passed", 1.23456, "A MUST hold"),
+        CheckResult("t::a", "passed", 1.235, "A MUST hold"),
         CheckResult("t::b", "failed", 2.0, "B MUST hold", "RULE BROKEN: B"),
     ]
     summary = build_summary(
@@ -180,6 +180,16 @@ def test_summary_round_trips_through_json(tmp_path: Path) -> None:
     assert loaded["tests"][1]["message"] == "RULE BROKEN: B"
     assert loaded["flaky"] == [{"nodeid": "t::a", "reason": "try 2"}]
     assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temp file left
+
+
+def test_durations_are_summed_over_phases_to_the_millisecond() -> None:
+    collector = SummaryCollector()
+    collector.record_phase("t::a", "setup", "passed", 0.12345)
+    collector.record_phase("t::a", "call", "passed", 1.1)
+    collector.record_phase("t::a", "teardown", "passed", 0.0001)
+    (result,) = collector.results()
+    assert result.duration == 1.224
+    assert result.to_dict()["duration"] == 1.224
 
 
 def test_summary_without_cluster_facts() -> None:

@@ -1,29 +1,23 @@
-"""The node agent: a thin kubelet for one lab node (implements ``contract.NodeAgentAPI``).
+"""The kubelet of one lab node (implements ``contract.KubeletAPI``): the node's pod lifecycle.
 
 Per pod: volumes, a sandbox (netns + CNI + pause), init containers in order, then the app
 containers, each under a supervisor that applies the restart policy with a short, bounded
-back-off. Status is computed the way kubelet computes it (phase, conditions, container states)
-and sent through ``on_status`` whenever it changes; events go through ``on_event``.
+back-off. Probes run in ``prober.py``, container configs are built in ``containers.py``, and
+the status (``status.py``) is sent through ``on_status`` whenever it changes; events go
+through ``on_event``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import ipaddress
 import logging
 import shutil
 import signal
-import socket
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, cast
 
 from netlab.contract import (
     ConfigMapLookup,
-    ContainerNotFound,
     ContainerNotRunning,
     EventCallback,
     ExecProcess,
@@ -33,172 +27,36 @@ from netlab.contract import (
     StatusCallback,
 )
 from netlab.dataplane.cni import NodeCNI
-from netlab.dataplane.nsexec import in_netns_thread, netns_exists
+from netlab.dataplane.nsexec import netns_exists
 from netlab.dataplane.runtime import (
-    ContainerConfigError,
     ContainerRuntime,
     ContainerStartError,
-    PodContext,
-    PodVolumes,
     RunningContainer,
-    container_config,
     now_rfc3339,
-    pod_dir,
-    write_etc_files,
 )
 from netlab.dataplane.sandbox import PodSandbox
+from netlab.kubelet.containers import (
+    ContainerConfigError,
+    PodContext,
+    container_config,
+    write_etc_files,
+)
+from netlab.kubelet.logs import container_logs
+from netlab.kubelet.pods import ContainerRecord, PodRecord, pod_dir
+from netlab.kubelet.prober import Prober
+from netlab.kubelet.status import WRONG_SELF_IP_FAULT, pod_phase, pod_status, reported_ips
+from netlab.kubelet.volumes import PodVolumes
 from netlab.spec import LabSpec, NodePlan
 
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL = 0.5  # seconds; kubelet uses 10 s doubling to 5 min, far too slow for a lab
 BACKOFF_MAX = 5.0
-CLOSE_GRACE_MAX = 2  # seconds of grace per pod when the whole agent closes
+CLOSE_GRACE_MAX = 2  # seconds of grace per pod when the whole kubelet closes
 TASK_SETTLE_TIMEOUT = 30.0  # seconds for a pod's tasks to notice a stop (a start in flight)
-LOG_FOLLOW_INTERVAL = 0.2  # seconds between reads of a followed log
 START_ERROR_EXIT_CODE = 128  # what kubelet reports for a process that could not start
 SPLIT_NETNS_FAULT = "split-netns"
 SANDBOX_RESET_FAULT = "sandbox-reset"
-WRONG_SELF_IP_FAULT = "wrong-self-ip"
-CONDITION_ORDER = (
-    "PodReadyToStartContainers",
-    "Initialized",
-    "Ready",
-    "ContainersReady",
-    "PodScheduled",
-)
-
-
-@dataclass
-class ContainerRecord:
-    """One container of a pod, as kubelet tracks it."""
-
-    spec: JSONDict
-    init: bool
-    restart_count: int = 0
-    state: JSONDict = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
-    last_state: JSONDict = field(default_factory=dict)
-    ready: bool = False
-    container_id: str = ""
-    running: RunningContainer | None = None
-    log_index: int = 0
-    created_ids: set[str] = field(default_factory=set)
-    probe_tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    @property
-    def image(self) -> str:
-        return str(self.spec.get("image", ""))
-
-    @property
-    def is_running(self) -> bool:
-        return self.running is not None and not self.running.exited
-
-    def status(self) -> JSONDict:
-        image_digest = hashlib.sha256(self.image.encode()).hexdigest()
-        status: JSONDict = {
-            "name": self.name,
-            "state": self.state,
-            "lastState": self.last_state,
-            "ready": self.ready,
-            "restartCount": self.restart_count,
-            "image": self.image,
-            "imageID": f"sha256:{image_digest}",
-            "started": "running" in self.state,
-        }
-        if self.container_id:
-            status["containerID"] = f"runc://{self.container_id}"
-        return status
-
-
-@dataclass
-class PodRecord:
-    pod: JSONDict
-    directory: Path
-    init_containers: list[ContainerRecord]
-    containers: list[ContainerRecord]
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    reset_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    sandbox: PodSandbox | None = None
-    volumes: PodVolumes | None = None
-    etc_files: dict[str, Path] = field(default_factory=dict)
-    initialized: bool = False
-    final_phase: str | None = None
-    start_time: str = field(default_factory=now_rfc3339)
-    conditions: dict[str, JSONDict] = field(default_factory=dict)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    stop_task: asyncio.Task[None] | None = None
-    last_sent: JSONDict | None = None
-    released_ips: tuple[str, ...] | None = None  # the IPs reported after the sandbox went
-    moved: set[str] = field(default_factory=set)  # sandbox-reset: following the pod's new sandbox
-
-    @property
-    def uid(self) -> str:
-        return str(self.pod["metadata"]["uid"])
-
-    @property
-    def name(self) -> str:
-        return str(self.pod["metadata"].get("name", ""))
-
-    @property
-    def namespace(self) -> str:
-        return str(self.pod["metadata"].get("namespace", "default"))
-
-    @property
-    def short_uid(self) -> str:
-        return self.uid.replace("-", "")[:8]
-
-    @property
-    def restart_policy(self) -> str:
-        return str(self.pod.get("spec", {}).get("restartPolicy", "Always"))
-
-    @property
-    def grace_seconds(self) -> int:
-        return int(self.pod.get("spec", {}).get("terminationGracePeriodSeconds", 30))
-
-    def all_containers(self) -> list[ContainerRecord]:
-        return self.init_containers + self.containers
-
-    def find(self, name: str) -> ContainerRecord:
-        for record in self.all_containers():
-            if record.name == name:
-                return record
-        raise ContainerNotFound(f'container "{name}" not found in pod {self.namespace}/{self.name}')
-
-
-def qos_class(pod_spec: Mapping[str, Any]) -> str:
-    """Guaranteed / Burstable / BestEffort from requests and limits, as the API computes it."""
-    containers = (pod_spec.get("initContainers") or []) + (pod_spec.get("containers") or [])
-    any_set = False
-    guaranteed = True
-    for container in containers:
-        resources = container.get("resources") or {}
-        requests = resources.get("requests") or {}
-        limits = resources.get("limits") or {}
-        if any(k in requests or k in limits for k in ("cpu", "memory")):
-            any_set = True
-        for kind in ("cpu", "memory"):
-            if kind not in limits or (kind in requests and requests[kind] != limits[kind]):
-                guaranteed = False
-    if not any_set:
-        return "BestEffort"
-    return "Guaranteed" if guaranteed else "Burstable"
-
-
-def _neighbour_address(ip: str, cidrs: tuple[str, ...]) -> str:
-    """The wrong-self-ip fault's address for ``ip``: mirrored from the top of its range, so it
-    stays in the podCIDR and unique per pod but is no pod's address (IPAM counts up from the
-    bottom), and traffic sent to it reaches nobody instead of another pod."""
-    address = ipaddress.ip_address(ip)
-    for cidr in cidrs:
-        network = ipaddress.ip_interface(cidr).network
-        if address in network:
-            offset = int(address) - int(network.network_address)
-            return str(ipaddress.ip_address(int(network.broadcast_address) - offset))
-    return str(address + 1)
 
 
 def backoff_delay(restart_count: int) -> float:
@@ -208,8 +66,8 @@ def backoff_delay(restart_count: int) -> float:
     return float(min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (restart_count - 1)))
 
 
-class NodeAgent:
-    """A kubelet for one lab node; see the module docstring."""
+class Kubelet:
+    """The kubelet of one lab node; see the module docstring."""
 
     def __init__(
         self,
@@ -230,10 +88,13 @@ class NodeAgent:
         self.configmaps = configmaps
         self.runtime = ContainerRuntime(spec)
         self.cni = NodeCNI(spec, plan, ipam_ranges)
+        self.prober = Prober(
+            self.runtime, plan.netns, record_event=self._event, report=self._report
+        )
         self._pods: dict[str, PodRecord] = {}
         self._started = False
 
-    # --- agent life ----------------------------------------------------------------------------
+    # --- kubelet life --------------------------------------------------------------------------
 
     async def start(self) -> None:
         if not netns_exists(self.plan.netns):
@@ -242,10 +103,10 @@ class NodeAgent:
         self.cni.write_config_files()
         (self.spec.state_dir / "pods").mkdir(parents=True, exist_ok=True)
         self._started = True
-        log.info("node agent %s started", self.plan.name)
+        log.info("kubelet %s started", self.plan.name)
 
     async def close(self) -> None:
-        """Stop every pod (short grace) and release what the agent holds."""
+        """Stop every pod (short grace) and release what the kubelet holds."""
         pods = list(self._pods.values())
         results = await asyncio.gather(
             *(self.stop_pod(p.uid, min(p.grace_seconds, CLOSE_GRACE_MAX)) for p in pods),
@@ -260,9 +121,9 @@ class NodeAgent:
             self.runtime.close()
             self._started = False
         shutil.rmtree(self.cni.state_dir, ignore_errors=True)
-        log.info("node agent %s closed", self.plan.name)
+        log.info("kubelet %s closed", self.plan.name)
 
-    # --- NodeAgentAPI --------------------------------------------------------------------------
+    # --- KubeletAPI ----------------------------------------------------------------------------
 
     async def start_pod(self, pod: JSONDict) -> None:
         uid = str(pod["metadata"]["uid"])
@@ -335,15 +196,8 @@ class NodeAgent:
         previous: bool,
     ) -> AsyncIterator[bytes]:
         record = self._pod(uid)
-        target = record.find(container)
-        index = target.log_index - 1 if previous else target.log_index
-        path = record.directory / target.name / f"{index}.log"
-        if previous and (index < 0 or not path.exists()):
-            raise ContainerNotFound(
-                f'previous terminated container "{container}" in pod "{record.name}" not found'
-            )
-        async for chunk in self._read_log(
-            record, target, path, index, follow=follow and not previous, tail_lines=tail_lines
+        async for chunk in container_logs(
+            record, container, follow=follow, tail_lines=tail_lines, previous=previous
         ):
             yield chunk
 
@@ -355,7 +209,9 @@ class NodeAgent:
             raise PodNotFound(f"pod {uid} is not running on node {self.plan.name}")
         return record
 
-    def _spawn(self, record: PodRecord, coroutine: Any, name: str) -> asyncio.Task[None]:
+    def _spawn(
+        self, record: PodRecord, coroutine: Coroutine[Any, Any, None], name: str
+    ) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)
         record.tasks.add(task)
         task.add_done_callback(record.tasks.discard)
@@ -373,13 +229,6 @@ class NodeAgent:
         except Exception:  # the API's problem; the pod must go on
             log.exception("event callback failed for pod %s", record.name)
 
-    async def _pause(self, record: PodRecord, seconds: float) -> bool:
-        """Wait ``seconds`` unless the pod is being stopped; True when it is."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await record.stopping.wait()
-        return record.stopping.is_set()
-
     async def _run_pod(self, record: PodRecord) -> None:
         if not await self._make_sandbox(record):
             return
@@ -396,7 +245,7 @@ class NodeAgent:
             for container in record.containers
         ]
         await asyncio.gather(*supervisors, return_exceptions=True)
-        phase = self._phase(record)
+        phase = pod_phase(record)
         if not record.stopping.is_set() and phase in ("Succeeded", "Failed"):
             record.final_phase = phase
             await self._release_sandbox(record)
@@ -445,7 +294,7 @@ class NodeAgent:
                 )
             self._report(record)
             attempt += 1
-            if await self._pause(record, backoff_delay(attempt) or BACKOFF_INITIAL):
+            if await record.stopped_within(backoff_delay(attempt) or BACKOFF_INITIAL):
                 return False
         return False
 
@@ -511,7 +360,7 @@ class NodeAgent:
                 f"{record.name}_{record.namespace}({record.uid})",
             )
             self._report(record)
-            if await self._pause(record, delay):
+            if await record.stopped_within(delay):
                 return False
         container.restart_count += 1
         if SANDBOX_RESET_FAULT in self.spec.faults and not container.init:
@@ -548,7 +397,7 @@ class NodeAgent:
             if "waiting" not in container.state:
                 return START_ERROR_EXIT_CODE  # runc could not start it: a failed attempt
             # A config error (missing configMap key, ...): kubelet retries without a restart.
-            if await self._pause(record, BACKOFF_MAX):
+            if await record.stopped_within(BACKOFF_MAX):
                 return None
         code = await self._wait_exit(record, running)
         if code is None:
@@ -659,22 +508,7 @@ class NodeAgent:
         container.ready = False
         self._event(record, "Normal", "Started", f"Started container {container.name}")
         if not container.init:
-            readiness = container.spec.get("readinessProbe")
-            if readiness:
-                container.probe_tasks.append(
-                    asyncio.create_task(
-                        self._probe(record, container, running, readiness, "Readiness")
-                    )
-                )
-            else:
-                container.ready = True
-            liveness = container.spec.get("livenessProbe")
-            if liveness:
-                container.probe_tasks.append(
-                    asyncio.create_task(
-                        self._probe(record, container, running, liveness, "Liveness")
-                    )
-                )
+            self.prober.add_container(record, container, running)
         self._report(record)
         return running
 
@@ -717,282 +551,13 @@ class NodeAgent:
         self._report(record)
         self._pods.pop(record.uid, None)
 
-    # --- probes --------------------------------------------------------------------------------
-
-    async def _probe(
-        self,
-        record: PodRecord,
-        container: ContainerRecord,
-        running: RunningContainer,
-        probe: Mapping[str, Any],
-        kind: str,
-    ) -> None:
-        period = float(probe.get("periodSeconds", 10))
-        timeout = float(probe.get("timeoutSeconds", 1))
-        success_threshold = int(probe.get("successThreshold", 1))
-        failure_threshold = int(probe.get("failureThreshold", 3))
-        if await self._pause(record, float(probe.get("initialDelaySeconds", 0))):
-            return
-        successes = failures = 0
-        while not running.exited and not record.stopping.is_set():
-            ok, output = await self._probe_once(record, container, probe, timeout)
-            if running.exited:
-                return
-            successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
-            if not ok:
-                self._event(record, "Warning", "Unhealthy", f"{kind} probe failed: {output}")
-            if kind == "Readiness":
-                if ok and successes >= success_threshold and not container.ready:
-                    container.ready = True
-                    self._report(record)
-                elif not ok and failures >= failure_threshold and container.ready:
-                    container.ready = False
-                    self._report(record)
-            elif failures >= failure_threshold:
-                self._event(
-                    record,
-                    "Normal",
-                    "Killing",
-                    f"Container {container.name} failed liveness probe, will be restarted",
-                )
-                await self.runtime.stop(running, record.grace_seconds)
-                return
-            if await self._pause(record, period):
-                return
-
-    async def _probe_once(
-        self,
-        record: PodRecord,
-        container: ContainerRecord,
-        probe: Mapping[str, Any],
-        timeout: float,
-    ) -> tuple[bool, str]:
-        try:
-            async with asyncio.timeout(timeout):
-                if "exec" in probe:
-                    process = await self.runtime.exec(
-                        container.container_id, [str(a) for a in probe["exec"].get("command", [])]
-                    )
-                    try:
-                        output, errors = await process.communicate()
-                    finally:
-                        if process.returncode is None:
-                            process.kill()
-                    text = (output + errors).decode(errors="replace").strip()
-                    return process.returncode == 0, text
-                if "tcpSocket" in probe:
-                    action = probe["tcpSocket"]
-                    host, port = self._probe_target(record, container, action)
-                    sock = await self.connect_from_node(host, port)
-                    sock.close()
-                    return True, ""
-                if "httpGet" in probe:
-                    return await self._http_probe(record, container, probe["httpGet"])
-                return False, f"unsupported probe {sorted(probe)}"
-        except TimeoutError:
-            return False, f"timeout after {timeout:g}s"
-        except OSError as error:
-            return False, str(error)
-
-    def _probe_target(
-        self, record: PodRecord, container: ContainerRecord, action: Mapping[str, Any]
-    ) -> tuple[str, int]:
-        port = action.get("port")
-        if isinstance(port, str) and not port.isdigit():
-            named = [p for p in container.spec.get("ports") or [] if p.get("name") == port]
-            if not named:
-                raise OSError(f"port {port} not found in container {container.name}")
-            port = named[0]["containerPort"]
-        sandbox = record.sandbox
-        host = action.get("host") or (sandbox.ips[0] if sandbox and sandbox.ips else "")
-        return str(host), int(str(port))
-
-    async def connect_from_node(self, host: str, port: int) -> socket.socket:
-        """A TCP connection from the node's own namespace (where kubelet probes from)."""
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        # A socket belongs to the namespace it was created in, whichever thread uses it later.
-        sock = await asyncio.to_thread(
-            in_netns_thread, self.plan.netns, lambda: socket.socket(family, socket.SOCK_STREAM)
-        )
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, (host, port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    async def _http_probe(
-        self, record: PodRecord, container: ContainerRecord, action: Mapping[str, Any]
-    ) -> tuple[bool, str]:
-        if str(action.get("scheme", "HTTP")).upper() != "HTTP":
-            return False, "only HTTP probes are supported"
-        host, port = self._probe_target(record, container, action)
-        sock = await self.connect_from_node(host, port)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        try:
-            headers = {h["name"]: h["value"] for h in action.get("httpHeaders") or []}
-            headers.setdefault("Host", f"{host}:{port}")
-            headers.setdefault("User-Agent", "kube-probe/1.31")
-            headers.setdefault("Accept", "*/*")
-            headers["Connection"] = "close"
-            request = f"GET {action.get('path', '/')} HTTP/1.1\r\n"
-            request += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-            writer.write(request.encode())
-            await writer.drain()
-            status_line = (await reader.readline()).decode(errors="replace").split()
-        finally:
-            writer.close()
-        if len(status_line) < 2 or not status_line[1].isdigit():
-            return False, f"bad HTTP response {' '.join(status_line)!r}"
-        code = int(status_line[1])
-        return 200 <= code < 400, f"HTTP probe failed with statuscode: {code}"
-
-    # --- logs ----------------------------------------------------------------------------------
-
-    async def _read_log(
-        self,
-        record: PodRecord,
-        container: ContainerRecord,
-        path: Path,
-        index: int,
-        *,
-        follow: bool,
-        tail_lines: int | None,
-    ) -> AsyncIterator[bytes]:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            data = b""
-        offset = len(data)
-        if tail_lines is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-tail_lines:]) if tail_lines > 0 else b""
-        if data:
-            yield data
-        while follow:
-            # Bounded by the container attempt: following ends when it exits or the pod stops.
-            alive = container.is_running and container.log_index == index
-            try:
-                with path.open("rb") as handle:
-                    handle.seek(offset)
-                    chunk = handle.read()
-            except FileNotFoundError:
-                return
-            if chunk:
-                offset += len(chunk)
-                yield chunk
-                continue
-            if not alive or record.stopping.is_set():
-                return
-            await self._pause(record, LOG_FOLLOW_INTERVAL)
-
     # --- status --------------------------------------------------------------------------------
 
-    def _phase(self, record: PodRecord) -> str:
-        """kubelet's getPhase."""
-        if record.final_phase is not None:
-            return record.final_phase
-        if not record.initialized:
-            return "Pending"
-        running = stopped = succeeded = waiting = 0
-        for container in record.containers:
-            state = container.state
-            if "running" in state:
-                running += 1
-            elif "terminated" in state:
-                stopped += 1
-                succeeded += state["terminated"].get("exitCode") == 0
-            elif "terminated" in container.last_state:
-                stopped += 1
-            else:
-                waiting += 1
-        if waiting:
-            return "Pending"
-        if running:
-            return "Running"
-        if stopped:
-            if record.restart_policy == "Always":
-                return "Running"
-            if stopped == succeeded:
-                return "Succeeded"
-            if record.restart_policy == "Never":
-                return "Failed"
-            return "Running"
-        return "Pending"
-
-    def _set_condition(
-        self, record: PodRecord, kind: str, status: bool, reason: str = "", message: str = ""
-    ) -> None:
-        value = "True" if status else "False"
-        previous = record.conditions.get(kind)
-        condition: JSONDict = {"type": kind, "status": value, "lastProbeTime": None}
-        if previous is not None and previous["status"] == value:
-            condition["lastTransitionTime"] = previous["lastTransitionTime"]
-        else:
-            condition["lastTransitionTime"] = now_rfc3339()
-        if reason and not status:
-            condition["reason"] = reason
-        if message and not status:
-            condition["message"] = message
-        record.conditions[kind] = condition
-
     def _reported_ips(self, record: PodRecord) -> tuple[str, ...]:
-        if record.released_ips is not None:
-            return record.released_ips
-        sandbox = record.sandbox
-        if sandbox is None or not sandbox.ips:
-            return ()
-        if WRONG_SELF_IP_FAULT in self.spec.faults and not sandbox.host_network:
-            return tuple(_neighbour_address(ip, sandbox.ip_cidrs) for ip in sandbox.ips)
-        return sandbox.ips
-
-    def _status(self, record: PodRecord) -> JSONDict:
-        phase = self._phase(record)
-        completed = phase in ("Succeeded", "Failed")
-        sandbox_ready = (
-            record.sandbox is not None and record.sandbox.pause_pid is not None and not completed
-        )
-        self._set_condition(record, "PodReadyToStartContainers", sandbox_ready)
-        unfinished = [
-            c.name
-            for c in record.init_containers
-            if c.state.get("terminated", {}).get("exitCode") != 0
-        ]
-        self._set_condition(
-            record,
-            "Initialized",
-            record.initialized or not unfinished,
-            "ContainersNotInitialized",
-            f"containers with incomplete status: [{' '.join(unfinished)}]",
-        )
-        unready = [c.name for c in record.containers if not c.ready]
-        reason = "PodCompleted" if completed else "ContainersNotReady"
-        message = "" if completed else f"containers with unready status: [{' '.join(unready)}]"
-        ready = not unready and not completed and record.initialized
-        self._set_condition(record, "ContainersReady", ready, reason, message)
-        self._set_condition(record, "Ready", ready, reason, message)
-        if "PodScheduled" not in record.conditions:
-            self._set_condition(record, "PodScheduled", True)
-        status: JSONDict = {
-            "phase": phase,
-            "conditions": [record.conditions[k] for k in CONDITION_ORDER],
-            "hostIP": self.plan.internal_ip,
-            "hostIPs": [{"ip": ip} for ip in self.node.addresses],
-            "startTime": record.start_time,
-            "qosClass": qos_class(record.pod.get("spec", {})),
-            "containerStatuses": [c.status() for c in record.containers],
-        }
-        ips = self._reported_ips(record)
-        if ips:
-            status["podIP"] = ips[0]
-            status["podIPs"] = [{"ip": ip} for ip in ips]
-        if record.init_containers:
-            status["initContainerStatuses"] = [c.status() for c in record.init_containers]
-        return status
+        return reported_ips(record, wrong_self_ip=WRONG_SELF_IP_FAULT in self.spec.faults)
 
     def _report(self, record: PodRecord) -> None:
-        status = self._status(record)
+        status = pod_status(record, self.node, self._reported_ips(record))
         if status == record.last_sent:
             return
         record.last_sent = status

@@ -1,4 +1,4 @@
-"""Helpers for the pod runtime and node agent tests: a one-node lab network, an agent with
+"""Helpers for the pod runtime and kubelet tests: a one-node lab network, a kubelet with
 recording callbacks, waits on status changes, and a leak check of everything a lab makes."""
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from netlab.agent import NodeAgent
 from netlab.contract import JSONDict
 from netlab.dataplane.cleanup import sweep
 from netlab.dataplane.nsexec import NETNS_RUN_DIR
 from netlab.dataplane.runtime import mount_points_under
 from netlab.dataplane.topology import build_topology, destroy_topology, node_infos
+from netlab.kubelet import Kubelet
 from netlab.spec import LabSpec
 
 NEEDS_ROOT = pytest.mark.skipif(
@@ -104,10 +104,10 @@ def lab_network(spec: LabSpec) -> Iterator[LabSpec]:
 
 
 @dataclass
-class AgentHarness:
-    """A NodeAgent with recording callbacks and waits on status changes."""
+class KubeletHarness:
+    """A Kubelet with recording callbacks and waits on status changes."""
 
-    agent: NodeAgent
+    kubelet: Kubelet
     statuses: dict[str, JSONDict] = field(default_factory=dict)
     history: dict[str, list[JSONDict]] = field(default_factory=dict)
     events: list[tuple[str, str, str, str]] = field(default_factory=list)
@@ -150,7 +150,7 @@ class AgentHarness:
         return await self.wait_status(uid, is_running_ready, "Running and Ready", timeout)
 
     async def exec(self, uid: str, container: str, argv: list[str]) -> tuple[int, str]:
-        process = await self.agent.exec(uid, container, argv, stdin=False, tty=False)
+        process = await self.kubelet.exec(uid, container, argv, stdin=False, tty=False)
         assert process.stdout is not None
         assert process.stderr is not None
         async with asyncio.timeout(STATUS_TIMEOUT):
@@ -168,7 +168,7 @@ class AgentHarness:
     async def wait_log(self, uid: str, container: str, text: bytes) -> None:
         """Follow the container's log until ``text`` shows (a process announcing it is set up)."""
         seen = b""
-        stream = self.agent.logs(uid, container, follow=True, tail_lines=None, previous=False)
+        stream = self.kubelet.logs(uid, container, follow=True, tail_lines=None, previous=False)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATUS_TIMEOUT):
                 async for chunk in stream:
@@ -198,14 +198,14 @@ def container_status(status: JSONDict, name: str, *, init: bool = False) -> JSON
 
 
 @asynccontextmanager
-async def running_agent(
+async def running_kubelet(
     spec: LabSpec, configmaps: Mapping[str, Mapping[str, str]] | None = None
-) -> AsyncIterator[AgentHarness]:
-    """A started NodeAgent on the lab's first node; closed (all pods stopped) on exit."""
+) -> AsyncIterator[KubeletHarness]:
+    """A started Kubelet on the lab's first node; closed (all pods stopped) on exit."""
     plan = spec.node_plans()[0]
     info = node_infos(spec)[0]
     store = dict(configmaps or {})
-    harness: AgentHarness | None = None
+    harness: KubeletHarness | None = None
 
     def status(uid: str, value: JSONDict) -> None:
         assert harness is not None
@@ -215,7 +215,7 @@ async def running_agent(
         assert harness is not None
         harness.record_event(uid, kind, reason, message)
 
-    agent = NodeAgent(
+    kubelet = Kubelet(
         spec,
         plan,
         info,
@@ -224,12 +224,12 @@ async def running_agent(
         on_event=event,
         configmaps=lambda namespace, name: store.get(f"{namespace}/{name}"),
     )
-    harness = AgentHarness(agent)
-    await agent.start()
+    harness = KubeletHarness(kubelet)
+    await kubelet.start()
     try:
         yield harness
     finally:
-        await agent.close()
+        await kubelet.close()
 
 
 def make_pod(
@@ -239,7 +239,7 @@ def make_pod(
     node: str = "node-1",
     **spec: Any,
 ) -> JSONDict:
-    """A v1 Pod as the API server hands it to an agent (defaults applied)."""
+    """A v1 Pod as the API server hands it to a kubelet (defaults applied)."""
     body: JSONDict = {
         "nodeName": node,
         "restartPolicy": "Always",

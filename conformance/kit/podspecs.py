@@ -1,0 +1,344 @@
+"""Probe pod specs: the pod objects of `conformance.kit.probes`' probes (the same objects
+`manifests/*.yaml` show, rendered by `render_manifest`), and the ConfigMap that ships the probe
+agent to them. Pure: nothing here talks to a cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kubernetes import client
+
+from conformance.kit.namespace import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL
+from conformance.kit.probes import (
+    ROLE_HOSTPROBE,
+    ROLE_PEER,
+    ROLE_PROBE,
+    ROLE_SANDBOX,
+    Probe,
+    ProbeContainer,
+    planned_probes,
+)
+from conformance.kit.settings import Settings
+from conformance.probe_agent import agent_source
+
+AGENT_CONFIGMAP = "netconform-agent"
+AGENT_KEY = "agent.py"
+AGENT_DIR = "/netconform"
+AGENT_PATH = f"{AGENT_DIR}/{AGENT_KEY}"
+APP_LABEL = "app.kubernetes.io/name"
+APP = "netconform-probe"
+ROLE_LABEL = "netconform/role"
+
+SCRATCH_VOLUME = "scratch"
+MEMORY_VOLUME = "memory"
+# Deliberately different paths per container: the rule is about the volume, not the path.
+MOUNT_PATHS: Mapping[str, Mapping[str, str]] = {
+    "a": {SCRATCH_VOLUME: "/vol/a/scratch", MEMORY_VOLUME: "/vol/a/memory"},
+    "b": {SCRATCH_VOLUME: "/vol/b/scratch", MEMORY_VOLUME: "/vol/b/memory"},
+}
+SEED_MOUNT = "/seed"
+SEED_FILE = "seed.txt"
+SEED_CONTENT = "written by the netconform seed init container\n"
+
+
+# --- specs -----------------------------------------------------------------------------------
+
+
+def agent_configmap(namespace: str, run_id: str) -> client.V1ConfigMap:
+    """ConfigMap ``netconform-agent`` holding ``agent.py``."""
+    return client.V1ConfigMap(
+        api_version="v1",
+        kind="ConfigMap",
+        metadata=client.V1ObjectMeta(
+            name=AGENT_CONFIGMAP,
+            namespace=namespace,
+            labels={MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: run_id},
+        ),
+        data={AGENT_KEY: agent_source()},
+    )
+
+
+def _field_env(name: str, path: str) -> client.V1EnvVar:
+    return client.V1EnvVar(
+        name=name,
+        value_from=client.V1EnvVarSource(field_ref=client.V1ObjectFieldSelector(field_path=path)),
+    )
+
+
+AGENT_ENV = (
+    ("POD_NAME", "metadata.name"),
+    ("POD_NAMESPACE", "metadata.namespace"),
+    ("NODE_NAME", "spec.nodeName"),
+    ("POD_IP", "status.podIP"),
+    ("HOST_IP", "status.hostIP"),
+)
+
+
+def agent_socket(container: str) -> str:
+    """Control socket of the agent in ``container``: distinct per container, so two agents of
+    one pod never meet even where containers share /tmp."""
+    return f"/tmp/netconform-agent-{container}.sock"
+
+
+def serve_command(container: ProbeContainer) -> list[str]:
+    """The agent's ``serve`` command: its ports (0: any free one), control socket, and the
+    directories its file requests may touch (the container's volume mounts; none elsewhere)."""
+    command = [
+        "python3",
+        AGENT_PATH,
+        "serve",
+        "--tcp-port",
+        str(container.tcp_port),
+        "--udp-port",
+        str(container.udp_port),
+        "--socket",
+        agent_socket(container.name),
+    ]
+    for path in MOUNT_PATHS.get(container.name, {}).values():
+        command += ["--data-dir", path]
+    return command
+
+
+#: Readiness of agent containers: the first probe waits up to this long for the agent.
+READINESS_FIRST_WAIT = 10
+#: Seconds between later readiness probes (the sandbox pod's restarts need a quicker eye).
+READINESS_PERIOD = 30
+READINESS_PERIOD_SANDBOX = 2
+
+
+def agent_container(
+    container: ProbeContainer,
+    settings: Settings,
+    mounts: Sequence[client.V1VolumeMount] = (),
+    *,
+    host_network: bool = False,
+    readiness_period: int = READINESS_PERIOD,
+) -> client.V1Container:
+    """A container running the agent, Ready when the agent answers ``ping``.
+
+    hostNetwork containers declare no ports: declared ports become host ports, which kubelet
+    admission would reject on a conflict with a node service.
+    """
+    ports = None
+    if not host_network:
+        ports = [
+            client.V1ContainerPort(name="tcp", container_port=container.tcp_port, protocol="TCP"),
+            client.V1ContainerPort(name="udp", container_port=container.udp_port, protocol="UDP"),
+        ]
+    return client.V1Container(
+        name=container.name,
+        image=settings.probe_image,
+        image_pull_policy=settings.image_pull_policy,
+        command=serve_command(container),
+        env=[_field_env(name, path) for name, path in AGENT_ENV],
+        ports=ports,
+        # The first probe waits for the agent (ping --wait), so the pod is Ready as soon as the
+        # agent answers; later probes only notice a dead agent. Each probe is an exec (a process
+        # in the container), so they are rare: every 2 s on every container cost a 3-node lab
+        # 0.6 of a core, and 30 nodes would need more CPU than the machine has.
+        readiness_probe=client.V1Probe(
+            _exec=client.V1ExecAction(
+                command=[
+                    "python3",
+                    AGENT_PATH,
+                    "ping",
+                    "--socket",
+                    agent_socket(container.name),
+                    "--wait",
+                    str(READINESS_FIRST_WAIT),
+                ]
+            ),
+            period_seconds=readiness_period,
+            timeout_seconds=READINESS_FIRST_WAIT + 5,
+            failure_threshold=3,
+        ),
+        security_context=client.V1SecurityContext(
+            # NET_RAW: ICMP and the scapy sniffer. Nothing else is needed.
+            capabilities=client.V1Capabilities(add=["NET_RAW"]),
+            allow_privilege_escalation=False,
+        ),
+        resources=client.V1ResourceRequirements(requests={"cpu": "10m", "memory": "64Mi"}),
+        volume_mounts=[
+            client.V1VolumeMount(name="agent", mount_path=AGENT_DIR, read_only=True),
+            *mounts,
+        ],
+    )
+
+
+def _pod(
+    probe: Probe,
+    namespace: str,
+    run_id: str,
+    containers: list[client.V1Container],
+    volumes: list[client.V1Volume],
+    *,
+    host_network: bool = False,
+    init_containers: list[client.V1Container] | None = None,
+) -> client.V1Pod:
+    return client.V1Pod(
+        api_version="v1",
+        kind="Pod",
+        metadata=client.V1ObjectMeta(
+            name=probe.name,
+            namespace=namespace,
+            labels={
+                APP_LABEL: APP,
+                ROLE_LABEL: probe.role,
+                MANAGED_BY_LABEL: MANAGED_BY,
+                RUN_LABEL: run_id,
+            },
+        ),
+        spec=client.V1PodSpec(
+            node_name=probe.node,
+            host_network=host_network,
+            dns_policy="ClusterFirstWithHostNet" if host_network else "ClusterFirst",
+            restart_policy="Always",
+            termination_grace_period_seconds=2,
+            automount_service_account_token=False,
+            enable_service_links=False,
+            # Pinned by spec.nodeName (the Node object's name, never a hostname): no scheduler.
+            # Tolerations come from the options (pod_spec): a NoExecute taint would evict.
+            tolerations=None,
+            init_containers=init_containers,
+            containers=containers,
+            volumes=[
+                client.V1Volume(
+                    name="agent",
+                    config_map=client.V1ConfigMapVolumeSource(
+                        name=AGENT_CONFIGMAP, default_mode=0o555
+                    ),
+                ),
+                *volumes,
+            ],
+        ),
+    )
+
+
+def _shared_volumes() -> list[client.V1Volume]:
+    return [
+        client.V1Volume(name=SCRATCH_VOLUME, empty_dir=client.V1EmptyDirVolumeSource()),
+        client.V1Volume(
+            name=MEMORY_VOLUME,
+            empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit="16Mi"),
+        ),
+    ]
+
+
+def _shared_mounts(container: str) -> list[client.V1VolumeMount]:
+    return [
+        client.V1VolumeMount(name=vol, mount_path=path)
+        for vol, path in MOUNT_PATHS[container].items()
+    ]
+
+
+def seed_container(settings: Settings) -> client.V1Container:
+    """Init container writing `SEED_FILE` into the scratch volume before the agents start."""
+    script = (
+        "import pathlib,sys; "
+        f"pathlib.Path({SEED_MOUNT!r}, {SEED_FILE!r}).write_text({SEED_CONTENT!r}); sys.exit(0)"
+    )
+    return client.V1Container(
+        name="seed",
+        image=settings.probe_image,
+        image_pull_policy=settings.image_pull_policy,
+        command=["python3", "-c", script],
+        volume_mounts=[client.V1VolumeMount(name=SCRATCH_VOLUME, mount_path=SEED_MOUNT)],
+        resources=client.V1ResourceRequirements(requests={"cpu": "10m", "memory": "16Mi"}),
+    )
+
+
+def pod_spec(probe: Probe, namespace: str, run_id: str, settings: Settings) -> client.V1Pod:
+    """The pod object for ``probe``, pinned to its node by ``spec.nodeName``, tolerating the
+    taints the options allow and pulling with the ``--image-pull-secret`` secrets."""
+    pod = _role_pod(probe, namespace, run_id, settings)
+    assert pod.spec is not None
+    pod.spec.tolerations = [
+        client.V1Toleration(key=t.key, operator="Exists", effect=t.effect)
+        for t in settings.tolerations
+    ] or None
+    pod.spec.image_pull_secrets = [
+        client.V1LocalObjectReference(name=s.name) for s in settings.image_pull_secrets
+    ] or None
+    return pod
+
+
+def images_to_pull(settings: Settings) -> tuple[str, ...]:
+    """Every image a run's probe pods use (init containers included), sorted, once each."""
+    images: set[str] = set()
+    for probe in planned_probes(["node"]):
+        spec = pod_spec(probe, "ns", "run", settings).spec
+        assert spec is not None
+        images.update(str(c.image) for c in (spec.init_containers or []) + spec.containers)
+    return tuple(sorted(images))
+
+
+def _role_pod(probe: Probe, namespace: str, run_id: str, settings: Settings) -> client.V1Pod:
+    if probe.role in (ROLE_PROBE, ROLE_SANDBOX):
+        # The sandbox check waits for its restarted container to be Ready again: probe it often.
+        period = READINESS_PERIOD_SANDBOX if probe.role == ROLE_SANDBOX else READINESS_PERIOD
+        containers = [
+            agent_container(c, settings, _shared_mounts(c.name), readiness_period=period)
+            for c in probe.containers
+        ]
+        init = [seed_container(settings)] if probe.role == ROLE_PROBE else None
+        return _pod(probe, namespace, run_id, containers, _shared_volumes(), init_containers=init)
+    if probe.role == ROLE_HOSTPROBE:
+        return _pod(
+            probe,
+            namespace,
+            run_id,
+            [agent_container(probe.containers[0], settings, host_network=True)],
+            [],
+            host_network=True,
+        )
+    if probe.role == ROLE_PEER:
+        return _pod(probe, namespace, run_id, [agent_container(probe.containers[0], settings)], [])
+    raise ValueError(f"unknown probe role {probe.role!r}")
+
+
+def to_manifest(obj: Any) -> dict[str, Any]:
+    """A client model as the plain dict `kubectl apply` takes (camelCase, no nulls)."""
+    result: dict[str, Any] = client.ApiClient().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+    return result
+
+
+# --- manifests/ (the same pods as YAML a person can kubectl apply) -----------------------------
+
+MANIFEST_NODE = "NODE_NAME"
+MANIFEST_NAMESPACE = "netconform-manual"
+MANIFEST_RUN = "manual"
+MANIFEST_FILES = {
+    ROLE_PROBE: "probe-pod.yaml",
+    ROLE_HOSTPROBE: "hostnetwork-probe.yaml",
+    ROLE_PEER: "peer-pod.yaml",
+    ROLE_SANDBOX: "sandbox-pod.yaml",
+}
+_MANIFEST_HEADER = """\
+# Generated from conformance/kit/podspecs.py (pod_spec); tests/unit/test_podspecs.py keeps it in
+# sync. To run by hand: replace {node} with a node name, then
+#   kubectl create namespace {namespace}
+#   kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=privileged
+#   kubectl -n {namespace} create configmap {configmap} \\
+#       --from-file={key}=conformance/probe_agent/agent.py
+#   kubectl apply -f manifests/{file}
+"""
+
+
+def render_manifest(role: str, settings: Settings | None = None) -> str:
+    """The YAML of one probe pod with placeholder node and namespace (for ``manifests/``)."""
+    import yaml  # a dependency of the kubernetes client
+
+    probe = next(p for p in planned_probes([MANIFEST_NODE]) if p.role == role)
+    pod = pod_spec(
+        probe, MANIFEST_NAMESPACE, MANIFEST_RUN, settings or Settings(kubeconfig=None, context=None)
+    )
+    header = _MANIFEST_HEADER.format(
+        node=MANIFEST_NODE,
+        namespace=MANIFEST_NAMESPACE,
+        configmap=AGENT_CONFIGMAP,
+        key=AGENT_KEY,
+        file=MANIFEST_FILES[role],
+    )
+    body: str = yaml.safe_dump(to_manifest(pod), sort_keys=False, default_flow_style=False)
+    return header + body

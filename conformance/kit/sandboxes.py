@@ -1,0 +1,136 @@
+"""The sandbox check's disruption, once per run for every node at once: kill one container of
+each node's sandbox pod, wait until every one has restarted and is Ready again, then read each
+pod's IPs and probe localhost between its containers (the same sweep and verdict as every
+reachability check). Done for all nodes together so the cost does not grow with the nodes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kubernetes import client
+
+from conformance.kit.cluster import call_api, name_of, pod_ips
+from conformance.kit.deploy import pod_ready, restart_count, wait_for_pods
+from conformance.kit.errors import ProbeCallError, ProbeDeploymentError
+from conformance.kit.parallel import in_parallel
+from conformance.kit.probe_client import ProbeClient, require_ok
+from conformance.kit.probes import ROLE_SANDBOX, Probe, ProbeMap
+from conformance.kit.reachability import Endpoint, Outcome, Target, run_sweep
+from conformance.kit.runstate import RunInfo, once
+from conformance.kit.serial import JSONData
+
+KILLED = "b"
+SURVIVOR = "a"
+CHECK = "test_sandbox_survives_container_restart"
+RECORD = "sandboxes"
+# The agent handles SIGTERM (and exits), so this works for a PID 1 too.
+KILL_SCRIPT = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGTERM)"
+
+
+@dataclass(frozen=True)
+class SandboxRestart(JSONData):
+    """One node's sandbox pod across a restart of its container `KILLED`."""
+
+    node: str
+    pod: str
+    ips_before: tuple[str, ...]
+    ips_after: tuple[str, ...] = ()
+    localhost: Outcome | None = None
+    error: str | None = None
+
+
+def localhost_target(sandbox: Probe) -> Target:
+    """The exchange that must work again after the restart: TCP over 127.0.0.1 from the
+    surviving container to the restarted one."""
+    return Target(
+        check=CHECK,
+        proto="tcp",
+        family=4,
+        source=Endpoint(sandbox.name, SURVIVOR, sandbox.node),
+        destination=Endpoint(sandbox.name, KILLED, sandbox.node),
+        host="127.0.0.1",
+        port=sandbox.container(KILLED).tcp_port,
+        capture=False,
+    )
+
+
+def restart_sandboxes(
+    probe_map: ProbeMap, probe_client: ProbeClient, core: client.CoreV1Api
+) -> dict[str, SandboxRestart]:
+    """Kill `KILLED` in every sandbox pod at once, wait for all to be Ready again, and look."""
+    timeouts = probe_client.timeouts
+    namespace = probe_map.namespace
+    sandboxes = {p.name: p for p in probe_map.of_role(ROLE_SANDBOX)}
+    if not sandboxes:
+        raise ProbeDeploymentError("the run deployed no sandbox pod")
+    listed = call_api(
+        f"list pods in {namespace}", core.list_namespaced_pod, namespace, timeouts=timeouts
+    )
+    before = {name_of(p): p for p in listed.items if name_of(p) in sandboxes}
+    missing = sorted(set(sandboxes) - set(before))
+    if missing:
+        raise ProbeDeploymentError(f"sandbox pods gone before the check: {missing}")
+    restarts = {name: restart_count(pod, KILLED) for name, pod in before.items()}
+    errors: dict[str, str] = {}
+
+    def kill(own: ProbeClient, pod: str, _sandbox: Probe) -> None:
+        info = require_ok(
+            own.call(pod, KILLED, [{"op": "info"}])[0], pod=pod, container=KILLED, what="info"
+        )
+        # The container may die before the exec reports back; the restart count decides.
+        with contextlib.suppress(ProbeCallError):
+            own.exec(
+                pod,
+                KILLED,
+                ["python3", "-c", KILL_SCRIPT, str(info["pid"])],
+                timeout=timeouts.exec_overhead,
+            )
+
+    def could_not_kill(sandbox: Probe, exc: ProbeCallError) -> None:
+        errors[sandbox.name] = f"could not kill container {KILLED}: {exc}"
+
+    in_parallel(probe_client, sandboxes, kill, could_not_kill, max_parallel=16)
+    waiting = [name for name in sandboxes if name not in errors]
+    after: Mapping[str, client.V1Pod] = {}
+    if waiting:
+        after = wait_for_pods(
+            core,
+            namespace,
+            waiting,
+            timeout=timeouts.container_restart,
+            condition=lambda p: restart_count(p, KILLED) > restarts[name_of(p)] and pod_ready(p),
+            what=f"restarted (container {KILLED}) and Ready again",
+            timeouts=timeouts,
+        )
+    outcomes = {
+        o.target.source.pod: o
+        for o in run_sweep(probe_client, [localhost_target(sandboxes[name]) for name in after])
+    }
+    return {
+        sandbox.node: SandboxRestart(
+            node=sandbox.node,
+            pod=name,
+            ips_before=pod_ips(before[name]),
+            ips_after=pod_ips(after[name]) if name in after else (),
+            localhost=outcomes.get(name),
+            error=errors.get(name),
+        )
+        for name, sandbox in sandboxes.items()
+    }
+
+
+def restart_sandboxes_once(
+    run: RunInfo, probe_map: ProbeMap, probe_client: ProbeClient, core: client.CoreV1Api
+) -> dict[str, SandboxRestart]:
+    """`restart_sandboxes` once in the whole run (xdist workers read the result back); a
+    failure is not repeated: later callers get the same `ProbeDeploymentError`."""
+    return once(
+        run,
+        RECORD,
+        lambda: restart_sandboxes(probe_map, probe_client, core),
+        encode=lambda found: {node: r.to_dict() for node, r in found.items()},
+        decode=lambda raw: {node: SandboxRestart.from_dict(r) for node, r in raw.items()},
+        error=lambda cause: ProbeDeploymentError(f"the sandbox restarts failed: {cause}"),
+    )

@@ -1,0 +1,236 @@
+"""Verdicts on the sweep's exchanges, judged in one place for every reachability check.
+
+The checks declare what they need (`conformance.kit.reachability`: targets with the sources a
+destination may see); the sweep moves the traffic; here an `Outcome` becomes a list of
+problems (`problems`), and a test item's outcomes become a pass, a failure naming each broken
+exchange with expected versus observed, a skip, or "could not test" (`ItemExchanges`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from conformance.kit.errors import ProbeCallError
+from conformance.kit.pairs import natural_key
+from conformance.kit.reachability import Outcome, Sweep, Unplanned
+from conformance.kit.report import (
+    ATTEMPTS_PROPERTY,
+    FLAKY_PROPERTY,
+    LOSSES_PROPERTY,
+    format_rule_failure,
+)
+
+UserProperties = list[tuple[str, object]]
+
+
+def problems(outcome: Outcome) -> list[str]:
+    """What breaks the rule in one exchange (empty: nothing found). An outcome whose agents
+    could not be asked has no problems: it has no verdict (see `ItemExchanges`)."""
+    result = outcome.exchange
+    if outcome.error is not None or result is None:
+        return []
+    if not result.reached:
+        error = result.client_response.get("error")
+        if outcome.target.full_size:
+            return [
+                f"not delivered intact after {result.attempts} attempt(s): {error}{sizes(outcome)}"
+            ]
+        return [f"no answer after {result.attempts} attempt(s): {error}"]
+    allowed = outcome.allowed_sources
+    if allowed is None:
+        if outcome.target.full_size and not result.listener_peers:
+            return [
+                f"{outcome.target.destination.pod} recorded nothing although the sender saw an answer"
+            ]
+        return []
+    found = []
+    listener = set(result.listener_peers)
+    if outcome.target.proto != "icmp" and result.peer_seen:
+        listener.add(result.peer_seen)
+    if not listener:
+        # Something answered at the address, but not the destination's agent: another pod
+        # holds its IP, or a proxy answered.
+        found.append(
+            f"{outcome.target.destination.pod} recorded nothing although something answered "
+            "at its address"
+        )
+    elif not listener <= set(allowed):
+        found.append(f"listener saw source {sorted(listener)}")
+    if result.capture_error is not None:
+        found.append(f"capture failed: {result.capture_error}")
+    elif outcome.target.capture and (
+        not result.captured_sources or not set(result.captured_sources) <= set(allowed)
+    ):
+        found.append(
+            f"capture in {outcome.target.destination.pod} saw source "
+            f"{list(result.captured_sources) or 'nothing'}"
+        )
+    return found
+
+
+def sizes(outcome: Outcome) -> str:
+    """The sizes a full-size exchange tried and the MTUs each side reported, as the agent said
+    them (``; sent 1500 bytes, MTU here 1500 (eth0), at the destination 1400``)."""
+    response = outcome.exchange.client_response if outcome.exchange is not None else {}
+    parts = []
+    for key, label in (
+        ("size", "packet size"),
+        ("bytes_sent", "bytes sent"),
+        ("bytes_received", "bytes received"),
+        ("mtu", "MTU here"),
+        ("peer_mtu", "MTU at the destination"),
+        ("mss", "TCP MSS"),
+    ):
+        if response.get(key) is not None:
+            parts.append(f"{label} {response[key]}")
+    if response.get("iface"):
+        parts.append(f"interface {response['iface']}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def flaky_text(outcome: Outcome) -> str | None:
+    """How an exchange answered only on a retry, e.g. ``passed on attempt 2 of 3 (first:
+    ETIMEDOUT ...)``; None when the first try was answered or none was."""
+    if not outcome.reached or outcome.attempts <= 1:
+        return None
+    return (
+        f"passed on attempt {outcome.attempts} of {outcome.max_attempts} "
+        f"(first: {outcome.first_error})"
+    )
+
+
+def failure_summary(failed: Sequence[Outcome], check: str) -> str:
+    """One line grouping a check's failed targets by node, e.g. ``node-2 is in all 6 failed
+    pairs of test_no_snat in this run (as source 3, as destination 3); other nodes: node-1 in
+    3 (as source 3), node-3 in 3 (as destination 3)``."""
+    total = len(failed)
+    if total == 0:
+        return f"no failed pairs of {check} in this run"
+    roles: dict[str, Counter[str]] = {}
+    for outcome in failed:
+        src, dst = outcome.target.source.node, outcome.target.destination.node
+        if src == dst:
+            roles.setdefault(src, Counter())["same-node"] += 1
+        else:
+            roles.setdefault(src, Counter())["source"] += 1
+            roles.setdefault(dst, Counter())["destination"] += 1
+
+    def count(node: str) -> int:
+        return sum(roles[node].values())
+
+    def how(node: str) -> str:
+        parts = [
+            f"as {role} {roles[node][role]}"
+            for role in ("source", "destination", "same-node")
+            if roles[node][role]
+        ]
+        return ", ".join(parts)
+
+    nodes = sorted(roles, key=natural_key)
+    everywhere = [n for n in nodes if count(n) == total]
+    others = [n for n in nodes if n not in everywhere]
+    noun = "failed pair" if total == 1 else "failed pairs"
+    if everywhere:
+        if len(everywhere) == 1:
+            who, where = f"{everywhere[0]} is", how(everywhere[0])
+        else:
+            who = " and ".join([", ".join(everywhere[:-1]), everywhere[-1]]) + " are"
+            where = "; ".join(f"{n} {how(n)}" for n in everywhere)
+        quantity = "the 1" if total == 1 else f"all {total}"
+        rest = ", ".join(f"{n} in {count(n)} ({how(n)})" for n in others) or "none"
+        return f"{who} in {quantity} {noun} of {check} in this run ({where}); other nodes: {rest}"
+    listed = ", ".join(f"{n} in {count(n)} ({how(n)})" for n in nodes)
+    return f"{total} {noun} of {check} in this run, no node in all of them: {listed}"
+
+
+@dataclass
+class ItemExchanges:
+    """One test item's exchanges from the run's sweep, and the one way they are judged.
+
+    A check's body is ``exchanges.assert_rule(RULE)``: it passes when every exchange holds,
+    fails naming each broken exchange (expected versus observed, and the run's failed pairs of
+    the check grouped by node), skips or fails for an item the planner left without traffic
+    (`Unplanned`), and raises `ProbeCallError` (could not test) when an agent could not be
+    asked. Tries and losses, and a pass on retry, are recorded on the item.
+    """
+
+    outcomes: list[Outcome]
+    unplanned: Unplanned | None
+    sweep: Sweep
+    user_properties: UserProperties
+    strict: bool = False
+
+    def _check(self) -> str:
+        return self.outcomes[0].target.check if self.outcomes else ""
+
+    def assert_rule(self, rule: str, *, expected: str | None = None) -> None:
+        """Pass, fail, skip or could-not-test, as the class says."""
+        if self.unplanned is not None:
+            if self.unplanned.broken:
+                pytest.fail(
+                    format_rule_failure(rule, expected="traffic", observed=self.unplanned.reason),
+                    pytrace=False,
+                )
+            pytest.skip(self.unplanned.reason)
+        for outcome in self.outcomes:
+            if outcome.error is not None:
+                raise ProbeCallError(f"{outcome.target.describe()}: {outcome.error}")
+        self._record_tries()
+        broken = [(o, found) for o in self.outcomes if (found := problems(o))]
+        flaky = [(o, text) for o in self.outcomes if (text := flaky_text(o))]
+        if self.strict:
+            broken += [
+                (o, [f"{text} (--strict: a pass on retry counts as broken)"]) for o, text in flaky
+            ]
+        if broken:
+            pytest.fail(self._failure(rule, broken, expected), pytrace=False)
+        if flaky:
+            self.user_properties.append(
+                (
+                    FLAKY_PROPERTY,
+                    "; ".join(
+                        text if len(self.outcomes) == 1 else f"{o.target.destination.pod}: {text}"
+                        for o, text in flaky
+                    ),
+                )
+            )
+
+    def _record_tries(self) -> None:
+        tries = sum(o.attempts for o in self.outcomes)
+        lost = sum(o.attempts - (1 if o.reached else 0) for o in self.outcomes)
+        self.user_properties.append((ATTEMPTS_PROPERTY, str(tries)))
+        self.user_properties.append((LOSSES_PROPERTY, str(lost)))
+
+    def _failure(
+        self, rule: str, broken: list[tuple[Outcome, list[str]]], expected: str | None
+    ) -> str:
+        targets = [o.target for o in self.outcomes]
+        protocols = sorted({f"{t.proto} over IPv{t.family}" for t in targets})
+        pods = list(dict.fromkeys(p for t in targets for p in (t.source.pod, t.destination.pod)))
+        nodes = list(dict.fromkeys(n for t in targets for n in (t.source.node, t.destination.node)))
+        allowed = sorted({a for o in self.outcomes for a in (o.allowed_sources or ())})
+        if expected is None:
+            expected = "every exchange answered" + (
+                f", the destination seeing only {allowed} as the source (listener and capture)"
+                if allowed
+                else ""
+            )
+        check = self._check()
+        failed_in_run = [o for o in self.sweep.of_check(check) if problems(o)]
+        return format_rule_failure(
+            rule,
+            expected=expected,
+            observed=f"{len(broken)} of {len(self.outcomes)} exchanges broken: "
+            + "; ".join(f"{o.target.describe()}: {', '.join(found)}" for o, found in broken),
+            protocol=", ".join(protocols),
+            pods=pods,
+            nodes=nodes,
+            details=[
+                *(o.describe() for o, _ in broken),
+                "across the run: " + failure_summary(failed_in_run, check),
+            ],
+        )

@@ -1,0 +1,104 @@
+"""The real probe agent served by local processes (no cluster, no pod): a `ProbeClient` whose
+exec runs the command on this machine, and agents "a" and "b" listening on 127.0.0.1 as two
+containers of one pod would."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tenacity import Retrying, stop_after_delay, wait_fixed
+
+from conformance.kit.probe_client import ExecResult, ProbeClient
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = ROOT / "conformance" / "probe_agent" / "agent.py"
+
+
+class LocalProbeClient(ProbeClient):
+    """Runs the exec'd command here: ``python3 /netconform/agent.py ...`` -> this agent file."""
+
+    def exec(
+        self,
+        pod: str,
+        container: str,
+        command: Sequence[str],
+        *,
+        timeout: float,
+        stdin: str | None = None,
+    ) -> ExecResult:
+        argv = [sys.executable, str(AGENT), *list(command)[2:]]
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        return ExecResult(done.stdout, done.stderr, done.returncode)
+
+    def for_thread(self) -> ProbeClient:
+        # A subprocess per exec shares nothing between threads: the one client serves all.
+        return self
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class LocalAgent:
+    """One serving agent: its control socket and listener ports."""
+
+    container: str
+    socket: Path
+    tcp_port: int
+    udp_port: int
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving_agents(directory: Path, containers: Sequence[str]) -> Iterator[dict[str, LocalAgent]]:
+    """``agent.py serve`` for each container, sockets in ``directory``; stopped on exit."""
+    agents = {
+        name: LocalAgent(
+            name,
+            directory / f"{name}.sock",
+            free_port(socket.SOCK_STREAM),
+            free_port(socket.SOCK_DGRAM),
+        )
+        for name in containers
+    }
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(AGENT),
+                "serve",
+                "--tcp-port",
+                str(agent.tcp_port),
+                "--udp-port",
+                str(agent.udp_port),
+                "--socket",
+                str(agent.socket),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        for agent in agents.values()
+    ]
+    try:
+        for attempt in Retrying(stop=stop_after_delay(20), wait=wait_fixed(0.1), reraise=True):
+            with attempt:
+                for agent in agents.values():
+                    assert agent.socket.exists(), f"agent {agent.container} not serving yet"
+        yield agents
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)

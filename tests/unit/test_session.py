@@ -1,0 +1,264 @@
+"""`conformance.kit.session` without a cluster: the run's JUnit properties from its deployment
+record, the end of the run (summary written whatever happened; namespace dumped and deleted
+only when a deployment started; cleanup problems reported, never raised), the discovery and
+run identity handed between processes, and the exit gate (2 could not test, 1 rule broken)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.kit import session
+from conformance.kit.cluster import Discovery
+from conformance.kit.deploy import RECORD as DEPLOYMENT_RECORD
+from conformance.kit.deploy import Deployment
+from conformance.kit.errors import ClusterError
+from conformance.kit.probes import ProbeMap
+from conformance.kit.report import ClusterFacts
+from conformance.kit.runstate import DONE, FAILED, STARTED, Record, RunInfo, peek
+from conformance.kit.settings import DEFAULT_PROBE_IMAGE, Settings
+
+pytest_plugins = ["pytester"]
+
+FACTS = ClusterFacts(
+    server_version="v1.33.1",
+    node_count=3,
+    nodes_tested=("n1", "n2"),
+    pod_cidrs=("n1=10.244.0.0/24",),
+    service_cidr=None,
+    ip_families=("ipv4",),
+    probe_image=DEFAULT_PROBE_IMAGE,
+)
+
+
+def run_info(tmp_path: Path) -> RunInfo:
+    return RunInfo(run_id="r1", namespace="netconform-r1-abc", shared_dir=str(tmp_path / "run"))
+
+
+def ready_record() -> Record:
+    return Record(DONE, Deployment(probes=ProbeMap("netconform-r1-abc"), cluster=FACTS).to_dict())
+
+
+# --- run properties --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "status"),
+    [
+        (None, "not started"),
+        (Record(STARTED), "deploying"),
+        (Record(FAILED, error="probe-n1: ImagePullBackOff\nmore"), "failed"),
+        (ready_record(), "ready"),
+    ],
+)
+def test_run_properties_follow_the_deployment(
+    tmp_path: Path, record: Record | None, status: str
+) -> None:
+    run = run_info(tmp_path)
+    properties = dict(session.run_properties(run, record))
+    assert properties["netconform.run_id"] == "r1"
+    assert properties["netconform.namespace"] == run.namespace
+    assert properties["netconform.deployment"] == status == session.deployment_status(record)
+    if status == "failed":
+        assert properties["netconform.deployment_error"] == "probe-n1: ImagePullBackOff"
+    else:
+        assert "netconform.deployment_error" not in properties
+    if status == "ready":
+        assert properties["netconform.server_version"] == "v1.33.1"
+        assert properties["netconform.nodes_tested"] == "n1,n2"
+    else:
+        assert "netconform.server_version" not in properties
+
+
+def test_deployment_of_reads_only_finished_records() -> None:
+    assert session.deployment_of(None) is None
+    assert session.deployment_of(Record(STARTED)) is None
+    assert session.deployment_of(Record(DONE, {"probes": "not a map"})) is None
+    found = session.deployment_of(ready_record())
+    assert found is not None
+    assert found.cluster == FACTS
+
+
+# --- the end of the run ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the end of the run asked of the cluster (dump, delete), answered in memory."""
+    calls: list[str] = []
+
+    def dump(core: Any, namespace: str, timeouts: Any) -> str:
+        calls.append(f"dump {namespace}")
+        return f"pod probe-n1 in {namespace}"
+
+    def delete(core: Any, namespace: str, timeouts: Any, *, wait: bool) -> bool:
+        calls.append(f"delete {namespace}")
+        return True
+
+    monkeypatch.setattr(session, "dump_namespace", dump)
+    monkeypatch.setattr(session, "delete_namespace", delete)
+    return calls
+
+
+def end_run(
+    tmp_path: Path, record: Record | None, *, keep: bool = False, core: Any = "core"
+) -> tuple[list[str], dict[str, Any]]:
+    summary: dict[str, Any] = {"totals": {}}
+    lines = session.end_run(
+        settings=Settings(kubeconfig=None, context=None, keep_namespace=keep),
+        run=run_info(tmp_path),
+        record=record,
+        summary=summary,
+        reports_dir=tmp_path / "reports",
+        make_core=lambda: core,
+    )
+    written = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    return lines, written
+
+
+def test_no_deployment_writes_the_summary_and_touches_no_cluster(
+    tmp_path: Path, cluster_calls: list[str]
+) -> None:
+    lines, summary = end_run(tmp_path, None)
+    assert cluster_calls == []
+    assert lines == [f"summary: {tmp_path / 'reports' / 'summary.json'}"]
+    assert summary["run"] == {
+        "run_id": "r1",
+        "namespace": "netconform-r1-abc",
+        "deployment": "not started",
+        "deployment_error": None,
+    }
+
+
+def test_a_deployment_is_dumped_then_deleted(tmp_path: Path, cluster_calls: list[str]) -> None:
+    lines, summary = end_run(tmp_path, ready_record())
+    assert cluster_calls == ["dump netconform-r1-abc", "delete netconform-r1-abc"]
+    dump = tmp_path / "reports" / "netconform-r1-abc.txt"
+    assert dump.read_text() == "pod probe-n1 in netconform-r1-abc\n"
+    assert lines[:2] == [
+        f"pod states and events of the run: {dump}",
+        "namespace netconform-r1-abc deleted",
+    ]
+    assert summary["run"]["deployment"] == "ready"
+
+
+def test_keep_namespace_and_a_failed_deployment(tmp_path: Path, cluster_calls: list[str]) -> None:
+    failed = Record(FAILED, error="probe-n1: ImagePullBackOff\nsecond line")
+    lines, summary = end_run(tmp_path, failed, keep=True)
+    assert cluster_calls == ["dump netconform-r1-abc"]  # dumped, kept
+    assert "namespace netconform-r1-abc kept (--keep-namespace)" in lines
+    assert "probe deployment failed: probe-n1: ImagePullBackOff" in lines
+    assert summary["run"]["deployment"] == "failed"
+    assert summary["run"]["deployment_error"] == "probe-n1: ImagePullBackOff\nsecond line"
+
+
+def test_a_namespace_still_terminating_is_reported(
+    tmp_path: Path, cluster_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "delete_namespace", lambda *a, **k: False)
+    lines, _ = end_run(tmp_path, Record(STARTED))
+    assert any("still terminating after 180s; sweep later with --cleanup-stale" in x for x in lines)
+
+
+def test_a_cleanup_failure_is_reported_and_the_summary_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*args: Any, **kwargs: Any) -> str:
+        raise ClusterError("connection refused")
+
+    monkeypatch.setattr(session, "dump_namespace", unreachable)
+    lines, summary = end_run(tmp_path, ready_record())
+    assert any(
+        line.startswith(
+            "cleanup of namespace netconform-r1-abc failed: ClusterError: connection refused"
+        )
+        and "--cleanup-stale" in line
+        for line in lines
+    )
+    assert summary["run"]["deployment"] == "ready"
+
+
+# --- between the run's processes -------------------------------------------------------------
+
+
+def test_discovery_goes_from_the_collecting_processes_to_the_reporting_one(
+    tmp_path: Path,
+) -> None:
+    run = run_info(tmp_path)
+    assert session.recorded_discovery(run) is None
+    found = Discovery(nodes=("n1", "n2"), excluded={"win-1": "OS is windows"}, families=(4, 6))
+    session.record_discovery(run, found)
+    session.record_discovery(run, found)  # every worker records the same: no harm
+    assert session.recorded_discovery(run) == found
+    assert peek(run, DEPLOYMENT_RECORD) is None  # a separate record
+
+
+def test_xdist_workers_get_the_run_identity(tmp_path: Path) -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.workerinput: dict[str, Any] = {}
+
+    run = run_info(tmp_path)
+    node = Node()
+    session.XdistController(run).pytest_configure_node(node)
+    handed = json.loads(json.dumps(node.workerinput[session.WORKERINPUT_KEY]))
+    assert RunInfo.from_dict(handed) == run
+
+
+# --- the exit gate -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "broken", "untested", "expected"),
+    [
+        (pytest.ExitCode.OK, False, False, 0),
+        (pytest.ExitCode.TESTS_FAILED, True, False, 1),
+        (pytest.ExitCode.TESTS_FAILED, False, True, 2),
+        (pytest.ExitCode.TESTS_FAILED, True, True, 2),  # could-not-test wins
+        (pytest.ExitCode.TESTS_FAILED, False, False, 1),  # another plugin's test failed
+        (pytest.ExitCode.INTERRUPTED, True, False, 2),
+        (pytest.ExitCode.INTERNAL_ERROR, True, True, 3),
+        (pytest.ExitCode.USAGE_ERROR, False, False, 4),
+        (pytest.ExitCode.NO_TESTS_COLLECTED, False, False, 5),
+    ],
+)
+def test_gate_exit_status_table(
+    status: pytest.ExitCode, broken: bool, untested: bool, expected: int
+) -> None:
+    assert session.gate_exit_status(status, broken=broken, untested=untested) == expected
+
+
+def test_gate_sorts_report_phases() -> None:
+    gate = session.ExitGate()
+    rule = [(session.RULE_PROPERTY, "a rule")]
+
+    def report(when: str, outcome: str, props: list[tuple[str, str]]) -> pytest.TestReport:
+        return pytest.TestReport(
+            "c.py::t",
+            ("c.py", 1, "t"),
+            {},
+            outcome,  # type: ignore[arg-type]
+            None,
+            when,  # type: ignore[arg-type]
+            user_properties=props,
+        )
+
+    gate.pytest_runtest_logreport(report("call", "passed", rule))
+    gate.pytest_runtest_logreport(report("call", "failed", []))  # not a conformance check
+    assert (gate.broken, gate.untested) == ([], [])
+    gate.pytest_runtest_logreport(report("call", "failed", rule))
+    assert gate.broken == ["c.py::t"]
+    for when in ("setup", "teardown", "???"):  # "???": xdist's report of a crashed worker
+        gate.pytest_runtest_logreport(report(when, "failed", rule))
+    assert len(gate.untested) == 3
+
+
+@pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")
+def test_the_gate_tolerates_a_session_finished_outside_pytest_main(
+    pytester: pytest.Pytester,
+) -> None:
+    (collected,) = pytester.getitems("def test_plain(): pass")
+    assert collected.name == "test_plain"

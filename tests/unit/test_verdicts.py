@@ -1,0 +1,325 @@
+"""`conformance.kit.verdicts`: one place judges every reachability exchange. `problems` for
+each way an exchange breaks the rule (or has no verdict), and `ItemExchanges.assert_rule`
+turning an item's outcomes into a pass, a failure naming the broken exchanges and the run's
+failed pairs, a skip, or could-not-test, with tries, losses and passes on retry recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from conformance.kit.errors import CouldNotTest, ProbeCallError
+from conformance.kit.reachability import Endpoint, Exchange, Outcome, Sweep, Target, Unplanned
+from conformance.kit.report import ATTEMPTS_PROPERTY, FLAKY_PROPERTY, LOSSES_PROPERTY
+from conformance.kit.verdicts import ItemExchanges, flaky_text, problems
+
+POD_IP = {"node-1": "10.244.0.2", "node-2": "10.244.1.2", "node-3": "10.244.2.2"}
+NODE_IP = {"node-1": "192.168.77.1", "node-2": "192.168.77.2", "node-3": "192.168.77.3"}
+RULE = "pods on any node MUST reach pods on every node without NAT"
+
+
+def target(
+    src: str = "node-1",
+    dst: str = "node-2",
+    proto: str = "tcp",
+    *,
+    capture: bool = True,
+    allowed: tuple[str, ...] | None = None,
+    check: str = "test_no_snat",
+) -> Target:
+    return Target(
+        check=check,
+        proto=proto,
+        family=4,
+        source=Endpoint(f"probe-{src}", "a", src),
+        destination=Endpoint(f"probe-{dst}", "a", dst),
+        host=POD_IP[dst],
+        port=None if proto == "icmp" else 8080,
+        capture=capture,
+        allowed_sources=allowed if allowed is not None else (POD_IP[src],),
+    )
+
+
+def outcome(
+    planned: Target,
+    *,
+    reached: bool = True,
+    seen: str | None = "own",
+    listener: tuple[str, ...] | str = "own",
+    captured: tuple[str, ...] | str = "own",
+    capture_error: str | None = None,
+    attempts: int = 1,
+    first_error: str | None = None,
+    error: str | None = None,
+    allowed: tuple[str, ...] | None = None,
+    judge_sources: bool = True,
+) -> Outcome:
+    """An outcome of ``planned``: by default answered on the first try, every view showing the
+    source pod's own IP ("own"). The sources allowed are the target's unless ``allowed`` says
+    otherwise, or none are judged (``judge_sources`` False)."""
+    own = POD_IP[planned.source.node]
+    response: dict[str, Any] = {
+        "ok": reached,
+        "op": "icmp" if planned.proto == "icmp" else "connect",
+    }
+    if not reached:
+        response.update(errno="ETIMEDOUT", error="timed out")
+    elif seen is not None:
+        response["peer_seen"] = own if seen == "own" else seen
+    exchange = Exchange(
+        attempts=attempts,
+        client_response=response,
+        listener_peers=(own,) if listener == "own" else tuple(listener),
+        captured_sources=(own,) if captured == "own" else tuple(captured),
+        capture_error=capture_error,
+    )
+    return Outcome(
+        target=planned,
+        nonce="nc-1",
+        attempts=attempts,
+        exchange=None if error is not None else exchange,
+        first_error=first_error,
+        error=error,
+        max_attempts=3,
+        allowed_sources=(allowed or planned.allowed_sources) if judge_sources else None,
+    )
+
+
+# --- problems ----------------------------------------------------------------------------------
+
+
+def test_an_exchange_that_holds_has_no_problems() -> None:
+    for proto in ("tcp", "udp", "icmp"):
+        assert problems(outcome(target(proto=proto))) == []
+
+
+def test_not_reached() -> None:
+    found = problems(outcome(target(), reached=False, attempts=3, listener=(), captured=()))
+    assert found == ["no answer after 3 attempt(s): timed out"]
+
+
+def test_no_verdict_without_an_answer_from_the_agents() -> None:
+    # The agents could not be asked: could not test, never a broken rule.
+    assert problems(outcome(target(), error="exec failed: container not running")) == []
+    broken_but_unasked = outcome(target(), listener=("1.2.3.4",))
+    unasked = Outcome(target=broken_but_unasked.target, nonce="n", error="exec failed")
+    assert problems(unasked) == []
+
+
+def test_nobody_recorded_although_something_answered() -> None:
+    # Another pod holds the destination's IP, or a proxy answered.
+    tcp = problems(outcome(target(), seen=None, listener=()))
+    assert tcp == ["probe-node-2 recorded nothing although something answered at its address"]
+    icmp = problems(outcome(target(proto="icmp"), listener=()))
+    assert icmp == tcp
+
+
+def test_foreign_listener_source() -> None:
+    natted = NODE_IP["node-1"]
+    assert problems(outcome(target(), listener=(natted,), seen=natted)) == [
+        f"listener saw source ['{natted}']"
+    ]
+    # What the destination reported back to the client counts as the listener's view too.
+    assert problems(outcome(target(), seen=natted)) == [
+        f"listener saw source ['{POD_IP['node-1']}', '{natted}']"
+    ]
+    # ICMP echo replies carry no peer: only the raw socket's record counts.
+    assert problems(outcome(target(proto="icmp"), seen=natted)) == []
+
+
+def test_capture_failure() -> None:
+    found = problems(outcome(target(), captured=(), capture_error="sniffer died"))
+    assert found == ["capture failed: sniffer died"]
+
+
+def test_capture_foreign_source_or_nothing() -> None:
+    natted = NODE_IP["node-1"]
+    assert problems(outcome(target(), captured=(natted,))) == [
+        f"capture in probe-node-2 saw source ['{natted}']"
+    ]
+    assert problems(outcome(target(), captured=())) == [
+        "capture in probe-node-2 saw source nothing"
+    ]
+    # Without a capture planned, only the listener judges.
+    assert problems(outcome(target(capture=False), captured=())) == []
+
+
+def test_allowed_none_judges_reachability_only() -> None:
+    anything = outcome(
+        target(), listener=("1.2.3.4",), seen="5.6.7.8", captured=(), judge_sources=False
+    )
+    assert problems(anything) == []
+    assert problems(outcome(target(), reached=False, judge_sources=False)) == [
+        "no answer after 1 attempt(s): timed out"
+    ]
+
+
+def test_the_outcomes_own_allowed_sources_judge() -> None:
+    # The sweep resolves what is allowed (a node's interface addresses, for a node source).
+    node_source = outcome(
+        target(allowed=(NODE_IP["node-1"],)),
+        listener=("10.0.0.9",),
+        seen="10.0.0.9",
+        captured=("10.0.0.9",),
+        allowed=(NODE_IP["node-1"], "10.0.0.9"),
+    )
+    assert problems(node_source) == []
+
+
+def test_full_size_exchanges_must_arrive_intact() -> None:
+    full = dataclasses.replace(target(proto="udp"), full_size=True)
+    lost = outcome(full, reached=False, attempts=3, listener=(), captured=())
+    assert problems(lost) == ["not delivered intact after 3 attempt(s): timed out"]
+    # What the agent said about sizes goes with it.
+    assert lost.exchange is not None
+    response = {"ok": False, "error": "EMSGSIZE", "size": 1500, "mtu": 1400}
+    said = dataclasses.replace(
+        lost, exchange=dataclasses.replace(lost.exchange, client_response=response)
+    )
+    assert problems(said) == [
+        "not delivered intact after 3 attempt(s): EMSGSIZE (packet size 1500, MTU here 1400)"
+    ]
+    # Even with no sources to judge, a full-size answer nobody recorded is not a delivery.
+    unseen = outcome(full, listener=(), judge_sources=False)
+    assert problems(unseen) == ["probe-node-2 recorded nothing although the sender saw an answer"]
+    assert problems(outcome(full, judge_sources=False)) == []
+
+
+def test_flaky_text() -> None:
+    retried = outcome(target(), attempts=2, first_error="ETIMEDOUT timed out")
+    assert flaky_text(retried) == "passed on attempt 2 of 3 (first: ETIMEDOUT timed out)"
+    assert flaky_text(outcome(target())) is None
+    assert flaky_text(outcome(target(), reached=False, attempts=3)) is None
+
+
+# --- ItemExchanges.assert_rule ------------------------------------------------------------------
+
+
+def judge(
+    outcomes: list[Outcome],
+    *,
+    unplanned: Unplanned | None = None,
+    run: list[Outcome] | None = None,
+    strict: bool = False,
+) -> ItemExchanges:
+    everything = run if run is not None else outcomes
+    return ItemExchanges(
+        outcomes=outcomes,
+        unplanned=unplanned,
+        sweep=Sweep(outcomes={o.target.key: o for o in everything}),
+        user_properties=[],
+        strict=strict,
+    )
+
+
+def test_a_holding_item_passes_and_records_its_tries() -> None:
+    item = judge([outcome(target()), outcome(target("node-1", "node-3"))])
+    item.assert_rule(RULE)
+    assert item.user_properties == [(ATTEMPTS_PROPERTY, "2"), (LOSSES_PROPERTY, "0")]
+
+
+def test_a_broken_item_fails_naming_the_exchange_and_the_run() -> None:
+    natted = NODE_IP["node-2"]
+    broken = outcome(
+        target("node-2", "node-3"), listener=(natted,), seen=natted, captured=(natted,)
+    )
+    fine = outcome(target("node-2", "node-1"))
+    # Elsewhere in the run, node-2's other traffic was NATed too.
+    elsewhere = outcome(target("node-2", "node-1", "udp"), listener=(natted,), seen=natted)
+    item = judge([broken, fine], run=[broken, fine, elsewhere, outcome(target("node-3", "node-1"))])
+    with pytest.raises(pytest.fail.Exception) as failed:
+        item.assert_rule(RULE)
+    text = str(failed.value)
+    assert text.startswith(f"RULE BROKEN: {RULE}")
+    assert "protocol: tcp over IPv4" in text
+    assert (
+        "observed: 1 of 2 exchanges broken: tcp probe-node-2/a -> probe-node-3/a at "
+        f"10.244.2.2:8080: listener saw source ['{natted}'], capture in probe-node-3 saw source "
+        f"['{natted}']"
+    ) in text
+    assert f"the destination seeing only ['{POD_IP['node-2']}'] as the source" in text
+    assert broken.describe() in text
+    assert (
+        "across the run: node-2 is in all 2 failed pairs of test_no_snat in this run "
+        "(as source 2); other nodes: node-1 in 1 (as destination 1), "
+        "node-3 in 1 (as destination 1)"
+    ) in text
+    assert item.user_properties[:2] == [(ATTEMPTS_PROPERTY, "2"), (LOSSES_PROPERTY, "0")]
+
+
+def test_the_check_may_say_what_it_expected() -> None:
+    item = judge([outcome(target(), reached=False, attempts=3)])
+    with pytest.raises(pytest.fail.Exception, match="expected: an answer from the peer"):
+        item.assert_rule(RULE, expected="an answer from the peer")
+
+
+def test_unplanned_is_a_skip() -> None:
+    item = judge([], unplanned=Unplanned("no IPv6 pod IP on probe-node-1"))
+    with pytest.raises(pytest.skip.Exception, match="no IPv6 pod IP on probe-node-1"):
+        item.assert_rule(RULE)
+    assert item.user_properties == []
+
+
+def test_unplanned_broken_is_a_failure() -> None:
+    item = judge([], unplanned=Unplanned("the node has no pod CIDR of IPv4", broken=True))
+    with pytest.raises(pytest.fail.Exception) as failed:
+        item.assert_rule(RULE)
+    text = str(failed.value)
+    assert text.startswith(f"RULE BROKEN: {RULE}")
+    assert "expected: traffic" in text
+    assert "observed: the node has no pod CIDR of IPv4" in text
+
+
+def test_an_exchange_without_answer_from_the_agents_is_could_not_test() -> None:
+    unasked = outcome(target("node-1", "node-3"), error="exec failed: container not running")
+    # Even beside a broken exchange: without every view there is no verdict on the item.
+    broken = outcome(target(), reached=False, attempts=3)
+    item = judge([broken, unasked])
+    with pytest.raises(ProbeCallError) as raised:
+        item.assert_rule(RULE)
+    assert isinstance(raised.value, CouldNotTest)
+    assert str(raised.value) == (
+        "tcp probe-node-1/a -> probe-node-3/a at 10.244.2.2:8080: "
+        "exec failed: container not running"
+    )
+    assert item.user_properties == []
+
+
+def test_a_pass_on_retry_passes_and_is_recorded_as_flaky() -> None:
+    retried = outcome(target(), attempts=2, first_error="ETIMEDOUT timed out")
+    one = judge([retried])
+    one.assert_rule(RULE)
+    assert dict(one.user_properties)[FLAKY_PROPERTY] == (
+        "passed on attempt 2 of 3 (first: ETIMEDOUT timed out)"
+    )
+    # With several exchanges, each flaky one is named by its destination.
+    several = judge([outcome(target("node-1", "node-3")), retried])
+    several.assert_rule(RULE)
+    assert dict(several.user_properties)[FLAKY_PROPERTY] == (
+        "probe-node-2: passed on attempt 2 of 3 (first: ETIMEDOUT timed out)"
+    )
+
+
+def test_strict_fails_a_pass_on_retry() -> None:
+    retried = outcome(target(), attempts=2, first_error="ETIMEDOUT timed out")
+    item = judge([retried], strict=True)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        item.assert_rule(RULE)
+    assert (
+        "passed on attempt 2 of 3 (first: ETIMEDOUT timed out) "
+        "(--strict: a pass on retry counts as broken)"
+    ) in str(failed.value)
+    assert FLAKY_PROPERTY not in dict(item.user_properties)
+
+
+def test_attempts_and_losses_count_every_try() -> None:
+    first_try = outcome(target("node-1", "node-2"))
+    third_try = outcome(target("node-1", "node-3"), attempts=3, first_error="ETIMEDOUT")
+    never = outcome(target("node-2", "node-1"), reached=False, attempts=3)
+    item = judge([first_try, third_try, never])
+    with pytest.raises(pytest.fail.Exception):
+        item.assert_rule(RULE)
+    # 1 + 3 + 3 tries; lost: none, the two before the answer, and all three.
+    assert item.user_properties == [(ATTEMPTS_PROPERTY, "7"), (LOSSES_PROPERTY, "5")]
