@@ -4,6 +4,10 @@
 #   ./run.sh conformance  set up, boot a 3-node netlab, run the suite, write reports, tear down
 #   ./run.sh test         set up, then the project's own checks: ruff, mypy, pytest tests
 #   ./run.sh bench [--nodes 3,10,30]  set up, benchmark suite and lab, write bench/results.*
+#   ./run.sh bench --soak N           the suite N times under each control-plane fault
+#                                     (bench/soak.py), its table into bench/results.md
+#   ./run.sh wheel        build the wheel users install into dist/ (tests/e2e/test_wheel.py
+#                         builds its own, installs it into a fresh virtualenv and runs the suite)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -11,8 +15,8 @@ VENV="$ROOT/.venv"
 
 # Debian packages: the lab's data plane (runc, CNI plugins, iptables, iproute2) and the tools a
 # probe image carries (python3 with scapy, tcpdump, curl), because lab containers see the host's files.
-# openssl makes the lab API server's serving certificate.
-APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 openssl python3 python3-venv python3-scapy tcpdump curl util-linux)
+# openssl makes the lab API server's serving certificate; chromium (headless) checks the HTML report.
+APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 openssl python3 python3-venv python3-scapy tcpdump curl util-linux chromium)
 
 say() { printf '%s\n' "$*" >&2; }
 
@@ -121,13 +125,20 @@ benchmarks() {
   "$VENV/bin/python" -m bench "$@"
 }
 
+wheel() {
+  setup
+  "$VENV/bin/python" -m pip wheel --no-deps -q -w dist .
+  say "wheel: $(ls "$ROOT"/dist/k8s_netconform-*.whl)"
+}
+
 case "${1:-}" in
   setup) setup ;;
   conformance) conformance ;;
   test) shift; project_tests "$@" ;;
   bench) shift; benchmarks "$@" ;;
+  wheel) wheel ;;
   *)
-    say "usage: ./run.sh setup | conformance | test [pytest args] | bench [--nodes 3,10,30]"
+    say "usage: ./run.sh setup | conformance | test [pytest args] | bench [--nodes 3,10,30 | --soak N] | wheel"
     exit 2
     ;;
 esac

@@ -32,7 +32,9 @@ from bench.memory import TreeSampler, tree_cpu_seconds
 from bench.pods import EXEC_METHOD, delete_wave, exec_round_trips, plain_pod, run_wave
 from bench.stats import MODES, Spread, parse_api_bench, read_junit, render_markdown, write_json
 from conformance.kit.cluster import name_of
+from conformance.kit.namespace import wait_for_default_service_account
 from conformance.kit.probes import planned_probes
+from conformance.kit.settings import Timeouts
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -165,6 +167,9 @@ def lab_figures(lab: Lab, *, waves: int, execs: int) -> dict[str, Any]:
     nodes = sorted(name_of(n) for n in core.list_node().items)
     count = len(planned_probes(nodes))
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=BENCH_NAMESPACE)))
+    # As the suite does: pods wait for the namespace's ServiceAccount (the lab makes it late,
+    # as kube-controller-manager does); the wait is not part of any figure.
+    wait_for_default_service_account(core, BENCH_NAMESPACE, Timeouts())
     wave_seconds: list[float] = []
     starts: list[float] = []
     deletes: list[float] = []
@@ -374,9 +379,19 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def soak_section(document: str) -> str:
+    """The soak's section of ``results.md`` (bench/soak.py), empty when there is none."""
+    from bench.soak import section_of
+
+    return section_of(document)
+
+
 def write_outputs(results: dict[str, Any], out: Path, *, plot: bool) -> None:
     write_json(out / "results.json", results)
-    (out / "results.md").write_text(render_markdown(results))
+    document = out / "results.md"
+    # The soak's section (./run.sh bench --soak N) stays: it is written by its own runs.
+    kept = soak_section(document.read_text()) if document.exists() else ""
+    document.write_text(render_markdown(results) + kept)
     if plot and results["runs"]:
         from bench.plot import plot_wall_time
 
@@ -406,7 +421,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEADLINE,
         help=f"stop (tearing the lab down) after this many seconds (default {DEADLINE:.0f})",
     )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        metavar="N",
+        help="instead: the suite N times under each control-plane fault (bench/soak.py)",
+    )
     args = parser.parse_args(argv)
+    if args.soak is not None:
+        if os.geteuid() != 0:
+            parser.error("the soak boots labs: run it as root")
+        from bench import soak  # imports the lab runner of tests/e2e: only when asked for
+
+        return soak.run(args.soak, out=args.out, deadline=args.deadline, facts=machine_facts())
     modes = [m for m in args.modes.split(",") if m]
     if unknown := [m for m in modes if m not in MODES]:
         parser.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")

@@ -16,9 +16,10 @@ import pytest
 from kubernetes import client
 
 from conformance.kit.cluster import Discovery, cluster_facts, list_nodes, make_api_client
-from conformance.kit.deploy import Deployment, deploy_once, deploy_probes
+from conformance.kit.deploy import Deployment, deploy_once, deploy_probes, pod_lives
 from conformance.kit.errors import CouldNotTest
 from conformance.kit.namespace import (
+    STALE_SWEEP_RECORD,
     create_namespace,
     dump_namespace,
     sweep_stale,
@@ -28,7 +29,7 @@ from conformance.kit.prefetch import ItemAnswers, answers_for_item, prefetch_onc
 from conformance.kit.probe_client import ProbeClient
 from conformance.kit.probes import ProbeMap
 from conformance.kit.reachability import Sweep, outcomes_for_item, sweep_once
-from conformance.kit.runstate import RunInfo
+from conformance.kit.runstate import RunInfo, write
 from conformance.kit.session import DUMP_KEY, RUN_KEY, SETTINGS_KEY
 from conformance.kit.settings import Settings, Timeouts
 from conformance.kit.verdicts import ItemExchanges
@@ -91,8 +92,13 @@ def deployment(
         timeouts = settings.timeouts
         swept = None
         if settings.cleanup_stale:
-            swept = tuple(sweep_stale(core, run_info.run_id, timeouts))
-        create_namespace(core, run_info.namespace, run_info.run_id, timeouts)
+            stale = sweep_stale(core, run_info.run_id, timeouts)
+            write(run_info, STALE_SWEEP_RECORD, stale.to_dict())  # the reporter says what and why
+            swept = stale.deleted
+        # Leased from the start; the controller renews it (`conformance.kit.session.LeaseRenewer`).
+        create_namespace(
+            core, run_info.namespace, run_info.run_id, timeouts, lease_seconds=settings.run_lease
+        )
         wait_for_default_service_account(core, run_info.namespace, timeouts)
         probes = deploy_probes(core, run_info.namespace, run_info.run_id, discovery.nodes, settings)
         facts = cluster_facts(api_client, list_nodes(core, timeouts), discovery, settings)
@@ -130,7 +136,15 @@ def reachability(
     """The run's two-pass reachability sweep over every selected check marked ``swept_by``:
     computed once in the whole run (xdist workers included), read back everywhere else."""
     try:
-        return sweep_once(run_info, request.session.items, probe_map, probe_client)
+        return sweep_once(
+            run_info,
+            request.session.items,
+            probe_map,
+            probe_client,
+            # A probe evicted, deleted or restarted under the sweep makes its exchanges
+            # could-not-test, never a verdict.
+            pods=lambda: pod_lives(probe_client.core, probe_map.namespace, probe_client.timeouts),
+        )
     except CouldNotTest as exc:
         could_not_test(f"reachability sweep: {exc}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import secrets
 import shutil
 import sys
@@ -29,6 +30,14 @@ from conformance.kit.pairs import AUTO_SAMPLE_ABOVE, AUTO_SAMPLE_SIZE, PairPlan
 from conformance.kit.podspecs import images_to_pull
 from conformance.kit.report import rule_from_docstring
 from conformance.kit.runstate import RunInfo
+from conformance.kit.selection import (
+    SUITE_DIR,
+    given_plugins,
+    nothing_collected_hint,
+    rerun,
+    rerun_args,
+    suite_module_id,
+)
 from conformance.kit.session import (
     DISCOVERY_KEY,
     RULE_PROPERTY,
@@ -36,6 +45,7 @@ from conformance.kit.session import (
     SETTINGS_KEY,
     WORKERINPUT_KEY,
     ExitGate,
+    LeaseRenewer,
     RunReporter,
     XdistController,
     is_worker,
@@ -43,6 +53,7 @@ from conformance.kit.session import (
 )
 from conformance.kit.settings import (
     DEFAULT_PROBE_IMAGE,
+    DEFAULT_RUN_LEASE,
     IMAGE_PULL_POLICIES,
     IP_FAMILIES,
     Settings,
@@ -55,10 +66,37 @@ from conformance.kit.settings import (
     parse_probe_image,
     parse_probe_timeout,
     parse_pull_secret,
+    parse_run_lease,
     parse_taint_toleration,
 )
 
 PARAM_FIXTURES = ("proto", "family", "probe_node", "node_pair")
+#: Whether the user named test paths (decided before the suite may replace them).
+PATHS_GIVEN_KEY = pytest.StashKey[bool]()
+
+#: Options that ask for the suite (by dest), and how the user wrote them.
+SUITE_REQUESTS = (
+    ("netconform_requested", "--netconform"),
+    ("netconform_kubeconfig", "--kubeconfig"),
+    ("netconform_context", "--context"),
+)
+#: Our options that take a value: written as two words, pytest's early rootdir search takes
+#: the value for a test path (see `conformance.kit.selection`).
+VALUE_OPTIONS = (
+    "--kubeconfig",
+    "--context",
+    "--probe-image",
+    "--image-pull-policy",
+    "--node-selector",
+    "--max-nodes",
+    "--tolerate-taint",
+    "--image-pull-secret",
+    "--probe-timeout",
+    "--ip-family",
+    "--pairs",
+    "--pairs-seed",
+    "--run-lease",
+)
 
 MARKERS = (
     "netconform: a k8s-netconform conformance check (added automatically)",
@@ -78,6 +116,14 @@ MARKERS = (
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("netconform", "k8s-netconform: Kubernetes network model conformance")
+    group.addoption(
+        "--netconform",
+        dest="netconform_requested",
+        action="store_true",
+        default=False,
+        help="run the k8s-netconform suite from the installed package (implied by --kubeconfig "
+        "or --context when no test paths are given); test paths, when given, are run instead",
+    )
     # Another plugin (pytest-helm-charts, pytest-kind...) may own --kubeconfig: then share it;
     # Settings reads the value by option string, whatever its dest.
     with contextlib.suppress(ValueError, argparse.ArgumentError):
@@ -193,7 +239,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="netconform_cleanup_stale",
         action="store_true",
         default=False,
-        help="first delete namespaces left behind by earlier (killed) runs, then test",
+        help="first delete the suite's namespaces whose run is gone (its lease expired), saying "
+        "why each other one was kept, then test",
+    )
+    group.addoption(
+        "--run-lease",
+        dest="netconform_run_lease",
+        default=DEFAULT_RUN_LEASE,
+        type=parse_run_lease,
+        metavar="SECONDS",
+        help="how long the run namespace's lease lasts unless renewed; the run renews it every "
+        f"fifth of that, and --cleanup-stale in other runs keeps it until it expires (default: "
+        f"{DEFAULT_RUN_LEASE:.0f})",
     )
     # pytest owns --strict (its strict mode), hence the longer name.
     group.addoption(
@@ -225,12 +282,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-# --- --list-images ---------------------------------------------------------------------------
+# --- invocation: rerun when misrooted, --list-images --------------------------------------------
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    """``--list-images``: print the images, one per line and nothing else, and stop before any
+    """Before anything is configured: run pytest again when an option value written as a
+    separate word misled its rootdir search (`conformance.kit.selection`); then
+    ``--list-images``: print the images, one per line and nothing else, and stop before any
     session (so before any cluster access)."""
+    if not is_worker(config) and not (config.option.help or config.option.version):
+        plan = rerun_args(config.invocation_params.args, os.environ, VALUE_OPTIONS)
+        if plan is not None:
+            return rerun(plan, given_plugins(config.pluginmanager))
     if not config.getoption("netconform_list_images", False) or config.option.help:
         return None
     for image in images_to_pull(Settings.from_config(config)):
@@ -242,7 +306,27 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 # --- configuration ---------------------------------------------------------------------------
 
 
+def suite_asked_by(config: pytest.Config) -> str | None:
+    """The option that asked for the suite (``--netconform``, or our ``--kubeconfig`` /
+    ``--context``), None when none did."""
+    for dest, option in SUITE_REQUESTS:
+        if config.getoption(dest, None):
+            return option
+    return None
+
+
+def paths_were_given(config: pytest.Config) -> bool:
+    """The user named test paths (or ``--pyargs`` modules): they are collected as given."""
+    given = config.stash.get(PATHS_GIVEN_KEY, None)
+    return bool(config.args_source == pytest.Config.ArgsSource.ARGS) if given is None else given
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.stash[PATHS_GIVEN_KEY] = paths_were_given(config)
+    if suite_asked_by(config) and not config.stash[PATHS_GIVEN_KEY]:
+        # Asked for, no paths: the installed suite instead of testpaths or the working dir.
+        config.args = [str(SUITE_DIR)]
+        config.args_source = pytest.Config.ArgsSource.ARGS
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     config.stash[SETTINGS_KEY] = Settings.from_config(config)
@@ -262,7 +346,9 @@ def pytest_configure(config: pytest.Config) -> None:
         else secrets.randbelow(2**31),  # not a secret: a replayable choice, printed
     )
     config.stash[RUN_KEY] = run
-    config.pluginmanager.register(RunReporter(config, run), "netconform-reporter")
+    lease = LeaseRenewer(config, run)
+    config.pluginmanager.register(lease, "netconform-lease")
+    config.pluginmanager.register(RunReporter(config, run, lease.keeper), "netconform-reporter")
     config.pluginmanager.register(ExitGate(), "netconform-exit-gate")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistController(run), "netconform-xdist-controller")
@@ -275,6 +361,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 # --- collection ------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(
+    module_path: Path, parent: pytest.Collector
+) -> pytest.Module | None:
+    """The suite's modules are ``conformance/test_*.py`` in test IDs wherever the package is
+    installed (site-packages, a project's .venv), as in a checkout."""
+    module_id = suite_module_id(module_path)
+    if module_id is None:
+        return None
+    module: pytest.Module = pytest.Module.from_parent(parent, path=module_path, nodeid=module_id)
+    return module
 
 
 def _is_conformance_module(module: Any) -> bool:
@@ -361,6 +460,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # --- reports ---------------------------------------------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """A run that collected nothing says how to ask for the suite."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and not is_worker(config):
+        terminalreporter.write_line(
+            nothing_collected_hint(
+                asked=suite_asked_by(config), paths_given=paths_were_given(config)
+            )
+        )
 
 
 @pytest.hookimpl(wrapper=True)

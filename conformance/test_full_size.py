@@ -15,16 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conformance.kit.pairs import NodePair
-from conformance.kit.probe_client import address_of_family
-from conformance.kit.probes import ROLE_PEER, ROLE_PROBE, ProbeMap
-from conformance.kit.reachability import (
-    TRANSFER_BYTES,
-    Endpoint,
-    Target,
-    Unplanned,
-    swept_by,
-    without_address,
-)
+from conformance.kit.probes import ProbeMap
+from conformance.kit.reachability import TRANSFER_BYTES, Target, Unplanned, pod_to_pod, swept_by
 from conformance.kit.verdicts import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
@@ -38,28 +30,7 @@ RULE = (
 def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
     """The probe pod of the source node to the probe pod of the destination node (the peer pod
     on the same node), with full-size packets."""
-    proto, family, pair = params["proto"], params["family"], params["node_pair"]
-    source = probe_map.get(ROLE_PROBE, pair.src)
-    target = probe_map.get(ROLE_PEER if pair.same_node else ROLE_PROBE, pair.dst)
-    src_ip = address_of_family(source.pod_ips, family)
-    dst_ip = address_of_family(target.pod_ips, family)
-    if src_ip is None or dst_ip is None:
-        lacking = [p for p, ip in ((source, src_ip), (target, dst_ip)) if ip is None]
-        return without_address(family, lacking, probe_map)
-    container = target.container()
-    return [
-        Target(
-            check="test_full_size_packets",
-            proto=proto,
-            family=family,
-            source=Endpoint(source.name, source.container().name, source.node),
-            destination=Endpoint(target.name, container.name, target.node),
-            host=dst_ip,
-            port=container.port(proto),
-            capture=False,
-            full_size=True,
-        )
-    ]
+    return pod_to_pod("test_full_size_packets", params, probe_map, full_size=True)
 
 
 @swept_by(targets)

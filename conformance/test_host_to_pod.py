@@ -13,15 +13,8 @@ from typing import Any
 
 from conformance.kit.cases import PAIRS_CROSS_NODE
 from conformance.kit.pairs import NodePair
-from conformance.kit.probe_client import address_of_family
-from conformance.kit.probes import ROLE_HOSTPROBE, ROLE_PEER, ROLE_PROBE, ProbeMap
-from conformance.kit.reachability import (
-    Endpoint,
-    Target,
-    Unplanned,
-    swept_by,
-    without_address,
-)
+from conformance.kit.probes import ProbeMap
+from conformance.kit.reachability import Target, Unplanned, host_to_pods, swept_by
 from conformance.kit.verdicts import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
@@ -37,31 +30,8 @@ RULE = (
 
 def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
     """The source node's hostNetwork probe to each pod-network probe of the destination node."""
-    proto, family, pair = params["proto"], params["family"], params["node_pair"]
-    host = probe_map.get(ROLE_HOSTPROBE, pair.src)
-    pods = [probe_map.get(role, pair.dst) for role in (ROLE_PROBE, ROLE_PEER)]
-    lacking = [pod for pod in pods if address_of_family(pod.pod_ips, family) is None]
-    if lacking:
-        return without_address(family, lacking, probe_map)
-    planned = []
-    for pod in pods:
-        dst_ip = address_of_family(pod.pod_ips, family)
-        assert dst_ip is not None
-        container = pod.container()
-        planned.append(
-            Target(
-                check="test_host_to_pod",
-                proto=proto,
-                family=family,
-                source=Endpoint(host.name, host.container().name, pair.src),
-                destination=Endpoint(pod.name, container.name, pair.dst),
-                host=dst_ip,
-                port=container.port(proto),
-                allowed_sources=tuple(probe_map.node_addresses.get(pair.src, ())),
-                source_is_node=True,
-            )
-        )
-    return planned
+    pair = params["node_pair"]
+    return host_to_pods("test_host_to_pod", params, probe_map, pair.src, pair.dst)
 
 
 @swept_by(targets)

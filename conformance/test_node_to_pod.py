@@ -10,15 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from conformance.kit.probe_client import address_of_family
-from conformance.kit.probes import ROLE_HOSTPROBE, ROLE_PEER, ROLE_PROBE, ProbeMap
-from conformance.kit.reachability import (
-    Endpoint,
-    Target,
-    Unplanned,
-    swept_by,
-    without_address,
-)
+from conformance.kit.probes import ProbeMap
+from conformance.kit.reachability import Target, Unplanned, host_to_pods, swept_by
 from conformance.kit.verdicts import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
@@ -29,33 +22,9 @@ RULE = "agents on a node MUST reach every pod on that node"
 
 
 def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
-    """The exchanges of one test item: the node's hostNetwork probe to each of its pod-network
-    probes that has an IP of the family."""
-    proto, family, node = params["proto"], params["family"], params["probe_node"]
-    host = probe_map.get(ROLE_HOSTPROBE, node)
-    planned = []
-    pods = [probe_map.get(role, node) for role in (ROLE_PROBE, ROLE_PEER)]
-    lacking = [pod for pod in pods if address_of_family(pod.pod_ips, family) is None]
-    if lacking:
-        return without_address(family, lacking, probe_map)
-    for pod in pods:
-        dst_ip = address_of_family(pod.pod_ips, family)
-        assert dst_ip is not None
-        container = pod.container()
-        planned.append(
-            Target(
-                check="test_node_to_pod",
-                proto=proto,
-                family=family,
-                source=Endpoint(host.name, host.container().name, node),
-                destination=Endpoint(pod.name, container.name, node),
-                host=dst_ip,
-                port=container.port(proto),
-                allowed_sources=tuple(probe_map.node_addresses.get(node, ())),
-                source_is_node=True,
-            )
-        )
-    return planned
+    """The node's hostNetwork probe to each of its pod-network probes."""
+    node = params["probe_node"]
+    return host_to_pods("test_node_to_pod", params, probe_map, node, node)
 
 
 @swept_by(targets)

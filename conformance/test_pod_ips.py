@@ -5,7 +5,7 @@ API reports is the address the pod really has."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from kubernetes import client
 from conformance.kit.cidrs import (
     NodeCIDRs,
     PodAddress,
+    PodIPOutsideNodeCIDRs,
     check_pod_ips_in_node_cidrs,
     describe_findings,
     find_cidrs_overlapping_service_range,
@@ -33,8 +34,13 @@ from conformance.kit.cluster import (
     node_ip_addresses,
     node_pod_cidrs,
     pod_ips,
-    service_cidrs,
     service_cluster_ips,
+)
+from conformance.kit.errors import ClusterError
+from conformance.kit.ipranges import (
+    SOURCE_NODE,
+    ServiceRangeFinder,
+    find_node_pod_ranges,
 )
 from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
 from conformance.kit.probe_client import address_of_family, require_ok
@@ -127,27 +133,67 @@ def test_pod_ips_unique(core: client.CoreV1Api, timeouts: Timeouts, family: int)
         )
 
 
-@pytest.mark.node_cidr  # a gate on a pool-IPAM cluster deselects it: -m "not node_cidr"
+def outside_every_range(
+    findings: Sequence[PodIPOutsideNodeCIDRs], nodes: Sequence[NodeCIDRs]
+) -> tuple[list[PodIPOutsideNodeCIDRs], list[str]]:
+    """The findings whose IP lies in no node's range at all, and, as text, those inside another
+    node's range (borrowed, as Calico IPAM does when a node's blocks are full)."""
+    networks = [(n.node, ipaddress.ip_network(c)) for n in nodes for c in n.pod_cidrs]
+    outside: list[PodIPOutsideNodeCIDRs] = []
+    borrowed: list[str] = []
+    for finding in findings:
+        ip = ipaddress.ip_address(finding.ip)
+        lender = next((node for node, net in networks if ip in net), None)
+        if lender is None:
+            outside.append(finding)
+        else:
+            borrowed.append(f"{finding.pod.ref} on {finding.pod.node}: {ip} from {lender}'s range")
+    return outside, borrowed
+
+
+@pytest.mark.node_cidr  # a gate may leave it out: -m "not node_cidr"
 @pytest.mark.usefixtures("probe_map")
 def test_pod_ips_inside_node_pod_cidrs(
     core: client.CoreV1Api,
     api_client: client.ApiClient,
     timeouts: Timeouts,
     family: int,
-    nodes_with_pod_cidrs: list[NodeCIDRs],
+    record_property: Callable[[str, object], None],
 ) -> None:
-    """Each pod IP MUST lie inside its node's spec.podCIDRs (where nodes carry podCIDRs and the
-    IPAM uses them: Calico IPAM, found by its IPPools, ignores them by design)."""
-    ipam = detect_pool_ipam(api_client, timeouts)
-    if ipam is not None:
-        pytest.skip(ipam.reason())
+    """Each pod IP MUST lie inside its node's pod ranges: the per-node ranges the IPAM
+    publishes (Cilium's CiliumNodes, Calico's IPAM blocks affine to the node), else the node's
+    spec.podCIDRs."""
+    ranges = find_node_pod_ranges(api_client, node_cidrs(core, timeouts), timeouts)
+    nodes = nodes_of_family(ranges.nodes(), family)
+    record_property("netconform.pod_range_source", ranges.source)
+    if not any(n.pod_cidrs for n in nodes):
+        unread = f" ({'; '.join(ranges.unreadable)} could not be read)" if ranges.unreadable else ""
+        pytest.skip(
+            f"IPv{family}: no per-node pod range is known: {ranges.source} names none{unread}"
+        )
+    if ranges.source == SOURCE_NODE:
+        # An IPAM with pools of its own and no per-node ranges we can read: podCIDRs say nothing.
+        ipam = detect_pool_ipam(api_client, timeouts)
+        if ipam is not None:
+            pytest.skip(ipam.reason())
     pods = pods_of_family(live_pod_addresses(core, timeouts), family)
-    report = check_pod_ips_in_node_cidrs(pods, nodes_with_pod_cidrs)
-    if report.outside:
+    report = check_pod_ips_in_node_cidrs(pods, nodes)
+    outside = list(report.outside)
+    if ranges.borrows:
+        outside, borrowed = outside_every_range(outside, nodes)
+        if borrowed:
+            record_property("netconform.borrowed_pod_ips", "; ".join(borrowed))
+    if outside and ranges.unreadable:
+        # The IPAM's own ranges may be the ones these IPs came from: no verdict without them.
+        raise ClusterError(
+            f"{len(outside)} pod IP(s) lie outside the {ranges.source} of their node, but the "
+            f"IPAM's own ranges could not be read: {'; '.join(ranges.unreadable)}"
+        )
+    if outside:
         fail(
-            "a pod's IP MUST come from its node's podCIDRs",
-            "every pod IP inside the podCIDRs of the node it runs on",
-            describe_findings(report.outside),
+            "a pod's IP MUST come from its node's pod ranges",
+            f"every pod IP inside the pod ranges of the node it runs on ({ranges.source})",
+            describe_findings(outside),
         )
 
 
@@ -162,26 +208,40 @@ def test_node_pod_cidrs_disjoint(nodes_with_pod_cidrs: list[NodeCIDRs]) -> None:
         )
 
 
+@pytest.fixture(scope="module")
+def service_ranges(
+    api_client: client.ApiClient, probe_map: ProbeMap, timeouts: Timeouts
+) -> ServiceRangeFinder:
+    """The service-range sources, each asked at most once for the module's items (the dry-run
+    Service is validated in the run namespace, never stored)."""
+    return ServiceRangeFinder(api_client, probe_map.namespace, timeouts)
+
+
 def test_node_pod_cidrs_outside_service_range(
     core: client.CoreV1Api,
-    api_client: client.ApiClient,
     timeouts: Timeouts,
     family: int,
     nodes_with_pod_cidrs: list[NodeCIDRs],
+    service_ranges: ServiceRangeFinder,
+    record_property: Callable[[str, object], None],
 ) -> None:
-    """Nodes' podCIDRs MUST NOT overlap the service range (from the ServiceCIDR API, else at
-    least the kubernetes service's ClusterIPs)."""
-    ranges = list(of_family(service_cidrs(api_client, timeouts), family))
-    source = "ServiceCIDR objects"
-    if not ranges:
+    """Nodes' podCIDRs MUST NOT overlap the service range (from ServiceCIDR objects, kubeadm's
+    kubeadm-config, the kube-apiserver pod's --service-cluster-ip-range, or the API server's
+    refusal of a ClusterIP outside it)."""
+    found = service_ranges.range_of(family)
+    record_property("netconform.service_range_source", found.source or "unknown")
+    if found.source is not None:
+        ranges, source = list(found.cidrs), found.source
+    else:
+        # The range is unknown; an overlap with the one address known to be in it still counts.
         ips = of_family(service_cluster_ips(core, timeouts), family)
         ranges = [str(ipaddress.ip_network(ip)) for ip in ips]
-        source = "the ClusterIPs of service default/kubernetes (the service range is not served)"
-    if not ranges:
-        pytest.skip(
-            f"IPv{family} service range unknown: no ServiceCIDR objects and no IPv{family} "
-            "ClusterIP on default/kubernetes"
-        )
+        source = "the ClusterIPs of service default/kubernetes (the range itself is unknown)"
+        if not find_cidrs_overlapping_service_range(nodes_with_pod_cidrs, ranges):
+            checked = f"; only default/kubernetes' ClusterIP {', '.join(ips)} was checked" * bool(
+                ips
+            )
+            pytest.skip(f"IPv{family} service range unknown: {found.why_unknown()}{checked}")
     overlaps = find_cidrs_overlapping_service_range(nodes_with_pod_cidrs, ranges)
     if overlaps:
         fail(

@@ -9,7 +9,7 @@ as the Kubernetes API serialises them (camelCase keys), so neither side re-maps 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +21,8 @@ StatusCallback = Callable[[str, JSONDict], None]
 EventCallback = Callable[[str, str, str, str], None]
 # Looks up an object the kubelet needs to run a pod (configMap volumes): (namespace, name) -> data.
 ConfigMapLookup = Callable[[str, str], Mapping[str, str] | None]
+# Looks up the Services of a namespace (v1 Service dicts), for the pods' service environment.
+ServiceLookup = Callable[[str], Sequence[JSONDict]]
 
 
 class RuntimeError_(Exception):

@@ -35,6 +35,14 @@ FAULTS: dict[str, str] = {
     "family-missing-on-node": (
         "node-2's IPAM gives its pods IPv4 addresses only (dual-stack labs only)"
     ),
+    "no-hairpin": "pods' bridge ports have no hairpin mode: a pod cannot reach itself via its Service",
+    "stale-endpoints": "the proxy ignores readiness: an unready pod stays in the Service rules",
+    "nodeport-missing-on-node": "node-2 has no NodePort rules: NodePorts are not served there",
+    "service-masquerade": (
+        "pod-to-ClusterIP traffic is masqueraded: endpoints see a node address, not the pod's"
+    ),
+    "dns-wrong-address": "the cluster DNS answers Service names with a wrong address",
+    "hostport-unmapped": "node-2's CNI config lacks portmap: hostPorts are not mapped there",
 }
 
 

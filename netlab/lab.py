@@ -37,6 +37,8 @@ from netlab.spec import STATE_ROOT, LabSpec, LabSpecError
 
 if TYPE_CHECKING:
     from netlab.api.server import ApiServer
+    from netlab.dataplane.proxy import ServiceProxy
+    from netlab.dns import ClusterDNS
     from netlab.kubelet import Kubelet
 
 log = logging.getLogger("netlab.lab")
@@ -79,6 +81,8 @@ class Lab:
         self.api_url: str | None = None
         self.api: ApiServer | None = None
         self.kubelets: list[Kubelet] = []
+        self.proxy: ServiceProxy | None = None
+        self.dns: ClusterDNS | None = None
         self._api_serving = False
         self._stack = AsyncExitStack()
 
@@ -130,6 +134,7 @@ class Lab:
                 on_status=self.api.pod_status_changed,
                 on_event=self.api.record_event,
                 configmaps=self.api.configmap_data,
+                services=self.api.services_in,
             )
             self.kubelets.append(kubelet)  # closed on teardown even if start fails half-way
             await kubelet.start()
@@ -138,10 +143,37 @@ class Lab:
 
         self.api_url = await self.api.start()
         self._api_serving = True
+        await self._start_services()
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         self._stack.callback(self.kubeconfig.unlink, missing_ok=True)  # also a partial one
         self.api.write_kubeconfig(self.kubeconfig)
         log.info("API serving at %s; kubeconfig %s", self.api_url, self.kubeconfig)
+
+    async def _start_services(self) -> None:
+        """The Service data plane: kube-proxy rules on every node, following Services and
+        EndpointSlices, and the cluster DNS behind kube-system/kube-dns."""
+        from netlab.dataplane.proxy import ServiceProxy
+        from netlab.dns import ClusterDNS, kube_dns_endpoint_slice, kube_dns_service
+        from netlab.kubelet.containers import cluster_dns_address
+
+        assert self.api is not None
+        api = self.api
+        proxy = ServiceProxy(self.spec, api.services_and_slices)
+        await proxy.start()
+        self.proxy = proxy
+        self._stack.push_async_callback(proxy.stop)
+        api.cluster.follow(("services", "endpointslices"), proxy.notify)
+        first = self.kubelets[0]
+        dns = ClusterDNS(self.spec, first.cni, first.node.name, api.services_and_slices)
+        addresses = await dns.start()
+        self.dns = dns
+        self._stack.push_async_callback(dns.stop)
+        api.cluster.follow(("services", "endpointslices"), dns.refresh)
+        api.cluster.publish("services", kube_dns_service(cluster_dns_address(self.spec)))
+        api.cluster.publish(
+            "endpointslices", kube_dns_endpoint_slice(addresses[0], first.node.name)
+        )
+        log.info("services: proxy on %d nodes, cluster DNS at %s", len(self.kubelets), addresses[0])
 
     async def _stop_control_plane(self) -> None:
         """Kubelets stop their pods first (while the API can still take their reports), then

@@ -22,6 +22,7 @@ from tenacity import (
 
 from conformance.kit.cni import recognise_cni
 from conformance.kit.errors import ClusterError
+from conformance.kit.permissions import explain_forbidden
 from conformance.kit.report import CNI_UNKNOWN, ClusterFacts
 from conformance.kit.serial import JSONData
 from conformance.kit.settings import (
@@ -105,14 +106,30 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
+def _status_message(body: str) -> str | None:
+    """The ``message`` of a Status body, None when the body is not one."""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return None
+    message = status.get("message") if isinstance(status, dict) else None
+    return str(message) if message else None
+
+
 def describe_api_error(exc: BaseException) -> str:
-    """A one-line reason for an API failure (status, reason, the server's message)."""
+    """A one-line reason for an API failure (status, reason, the server's message); an RBAC
+    denial also names the missing permission and what needs it (`explain_forbidden`)."""
     if isinstance(exc, ApiException):
         message = exc.reason or ""
         body = exc.body.decode() if isinstance(exc.body, bytes) else exc.body
-        if body:
+        if body and exc.status == 403:
+            message = f"{message}: {_status_message(str(body)) or str(body).strip()[:500]}"
+        elif body:
             message = f"{message}: {str(body).strip()[:500]}"
-        return f"HTTP {exc.status} {message}".strip()
+        # A refused exec handshake carries the 403 in its reason (status 0).
+        explained = explain_forbidden(message)
+        described = f"HTTP {exc.status} {message}".strip()
+        return f"{described}; {explained}" if explained else described
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -536,17 +553,23 @@ def _pool_description(item: Any) -> str:
 def detect_pool_ipam(api: client.ApiClient, timeouts: Timeouts) -> PoolIPAM | None:
     """The pool-based IPAM the cluster runs (Calico IPPools exist), or ``None``.
 
-    One request per known resource, no retries. A resource the server does not serve (404) or
-    we may not list (403) counts as absent, and so does any other failure: this only decides
-    whether one check is skipped, so it never raises.
+    One request per known resource, no retries. A resource the server does not serve (404)
+    counts as absent, and so does any other failure but one: when no resource showed pools and
+    RBAC forbade a list (403), whether the rule applies is unknown, and `ClusterError` names
+    the missing permission.
     """
     custom = client.CustomObjectsApi(api)
+    forbidden: list[str] = []
     for ipam, group, version, plural in POOL_IPAM_RESOURCES:
         try:
             listed = custom.list_cluster_custom_object(
                 group, version, plural, _request_timeout=timeouts.api_request
             )
-        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError):
+        except ApiException as exc:
+            if exc.status == 403:  # not "absent": unknown, unless another resource answers
+                forbidden.append(f"list {plural}.{group}: {describe_api_error(exc)}")
+            continue
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
             continue
         items = listed.get("items") if isinstance(listed, Mapping) else None
         if isinstance(items, list) and items:
@@ -555,4 +578,6 @@ def detect_pool_ipam(api: client.ApiClient, timeouts: Timeouts) -> PoolIPAM | No
                 resource=f"{plural}.{group}/{version}",
                 pools=tuple(_pool_description(item) for item in items),
             )
+    if forbidden:
+        raise ClusterError("; ".join(forbidden))
     return None

@@ -3,12 +3,10 @@ then a watch until all are Ready that explains, per pod, why a probe never came 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from time import monotonic
 
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -19,8 +17,6 @@ from conformance.kit.cluster import (
     name_of,
     node_ip_addresses,
     pod_ips,
-    resource_version_of,
-    watch_events,
 )
 from conformance.kit.errors import ClusterError, ProbeCallError, ProbeDeploymentError
 from conformance.kit.namespace import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, describe_pod
@@ -32,6 +28,7 @@ from conformance.kit.report import ClusterFacts
 from conformance.kit.runstate import RunInfo, once
 from conformance.kit.serial import JSONData
 from conformance.kit.settings import Settings, Timeouts
+from conformance.kit.waiting import wait_on_list
 
 #: ``--ip-family`` -> the families every probe must have (``auto``: whatever the cluster has).
 REQUIRED_FAMILIES = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
@@ -40,6 +37,11 @@ REQUIRED_FAMILIES = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
 FATAL_WAITING_REASONS = frozenset(
     {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
 )
+#: A container restarted more often than this while the probes start is crash-looping: the
+#: wait stops (kubelet says CrashLoopBackOff earlier, during its back-off).
+CRASH_LOOP_RESTARTS = 2
+#: Log lines of a crash-looping container's previous run quoted in the error.
+LAST_WORDS_LINES = 20
 
 
 def copy_pull_secrets(
@@ -98,18 +100,111 @@ def pod_ready(pod: client.V1Pod) -> bool:
     return False
 
 
+def disruption(pod: client.V1Pod) -> str | None:
+    """Why the control plane is taking the pod away (its ``DisruptionTarget`` condition, e.g.
+    ``EvictionByEvictionAPI: Eviction API: evicting``), None when it says nothing."""
+    for condition in (pod.status.conditions if pod.status else None) or []:
+        if condition.type == "DisruptionTarget" and condition.status == "True":
+            return f"{condition.reason or 'DisruptionTarget'}: {condition.message or ''}".rstrip(
+                ": "
+            )
+    return None
+
+
+def removal_reason(pod: client.V1Pod) -> str | None:
+    """Why ``pod`` is going away (deleted, evicted), None while it is not."""
+    meta = pod.metadata
+    if meta is None or meta.deletion_timestamp is None:
+        return None
+    why = disruption(pod)
+    return f"pod is being deleted{f' ({why})' if why else ''}: evicted or deleted by someone else"
+
+
 def fatal_reason(pod: client.V1Pod) -> str | None:
-    """Why ``pod`` will never become Ready, when that is already certain."""
+    """Why ``pod`` will never become Ready, when that is already certain (crash loops aside:
+    see `crash_looping`, whose last words need the API)."""
+    removed = removal_reason(pod)
+    if removed is not None:
+        return removed
     status = pod.status
     if status is None:
         return None
     if status.phase in ("Failed", "Succeeded"):
-        return f"pod phase {status.phase}: {status.reason or ''} {status.message or ''}".strip()
+        why = " ".join(p for p in (status.reason, status.message, disruption(pod)) if p)
+        return f"pod phase {status.phase}{f': {why}' if why else ''}"
     for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
         waiting = cs.state.waiting if cs.state else None
         if waiting is not None and waiting.reason in FATAL_WAITING_REASONS:
             return f"container {cs.name}: {waiting.reason}: {waiting.message or ''}".rstrip(": ")
     return None
+
+
+def crash_looping(pod: client.V1Pod) -> list[client.V1ContainerStatus]:
+    """The pod's containers (init containers included) that crash-loop: waiting in
+    CrashLoopBackOff, or restarted more than `CRASH_LOOP_RESTARTS` times."""
+    status = pod.status
+    if status is None:
+        return []
+    looping = []
+    for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
+        waiting = cs.state.waiting if cs.state else None
+        if (waiting is not None and waiting.reason == "CrashLoopBackOff") or (
+            cs.restart_count or 0
+        ) > CRASH_LOOP_RESTARTS:
+            looping.append(cs)
+    return looping
+
+
+def restarts(count: int | None) -> str:
+    """``restarted 1 time``, ``restarted 3 times``."""
+    return f"restarted {count or 0} time{'' if count == 1 else 's'}"
+
+
+def terminated_words(cs: client.V1ContainerStatus) -> str | None:
+    """The last termination of a container as its status tells it: exit code, reason and the
+    termination message (with ``FallbackToLogsOnError``, the tail of its log when it failed);
+    None when it never terminated."""
+    for state in (cs.state, cs.last_state):
+        terminated = state.terminated if state is not None else None
+        if terminated is not None:
+            head = f"exit {terminated.exit_code} ({terminated.reason or 'no reason'})"
+            message = (terminated.message or "").strip()
+            return f"{head}: {message}" if message else head
+    return None
+
+
+def container_last_words(
+    core: client.CoreV1Api,
+    namespace: str,
+    pod: str,
+    cs: client.V1ContainerStatus,
+    timeouts: Timeouts,
+) -> str:
+    """What a crash-looping container said last: its termination message when the status
+    carries one, else the tail of its previous run's log (`LAST_WORDS_LINES` lines)."""
+    words = terminated_words(cs)
+    if words is not None and ":" in words:
+        return words
+    try:
+        log = call_api(
+            f"read the log of {pod}/{cs.name}",
+            core.read_namespaced_pod_log,
+            pod,
+            namespace,
+            container=cs.name,
+            previous=True,
+            tail_lines=LAST_WORDS_LINES,
+            timeouts=timeouts,
+        )
+    except (ClusterError, ApiException) as exc:
+        reason = exc.reason if isinstance(exc, ApiException) else str(exc)
+        return f"{words or 'no termination recorded'}; its log could not be read: {reason}"
+    tail = str(log or "").strip()
+    if not tail:
+        return f"{words or 'no termination recorded'}; its previous log is empty"
+    return f"{words or 'terminated'}; last log lines:\n" + "\n".join(
+        f"      {line}" for line in tail.splitlines()[-LAST_WORDS_LINES:]
+    )
 
 
 def explain_not_ready(
@@ -140,51 +235,62 @@ def wait_for_pods(
     """Watch the namespace until every pod in ``names`` meets ``condition`` (default Ready).
 
     Raises `ProbeDeploymentError` at the deadline, or early when a pod cannot recover, with the
-    cause per pod (image pull, scheduling, admission, crash loop...).
+    cause per pod: an image that cannot be pulled, a pod deleted or evicted, a container in a
+    crash loop (with its own last words: its termination message, else its previous log).
+    The watch survives cut connections, restarts and throttling (`wait_on_list`).
     """
     wanted = set(names)
-    latest: dict[str, client.V1Pod] = {}
-    deadline = monotonic() + timeout
+    seen: set[str] = set()
+    removed: dict[str, client.V1Pod] = {}
 
-    def check() -> bool:
-        fatal = {n: r for n in wanted if n in latest and (r := fatal_reason(latest[n]))}
+    def note_removal(kind: str, pod: client.V1Pod) -> None:
+        if kind == "DELETED" and name_of(pod) in wanted:
+            removed[name_of(pod)] = pod
+
+    def check(pods: Mapping[str, client.V1Pod]) -> bool:
+        seen.update(n for n in wanted if n in pods)
+        fatal = {n: r for n in wanted if n in pods and (r := fatal_reason(pods[n]))}
+        for n in sorted(wanted & seen - set(pods)):  # seen before, gone now: deleted
+            last = removed.get(n)
+            why = disruption(last) if last is not None else None
+            fatal[n] = (
+                f"pod was deleted{f' ({why})' if why else ''}: evicted or deleted by someone else"
+            )
+        for n in sorted(wanted & set(pods)):
+            if n in fatal:
+                continue
+            looping = crash_looping(pods[n])
+            if looping:
+                fatal[n] = "; ".join(
+                    f"container {cs.name} is crash-looping ({restarts(cs.restart_count)}): "
+                    + container_last_words(core, namespace, n, cs, timeouts)
+                    for cs in looping
+                )
         if fatal:
             raise ProbeDeploymentError(
                 "probe pods cannot start:\n"
                 + "\n".join(f"  {n}: {r}" for n, r in sorted(fatal.items()))
             )
-        return all(n in latest and condition(latest[n]) for n in wanted)
+        return all(n in pods and condition(pods[n]) for n in wanted)
 
-    while (remaining := deadline - monotonic()) > 0:
-        listed = call_api(
-            f"list pods in {namespace}", core.list_namespaced_pod, namespace, timeouts=timeouts
-        )
-        latest = {name_of(p): p for p in listed.items if name_of(p) in wanted}
-        if check():
-            return latest
-        try:
-            for event in watch_events(
-                core.list_namespaced_pod,
-                namespace,
-                resource_version=resource_version_of(listed),
-                timeout=remaining,
-            ):
-                pod = event["object"]
-                if name_of(pod) not in wanted:
-                    continue
-                if event["type"] == "DELETED":
-                    latest.pop(name_of(pod), None)
-                else:
-                    latest[name_of(pod)] = pod
-                if check():
-                    return latest
-                if monotonic() >= deadline:
-                    break
-        except ApiException as exc:
-            if exc.status != 410:  # 410 Gone: the watch expired, list again
-                raise ClusterError(f"watch pods in {namespace}: {describe_api_error(exc)}") from exc
-        except urllib3.exceptions.HTTPError:
-            pass  # the watch connection dropped; list again while time remains
+    latest: dict[str, client.V1Pod] = {}
+
+    def check_and_keep(pods: Mapping[str, client.V1Pod]) -> bool:
+        latest.clear()
+        latest.update({n: p for n, p in pods.items() if n in wanted})
+        return check(pods)
+
+    found = wait_on_list(
+        f"pods in {namespace}",
+        core.list_namespaced_pod,
+        namespace,
+        done=check_and_keep,
+        on_event=note_removal,
+        timeout=timeout,
+        timeouts=timeouts,
+    )
+    if found is not None:
+        return {n: p for n, p in found.items() if n in wanted}
 
     events: list[client.CoreV1Event] = []
     try:
@@ -325,6 +431,68 @@ def learn_ephemeral_ports(client_: ProbeClient, probes: Sequence[Probe]) -> list
         )
         for probe in probes
     ]
+
+
+# --- probes that change under a run (evicted, deleted, restarted) -----------------------------
+
+
+@dataclass(frozen=True)
+class PodLife:
+    """What identifies one life of a probe pod: its uid, each container's restart count, and
+    why it is going away (None while it is not)."""
+
+    uid: str
+    restarts: Mapping[str, int]
+    removal: str | None = None
+
+
+def pod_lives(
+    core: client.CoreV1Api, namespace: str, timeouts: Timeouts
+) -> dict[str, PodLife] | None:
+    """Every pod of ``namespace`` as `PodLife`, by name; None when the pods cannot be listed
+    (then nothing can be said about them)."""
+    try:
+        listed = call_api(
+            f"list pods in {namespace}", core.list_namespaced_pod, namespace, timeouts=timeouts
+        )
+    except (ClusterError, ApiException):
+        return None
+    lives = {}
+    for pod in listed.items:
+        statuses = (pod.status.container_statuses if pod.status else None) or []
+        lives[name_of(pod)] = PodLife(
+            uid=str(pod.metadata.uid if pod.metadata else ""),
+            restarts={cs.name: int(cs.restart_count or 0) for cs in statuses},
+            removal=removal_reason(pod),
+        )
+    return lives
+
+
+def changed_pods(before: Mapping[str, PodLife], after: Mapping[str, PodLife]) -> dict[str, str]:
+    """The pods of ``before`` that did not live on unchanged into ``after``, with why: gone
+    (deleted or evicted), being deleted, replaced (another uid), or a container restarted (its
+    agent lost what its listeners recorded)."""
+    changed = {}
+    for name, then in before.items():
+        now = after.get(name)
+        if now is None:
+            changed[name] = f"probe pod {name} was deleted or evicted meanwhile"
+        elif now.removal is not None:
+            changed[name] = f"probe pod {name}: {now.removal}"
+        elif now.uid != then.uid:
+            changed[name] = f"probe pod {name} was replaced meanwhile (uid {then.uid} -> {now.uid})"
+        else:
+            restarted = sorted(
+                f"{c} ({then.restarts[c]} -> {now.restarts.get(c, 0)} restarts)"
+                for c in then.restarts
+                if now.restarts.get(c, 0) != then.restarts[c]
+            )
+            if restarted:
+                changed[name] = (
+                    f"probe pod {name}: container {', '.join(restarted)} restarted meanwhile, "
+                    "losing what its agent had recorded"
+                )
+    return changed
 
 
 def restart_count(pod: client.V1Pod, container: str) -> int:

@@ -61,6 +61,8 @@ FULL_MESSAGES_PER_RULE = 50
 #: Broken grids drawn in the verdict banner (identical ones drawn once), so the first screen
 #: shows the failing cells.
 BANNER_GRIDS = 4
+#: Where no rule broke, the banner draws the grids of clusters up to this size.
+BANNER_NODES_WHEN_HELD = 10
 #: Node names listed in the cluster facts before "and N more".
 NODES_LISTED = 12
 
@@ -244,7 +246,7 @@ def _verdict(data: ReportData, failure_ids: Mapping[str, str]) -> str:
     items = []
     for rule in data.rules:
         if rule.status == RULE_BROKEN:
-            where = f"; nodes {', '.join(rule.nodes)}" if rule.nodes else ""
+            where = f"; {rule.focus}" if rule.focus else ""
             items.append(
                 f'<li><b>broken</b>: <a href="#{rule.anchor}"><code>{_e(rule.check)}</code></a>'
                 f" &mdash; {_e(rule.rule)} <b>{_e(rule.counts_text())}{_e(where)}</b></li>"
@@ -263,10 +265,13 @@ def _verdict(data: ReportData, failure_ids: Mapping[str, str]) -> str:
     if deployment_error:
         items.append(f"<li><b>probe deployment failed</b>: {_e(one_line(deployment_error))}</li>")
     listing = f"<ul>{''.join(items)}</ul>" if items else ""
-    broken = [m for m in data.matrices if m.broken]
+    # The failing grids; on a small cluster where nothing failed, every grid (all green).
+    shown_grids = [m for m in data.matrices if m.broken]
+    if not shown_grids and all(len(m.nodes) <= BANNER_NODES_WHEN_HELD for m in data.matrices):
+        shown_grids = list(data.matrices)
     grids = "".join(
         _grid(members, failure_ids, f"{members[0].check}: {merged_title(members)}")
-        for members in merge_identical(broken)[:BANNER_GRIDS]
+        for members in merge_identical(shown_grids)[:BANNER_GRIDS]
     )
     shown = f'<div class="nc-grids nc-banner-grids">{grids}</div>' if grids else ""
     return (
@@ -362,7 +367,7 @@ def _rule_table(data: ReportData) -> str:
             if problems
             else ""
         )
-        nodes = ", ".join(rule.nodes) if rule.status == RULE_BROKEN else ""
+        nodes = rule.focus if rule.status == RULE_BROKEN else ""
         rows.append(
             f'<tr class="nc-r-{_slug(rule.status)}" data-check="{_e(rule.check)}">'
             f"<td>{_chip(rule.status)}</td>"

@@ -60,6 +60,8 @@ GRID_CORNER = "source \\ destination"
 SOURCE_KIND_POD = "pod"
 SOURCE_KIND_HOST = "host"
 _FAMILY_ORDER = {"ipv4": 0, "ipv6": 1}
+#: Grids of one check and family come in this protocol order (others after, as first seen).
+PROTOCOL_ORDER = ("tcp", "udp", "icmp")
 #: Cells that make a row or column "failing" for the ordering of large grids.
 _TROUBLE = (CELL_FAILED, CELL_UNTESTED)
 
@@ -199,7 +201,7 @@ def build_matrices(
     """Every matrix of the run: one per (check, family, protocol) among the results that name a
     source and a destination node. ``nodes`` (the tested nodes) order the axes; nodes seen
     only in results are added in node order. Matrices come in check order (as the checks first
-    reported), then IPv4 before IPv6, then protocols as first seen."""
+    reported), then IPv4 before IPv6, then tcp, udp, icmp (other protocols as first seen)."""
     flaky = flaky or {}
     grouped: dict[tuple[str, str, str, str], list[CheckResult]] = {}
     rules: dict[str, str] = {}
@@ -216,7 +218,7 @@ def build_matrices(
         )
         grouped.setdefault(key, []).append(result)
     check_order = {check: i for i, check in enumerate(rules)}
-    protocol_order: dict[str, int] = {}
+    protocol_order = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
     for _, _, protocol, _ in grouped:
         protocol_order.setdefault(protocol, len(protocol_order))
     matrices = []

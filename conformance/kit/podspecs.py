@@ -17,8 +17,10 @@ from conformance.kit.probes import (
     ROLE_SANDBOX,
     Probe,
     ProbeContainer,
+    hostport_probe,
     planned_probes,
 )
+from conformance.kit.services import BACKEND_LABEL, BACKEND_VALUE
 from conformance.kit.settings import Settings
 from conformance.probe_agent import agent_source
 
@@ -40,6 +42,8 @@ MOUNT_PATHS: Mapping[str, Mapping[str, str]] = {
 SEED_MOUNT = "/seed"
 SEED_FILE = "seed.txt"
 SEED_CONTENT = "written by the netconform seed init container\n"
+#: Every probe container's: when it fails, the tail of its log becomes its termination message.
+TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 
 
 # --- specs -----------------------------------------------------------------------------------
@@ -100,11 +104,64 @@ def serve_command(container: ProbeContainer) -> list[str]:
     return command
 
 
+# --- least privilege (README "Permissions") ---------------------------------------------------
+
+#: Roles whose agents need NET_RAW, which only root keeps (Kubernetes sets no ambient
+#: capabilities, so a non-root process loses added ones at exec): the pod-network probes are
+#: destinations whose agents record ICMP echoes on raw sockets and run packet captures
+#: (test_no_snat, test_node_to_pod, test_host_to_pod, test_full_size), and the hostNetwork probe
+#: sends ICMP echoes from the node's own stack, where the ping sockets' group range is the node's
+#: and a hostNetwork pod may not set it. The sandbox pods (TCP over localhost, their own restart)
+#: and the seed init container run as nobody, without any capability.
+NET_RAW_ROLES = (ROLE_PROBE, ROLE_PEER, ROLE_HOSTPROBE)
+#: ``nobody``: present in every common base image (alpine, debian, netshoot).
+NON_ROOT_USER = 65534
+
+
+def container_security(*, net_raw: bool) -> client.V1SecurityContext:
+    """Never privileged, no privilege escalation, every capability dropped; NET_RAW (and root,
+    to keep it) only where ``net_raw``, else the non-root `NON_ROOT_USER`."""
+    if net_raw:
+        return client.V1SecurityContext(
+            privileged=False,
+            allow_privilege_escalation=False,
+            run_as_user=0,
+            capabilities=client.V1Capabilities(drop=["ALL"], add=["NET_RAW"]),
+        )
+    return client.V1SecurityContext(
+        privileged=False,
+        allow_privilege_escalation=False,
+        run_as_non_root=True,
+        run_as_user=NON_ROOT_USER,
+        run_as_group=NON_ROOT_USER,
+        capabilities=client.V1Capabilities(drop=["ALL"]),
+    )
+
+
+def _resources(
+    requests_memory: str, limits_memory: str, limits_cpu: str
+) -> client.V1ResourceRequirements:
+    return client.V1ResourceRequirements(
+        requests={"cpu": "10m", "memory": requests_memory},
+        limits={"cpu": limits_cpu, "memory": limits_memory},
+    )
+
+
+#: The agent idles at 25-30 MB RSS (tests/unit/test_probe_agent_fuzz.py); a capture loads
+#: scapy, which roughly doubles it. Requests stay small so probes fit a busy node; limits bound
+#: a runaway agent without throttling a batch of parallel probes.
+CAPTURING_AGENT_RESOURCES = _resources("64Mi", "256Mi", "1")
+AGENT_RESOURCES = _resources("32Mi", "128Mi", "500m")
+SEED_RESOURCES = _resources("16Mi", "32Mi", "100m")
+
+
 #: Readiness of agent containers: the first probe waits up to this long for the agent.
 READINESS_FIRST_WAIT = 10
 #: Seconds between later readiness probes (the sandbox pod's restarts need a quicker eye).
 READINESS_PERIOD = 30
 READINESS_PERIOD_SANDBOX = 2
+#: The Service backend whose readiness the Service checks flip: kubelet must notice at once.
+READINESS_PERIOD_FLIPPED = 2
 
 
 def agent_container(
@@ -114,23 +171,36 @@ def agent_container(
     *,
     host_network: bool = False,
     readiness_period: int = READINESS_PERIOD,
+    readiness_failures: int = 3,
+    net_raw: bool = True,
+    host_ports: tuple[int, int] | None = None,
 ) -> client.V1Container:
-    """A container running the agent, Ready when the agent answers ``ping``.
+    """A container running the agent, Ready when the agent answers ``ping``; with ``net_raw``
+    it runs as root with NET_RAW only (raw ICMP, captures), else as nobody with nothing.
 
     hostNetwork containers declare no ports: declared ports become host ports, which kubelet
-    admission would reject on a conflict with a node service.
+    admission would reject on a conflict with a node service. ``host_ports`` (TCP, UDP) map
+    the agent's ports to those ports of the node (the hostPort probes).
     """
     ports = None
     if not host_network:
+        tcp_host, udp_host = host_ports or (None, None)
         ports = [
-            client.V1ContainerPort(name="tcp", container_port=container.tcp_port, protocol="TCP"),
-            client.V1ContainerPort(name="udp", container_port=container.udp_port, protocol="UDP"),
+            client.V1ContainerPort(
+                name="tcp", container_port=container.tcp_port, protocol="TCP", host_port=tcp_host
+            ),
+            client.V1ContainerPort(
+                name="udp", container_port=container.udp_port, protocol="UDP", host_port=udp_host
+            ),
         ]
     return client.V1Container(
         name=container.name,
         image=settings.probe_image,
         image_pull_policy=settings.image_pull_policy,
         command=serve_command(container),
+        # A crash (a port in use, no python3 in the image) leaves its stderr tail as the
+        # termination message, which the deployment quotes instead of waiting out its timeout.
+        termination_message_policy=TERMINATION_MESSAGE_POLICY,
         env=[_field_env(name, path) for name, path in AGENT_ENV],
         ports=ports,
         # The first probe waits for the agent (ping --wait), so the pod is Ready as soon as the
@@ -151,14 +221,10 @@ def agent_container(
             ),
             period_seconds=readiness_period,
             timeout_seconds=READINESS_FIRST_WAIT + 5,
-            failure_threshold=3,
+            failure_threshold=readiness_failures,
         ),
-        security_context=client.V1SecurityContext(
-            # NET_RAW: ICMP and the scapy sniffer. Nothing else is needed.
-            capabilities=client.V1Capabilities(add=["NET_RAW"]),
-            allow_privilege_escalation=False,
-        ),
-        resources=client.V1ResourceRequirements(requests={"cpu": "10m", "memory": "64Mi"}),
+        security_context=container_security(net_raw=net_raw),
+        resources=CAPTURING_AGENT_RESOURCES if net_raw and not host_network else AGENT_RESOURCES,
         volume_mounts=[
             client.V1VolumeMount(name="agent", mount_path=AGENT_DIR, read_only=True),
             *mounts,
@@ -176,18 +242,21 @@ def _pod(
     host_network: bool = False,
     init_containers: list[client.V1Container] | None = None,
 ) -> client.V1Pod:
+    labels = {
+        APP_LABEL: APP,
+        ROLE_LABEL: probe.role,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        RUN_LABEL: run_id,
+    }
+    if probe.role == ROLE_PEER:
+        labels[BACKEND_LABEL] = BACKEND_VALUE  # the Services' endpoints, one per node
     return client.V1Pod(
         api_version="v1",
         kind="Pod",
         metadata=client.V1ObjectMeta(
             name=probe.name,
             namespace=namespace,
-            labels={
-                APP_LABEL: APP,
-                ROLE_LABEL: probe.role,
-                MANAGED_BY_LABEL: MANAGED_BY,
-                RUN_LABEL: run_id,
-            },
+            labels=labels,
         ),
         spec=client.V1PodSpec(
             node_name=probe.node,
@@ -196,7 +265,12 @@ def _pod(
             restart_policy="Always",
             termination_grace_period_seconds=2,
             automount_service_account_token=False,
-            enable_service_links=False,
+            security_context=client.V1PodSecurityContext(
+                seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault")
+            ),
+            # The probe pods are where the Service environment variables are checked; they
+            # are created after the run's Services, so kubelet sets them.
+            enable_service_links=probe.role == ROLE_PROBE,
             # Pinned by spec.nodeName (the Node object's name, never a hostname): no scheduler.
             # Tolerations come from the options (pod_spec): a NoExecute taint would evict.
             tolerations=None,
@@ -243,15 +317,28 @@ def seed_container(settings: Settings) -> client.V1Container:
         image=settings.probe_image,
         image_pull_policy=settings.image_pull_policy,
         command=["python3", "-c", script],
+        termination_message_policy=TERMINATION_MESSAGE_POLICY,
         volume_mounts=[client.V1VolumeMount(name=SCRATCH_VOLUME, mount_path=SEED_MOUNT)],
-        resources=client.V1ResourceRequirements(requests={"cpu": "10m", "memory": "16Mi"}),
+        security_context=container_security(net_raw=False),
+        resources=SEED_RESOURCES,
     )
 
 
-def pod_spec(probe: Probe, namespace: str, run_id: str, settings: Settings) -> client.V1Pod:
+def pod_spec(
+    probe: Probe,
+    namespace: str,
+    run_id: str,
+    settings: Settings,
+    *,
+    containers: list[client.V1Container] | None = None,
+) -> client.V1Pod:
     """The pod object for ``probe``, pinned to its node by ``spec.nodeName``, tolerating the
-    taints the options allow and pulling with the ``--image-pull-secret`` secrets."""
-    pod = _role_pod(probe, namespace, run_id, settings)
+    taints the options allow and pulling with the ``--image-pull-secret`` secrets (a hostPort
+    probe: with its ``containers``)."""
+    if containers is not None:
+        pod = _pod(probe, namespace, run_id, containers, [])
+    else:
+        pod = _role_pod(probe, namespace, run_id, settings)
     assert pod.spec is not None
     pod.spec.tolerations = [
         client.V1Toleration(key=t.key, operator="Exists", effect=t.effect)
@@ -266,8 +353,10 @@ def pod_spec(probe: Probe, namespace: str, run_id: str, settings: Settings) -> c
 def images_to_pull(settings: Settings) -> tuple[str, ...]:
     """Every image a run's probe pods use (init containers included), sorted, once each."""
     images: set[str] = set()
-    for probe in planned_probes(["node"]):
-        spec = pod_spec(probe, "ns", "run", settings).spec
+    pods = [pod_spec(probe, "ns", "run", settings) for probe in planned_probes(["node"])]
+    pods.append(hostport_pod(hostport_probe("node"), (20000, 20001), "ns", "run", settings))
+    for pod in pods:
+        spec = pod.spec
         assert spec is not None
         images.update(str(c.image) for c in (spec.init_containers or []) + spec.containers)
     return tuple(sorted(images))
@@ -278,12 +367,20 @@ def _role_pod(probe: Probe, namespace: str, run_id: str, settings: Settings) -> 
         # The sandbox check waits for its restarted container to be Ready again: probe it often.
         period = READINESS_PERIOD_SANDBOX if probe.role == ROLE_SANDBOX else READINESS_PERIOD
         containers = [
-            agent_container(c, settings, _shared_mounts(c.name), readiness_period=period)
+            agent_container(
+                c,
+                settings,
+                _shared_mounts(c.name),
+                readiness_period=period,
+                net_raw=probe.role in NET_RAW_ROLES,
+            )
             for c in probe.containers
         ]
         init = [seed_container(settings)] if probe.role == ROLE_PROBE else None
         return _pod(probe, namespace, run_id, containers, _shared_volumes(), init_containers=init)
     if probe.role == ROLE_HOSTPROBE:
+        # hostNetwork: the node's own network stack is what test_node_to_pod and
+        # test_host_to_pod check (node agents reach pods); no other way to get it.
         return _pod(
             probe,
             namespace,
@@ -293,8 +390,34 @@ def _role_pod(probe: Probe, namespace: str, run_id: str, settings: Settings) -> 
             host_network=True,
         )
     if probe.role == ROLE_PEER:
-        return _pod(probe, namespace, run_id, [agent_container(probe.containers[0], settings)], [])
+        period = READINESS_PERIOD_FLIPPED if probe.readiness_target else READINESS_PERIOD
+        container = agent_container(
+            probe.containers[0],
+            settings,
+            readiness_period=period,
+            # One failed probe is enough: the readiness check turns it unready on purpose.
+            readiness_failures=1 if probe.readiness_target else 3,
+        )
+        return _pod(probe, namespace, run_id, [container], [])
     raise ValueError(f"unknown probe role {probe.role!r}")
+
+
+def hostport_pod(
+    probe: Probe,
+    host_ports: tuple[int, int],
+    namespace: str,
+    run_id: str,
+    settings: Settings,
+    *,
+    tcp_only: bool = False,
+) -> client.V1Pod:
+    """A hostPort probe: the agent's TCP and UDP ports mapped to the node's ``host_ports``
+    (with ``tcp_only``, the TCP one alone: the pod that asks for a taken port again). No raw
+    sockets or captures: it only answers on its listeners, as nobody."""
+    container = agent_container(probe.containers[0], settings, net_raw=False, host_ports=host_ports)
+    if tcp_only and container.ports:
+        container.ports = container.ports[:1]
+    return pod_spec(probe, namespace, run_id, settings, containers=[container])
 
 
 def to_manifest(obj: Any) -> dict[str, Any]:

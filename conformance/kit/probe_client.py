@@ -32,6 +32,7 @@ from conformance.kit.errors import (
     ProbeProtocolError,
     ProbeStreamError,
 )
+from conformance.kit.permissions import explain_forbidden
 from conformance.kit.podspecs import AGENT_PATH, agent_socket
 from conformance.kit.settings import Timeouts
 
@@ -96,6 +97,20 @@ def parse_exec_status(raw: str) -> tuple[int | None, str]:
             except ValueError:
                 break
     return None, message or raw.strip()
+
+
+def vanished_pod(handshake_error: str, pod: str) -> str | None:
+    """When an exec handshake was refused 404 because the pod no longer exists, one line saying
+    so (a probe evicted or deleted mid-run: its checks could not test); else None."""
+    if "Handshake status 404" not in handshake_error:
+        return None
+    body = handshake_error.rsplit("-+-+-", 1)[-1].strip()
+    try:
+        message = str(json.loads(body).get("message") or "")
+    except (ValueError, AttributeError):
+        message = ""
+    said = f" (the API server: {message})" if message else ""
+    return f"probe pod {pod} is gone: it was evicted or deleted during the run{said}"
 
 
 def _retryable_open(exc: BaseException) -> bool:
@@ -176,8 +191,12 @@ class ProbeClient:
         try:
             resp = self._open(pod, container, argv, stdin is not None and not use_argv_payload)
         except ApiException as exc:
+            explained = explain_forbidden(str(exc.reason))  # a 403 in the handshake's text
+            gone = vanished_pod(str(exc.reason), pod)  # a 404: the probe pod is no more
             raise ProbeExecError(
-                f"exec {' '.join(command)!r} could not start: {exc.reason}",
+                gone
+                or f"exec {' '.join(command)!r} could not start: {exc.reason}"
+                + (f"; {explained}" if explained else ""),
                 pod=pod,
                 container=container,
             ) from exc

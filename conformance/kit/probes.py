@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from conformance.kit.serial import JSONData
+from conformance.kit.services import ServiceFacts
 
 # Every role has one pod on every tested node.
 ROLE_PROBE = "probe"  # pod network, containers a and b with shared volumes
@@ -16,6 +17,9 @@ ROLE_PEER = "peer"  # pod network, the second pod of the node (same-node pairs)
 ROLE_HOSTPROBE = "hostprobe"  # hostNetwork: the node's own network stack
 ROLE_SANDBOX = "sandbox"  # pod network; the sandbox check kills one of its containers
 ROLES = (ROLE_PROBE, ROLE_PEER, ROLE_HOSTPROBE, ROLE_SANDBOX)
+#: Pod network, one container whose ports are mapped to host ports (the hostPort checks); made
+#: apart from the roles above, since the host ports are chosen and retried at deployment.
+ROLE_HOSTPORT = "hostport"
 
 # Two agents share a pod's network namespace, so each container gets its own ports.
 POD_PORTS = {"a": (8080, 8081), "b": (8082, 8083), "agent": (8080, 8081)}
@@ -47,6 +51,9 @@ class Probe(JSONData):
     containers: tuple[ProbeContainer, ...]
     pod_ips: tuple[str, ...] = ()
     host_ip: str = ""
+    #: The Service backend whose readiness the Service checks turn off and on again (the
+    #: first node's peer): probed for readiness often, so the flip shows quickly.
+    readiness_target: bool = False
 
     def container(self, name: str | None = None) -> ProbeContainer:
         """The container ``name`` (the first one by default)."""
@@ -72,6 +79,8 @@ class ProbeMap(JSONData):
     #: IP families the user required (``--ip-family ipv4|ipv6|dual``; empty for ``auto``): a
     #: probe without an address of one of them breaks a rule instead of skipping.
     required_families: tuple[int, ...] = ()
+    #: The run's Services as the cluster made them (the Service checks); None before they exist.
+    services: ServiceFacts | None = None
 
     def of_role(self, role: str) -> tuple[Probe, ...]:
         return tuple(p for p in self.probes if p.role == role)
@@ -107,7 +116,23 @@ def planned_probes(nodes: Sequence[str]) -> tuple[Probe, ...]:
         ROLE_SANDBOX: pair,
     }
     return tuple(
-        Probe(pod_name(role, node), role, node, containers[role])
+        Probe(
+            pod_name(role, node),
+            role,
+            node,
+            containers[role],
+            readiness_target=role == ROLE_PEER and node == nodes[0],
+        )
         for node in nodes
         for role in ROLES
     )
+
+
+def hostport_probe(node: str, attempt: int = 0) -> Probe:
+    """The hostPort probe of ``node`` (``hostport-<node>``; a later attempt, after a port
+    conflict, ``hostport-<node>-<attempt>``: the refused pod stays, with kubelet's reason)."""
+    name = pod_name(ROLE_HOSTPORT, node)
+    if attempt:
+        suffix = f"-{attempt}"
+        name = name[: 63 - len(suffix)].rstrip("-.") + suffix
+    return Probe(name, ROLE_HOSTPORT, node, (ProbeContainer("agent", *POD_PORTS["agent"]),))

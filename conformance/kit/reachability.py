@@ -36,13 +36,21 @@ from tenacity import (
     wait_exponential,
 )
 
+from conformance.kit.deploy import PodLife, changed_pods
 from conformance.kit.errors import ProbeCallError, SweepError
 from conformance.kit.parallel import in_parallel as calls_in_parallel
-from conformance.kit.probe_client import ProbeClient, ProbeResponse, canonical_ip, require_ok
-from conformance.kit.probes import Probe, ProbeMap
+from conformance.kit.probe_client import (
+    ProbeClient,
+    ProbeResponse,
+    address_of_family,
+    canonical_ip,
+    require_ok,
+)
+from conformance.kit.probes import ROLE_HOSTPROBE, ROLE_PEER, ROLE_PROBE, Probe, ProbeMap
 from conformance.kit.runstate import RunInfo, once
 from conformance.kit.serial import JSONData
 from conformance.kit.settings import Timeouts
+from conformance.probe_agent import call_budget
 
 #: The marker a check carries when its exchanges come from the sweep.
 MARKER = "swept_by"
@@ -56,6 +64,14 @@ MAX_CAPTURE_SECONDS = 300.0
 RECORD = "reachability"
 #: Bytes of a full-size TCP transfer (`Target.full_size`).
 TRANSFER_BYTES = 1 << 20
+#: Kinds of exchange (`Target.kind`): one exchange with an agent's listener (through its own
+#: address, or a Service, NodePort or hostPort in front of it); a spread of connections
+#: through a Service's address; a connection that must be refused promptly.
+KIND_EXCHANGE = "exchange"
+KIND_SPREAD = "spread"
+KIND_REFUSAL = "refusal"
+#: Connections a spread keeps open at once (inside one agent request).
+SPREAD_PARALLEL = 8
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,8 @@ class Endpoint(JSONData):
 
     @property
     def label(self) -> str:
-        return f"{self.pod}/{self.container}"
+        """``pod/container``; the bare name for what is no agent (a Service)."""
+        return f"{self.pod}/{self.container}" if self.container else self.pod
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,13 @@ class Target(JSONData):
     (the sweep asks the source for them). ``full_size``: the exchange carries full-size
     packets (TCP: a `TRANSFER_BYTES` transfer; UDP and ICMP: a datagram or echo of the source
     interface's MTU with Don't Fragment), and must arrive intact.
+
+    ``kind`` (`KIND_EXCHANGE`, `KIND_SPREAD`, `KIND_REFUSAL`) says what the exchange is.
+    ``servers``: the pods that may answer at ``host`` (a Service, NodePort or hostPort in front
+    of them): for an exchange the one that answers must be one of them, for a spread each must
+    answer at least once in ``max_tries`` tries; ``unwanted_servers`` must not answer (a
+    backend that is not ready). Such targets are judged from the client's side alone: the
+    answers name their server (``destination`` then names the Service, or the node).
     """
 
     check: str
@@ -95,20 +119,40 @@ class Target(JSONData):
     allowed_sources: tuple[str, ...] | None = None
     source_is_node: bool = False
     full_size: bool = False
+    kind: str = KIND_EXCHANGE
+    servers: tuple[str, ...] | None = None
+    unwanted_servers: tuple[str, ...] = ()
+    max_tries: int = 0
 
     @property
     def key(self) -> str:
         """Unique in a run, and the same whichever process plans it."""
         size = ":full-size" if self.full_size else ""
+        kind = "" if self.kind == KIND_EXCHANGE else f":{self.kind}"
         return (
-            f"{self.check}:{self.proto}{size}:{self.source.label}->{self.destination.label}"
+            f"{self.check}:{self.proto}{size}{kind}:{self.source.label}->{self.destination.label}"
             f"@{target_text(self.proto, self.host, self.port)}"
         )
+
+    @property
+    def asks_destination(self) -> bool:
+        """The destination's agent is asked what it recorded (an exchange with one agent)."""
+        return self.kind == KIND_EXCHANGE and self.servers is None
+
+    @property
+    def settled_by_one_try(self) -> bool:
+        """One agent request decides the target: a spread is many tries in itself, and a
+        refusal that times out is the failure, not a reason to try again."""
+        return self.kind != KIND_EXCHANGE
 
     @property
     def what(self) -> str:
         """``tcp``, or for full-size exchanges ``tcp transfer of 1048576 bytes``, ``udp
         datagram of the interface MTU (DF)``..."""
+        if self.kind == KIND_SPREAD:
+            return f"{self.proto} spread of up to {self.max_tries} connections"
+        if self.kind == KIND_REFUSAL:
+            return f"{self.proto} connection"
         if not self.full_size:
             return self.proto
         return {
@@ -146,6 +190,71 @@ def without_address(family: int, probes: Sequence[Probe], probe_map: ProbeMap) -
     return Unplanned(f"no IPv{family} address on {names}")
 
 
+def pod_to_pod(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap, *, full_size: bool = False
+) -> Sequence[Target] | Unplanned:
+    """The exchange of a pod pair item (``proto``, ``family``, ``node_pair``): from the probe pod
+    of the source node to the probe pod of the destination node (to the peer pod on the same
+    node). Small packets are captured and may come only from the source pod's own IP;
+    full-size ones must arrive intact."""
+    proto, family, pair = params["proto"], params["family"], params["node_pair"]
+    source = probe_map.get(ROLE_PROBE, pair.src)
+    target = probe_map.get(ROLE_PEER if pair.same_node else ROLE_PROBE, pair.dst)
+    src_ip = address_of_family(source.pod_ips, family)
+    dst_ip = address_of_family(target.pod_ips, family)
+    if src_ip is None or dst_ip is None:
+        lacking = [p for p, ip in ((source, src_ip), (target, dst_ip)) if ip is None]
+        return without_address(family, lacking, probe_map)
+    container = target.container()
+    return [
+        Target(
+            check=check,
+            proto=proto,
+            family=family,
+            source=Endpoint(source.name, source.container().name, source.node),
+            destination=Endpoint(target.name, container.name, target.node),
+            host=dst_ip,
+            port=container.port(proto),
+            capture=not full_size,
+            allowed_sources=None if full_size else (src_ip,),
+            full_size=full_size,
+        )
+    ]
+
+
+def host_to_pods(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap, source: str, destination: str
+) -> Sequence[Target] | Unplanned:
+    """The exchanges from the host network of node ``source`` to the probe and peer pods of
+    node ``destination`` (``proto`` and ``family`` from the item's parameters); the pods may
+    see any address of the source node."""
+    proto, family = params["proto"], params["family"]
+    host = probe_map.get(ROLE_HOSTPROBE, source)
+    pods = [probe_map.get(role, destination) for role in (ROLE_PROBE, ROLE_PEER)]
+    lacking = [pod for pod in pods if address_of_family(pod.pod_ips, family) is None]
+    if lacking:
+        return without_address(family, lacking, probe_map)
+    planned = []
+    for pod in pods:
+        dst_ip = address_of_family(pod.pod_ips, family)
+        assert dst_ip is not None
+        container = pod.container()
+        planned.append(
+            Target(
+                check=check,
+                proto=proto,
+                family=family,
+                source=Endpoint(host.name, host.container().name, source),
+                destination=Endpoint(pod.name, container.name, destination),
+                host=dst_ip,
+                port=container.port(proto),
+                allowed_sources=tuple(probe_map.node_addresses.get(source, ())),
+                source_is_node=True,
+            )
+        )
+    return planned
+
+
 #: ``planner(params, probe_map)``: the targets of one test item from its parameters.
 Planner = Callable[[Mapping[str, Any], ProbeMap], "Sequence[Target] | Unplanned"]
 
@@ -169,6 +278,12 @@ class Exchange(JSONData):
     def peer_seen(self) -> str | None:
         """The source address the destination reported back to the client."""
         return canonical_ip(self.client_response.get("peer_seen"))
+
+    @property
+    def server(self) -> str | None:
+        """The pod that answered, as its agent named itself (None when it did not)."""
+        value = self.client_response.get("server")
+        return str(value) if value else None
 
     def describe(self) -> str:
         return (
@@ -304,6 +419,19 @@ def probe_request(target: Target, nonce: str, timeout: float) -> dict[str, Any]:
     address) echo, or a TCP/UDP exchange with the listener at ``host``:``port``; full-size:
     a TCP transfer, or a datagram or echo as large as the interface MTU with Don't Fragment."""
     request: dict[str, Any] = {"host": target.host, "nonce": nonce, "timeout": timeout}
+    if target.kind == KIND_SPREAD:
+        # Until every wanted and unwanted server answered: while the unwanted stay silent,
+        # every try is made, so a stale endpoint has every chance to show.
+        expect = [*(target.servers or ()), *target.unwanted_servers]
+        request.update(
+            op="spread",
+            proto=target.proto,
+            port=target.port,
+            expect_servers=expect,
+            max_tries=target.max_tries,
+            parallel=SPREAD_PARALLEL,
+        )
+        return request
     if target.proto == "icmp":
         request["op"] = "icmp"
     elif target.full_size and target.proto == "tcp":
@@ -417,7 +545,11 @@ class _State:
 
     @property
     def pending(self) -> bool:
-        return self.error is None and not self.response.get("ok")
+        if self.error is not None:
+            return False
+        if self.target.settled_by_one_try:
+            return self.attempts == 0
+        return not self.response.get("ok")
 
     def allowed_sources(self) -> tuple[str, ...] | None:
         allowed = self.target.allowed_sources
@@ -457,6 +589,7 @@ def run_sweep(
     *,
     max_parallel: int = MAX_PARALLEL_CALLS,
     nonce_prefix: str | None = None,
+    pods: Callable[[], Mapping[str, PodLife] | None] | None = None,
 ) -> list[Outcome]:
     """Probe every target: pass one (one try each), pass two (retries of the failed ones, up to
     ``reach_attempts`` tries in all), then read back listener records and captures.
@@ -465,6 +598,11 @@ def run_sweep(
     through its own API client; inside a source's batch the agent runs `PARALLEL_PROBES`
     exchanges at once. A container that cannot be asked (`ProbeCallError`) makes its targets'
     outcomes carry ``error``; nothing else is retried or hidden.
+
+    With ``pods`` (the probe pods' lives, `conformance.kit.deploy.pod_lives`), the pods are
+    looked at before and after: an exchange with a pod that was evicted, deleted or replaced,
+    or whose container restarted meanwhile, carries ``error`` too (what its ends saw is not
+    evidence about the network), never a verdict.
     """
     timeouts = client.timeouts
     # One prefix per sweep, one nonce per exchange: a destination's capture and listener
@@ -474,6 +612,7 @@ def run_sweep(
     if not states:
         return []
     workers = max(1, min(max_parallel, len(states)))
+    before = pods() if pods is not None else None
 
     def in_parallel(
         groups: Mapping[Endpoint, list[_State]],
@@ -529,11 +668,15 @@ def run_sweep(
     )
 
     def probe(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:
+        requests = [probe_request(s.target, s.nonce, timeouts.probe) for s in group]
+        # A spread is many connections in one request: its exec lasts as long as it may.
+        lasting = call_budget(requests, PARALLEL_PROBES) + timeouts.exec_overhead
         answers = own.call(
             endpoint.pod,
             endpoint.container,
-            [probe_request(s.target, s.nonce, timeouts.probe) for s in group],
+            requests,
             parallel=PARALLEL_PROBES,
+            timeout=max(timeouts.exec_budget(len(requests), PARALLEL_PROBES), lasting),
         )
         for state, answer in zip(group, answers, strict=True):
             state.attempts += 1
@@ -601,8 +744,31 @@ def run_sweep(
     ):
         probe_rounds(phase)
         in_parallel(
-            _by((s for s in phase if s.error is None), lambda s: s.target.destination), collect
+            _by(
+                (s for s in phase if s.error is None and s.target.asks_destination),
+                lambda s: s.target.destination,
+            ),
+            collect,
         )
+        # Exchanges through a Service, NodePort or hostPort are judged by what the client got.
+        for state in phase:
+            if state.error is None and not state.target.asks_destination:
+                state.exchange = exchange_of(
+                    state.target,
+                    attempts=state.attempts,
+                    response=state.response,
+                    records=[],
+                    packets=None,
+                    capture_error=None,
+                )
+    after = pods() if pods is not None and before is not None else None
+    if before is not None and after is not None:
+        changed = changed_pods(before, after)
+        for state in states:
+            ends = (state.target.source.pod, state.target.destination.pod)
+            why = next((changed[p] for p in ends if p in changed), None)
+            if why is not None and state.error is None:
+                state.error = f"{why} (during the reachability sweep)"
     return [
         Outcome(
             target=state.target,
@@ -622,16 +788,21 @@ def run_sweep(
 
 
 def sweep_once(
-    run: RunInfo, items: Iterable[Any], probe_map: ProbeMap, client: ProbeClient
+    run: RunInfo,
+    items: Iterable[Any],
+    probe_map: ProbeMap,
+    client: ProbeClient,
+    *,
+    pods: Callable[[], Mapping[str, PodLife] | None] | None = None,
 ) -> Sweep:
     """Plan every swept item and probe every target, on the first call in the whole run (any
     process); later calls read the result back. A sweep that failed is not repeated: every
-    later caller gets the same `SweepError`."""
+    later caller gets the same `SweepError`. ``pods``: see `run_sweep`."""
 
     def compute() -> Sweep:
         started = monotonic()
         plans, targets = plan_for_items(items, probe_map)
-        outcomes = run_sweep(client, targets)
+        outcomes = run_sweep(client, targets, pods=pods)
         return Sweep(
             items=plans,
             outcomes={o.target.key: o for o in outcomes},

@@ -7,7 +7,9 @@ the HTML report draws them as its rule table and the terminal ends with one `rul
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,12 +40,18 @@ COUNT_WORDS = (
     ("xpassed", "xpassed"),
 )
 _PLACE_NODE_KEYS = ("source", "destination", "node")
+#: Nodes a rule's focus sentence names before "and N more".
+NODES_NAMED = 8
 
 
 def anchor_for(kind: str, name: str) -> str:
-    """An HTML id: ``kind-`` and ``name`` with anything but letters, digits, ``_`` and ``-``
-    replaced, so node IDs and check names make valid, stable fragment links."""
-    return f"{kind}-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")
+    """An HTML id, ``kind-`` then ``name``: runs of anything but letters, digits and ``_``
+    become one ``-``, and a name changed so gets a short digest of itself, so distinct names
+    (node IDs) keep distinct, stable ids."""
+    slug = re.sub(r"[^A-Za-z0-9_]+", "-", name).strip("-")
+    if slug != name:
+        slug += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{kind}-{slug}"
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,12 @@ class RuleSummary(JSONData):
     #: Node IDs of the checks that failed (the rule is broken there) and that could not test.
     failed: tuple[str, ...] = ()
     could_not_test: tuple[str, ...] = ()
-    #: Nodes named by the places of the failed checks, in node order.
+    #: Nodes named by the places of the failed checks, in node order; those named by every
+    #: failed check; and one sentence on them (``every failure involves node-3 (as
+    #: destination 4)``, or ``nodes node-1, node-2, node-3``).
     nodes: tuple[str, ...] = ()
+    common_nodes: tuple[str, ...] = ()
+    focus: str = ""
 
     @property
     def anchor(self) -> str:
@@ -100,6 +112,38 @@ def nodes_of(results: Sequence[CheckResult]) -> tuple[str, ...]:
     return tuple(sorted(found, key=natural_key))
 
 
+def _roles(result: CheckResult) -> dict[str, str]:
+    """node -> its role in one check's place: source, destination, same node, or node."""
+    place = result.place
+    source, destination = place.get("source"), place.get("destination")
+    if source and destination:
+        if source == destination:
+            return {source: "same node"}
+        return {source: "source", destination: "destination"}
+    return {place["node"]: "node"} if place.get("node") else {}
+
+
+def failure_focus(failed: Sequence[CheckResult]) -> tuple[tuple[str, ...], str]:
+    """(nodes in every failed check, a sentence naming where the failures are)."""
+    roles = [_roles(r) for r in failed]
+    if not roles or not all(roles):
+        return (), ""
+    common = set(roles[0]).intersection(*roles[1:])
+    ordered = sorted(common, key=natural_key)
+    if ordered:
+
+        def how(node: str) -> str:
+            counts = Counter(r[node] for r in roles)
+            return ", ".join(f"as {role} {n}" for role, n in sorted(counts.items()))
+
+        named = " and ".join(f"{n} ({how(n)})" for n in ordered[:NODES_NAMED])
+        return tuple(ordered), f"every failure involves {named}"
+    involved = sorted({n for r in roles for n in r}, key=natural_key)
+    shown = ", ".join(involved[:NODES_NAMED])
+    more = f" and {len(involved) - NODES_NAMED} more" if len(involved) > NODES_NAMED else ""
+    return (), f"nodes {shown}{more}"
+
+
 def summarize_rules(
     results: Sequence[CheckResult], flaky: Mapping[str, str] | None = None
 ) -> list[RuleSummary]:
@@ -112,6 +156,7 @@ def summarize_rules(
     for check, checked in by_check.items():
         counts = count_outcomes(checked)
         failed = [r for r in checked if r.outcome == "failed"]
+        common, focus = failure_focus(failed)
         rules.append(
             RuleSummary(
                 check=check,
@@ -124,6 +169,8 @@ def summarize_rules(
                 failed=tuple(r.nodeid for r in failed),
                 could_not_test=tuple(r.nodeid for r in checked if r.outcome == "error"),
                 nodes=nodes_of(failed),
+                common_nodes=common,
+                focus=focus,
             )
         )
     return rules
@@ -133,8 +180,8 @@ def rule_line(rule: RuleSummary) -> str:
     """The terminal line of a rule: ``BROKEN          test_no_snat: 18 failed, 9 passed; nodes
     node-1, node-2, node-3``."""
     line = f"{rule.status.upper():<15} {rule.check}: {rule.counts_text()}"
-    if rule.status == RULE_BROKEN and rule.nodes:
-        line += f"; nodes {', '.join(rule.nodes)}"
+    if rule.status == RULE_BROKEN and rule.focus:
+        line += f"; {rule.focus}"
     if rule.skip_reasons and rule.status == RULE_SKIPPED:
         line += f" ({one_line('; '.join(rule.skip_reasons), 160)})"
     return line

@@ -4,8 +4,9 @@ its ``DSession`` apart from its plugin module.
 
 - `XdistController` hands the run's identity to each xdist worker;
 - `RunReporter` collects conformance results (xdist reports arrive in the controller too) and,
-  at the end, writes ``summary.json`` and the JUnit properties, dumps and deletes the run
-  namespace (`end_run`);
+  at the end, writes ``summary.json`` (with the rule table and the node-by-node matrices) and
+  the JUnit properties, dumps and deletes the run namespace (`end_run`), ends the terminal
+  output with one line per rule, and puts the report's block at the top of pytest-html's page;
 - `ExitGate` sorts outcomes into "rule broken" and "could not test" and sets the exit code.
 """
 
@@ -27,8 +28,14 @@ from conformance.kit.deploy import RECORD as DEPLOYMENT_RECORD
 from conformance.kit.deploy import Deployment
 from conformance.kit.errors import ClusterError
 from conformance.kit.htmlreport import pytest_html_block
+from conformance.kit.lease import LeaseKeeper
 from conformance.kit.matrices import build_matrices, text_matrices
-from conformance.kit.namespace import delete_namespace, dump_namespace
+from conformance.kit.namespace import (
+    STALE_SWEEP_RECORD,
+    StaleSweep,
+    delete_namespace,
+    dump_namespace,
+)
 from conformance.kit.pairs import plan_node_pairs
 from conformance.kit.reachability import RECORD as SWEEP_RECORD
 from conformance.kit.reachability import Sweep
@@ -178,14 +185,41 @@ class XdistController:
         node.workerinput[WORKERINPUT_KEY] = self.run.to_dict()
 
 
+class LeaseRenewer:
+    """Keeps the run namespace's lease (`conformance.kit.lease`) for the whole run, from the
+    controller (or the only process), which outlives every xdist worker: renewing starts with
+    the session but touches the cluster only once a deployment started (whichever process
+    deploys creates the namespace, leased), and stops when pytest unconfigures, after the
+    namespace was deleted. A SIGKILLed run stops renewing, so its lease runs out."""
+
+    def __init__(self, config: pytest.Config, run: RunInfo) -> None:
+        settings = config.stash[SETTINGS_KEY]
+        self.keeper = LeaseKeeper(
+            run.namespace,
+            settings.run_lease,
+            make_core=lambda: client.CoreV1Api(make_api_client(settings)),
+            wanted=lambda: peek(run, DEPLOYMENT_RECORD) is not None,
+            timeouts=settings.timeouts,
+        )
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.keeper.start()
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.keeper.stop()
+
+
 class RunReporter:
     """Collects conformance results (xdist reports arrive here in the controller too) and, at
     the end of the session, writes the summary and JUnit properties, then dumps and deletes
     the run namespace. Registered only in the controller or the single process."""
 
-    def __init__(self, config: pytest.Config, run: RunInfo) -> None:
+    def __init__(
+        self, config: pytest.Config, run: RunInfo, lease: LeaseKeeper | None = None
+    ) -> None:
         self.config = config
         self.run = run
+        self.lease = lease
         self.collector = SummaryCollector()
         self.seen_conformance = False
         self.started = monotonic()
@@ -194,6 +228,18 @@ class RunReporter:
         self.rule_lines: list[str] = []
         #: The run's summary once written (the HTML report is drawn from it).
         self.summary: dict[str, Any] | None = None
+        #: Node ID -> position in collection order, so reports keep the suite's order even when
+        #: xdist workers report in the order they finish.
+        self.collected: dict[str, int] = {}
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            self.collected.setdefault(item.nodeid, len(self.collected))
+
+    @pytest.hookimpl(optionalhook=True)  # xdist's hook: the controller collects nothing itself
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        for nodeid in ids:
+            self.collected.setdefault(nodeid, len(self.collected))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         properties = dict(report.user_properties)
@@ -221,7 +267,10 @@ class RunReporter:
         if record is None and not self.seen_conformance:
             return  # no conformance test ran: nothing to report, nothing to clean
         junit_properties(self.config, run_properties(self.run, record))
-        results = self.collector.results()
+        results = sorted(
+            self.collector.results(),
+            key=lambda r: self.collected.get(r.nodeid, len(self.collected)),
+        )
         flaky = self.collector.flaky()
         self.lines.extend(flaky_line(nodeid, flaky[nodeid]) for nodeid in sorted(flaky))
         deployment = deployment_of(record)
@@ -272,6 +321,12 @@ class RunReporter:
                 "lost": sum(o.attempts - int(o.reached) for o in sweep.outcomes.values()),
                 "seconds": sweep.seconds,
             }
+        stale = read_value(self.run, STALE_SWEEP_RECORD, StaleSweep.from_dict)
+        if stale is not None:  # --cleanup-stale: what it deleted, and why it kept the rest
+            summary["stale_namespaces"] = stale.to_dict()
+            self.lines.extend(stale.lines())
+        if self.lease is not None and (renewals := self.lease.summary()):
+            self.lines.append(renewals)
         if found is not None:
             summary["excluded_nodes"] = dict(sorted(found.excluded.items()))
             junit_properties(

@@ -26,6 +26,9 @@ CONTROL_PLANE_TAINT_KEYS = (
 )
 #: Where ``--image-pull-secret NAME`` (no namespace given) is copied from.
 DEFAULT_SECRET_NAMESPACE = "default"
+#: Seconds a run's lease on its namespace lasts unless renewed (``--run-lease``; see
+#: `conformance.kit.lease`): generous, as a busy API server may refuse a few renewals.
+DEFAULT_RUN_LEASE = 300.0
 
 # A label key is an optional DNS-subdomain prefix and a name; values are short names.
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -63,6 +66,13 @@ class Timeouts:
     reach_attempts: int = 3
     #: A killed sandbox container restarted and Ready again.
     container_restart: float = 180.0
+    #: A second pod asking for a taken hostPort refused (or running) on its node.
+    hostport_clash: float = 30.0
+    #: A backend's readiness change shown in its Service's EndpointSlice.
+    endpoint_update: float = 30.0
+    #: The Service data plane of every node following an EndpointSlice change (kube-proxy syncs
+    #: at most every second by default).
+    endpoint_follow: float = 10.0
     #: Run namespace gone after deletion (finalizers, pod termination).
     namespace_delete: float = 180.0
 
@@ -194,6 +204,17 @@ def parse_pairs_seed(text: str) -> int:
     return value
 
 
+def parse_run_lease(text: str) -> float:
+    """Seconds, at least 5 and at most a day (``--run-lease``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"--run-lease: {text!r} is not a number of seconds") from None
+    if not 5 <= value <= 86400:
+        raise pytest.UsageError(f"--run-lease: must be in [5, 86400] seconds, got {value}")
+    return value
+
+
 def parse_probe_image(text: str) -> str:
     """A non-empty image reference without whitespace."""
     if not text or any(ch.isspace() for ch in text):
@@ -273,6 +294,8 @@ class Settings:
     keep_namespace: bool = False
     ip_family: str = "auto"
     cleanup_stale: bool = False
+    #: ``--run-lease``: seconds the run's lease on its namespace lasts unless renewed.
+    run_lease: float = DEFAULT_RUN_LEASE
     #: A pass on retry counts as broken (``--strict-reachability``).
     strict: bool = False
     #: ``--pairs``: ``all``, ``auto`` or ``sample:K``; ``--pairs-seed`` (None: random per run).
@@ -313,6 +336,7 @@ class Settings:
             keep_namespace=bool(config.getoption("netconform_keep_namespace")),
             ip_family=config.getoption("netconform_ip_family"),
             cleanup_stale=bool(config.getoption("netconform_cleanup_stale")),
+            run_lease=float(config.getoption("netconform_run_lease", DEFAULT_RUN_LEASE)),
             strict=bool(config.getoption("netconform_strict", False)),
             pairs=config.getoption("netconform_pairs", "auto"),
             pairs_seed=config.getoption("netconform_pairs_seed", None),

@@ -16,7 +16,15 @@ import pytest
 
 from conformance.kit.errors import ProbeCallError
 from conformance.kit.pairs import natural_key
-from conformance.kit.reachability import Outcome, Sweep, Unplanned
+from conformance.kit.probe_client import ProbeResponse, canonical_ip
+from conformance.kit.reachability import (
+    KIND_REFUSAL,
+    KIND_SPREAD,
+    Exchange,
+    Outcome,
+    Sweep,
+    Unplanned,
+)
 from conformance.kit.report import (
     ATTEMPTS_PROPERTY,
     FLAKY_PROPERTY,
@@ -25,6 +33,77 @@ from conformance.kit.report import (
 )
 
 UserProperties = list[tuple[str, object]]
+#: How a connection is refused promptly: a TCP reset, or an ICMP unreachable (port, host or
+#: network) as kube-proxy's REJECT rules and kube-proxy replacements send.
+REFUSALS = frozenset({"ECONNREFUSED", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN"})
+
+
+def names_text(names: Sequence[str]) -> str:
+    """``peer-node-1``, ``peer-node-1 and peer-node-2``, ``a, b and c``."""
+    listed = list(names)
+    if len(listed) <= 1:
+        return "".join(listed) or "nobody"
+    return ", ".join(listed[:-1]) + f" and {listed[-1]}"
+
+
+def spread_text(response: ProbeResponse) -> str:
+    """What a spread saw: ``answered: peer-node-1 7, peer-node-2 5; failed: ETIMEDOUT 3
+    (first: ...)``."""
+    servers = response.get("servers") or {}
+    errors = response.get("errors") or {}
+    parts = ["answered: " + (", ".join(f"{s} {n}" for s, n in sorted(servers.items())) or "nobody")]
+    if errors:
+        examples = response.get("error_examples") or []
+        first = f" (first: {examples[0]})" if examples else ""
+        parts.append("failed: " + ", ".join(f"{e} {n}" for e, n in sorted(errors.items())) + first)
+    return "; ".join(parts)
+
+
+def spread_problems(outcome: Outcome, result: Exchange) -> list[str]:
+    """A spread through a Service: every wanted server answered at least once, no unwanted
+    one answered, and (with allowed sources) every server saw only allowed sources."""
+    response = result.client_response
+    target = outcome.target
+    if not response.get("ok"):
+        return [f"the spread could not run: {response.get('error')}"]
+    counts = {str(k): int(v) for k, v in (response.get("servers") or {}).items()}
+    tries = response.get("tries")
+    found = []
+    missing = [s for s in target.servers or () if not counts.get(s)]
+    if missing:
+        found.append(
+            f"{names_text(missing)} never answered in {tries} connections ({spread_text(response)})"
+        )
+    stale = [s for s in target.unwanted_servers if counts.get(s)]
+    if stale:
+        reached = sum(counts[s] for s in stale)
+        found.append(
+            f"{names_text(stale)} (not ready) answered {reached} of {tries} connections "
+            f"({spread_text(response)})"
+        )
+    allowed = outcome.allowed_sources
+    if allowed is not None:
+        for server, seen in sorted((response.get("peers") or {}).items()):
+            other = sorted({canonical_ip(a) or str(a) for a in seen} - set(allowed))
+            if other:
+                found.append(f"{server} saw source {other}")
+    return found
+
+
+def refusal_problems(result: Exchange) -> list[str]:
+    """A connection to a Service without endpoints: refused at once (`REFUSALS`), never
+    answered, never left to time out."""
+    response = result.client_response
+    if response.get("ok"):
+        return [
+            f"{result.server or 'something'} answered, although the Service has no ready endpoint"
+        ]
+    errno = response.get("errno")
+    if errno in REFUSALS:
+        return []
+    if errno == "ETIMEDOUT":
+        return [f"not refused: the connection timed out ({response.get('error')})"]
+    return [f"not refused but {errno or 'failed'}: {response.get('error')}"]
 
 
 def problems(outcome: Outcome) -> list[str]:
@@ -33,6 +112,10 @@ def problems(outcome: Outcome) -> list[str]:
     result = outcome.exchange
     if outcome.error is not None or result is None:
         return []
+    if outcome.target.kind == KIND_SPREAD:
+        return spread_problems(outcome, result)
+    if outcome.target.kind == KIND_REFUSAL:
+        return refusal_problems(result)
     if not result.reached:
         error = result.client_response.get("error")
         if outcome.target.full_size:
@@ -40,6 +123,12 @@ def problems(outcome: Outcome) -> list[str]:
                 f"not delivered intact after {result.attempts} attempt(s): {error}{sizes(outcome)}"
             ]
         return [f"no answer after {result.attempts} attempt(s): {error}"]
+    servers = outcome.target.servers
+    if servers is not None and result.server not in servers:
+        return [
+            f"answered by {result.server or 'something that did not say who it is'}, "
+            f"not by {names_text(servers) if len(servers) < 4 else 'one of ' + str(list(servers))}"
+        ]
     allowed = outcome.allowed_sources
     if allowed is None:
         if outcome.target.full_size and not result.listener_peers:
@@ -113,7 +202,9 @@ def failure_summary(failed: Sequence[Outcome], check: str) -> str:
     roles: dict[str, Counter[str]] = {}
     for outcome in failed:
         src, dst = outcome.target.source.node, outcome.target.destination.node
-        if src == dst:
+        if not dst:  # a Service: only the source is a node
+            roles.setdefault(src, Counter())["source"] += 1
+        elif src == dst:
             roles.setdefault(src, Counter())["same-node"] += 1
         else:
             roles.setdefault(src, Counter())["source"] += 1
@@ -210,8 +301,17 @@ class ItemExchanges:
     ) -> str:
         targets = [o.target for o in self.outcomes]
         protocols = sorted({f"{t.proto} over IPv{t.family}" for t in targets})
-        pods = list(dict.fromkeys(p for t in targets for p in (t.source.pod, t.destination.pod)))
-        nodes = list(dict.fromkeys(n for t in targets for n in (t.source.node, t.destination.node)))
+        pods = list(
+            dict.fromkeys(
+                p
+                for t in targets
+                for p in (t.source.pod, t.destination.pod if t.destination.container else "")
+                if p
+            )
+        )
+        nodes = list(
+            dict.fromkeys(n for t in targets for n in (t.source.node, t.destination.node) if n)
+        )
         allowed = sorted({a for o in self.outcomes for a in (o.allowed_sources or ())})
         if expected is None:
             expected = "every exchange answered" + (

@@ -78,6 +78,11 @@ MAX_RECORDS = 20000
 MAX_FILE_BYTES = 256 << 20
 MAX_TIMEOUT = 120.0
 MAX_CAPTURE_SECONDS = 300.0
+MAX_SPREAD_TRIES = 4096  # connections of one spread
+MAX_SPREAD_PARALLEL = 32  # connections of one spread at once
+MAX_SPREAD_SERVERS = 4096  # expected servers of one spread
+SPREAD_SECONDS = MAX_TIMEOUT  # a spread starts no try after this long
+MAX_NAME_LENGTH = 253  # a DNS name to resolve
 MAX_CAPTURES = 32
 MAX_PACKETS_PER_CAPTURE = 200  # a capture by `nonce`
 MAX_PACKETS_PER_PREFIX_CAPTURE = 20000  # a capture by `nonce_prefix`; beyond: `dropped`
@@ -811,7 +816,8 @@ def _nonce_of(data: bytes) -> str:
 
 
 def _listener_reply(nonce: str, peer: str, extra: JSONDict | None = None) -> bytes:
-    reply: JSONDict = {"nonce": nonce, "peer": peer}
+    # "server": which pod answered, so a client going through a Service knows the endpoint.
+    reply: JSONDict = {"nonce": nonce, "peer": peer, "server": os.environ.get("POD_NAME")}
     reply.update(extra or {})
     return json.dumps(reply).encode() + b"\n"
 
@@ -1085,7 +1091,7 @@ def connect_tcp(host: str, port: int, nonce: str, timeout: float) -> JSONDict:
         local = normalize_ip(sock.getsockname()[0])
         sock.sendall(nonce.encode() + b"\n")
         reply = _parse_listener_reply(_read_line(sock, deadline), nonce, where)
-    return {"peer_seen": reply["peer"], "local": local}
+    return {"peer_seen": reply["peer"], "local": local, "server": reply.get("server")}
 
 
 def _too_big(
@@ -1147,7 +1153,11 @@ def connect_udp(
                 except RequestError:
                     continue  # a late answer to someone else's nonce
                 if packet is None:
-                    return {"peer_seen": reply["peer"], "local": local}
+                    return {
+                        "peer_seen": reply["peer"],
+                        "local": local,
+                        "server": reply.get("server"),
+                    }
                 return _judge_sized_udp(where, packet, df, reply, local)
     sizes = f" ({packet.text(df)})" if packet is not None else ""
     details = packet.details() if packet is not None else {}
@@ -1387,6 +1397,183 @@ def send_icmp_echo(
     raise RequestError(
         f"no ICMP echo reply from {host} within {timeout}s{sizes}", "ETIMEDOUT", details
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Services: spreads over a virtual IP, names through the pod's resolver, the environment.
+
+UNNAMED_SERVER = "(unnamed)"  # a listener whose agent has no POD_NAME
+
+
+def spread(
+    proto: str,
+    host: str,
+    port: int,
+    nonce: str,
+    expect: Sequence[str],
+    max_tries: int,
+    timeout: float,
+    parallel: int,
+) -> JSONDict:
+    """Connect to ``host``:``port`` again and again (a Service's address: each connection may
+    reach another endpoint), ``parallel`` tries at a time, until every server of ``expect``
+    answered at least once (with none expected: every try is made), ``max_tries`` tries were
+    started, or `SPREAD_SECONDS` passed. Each try is a ``connect`` with its own nonce
+    (``<nonce>.<n>``) and ``timeout``; the answer counts who answered (the listener's pod name),
+    the source addresses each server saw, and how the failed tries failed."""
+    lock = threading.Lock()
+    servers: dict[str, int] = {}
+    peers: dict[str, list[str]] = {}
+    errors: dict[str, int] = {}
+    examples: list[str] = []
+    wanted = set(expect)
+    all_answered = threading.Event()
+    started_at = time.monotonic()
+    deadline = started_at + SPREAD_SECONDS
+    tries = [0]
+
+    def next_try() -> int | None:
+        with lock:
+            if all_answered.is_set() or tries[0] >= max_tries or time.monotonic() > deadline:
+                return None
+            tries[0] += 1
+            return tries[0]
+
+    def work() -> None:
+        while True:
+            index = next_try()
+            if index is None:
+                return
+            try_nonce = f"{nonce}.{index}"
+            try:
+                if proto == "tcp":
+                    answer = connect_tcp(host, port, try_nonce, timeout)
+                else:
+                    answer = connect_udp(host, port, try_nonce, timeout)
+            except RequestError as exc:
+                kind, text = exc.errno_name or "EPROTO", str(exc)
+            except OSError as exc:
+                kind, text = errno_name(exc.errno) or "OSError", describe_os_error(exc)
+            else:
+                name = answer.get("server")
+                server = name if isinstance(name, str) and name else UNNAMED_SERVER
+                with lock:
+                    servers[server] = servers.get(server, 0) + 1
+                    seen = peers.setdefault(server, [])
+                    if answer["peer_seen"] not in seen and len(seen) < 16:
+                        seen.append(answer["peer_seen"])
+                    if wanted and wanted <= set(servers):
+                        all_answered.set()
+                continue
+            with lock:
+                errors[kind] = errors.get(kind, 0) + 1
+                if len(examples) < 3:
+                    examples.append(text)
+
+    helpers: list[threading.Thread] = []
+    for _ in range(min(parallel, max_tries) - 1):
+        thread = threading.Thread(target=work, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # "can't start new thread": fewer at once, same tries
+            break
+        helpers.append(thread)
+    work()
+    for thread in helpers:
+        thread.join()
+    return {
+        "tries": tries[0],
+        "servers": servers,
+        "peers": {server: sorted(seen) for server, seen in peers.items()},
+        "errors": errors,
+        "error_examples": examples,
+        "missing": sorted(wanted - set(servers)),
+        "seconds": round(time.monotonic() - started_at, 3),
+    }
+
+
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def read_resolv_conf(path: str = RESOLV_CONF) -> JSONDict | None:
+    """The pod's resolver configuration as kubelet wrote it: ``nameservers``, ``search`` and
+    ``options`` (None when the file cannot be read)."""
+    found: JSONDict = {"nameservers": [], "search": [], "options": []}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read(64 << 10).splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        if fields[0] == "nameserver":
+            found["nameservers"].append(fields[1])
+        elif fields[0] in ("search", "domain"):
+            found["search"] = fields[1:]  # the last search or domain line wins
+        elif fields[0] == "options":
+            found["options"].extend(fields[1:])
+    return found
+
+
+#: getaddrinfo's error codes by value (``EAI_NONAME``...), as far as this libc has them.
+EAI_NAMES = {
+    getattr(socket, name): name
+    for name in sorted(dir(socket), reverse=True)
+    if name.startswith("EAI_") and isinstance(getattr(socket, name), int)
+}
+FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6, 0: socket.AF_UNSPEC}
+
+
+def resolve_name(name: str, family: int, timeout: float) -> JSONDict:
+    """``name``'s addresses through the pod's own resolver (getaddrinfo: /etc/hosts, then DNS
+    with the search list and ndots of /etc/resolv.conf), of IP version ``family`` (0: both);
+    ``RequestError`` with the resolver's error (``EAI_NONAME``...), or ETIMEDOUT when the
+    resolver has not answered within ``timeout``."""
+    found: JSONDict = {}
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(name, None, FAMILIES[family], socket.SOCK_STREAM)
+            found["addresses"] = sorted({normalize_ip(str(info[4][0])) for info in infos})
+        except socket.gaierror as exc:
+            found["error"] = (exc.strerror or str(exc), EAI_NAMES.get(exc.errno, "EAI_FAIL"))
+        except (UnicodeError, ValueError) as exc:
+            found["error"] = (str(exc), "EAI_NONAME")
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    where = f"resolve {name}" + (f" (IPv{family})" if family else "")
+    if thread.is_alive():  # the lookup thread ends when the resolver gives up
+        raise RequestError(f"{where}: no answer from the resolver within {timeout}s", "ETIMEDOUT")
+    if "error" in found:
+        text, code = found["error"]
+        raise RequestError(f"{where}: {text}", code)
+    return {"name": name, "family": family, "addresses": found["addresses"]}
+
+
+def field_name(request: JSONDict) -> str:
+    name = field_str(request, "name")
+    if not 0 < len(name) <= MAX_NAME_LENGTH or not name.isprintable() or " " in name:
+        raise RequestError(
+            f"field 'name' must be 1..{MAX_NAME_LENGTH} printable characters without spaces"
+        )
+    return name
+
+
+def field_servers(request: JSONDict) -> list[str]:
+    servers = request.get("expect_servers", [])
+    if (
+        not isinstance(servers, list)
+        or len(servers) > MAX_SPREAD_SERVERS
+        or not all(isinstance(s, str) and 0 < len(s) <= 253 for s in servers)
+    ):
+        raise RequestError(
+            f"field 'expect_servers' must be a list of at most {MAX_SPREAD_SERVERS} pod names"
+        )
+    return list(dict.fromkeys(servers))
 
 
 def try_bind(proto: str, host: str, port: int) -> JSONDict:
@@ -1752,6 +1939,8 @@ class Agent:
         self.ports = ports or {}
         self.data = data or DataDirectories(())
         self.captures = CaptureBook()
+        # What `ping` (the readiness probe) reports; `set_ready` flips it.
+        self.ready = True
         self._ops: dict[str, Callable[[JSONDict], JSONDict]] = {
             "info": self.op_info,
             "addresses": self.op_addresses,
@@ -1764,6 +1953,10 @@ class Agent:
             "capture_result": self.op_capture_result,
             "write_file": self.op_write_file,
             "read_file": self.op_read_file,
+            "spread": self.op_spread,
+            "resolve": self.op_resolve,
+            "env": self.op_env,
+            "set_ready": self.op_set_ready,
         }
 
     def handle(self, request: object) -> JSONDict:
@@ -1815,6 +2008,8 @@ class Agent:
             "ports": self.ports,
             "data_dirs": self.data.roots,
             "python": platform.python_version(),
+            "ready": self.ready,
+            "resolver": read_resolv_conf(),
         }
 
     def op_addresses(self, request: JSONDict) -> JSONDict:
@@ -1902,6 +2097,42 @@ class Agent:
     def op_read_file(self, request: JSONDict) -> JSONDict:
         return self.data.read_file(field_str(request, "path"))
 
+    def op_spread(self, request: JSONDict) -> JSONDict:
+        nonce = field_nonce(request)
+        if len(nonce) > MAX_NONCE_LENGTH - 5:  # room for ".<try>"
+            raise RequestError(f"field 'nonce' of a spread holds at most {MAX_NONCE_LENGTH - 5}")
+        return spread(
+            field_proto(request),
+            field_str(request, "host"),
+            field_int(request, "port", None, 1, 65535),
+            nonce,
+            field_servers(request),
+            field_int(request, "max_tries", None, 1, MAX_SPREAD_TRIES),
+            field_number(request, "timeout", 3.0, 0.05, MAX_TIMEOUT),
+            field_int(request, "parallel", 8, 1, MAX_SPREAD_PARALLEL),
+        )
+
+    def op_resolve(self, request: JSONDict) -> JSONDict:
+        family = field_int(request, "family", 0, 0, 6)
+        if family not in FAMILIES:
+            raise RequestError(f"field 'family' must be 4, 6 or 0 (both), got {family}")
+        return resolve_name(
+            field_name(request), family, field_number(request, "timeout", 5.0, 0.05, MAX_TIMEOUT)
+        )
+
+    def op_env(self, request: JSONDict) -> JSONDict:
+        prefix = field_str(request, "prefix")
+        return {
+            "variables": {key: value for key, value in os.environ.items() if key.startswith(prefix)}
+        }
+
+    def op_set_ready(self, request: JSONDict) -> JSONDict:
+        ready = request.get("ready")
+        if not isinstance(ready, bool):
+            raise RequestError(f"field 'ready' must be true or false, got {_shown(ready)}")
+        self.ready = ready
+        return {"ready": ready}
+
 
 def _request_summary(request: object) -> str:
     if not isinstance(request, dict):
@@ -1919,6 +2150,11 @@ def _request_summary(request: object) -> str:
             "iface",
             "capture_id",
             "path",
+            "name",
+            "family",
+            "prefix",
+            "max_tries",
+            "ready",
         )
         if key in request
     ]
@@ -1930,7 +2166,20 @@ def _response_summary(response: JSONDict) -> str:
         return f"FAILED {_plain(response.get('error'), 300)}"
     shown = [
         f"{key}={response[key]}"
-        for key in ("peer_seen", "reply_from", "bound", "sha256", "size", "bytes_received")
+        for key in (
+            "peer_seen",
+            "server",
+            "reply_from",
+            "bound",
+            "sha256",
+            "size",
+            "bytes_received",
+            "tries",
+            "servers",
+            "errors",
+            "addresses",
+            "ready",
+        )
         if key in response
     ]
     for key in ("records", "packets", "missing"):
@@ -2255,10 +2504,23 @@ _OP_WAIT_FIELDS: dict[str, tuple[str | None, float]] = {
     "icmp": ("timeout", 3.0),
     "transfer": ("timeout", 10.0),
     "capture_result": ("wait", 2.0),
+    "resolve": ("timeout", 5.0),
     # Not a field: the first capture imports scapy and waits for the sniffer to listen.
     "capture_start": (None, 10.0),
 }
 CALL_MARGIN = 10.0
+
+
+def _spread_wait(request: JSONDict) -> float:
+    """A spread's longest run: its waves of tries, each up to ``timeout``, at most
+    `SPREAD_SECONDS` of starting tries and then the last tries' ``timeout``."""
+    values = [request.get(k, d) for k, d in (("timeout", 3.0), ("max_tries", 1), ("parallel", 8))]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+        return 0.0
+    timeout, max_tries, parallel = (float(v) for v in values)
+    timeout = min(timeout, MAX_TIMEOUT)
+    waves = -(-max_tries // parallel)
+    return min(waves * timeout, SPREAD_SECONDS + timeout)
 
 
 def request_wait(request: object) -> float:
@@ -2266,6 +2528,8 @@ def request_wait(request: object) -> float:
     if not isinstance(request, dict):
         return 0.0
     op = request.get("op")
+    if op == "spread":
+        return _spread_wait(request)
     if not isinstance(op, str) or op not in _OP_WAIT_FIELDS:
         return 0.0
     key, default = _OP_WAIT_FIELDS[op]
@@ -2373,6 +2637,9 @@ def run_ping(args: argparse.Namespace) -> int:
             return 1
     if not responses or not responses[0].get("ok"):
         sys.stderr.write(f"agent ping: unexpected answer {responses!r}\n")
+        return 1
+    if responses[0].get("ready") is False:
+        sys.stderr.write("agent ping: the agent was marked unready (set_ready)\n")
         return 1
     return 0
 

@@ -37,10 +37,14 @@ def _load(directory: str, filename: str) -> JSONDict:
     return data
 
 
+# Kinds of named API groups: their schema files carry the group (kubernetes-json-schema names).
+_SCHEMA_FILES = {"EndpointSlice": "endpointslice-discovery-v1.json"}
+
+
 @cache
 def _validator(kind: str, strict: bool) -> jsonschema.protocols.Validator:
     directory = f"v{SCHEMA_VERSION}-local" + ("-strict" if strict else "")
-    schema = _load(directory, f"{kind.lower()}-v1.json")
+    schema = _load(directory, _SCHEMA_FILES.get(kind, f"{kind.lower()}-v1.json"))
     definitions = _load(directory, "_definitions.json")
     registry: Registry[Any] = Resource.from_contents(definitions) @ Registry()
     registry = Resource.from_contents(schema) @ registry
@@ -296,3 +300,158 @@ def default_pod(pod: JSONDict) -> JSONDict:
                 volume[source].setdefault("defaultMode", 420)
     pod["status"] = {"phase": "Pending", "qosClass": qos_class(spec)}
     return pod
+
+
+# --- Pod Security admission (the enforce label of the pod's namespace) ------------------------
+
+PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+PSA_VERSION_LABEL = "pod-security.kubernetes.io/enforce-version"
+# Pod Security Standards, baseline: capabilities a container may add.
+_BASELINE_CAPABILITIES = frozenset(
+    {
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    }
+)
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(json.dumps(name) for name in names)
+
+
+def _containers_phrase(names: list[str]) -> str:
+    return f"{'container' if len(names) == 1 else 'containers'} {_quoted(names)}"
+
+
+def _capability(name: object) -> str:
+    return str(name).upper().removeprefix("CAP_")
+
+
+def _pod_security_violations(spec: JSONDict, restricted: bool) -> list[str]:
+    """The violated checks of a level, ``reason (detail)`` each, in pod-security-admission's
+    order (by check ID) and words. A subset: capabilities, host namespaces, privileged,
+    and for restricted also privilege escalation, non-root, runAsUser and seccomp."""
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    pod_context = spec.get("securityContext") or {}
+
+    def context(container: JSONDict) -> JSONDict:
+        return container.get("securityContext") or {}
+
+    def names(predicate: Any) -> list[str]:
+        return [str(c.get("name")) for c in containers if predicate(c)]
+
+    found: list[str] = []
+    if restricted:
+        escalating = names(lambda c: context(c).get("allowPrivilegeEscalation") is not False)
+        if escalating:
+            found.append(
+                f"allowPrivilegeEscalation != false ({_containers_phrase(escalating)} must set "
+                "securityContext.allowPrivilegeEscalation=false)"
+            )
+    added = {
+        str(c.get("name")): [
+            _capability(cap) for cap in (context(c).get("capabilities") or {}).get("add") or []
+        ]
+        for c in containers
+    }
+    if restricted:
+        not_dropping = names(
+            lambda c: (
+                "ALL"
+                not in [
+                    _capability(cap)
+                    for cap in (context(c).get("capabilities") or {}).get("drop") or []
+                ]
+            )
+        )
+        forbidden = sorted({cap for caps in added.values() for cap in caps} - {"NET_BIND_SERVICE"})
+        adding = [name for name, caps in added.items() if set(caps) - {"NET_BIND_SERVICE"}]
+        parts = []
+        if not_dropping:
+            parts.append(
+                f'{_containers_phrase(not_dropping)} must set securityContext.capabilities.drop=["ALL"]'
+            )
+        if adding:
+            parts.append(
+                f"{_containers_phrase(adding)} must not include {_quoted(forbidden)} in "
+                "securityContext.capabilities.add"
+            )
+        if parts:
+            found.append(f"unrestricted capabilities ({'; '.join(parts)})")
+    else:
+        forbidden = sorted(
+            {cap for caps in added.values() for cap in caps} - _BASELINE_CAPABILITIES
+        )
+        adding = [name for name, caps in added.items() if set(caps) - _BASELINE_CAPABILITIES]
+        if adding:
+            found.append(
+                f"non-default capabilities ({_containers_phrase(adding)} must not include "
+                f"{_quoted(forbidden)} in securityContext.capabilities.add)"
+            )
+    host = [f"{key}=true" for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)]
+    if host:
+        found.append(f"host namespaces ({', '.join(host)})")
+    privileged = names(lambda c: context(c).get("privileged") is True)
+    if privileged:
+        found.append(
+            f"privileged ({_containers_phrase(privileged)} must not set "
+            "securityContext.privileged=true)"
+        )
+    if not restricted:
+        return found
+    if pod_context.get("runAsNonRoot") is not True:
+        unset = names(lambda c: context(c).get("runAsNonRoot") is not True)
+        if unset:
+            found.append(
+                f"runAsNonRoot != true (pod or {_containers_phrase(unset)} must set "
+                "securityContext.runAsNonRoot=true)"
+            )
+    root = names(lambda c: context(c).get("runAsUser") == 0)
+    if pod_context.get("runAsUser") == 0 or root:
+        who = "pod" if pod_context.get("runAsUser") == 0 else _containers_phrase(root)
+        found.append(f"runAsUser=0 ({who} must not set runAsUser=0)")
+    allowed_seccomp = ("RuntimeDefault", "Localhost")
+    if (pod_context.get("seccompProfile") or {}).get("type") not in allowed_seccomp:
+        unset = names(
+            lambda c: (context(c).get("seccompProfile") or {}).get("type") not in allowed_seccomp
+        )
+        if unset:
+            found.append(
+                f"seccompProfile (pod or {_containers_phrase(unset)} must set "
+                'securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")'
+            )
+    return found
+
+
+def check_pod_security(namespace: JSONDict | None, pod: JSONDict, requested_name: str) -> None:
+    """403 Forbidden, in the PodSecurity admission plugin's words, when the pod violates the
+    level the namespace's ``pod-security.kubernetes.io/enforce`` label enforces (baseline or
+    restricted; privileged, none or an unknown level: anything goes, as the lab has no
+    cluster-wide default)."""
+    labels = ((namespace or {}).get("metadata") or {}).get("labels") or {}
+    level = labels.get(PSA_ENFORCE_LABEL)
+    if level not in ("baseline", "restricted"):
+        return
+    violations = _pod_security_violations(pod.get("spec") or {}, restricted=level == "restricted")
+    if not violations:
+        return
+    name = requested_name or "Unknown"
+    version = labels.get(PSA_VERSION_LABEL) or "latest"
+    raise ApiError(
+        403,
+        f"pods {json.dumps(name)} is forbidden: violates PodSecurity "
+        f'"{level}:{version}": {", ".join(violations)}',
+        "Forbidden",
+        {"name": name, "kind": "pods"},
+    )

@@ -8,16 +8,19 @@ import copy
 import ipaddress
 import logging
 import secrets
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from netlab.api.discovery import go_arch
+from netlab.api.endpointslices import EndpointSliceController
 from netlab.api.faults import FaultSwitch, parse_api_faults
+from netlab.api.kubeadm import kubeadm_config
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.scheduler import pick_node
 from netlab.api.serviceaccounts import ServiceAccountController
-from netlab.api.store import Store
+from netlab.api.services import ServiceRegistry
+from netlab.api.store import Store, Watcher
 from netlab.contract import KubeletAPI, NodeInfo
 from netlab.spec import LabSpec
 
@@ -25,6 +28,7 @@ JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+KUBERNETES_SERVICE_REPAIR_DELAY = 1.0  # seconds until a deleted default/kubernetes is back
 EVENT_LIMIT = 5_000  # oldest events are dropped beyond this, like the real event TTL
 # Pod conditions the control plane sets, kept when a kubelet reports a status without them.
 CONTROL_PLANE_CONDITIONS = ("PodScheduled", "DisruptionTarget")
@@ -168,6 +172,8 @@ class Cluster:
         self.store = store
         self.switch = switch or FaultSwitch(parse_api_faults(spec.api_faults))
         self.service_accounts = ServiceAccountController(store, self.switch)
+        self.services = ServiceRegistry(store, spec)
+        self.endpoint_slices = EndpointSliceController(store)
         self.on_pod_created: list[Callable[[JSONDict], None]] = []
         self.agents: dict[str, KubeletAPI] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -176,7 +182,9 @@ class Cluster:
         for name in INITIAL_NAMESPACES:
             store.put("namespaces", namespace_object(name), created=True)
             self.service_accounts.ensure(name)  # a cluster that has run a while has them
+        self._spec = spec
         store.put("services", kubernetes_service(spec), created=True)
+        store.put("configmaps", kubeadm_config(spec), created=True)  # the service range, by kubeadm
 
     # background work
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -189,11 +197,50 @@ class Cluster:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
+    def start_controllers(self) -> None:
+        """Controllers that run on the event loop (the EndpointSlice controller)."""
+        self.endpoint_slices.start()
+
     async def stop(self) -> None:
         self.service_accounts.stop()
+        await self.endpoint_slices.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # in-process consumers of changes (the lab's proxy and cluster DNS)
+    def follow(self, resources: Sequence[str], callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop after changes to any of ``resources``: once per batch
+        of queued events, and again if the store ever drops the subscription."""
+        for resource in resources:
+            # Subscribed now, not when the task first runs: no change made meanwhile is missed.
+            watcher = self.store.watch(resource, None, None)
+            self.spawn(self._follow(resource, callback, watcher))
+
+    async def _follow(self, resource: str, callback: Callable[[], None], watcher: Watcher) -> None:
+        while True:
+            try:
+                while await watcher.queue.get() is not None:
+                    while not watcher.queue.empty():
+                        if watcher.queue.get_nowait() is None:
+                            break
+                    callback()
+            finally:
+                self.store.unwatch(watcher)
+            callback()
+            watcher = self.store.watch(resource, None, None)
+
+    def publish(self, resource: str, obj: JSONDict) -> JSONDict:
+        """Store an object the lab itself makes (the kube-dns Service and its EndpointSlice),
+        as a create through the API would: metadata, and a Service's defaults and allocation."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta["uid"] = new_uid()
+        meta["creationTimestamp"] = now_rfc3339()
+        if resource == "services":
+            obj = self.services.create(obj)
+        existing = self.store.get(resource, meta.get("namespace", ""), meta["name"])
+        return self.store.put(resource, obj, created=existing is None)
 
     # nodes
     def register_node(self, agent: KubeletAPI) -> None:
@@ -229,6 +276,15 @@ class Cluster:
     def object_removed(self, resource: str, namespace: str, name: str) -> None:
         if resource == "serviceaccounts":
             self.service_accounts.account_removed(namespace, name)
+        elif resource == "services" and (namespace, name) == ("default", "kubernetes"):
+            # kube-apiserver's bootstrap controller puts it back (within its repair interval).
+            asyncio.get_running_loop().call_later(
+                KUBERNETES_SERVICE_REPAIR_DELAY, self._ensure_kubernetes_service
+            )
+
+    def _ensure_kubernetes_service(self) -> None:
+        if self.store.get("services", "default", "kubernetes") is None:
+            self.store.put("services", kubernetes_service(self._spec), created=True)
 
     def _set_condition(self, status: JSONDict, condition: JSONDict) -> None:
         conditions = [
@@ -392,7 +448,7 @@ class Cluster:
                     break
         finally:
             self.store.unwatch(watcher)
-        for resource in ("configmaps", "events", "services", "serviceaccounts"):
+        for resource in ("configmaps", "events", "services", "endpointslices", "serviceaccounts"):
             for obj in self.store.list(resource, name):
                 self.store.remove(resource, name, obj["metadata"]["name"])
         self.store.remove("namespaces", "", name)

@@ -25,6 +25,13 @@ class ResourceInfo:
     categories: tuple[str, ...] = ()
     # Why writes are refused (405), for a resource the lab only serves for reading.
     read_only: str = ""
+    group: str = ""  # "" is the core group (/api/v1); others are served under /apis/GROUP/VERSION
+    version: str = "v1"
+
+    @property
+    def api_version(self) -> str:
+        """What objects of this resource carry as apiVersion (``v1``, ``discovery.k8s.io/v1``)."""
+        return f"{self.group}/{self.version}" if self.group else self.version
 
 
 _RW = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -44,18 +51,15 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("configmaps", "ConfigMap", True, _RW, ("cm",), "configmap"),
         ResourceInfo("serviceaccounts", "ServiceAccount", True, _RW, ("sa",), "serviceaccount"),
         ResourceInfo("events", "Event", True, _RW, ("ev",), "event"),
+        ResourceInfo("services", "Service", True, _RW, ("svc",), "service", ("all",)),
         ResourceInfo(
-            "services",
-            "Service",
+            "endpointslices",
+            "EndpointSlice",
             True,
-            ("get", "list", "watch"),
-            ("svc",),
-            "service",
-            ("all",),
-            read_only=(
-                "services are read-only in netlab: the lab has no Service data plane "
-                "(no kube-proxy, no cluster IPs), so it serves only default/kubernetes"
-            ),
+            _RW,
+            (),
+            "endpointslice",
+            group="discovery.k8s.io",
         ),
     )
 }
@@ -104,24 +108,57 @@ def api_versions(server_address: str) -> JSONDict:
     }
 
 
+def group_versions() -> dict[str, str]:
+    """Each named API group the lab serves -> its one (preferred) version."""
+    return {info.group: info.version for info in RESOURCES.values() if info.group}
+
+
+def _group_entry(group: str) -> JSONDict:
+    version = group_versions()[group]
+    preferred = {"groupVersion": f"{group}/{version}", "version": version}
+    return {"name": group, "versions": [preferred], "preferredVersion": preferred}
+
+
+def api_group(group: str) -> JSONDict:
+    """/apis/GROUP: the APIGroup document."""
+    return {"kind": "APIGroup", "apiVersion": "v1", **_group_entry(group)}
+
+
 def api_group_list() -> JSONDict:
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+    groups = [_group_entry(group) for group in group_versions()]
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+def group_resource_list(group: str) -> JSONDict:
+    """/apis/GROUP/VERSION: the resources of a named group."""
+    version = group_versions()[group]
+    entries = [_resource_entry(info) for info in RESOURCES.values() if info.group == group]
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/{version}",
+        "resources": sorted(entries, key=lambda e: e["name"]),
+    }
+
+
+def _resource_entry(info: ResourceInfo) -> JSONDict:
+    return {
+        "name": info.name,
+        "singularName": info.singular,
+        "namespaced": info.namespaced,
+        "kind": info.kind,
+        "verbs": list(info.verbs),
+        **({"shortNames": list(info.short_names)} if info.short_names or not info.group else {}),
+        **({"categories": list(info.categories)} if info.categories else {}),
+    }
 
 
 def api_resource_list() -> JSONDict:
     entries: list[JSONDict] = []
     for info in RESOURCES.values():
-        entries.append(
-            {
-                "name": info.name,
-                "singularName": info.singular,
-                "namespaced": info.namespaced,
-                "kind": info.kind,
-                "verbs": list(info.verbs),
-                "shortNames": list(info.short_names),
-                **({"categories": list(info.categories)} if info.categories else {}),
-            }
-        )
+        if info.group:
+            continue  # served under /apis/GROUP/VERSION
+        entries.append(_resource_entry(info))
     for name, (kind, verbs) in SUBRESOURCES.items():
         entries.append(
             {
@@ -144,11 +181,24 @@ def _group_version(subresource: str) -> JSONDict:
     return {"group": group, "version": version}
 
 
+def openapi_v3_paths() -> dict[str, str]:
+    """Each group-version's OpenAPI v3 path (``api/v1``, ``apis/discovery.k8s.io/v1``) ->
+    the group it documents ("" for core)."""
+    paths = {"api/v1": ""}
+    paths.update({f"apis/{group}/{version}": group for group, version in group_versions().items()})
+    return paths
+
+
 def openapi_v3_root() -> JSONDict:
-    return {"paths": {"api/v1": {"serverRelativeURL": f"/openapi/v3/api/v1?hash={GIT_VERSION}"}}}
+    return {
+        "paths": {
+            path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={GIT_VERSION}"}
+            for path in openapi_v3_paths()
+        }
+    }
 
 
-def openapi_v3_core() -> JSONDict:
+def openapi_v3_core(group: str = "") -> JSONDict:
     """Just the PATCH operations with their fieldValidation parameter: what kubectl's
     query-param verifier looks for before it leaves validation to the server."""
     paths: JSONDict = {}
@@ -158,18 +208,21 @@ def openapi_v3_core() -> JSONDict:
         "schema": {"type": "string", "uniqueItems": True},
     }
     for info in RESOURCES.values():
-        if "patch" not in info.verbs:
+        if "patch" not in info.verbs or info.group != group:
             continue
-        base = "/api/v1/namespaces/{namespace}/" if info.namespaced else "/api/v1/"
+        prefix = f"/apis/{info.api_version}" if info.group else "/api/v1"
+        base = f"{prefix}/namespaces/{{namespace}}/" if info.namespaced else f"{prefix}/"
+        operation = "".join(part.capitalize() for part in info.group.split(".")[:1]) or "Core"
         paths[f"{base}{info.name}/{{name}}"] = {
             "patch": {
-                "operationId": f"patchCoreV1{'Namespaced' if info.namespaced else ''}{info.kind}",
+                "operationId": f"patch{operation}{info.version.capitalize()}"
+                f"{'Namespaced' if info.namespaced else ''}{info.kind}",
                 "parameters": [parameter],
                 "responses": {"200": {"description": "OK"}},
                 "x-kubernetes-action": "patch",
                 "x-kubernetes-group-version-kind": {
-                    "group": "",
-                    "version": "v1",
+                    "group": info.group,
+                    "version": info.version,
                     "kind": info.kind,
                 },
             }

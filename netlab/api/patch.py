@@ -68,6 +68,8 @@ def _merge_list(target: Any, patch: list[Any], field: str) -> list[Any]:
     if field not in _MERGE_KEYS or not isinstance(target, list):
         return [copy.deepcopy(item) for item in patch if not _is_directive(item)]
     key = _MERGE_KEYS[field]
+    if field == "ports" and any(isinstance(item, dict) and "port" in item for item in patch):
+        key = "port"  # a Service's ports merge by port number, a container's by containerPort
     result = list(target)
     for item in patch:
         if not key:  # set semantics (finalizers)

@@ -28,13 +28,19 @@ class Target:
 
 
 def parse_path(path: str) -> Target | None:
-    """The target of a core/v1 resource path, or None when the path names nothing we serve."""
+    """The target of a resource path (core ``/api/v1/...`` or a named group's
+    ``/apis/GROUP/VERSION/...``), or None when the path names nothing we serve."""
     parts = [p for p in path.split("/") if p]
-    if parts[:2] != ["api", "v1"] or len(parts) < 3:
+    if parts[:2] == ["api", "v1"] and len(parts) >= 3:
+        api_version, rest = "v1", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        api_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
         return None
-    rest = parts[2:]
     if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] in RESOURCES:
         namespace, resource, tail = rest[1], rest[2], rest[3:]
+        if RESOURCES[resource].api_version != api_version:
+            return None
         if not RESOURCES[resource].namespaced or len(tail) > 2:
             return None
         return Target(
@@ -43,6 +49,8 @@ def parse_path(path: str) -> Target | None:
     resource, tail = rest[0], rest[1:]
     if resource not in RESOURCES or len(tail) > 2:
         return None
+    if RESOURCES[resource].api_version != api_version:
+        return None  # e.g. /api/v1/endpointslices: served in its own group only
     if RESOURCES[resource].namespaced and tail:
         return None  # /api/v1/pods/x is not a path
     return Target(resource, None, tail[0] if tail else None, tail[1] if len(tail) > 1 else None)

@@ -87,6 +87,9 @@ class Rest:
     def _kind(self, target: Target) -> str:
         return RESOURCES[target.resource].kind
 
+    def _api_version(self, target: Target) -> str:
+        return RESOURCES[target.resource].api_version
+
     def _existing(self, target: Target) -> JSONDict:
         assert target.name is not None
         obj = self.store.get(target.resource, target.namespace or "", target.name)
@@ -197,7 +200,13 @@ class Rest:
             listing = table(target.resource, page.items, str(rv), as_table)
             listing["metadata"] = meta
             return respond(listing)
-        head = dumps({"kind": f"{self._kind(target)}List", "apiVersion": "v1", "metadata": meta})
+        head = dumps(
+            {
+                "kind": f"{self._kind(target)}List",
+                "apiVersion": self._api_version(target),
+                "metadata": meta,
+            }
+        )
         # Items of a typed list carry no kind/apiVersion, as the real server sends them; each
         # stored object's encoding is cached until it changes.
         items = self.store.encoded_items(target.resource, page.items)
@@ -213,7 +222,7 @@ class Rest:
                 f"the object provided is unrecognized (must be of type {kind}): couldn't get version/kind; json parse error: not an object",
             )
         obj = admission.drop_nulls(body)
-        self._check_type(obj, kind)
+        self._check_type(obj, target)
         warnings = admission.check_fields(kind, obj, field_validation(request))
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -253,15 +262,20 @@ class Rest:
                 )
         if target.resource == "pods":
             admit_pod(self.store, target.namespace or "", obj, requested_name)
+            admission.check_pod_security(
+                self.store.get("namespaces", "", target.namespace or ""), obj, requested_name
+            )
         if self.store.get(target.resource, target.namespace or "", name) is not None:
             raise already_exists(target.resource, name)
         for key in _SERVER_META:
             meta.pop(key, None)
         meta["uid"] = new_uid()
         meta["creationTimestamp"] = now_rfc3339()
-        obj["kind"], obj["apiVersion"] = kind, "v1"
+        obj["kind"], obj["apiVersion"] = kind, self._api_version(target)
         if target.resource == "pods":
             obj = admission.default_pod(obj)
+        elif target.resource == "services":
+            obj = self.cluster.services.create(obj)  # defaults, validation, allocation
         elif target.resource == "namespaces":
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
             obj["spec"] = {"finalizers": ["kubernetes"]}
@@ -275,11 +289,12 @@ class Rest:
             self.cluster.namespace_created(name)
         return respond(stored, 201, warnings)
 
-    def _check_type(self, obj: JSONDict, kind: str) -> None:
-        if obj.get("apiVersion") not in (None, "", "v1"):
+    def _check_type(self, obj: JSONDict, target: Target) -> None:
+        kind, api_version = self._kind(target), self._api_version(target)
+        if obj.get("apiVersion") not in (None, "", api_version):
             raise ApiError(
                 400,
-                f"the API version in the data ({obj.get('apiVersion')}) does not match the expected API version (v1)",
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the expected API version ({api_version})",
             )
         if obj.get("kind") not in (None, "", kind):
             raise ApiError(
@@ -383,7 +398,7 @@ class Rest:
         """Shared tail of PUT and PATCH: checks, keeps server-owned fields, stores."""
         kind = self._kind(target)
         obj = admission.drop_nulls(obj)
-        self._check_type(obj, kind)
+        self._check_type(obj, target)
         warnings = admission.check_fields(kind, obj, field_validation(request))
         meta = obj.get("metadata")
         if not isinstance(meta, dict):
@@ -409,7 +424,7 @@ class Rest:
                 meta[key] = old_meta[key]
             else:
                 meta.pop(key, None)
-        obj["kind"], obj["apiVersion"] = kind, "v1"
+        obj["kind"], obj["apiVersion"] = kind, self._api_version(target)
         if target.subresource == "status":
             obj = {**existing, "status": obj.get("status", {})}
         else:
@@ -420,6 +435,8 @@ class Rest:
             if target.resource == "namespaces":
                 obj["spec"] = existing.get("spec", {})
         admission.validate(kind, obj, label_name=target.resource == "namespaces")
+        if target.resource == "services" and target.subresource != "status":
+            obj = self.cluster.services.update(obj, existing)
         if request.query.get("dryRun"):
             return respond(obj, 200, warnings)
         return respond(self.store.put(target.resource, obj, created=False), 200, warnings)
@@ -492,8 +509,10 @@ class Rest:
                     {"name": target.name, "kind": "namespaces"},
                 )
             return respond(self.cluster.delete_namespace(obj))
-        self.store.remove(target.resource, target.namespace or "", target.name)
+        gone = self.store.remove(target.resource, target.namespace or "", target.name)
         self.cluster.object_removed(target.resource, target.namespace or "", target.name)
+        if target.resource == "services" and gone is not None:
+            return respond(gone)  # the service registry's ReturnDeletedObject
         return respond(
             {
                 "kind": "Status",

@@ -42,7 +42,8 @@ FIELD_PATHS: dict[str, set[str]] = {
     "namespaces": {"status.phase"},
     "nodes": {"spec.unschedulable"},
     "configmaps": set(),
-    "services": set(),
+    "services": {"spec.clusterIP", "spec.type"},
+    "endpointslices": set(),
 }
 
 

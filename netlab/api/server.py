@@ -8,6 +8,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -149,11 +150,20 @@ class ApiServer:
     def record_event(self, uid: str, type_: str, reason: str, message: str) -> None:
         self.cluster.record_pod_event(uid, type_, reason, message)
 
+    def services_in(self, namespace: str) -> list[JSONDict]:
+        """A namespace's Services (the kubelets' service environment)."""
+        return self.store.list("services", namespace)
+
+    def services_and_slices(self) -> tuple[list[JSONDict], list[JSONDict]]:
+        """Every Service and EndpointSlice (what the proxy and the cluster DNS serve from)."""
+        return self.store.list("services"), self.store.list("endpointslices")
+
     def configmap_data(self, namespace: str, name: str) -> Mapping[str, str] | None:
         obj = self.store.get("configmaps", namespace, name)
         return None if obj is None else dict(obj.get("data") or {})
 
     async def start(self) -> str:
+        self.cluster.start_controllers()
         try:
             async with self._listening:
                 if self._tls:
@@ -317,8 +327,13 @@ class ApiServer:
             "/api/v1": discovery.api_resource_list,
             "/apis": discovery.api_group_list,
             "/openapi/v3": discovery.openapi_v3_root,
-            "/openapi/v3/api/v1": discovery.openapi_v3_core,
         }
+        # Named groups (discovery.k8s.io): /apis/G, /apis/G/V and their OpenAPI v3 documents.
+        for group, version in discovery.group_versions().items():
+            documents[f"/apis/{group}"] = partial(discovery.api_group, group)
+            documents[f"/apis/{group}/{version}"] = partial(discovery.group_resource_list, group)
+        for openapi_path, group in discovery.openapi_v3_paths().items():
+            documents[f"/openapi/v3/{openapi_path}"] = partial(discovery.openapi_v3_core, group)
         build = documents.get(path.rstrip("/") or "/")
         return None if build is None else respond(build())
 

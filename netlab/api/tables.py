@@ -116,6 +116,25 @@ COLUMNS: dict[str, list[JSONDict]] = {
             1,
         ),
     ],
+    "endpointslices": [
+        _NAME,
+        _col(
+            "AddressType",
+            "string",
+            "addressType specifies the type of address carried by this EndpointSlice. All addresses in this slice must be the same type. This field is immutable after creation. The following address types are currently supported: * IPv4: Represents an IPv4 Address. * IPv6: Represents an IPv6 Address. * FQDN: Represents a Fully Qualified Domain Name.",
+        ),
+        _col(
+            "Ports",
+            "string",
+            'ports specifies the list of network ports exposed by each endpoint in this slice. Each port must have a unique name. When ports is empty, it indicates that there are no defined ports. When a port is defined with a nil port value, it indicates "all ports". Each slice may include a maximum of 100 ports.',
+        ),
+        _col(
+            "Endpoints",
+            "string",
+            "endpoints is a list of unique endpoints in this slice. Each slice may include a maximum of 1000 endpoints.",
+        ),
+        _AGE,
+    ],
     "events": [
         _col("Last Seen", "string", "Time of the last occurrence."),
         _col(
@@ -238,6 +257,34 @@ def _service_row(service: JSONDict) -> list[Any]:
     ]
 
 
+def _list_with_more(items: list[str], limit: int = 3) -> str:
+    """kubectl's listWithMoreString: the first ``limit`` items, "+ N more...", or <unset>."""
+    text = ",".join(items[:limit])
+    if len(items) > limit:
+        return f"{text} + {len(items) - limit} more..."
+    return text or "<unset>"
+
+
+def _endpoint_slice_row(endpoint_slice: JSONDict) -> list[Any]:
+    """printEndpointSlice: name, address type, ports and endpoints (three of each at most)."""
+    ports = [
+        str(p["port"]) if p.get("port") is not None else "<unset>"
+        for p in endpoint_slice.get("ports") or []
+    ]
+    addresses = [
+        address
+        for endpoint in endpoint_slice.get("endpoints") or []
+        for address in endpoint.get("addresses") or []
+    ]
+    return [
+        endpoint_slice["metadata"]["name"],
+        endpoint_slice.get("addressType", ""),
+        _list_with_more(ports),
+        _list_with_more(addresses),
+        age(endpoint_slice["metadata"].get("creationTimestamp")),
+    ]
+
+
 def _event_row(event: JSONDict) -> list[Any]:
     involved = event.get("involvedObject", {})
     return [
@@ -264,6 +311,7 @@ _ROWS: dict[str, Callable[[JSONDict], list[Any]]] = {
     ],
     "events": _event_row,
     "services": _service_row,
+    "endpointslices": _endpoint_slice_row,
     "serviceaccounts": lambda sa: [
         sa["metadata"]["name"],
         len(sa.get("secrets") or []),

@@ -95,7 +95,8 @@ class WatchStream:
         meta: JSONDict = {"resourceVersion": str(self.store.rv)}
         if annotations:
             meta["annotations"] = annotations
-        return {"kind": RESOURCES[self.resource].kind, "apiVersion": "v1", "metadata": meta}
+        info = RESOURCES[self.resource]
+        return {"kind": info.kind, "apiVersion": info.api_version, "metadata": meta}
 
     async def run(
         self, since: int | None, timeout: float | None, bookmarks: bool, initial_end: bool

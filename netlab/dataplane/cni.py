@@ -38,6 +38,9 @@ PLUGIN_TIMEOUT = 30.0  # seconds for one plugin call (portmap runs iptables, may
 DUPLICATE_IP_FAULT = "duplicate-pod-ip"
 FAMILY_MISSING_FAULT = "family-missing-on-node"
 FAMILY_MISSING_NODE = "node-2"  # whose IPAM forgets IPv6 under family-missing-on-node
+NO_HAIRPIN_FAULT = "no-hairpin"
+HOSTPORT_UNMAPPED_FAULT = "hostport-unmapped"
+HOSTPORT_UNMAPPED_NODE = "node-2"  # whose network config lacks the portmap plugin
 
 JSONDict = dict[str, Any]
 
@@ -131,7 +134,11 @@ class NodeCNI:
     # --- configs (pure) ------------------------------------------------------------------------
 
     def network_config(self, *, data_dir: Path | None = None) -> JSONDict:
-        """The ``netlab`` network config list (what would sit in /etc/cni/net.d)."""
+        """The ``netlab`` network config list (what would sit in /etc/cni/net.d): bridge
+        (hairpin mode on the pods' ports, as kubelet's hairpin-veth asks, so a pod reaches
+        itself through its Service) with host-local, then portmap chained for hostPorts
+        (``runtimeConfig.portMappings``, as containerd passes them). ``no-hairpin`` turns
+        hairpin mode off; ``hostport-unmapped`` leaves portmap out on node-2."""
         families: dict[int, list[str]] = {}
         for cidr in self.ipam_ranges:
             families.setdefault(_family_key(cidr), []).append(cidr)
@@ -146,7 +153,7 @@ class NodeCNI:
                     "type": "bridge",
                     "bridge": BRIDGE_NAME,
                     "isGateway": True,
-                    "hairpinMode": True,
+                    "hairpinMode": NO_HAIRPIN_FAULT not in self.spec.faults,
                     "ipMasq": False,  # the network model forbids SNAT between pods
                     "ipam": {
                         "type": "host-local",
@@ -155,7 +162,12 @@ class NodeCNI:
                         "dataDir": str(data_dir or self.data_dir),
                     },
                 },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
+                *(
+                    []
+                    if HOSTPORT_UNMAPPED_FAULT in self.spec.faults
+                    and self.plan.name == HOSTPORT_UNMAPPED_NODE
+                    else [{"type": "portmap", "capabilities": {"portMappings": True}}]
+                ),
             ],
         }
 

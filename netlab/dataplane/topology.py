@@ -72,6 +72,8 @@ TWO_NODE_FAULTS = (
     "host-to-remote-pods-blocked",
     "pmtu-blackhole",
     FAMILY_MISSING_FAULT,
+    "nodeport-missing-on-node",
+    "hostport-unmapped",
 )
 ADDRESS_SETTLE_TIMEOUT = 5.0  # seconds for a node's IPv6 addresses to leave "tentative"
 

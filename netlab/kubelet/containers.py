@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,77 @@ class ContainerConfigError(ValueError):
 # --- /etc files --------------------------------------------------------------------------------
 
 
+CLUSTER_DOMAIN = "cluster.local"  # kubelet's --cluster-domain (kubeadm's default)
+# kubelet's own limits on a pod's resolv.conf (validation.MaxDNSNameservers, MaxDNSSearchPaths).
+MAX_NAMESERVERS = 3
+MAX_SEARCH_PATHS = 32
+
+
+def cluster_dns_address(spec: LabSpec) -> str:
+    """kubelet's --cluster-dns: the tenth address of the primary service range (kubeadm's
+    choice), where the lab's kube-dns Service lives."""
+    return str(ipaddress.ip_network(spec.service_cidrs[0]).network_address + 10)
+
+
+def _host_resolv() -> tuple[list[str], list[str], list[str]]:
+    """The host's resolv.conf: (nameservers, search paths, options)."""
+    servers: list[str] = []
+    searches: list[str] = []
+    options: list[str] = []
+    for line in Path("/etc/resolv.conf").read_text().splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith(("#", ";")):
+            continue
+        if fields[0] == "nameserver":
+            servers += fields[1:2]
+        elif fields[0] in ("search", "domain"):
+            searches = fields[1:]
+        elif fields[0] == "options":
+            options += fields[1:]
+    return servers, searches, options
+
+
+def resolv_conf(
+    pod_spec: Mapping[str, Any], namespace: str, spec: LabSpec, *, host_network: bool
+) -> str:
+    """/etc/resolv.conf as kubelet (dns.go GetPodDNS) and containerd write it for the pod's
+    dnsPolicy: ClusterFirst (ClusterFirstWithHostNet for hostNetwork pods) gets the cluster
+    DNS, its search paths before the host's and ndots:5; Default, and ClusterFirst on the host
+    network, the host's; None only dnsConfig. dnsConfig is merged in last."""
+    policy = str(pod_spec.get("dnsPolicy") or "ClusterFirst")
+    cluster_first = policy == "ClusterFirstWithHostNet" or (
+        policy == "ClusterFirst" and not host_network
+    )
+    host_servers, host_searches, host_options = _host_resolv()
+    if policy == "None":
+        servers, searches, options = [], [], []
+    elif cluster_first:
+        servers = [cluster_dns_address(spec)]
+        searches = [
+            f"{namespace}.svc.{CLUSTER_DOMAIN}",
+            f"svc.{CLUSTER_DOMAIN}",
+            CLUSTER_DOMAIN,
+            *host_searches,
+        ]
+        options = ["ndots:5"]
+    else:
+        servers, searches, options = host_servers, host_searches, host_options
+    config = pod_spec.get("dnsConfig") or {}
+    servers += [str(s) for s in config.get("nameservers") or [] if str(s) not in servers]
+    searches += [str(s) for s in config.get("searches") or [] if str(s) not in searches]
+    by_name = {option.split(":", 1)[0]: option for option in options}
+    for option in config.get("options") or []:
+        value = option.get("value")
+        by_name[str(option["name"])] = f"{option['name']}:{value}" if value else option["name"]
+    lines = []
+    if searches:
+        lines.append("search " + " ".join(list(dict.fromkeys(searches))[:MAX_SEARCH_PATHS]))
+    lines += [f"nameserver {server}" for server in servers[:MAX_NAMESERVERS]]
+    if by_name:
+        lines.append("options " + " ".join(by_name.values()))
+    return "\n".join(lines) + "\n"
+
+
 def write_etc_files(
     directory: Path,
     *,
@@ -54,6 +125,7 @@ def write_etc_files(
     host_network: bool,
     namespace: str,
     spec: LabSpec,
+    pod_spec: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """/etc/hostname, /etc/hosts and /etc/resolv.conf as kubelet writes them for a pod."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -67,16 +139,7 @@ def write_etc_files(
         "fe00::2\tip6-allrouters",
     ]
     hosts += [f"{ip}\t{hostname}" for ip in pod_ips]
-    # kubeadm's cluster DNS address, in the primary family's service range.
-    service = ipaddress.ip_network(spec.service_cidrs[0])
-    dns_server = service.network_address + 10
-    if host_network:
-        resolv = Path("/etc/resolv.conf").read_text()  # ClusterFirst falls back to the host's
-    else:
-        resolv = (
-            f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
-            f"nameserver {dns_server}\noptions ndots:5\n"
-        )
+    resolv = resolv_conf(pod_spec or {}, namespace, spec, host_network=host_network)
     paths = {
         "/etc/hostname": directory / "hostname",
         "/etc/hosts": directory / "hosts",
@@ -89,6 +152,62 @@ def write_etc_files(
 
 
 # --- environment, capabilities, mounts ---------------------------------------------------------
+
+# Services whose variables every pod gets, enableServiceLinks or not (kubelet's masterServices).
+MASTER_SERVICES = ("kubernetes",)
+
+
+def _env_name(name: str) -> str:
+    """envvars.makeEnvVariableName: upper case, '-' and '.' to '_', '_' before a digit."""
+    text = name.upper().replace("-", "_").replace(".", "_")
+    return f"_{text}" if text[:1].isdigit() else text
+
+
+def _host_port(host: str, port: int) -> str:
+    """net.JoinHostPort: IPv6 literals in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def service_environment(
+    services: Sequence[Mapping[str, Any]], namespace: str, *, enable_service_links: bool
+) -> dict[str, str]:
+    """The docker-link style variables kubelet gives a pod (getServiceEnvVarMap and
+    envvars.FromServices): for each Service with a cluster IP in the pod's namespace (when
+    ``enable_service_links``) and for default/kubernetes always, NAME_SERVICE_HOST,
+    NAME_SERVICE_PORT[_PORTNAME], NAME_PORT and NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]."""
+    chosen: dict[str, Mapping[str, Any]] = {}
+    for service in services:
+        meta = service.get("metadata") or {}
+        spec = service.get("spec") or {}
+        if spec.get("clusterIP") in (None, "", "None") or not spec.get("ports"):
+            continue
+        name = str(meta.get("name", ""))
+        if meta.get("namespace") == "default" and name in MASTER_SERVICES:
+            chosen.setdefault(name, service)
+        elif meta.get("namespace") == namespace and enable_service_links:
+            chosen[name] = service
+    variables: dict[str, str] = {}
+    for name, service in chosen.items():
+        spec = service["spec"]
+        host = str(spec["clusterIP"])
+        prefix = _env_name(name)
+        ports = spec["ports"]
+        variables[f"{prefix}_SERVICE_HOST"] = host
+        variables[f"{prefix}_SERVICE_PORT"] = str(ports[0]["port"])
+        for port in ports:
+            if port.get("name"):
+                variables[f"{prefix}_SERVICE_PORT_{_env_name(port['name'])}"] = str(port["port"])
+        for index, port in enumerate(ports):
+            protocol = str(port.get("protocol") or "TCP")
+            url = f"{protocol.lower()}://{_host_port(host, int(port['port']))}"
+            if index == 0:
+                variables[f"{prefix}_PORT"] = url
+            port_prefix = f"{prefix}_PORT_{port['port']}_{protocol.upper()}"
+            variables[port_prefix] = url
+            variables[f"{port_prefix}_PROTO"] = protocol.lower()
+            variables[f"{port_prefix}_PORT"] = str(port["port"])
+            variables[f"{port_prefix}_ADDR"] = host
+    return variables
 
 
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
@@ -142,6 +261,8 @@ class PodContext:
     volumes: PodVolumes
     configmaps: ConfigMapLookup
     host_ips: tuple[str, ...] = ()  # the node's addresses, primary first (host_ip is [0])
+    # The Service variables of the pod (``service_environment``), fixed when the pod started.
+    service_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def field_value(context: PodContext, field_path: str) -> str:
@@ -182,9 +303,12 @@ def _configmap_value(context: PodContext, ref: Mapping[str, Any]) -> str | None:
 
 
 def container_environment(context: PodContext, container: Mapping[str, Any]) -> list[str]:
-    """The env list (``K=V``) kubelet would give ``container``, references expanded."""
+    """The env list (``K=V``) kubelet would give ``container``, references expanded: the
+    Service variables first, so the container's own env and envFrom override them and
+    ``$(VAR)`` can refer to them, as kubelet's makeEnvironmentVariables does."""
     hostname = str(context.pod.get("metadata", {}).get("name", ""))
     variables: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
+    variables.update(context.service_env)
     for source in container.get("envFrom") or []:
         ref = source.get("configMapRef")
         if ref is None:

@@ -24,6 +24,7 @@ from netlab.contract import (
     JSONDict,
     NodeInfo,
     PodNotFound,
+    ServiceLookup,
     StatusCallback,
 )
 from netlab.dataplane.cni import NodeCNI
@@ -39,8 +40,10 @@ from netlab.kubelet.containers import (
     ContainerConfigError,
     PodContext,
     container_config,
+    service_environment,
     write_etc_files,
 )
+from netlab.kubelet.hostports import host_port_conflict
 from netlab.kubelet.logs import container_logs
 from netlab.kubelet.pods import ContainerRecord, PodRecord, pod_dir
 from netlab.kubelet.prober import Prober
@@ -79,6 +82,7 @@ class Kubelet:
         on_status: StatusCallback,
         on_event: EventCallback,
         configmaps: ConfigMapLookup,
+        services: ServiceLookup | None = None,
     ) -> None:
         self.spec = spec
         self.plan = plan
@@ -86,6 +90,7 @@ class Kubelet:
         self.on_status = on_status
         self.on_event = on_event
         self.configmaps = configmaps
+        self.services = services
         self.runtime = ContainerRuntime(spec)
         self.cni = NodeCNI(spec, plan, ipam_ranges)
         self.prober = Prober(
@@ -140,8 +145,29 @@ class Kubelet:
         for container in record.init_containers[1:] + record.containers:
             container.state = {"waiting": {"reason": waiting}}
         self._pods[uid] = record
+        conflict = host_port_conflict(pod, [p.pod for p in self._admitted_pods(uid)])
+        if conflict is not None:
+            self._reject(record, *conflict)
+            return
         self._report(record)
         self._spawn(record, self._run_pod(record), f"pod-{record.name}")
+
+    def _admitted_pods(self, except_uid: str) -> list[PodRecord]:
+        """The pods this kubelet admitted that still hold their ports (not finished, not
+        rejected, not torn down)."""
+        return [
+            record
+            for uid, record in self._pods.items()
+            if uid != except_uid and record.final_phase is None and not record.stopping.is_set()
+        ]
+
+    def _reject(self, record: PodRecord, reason: str, message: str) -> None:
+        """kubelet's rejectPod: a Warning event, and the pod Failed with the reason and
+        "Pod was rejected: MESSAGE"; nothing of it is run."""
+        record.final_phase = "Failed"
+        record.rejected = (reason, message)
+        self._event(record, "Warning", reason, message)
+        self._report(record)
 
     async def stop_pod(self, uid: str, grace_period_seconds: int) -> None:
         record = self._pods.get(uid)
@@ -308,6 +334,7 @@ class Kubelet:
             host_network=sandbox.host_network,
             namespace=record.namespace,
             spec=self.spec,
+            pod_spec=record.pod.get("spec", {}),
         )
 
     async def _run_init_containers(self, record: PodRecord) -> bool:
@@ -471,6 +498,7 @@ class Kubelet:
                 shm_dir=record.directory / "_shm",
                 volumes=volumes,
                 configmaps=self.configmaps,
+                service_env=self._service_env(record),
             )
         try:
             config = container_config(context, container.spec)
@@ -550,6 +578,22 @@ class Kubelet:
             record.final_phase = "Succeeded" if exits and all(e == 0 for e in exits) else "Failed"
         self._report(record)
         self._pods.pop(record.uid, None)
+
+    def _service_env(self, record: PodRecord) -> dict[str, str]:
+        """The Service variables for a container starting now (kubelet reads its Service
+        lister at each container start)."""
+        if self.services is None:
+            return {}
+        spec = record.pod.get("spec", {})
+        enable = bool(spec.get("enableServiceLinks", True))
+        services = list(self.services(record.namespace))
+        if record.namespace != "default":
+            services += self.services("default")
+        try:
+            return service_environment(services, record.namespace, enable_service_links=enable)
+        except (KeyError, TypeError, ValueError):  # a malformed Service must not stop the pod
+            log.exception("service environment for pod %s", record.name)
+            return {}
 
     # --- status --------------------------------------------------------------------------------
 

@@ -75,6 +75,7 @@ class PodRecord:
     last_sent: JSONDict | None = None
     released_ips: tuple[str, ...] | None = None  # the IPs reported after the sandbox went
     moved: set[str] = field(default_factory=set)  # sandbox-reset: following the pod's new sandbox
+    rejected: tuple[str, str] | None = None  # (reason, message) when admission refused the pod
 
     @property
     def uid(self) -> str:

@@ -140,6 +140,16 @@ def _set_condition(
 def pod_status(record: PodRecord, node: NodeInfo, pod_ips: tuple[str, ...]) -> JSONDict:
     """The pod's v1 PodStatus on ``node``, showing ``pod_ips``. Updates the record's
     conditions (a condition keeps its transition time while its status holds)."""
+    if record.rejected is not None:
+        # kubelet's rejectPod: only the phase, reason and message (and QoS class) are set.
+        reason, message = record.rejected
+        return {
+            "phase": "Failed",
+            "reason": reason,
+            "message": f"Pod was rejected: {message}",
+            "qosClass": qos_class(record.pod.get("spec", {})),
+            "startTime": record.start_time,
+        }
     phase = pod_phase(record)
     completed = phase in ("Succeeded", "Failed")
     sandbox_ready = (

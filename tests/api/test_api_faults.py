@@ -488,7 +488,11 @@ def test_a_restart_drops_connections_and_keeps_state(faulty: LiveServer, ns: str
 
     watching = threading.Thread(target=watch_config_maps)
     watching.start()
-    until(lambda: faulty.server.store._watchers, 5, "the watch registered")
+    until(
+        lambda: any(w.resource == "configmaps" for w in faulty.server.store._watchers),
+        5,
+        "the watch registered",
+    )
     restart = asyncio.run_coroutine_threadsafe(faulty.server.restart(1.0), faulty.loop)
     until(lambda: _refused(faulty), 5, "the API down")
     restart.result(10)

@@ -133,12 +133,10 @@ def test_get_services(live: LiveServer) -> None:
         "AGE",
         "SELECTOR",
     ]
-    row = lines[1].split()
-    assert row[:6] == ["default", "kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
-    assert len(lines) == 2
-    refused = kubectl(live, "delete", "svc", "kubernetes", check=False)
-    assert refused.returncode == 1
-    assert "no Service data plane" in refused.stderr
+    rows = [line.split() for line in lines[1:]]
+    assert ["default", "kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"] in [
+        row[:6] for row in rows
+    ]
 
 
 def test_get_pods_in_chunks(live: LiveServer) -> None:

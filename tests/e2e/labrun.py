@@ -1,11 +1,14 @@
 """Boot a 3-node netlab, run the conformance suite against it as a user would, read the JUnit.
 
-Used by the end-to-end tests and the detection matrix. Lab names start with ``tm`` so concurrent
-lab tests of other prefixes never collide with these; every lab is torn down whatever happened.
+Used by the end-to-end tests and the detection matrix. Lab names start with ``tm`` (or
+``$NETLAB_TEST_LAB_PREFIX``) so concurrent lab tests of other prefixes never collide with these;
+every lab is torn down whatever happened.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import secrets
 import subprocess
@@ -19,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 NETLAB = [sys.executable, "-m", "netlab"]
-LAB_PREFIX = "tm"
+LAB_PREFIX = os.environ.get("NETLAB_TEST_LAB_PREFIX", "tm")
 # Generous bounds for a loaded 2-core machine; a healthy lab boots in seconds.
 BOOT_TIMEOUT = 180
 SUITE_TIMEOUT = 900
@@ -47,12 +50,16 @@ class LabCase:
     family: str = "ipv4"
     #: Options the suite runs with on this lab (e.g. ``--ip-family dual``).
     suite_args: tuple[str, ...] = ()
+    #: Control-plane faults the lab's API server is booted with (``netlab up --api-fault``).
+    api_faults: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
-        """Test ID: ``healthy``, ``snat-cross-node``, ``a+b``; ``-ipv6``/``-dual`` when not IPv4."""
+        """Test ID: ``healthy``, ``snat-cross-node``, ``a+b``; ``-ipv6``/``-dual`` when not IPv4;
+        API faults after ``@`` (``healthy@throttle=0.1``)."""
         name = "+".join(self.faults) or "healthy"
-        return name if self.family == "ipv4" else f"{name}-{self.family}"
+        name = name if self.family == "ipv4" else f"{name}-{self.family}"
+        return f"{name}@{'+'.join(self.api_faults)}" if self.api_faults else name
 
     @property
     def label(self) -> str:
@@ -76,6 +83,8 @@ class SuiteRun:
     report_dir: Path = ROOT
     lab: str = ""
     leftovers: list[str] = field(default_factory=list)  # netconform namespaces and pods left
+    #: The run's exit code as its summary.json records it (None: no summary written).
+    exitstatus: int | None = None
 
     def ids(self, outcome: str) -> list[str]:
         """The IDs of the checks with this outcome, in report order."""
@@ -108,6 +117,7 @@ def running_lab(case: LabCase) -> Iterator[tuple[str, Path]]:
     name = new_lab_name()
     fault_args = [arg for fault in case.faults for arg in ("--fault", fault)]
     fault_args += ["--ip-family", case.family]
+    fault_args += [arg for fault in case.api_faults for arg in ("--api-fault", fault)]
     try:
         up = subprocess.run(
             [*NETLAB, "up", "--nodes", "3", "--name", name, *fault_args],
@@ -199,6 +209,7 @@ def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
         left = cluster_leftovers(kubeconfig)
     return SuiteRun(
         lab=name,
+        exitstatus=summary_exitstatus(report_dir),
         leftovers=left,
         case=case,
         cases=cases,
@@ -208,6 +219,14 @@ def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
         suite_seconds=done - booted,
         report_dir=report_dir,
     )
+
+
+def summary_exitstatus(report_dir: Path) -> int | None:
+    """The exit code the suite wrote into ``report_dir/summary.json`` (None without one)."""
+    try:
+        return int(json.loads((report_dir / "summary.json").read_text())["exitstatus"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cluster_leftovers(kubeconfig: Path) -> list[str]:

@@ -11,6 +11,7 @@ also writes the matrix document from the run.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -36,14 +37,19 @@ _FAMILY = r"(?:ipv\d-)?"
 _PROTO = r"(?:tcp|udp|icmp)"
 
 
+_GROUPS = itertools.count()
+
+
 def cross_node(check: str, src: str = r"\d+", dst: str = r"\d+", proto: str = _PROTO) -> str:
     """Pair items of ``check`` between two different nodes (``src``/``dst``: node numbers)."""
-    return rf"{check}\[{_FAMILY}{proto}-node-(?P<s>{src})->node-(?!(?P=s)\])(?:{dst})\]"
+    g = f"s{next(_GROUPS)}"  # unique group names, so patterns can be joined with `either`
+    return rf"{check}\[{_FAMILY}{proto}-node-(?P<{g}>{src})->node-(?!(?P={g})\])(?:{dst})\]"
 
 
 def same_node(check: str, node: str = r"\d+", proto: str = _PROTO) -> str:
     """Pair items of ``check`` from a node to itself."""
-    return rf"{check}\[{_FAMILY}{proto}-node-(?P<s>{node})->node-(?P=s)\]"
+    g = f"s{next(_GROUPS)}"
+    return rf"{check}\[{_FAMILY}{proto}-node-(?P<{g}>{node})->node-(?P={g})\]"
 
 
 def either(*patterns: str) -> str:

@@ -353,7 +353,6 @@ def test_v3_pools_found_whatever_v1_says(
     "answer",
     [
         ApiException(status=404),
-        ApiException(status=403),
         ApiException(status=503),
         urllib3.exceptions.MaxRetryError(None, "/apis", "connection refused"),
         {"items": []},
@@ -365,6 +364,14 @@ def test_no_pools_means_no_pool_ipam(monkeypatch: pytest.MonkeyPatch, answer: ob
     found, asked = detect(monkeypatch, {V1_POOLS: answer, V3_POOLS: answer})
     assert found is None
     assert asked == [V1_POOLS, V3_POOLS]
+
+
+def test_a_forbidden_pool_list_without_pools_elsewhere_is_could_not_test(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # RBAC refusing the list leaves open whether Calico IPAM runs: never read as "absent".
+    with pytest.raises(cluster.ClusterError, match=r"list ippools\.crd\.projectcalico\.org"):
+        detect(monkeypatch, {V1_POOLS: ApiException(status=403)})
 
 
 def test_family_filters_keep_only_that_family() -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from kube_objects import pod_with
 from kubernetes import client
 
-from conformance.kit import deploy
+from conformance.kit import deploy, waiting
 from conformance.kit.errors import CouldNotTest, ProbeDeploymentError
 from conformance.kit.podspecs import to_manifest
 from conformance.kit.probes import ProbeMap, planned_probes
@@ -121,6 +123,131 @@ def test_wait_for_pods_gives_up_early_on_a_cause_that_will_not_recover() -> None
             timeout=300,
             timeouts=Timeouts(),
         )
+
+
+def crashing_pod(
+    *,
+    message: str | None = None,
+    restarts: int = 3,
+    waiting: str = "CrashLoopBackOff",
+) -> client.V1Pod:
+    """``probe-n1`` whose container ``b`` exits 1 over and over; ``message`` its termination
+    message (None: the status holds none, as on a kubelet without FallbackToLogsOnError)."""
+    pod = pod_with(ready=False, phase="Running")
+    assert pod.status is not None
+    pod.status.container_statuses = [
+        client.V1ContainerStatus(
+            name="b",
+            image="i",
+            image_id="",
+            ready=False,
+            restart_count=restarts,
+            state=client.V1ContainerState(
+                waiting=client.V1ContainerStateWaiting(reason=waiting, message="back-off 5s")
+            ),
+            last_state=client.V1ContainerState(
+                terminated=client.V1ContainerStateTerminated(
+                    exit_code=1, reason="Error", message=message
+                )
+            ),
+        )
+    ]
+    return pod
+
+
+class _CrashCore(_PodsCore):
+    """Pods, and the previous log of a container (recording who asked)."""
+
+    def __init__(self, pods: list[client.V1Pod], log: str = "") -> None:
+        super().__init__(pods)
+        self.log = log
+        self.asked: list[dict[str, Any]] = []
+
+    def read_namespaced_pod_log(self, name: str, namespace: str, **kwargs: Any) -> str:
+        self.asked.append({"name": name, **kwargs})
+        return self.log
+
+
+def wait(core: _PodsCore, timeout: float = 300) -> dict[str, client.V1Pod]:
+    return deploy.wait_for_pods(
+        core,  # type: ignore[arg-type]
+        "ns",
+        ["probe-n1"],
+        timeout=timeout,
+        timeouts=Timeouts(api_retry=0.5),
+    )
+
+
+def test_a_crash_loop_stops_the_wait_with_the_termination_message() -> None:
+    words = "serve cannot start: EADDRINUSE: [Errno 98] Address in use: 0.0.0.0:8080"
+    core = _CrashCore([crashing_pod(message=words)])
+    with pytest.raises(ProbeDeploymentError) as raised:
+        wait(core)
+    text = str(raised.value)
+    assert "probe-n1: container b is crash-looping (restarted 3 times): exit 1 (Error)" in text
+    assert words in text
+    assert core.asked == []  # the status said it all: no log read
+
+
+def test_a_crash_loop_without_a_message_quotes_its_previous_log() -> None:
+    log = "\n".join(f"line {i}" for i in range(30)) + "\npython3: not found\n"
+    core = _CrashCore([crashing_pod(message=None, waiting="")], log=log)
+    core.pods[0].status.container_statuses[0].state = client.V1ContainerState(  # type: ignore[union-attr, index]
+        running=client.V1ContainerStateRunning()
+    )  # running again, but restarted more than CRASH_LOOP_RESTARTS times
+    with pytest.raises(ProbeDeploymentError, match="python3: not found") as raised:
+        wait(core)
+    assert "last log lines" in str(raised.value)
+    assert "line 9\n" not in str(raised.value)  # the tail only
+    (asked,) = core.asked
+    assert asked["previous"] is True
+    assert asked["container"] == "b"
+    assert asked["tail_lines"] == deploy.LAST_WORDS_LINES
+
+
+def test_a_restart_or_two_is_not_yet_a_crash_loop() -> None:
+    assert deploy.crash_looping(crashing_pod(restarts=2, waiting="")) == []
+    assert [c.name for c in deploy.crash_looping(crashing_pod(restarts=1))] == ["b"]
+    assert [c.name for c in deploy.crash_looping(crashing_pod(restarts=3, waiting=""))] == ["b"]
+
+
+def test_an_evicted_probe_stops_the_wait_naming_the_eviction() -> None:
+    pod = pod_with(phase="Running")
+    assert pod.metadata is not None
+    assert pod.status is not None
+    pod.metadata.deletion_timestamp = datetime(2026, 1, 1, tzinfo=UTC)
+    pod.status.conditions = [
+        client.V1PodCondition(
+            type="DisruptionTarget",
+            status="True",
+            reason="EvictionByEvictionAPI",
+            message="Eviction API: evicting",
+        )
+    ]
+    with pytest.raises(
+        ProbeDeploymentError,
+        match=r"probe-n1: pod is being deleted \(EvictionByEvictionAPI: Eviction API: "
+        r"evicting\): evicted or deleted by someone else",
+    ):
+        wait(_PodsCore([pod]))
+    failed = pod_with(phase="Failed")
+    assert failed.status is not None
+    failed.status.conditions = pod.status.conditions
+    assert deploy.fatal_reason(failed) == (
+        "pod phase Failed: EvictionByEvictionAPI: Eviction API: evicting"
+    )
+
+
+def test_a_probe_deleted_while_starting_stops_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = pod_with(phase="Running")
+    gone = pod_with(phase="Running")
+
+    def events(*_: Any, **__: Any) -> Iterator[dict[str, Any]]:
+        yield {"type": "DELETED", "object": gone}
+
+    monkeypatch.setattr(waiting, "watch_events", events)
+    with pytest.raises(ProbeDeploymentError, match="probe-n1: pod was deleted: evicted or deleted"):
+        wait(_PodsCore([pod]))
 
 
 # --- pull secrets ----------------------------------------------------------------------------

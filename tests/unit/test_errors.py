@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOT_COULD_NOT_TEST = {
     "CIDRParseError": "a CIDR text the cluster reports that does not parse (a finding)",
     "_StillFailing": "the sweep's private signal to tenacity for another round",
+    "_WatchEnded": "a wait's private signal to tenacity to list and watch again",
 }
 
 ERROR_CLASSES = sorted(

@@ -92,7 +92,7 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
 
 
 def test_options_parse(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
+    probe = pytester.makepyfile(
         SETTINGS_PROBE.format(
             max_nodes=3,
             selector={"pool": "a", "example.com/zone": "z1"},
@@ -111,6 +111,7 @@ def test_options_parse(pytester: pytest.Pytester) -> None:
         "--probe-timeout=2.5",
         "--kubeconfig=/some/kubeconfig",
         "--keep-namespace",
+        str(probe),  # with no test path, --kubeconfig would run the suite instead
     )
     result.assert_outcomes(passed=1)
 
@@ -191,9 +192,10 @@ def test_no_cluster_access_without_conformance_tests(
         raise AssertionError("the cluster must not be touched")
 
     monkeypatch.setattr(plugin, "discover", forbidden)
-    pytester.makepyfile("def test_plain(): pass")
+    plain = pytester.makepyfile("def test_plain(): pass")
+    # With a test path the suite is not added (without one, --kubeconfig asks for it).
     result = pytester.runpytest(
-        "--kubeconfig", str(unreachable_kubeconfig(tmp_path / "kubeconfig"))
+        "--kubeconfig", str(unreachable_kubeconfig(tmp_path / "kubeconfig")), str(plain)
     )
     result.assert_outcomes(passed=1)
     assert touched == []

@@ -56,7 +56,7 @@ def test_pod_specs_serialize_and_validate(role: str) -> None:
         probe_cmd = container["readinessProbe"]["exec"]["command"]
         assert probe_cmd[:3] == ["python3", "/netconform/agent.py", "ping"]
         assert {e["name"] for e in container["env"]} == env_names
-        assert container["securityContext"]["capabilities"]["add"] == ["NET_RAW"]
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
         assert {"mountPath": "/netconform", "name": "agent", "readOnly": True} in container[
             "volumeMounts"
         ]

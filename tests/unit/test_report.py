@@ -44,6 +44,7 @@ def test_junit_properties() -> None:
         ("netconform.service_cidr", "unknown"),
         ("netconform.ip_families", "IPv4"),
         ("netconform.probe_image", "nicolaka/netshoot:v0.13"),
+        ("netconform.cni", "unknown"),
     ]
 
 

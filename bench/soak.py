@@ -1,0 +1,431 @@
+"""``./run.sh bench --soak N``: the whole suite N times under each control-plane fault, on a
+healthy 3-node lab, and under a data-plane fault with API faults on top; are its verdicts
+honest?
+
+For every run: the exit code, the checks that could not test, the false failures (a check that
+failed although no rule the lab breaks is its rule: must be 0), the false passes (a check of
+the broken rule that passed: must be 0) and what was left behind (the run's namespaces and
+pods in the cluster; after each lab's teardown, its network namespaces, mounts and processes:
+must be 0). One lab per case, booted with its faults, ``--parallel`` labs at a time; between
+runs the lab's API faults are set again with a new ``seed`` (``netlab api-faults --set``), so
+each run meets other faults. The table goes into ``bench/results.md`` (its own section, kept
+when the other benchmarks rewrite the file) and the raw figures into ``bench/soak.json``.
+
+Bounded: every run has the suite's own deadline (``labrun.SUITE_TIMEOUT``), every lab is torn
+down in a ``finally``, and ``--deadline`` stops the whole soak (labs torn down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+import labrun  # noqa: E402  (tests/e2e: the one way a lab runs the suite)
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+from labrun import (  # noqa: E402
+    NETLAB,
+    CaseResult,
+    LabCase,
+    LabError,
+    cluster_leftovers,
+    run_suite,
+    running_lab,
+    summary_exitstatus,
+)
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed  # noqa: E402
+from urllib3.exceptions import HTTPError  # noqa: E402
+
+PROBE_SELECTOR = "app.kubernetes.io/name=netconform-probe"
+SECTION_BEGIN = "<!-- soak:begin (written by ./run.sh bench --soak; kept by the benchmark) -->"
+SECTION_END = "<!-- soak:end -->"
+DEADLINE = 3 * 3600.0
+PARALLEL = 3  # labs at once: the 2-core CI machine's sweet spot (as the detection matrix)
+LEFTOVER_GRACE = 60.0  # seconds for a run's deleted namespace to finish terminating
+
+_FAMILY = r"(?:ipv\d-)?"
+#: The checks ``snat-cross-node`` breaks (as tests/e2e/test_detection_matrix.py states them):
+#: every cross-node pair of test_no_snat, every protocol.
+SNAT_CROSS_NODE = rf"test_no_snat::test_no_snat\[{_FAMILY}(?:tcp|udp|icmp)-node-(?P<s>\d+)->node-(?!(?P=s)\])\d+\]"
+
+
+@dataclass(frozen=True)
+class SoakCase:
+    """One lab of the soak: its API faults, and the data-plane faults with the checks they
+    must fail (a regular expression over ``module::name[id]``)."""
+
+    name: str
+    api_faults: tuple[str, ...] = ()
+    faults: tuple[str, ...] = ()
+    must_fail: str = ""
+
+    def lab_case(self) -> LabCase:
+        return LabCase(faults=self.faults, api_faults=self.api_faults)
+
+
+#: Every control-plane fault of `netlab api-faults` (forbid aside: a 403 is a refusal by
+#: design, whose honest verdict is covered by the install tests), one lab each; then a
+#: data-plane fault under a busy API server.
+CASES: tuple[SoakCase, ...] = (
+    SoakCase("healthy (no API fault)"),
+    SoakCase("throttle", ("throttle=0.1",)),
+    SoakCase("server-error", ("server-error=0.05",)),
+    SoakCase("slow", ("slow=0.2:1",)),
+    SoakCase("cut-streams", ("cut-streams=0.2",)),
+    SoakCase("evict", (f"evict={PROBE_SELECTOR}@12s",)),
+    SoakCase("delete", (f"delete={PROBE_SELECTOR}@12s",)),
+    SoakCase("restart", ("restart=15:3",)),
+    SoakCase("exec-v4-only", ("exec-v4-only",)),
+    SoakCase("sa-delay", ("sa-delay=3:6",)),
+    SoakCase(
+        "snat-cross-node + busy API",
+        ("throttle=0.1", "server-error=0.05", "cut-streams=0.1"),
+        ("snat-cross-node",),
+        SNAT_CROSS_NODE,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class RunVerdict:
+    """What one run of the suite did, judged against the faults of its lab."""
+
+    exit_code: int | None
+    checks: int
+    could_not_test: tuple[str, ...] = ()
+    false_failures: tuple[str, ...] = ()
+    false_passes: tuple[str, ...] = ()
+    #: Checks of the broken rule that failed (data-plane cases only).
+    caught: int = 0
+    broken_rule: bool = False
+    leftovers: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def honest(self) -> bool:
+        """No false failure, no false pass, nothing left, and an exit code that says the same:
+        2 or (healthy lab) 0 or (broken rule, caught) 1; never 1 without a caught failure,
+        never 0 under a data-plane fault."""
+        if self.false_failures or self.false_passes or self.leftovers:
+            return False
+        if self.exit_code == 1:
+            return self.caught > 0
+        return self.exit_code == 2 or (self.exit_code == 0 and not self.broken_rule)
+
+
+def judge(
+    cases: Sequence[CaseResult],
+    exit_code: int | None,
+    must_fail: str = "",
+    *,
+    leftovers: Iterable[str] = (),
+    seconds: float = 0.0,
+) -> RunVerdict:
+    """One run's verdict: every error is a could-not-test; a failed check is false unless it
+    matches ``must_fail``; a check matching ``must_fail`` that passed is a false pass."""
+    pattern = re.compile(must_fail) if must_fail else None
+    expected = [c for c in cases if pattern is not None and pattern.search(c.test_id)]
+    return RunVerdict(
+        exit_code=exit_code,
+        checks=len(cases),
+        could_not_test=tuple(c.test_id for c in cases if c.outcome == "error"),
+        false_failures=tuple(
+            c.test_id for c in cases if c.outcome == "failed" and c not in expected
+        ),
+        false_passes=tuple(c.test_id for c in expected if c.outcome == "passed"),
+        caught=sum(1 for c in expected if c.outcome == "failed"),
+        broken_rule=pattern is not None,
+        leftovers=tuple(leftovers),
+        seconds=seconds,
+    )
+
+
+def say(message: str) -> None:
+    print(f"[soak {datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
+
+
+# --- leftovers ---------------------------------------------------------------------------------
+
+
+def settled_leftovers(kubeconfig: Path, grace: float = LEFTOVER_GRACE) -> list[str]:
+    """The suite's namespaces and pods still in the cluster once a run ended, given ``grace``
+    seconds for a deleted namespace to finish terminating (looked at every second)."""
+    left: list[str] = Retrying(
+        retry=retry_if_result(bool),
+        stop=stop_after_delay(grace),
+        wait=wait_fixed(1.0),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else [],
+    )(cluster_leftovers, kubeconfig)
+    return left
+
+
+def lab_residue(name: str) -> list[str]:
+    """What lab ``name`` left on the machine after its teardown: network namespaces, mounts,
+    state, and processes whose command line, root or working directory is the lab's."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    found += [
+        f"netns {line.split()[0]}"
+        for line in netns.stdout.splitlines()
+        if line.split() and line.split()[0].startswith(f"netlab-{name}-")
+    ]
+    marks = (f"/run/netlab/{name}/", f"/run/netlab/{name} ", f"netlab-{name}-")
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        if any(mark in line + " " for mark in marks):
+            found.append(f"mount {line.split()[1]}")
+    if Path(f"/run/netlab/{name}").exists():
+        found.append(f"state /run/netlab/{name}")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            places = [os.readlink(proc / "root"), os.readlink(proc / "cwd")]
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+        if f"--name {name} " in cmdline + " " or any(
+            p.startswith(f"/run/netlab/{name}/") for p in places
+        ):
+            found.append(f"process {proc.name}: {cmdline.strip()[:120]}")
+    return found
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def set_api_faults(lab: str, faults: Sequence[str], seed: int) -> None:
+    """The lab's API faults again, with another seed (the admin endpoint, as users switch)."""
+    argv = [*NETLAB, "api-faults", "--name", lab]
+    if faults:
+        argv += [arg for fault in (*faults, f"seed={seed}") for arg in ("--set", fault)]
+    else:
+        argv.append("--clear")
+    subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+
+
+@dataclass
+class CaseRuns:
+    """Every run of one case, and what its lab left after teardown."""
+
+    case: SoakCase
+    lab: str = ""
+    runs: list[RunVerdict] = field(default_factory=list)
+    residue: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def soak_case(case: SoakCase, runs: int, out_dir: Path, stop: Callable[[], bool]) -> CaseRuns:
+    """Boot the case's lab, run the suite ``runs`` times (another fault seed each time), tear
+    the lab down and look for residue."""
+    found = CaseRuns(case)
+    try:
+        with running_lab(case.lab_case()) as (lab, kubeconfig):
+            found.lab = lab
+            for index in range(runs):
+                if stop():
+                    break
+                if case.api_faults:
+                    set_api_faults(lab, case.api_faults, seed=index + 1)
+                report_dir = out_dir / f"{lab}-{index + 1}"
+                started = time.monotonic()
+                results, _, _ = run_suite(kubeconfig, report_dir)
+                seconds = time.monotonic() - started
+                left = settled_leftovers(kubeconfig)
+                verdict = judge(
+                    results,
+                    summary_exitstatus(report_dir),
+                    case.must_fail,
+                    leftovers=left,
+                    seconds=seconds,
+                )
+                found.runs.append(verdict)
+                say(
+                    f"{case.name} run {index + 1}/{runs}: exit {verdict.exit_code}, "
+                    f"{len(verdict.could_not_test)} could not test, "
+                    f"{len(verdict.false_failures)} false failures, "
+                    f"{len(verdict.false_passes)} false passes, {len(left)} left, "
+                    f"{seconds:.0f} s"
+                )
+    except (LabError, subprocess.SubprocessError, OSError, ApiException, HTTPError) as error:
+        # A lab that would not boot or go down, a run that overran: reported, not hidden.
+        found.error = f"{type(error).__name__}: {error}"
+        say(f"{case.name}: {found.error}")
+    if found.lab:
+        found.residue = lab_residue(found.lab)
+    return found
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def exit_codes(runs: Sequence[RunVerdict]) -> str:
+    counts = Counter(str(r.exit_code) for r in runs)
+    return ", ".join(f"{n} x {code}" for code, n in sorted(counts.items())) or "-"
+
+
+def render_section(results: Sequence[CaseRuns], runs: int, facts: dict[str, Any]) -> str:
+    """The Markdown section of ``bench/results.md``, between its markers."""
+    lines = [
+        SECTION_BEGIN,
+        "## Soak under control-plane faults",
+        "",
+        f"`./run.sh bench --soak {runs}`: the whole suite {runs} times per case, one 3-node lab "
+        "per case booted with its faults, another fault seed per run. Could not test: runs "
+        "with any check reported COULD NOT TEST, and the checks in all. False failures: failed "
+        "checks of rules the lab does not break; false passes: passed checks of the rule the "
+        "data-plane fault breaks; leftovers: the suite's namespaces and pods after each run, "
+        "and the lab's network namespaces, mounts and processes after its teardown. All three "
+        f"must be 0. {facts['date']}, git {facts['git_commit'][:10]}"
+        f"{' (dirty)' if facts['git_dirty'] else ''}, {facts['cores']} cores, "
+        f"{facts['wall_s']:.0f} s in all, {facts['parallel']} labs at a time.",
+        "",
+        "| case | API faults | data-plane fault | runs | exit codes | could not test (runs / "
+        "checks) | false failures | false passes | caught (of the broken rule) | leftovers | "
+        "median run |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for found in results:
+        case, done = found.case, found.runs
+        cnt = [len(r.could_not_test) for r in done]
+        left = sum(len(r.leftovers) for r in done) + len(found.residue)
+        seconds = statistics.median([r.seconds for r in done]) if done else 0.0
+        caught = f"{min(r.caught for r in done)}-{max(r.caught for r in done)}" if done else "-"
+        lines.append(
+            f"| {case.name} | {', '.join(f'`{f}`' for f in case.api_faults) or '-'} | "
+            f"{', '.join(f'`{f}`' for f in case.faults) or '-'} | {len(done)} | "
+            f"{exit_codes(done)} | {sum(1 for n in cnt if n)} / {sum(cnt)} | "
+            f"{sum(len(r.false_failures) for r in done)} | "
+            f"{sum(len(r.false_passes) for r in done)} | "
+            f"{caught if case.must_fail else '-'} | {left} | {seconds:.0f} s |"
+        )
+    problems = [
+        f"- {found.case.name}: {found.error}" for found in results if found.error is not None
+    ]
+    problems += [
+        f"- {found.case.name}: residue after teardown: {', '.join(found.residue)}"
+        for found in results
+        if found.residue
+    ]
+    if problems:
+        lines += ["", "Problems:", "", *problems]
+    lines += ["", SECTION_END, ""]
+    return "\n".join(lines)
+
+
+def with_section(document: str, section: str) -> str:
+    """``document`` with its soak section replaced by ``section`` (appended when it has none)."""
+    if SECTION_BEGIN in document and SECTION_END in document:
+        head, rest = document.split(SECTION_BEGIN, 1)
+        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
+        return head + section + tail
+    return document.rstrip("\n") + "\n\n" + section
+
+
+def section_of(document: str) -> str:
+    """The soak section of ``document`` (empty when it has none), for the benchmark to keep."""
+    if SECTION_BEGIN not in document or SECTION_END not in document:
+        return ""
+    body = document.split(SECTION_BEGIN, 1)[1].split(SECTION_END, 1)[0]
+    return f"\n{SECTION_BEGIN}{body}{SECTION_END}\n"
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def run(
+    runs: int,
+    *,
+    out: Path = BENCH,
+    cases: Sequence[SoakCase] = CASES,
+    parallel: int = PARALLEL,
+    deadline: float = DEADLINE,
+    facts: dict[str, Any] | None = None,
+) -> int:
+    """Soak every case ``runs`` times; write the section and ``soak.json``. Exit status 0 when
+    every run was honest and nothing was left, else 1."""
+    began = time.monotonic()
+    # Soak labs are named hs + 6 hex digits unless the caller chose a prefix.
+    labrun.LAB_PREFIX = os.environ.get("NETLAB_TEST_LAB_PREFIX", "hs")
+
+    def stop() -> bool:
+        return time.monotonic() - began > deadline
+
+    say(f"{len(cases)} cases x {runs} runs, {parallel} labs at a time")
+    with (
+        tempfile.TemporaryDirectory(prefix="netconform-soak-") as scratch,
+        ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="soak") as pool,
+    ):
+        futures = [
+            pool.submit(soak_case, case, runs, Path(scratch) / f"case-{i}", stop)
+            for i, case in enumerate(cases)
+        ]
+        results = [future.result() for future in futures]
+    wall = time.monotonic() - began
+    facts = {**(facts or {}), "wall_s": wall, "parallel": parallel, "runs": runs}
+    facts.setdefault("date", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    facts.setdefault("git_commit", "")
+    facts.setdefault("git_dirty", False)
+    facts.setdefault("cores", os.cpu_count())
+    out.mkdir(parents=True, exist_ok=True)
+    document = out / "results.md"
+    previous = document.read_text() if document.exists() else "# Benchmarks\n"
+    document.write_text(with_section(previous, render_section(results, runs, facts)))
+    (out / "soak.json").write_text(
+        json.dumps(
+            {
+                "machine": facts,
+                "cases": [
+                    {
+                        "case": asdict(found.case),
+                        "lab": found.lab,
+                        "error": found.error,
+                        "residue": found.residue,
+                        "runs": [asdict(r) for r in found.runs],
+                    }
+                    for found in results
+                ],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    honest = all(
+        not found.error and not found.residue and all(r.honest for r in found.runs)
+        for found in results
+    )
+    say(f"done in {wall:.0f} s: {'every run honest' if honest else 'DISHONEST OR LEFT SOMETHING'}")
+    print(render_section(results, runs, facts), flush=True)
+    return 0 if honest else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument("runs", type=int, help="suite runs per case")
+    parser.add_argument("--parallel", type=int, default=PARALLEL)
+    parser.add_argument("--only", default="", help="comma-separated case names to run")
+    parser.add_argument("--out", type=Path, default=BENCH)
+    parser.add_argument("--deadline", type=float, default=DEADLINE)
+    args = parser.parse_args(argv)
+    cases = [c for c in CASES if not args.only or c.name in args.only.split(",")]
+    return run(args.runs, out=args.out, cases=cases, parallel=args.parallel, deadline=args.deadline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

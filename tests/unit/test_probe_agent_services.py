@@ -1,0 +1,337 @@
+"""The probe agent's Service operations (issue 16): listener replies naming their server,
+``spread`` over a virtual address, ``resolve`` through the pod's own resolver, ``env`` and
+``set_ready`` with the readiness ``ping``. Real agents on loopback; the resolver tests run the
+agent in private network and mount namespaces (its own /etc/hosts and /etc/resolv.conf, a DNS
+server on its own loopback that never answers), so no lookup leaves the test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+from test_probe_agent import RunningAgent, free_port_pair, nonce, start_agent
+
+from conformance.probe_agent import agent as probe_agent
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("svc")
+
+
+@contextmanager
+def agent_named(workdir: Path, name: str) -> Iterator[RunningAgent]:
+    tcp_port, udp_port = free_port_pair()
+    agent = start_agent(workdir, name, tcp_port=tcp_port, udp_port=udp_port)
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def backends(workdir: Path) -> Iterator[tuple[RunningAgent, RunningAgent]]:
+    """Two agents, as the endpoints of one Service."""
+    with agent_named(workdir, "backend-1") as one, agent_named(workdir, "backend-2") as two:
+        yield one, two
+
+
+@contextmanager
+def round_robin(ports: list[int]) -> Iterator[int]:
+    """A TCP forwarder on 127.0.0.1 sending each new connection to the next of ``ports`` (a
+    Service's virtual address in miniature); yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    turn = iter(range(1 << 30))
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(4096):
+                sink.sendall(data)
+        with suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            backend = socket.create_connection(("127.0.0.1", ports[next(turn) % len(ports)]))
+            for a, b in ((client, backend), (backend, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def spread_request(port: int, expect: list[str], **fields: object) -> dict[str, object]:
+    return {
+        "op": "spread",
+        "proto": "tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "nonce": nonce(),
+        "expect_servers": expect,
+        "max_tries": 20,
+        "timeout": 2,
+        **fields,
+    }
+
+
+# --- listeners name their server --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_connect_answers_which_server_answered(
+    backends: tuple[RunningAgent, RunningAgent], proto: str
+) -> None:
+    one, _ = backends
+    port = one.tcp_port if proto == "tcp" else one.udp_port
+    answer = one.ok(
+        {"op": "connect", "proto": proto, "host": "127.0.0.1", "port": port, "nonce": nonce()}
+    )
+    assert answer["server"] == "backend-1"
+    assert answer["peer_seen"] == "127.0.0.1"
+
+
+# --- spread -------------------------------------------------------------------------------------
+
+
+def test_spread_stops_once_every_expected_server_answered(
+    backends: tuple[RunningAgent, RunningAgent],
+) -> None:
+    one, two = backends
+    with round_robin([one.tcp_port, two.tcp_port]) as port:
+        answer = one.ok(spread_request(port, ["backend-1", "backend-2"], parallel=1))
+    assert answer["tries"] == 2, answer
+    assert answer["servers"] == {"backend-1": 1, "backend-2": 1}
+    assert answer["peers"] == {"backend-1": ["127.0.0.1"], "backend-2": ["127.0.0.1"]}
+    assert answer["missing"] == []
+    assert answer["errors"] == {}
+
+
+def test_spread_makes_every_try_when_a_server_never_answers(
+    backends: tuple[RunningAgent, RunningAgent],
+) -> None:
+    one, two = backends
+    with round_robin([one.tcp_port, two.tcp_port]) as port:
+        answer = one.ok(spread_request(port, ["backend-1", "ghost"], max_tries=12, parallel=4))
+    assert answer["tries"] == 12
+    assert sum(answer["servers"].values()) == 12
+    assert answer["missing"] == ["ghost"]
+
+
+def test_spread_without_expected_servers_makes_every_try(
+    backends: tuple[RunningAgent, RunningAgent],
+) -> None:
+    one, _ = backends
+    answer = one.ok(spread_request(one.tcp_port, [], max_tries=7, parallel=3))
+    assert answer["tries"] == 7
+    assert answer["servers"] == {"backend-1": 7}
+
+
+def test_spread_over_udp(backends: tuple[RunningAgent, RunningAgent]) -> None:
+    one, _ = backends
+    answer = one.ok(spread_request(one.udp_port, ["backend-1"], proto="udp", parallel=1))
+    assert answer["servers"] == {"backend-1": 1}
+    assert answer["tries"] == 1
+
+
+def test_spread_counts_failed_tries_by_errno(backends: tuple[RunningAgent, RunningAgent]) -> None:
+    one, _ = backends
+    closed, _ = free_port_pair()
+    answer = one.ok(spread_request(closed, ["backend-1"], max_tries=5))
+    assert answer["tries"] == 5
+    assert answer["servers"] == {}
+    assert answer["missing"] == ["backend-1"]
+    assert answer["errors"] == {"ECONNREFUSED": 5}
+    assert len(answer["error_examples"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"max_tries": 0}, "'max_tries' must be between 1"),
+        ({"max_tries": probe_agent.MAX_SPREAD_TRIES + 1}, "'max_tries' must be between 1"),
+        ({"parallel": 33}, "'parallel' must be between 1 and 32"),
+        ({"expect_servers": "backend-1"}, "'expect_servers' must be a list"),
+        ({"expect_servers": [""]}, "'expect_servers' must be a list"),
+        ({"nonce": "n" * 124}, "holds at most 123"),
+        ({"proto": "icmp"}, "'proto' must be 'tcp' or 'udp'"),
+    ],
+)
+def test_spread_refuses_bad_fields(
+    backends: tuple[RunningAgent, RunningAgent], fields: dict[str, object], error: str
+) -> None:
+    one, _ = backends
+    answer = one.one(spread_request(one.tcp_port, ["backend-1"], **fields))
+    assert answer["ok"] is False, answer
+    assert error in answer["error"]
+
+
+def test_spread_budget_covers_its_waves_and_is_bounded() -> None:
+    request = {"op": "spread", "timeout": 2, "max_tries": 10, "parallel": 4}
+    assert probe_agent.request_wait(request) == 6.0  # 3 waves of 2 s
+    huge = {"op": "spread", "timeout": 5, "max_tries": 4096, "parallel": 1}
+    assert probe_agent.request_wait(huge) == probe_agent.SPREAD_SECONDS + 5
+    assert probe_agent.request_wait({"op": "spread", "max_tries": "x"}) == 0.0
+    assert probe_agent.call_budget([request], 1) == probe_agent.CALL_MARGIN + 6.0
+
+
+# --- env, set_ready and the readiness ping ------------------------------------------------------
+
+
+def test_env_answers_the_variables_with_a_prefix(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NETCONFORM_PROBES_SERVICE_HOST", "10.96.0.7")
+    monkeypatch.setenv("NETCONFORM_PROBES_SERVICE_PORT", "80")
+    monkeypatch.setenv("OTHER_SERVICE_HOST", "10.96.0.8")
+    with agent_named(workdir, "env-agent") as agent:
+        variables = agent.ok({"op": "env", "prefix": "NETCONFORM_PROBES_"})["variables"]
+        missing = agent.one({"op": "env"})
+    assert variables == {
+        "NETCONFORM_PROBES_SERVICE_HOST": "10.96.0.7",
+        "NETCONFORM_PROBES_SERVICE_PORT": "80",
+    }
+    assert missing["ok"] is False
+    assert "missing field 'prefix'" in missing["error"]
+
+
+def test_set_ready_flips_what_the_readiness_ping_says(
+    backends: tuple[RunningAgent, RunningAgent],
+) -> None:
+    _, two = backends
+    assert two.ok({"op": "info"})["ready"] is True
+    assert two.ping_cli() == 0
+    try:
+        assert two.ok({"op": "set_ready", "ready": False})["ready"] is False
+        assert two.ok({"op": "info"})["ready"] is False
+        assert two.ping_cli() == 1
+        # Unready for kubelet, still serving: a stale endpoint must still answer.
+        assert (
+            two.ok(
+                {
+                    "op": "connect",
+                    "proto": "tcp",
+                    "host": "127.0.0.1",
+                    "port": two.tcp_port,
+                    "nonce": nonce(),
+                }
+            )["server"]
+            == "backend-2"
+        )
+    finally:
+        two.ok({"op": "set_ready", "ready": True})
+    assert two.ping_cli() == 0
+    bad = two.one({"op": "set_ready", "ready": "no"})
+    assert bad["ok"] is False
+    assert "'ready' must be true or false" in bad["error"]
+
+
+# --- resolve, in private namespaces ------------------------------------------------------------
+
+HOSTS = "127.0.0.1 localhost\n::1 localhost\n10.96.0.42 netconform-probes.test\n"
+HOSTS_V6 = "fd00:10:96::2a netconform-probes.test\n"
+# The resolver asks a DNS server on the namespace's own loopback that never answers.
+RESOLV = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+SILENT_DNS = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('127.0.0.1', 53))\n"
+    "while True:\n"
+    "    s.recv(512)\n"
+)
+SETUP = (
+    "resolv=$0; hosts=$1; silent=$2; shift 2; ip link set lo up && "
+    'mount --bind "$resolv" /etc/resolv.conf && mount --bind "$hosts" /etc/hosts && '
+    '{ python3 -c "$silent" & } && '
+    # The agent starts once the DNS server listens (0035: port 53 in /proc/net/udp).
+    "until grep -q ':0035 ' /proc/net/udp; do sleep 0.05; done; "
+    'exec "$@"'
+)
+
+
+@pytest.fixture(scope="module")
+def resolver_agent(workdir: Path) -> Iterator[RunningAgent]:
+    if os.geteuid() != 0:
+        pytest.skip("private mount and network namespaces need root")
+    hosts, resolv = workdir / "hosts", workdir / "resolv.conf"
+    hosts.write_text(HOSTS + HOSTS_V6)
+    resolv.write_text(RESOLV)
+    tcp_port, udp_port = free_port_pair()
+    # A PID namespace too: when the agent (its PID 1) ends, the kernel ends the DNS server.
+    prefix = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "sh", "-c", SETUP]
+    agent = start_agent(
+        workdir,
+        "resolver",
+        tcp_port=tcp_port,
+        udp_port=udp_port,
+        prefix=[*prefix, str(resolv), str(hosts), SILENT_DNS],
+    )
+    yield agent
+    agent.stop()
+
+
+@pytest.mark.parametrize(
+    ("family", "addresses"),
+    [(4, ["10.96.0.42"]), (6, ["fd00:10:96::2a"]), (0, ["10.96.0.42", "fd00:10:96::2a"])],
+)
+def test_resolve_answers_the_families_addresses(
+    resolver_agent: RunningAgent, family: int, addresses: list[str]
+) -> None:
+    answer = resolver_agent.ok(
+        {"op": "resolve", "name": "netconform-probes.test", "family": family}
+    )
+    assert answer["addresses"] == addresses
+    assert answer["name"] == "netconform-probes.test"
+    assert answer["family"] == family
+
+
+def test_resolve_names_a_resolver_that_never_answers(resolver_agent: RunningAgent) -> None:
+    answer = resolver_agent.one(
+        {"op": "resolve", "name": "unknown.test", "family": 4, "timeout": 0.3}
+    )
+    assert answer["ok"] is False, answer
+    assert answer["errno"] == "ETIMEDOUT", answer
+    assert "no answer from the resolver within 0.3s" in answer["error"]
+
+
+def test_resolve_gives_the_resolvers_error(resolver_agent: RunningAgent) -> None:
+    answer = resolver_agent.one({"op": "resolve", "name": "unknown.test", "family": 4})
+    assert answer["ok"] is False, answer
+    assert answer["errno"].startswith("EAI_"), answer
+    assert "resolve unknown.test (IPv4)" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"family": 5}, "'family' must be 4, 6 or 0"),
+        ({"name": ""}, "'name' must be 1..253"),
+        ({"name": "a b"}, "'name' must be 1..253"),
+        ({"name": "x" * 254}, "'name' must be 1..253"),
+    ],
+)
+def test_resolve_refuses_bad_fields(
+    backends: tuple[RunningAgent, RunningAgent], fields: dict[str, object], error: str
+) -> None:
+    one, _ = backends
+    answer = one.one({"op": "resolve", "name": "localhost", **fields})
+    assert answer["ok"] is False, answer
+    assert error in answer["error"]

@@ -1,0 +1,394 @@
+"""The rule table and the node-by-node matrices of a run, and their terminal lines: built from
+check results alone (`conformance.kit.rules`, `conformance.kit.matrices`)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from report_runs import NO_SNAT_RULE, node_check, pair, run_results
+
+from conformance.kit.cni import recognise_cni
+from conformance.kit.matrices import (
+    CELL_FAILED,
+    CELL_FLAKY,
+    CELL_NOT_CHECKED,
+    CELL_PASSED,
+    CELL_SKIPPED,
+    CELL_UNTESTED,
+    Matrix,
+    build_matrices,
+    merge_identical,
+    merged_title,
+    text_matrices,
+)
+from conformance.kit.report import (
+    CNI_UNKNOWN,
+    CheckResult,
+    SummaryCollector,
+    exit_meaning,
+    read_failure,
+)
+from conformance.kit.rules import (
+    RULE_BROKEN,
+    RULE_HELD,
+    RULE_SKIPPED,
+    RULE_UNTESTED,
+    anchor_for,
+    rule_line,
+    rule_status,
+    summarize_rules,
+    verdict_line,
+)
+
+NODES = ("node-1", "node-2", "node-3")
+
+
+# --- the rule table ----------------------------------------------------------------------------
+
+
+def test_a_broken_run_has_one_row_per_rule_worst_named() -> None:
+    rules = {r.check: r for r in summarize_rules(run_results(NODES, broken=True))}
+    assert list(rules) == [
+        "test_no_snat",
+        "test_node_to_pod",
+        "test_localhost_between_containers",
+        "test_required_family_on_every_pod_and_node",
+    ]
+    no_snat = rules["test_no_snat"]
+    assert no_snat.status == RULE_BROKEN
+    assert no_snat.rule == NO_SNAT_RULE
+    assert no_snat.module == "conformance/test_no_snat.py"
+    assert (no_snat.counts["failed"], no_snat.counts["passed"], no_snat.counts["total"]) == (
+        18,
+        9,
+        27,
+    )
+    assert len(no_snat.failed) == 18
+    assert no_snat.nodes == NODES
+    assert no_snat.anchor == "rule-test_no_snat"
+    assert rules["test_node_to_pod"].status == RULE_HELD
+    skipped = rules["test_required_family_on_every_pod_and_node"]
+    assert skipped.status == RULE_SKIPPED
+    assert skipped.skip_reasons == ("IPv4 is not required (--ip-family auto follows the cluster)",)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "status"),
+    [
+        (["passed", "failed", "error"], RULE_BROKEN),
+        (["passed", "error", "skipped"], RULE_UNTESTED),
+        (["passed", "skipped"], RULE_HELD),
+        (["skipped", "skipped"], RULE_SKIPPED),
+        (["xfailed"], RULE_HELD),
+    ],
+)
+def test_rule_status(outcomes: list[str], status: str) -> None:
+    counts = {o: outcomes.count(o) for o in set(outcomes)}
+    assert rule_status(counts) == status
+
+
+@given(st.lists(st.sampled_from(["passed", "failed", "error", "skipped"]), min_size=1))
+def test_a_rule_is_broken_exactly_when_a_check_failed(outcomes: list[str]) -> None:
+    results = [node_check("test_x", f"node-{i}", o) for i, o in enumerate(outcomes)]
+    (rule,) = summarize_rules(results)
+    assert (rule.status == RULE_BROKEN) == ("failed" in outcomes)
+    assert rule.counts["total"] == len(outcomes)
+    assert len(rule.failed) + len(rule.could_not_test) == sum(
+        o in ("failed", "error") for o in outcomes
+    )
+
+
+def test_the_focus_names_the_nodes_every_failure_involves() -> None:
+    nodes = tuple(f"node-{i}" for i in range(1, 31))
+    into_17 = [
+        pair("test_no_snat", "tcp", s, d, "failed" if d == "node-17" and s != d else "passed")
+        for s in nodes
+        for d in nodes
+    ]
+    (rule,) = summarize_rules(into_17)
+    assert rule.common_nodes == ("node-17",)
+    assert rule.focus == "every failure involves node-17 (as destination 29)"
+    assert rule_line(rule).endswith("; every failure involves node-17 (as destination 29)")
+    one_way = [pair("test_no_snat", p, "node-1", "node-3", "failed") for p in ("tcp", "udp")]
+    one_way += [pair("test_no_snat", "tcp", "node-2", "node-2", "failed")]
+    (rule,) = summarize_rules(one_way[:2])
+    assert rule.focus == (
+        "every failure involves node-1 (as source 2) and node-3 (as destination 2)"
+    )
+    (rule,) = summarize_rules(one_way)
+    assert rule.common_nodes == ()
+    assert rule.focus == "nodes node-1, node-2, node-3"
+    everywhere = [pair("test_no_snat", "tcp", s, d, "failed") for s in nodes for d in nodes]
+    (rule,) = summarize_rules(everywhere)
+    assert rule.focus == (
+        "nodes node-1, node-2, node-3, node-4, node-5, node-6, node-7, node-8 and 22 more"
+    )
+
+
+def test_flaky_passes_are_counted_on_the_rule() -> None:
+    results = [node_check("test_x", "node-1"), node_check("test_x", "node-2")]
+    (rule,) = summarize_rules(results, {results[0].nodeid: "passed on attempt 2 of 3"})
+    assert rule.status == RULE_HELD
+    assert rule.flaky == 1
+    assert rule.counts_text() == "2 passed (1 flaky)"
+
+
+def test_terminal_rule_lines_and_verdict() -> None:
+    rules = summarize_rules(run_results(NODES, broken=True))
+    lines = [rule_line(r) for r in rules]
+    assert lines[0] == (
+        "BROKEN          test_no_snat: 18 failed, 9 passed; nodes node-1, node-2, node-3"
+    )
+    assert lines[1] == "HELD            test_node_to_pod: 9 passed"
+    assert lines[3] == (
+        "SKIPPED         test_required_family_on_every_pod_and_node: 1 skipped "
+        "(IPv4 is not required (--ip-family auto follows the cluster))"
+    )
+    assert verdict_line(rules) == "1 of 4 rules broken, 2 held, 1 skipped"
+    healthy = summarize_rules(run_results(NODES, broken=False))
+    assert verdict_line(healthy) == "3 of 4 rules held, 1 skipped"
+    assert verdict_line(healthy[:1]) == "the only rule held"
+    assert verdict_line(healthy[:3]) == "all 3 rules held"
+    assert verdict_line([]) == "no rule was checked"
+
+
+def test_anchors_are_valid_distinct_fragment_ids() -> None:
+    one = anchor_for("t", "conformance/test_no_snat.py::test_no_snat[tcp-node-1->node-2]")
+    other = anchor_for("t", "conformance/test_no_snat.py::test_no_snat[tcp-node-1-node-2]")
+    assert one.startswith("t-conformance-test_no_snat-py-test_no_snat-tcp-node-1-node-2-")
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", one)
+    assert one != other
+    assert anchor_for("rule", "test_no_snat") == "rule-test_no_snat"
+
+
+# --- what a failure says -------------------------------------------------------------------
+
+
+def test_expected_and_observed_are_read_back_from_failure_text() -> None:
+    (result,) = [r for r in run_results(NODES, broken=True) if r.outcome == "failed"][:1]
+    text = read_failure(result.message)
+    assert text.expected == "the destination sees only the source pod's IP"
+    assert text.observed.startswith("listener saw source ['172.18.0.1'] from node-1 to node-2")
+    untested = read_failure("[setup] COULD NOT TEST: probe deployment failed: ImagePullBackOff")
+    assert untested.expected is None
+    assert untested.observed == "COULD NOT TEST: probe deployment failed: ImagePullBackOff"
+
+
+def test_skip_reasons_are_kept_for_skipped_checks_only() -> None:
+    collector = SummaryCollector()
+    collector.record_phase("t::skip", "setup", "skipped", 0.0, skip_reason="not here")
+    collector.record_phase("t::pass", "setup", "passed", 0.0)
+    collector.record_phase("t::pass", "call", "passed", 0.0)
+    results = {r.nodeid: r for r in collector.results()}
+    assert results["t::skip"].reason == "not here"
+    assert results["t::pass"].reason is None
+
+
+def test_exit_meanings() -> None:
+    assert exit_meaning(0) == "every rule held"
+    assert exit_meaning(1) == "a rule is broken"
+    assert exit_meaning(2).startswith("could not test")
+    assert exit_meaning(None) == "not recorded"
+    assert exit_meaning(77) == "exit code 77"
+
+
+# --- matrices ------------------------------------------------------------------------------
+
+
+def test_one_matrix_per_check_family_and_protocol_in_a_stable_order() -> None:
+    results = run_results(NODES, broken=True)
+    results += [pair("test_no_snat", "tcp", "node-1", "node-2", family="ipv6")]
+    matrices = build_matrices(results, {}, NODES)
+    assert [(m.check, m.family, m.protocol, m.source_kind) for m in matrices] == [
+        ("test_no_snat", "ipv4", "tcp", "pod"),
+        ("test_no_snat", "ipv4", "udp", "pod"),
+        ("test_no_snat", "ipv4", "icmp", "pod"),
+        ("test_no_snat", "ipv6", "tcp", "pod"),
+        ("test_node_to_pod", "ipv4", "tcp", "host"),
+        ("test_node_to_pod", "ipv4", "udp", "host"),
+        ("test_node_to_pod", "ipv4", "icmp", "host"),
+    ]
+    tcp = matrices[0]
+    assert tcp.nodes == NODES
+    assert tcp.status("node-1", "node-1") == CELL_PASSED  # same node: the diagonal
+    assert tcp.status("node-1", "node-2") == CELL_FAILED
+    assert tcp.counts()[CELL_FAILED] == 6
+    failed = tcp.cell("node-2", "node-3")
+    assert failed is not None
+    assert failed.nodeid == "conformance/test_no_snat.py::test_no_snat[tcp-node-2->node-3]"
+    assert failed.cause is not None
+    assert failed.cause.startswith("listener saw source ['172.18.0.2'] from node-2 to node-3")
+    # Only node-1 -> node-2 was checked over IPv6: the rest is "not checked".
+    assert matrices[3].status("node-2", "node-1") == CELL_NOT_CHECKED
+    host = matrices[4]
+    assert host.row_label("node-1") == "node-1 (host)"
+    assert host.status("node-2", "node-2") == CELL_PASSED
+    assert host.status("node-1", "node-2") == CELL_NOT_CHECKED
+
+
+def test_protocols_come_in_their_own_order_whatever_reported_first() -> None:
+    results = [pair("test_no_snat", p, "node-1", "node-2") for p in ("sctp", "icmp", "udp", "tcp")]
+    matrices = build_matrices(results, {}, NODES)
+    assert [m.protocol for m in matrices] == ["tcp", "udp", "icmp", "sctp"]
+
+
+def test_cells_say_flaky_skipped_and_could_not_test_with_a_cause() -> None:
+    results = [
+        pair("test_no_snat", "udp", "node-1", "node-2"),
+        pair(
+            "test_no_snat",
+            "udp",
+            "node-2",
+            "node-1",
+            "error",
+            message="[setup] COULD NOT TEST: exec into probe-node-2 failed: HTTP 500",
+        ),
+        CheckResult(
+            nodeid="conformance/test_no_snat.py::test_no_snat[udp-node-2->node-2]",
+            outcome="skipped",
+            duration=0.0,
+            place={
+                "check": "test_no_snat",
+                "protocol": "udp",
+                "family": "ipv4",
+                "source": "node-2",
+                "destination": "node-2",
+                "source_kind": "pod",
+            },
+            reason="no IPv4 address on probe-node-2",
+        ),
+    ]
+    flaky = {results[0].nodeid: "passed on attempt 2 of 3 (first: ETIMEDOUT)"}
+    (matrix,) = build_matrices(results, flaky, ("node-1", "node-2"))
+    flaky_cell = matrix.cell("node-1", "node-2")
+    untested_cell = matrix.cell("node-2", "node-1")
+    skipped_cell = matrix.cell("node-2", "node-2")
+    assert flaky_cell is not None
+    assert flaky_cell.status == CELL_FLAKY
+    assert flaky_cell.cause == "passed on attempt 2 of 3 (first: ETIMEDOUT)"
+    assert untested_cell is not None
+    assert untested_cell.status == CELL_UNTESTED
+    assert untested_cell.cause == "COULD NOT TEST: exec into probe-node-2 failed: HTTP 500"
+    assert skipped_cell is not None
+    assert skipped_cell.status == CELL_SKIPPED
+    assert skipped_cell.cause == "no IPv4 address on probe-node-2"
+    assert not matrix.broken
+
+
+def test_nodes_seen_only_in_results_join_the_axis_in_node_order() -> None:
+    results = [
+        pair("test_no_snat", "tcp", "node-10", "node-2"),
+        pair("test_no_snat", "tcp", "node-1", "node-9"),
+    ]
+    (matrix,) = build_matrices(results, {}, ("node-1",))
+    assert matrix.nodes == ("node-1", "node-2", "node-9", "node-10")
+
+
+def test_matrices_survive_json() -> None:
+    matrices = build_matrices(run_results(NODES, broken=True), {}, NODES)
+    assert [Matrix.from_dict(m.to_dict()) for m in matrices] == matrices
+
+
+def test_large_grids_draw_failing_rows_and_columns_first() -> None:
+    nodes = tuple(f"node-{i}" for i in range(1, 41))
+    # Only node-37's traffic to node-38 and node-40 to node-2 fail, in a 40-node grid.
+    results = [
+        pair(
+            "test_no_snat",
+            "tcp",
+            s,
+            d,
+            "failed" if (s, d) in {("node-37", "node-38"), ("node-40", "node-2")} else "passed",
+        )
+        for s in nodes
+        for d in nodes
+    ]
+    (matrix,) = build_matrices(results, {}, nodes)
+    small = matrix.axes(limit=50)
+    assert small.rows == nodes
+    assert small.hidden_rows == 0
+    axes = matrix.axes(limit=30)
+    assert len(axes.rows) == len(axes.columns) == 30
+    assert axes.rows[:2] == ("node-37", "node-40")
+    assert axes.columns[:2] == ("node-2", "node-38")
+    assert axes.rows[2:5] == ("node-1", "node-2", "node-3")  # then the rest in node order
+    assert (axes.hidden_rows, axes.hidden_columns, axes.hidden_trouble) == (10, 10, 0)
+    tight = matrix.axes(limit=1)
+    assert tight.rows == ("node-37",)
+    assert tight.columns == ("node-2",)
+    assert tight.hidden_trouble == 2  # node-40's row and node-38's column are not drawn
+
+
+# --- the terminal's text grids -----------------------------------------------------------------
+
+
+def test_text_grids_of_broken_rules_identical_protocols_printed_once() -> None:
+    matrices = build_matrices(run_results(NODES, broken=True), {}, NODES)
+    lines = text_matrices(matrices)
+    assert lines[:5] == [
+        "test_no_snat (tcp, udp, icmp over ipv4): 6 of 9 checked cells failed",
+        "  source \\ destination   1  2  3",
+        "  1 node-1               .  X  X",
+        "  2 node-2               X  .  X",
+        "  3 node-3               X  X  .",
+    ]
+    assert lines[5].startswith("  legend: X failed  ! could not test  ~ flaky  . passed")
+    assert len(lines) == 6  # the held rule (node-to-pod) prints nothing
+
+
+def test_no_text_grid_when_healthy_or_too_large() -> None:
+    assert text_matrices(build_matrices(run_results(NODES, broken=False), {}, NODES)) == []
+    eleven = tuple(f"n{i}" for i in range(11))
+    broken = build_matrices([pair("test_no_snat", "tcp", "n0", "n1", "failed")], {}, eleven)
+    assert broken[0].broken
+    assert text_matrices(broken) == []
+    assert text_matrices(broken, max_nodes=11)[0].startswith("test_no_snat (tcp over ipv4)")
+
+
+def test_grids_differing_by_one_cell_are_not_merged() -> None:
+    results = run_results(NODES, broken=True)
+    results = [
+        pair("test_no_snat", "udp", "node-1", "node-2")
+        if r.nodeid.endswith("[udp-node-1->node-2]")
+        else r
+        for r in results
+    ]
+    broken = [m for m in build_matrices(results, {}, NODES) if m.broken]
+    groups = merge_identical(broken)
+    assert [merged_title(g) for g in groups] == ["tcp, icmp over ipv4", "udp over ipv4"]
+
+
+# --- the CNI -------------------------------------------------------------------------------
+
+
+def _daemonset(namespace: str, name: str, image: str = "img:1") -> object:
+    from kubernetes import client
+
+    return client.V1DaemonSet(
+        metadata=client.V1ObjectMeta(namespace=namespace, name=name),
+        spec=client.V1DaemonSetSpec(
+            selector=client.V1LabelSelector(),
+            template=client.V1PodTemplateSpec(
+                spec=client.V1PodSpec(containers=[client.V1Container(name="c", image=image)])
+            ),
+        ),
+    )
+
+
+def test_well_known_daemonsets_name_the_cni() -> None:
+    sets = [
+        _daemonset("monitoring", "node-exporter"),
+        _daemonset("calico-system", "calico-node", "calico/node:v3.27.0"),
+        _daemonset("kube-system", "cilium", "quay.io/cilium/cilium:v1.15.1"),
+    ]
+    assert recognise_cni(sets) == (
+        "Cilium",
+        "DaemonSet kube-system/cilium, image quay.io/cilium/cilium:v1.15.1",
+    )
+    assert recognise_cni(sets[:2])[0] == "Calico"
+    assert recognise_cni([_daemonset("kube-flannel", "kube-flannel-ds-amd64")])[0] == "Flannel"
+    assert recognise_cni([_daemonset("kube-system", "ciliumx")])[0] == CNI_UNKNOWN
+    assert recognise_cni([]) == (CNI_UNKNOWN, "no well-known CNI DaemonSet among 0 DaemonSets")
