@@ -50,7 +50,13 @@ from labrun import (  # noqa: E402
     running_lab,
     summary_exitstatus,
 )
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed  # noqa: E402
+from tenacity import (  # noqa: E402
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
 from urllib3.exceptions import HTTPError  # noqa: E402
 
 PROBE_SELECTOR = "app.kubernetes.io/name=netconform-probe"
@@ -63,7 +69,10 @@ LEFTOVER_GRACE = 60.0  # seconds for a run's deleted namespace to finish termina
 _FAMILY = r"(?:ipv\d-)?"
 #: The checks ``snat-cross-node`` breaks (as tests/e2e/test_detection_matrix.py states them):
 #: every cross-node pair of test_no_snat, every protocol.
-SNAT_CROSS_NODE = rf"test_no_snat::test_no_snat\[{_FAMILY}(?:tcp|udp|icmp)-node-(?P<s>\d+)->node-(?!(?P=s)\])\d+\]"
+SNAT_CROSS_NODE = (
+    rf"test_no_snat::test_no_snat\[{_FAMILY}(?:tcp|udp|icmp)"
+    r"-node-(?P<s>\d+)->node-(?!(?P=s)\])\d+\]"
+)
 
 
 @dataclass(frozen=True)
@@ -211,13 +220,21 @@ def lab_residue(name: str) -> list[str]:
 
 
 def set_api_faults(lab: str, faults: Sequence[str], seed: int) -> None:
-    """The lab's API faults again, with another seed (the admin endpoint, as users switch)."""
+    """The lab's API faults again, with another seed (the admin endpoint, as users switch;
+    asked again for up to a minute while a ``restart`` fault has the API down)."""
     argv = [*NETLAB, "api-faults", "--name", lab]
     if faults:
         argv += [arg for fault in (*faults, f"seed={seed}") for arg in ("--set", fault)]
     else:
         argv.append("--clear")
-    subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    for attempt in Retrying(
+        retry=retry_if_exception_type(subprocess.CalledProcessError),
+        stop=stop_after_delay(60),
+        wait=wait_fixed(1.0),
+        reraise=True,
+    ):
+        with attempt:
+            subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
 
 
 @dataclass
@@ -315,8 +332,10 @@ def render_section(results: Sequence[CaseRuns], runs: int, facts: dict[str, Any]
             f"{sum(len(r.false_passes) for r in done)} | "
             f"{caught if case.must_fail else '-'} | {left} | {seconds:.0f} s |"
         )
-    problems = [
-        f"- {found.case.name}: {found.error}" for found in results if found.error is not None
+    problems = [  # the first line: the whole text is in soak.json
+        f"- {found.case.name}: {found.error.splitlines()[0]}"
+        for found in results
+        if found.error is not None
     ]
     problems += [
         f"- {found.case.name}: residue after teardown: {', '.join(found.residue)}"

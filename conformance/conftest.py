@@ -30,6 +30,12 @@ from conformance.kit.probe_client import ProbeClient
 from conformance.kit.probes import ProbeMap
 from conformance.kit.reachability import Sweep, outcomes_for_item, sweep_once
 from conformance.kit.runstate import RunInfo, write
+from conformance.kit.service_deployment import (
+    HostPortProbes,
+    create_services,
+    finish_service_probes,
+    start_hostport_probes,
+)
 from conformance.kit.session import DUMP_KEY, RUN_KEY, SETTINGS_KEY
 from conformance.kit.settings import Settings, Timeouts
 from conformance.kit.verdicts import ItemExchanges
@@ -100,7 +106,24 @@ def deployment(
             core, run_info.namespace, run_info.run_id, timeouts, lease_seconds=settings.run_lease
         )
         wait_for_default_service_account(core, run_info.namespace, timeouts)
-        probes = deploy_probes(core, run_info.namespace, run_info.run_id, discovery.nodes, settings)
+        # The Services before any pod: kubelet gives pods the variables of existing Services.
+        services = create_services(core, run_info.namespace, run_info.run_id, timeouts)
+        hostports: list[HostPortProbes] = []
+        probes = deploy_probes(
+            core,
+            run_info.namespace,
+            run_info.run_id,
+            discovery.nodes,
+            settings,
+            meanwhile=lambda: hostports.append(
+                start_hostport_probes(
+                    core, run_info.namespace, run_info.run_id, discovery.nodes, settings
+                )
+            ),
+        )
+        probes = finish_service_probes(
+            core, probes, services, hostports[0], run_info.run_id, settings
+        )
         facts = cluster_facts(api_client, list_nodes(core, timeouts), discovery, settings)
         return Deployment(probes=probes, cluster=facts, stale_namespaces_deleted=swept)
 
@@ -179,7 +202,14 @@ def prefetch(
     ``prefetched_by``: run once in the whole run (xdist workers included), read back
     everywhere else."""
     try:
-        return prefetch_once(run_info, request.session.items, probe_map, probe_client)
+        return prefetch_once(
+            run_info,
+            request.session.items,
+            probe_map,
+            probe_client,
+            # A probe evicted, deleted or restarted under the prefetch is named as the cause.
+            pods=lambda: pod_lives(probe_client.core, probe_map.namespace, probe_client.timeouts),
+        )
     except CouldNotTest as exc:
         could_not_test(f"prefetch: {exc}")
 
@@ -192,8 +222,12 @@ def answers(
     probe_client: ProbeClient,
     run_info: RunInfo,
 ) -> ItemAnswers:
-    """This test item's own answers from the prefetch, by step name."""
-    return answers_for_item(prefetch, request.node, probe_map, probe_client, run_info.run_id)
+    """This test item's own answers from the prefetch, by step name; a setup error (could not
+    test) when a container of the item could not be asked."""
+    try:
+        return answers_for_item(prefetch, request.node, probe_map, probe_client, run_info.run_id)
+    except CouldNotTest as exc:
+        could_not_test(f"prefetch: {exc}")
 
 
 @pytest.fixture

@@ -22,7 +22,13 @@ from typing import Any
 
 import pytest
 
-from conformance.kit.cases import PAIRS_ALL, pair_plan, place_properties, plan_cases
+from conformance.kit.cases import (
+    PAIRS_ALL,
+    pair_plan,
+    place_attribute,
+    place_properties,
+    plan_cases,
+)
 from conformance.kit.cluster import Discovery, discover
 from conformance.kit.errors import CouldNotTest
 from conformance.kit.namespace import namespace_name, new_run_id
@@ -416,10 +422,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         pytest.param(*(values[n] for n in wanted), id=ident or "all")
         for values, ident in plan_cases(
             set(metafunc.fixturenames),
-            getattr(metafunc.module, "PROTOCOLS", None),
+            place_attribute(metafunc.function, metafunc.module, "PROTOCOLS", None),
             discovery,
             pair_plan_for(metafunc.config, discovery),
-            getattr(metafunc.module, "PAIRS", PAIRS_ALL),
+            place_attribute(metafunc.function, metafunc.module, "PAIRS", PAIRS_ALL),
         )
     ]
     if not params:
@@ -454,7 +460,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             place_properties(
                 getattr(item, "originalname", item.name),
                 dict(callspec.params) if callspec is not None else {},
-                getattr(module, "SOURCE_KIND", "pod"),
+                place_attribute(getattr(item, "obj", None), module, "SOURCE_KIND", "pod"),
             )
         )
 

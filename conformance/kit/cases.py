@@ -4,8 +4,8 @@ check has on the discovered cluster, and their test IDs. Pure; the plugin's
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 from conformance.kit.cluster import Discovery
 from conformance.kit.pairs import (
@@ -24,6 +24,38 @@ DEFAULT_PROTOCOLS = ("tcp", "udp", "icmp")
 #: A check's ``PAIRS``: every ordered pair and every node with itself, or cross-node only.
 PAIRS_ALL = "all"
 PAIRS_CROSS_NODE = "cross-node"
+#: What a check's places are, read from the check function, else from its module (``PROTOCOLS``,
+#: ``PAIRS``, ``SOURCE_KIND``), else the defaults.
+PLACE_ATTRIBUTES = ("PROTOCOLS", "PAIRS", "SOURCE_KIND")
+
+Check = TypeVar("Check", bound=Callable[..., Any])
+
+
+def check_places(
+    *,
+    protocols: Sequence[str] | None = None,
+    pairs: str | None = None,
+    source_kind: str | None = None,
+) -> Callable[[Check], Check]:
+    """Give one check of a module its own ``PROTOCOLS``, ``PAIRS`` or ``SOURCE_KIND`` (a module
+    holding checks from pods and from host networks)."""
+
+    def mark(check: Check) -> Check:
+        for name, value in (
+            ("PROTOCOLS", protocols),
+            ("PAIRS", pairs),
+            ("SOURCE_KIND", source_kind),
+        ):
+            if value is not None:
+                setattr(check, name, tuple(value) if name == "PROTOCOLS" else value)
+        return check
+
+    return mark
+
+
+def place_attribute(function: Any, module: Any, name: str, default: Any) -> Any:
+    """A check's ``name`` (one of `PLACE_ATTRIBUTES`): the function's, else its module's."""
+    return getattr(function, name, getattr(module, name, default))
 
 
 def pair_plan(option: str, node_count: int, seed: int) -> PairPlan:

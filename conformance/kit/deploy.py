@@ -317,9 +317,12 @@ def deploy_probes(
     run_id: str,
     nodes: Sequence[str],
     settings: Settings,
+    *,
+    meanwhile: Callable[[], None] | None = None,
 ) -> ProbeMap:
     """Create the agent ConfigMap and every probe pod (in parallel), wait until all are Ready,
-    and return the map with their IPs."""
+    and return the map with their IPs. ``meanwhile`` runs once the pods are created, before
+    the wait (more pods that need the ConfigMap: the hostPort probes)."""
     timeouts = settings.timeouts
     if not nodes:
         raise ProbeDeploymentError("no nodes selected for probes")
@@ -353,6 +356,8 @@ def deploy_probes(
             "the API server refused probe pods (PodSecurity admission, quota, RBAC?):\n"
             + "\n".join(failures)
         )
+    if meanwhile is not None:
+        meanwhile()
     ready = wait_for_pods(
         core,
         namespace,

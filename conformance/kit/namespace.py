@@ -238,7 +238,8 @@ class StaleNamespace(JSONData):
 
     def line(self) -> str:
         """``--cleanup-stale: deleted namespace N: lease expired 3 min ago ...``."""
-        return f"--cleanup-stale: {'deleted' if self.deleted else 'kept'} namespace {self.name}: {self.reason}"
+        verb = "deleted" if self.deleted else "kept"
+        return f"--cleanup-stale: {verb} namespace {self.name}: {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ same seed replays the same pairs. Node names order naturally (node-2 before node
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,7 @@ AUTO_SAMPLE_ABOVE = 40
 AUTO_SAMPLE_SIZE = 20
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders embedded numbers by value: node-2 < node-10."""
     return tuple(

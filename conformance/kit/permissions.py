@@ -52,6 +52,7 @@ _IPPOOLS = (
 )
 _SERVICE_RANGE = "test_node_pod_cidrs_outside_service_range and the report's service range"
 _POD_RANGES = "the podCIDR checks (Cilium's and Calico's per-node pod ranges)"
+_SERVICE_CHECKS = "the Service checks (test_services, test_hostport, test_dns)"
 
 PERMISSIONS: tuple[Permission, ...] = (
     # Nodes: which nodes get probes, their addresses and podCIDRs.
@@ -68,6 +69,12 @@ PERMISSIONS: tuple[Permission, ...] = (
     # Exec: every check asks its probes through exec (WebSocket: get and create since 1.31).
     Permission("create", "pods/exec", needed_by="every check (the probes are asked through exec)"),
     Permission("get", "pods/exec", needed_by="every check (exec over WebSocket)"),
+    # A crash-looping probe's last words, when it left no termination message.
+    Permission(
+        "get",
+        "pods/log",
+        needed_by=f"{EVERY_RUN} (why a probe container crash-loops, from its previous log)",
+    ),
     # The run namespace, and the stale ones --cleanup-stale deletes.
     Permission("create", "namespaces", needed_by=f"{EVERY_RUN} (the run namespace)"),
     Permission(
@@ -123,7 +130,8 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission(
         "create",
         "services",
-        needed_by=f"{_SERVICE_RANGE} (a dry-run Service in the run namespace, never stored)",
+        needed_by=f"{_SERVICE_RANGE} (a dry-run Service in the run namespace, never stored), "
+        f"and {_SERVICE_CHECKS} (their Services in the run namespace)",
     ),
     Permission(
         "get",
@@ -131,6 +139,27 @@ PERMISSIONS: tuple[Permission, ...] = (
         needed_by="test_node_pod_cidrs_outside_service_range (where ServiceCIDRs are not served)",
         scope="default",
         resource_names=("kubernetes",),
+    ),
+    # The Service checks (conformance/kit/service_deployment.py, conformance/kit/readiness.py):
+    # whether the cluster has a DNS, and the EndpointSlice of a backend turned unready.
+    Permission(
+        "get",
+        "services",
+        needed_by="the DNS checks (test_dns: whether the cluster has a DNS Service)",
+        scope="kube-system",
+        resource_names=("kube-dns",),
+    ),
+    Permission(
+        "list",
+        "endpointslices",
+        "discovery.k8s.io",
+        needed_by="test_endpoints_follow_readiness (the Service's EndpointSlices)",
+    ),
+    Permission(
+        "watch",
+        "endpointslices",
+        "discovery.k8s.io",
+        needed_by="test_endpoints_follow_readiness (the Service's EndpointSlices)",
     ),
     # Nodes' real pod ranges where the IPAM keeps its own (conformance/kit/ipranges.py).
     Permission("list", "ciliumnodes", "cilium.io", needed_by=_POD_RANGES),

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from conformance.kit.deploy import PodLife, changed_pods
 from conformance.kit.errors import PrefetchError, ProbeCallError
 from conformance.kit.parallel import in_parallel
 from conformance.kit.probe_client import ProbeClient, ProbeResponse
@@ -132,14 +133,22 @@ def plan_for_items(items: Iterable[Any], probe_map: ProbeMap, run_id: str) -> li
 
 
 def run_prefetch(
-    agents: ProbeClient, plans: Sequence[ItemPlan], *, max_parallel: int = MAX_PARALLEL_CALLS
+    agents: ProbeClient,
+    plans: Sequence[ItemPlan],
+    *,
+    max_parallel: int = MAX_PARALLEL_CALLS,
+    pods: Callable[[], Mapping[str, PodLife] | None] | None = None,
 ) -> list[ItemAnswers]:
     """Run every plan's steps: stage by stage, one batch per (pod, container) per stage, the
     batches of a stage concurrently (``max_parallel`` at a time, one API client each).
 
     A container that cannot be asked (`ProbeCallError`) gives the items with a step in that batch
-    an ``error``; their later stages are not sent. Other items are not affected.
+    an ``error``; their later stages are not sent. Other items are not affected. With ``pods``
+    (`conformance.kit.deploy.pod_lives`), an item with a step on a pod that was evicted,
+    deleted, replaced or restarted meanwhile gets that as its ``error`` (its answers are no
+    evidence, and the cause is named rather than the exec that failed because of it).
     """
+    before = pods() if pods is not None else None
     responses: dict[str, dict[str, ProbeResponse]] = {p.nodeid: {} for p in plans}
     errors: dict[str, str] = {}
     stages = sorted({s.stage for p in plans for s in p.steps})
@@ -164,6 +173,13 @@ def run_prefetch(
                 if step.stage == stage:
                     batches.setdefault((step.pod, step.container), []).append((plan.nodeid, step))
         in_parallel(agents, batches, send, could_not_ask, max_parallel=max_parallel)
+    after = pods() if pods is not None and before is not None else None
+    if before is not None and after is not None:
+        changed = changed_pods(before, after)
+        for plan in plans:
+            why = next((changed[s.pod] for s in plan.steps if s.pod in changed), None)
+            if why is not None:
+                errors[plan.nodeid] = f"{why} (during the prefetch)"
     return [
         ItemAnswers(
             nodeid=p.nodeid,
@@ -180,15 +196,20 @@ def run_prefetch(
 
 
 def prefetch_once(
-    run: RunInfo, items: Iterable[Any], probe_map: ProbeMap, client: ProbeClient
+    run: RunInfo,
+    items: Iterable[Any],
+    probe_map: ProbeMap,
+    client: ProbeClient,
+    *,
+    pods: Callable[[], Mapping[str, PodLife] | None] | None = None,
 ) -> dict[str, ItemAnswers]:
     """Plan and run every prefetched item's steps on the first call in the whole run (any
     process); later calls read the answers back. A prefetch that failed is not repeated: every
-    later caller gets the same `PrefetchError`."""
+    later caller gets the same `PrefetchError`. ``pods``: see `run_prefetch`."""
     answers = once(
         run,
         RECORD,
-        lambda: run_prefetch(client, plan_for_items(items, probe_map, run.run_id)),
+        lambda: run_prefetch(client, plan_for_items(items, probe_map, run.run_id), pods=pods),
         encode=lambda found: [a.to_dict() for a in found],
         decode=lambda raw: [ItemAnswers.from_dict(a) for a in raw],
         error=lambda cause: PrefetchError(f"the prefetch failed: {cause}"),

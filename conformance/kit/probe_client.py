@@ -6,6 +6,7 @@ The runner never routes to pod IPs; everything goes through exec.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Mapping, Sequence
@@ -373,17 +374,26 @@ def require_ok(response: ProbeResponse, *, pod: str, container: str, what: str) 
     return response
 
 
-# --- higher-level exchanges the checks share -------------------------------------------------
+# --- addresses ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _interface_address(text: str) -> tuple[int, str] | None:
+    # Planners ask for the same few hundred addresses hundreds of thousands of times on large
+    # clusters: parse each once.
+    try:
+        interface = ipaddress.ip_interface(text)
+    except ValueError:
+        return None
+    return interface.version, str(interface.ip)
 
 
 def address_of_family(addresses: Sequence[str], family: int) -> str | None:
     """The first address of IP version ``family`` in ``addresses`` (prefixes allowed)."""
     for text in addresses:
-        try:
-            if ipaddress.ip_interface(text).version == family:
-                return str(ipaddress.ip_interface(text).ip)
-        except ValueError:
-            continue
+        found = _interface_address(text)
+        if found is not None and found[0] == family:
+            return found[1]
     return None
 
 

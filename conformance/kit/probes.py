@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from conformance.kit.serial import JSONData
 from conformance.kit.services import ServiceFacts
@@ -85,11 +86,16 @@ class ProbeMap(JSONData):
     def of_role(self, role: str) -> tuple[Probe, ...]:
         return tuple(p for p in self.probes if p.role == role)
 
+    @cached_property
+    def _by_place(self) -> dict[tuple[str, str], Probe]:
+        # Planners look probes up once per exchange: thousands of times on large clusters.
+        return {(p.role, p.node): p for p in reversed(self.probes)}
+
     def get(self, role: str, node: str) -> Probe:
-        for probe in self.probes:
-            if probe.role == role and probe.node == node:
-                return probe
-        raise KeyError(f"no {role} probe on node {node} in namespace {self.namespace}")
+        found = self._by_place.get((role, node))
+        if found is None:
+            raise KeyError(f"no {role} probe on node {node} in namespace {self.namespace}")
+        return found
 
     def find(self, role: str, node: str) -> Probe | None:
         try:

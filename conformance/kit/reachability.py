@@ -269,6 +269,7 @@ class Exchange(JSONData):
     captured_sources: tuple[str, ...]  # sources of captured packets holding the nonce
     capture_error: str | None = None
     captured: bool = True  # a capture ran on the destination for this exchange
+    recorded: bool = True  # the destination's listener was asked what it recorded
 
     @property
     def reached(self) -> bool:
@@ -288,8 +289,12 @@ class Exchange(JSONData):
     def describe(self) -> str:
         return (
             f"{'reached' if self.reached else 'NOT reached'} after {self.attempts} attempt(s); "
-            f"client said {json.dumps(self.client_response, sort_keys=True)}; "
-            f"listener recorded {list(self.listener_peers) or 'nothing'}"
+            f"client said {json.dumps(self.client_response, sort_keys=True)}"
+            + (
+                f"; listener recorded {list(self.listener_peers) or 'nothing'}"
+                if self.recorded
+                else ""
+            )
             + (f"; capture saw {list(self.captured_sources) or 'nothing'}" if self.captured else "")
             + (f" (capture failed: {self.capture_error})" if self.capture_error else "")
         )
@@ -510,6 +515,7 @@ def exchange_of(
         captured_sources=tuple(sorted(sources)),
         capture_error=capture_error,
         captured=packets is not None,
+        recorded=target.asks_destination,
     )
 
 
@@ -767,7 +773,7 @@ def run_sweep(
         for state in states:
             ends = (state.target.source.pod, state.target.destination.pod)
             why = next((changed[p] for p in ends if p in changed), None)
-            if why is not None and state.error is None:
+            if why is not None:  # the cause, also of an exec that failed because of it
                 state.error = f"{why} (during the reachability sweep)"
     return [
         Outcome(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -31,6 +32,9 @@ from conformance.kit.report import (
     LOSSES_PROPERTY,
     format_rule_failure,
 )
+
+if TYPE_CHECKING:
+    from conformance.kit.readiness import ReadinessFlip
 
 UserProperties = list[tuple[str, object]]
 #: How a connection is refused promptly: a TCP reset, or an ICMP unreachable (port, host or
@@ -333,4 +337,81 @@ class ItemExchanges:
                 *(o.describe() for o, _ in broken),
                 "across the run: " + failure_summary(failed_in_run, check),
             ],
+        )
+
+
+def readiness_problems(flip: ReadinessFlip, node: str, family: int) -> list[str]:
+    """What breaks "endpoints follow readiness" as ``node``'s probe pod saw it over IPv
+    ``family``: the EndpointSlice not following the backend's readiness, new connections still
+    reaching it `ReadinessFlip.bound` seconds after it turned unready (or the other endpoints
+    not answering meanwhile), or it not answering again that long after it turned ready."""
+    followed = flip.of(node, family)
+    assert followed is not None
+    found = []
+    if flip.slice_unready_after is None:
+        found.append(
+            f"the EndpointSlices still listed {flip.backend} as ready after it turned unready"
+        )
+    if followed.stopped_after is None:
+        seen = problems(followed.unready) if followed.unready is not None else []
+        found.append(
+            f"new connections still reached the unready {flip.backend} {flip.bound:.0f}s after "
+            f"its EndpointSlice changed ({followed.rounds_unready} rounds): " + "; ".join(seen)
+        )
+    elif followed.unready is not None and problems(followed.unready):
+        found.append("while it was unready: " + "; ".join(problems(followed.unready)))
+    if flip.slice_ready_after is None:
+        found.append(f"the EndpointSlices did not list {flip.backend} as ready again")
+    if followed.back_after is None:
+        seen = problems(followed.ready) if followed.ready is not None else []
+        found.append(
+            f"{flip.backend} did not answer again within {flip.bound:.0f}s after it turned ready "
+            f"({followed.rounds_ready} rounds): " + "; ".join(seen)
+        )
+    return found
+
+
+def assert_readiness_followed(
+    rule: str, flip: ReadinessFlip, node: str, family: int, user_properties: UserProperties
+) -> None:
+    """Pass, fail (naming what did not follow, with the timings), skip (no traffic planned for
+    this node and family) or could-not-test (an agent could not be asked)."""
+    if flip.error is not None:
+        raise ProbeCallError(flip.error)
+    followed = flip.of(node, family)
+    if followed is None:
+        raise ProbeCallError(f"the readiness flip planned nothing for {node} over IPv{family}")
+    if followed.unplanned is not None:
+        if followed.unplanned.broken:
+            pytest.fail(
+                format_rule_failure(rule, expected="traffic", observed=followed.unplanned.reason),
+                pytrace=False,
+            )
+        pytest.skip(followed.unplanned.reason)
+    if followed.error is not None:
+        raise ProbeCallError(f"{node}: {followed.error}")
+    user_properties.append(
+        (
+            "netconform.readiness",
+            f"{flip.backend}: EndpointSlice not ready after {flip.slice_unready_after}s, "
+            f"no new connection from {node} after {followed.stopped_after}s more; ready again "
+            f"after {flip.slice_ready_after}s, answering after {followed.back_after}s more",
+        )
+    )
+    found = readiness_problems(flip, node, family)
+    if found:
+        outcomes = [o for o in (followed.unready, followed.ready) if o is not None]
+        pytest.fail(
+            format_rule_failure(
+                rule,
+                expected=f"no new connection reaches {flip.backend} within {flip.bound:.0f}s of "
+                "its EndpointSlice saying it is not ready, and it answers again within "
+                f"{flip.bound:.0f}s of turning ready",
+                observed="; ".join(found),
+                protocol=f"tcp over IPv{family}",
+                pods=[o.target.source.pod for o in outcomes[:1]] + [flip.backend],
+                nodes=list(dict.fromkeys([node, flip.node])),
+                details=[o.describe() for o in outcomes],
+            ),
+            pytrace=False,
         )

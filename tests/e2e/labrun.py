@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 NETLAB = [sys.executable, "-m", "netlab"]
@@ -230,10 +231,33 @@ def summary_exitstatus(report_dir: Path) -> int | None:
 
 
 def cluster_leftovers(kubeconfig: Path) -> list[str]:
-    """The suite's namespaces and any pods still in the cluster after a run."""
+    """The suite's namespaces and any pods still in the cluster after a run. A lab whose API
+    server is down for a moment, throttles or fails (``--api-fault restart=...``,
+    ``throttle=...``, ``server-error=...``) is asked again, for up to a minute."""
     from kubernetes import client, config  # the lab's API, as any user of the cluster sees it
+    from kubernetes.client.exceptions import ApiException
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+    from urllib3.exceptions import HTTPError
 
-    api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))  # type: ignore[no-untyped-call]
+    def transient(error: BaseException) -> bool:
+        if isinstance(error, ApiException):
+            return error.status in (429, 500, 502, 503, 504)
+        return isinstance(error, HTTPError | ConnectionError)
+
+    for attempt in Retrying(
+        retry=retry_if_exception(transient),
+        stop=stop_after_delay(60),
+        wait=wait_fixed(1),
+        reraise=True,
+    ):
+        with attempt:
+            return _cluster_leftovers(
+                client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))  # type: ignore[no-untyped-call]
+            )
+    raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
+
+
+def _cluster_leftovers(api: Any) -> list[str]:
     names = [ns.metadata.name if ns.metadata else "" for ns in api.list_namespace().items]
     namespaces = [f"namespace/{name}" for name in names if (name or "").startswith("netconform-")]
     pods = [

@@ -121,9 +121,8 @@ def test_verdicts_stay_honest_under_api_faults(case: FaultCase, labs: Labs) -> N
     for check in run.cases:
         if check.outcome == "error":
             assert "COULD NOT TEST" in check.message, f"{check.test_id}: {check.message}"
-            if "evict" in case.id:  # the cause names the pod the control plane took away
-                assert re.search(
-                    r"probe pod \S+|pod is being deleted|pod was deleted", check.message
-                ), check.message
+            if "evict" in case.id:  # the cause names the probe the control plane took away
+                assert re.search(r"evicted|deleted|gone", check.message), check.message
+                assert re.search(r"(probe|peer|hostprobe|sandbox)-\S+", check.message)
     assert run.leftovers == [], f"{case.id}: left in the cluster: {run.leftovers}"
     assert residue == [], f"{case.id}: left on the machine after teardown: {residue}"

@@ -61,6 +61,45 @@ NO_SNAT = "test_no_snat::test_no_snat"
 FULL_SIZE = "test_full_size::test_full_size_packets"
 HOST_TO_POD = "test_host_to_pod::test_host_to_pod"
 NODE_TO_POD = "test_node_to_pod::test_node_to_pod"
+# The Service checks (issue 16): per node ("<proto>-node-<n>", or "node-<n>" without a
+# protocol), or per ordered pair of nodes like the pod pairs.
+CLUSTER_IP = "test_services::test_cluster_ip"
+HAIRPIN = "test_services::test_hairpin"
+REFUSAL = "test_services::test_no_endpoints_refused"
+READINESS = "test_services::test_endpoints_follow_readiness"
+NODE_PORT_PODS = "test_services::test_node_port_from_pods"
+NODE_PORT_HOSTS = "test_services::test_node_port_from_hosts"
+HOST_PORT_PODS = "test_hostport::test_host_port_from_pods"
+HOST_PORT_HOSTS = "test_hostport::test_host_port_from_hosts"
+DNS_NAMES = "test_dns::test_service_names_resolve"
+DNS_HEADLESS = "test_dns::test_headless_service_resolves_to_ready_pods"
+
+
+def on_node(check: str, node: str = r"\d+", proto: str = _PROTO) -> str:
+    """Per-node items of ``check`` with a protocol (``tcp-node-1``)."""
+    return rf"{check}\[{_FAMILY}{proto}-node-(?:{node})\]"
+
+
+def of_node(check: str, node: str = r"\d+", family: str = _FAMILY) -> str:
+    """Per-node items of ``check`` without a protocol (``node-1``, ``ipv6-node-1``)."""
+    return rf"{check}\[{family}node-(?:{node})\]"
+
+
+def to_node(check: str, dst: str, proto: str = _PROTO) -> str:
+    """Pair items of ``check`` towards node ``dst``, from every node (itself included)."""
+    return rf"{check}\[{_FAMILY}{proto}-node-\d+->node-(?:{dst})\]"
+
+
+def from_node(check: str, src: str, proto: str = _PROTO) -> str:
+    """Pair items of ``check`` from node ``src``, to every node (itself included)."""
+    return rf"{check}\[{_FAMILY}{proto}-node-(?:{src})->node-\d+\]"
+
+
+#: The Service checks whose traffic reaches pods (DNS included: the lab's DNS is a pod).
+SERVICE_TRAFFIC = rf"{CLUSTER_IP}|{HAIRPIN}|{REFUSAL}|{READINESS}|{NODE_PORT_PODS}"
+SERVICE_TRAFFIC += (
+    rf"|{NODE_PORT_HOSTS}|{HOST_PORT_PODS}|{HOST_PORT_HOSTS}|{DNS_NAMES}|{DNS_HEADLESS}"
+)
 
 
 @dataclass(frozen=True)
@@ -77,12 +116,14 @@ class Expectation:
 # Fault -> the checks that must fail, and only they: the checks of the rule the fault breaks.
 EXPECTED_FAILURES: dict[str, Expectation] = {
     "snat-cross-node": Expectation(
-        cross_node(NO_SNAT),
-        "pod -> other node's pod is masqueraded: cross-node no-SNAT pairs, every protocol",
+        either(cross_node(NO_SNAT), on_node(CLUSTER_IP)),
+        "pod -> other node's pod is masqueraded: cross-node no-SNAT pairs, every protocol, and"
+        " every node's cluster IP spread (the other nodes' endpoints see the node's address)",
     ),
     "snat-same-node": Expectation(
-        same_node(NO_SNAT),
-        "pod -> pod on the same node is masqueraded: same-node no-SNAT pairs, every protocol",
+        either(same_node(NO_SNAT), on_node(CLUSTER_IP)),
+        "pod -> pod on the same node is masqueraded: same-node no-SNAT pairs, every protocol, and"
+        " every node's cluster IP spread (its own node's endpoint sees the bridge's address)",
     ),
     "overlapping-pod-cidrs": Expectation(
         r"test_pod_ips::test_node_pod_cidrs_disjoint\b",
@@ -94,7 +135,9 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         # The pods of a node share the IP: which one answers ARP, and so whether traffic into
         # a node (a request, or the reply to the node's own probe) reaches the intended pod,
         # is chance, for every pair and every host-network probe.
-        may=either(cross_node(NO_SNAT), cross_node(FULL_SIZE), HOST_TO_POD, NODE_TO_POD),
+        may=either(
+            cross_node(NO_SNAT), cross_node(FULL_SIZE), HOST_TO_POD, NODE_TO_POD, SERVICE_TRAFFIC
+        ),
     ),
     "ip-outside-node-cidr": Expectation(
         r"test_pod_ips::test_pod_ips_inside_node_pod_cidrs\b",
@@ -114,9 +157,22 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         "a node's own stack cannot open connections to its pods, every protocol",
     ),
     "cross-node-blackhole": Expectation(
-        either(cross_node(NO_SNAT), cross_node(FULL_SIZE)),
+        either(
+            cross_node(NO_SNAT),
+            cross_node(FULL_SIZE),
+            on_node(CLUSTER_IP),
+            of_node(READINESS),
+            cross_node(HOST_PORT_PODS),
+            of_node(DNS_NAMES, "2|3"),
+            of_node(DNS_HEADLESS, "2|3"),
+        ),
         "pod <-> pod traffic between nodes is dropped: every cross-node pod pair, every protocol,"
-        " small and full-size",
+        " small and full-size; the cluster IP's other endpoints (spread, readiness); a pod to"
+        " another node's hostPort (DNAT to its pod); the lab's DNS, a pod of node-1, from the"
+        " other nodes",
+        # A NodePort may send a connection to an endpoint on a third node (or from a node's own
+        # address to another node's endpoint): whether a try crosses, and is dropped, is chance.
+        may=either(NODE_PORT_PODS, NODE_PORT_HOSTS),
     ),
     "sandbox-reset": Expectation(
         r"test_sandbox::test_sandbox_survives_container_restart\b",
@@ -124,9 +180,10 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
     ),
     "wrong-self-ip": Expectation(
         rf"test_pod_ips::test_pod_ip_is_interface_address\b|{NO_SNAT}|{NODE_TO_POD}"
-        rf"|{HOST_TO_POD}|{FULL_SIZE}",
+        rf"|{HOST_TO_POD}|{FULL_SIZE}|{CLUSTER_IP}|{HAIRPIN}|{READINESS}|{NODE_PORT_PODS}"
+        rf"|{NODE_PORT_HOSTS}",
         "the API reports an IP no pod has: the pod lacks it, and every check that reaches a pod"
-        " at its reported IP finds nobody there",
+        " at its reported IP finds nobody there (Services: their endpoints are the reported IPs)",
     ),
     "udp-drop": Expectation(
         either(
@@ -134,17 +191,48 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
             same_node(NO_SNAT, proto="udp"),
             cross_node(FULL_SIZE, proto="udp"),
             same_node(FULL_SIZE, proto="udp"),
+            on_node(CLUSTER_IP, proto="udp"),
+            on_node(HAIRPIN, proto="udp"),
+            same_node(NODE_PORT_PODS, proto="udp"),
+            from_node(HOST_PORT_PODS, r"\d+", proto="udp"),
+            of_node(DNS_NAMES),
+            of_node(DNS_HEADLESS),
         ),
-        "UDP between pods is dropped, same node and cross node, small and full-size",
+        "UDP between pods is dropped, same node and cross node, small and full-size; UDP through"
+        " a cluster IP (hairpin included), a pod's NodePort on its own node and hostPorts from"
+        " pods (DNAT to a pod); DNS queries to the lab's DNS (a pod)",
+        # A pod's NodePort on another node is masqueraded to that node's address: whether the
+        # drop sees pod-to-pod traffic depends on where the endpoint is.
+        may=either(
+            cross_node(NODE_PORT_PODS, proto="udp"), cross_node(NODE_PORT_HOSTS, proto="udp")
+        ),
     ),
     "one-way-pair-drop": Expectation(
-        either(cross_node(NO_SNAT, "1", "3"), cross_node(FULL_SIZE, "1", "3")),
+        either(
+            cross_node(NO_SNAT, "1", "3"),
+            cross_node(FULL_SIZE, "1", "3"),
+            on_node(CLUSTER_IP, "1"),
+            of_node(READINESS, "1"),
+        ),
         "pod traffic from node-1 to node-3 only (not in the old ring) is dropped: that one"
-        " direction, every protocol, small and full-size",
+        " direction, every protocol, small and full-size; node-1's cluster IP spreads never"
+        " reach node-3's endpoint",
+        # node-1's pods to node-1's NodePort: a try sent to node-3's endpoint is dropped.
+        may=same_node(NODE_PORT_PODS, "1"),
     ),
     "same-node-drop-last": Expectation(
-        either(same_node(NO_SNAT, "3"), same_node(FULL_SIZE, "3")),
-        "pod traffic inside the last node is dropped: its same-node pairs only",
+        either(
+            same_node(NO_SNAT, "3"),
+            same_node(FULL_SIZE, "3"),
+            on_node(CLUSTER_IP, "3"),
+            on_node(HAIRPIN, "3"),
+            of_node(READINESS, "3"),
+            same_node(HOST_PORT_PODS, "3"),
+        ),
+        "pod traffic inside the last node is dropped: its same-node pairs; its cluster IP"
+        " spreads (its own endpoint), hairpin and hostPort from its own pods",
+        # node-3's pods to node-3's NodePort: a try sent to node-3's own endpoint is dropped.
+        may=same_node(NODE_PORT_PODS, "3"),
     ),
     "host-to-remote-pods-blocked": Expectation(
         cross_node(HOST_TO_POD, src="2"),
@@ -166,9 +254,47 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
             same_node(FULL_SIZE, "2", proto="ipv6-" + _PROTO),
             cross_node(HOST_TO_POD, dst="2", proto="ipv6-" + _PROTO),
             rf"{NODE_TO_POD}\[ipv6-{_PROTO}-node-2\]",
+            on_node(CLUSTER_IP, "2", proto="ipv6-" + _PROTO),
+            on_node(HAIRPIN, "2", proto="ipv6-" + _PROTO),
+            of_node(REFUSAL, "2", family="ipv6-"),
+            of_node(READINESS, "2", family="ipv6-"),
+            from_node(NODE_PORT_PODS, "2", proto="ipv6-" + _PROTO),
+            from_node(HOST_PORT_PODS, "2", proto="ipv6-" + _PROTO),
+            to_node(HOST_PORT_PODS, "2", proto="ipv6-" + _PROTO),
+            to_node(HOST_PORT_HOSTS, "2", proto="ipv6-" + _PROTO),
         ),
         "node-2's pods get no IPv6 address on a dual-stack lab run with --ip-family dual: the"
-        " required-family check, and every IPv6 check with a pod of node-2 at either end",
+        " required-family check, and every IPv6 check with a pod of node-2 at either end"
+        " (Services: node-2's clients, and its hostPort probe)",
+    ),
+    # The Service faults of the lab (issue 16), each breaking one behaviour of Services.
+    "no-hairpin": Expectation(
+        on_node(HAIRPIN),
+        "the bridge leaves hairpin mode off: a pod reaching itself through its Service, on every"
+        " node, tcp and udp",
+    ),
+    "stale-endpoints": Expectation(
+        of_node(READINESS),
+        "the proxy keeps endpoints that are not ready: the unready backend still answers every"
+        " node's spreads",
+    ),
+    "nodeport-missing-on-node": Expectation(
+        either(to_node(NODE_PORT_PODS, "2"), to_node(NODE_PORT_HOSTS, "2")),
+        "node-2 serves no NodePorts: every NodePort item towards node-2, from pods and hosts",
+    ),
+    "service-masquerade": Expectation(
+        on_node(CLUSTER_IP),
+        "pod-to-ClusterIP traffic is masqueraded: every node's cluster IP spread (the endpoints"
+        " see a node address); hairpin and NodePorts masquerade anyway",
+    ),
+    "dns-wrong-address": Expectation(
+        either(of_node(DNS_NAMES), of_node(DNS_HEADLESS)),
+        "the DNS answers Service names with wrong addresses: the names, headless included, from"
+        " every node",
+    ),
+    "hostport-unmapped": Expectation(
+        either(to_node(HOST_PORT_PODS, "2"), to_node(HOST_PORT_HOSTS, "2")),
+        "node-2 has no portmap: every hostPort item towards node-2, from pods and hosts",
     ),
 }
 
@@ -185,6 +311,8 @@ FAMILY_FAULT_CASES: tuple[LabCase, ...] = (
     LabCase(("snat-cross-node",), "dual"),
     LabCase(("ip-outside-node-cidr",), "dual"),
     LabCase(("block-node-to-pod",), "ipv6"),
+    LabCase(("service-masquerade",), "dual"),
+    LabCase(("nodeport-missing-on-node",), "ipv6"),
     # A requested family missing: the user asked for both families.
     LabCase(("family-missing-on-node",), "dual", ("--ip-family", "dual")),
 )

@@ -371,7 +371,13 @@ def test_tcp_and_udp_connect_record_the_nonce(loopback_agent: RunningAgent) -> N
         {"op": "seen", "nonce": tcp_nonce},
         {"op": "seen", "nonce": udp_nonce},
     )
-    assert tcp == {"ok": True, "op": "connect", "peer_seen": "127.0.0.1", "local": "127.0.0.1"}
+    assert tcp == {
+        "ok": True,
+        "op": "connect",
+        "peer_seen": "127.0.0.1",
+        "local": "127.0.0.1",
+        "server": "lo-a",
+    }
     assert udp["ok"], udp
     assert udp["peer_seen"] == "127.0.0.1"
     assert seen_tcp["records"] == [{"proto": "tcp", "peer": "127.0.0.1", "nonce": tcp_nonce}]

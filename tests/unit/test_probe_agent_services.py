@@ -335,3 +335,25 @@ def test_resolve_refuses_bad_fields(
     answer = one.one({"op": "resolve", "name": "localhost", **fields})
     assert answer["ok"] is False, answer
     assert error in answer["error"]
+
+
+def test_info_reports_the_resolver_configuration(resolver_agent: RunningAgent) -> None:
+    assert resolver_agent.ok({"op": "info"})["resolver"] == {
+        "nameservers": ["127.0.0.1"],
+        "search": [],
+        "options": ["timeout:1", "attempts:1"],
+    }
+
+
+def test_resolv_conf_as_kubelet_writes_it(tmp_path: Path) -> None:
+    path = tmp_path / "resolv.conf"
+    path.write_text(
+        "# written by kubelet\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\n"
+        "nameserver 10.96.0.10\noptions ndots:5\n"
+    )
+    assert probe_agent.read_resolv_conf(str(path)) == {
+        "nameservers": ["10.96.0.10"],
+        "search": ["ns1.svc.cluster.local", "svc.cluster.local", "cluster.local"],
+        "options": ["ndots:5"],
+    }
+    assert probe_agent.read_resolv_conf(str(tmp_path / "missing")) is None

@@ -1,15 +1,23 @@
 """Probes that change under a run: `conformance.kit.deploy.changed_pods` names a probe pod that
-was deleted, evicted, replaced or restarted between two looks, and the reachability sweep turns
-every exchange with such a pod into "could not test" instead of a verdict."""
+was deleted, evicted, replaced or restarted between two looks; the reachability sweep turns
+every exchange with such a pod into "could not test" instead of a verdict, and the prefetch
+names the change as the cause of its items' errors."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from test_prefetch import NO_PROBES, volume_items
+from test_prefetch import PODS as PREFETCH_PODS
+from test_prefetch import FakeProbeClient as PrefetchClient
 from test_reachability import FakeProbeClient, ring_targets
 
 from conformance.kit.deploy import PodLife, changed_pods
+from conformance.kit.prefetch import plan_for_items as plan_prefetch
+from conformance.kit.prefetch import run_prefetch
 from conformance.kit.reachability import run_sweep
+
+PODS_GONE = "probe-node-2"
 
 BEFORE = {
     "probe-n1": PodLife("u1", {"a": 0, "b": 0}),
@@ -46,7 +54,9 @@ def test_exchanges_with_a_pod_that_changed_under_the_sweep_could_not_test() -> N
         ring,
         {**ring, "probe-node-2": PodLife("u2", {"a": 1})},
     ]
-    outcomes = run_sweep(FakeProbeClient(), ring_targets(("tcp",)), pods=lambda: looks.pop(0))
+    # Its exec fails too (as into a restarting container): the restart is named, not the exec.
+    broken = FakeProbeClient(broken=frozenset({("probe-node-2", "a")}))
+    outcomes = run_sweep(broken, ring_targets(("tcp",)), pods=lambda: looks.pop(0))
     assert looks == []  # looked once before, once after
     by_pair = {(o.target.source.pod, o.target.destination.pod): o for o in outcomes}
     assert len(by_pair) == 3
@@ -66,3 +76,20 @@ def test_exchanges_with_a_pod_that_changed_under_the_sweep_could_not_test() -> N
 def test_a_sweep_that_cannot_look_at_the_pods_judges_as_before() -> None:
     outcomes = run_sweep(FakeProbeClient(), ring_targets(("tcp",)), pods=lambda: None)
     assert all(o.error is None and o.reached for o in outcomes)
+
+
+def test_prefetched_items_on_a_pod_that_changed_name_it_as_the_cause() -> None:
+    pods = {p: PodLife(f"uid-{p}", {"a": 0, "b": 0}) for p in PREFETCH_PODS}
+    looks: list[Mapping[str, PodLife]] = [pods, {p: v for p, v in pods.items() if p != PODS_GONE}]
+    client = PrefetchClient(broken=frozenset({(PODS_GONE, "a")}))  # its exec fails, too
+    plans = plan_prefetch(volume_items(), NO_PROBES, "r")
+    answers = {a.nodeid: a for a in run_prefetch(client, plans, pods=lambda: looks.pop(0))}  # type: ignore[arg-type]
+    failed = {n: a.error for n, a in answers.items() if a.error is not None}
+    assert set(failed) == {
+        f"test_v.py::check_volume[a->b-{PODS_GONE}]",
+        f"test_v.py::check_volume[b->a-{PODS_GONE}]",
+    }
+    for error in failed.values():
+        assert error == (
+            f"probe pod {PODS_GONE} was deleted or evicted meanwhile (during the prefetch)"
+        )

@@ -1,0 +1,255 @@
+"""The exchanges of the Service checks (`conformance.kit.reachability.Target`s through a
+Service's cluster IP, a NodePort or a hostPort), planned from a test item's parameters and the
+run's `ServiceFacts`, for the checks' ``@swept_by`` planners and the readiness flip."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from conformance.kit.errors import ProbeDeploymentError
+from conformance.kit.probe_client import address_of_family
+from conformance.kit.probes import ROLE_HOSTPORT, ROLE_HOSTPROBE, ROLE_PEER, ROLE_PROBE, ProbeMap
+from conformance.kit.reachability import (
+    KIND_EXCHANGE,
+    KIND_REFUSAL,
+    KIND_SPREAD,
+    Endpoint,
+    Target,
+    Unplanned,
+    without_address,
+)
+from conformance.kit.services import (
+    EMPTY_SERVICE,
+    NODEPORT_SERVICE,
+    SERVICE,
+    ServiceFacts,
+    service_port_of,
+    spread_tries,
+)
+
+#: Source kinds of the NodePort and hostPort checks: a node's probe pod, or its host network.
+FROM_POD = "pod"
+FROM_HOST = "host"
+
+
+def facts_of(probe_map: ProbeMap) -> ServiceFacts:
+    """The run's Service facts; `ProbeDeploymentError` (could not test) when it made none."""
+    if probe_map.services is None:
+        raise ProbeDeploymentError(f"the run in {probe_map.namespace} made no Services")
+    return probe_map.services
+
+
+def without_services(probe_map: ProbeMap) -> Unplanned | None:
+    """Why an item has no Service traffic when the run made no Services (a probe map of
+    another origin); None when it made them."""
+    if probe_map.services is None:
+        return Unplanned(f"the run in {probe_map.namespace} made no Services")
+    return None
+
+
+def backends(probe_map: ProbeMap, family: int) -> tuple[str, ...]:
+    """The Service's endpoints of IP version ``family``: every peer probe with such an address."""
+    return tuple(
+        p.name for p in probe_map.of_role(ROLE_PEER) if address_of_family(p.pod_ips, family)
+    )
+
+
+def no_cluster_ip(service: str, family: int) -> Unplanned:
+    return Unplanned(
+        f"Service {service} has no IPv{family} cluster IP (the cluster serves no IPv{family} "
+        "service range)"
+    )
+
+
+def _source(
+    probe_map: ProbeMap, role: str, node: str, family: int
+) -> tuple[Endpoint, str] | Unplanned:
+    probe = probe_map.get(role, node)
+    ip = address_of_family(probe.pod_ips, family)
+    if ip is None:
+        return without_address(family, [probe], probe_map)
+    return Endpoint(probe.name, probe.container().name, node), ip
+
+
+def cluster_ip_spread(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
+    """From the probe pod of ``probe_node`` to the Service's cluster IP of ``family``: connect
+    until every endpoint answered (a bounded number of tries); each endpoint must see the
+    client pod's own IP."""
+    if (missing := without_services(probe_map)) is not None:
+        return missing
+    proto, family, node = params["proto"], params["family"], params["probe_node"]
+    vip = facts_of(probe_map).cluster_ip(SERVICE, family)
+    if vip is None:
+        return no_cluster_ip(SERVICE, family)
+    source = _source(probe_map, ROLE_PROBE, node, family)
+    if isinstance(source, Unplanned):
+        return source
+    endpoint, own_ip = source
+    servers = backends(probe_map, family)
+    return [
+        Target(
+            check=check,
+            proto=proto,
+            family=family,
+            source=endpoint,
+            destination=Endpoint(SERVICE, "", ""),
+            host=vip,
+            port=service_port_of(proto),
+            capture=False,
+            allowed_sources=(own_ip,),
+            kind=KIND_SPREAD,
+            servers=servers,
+            max_tries=spread_tries(len(servers), len(servers)),
+        )
+    ]
+
+
+def hairpin_spread(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
+    """From the peer probe of ``probe_node`` (an endpoint of the Service) to the Service's
+    cluster IP: connect until the pod itself answered (kube-proxy may masquerade hairpin
+    traffic, so the source is not judged)."""
+    if (missing := without_services(probe_map)) is not None:
+        return missing
+    proto, family, node = params["proto"], params["family"], params["probe_node"]
+    vip = facts_of(probe_map).cluster_ip(SERVICE, family)
+    if vip is None:
+        return no_cluster_ip(SERVICE, family)
+    source = _source(probe_map, ROLE_PEER, node, family)
+    if isinstance(source, Unplanned):
+        return source
+    endpoint, _ = source
+    return [
+        Target(
+            check=check,
+            proto=proto,
+            family=family,
+            source=endpoint,
+            destination=Endpoint(SERVICE, "", ""),
+            host=vip,
+            port=service_port_of(proto),
+            capture=False,
+            kind=KIND_SPREAD,
+            servers=(endpoint.pod,),
+            max_tries=spread_tries(len(backends(probe_map, family)), 1),
+        )
+    ]
+
+
+def refusal(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
+    """From the probe pod of ``probe_node`` to the cluster IP of the Service without endpoints:
+    one TCP connection, which must be refused."""
+    if (missing := without_services(probe_map)) is not None:
+        return missing
+    family, node = params["family"], params["probe_node"]
+    vip = facts_of(probe_map).cluster_ip(EMPTY_SERVICE, family)
+    if vip is None:
+        return no_cluster_ip(EMPTY_SERVICE, family)
+    source = _source(probe_map, ROLE_PROBE, node, family)
+    if isinstance(source, Unplanned):
+        return source
+    return [
+        Target(
+            check=check,
+            proto="tcp",
+            family=family,
+            source=source[0],
+            destination=Endpoint(EMPTY_SERVICE, "", ""),
+            host=vip,
+            port=service_port_of("tcp"),
+            capture=False,
+            kind=KIND_REFUSAL,
+        )
+    ]
+
+
+def _node_address(probe_map: ProbeMap, node: str, family: int, what: str) -> str | Unplanned:
+    address = facts_of(probe_map).internal_ip(node, family)
+    if address is not None:
+        return address
+    reason = f"node {node} has no IPv{family} InternalIP for {what}"
+    if family in probe_map.required_families:
+        return Unplanned(f"{reason}, although --ip-family requires IPv{family}", broken=True)
+    return Unplanned(reason)
+
+
+def _pair_source(
+    probe_map: ProbeMap, source_kind: str, node: str, family: int
+) -> Endpoint | Unplanned:
+    if source_kind == FROM_HOST:
+        host = probe_map.get(ROLE_HOSTPROBE, node)
+        return Endpoint(host.name, host.container().name, node)
+    source = _source(probe_map, ROLE_PROBE, node, family)
+    return source if isinstance(source, Unplanned) else source[0]
+
+
+def node_port(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap, source_kind: str
+) -> Sequence[Target] | Unplanned:
+    """From the probe pod (or the host network) of the pair's source node to the NodePort
+    Service at the destination node's InternalIP: some endpoint of the Service answers."""
+    if (missing := without_services(probe_map)) is not None:
+        return missing
+    proto, family, pair = params["proto"], params["family"], params["node_pair"]
+    facts = facts_of(probe_map)
+    if facts.node_port_skip is not None:
+        return Unplanned(facts.node_port_skip)
+    address = _node_address(probe_map, pair.dst, family, "NodePorts")
+    if isinstance(address, Unplanned):
+        return address
+    source = _pair_source(probe_map, source_kind, pair.src, family)
+    if isinstance(source, Unplanned):
+        return source
+    return [
+        Target(
+            check=check,
+            proto=proto,
+            family=family,
+            source=source,
+            destination=Endpoint(NODEPORT_SERVICE, "", pair.dst),
+            host=address,
+            port=facts.node_ports[proto],
+            capture=False,
+            kind=KIND_EXCHANGE,
+            servers=backends(probe_map, family),
+        )
+    ]
+
+
+def host_port(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap, source_kind: str
+) -> Sequence[Target] | Unplanned:
+    """From the probe pod (or the host network) of the pair's source node to the destination
+    node's InternalIP at its hostPort probe's host port: that probe answers."""
+    if (missing := without_services(probe_map)) is not None:
+        return missing
+    proto, family, pair = params["proto"], params["family"], params["node_pair"]
+    facts = facts_of(probe_map)
+    address = _node_address(probe_map, pair.dst, family, "hostPorts")
+    if isinstance(address, Unplanned):
+        return address
+    source = _pair_source(probe_map, source_kind, pair.src, family)
+    if isinstance(source, Unplanned):
+        return source
+    target = probe_map.get(ROLE_HOSTPORT, pair.dst)
+    tcp, udp = facts.host_ports[target.name]
+    return [
+        Target(
+            check=check,
+            proto=proto,
+            family=family,
+            source=source,
+            destination=Endpoint(target.name, target.container().name, pair.dst),
+            host=address,
+            port=tcp if proto == "tcp" else udp,
+            capture=False,
+            kind=KIND_EXCHANGE,
+            servers=(target.name,),
+        )
+    ]

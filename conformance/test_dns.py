@@ -1,0 +1,191 @@
+"""Service discovery: a pod finds a Service by name through the cluster DNS (kube-dns, as
+CoreDNS's kubernetes plugin answers) and by the environment variables kubelet sets for the
+Services that existed when the pod started.
+
+- every probe pod resolves the Service's name (short, namespace-qualified and fully
+  qualified) to its cluster IP, in every family the Service has;
+- a headless Service's name resolves to its ready endpoints' IPs;
+- the Service's variables are set in the probe pods, created after it.
+
+The lookups run in the pods (the agent's ``resolve``, through the pod's own resolver and
+search list) and come from the run's prefetch; a cluster without a ``kube-system/kube-dns``
+Service skips the DNS checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
+from conformance.kit.probe_client import address_of_family
+from conformance.kit.probes import ROLE_PEER, ROLE_PROBE, ProbeMap
+from conformance.kit.report import format_rule_failure
+from conformance.kit.service_targets import facts_of
+from conformance.kit.services import (
+    HEADLESS_SERVICE,
+    SERVICE,
+    env_name,
+    service_environment,
+    service_names,
+)
+
+#: Seconds one lookup may take in the pod (the resolver's own retries included).
+RESOLVE_TIMEOUT = 5.0
+
+NAMES_RULE = "every pod MUST resolve a Service's name to its cluster IP"
+HEADLESS_RULE = "every pod MUST resolve a headless Service's name to its ready endpoints' IPs"
+ENV_RULE = "a pod MUST get the environment variables of the Services created before it"
+
+
+def _lookups(params: Mapping[str, Any], probe_map: ProbeMap, names: list[str]) -> list[Step]:
+    probe = probe_map.get(ROLE_PROBE, params["probe_node"])
+    if probe_map.services is None or probe_map.services.dns_skip is not None:
+        return []
+    return [
+        Step(
+            name,
+            probe.name,
+            probe.container().name,
+            {"op": "resolve", "name": name, "family": params["family"], "timeout": RESOLVE_TIMEOUT},
+        )
+        for name in names
+    ]
+
+
+def name_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
+    """The node's probe pod resolves the Service's three names."""
+    if probe_map.services is None:
+        return []
+    names = service_names(probe_map.namespace, probe_map.services.cluster_domain)
+    return _lookups(params, probe_map, list(names))
+
+
+def headless_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
+    """The node's probe pod resolves the headless Service's name."""
+    return _lookups(params, probe_map, [HEADLESS_SERVICE])
+
+
+def _dns_or_skip(probe_map: ProbeMap) -> None:
+    reason = facts_of(probe_map).dns_skip
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def _judge(
+    rule: str,
+    answers: ItemAnswers,
+    wanted: Mapping[str, list[str]],
+    *,
+    family: int,
+    pod: str,
+    node: str,
+) -> None:
+    """Each name must resolve to exactly its wanted addresses."""
+    wrong = []
+    for name, addresses in wanted.items():
+        answer = answers[name]
+        got = answer.get("addresses") if answer.get("ok") else None
+        if got is None:
+            wrong.append(f"{name}: {answer.get('errno') or 'failed'} {answer.get('error')}")
+        elif sorted(got) != sorted(addresses):
+            wrong.append(f"{name}: {got}")
+    if wrong:
+        pytest.fail(
+            format_rule_failure(
+                rule,
+                expected="; ".join(f"{n} -> {a}" for n, a in wanted.items()),
+                observed="; ".join(wrong),
+                protocol=f"DNS (IPv{family} addresses)",
+                pods=[pod],
+                nodes=[node],
+            ),
+            pytrace=False,
+        )
+
+
+@prefetched_by(name_steps)
+def test_service_names_resolve(
+    family: int, probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
+) -> None:
+    """A pod on every node MUST resolve a Service's short, namespace-qualified and fully
+    qualified names (through the cluster DNS and its own search list) to the Service's cluster
+    IP of each family the Service has."""
+    _dns_or_skip(probe_map)
+    facts = facts_of(probe_map)
+    ip = facts.cluster_ip(SERVICE, family)
+    if ip is None:
+        pytest.skip(f"Service {SERVICE} has no IPv{family} cluster IP")
+    # A pod without an address of the family still resolves its records.
+    probe = probe_map.get(ROLE_PROBE, probe_node)
+    names = service_names(probe_map.namespace, facts.cluster_domain)
+    _judge(
+        NAMES_RULE,
+        answers,
+        {name: [ip] for name in names},
+        family=family,
+        pod=probe.describe(),
+        node=probe_node,
+    )
+
+
+@prefetched_by(headless_steps)
+def test_headless_service_resolves_to_ready_pods(
+    family: int, probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
+) -> None:
+    """A pod on every node MUST resolve a headless Service's name to the IPs of its ready
+    endpoints (one pod on each node) of each family."""
+    _dns_or_skip(probe_map)
+    probe = probe_map.get(ROLE_PROBE, probe_node)
+    ready = sorted(
+        ip
+        for p in probe_map.of_role(ROLE_PEER)
+        if (ip := address_of_family(p.pod_ips, family)) is not None
+    )
+    if not ready:
+        pytest.skip(f"no endpoint of {HEADLESS_SERVICE} has an IPv{family} address")
+    _judge(
+        HEADLESS_RULE,
+        answers,
+        {HEADLESS_SERVICE: ready},
+        family=family,
+        pod=probe.describe(),
+        node=probe_node,
+    )
+
+
+def env_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
+    """The node's probe pod's environment variables named after the Service."""
+    probe = probe_map.get(ROLE_PROBE, params["probe_node"])
+    request = {"op": "env", "prefix": env_name(SERVICE) + "_"}
+    return [Step("env", probe.name, probe.container().name, request)]
+
+
+@prefetched_by(env_steps)
+def test_service_environment_variables(
+    probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
+) -> None:
+    """A pod created after a Service MUST carry the Service's environment variables
+    (``<NAME>_SERVICE_HOST``, ``<NAME>_SERVICE_PORT``..., and the Docker-link ones) with its
+    cluster IP and ports, on every node."""
+    facts = facts_of(probe_map)
+    ips = facts.cluster_ips.get(SERVICE) or ()
+    if not ips:
+        pytest.fail(f"COULD NOT TEST: Service {SERVICE} has no cluster IP", pytrace=False)
+    probe = probe_map.get(ROLE_PROBE, probe_node)
+    answer = answers["env"]
+    variables = answer.get("variables") or {}
+    wanted = service_environment(SERVICE, ips[0])
+    wrong = {k: variables.get(k) for k, v in wanted.items() if variables.get(k) != v}
+    if wrong:
+        pytest.fail(
+            format_rule_failure(
+                ENV_RULE,
+                expected=", ".join(f"{k}={v}" for k, v in wanted.items()),
+                observed=", ".join(f"{k}={v}" for k, v in sorted(wrong.items())),
+                pods=[probe.describe()],
+                nodes=[probe_node],
+            ),
+            pytrace=False,
+        )

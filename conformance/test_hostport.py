@@ -1,0 +1,116 @@
+"""hostPort: a container port mapped to a port of its node (the network model's two-container
+example maps a container's port 80 to the node's port 80). Every node runs a hostPort probe
+whose agent's TCP and UDP ports are mapped to host ports H and H + 1 (chosen per run,
+`conformance.kit.service_deployment`); it must answer at its node's InternalIP from pods on
+every node and from the host network of every other node. And kubelet must keep a node's host
+ports to one pod: a second pod asking for H on the same node never runs beside the first.
+
+The exchanges come from the run's reachability sweep (`conformance.kit.service_targets`) and
+are judged by `conformance.kit.verdicts`: the answer must come from the node's hostPort probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from conformance.kit.cases import PAIRS_CROSS_NODE, check_places
+from conformance.kit.cluster import call_api, name_of
+from conformance.kit.namespace import describe_pod
+from conformance.kit.pairs import NodePair
+from conformance.kit.probes import ROLE_HOSTPORT, ProbeMap
+from conformance.kit.reachability import Target, Unplanned, swept_by
+from conformance.kit.report import format_rule_failure
+from conformance.kit.service_targets import FROM_HOST, FROM_POD, facts_of, host_port
+from conformance.kit.settings import Timeouts
+from conformance.kit.verdicts import ItemExchanges
+
+PROTOCOLS = ("tcp", "udp")
+
+HOST_PORT_RULE = "a pod's hostPort MUST answer at its node's IP from every pod and every node"
+CONFLICT_RULE = "two pods asking for the same hostPort MUST never both run on one node"
+
+
+def host_port_from_pods(
+    params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
+    """The source node's probe pod to the destination node's InternalIP at its hostPort."""
+    return host_port("test_host_port_from_pods", params, probe_map, FROM_POD)
+
+
+def host_port_from_hosts(
+    params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
+    """The source node's host network to the destination node's InternalIP at its hostPort."""
+    return host_port("test_host_port_from_hosts", params, probe_map, FROM_HOST)
+
+
+@swept_by(host_port_from_pods)
+def test_host_port_from_pods(
+    proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
+) -> None:
+    """A container port with a hostPort MUST answer at its node's InternalIP and that port (tcp,
+    udp) to a pod on every node, its own included."""
+    exchanges.assert_rule(HOST_PORT_RULE, expected="the node's hostPort probe answers")
+
+
+@check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
+@swept_by(host_port_from_hosts)
+def test_host_port_from_hosts(
+    proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
+) -> None:
+    """A container port with a hostPort MUST answer at its node's InternalIP and that port (tcp,
+    udp) to the host network of every other node."""
+    exchanges.assert_rule(HOST_PORT_RULE, expected="the node's hostPort probe answers")
+
+
+def running(pod: client.V1Pod) -> bool:
+    """The pod runs: phase Running, or a container started."""
+    status = pod.status
+    if status is None:
+        return False
+    started = any(
+        cs.state is not None and cs.state.running is not None
+        for cs in status.container_statuses or []
+    )
+    return status.phase == "Running" or started
+
+
+def test_host_port_conflict(
+    probe_map: ProbeMap, core: client.CoreV1Api, timeouts: Timeouts, request: pytest.FixtureRequest
+) -> None:
+    """A pod asking for a hostPort that another pod of the node holds MUST NOT run there while
+    that pod runs (kubelet refuses it, as the scheduler would not place it)."""
+    facts = facts_of(probe_map)
+    namespace = probe_map.namespace
+    pods = {
+        name_of(p): p
+        for p in call_api(
+            f"list pods in {namespace}", core.list_namespaced_pod, namespace, timeouts=timeouts
+        ).items
+    }
+    clash = pods.get(facts.clash_pod)
+    if clash is None or clash.spec is None:
+        pytest.fail(f"COULD NOT TEST: pod {facts.clash_pod} is gone", pytrace=False)
+    node = str(clash.spec.node_name)
+    holder = probe_map.get(ROLE_HOSTPORT, node)
+    port = facts.host_ports[holder.name][0]
+    request.node.user_properties.append(("netconform.clash", describe_pod(clash)))
+    first = pods.get(holder.name)
+    if first is not None and running(first) and running(clash):
+        pytest.fail(
+            format_rule_failure(
+                CONFLICT_RULE,
+                expected=f"{facts.clash_pod} refused (or kept from running) while {holder.name} "
+                f"holds host port {port}/TCP",
+                observed=f"both run on {node}",
+                protocol="tcp",
+                pods=[holder.name, facts.clash_pod],
+                nodes=[node],
+                details=[describe_pod(first), describe_pod(clash)],
+            ),
+            pytrace=False,
+        )

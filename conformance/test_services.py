@@ -1,0 +1,184 @@
+"""Services: a stable virtual IP in front of the pods a selector picks, implemented on every node
+(kube-proxy's iptables or IPVS rules, or a CNI that replaces kube-proxy). The run's Service
+``netconform-probes`` selects one peer probe per node; every node's probe pod is a client.
+
+- its cluster IP answers over TCP and UDP in every family it has, every endpoint answers
+  within a bounded number of connections, and sees the client pod's own IP;
+- a pod reaches itself through its own Service (hairpin);
+- endpoints follow readiness: a backend turned unready gets no new connection within a bound,
+  and answers again once ready (`conformance.kit.readiness`);
+- a Service without endpoints refuses a TCP connection at once;
+- its NodePort answers at every tested node's InternalIP, from pods and from the host network
+  of other nodes.
+
+The exchanges come from the run's reachability sweep (spreads of connections through the
+cluster IP, `conformance.kit.service_targets`) and are judged by `conformance.kit.verdicts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from conformance.kit.cases import PAIRS_CROSS_NODE, check_places
+from conformance.kit.cluster import Discovery
+from conformance.kit.errors import CouldNotTest
+from conformance.kit.pairs import NodePair
+from conformance.kit.prefetch import ItemAnswers
+from conformance.kit.probe_client import ProbeClient
+from conformance.kit.probes import ProbeMap
+from conformance.kit.reachability import Sweep, Target, Unplanned, swept_by
+from conformance.kit.readiness import ReadinessFlip, flip_readiness_once
+from conformance.kit.runstate import RunInfo
+from conformance.kit.service_targets import (
+    FROM_HOST,
+    FROM_POD,
+    cluster_ip_spread,
+    hairpin_spread,
+    node_port,
+    refusal,
+)
+from conformance.kit.services import SERVICE
+from conformance.kit.verdicts import ItemExchanges, assert_readiness_followed
+
+PROTOCOLS = ("tcp", "udp")
+
+CLUSTER_IP_RULE = (
+    "pods MUST reach a Service at its cluster IP: every ready endpoint answers, and sees the "
+    "client pod's own IP"
+)
+HAIRPIN_RULE = "a pod MUST reach itself through its own Service"
+READINESS_RULE = "a Service's endpoints MUST follow readiness"
+REFUSAL_RULE = "a Service without endpoints MUST refuse a connection at once"
+NODEPORT_RULE = "a NodePort Service MUST answer at every node's InternalIP"
+
+
+# --- the cluster IP ---------------------------------------------------------------------------
+
+
+def cluster_ip_targets(
+    params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
+    """The node's probe pod to the Service's cluster IP: connections until every endpoint
+    answered; the client pod's own IP the only source allowed."""
+    return cluster_ip_spread("test_cluster_ip", params, probe_map)
+
+
+@swept_by(cluster_ip_targets)
+def test_cluster_ip(proto: str, family: int, probe_node: str, exchanges: ItemExchanges) -> None:
+    """From a pod on every node, a Service's cluster IP MUST answer (tcp, udp, every family the
+    Service has), every ready endpoint (one on each node) MUST answer within a bounded number
+    of connections, and each MUST see the client pod's own IP (no SNAT)."""
+    exchanges.assert_rule(
+        CLUSTER_IP_RULE,
+        expected=f"every endpoint of {SERVICE} answers at least once, seeing only the client "
+        "pod's own IP",
+    )
+
+
+# --- hairpin ----------------------------------------------------------------------------------
+
+
+def hairpin_targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+    """The node's peer probe (an endpoint) to its own Service's cluster IP, until it answered
+    itself."""
+    return hairpin_spread("test_hairpin", params, probe_map)
+
+
+@swept_by(hairpin_targets)
+def test_hairpin(proto: str, family: int, probe_node: str, exchanges: ItemExchanges) -> None:
+    """A pod that is an endpoint of a Service MUST reach itself through the Service's cluster
+    IP (hairpin; tcp, udp), on every node."""
+    exchanges.assert_rule(
+        HAIRPIN_RULE, expected="the pod answers its own connection through the cluster IP"
+    )
+
+
+# --- no endpoints -----------------------------------------------------------------------------
+
+
+def refusal_targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+    """The node's probe pod to the cluster IP of a Service whose selector matches no pod."""
+    return refusal("test_no_endpoints_refused", params, probe_map)
+
+
+@swept_by(refusal_targets)
+def test_no_endpoints_refused(family: int, probe_node: str, exchanges: ItemExchanges) -> None:
+    """A TCP connection to a Service without any ready endpoint MUST be refused at once (a reset
+    or an ICMP unreachable), never left to time out, from a pod on every node."""
+    exchanges.assert_rule(
+        REFUSAL_RULE, expected="the connection is refused (ECONNREFUSED, EHOSTUNREACH...)"
+    )
+
+
+# --- readiness --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def readiness_flip(
+    run_info: RunInfo,
+    probe_map: ProbeMap,
+    probe_client: ProbeClient,
+    api_client: client.ApiClient,
+    discovery: Discovery,
+    reachability: Sweep,
+    prefetch: dict[str, ItemAnswers],
+) -> ReadinessFlip:
+    """The run's readiness flip, after the sweep and the prefetch (which must see every
+    backend ready)."""
+    try:
+        return flip_readiness_once(
+            run_info, probe_map, probe_client, client.DiscoveryV1Api(api_client), discovery.families
+        )
+    except CouldNotTest as exc:
+        pytest.fail(f"COULD NOT TEST: {exc}", pytrace=False)
+
+
+def test_endpoints_follow_readiness(
+    family: int, probe_node: str, readiness_flip: ReadinessFlip, request: pytest.FixtureRequest
+) -> None:
+    """When an endpoint of a Service turns unready, new connections from a pod on every node
+    MUST stop reaching it within a bounded time of its EndpointSlice saying so (the other
+    endpoints still answering), and MUST reach it again once it is ready."""
+    assert_readiness_followed(
+        READINESS_RULE, readiness_flip, probe_node, family, request.node.user_properties
+    )
+
+
+# --- NodePort ---------------------------------------------------------------------------------
+
+
+def node_port_from_pods(
+    params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
+    """The source node's probe pod to the destination node's InternalIP at the NodePort."""
+    return node_port("test_node_port_from_pods", params, probe_map, FROM_POD)
+
+
+def node_port_from_hosts(
+    params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
+    """The source node's host network to the destination node's InternalIP at the NodePort."""
+    return node_port("test_node_port_from_hosts", params, probe_map, FROM_HOST)
+
+
+@swept_by(node_port_from_pods)
+def test_node_port_from_pods(
+    proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
+) -> None:
+    """A NodePort Service MUST answer at the InternalIP of every node (tcp, udp) to a pod on
+    every node, its own included: some endpoint of the Service answers."""
+    exchanges.assert_rule(NODEPORT_RULE, expected="an endpoint of the Service answers")
+
+
+@check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
+@swept_by(node_port_from_hosts)
+def test_node_port_from_hosts(
+    proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
+) -> None:
+    """A NodePort Service MUST answer at the InternalIP of every node (tcp, udp) to the host
+    network of every other node: some endpoint of the Service answers."""
+    exchanges.assert_rule(NODEPORT_RULE, expected="an endpoint of the Service answers")
