@@ -33,7 +33,7 @@ from bench.pods import EXEC_METHOD, delete_wave, exec_round_trips, plain_pod, ru
 from bench.stats import MODES, Spread, parse_api_bench, read_junit, render_markdown, write_json
 from conformance.kit.cluster import name_of
 from conformance.kit.namespace import wait_for_default_service_account
-from conformance.kit.probes import planned_probes
+from conformance.kit.probes import deployed_pod_count
 from conformance.kit.settings import Timeouts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def lab_figures(lab: Lab, *, waves: int, execs: int) -> dict[str, Any]:
     idle_cpu = (tree_cpu_seconds(lab.daemon_pid) - before) / IDLE_WINDOW
     say(f"{lab.nodes} nodes: idle lab uses {idle_cpu:.2f} CPU ({IDLE_WINDOW:.0f} s window)")
     nodes = sorted(name_of(n) for n in core.list_node().items)
-    count = len(planned_probes(nodes))
+    count = deployed_pod_count(nodes)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=BENCH_NAMESPACE)))
     # As the suite does: pods wait for the namespace's ServiceAccount (the lab makes it late,
     # as kube-controller-manager does); the wait is not part of any figure.
@@ -317,7 +317,7 @@ def run_suite(
     summary_path = junit.parent / "summary.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         tested = json.loads(summary_path.read_text())["cluster"]["nodes_tested"]
-        result["probe_pods"] = len(planned_probes(tested))
+        result["probe_pods"] = deployed_pod_count(tested)
     say(
         f"{lab.nodes} nodes: suite {mode}: {wall:.1f} s, {counts.checks_run} checks run, "
         f"{counts.failed} failed, exit {process.returncode}, pytest peak "

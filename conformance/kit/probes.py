@@ -142,3 +142,9 @@ def hostport_probe(node: str, attempt: int = 0) -> Probe:
         suffix = f"-{attempt}"
         name = name[: 63 - len(suffix)].rstrip("-.") + suffix
     return Probe(name, ROLE_HOSTPORT, node, (ProbeContainer("agent", *POD_PORTS["agent"]),))
+
+
+def deployed_pod_count(nodes: Sequence[str]) -> int:
+    """How many pods a run deploys on ``nodes`` when nothing is refused: the probes, a hostPort
+    probe per node, and the one pod that asks for a hostPort already taken."""
+    return len(planned_probes(nodes)) + len(nodes) + (1 if nodes else 0)
