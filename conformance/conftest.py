@@ -10,13 +10,14 @@ them a setup error carrying the cause: never a pass, never a network failure.
 from __future__ import annotations
 
 import secrets
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 from kubernetes import client
 
 from conformance.kit.cluster import Discovery, cluster_facts, list_nodes, make_api_client
-from conformance.kit.deploy import Deployment, deploy_once, deploy_probes, pod_lives
+from conformance.kit.deploy import Deployment, PodLife, deploy_once, deploy_probes, pod_lives
 from conformance.kit.errors import CouldNotTest
 from conformance.kit.namespace import (
     STALE_SWEEP_RECORD,
@@ -41,11 +42,50 @@ from conformance.kit.settings import Settings, Timeouts
 from conformance.kit.verdicts import ItemExchanges
 from conformance.plugin import discovery_for
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class RunPass(Protocol[T_co]):
+    """`sweep_once` or `prefetch_once`: the run's one pass over the items that ask for it."""
+
+    def __call__(
+        self,
+        run: RunInfo,
+        items: Iterable[Any],
+        probe_map: ProbeMap,
+        client: ProbeClient,
+        *,
+        pods: Callable[[], Mapping[str, PodLife] | None] | None = None,
+    ) -> T_co: ...
+
 
 def could_not_test(reason: str) -> NoReturn:
     """Fail the fixture: every test using it becomes a setup ERROR with ``reason`` (no traceback:
     the reason is the report). Never a pass, never a broken-rule failure."""
     pytest.fail(f"COULD NOT TEST: {reason}", pytrace=False)
+
+
+def run_pass_once(
+    what: str,
+    run_pass: RunPass[T],
+    request: pytest.FixtureRequest,
+    run_info: RunInfo,
+    probe_map: ProbeMap,
+    probe_client: ProbeClient,
+) -> T:
+    """``run_pass`` over the session's items, computed once in the whole run (xdist workers
+    included) and read back everywhere else; could not test (``what``: the cause) when it
+    failed. A probe evicted, deleted or restarted under it is named as the cause of the
+    exchanges or requests it broke, never a verdict."""
+
+    def pods() -> Mapping[str, PodLife] | None:
+        return pod_lives(probe_client.core, probe_map.namespace, probe_client.timeouts)
+
+    try:
+        return run_pass(run_info, request.session.items, probe_map, probe_client, pods=pods)
+    except CouldNotTest as exc:
+        could_not_test(f"{what}: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -158,18 +198,9 @@ def reachability(
 ) -> Sweep:
     """The run's two-pass reachability sweep over every selected check marked ``swept_by``:
     computed once in the whole run (xdist workers included), read back everywhere else."""
-    try:
-        return sweep_once(
-            run_info,
-            request.session.items,
-            probe_map,
-            probe_client,
-            # A probe evicted, deleted or restarted under the sweep makes its exchanges
-            # could-not-test, never a verdict.
-            pods=lambda: pod_lives(probe_client.core, probe_map.namespace, probe_client.timeouts),
-        )
-    except CouldNotTest as exc:
-        could_not_test(f"reachability sweep: {exc}")
+    return run_pass_once(
+        "reachability sweep", sweep_once, request, run_info, probe_map, probe_client
+    )
 
 
 @pytest.fixture
@@ -201,17 +232,7 @@ def prefetch(
     """The run's staged, batched agent requests of every selected check marked
     ``prefetched_by``: run once in the whole run (xdist workers included), read back
     everywhere else."""
-    try:
-        return prefetch_once(
-            run_info,
-            request.session.items,
-            probe_map,
-            probe_client,
-            # A probe evicted, deleted or restarted under the prefetch is named as the cause.
-            pods=lambda: pod_lives(probe_client.core, probe_map.namespace, probe_client.timeouts),
-        )
-    except CouldNotTest as exc:
-        could_not_test(f"prefetch: {exc}")
+    return run_pass_once("prefetch", prefetch_once, request, run_info, probe_map, probe_client)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ are judged by `conformance.kit.verdicts`: the answer must come from the node's h
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from functools import partial
 
 import pytest
 from kubernetes import client
@@ -22,7 +21,7 @@ from conformance.kit.cluster import call_api, name_of
 from conformance.kit.namespace import describe_pod
 from conformance.kit.pairs import NodePair
 from conformance.kit.probes import ROLE_HOSTPORT, ProbeMap
-from conformance.kit.reachability import Target, Unplanned, swept_by
+from conformance.kit.reachability import swept_by
 from conformance.kit.report import format_rule_failure
 from conformance.kit.service_targets import FROM_HOST, FROM_POD, facts_of, host_port
 from conformance.kit.settings import Timeouts
@@ -34,21 +33,9 @@ HOST_PORT_RULE = "a pod's hostPort MUST answer at its node's IP from every pod a
 CONFLICT_RULE = "two pods asking for the same hostPort MUST never both run on one node"
 
 
-def host_port_from_pods(
-    params: Mapping[str, Any], probe_map: ProbeMap
-) -> Sequence[Target] | Unplanned:
-    """The source node's probe pod to the destination node's InternalIP at its hostPort."""
-    return host_port("test_host_port_from_pods", params, probe_map, FROM_POD)
-
-
-def host_port_from_hosts(
-    params: Mapping[str, Any], probe_map: ProbeMap
-) -> Sequence[Target] | Unplanned:
-    """The source node's host network to the destination node's InternalIP at its hostPort."""
-    return host_port("test_host_port_from_hosts", params, probe_map, FROM_HOST)
-
-
-@swept_by(host_port_from_pods)
+# The planners: the source node's probe pod, or its host network, to the destination node's
+# InternalIP at its hostPort (`conformance.kit.service_targets.host_port`).
+@swept_by(partial(host_port, "test_host_port_from_pods", source_kind=FROM_POD))
 def test_host_port_from_pods(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:
@@ -58,7 +45,7 @@ def test_host_port_from_pods(
 
 
 @check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
-@swept_by(host_port_from_hosts)
+@swept_by(partial(host_port, "test_host_port_from_hosts", source_kind=FROM_HOST))
 def test_host_port_from_hosts(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:

@@ -18,6 +18,7 @@ cluster IP, `conformance.kit.service_targets`) and are judged by `conformance.ki
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import pytest
@@ -151,21 +152,9 @@ def test_endpoints_follow_readiness(
 # --- NodePort ---------------------------------------------------------------------------------
 
 
-def node_port_from_pods(
-    params: Mapping[str, Any], probe_map: ProbeMap
-) -> Sequence[Target] | Unplanned:
-    """The source node's probe pod to the destination node's InternalIP at the NodePort."""
-    return node_port("test_node_port_from_pods", params, probe_map, FROM_POD)
-
-
-def node_port_from_hosts(
-    params: Mapping[str, Any], probe_map: ProbeMap
-) -> Sequence[Target] | Unplanned:
-    """The source node's host network to the destination node's InternalIP at the NodePort."""
-    return node_port("test_node_port_from_hosts", params, probe_map, FROM_HOST)
-
-
-@swept_by(node_port_from_pods)
+# The planners: the source node's probe pod, or its host network, to the destination node's
+# InternalIP at the NodePort (`conformance.kit.service_targets.node_port`).
+@swept_by(partial(node_port, "test_node_port_from_pods", source_kind=FROM_POD))
 def test_node_port_from_pods(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:
@@ -175,7 +164,7 @@ def test_node_port_from_pods(
 
 
 @check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
-@swept_by(node_port_from_hosts)
+@swept_by(partial(node_port, "test_node_port_from_hosts", source_kind=FROM_HOST))
 def test_node_port_from_hosts(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:

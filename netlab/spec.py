@@ -21,6 +21,14 @@ class LabSpecError(ValueError):
     """A lab specification that cannot be built; the message is one line for the user."""
 
 
+def ip_version(address: str) -> int | None:
+    """4 or 6 for an IP literal, None for anything else."""
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class NodePlan:
     """One node of the lab: API name, network namespace, address on the fabric, podCIDRs."""

@@ -20,6 +20,7 @@ from kubernetes.stream import stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL, V5_CHANNEL_PROTOCOL
 from tenacity import (
     Retrying,
+    retry_base,
     retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
@@ -148,13 +149,18 @@ class ProbeClient:
         """Release the API client's connections (for clients made by `for_thread`)."""
         self.core.api_client.close()
 
-    def _open(self, pod: str, container: str, command: list[str], stdin: bool) -> Any:
-        for attempt in Retrying(
-            retry=retry_if_exception(_retryable_open),
+    def _api_retries(self, retry: retry_base) -> Retrying:
+        """Attempts while ``retry`` says the failure is worth another, with back-off, within
+        the API retry budget; the last failure is raised as it was."""
+        return Retrying(
+            retry=retry,
             stop=stop_after_delay(self.timeouts.api_retry),
             wait=wait_exponential(multiplier=0.5, max=5),
             reraise=True,
-        ):
+        )
+
+    def _open(self, pod: str, container: str, command: list[str], stdin: bool) -> Any:
+        for attempt in self._api_retries(retry_if_exception(_retryable_open)):
             with attempt:
                 return stream(
                     self.core.connect_get_namespaced_pod_exec,
@@ -287,12 +293,7 @@ class ProbeClient:
             # A broken stream leaves unknown whether the batch ran; every request the suite
             # sends may run twice (a probe is one more try, a capture result is asked again),
             # so the batch is sent again, within the API retry budget.
-            for attempt in Retrying(
-                retry=retry_if_exception_type(ProbeStreamError),
-                stop=stop_after_delay(self.timeouts.api_retry),
-                wait=wait_exponential(multiplier=0.5, max=5),
-                reraise=True,
-            ):
+            for attempt in self._api_retries(retry_if_exception_type(ProbeStreamError)):
                 with attempt:
                     answers = self._call_once(pod, container, chunk, parallel, timeout)
             responses.extend(answers)

@@ -5,6 +5,7 @@ run's `ServiceFacts`, for the checks' ``@swept_by`` planners and the readiness f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from conformance.kit.errors import ProbeDeploymentError
@@ -72,35 +73,57 @@ def _source(
     return Endpoint(probe.name, probe.container().name, node), ip
 
 
+def _through_cluster_ip(
+    check: str,
+    params: Mapping[str, Any],
+    probe_map: ProbeMap,
+    service: str,
+    role: str,
+    proto: str,
+) -> tuple[Target, str] | Unplanned:
+    """A spread from the ``role`` probe of ``probe_node`` to ``service``'s cluster IP of
+    ``family`` (judged from the client's side: no capture), and the source's own IP; why there
+    is none when the run made no Services, the Service has no such cluster IP or the probe no
+    such address."""
+    if (missing := without_services(probe_map)) is not None:
+        return missing
+    family, node = params["family"], params["probe_node"]
+    vip = facts_of(probe_map).cluster_ip(service, family)
+    if vip is None:
+        return no_cluster_ip(service, family)
+    source = _source(probe_map, role, node, family)
+    if isinstance(source, Unplanned):
+        return source
+    endpoint, own_ip = source
+    target = Target(
+        check=check,
+        proto=proto,
+        family=family,
+        source=endpoint,
+        destination=Endpoint(service, "", ""),
+        host=vip,
+        port=service_port_of(proto),
+        capture=False,
+        kind=KIND_SPREAD,
+    )
+    return target, own_ip
+
+
 def cluster_ip_spread(
     check: str, params: Mapping[str, Any], probe_map: ProbeMap
 ) -> Sequence[Target] | Unplanned:
     """From the probe pod of ``probe_node`` to the Service's cluster IP of ``family``: connect
     until every endpoint answered (a bounded number of tries); each endpoint must see the
     client pod's own IP."""
-    if (missing := without_services(probe_map)) is not None:
-        return missing
-    proto, family, node = params["proto"], params["family"], params["probe_node"]
-    vip = facts_of(probe_map).cluster_ip(SERVICE, family)
-    if vip is None:
-        return no_cluster_ip(SERVICE, family)
-    source = _source(probe_map, ROLE_PROBE, node, family)
-    if isinstance(source, Unplanned):
-        return source
-    endpoint, own_ip = source
-    servers = backends(probe_map, family)
+    planned = _through_cluster_ip(check, params, probe_map, SERVICE, ROLE_PROBE, params["proto"])
+    if isinstance(planned, Unplanned):
+        return planned
+    target, own_ip = planned
+    servers = backends(probe_map, target.family)
     return [
-        Target(
-            check=check,
-            proto=proto,
-            family=family,
-            source=endpoint,
-            destination=Endpoint(SERVICE, "", ""),
-            host=vip,
-            port=service_port_of(proto),
-            capture=False,
+        replace(
+            target,
             allowed_sources=(own_ip,),
-            kind=KIND_SPREAD,
             servers=servers,
             max_tries=spread_tries(len(servers), len(servers)),
         )
@@ -113,31 +136,12 @@ def hairpin_spread(
     """From the peer probe of ``probe_node`` (an endpoint of the Service) to the Service's
     cluster IP: connect until the pod itself answered (kube-proxy may masquerade hairpin
     traffic, so the source is not judged)."""
-    if (missing := without_services(probe_map)) is not None:
-        return missing
-    proto, family, node = params["proto"], params["family"], params["probe_node"]
-    vip = facts_of(probe_map).cluster_ip(SERVICE, family)
-    if vip is None:
-        return no_cluster_ip(SERVICE, family)
-    source = _source(probe_map, ROLE_PEER, node, family)
-    if isinstance(source, Unplanned):
-        return source
-    endpoint, _ = source
-    return [
-        Target(
-            check=check,
-            proto=proto,
-            family=family,
-            source=endpoint,
-            destination=Endpoint(SERVICE, "", ""),
-            host=vip,
-            port=service_port_of(proto),
-            capture=False,
-            kind=KIND_SPREAD,
-            servers=(endpoint.pod,),
-            max_tries=spread_tries(len(backends(probe_map, family)), 1),
-        )
-    ]
+    planned = _through_cluster_ip(check, params, probe_map, SERVICE, ROLE_PEER, params["proto"])
+    if isinstance(planned, Unplanned):
+        return planned
+    target, _ = planned
+    endpoints = len(backends(probe_map, target.family))
+    return [replace(target, servers=(target.source.pod,), max_tries=spread_tries(endpoints, 1))]
 
 
 def refusal(
@@ -145,48 +149,30 @@ def refusal(
 ) -> Sequence[Target] | Unplanned:
     """From the probe pod of ``probe_node`` to the cluster IP of the Service without endpoints:
     one TCP connection, which must be refused."""
-    if (missing := without_services(probe_map)) is not None:
-        return missing
-    family, node = params["family"], params["probe_node"]
-    vip = facts_of(probe_map).cluster_ip(EMPTY_SERVICE, family)
-    if vip is None:
-        return no_cluster_ip(EMPTY_SERVICE, family)
-    source = _source(probe_map, ROLE_PROBE, node, family)
-    if isinstance(source, Unplanned):
-        return source
-    return [
-        Target(
-            check=check,
-            proto="tcp",
-            family=family,
-            source=source[0],
-            destination=Endpoint(EMPTY_SERVICE, "", ""),
-            host=vip,
-            port=service_port_of("tcp"),
-            capture=False,
-            kind=KIND_REFUSAL,
-        )
-    ]
+    planned = _through_cluster_ip(check, params, probe_map, EMPTY_SERVICE, ROLE_PROBE, "tcp")
+    if isinstance(planned, Unplanned):
+        return planned
+    return [replace(planned[0], kind=KIND_REFUSAL)]
 
 
-def _node_address(probe_map: ProbeMap, node: str, family: int, what: str) -> str | Unplanned:
-    address = facts_of(probe_map).internal_ip(node, family)
-    if address is not None:
-        return address
-    reason = f"node {node} has no IPv{family} InternalIP for {what}"
-    if family in probe_map.required_families:
-        return Unplanned(f"{reason}, although --ip-family requires IPv{family}", broken=True)
-    return Unplanned(reason)
-
-
-def _pair_source(
-    probe_map: ProbeMap, source_kind: str, node: str, family: int
-) -> Endpoint | Unplanned:
+def _pair_ends(
+    params: Mapping[str, Any], probe_map: ProbeMap, source_kind: str, what: str
+) -> tuple[Endpoint, str] | Unplanned:
+    """The source of the item's node pair (its source node's probe pod, or host network) and
+    the destination node's InternalIP of ``family``; why there is none (``what`` the
+    destination serves, for the reason)."""
+    pair, family = params["node_pair"], params["family"]
+    address = facts_of(probe_map).internal_ip(pair.dst, family)
+    if address is None:
+        reason = f"node {pair.dst} has no IPv{family} InternalIP for {what}"
+        if family in probe_map.required_families:
+            return Unplanned(f"{reason}, although --ip-family requires IPv{family}", broken=True)
+        return Unplanned(reason)
     if source_kind == FROM_HOST:
-        host = probe_map.get(ROLE_HOSTPROBE, node)
-        return Endpoint(host.name, host.container().name, node)
-    source = _source(probe_map, ROLE_PROBE, node, family)
-    return source if isinstance(source, Unplanned) else source[0]
+        host = probe_map.get(ROLE_HOSTPROBE, pair.src)
+        return Endpoint(host.name, host.container().name, pair.src), address
+    source = _source(probe_map, ROLE_PROBE, pair.src, family)
+    return source if isinstance(source, Unplanned) else (source[0], address)
 
 
 def node_port(
@@ -196,23 +182,21 @@ def node_port(
     Service at the destination node's InternalIP: some endpoint of the Service answers."""
     if (missing := without_services(probe_map)) is not None:
         return missing
-    proto, family, pair = params["proto"], params["family"], params["node_pair"]
     facts = facts_of(probe_map)
     if facts.node_port_skip is not None:
         return Unplanned(facts.node_port_skip)
-    address = _node_address(probe_map, pair.dst, family, "NodePorts")
-    if isinstance(address, Unplanned):
-        return address
-    source = _pair_source(probe_map, source_kind, pair.src, family)
-    if isinstance(source, Unplanned):
-        return source
+    ends = _pair_ends(params, probe_map, source_kind, "NodePorts")
+    if isinstance(ends, Unplanned):
+        return ends
+    source, address = ends
+    proto, family = params["proto"], params["family"]
     return [
         Target(
             check=check,
             proto=proto,
             family=family,
             source=source,
-            destination=Endpoint(NODEPORT_SERVICE, "", pair.dst),
+            destination=Endpoint(NODEPORT_SERVICE, "", params["node_pair"].dst),
             host=address,
             port=facts.node_ports[proto],
             capture=False,
@@ -229,23 +213,20 @@ def host_port(
     node's InternalIP at its hostPort probe's host port: that probe answers."""
     if (missing := without_services(probe_map)) is not None:
         return missing
-    proto, family, pair = params["proto"], params["family"], params["node_pair"]
-    facts = facts_of(probe_map)
-    address = _node_address(probe_map, pair.dst, family, "hostPorts")
-    if isinstance(address, Unplanned):
-        return address
-    source = _pair_source(probe_map, source_kind, pair.src, family)
-    if isinstance(source, Unplanned):
-        return source
-    target = probe_map.get(ROLE_HOSTPORT, pair.dst)
-    tcp, udp = facts.host_ports[target.name]
+    ends = _pair_ends(params, probe_map, source_kind, "hostPorts")
+    if isinstance(ends, Unplanned):
+        return ends
+    source, address = ends
+    proto, dst = params["proto"], params["node_pair"].dst
+    target = probe_map.get(ROLE_HOSTPORT, dst)
+    tcp, udp = facts_of(probe_map).host_ports[target.name]
     return [
         Target(
             check=check,
             proto=proto,
-            family=family,
+            family=params["family"],
             source=source,
-            destination=Endpoint(target.name, target.container().name, pair.dst),
+            destination=Endpoint(target.name, target.container().name, dst),
             host=address,
             port=tcp if proto == "tcp" else udp,
             capture=False,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -140,26 +140,34 @@ def parse_node_selector(text: str) -> Mapping[str, str]:
     return MappingProxyType(selector)
 
 
+Number = TypeVar("Number", int, float)
+_NUMBER_NOUNS: Mapping[type, str] = {int: "a whole number", float: "a number of seconds"}
+
+
+def _parse_number(
+    option: str, text: str, kind: type[Number], fits: Callable[[Number], bool], bounds: str
+) -> Number:
+    """``text`` as a ``kind`` (int: a whole number, float: seconds) for which ``fits`` holds;
+    else a `pytest.UsageError` naming ``option`` and, for a number out of range, ``bounds``."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise pytest.UsageError(f"{option}: {text!r} is not {_NUMBER_NOUNS[kind]}") from None
+    if not fits(value):
+        raise pytest.UsageError(f"{option}: must be {bounds}, got {value}")
+    return value
+
+
 def parse_max_nodes(text: str) -> int:
     """A node count of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise pytest.UsageError(f"--max-nodes: {text!r} is not a whole number") from None
-    if value < 1:
-        raise pytest.UsageError(f"--max-nodes: must be at least 1, got {value}")
-    return value
+    return _parse_number("--max-nodes", text, int, lambda value: value >= 1, "at least 1")
 
 
 def parse_probe_timeout(text: str) -> float:
     """Seconds, more than 0 and at most 300."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise pytest.UsageError(f"--probe-timeout: {text!r} is not a number of seconds") from None
-    if not 0 < value <= 300:
-        raise pytest.UsageError(f"--probe-timeout: must be in (0, 300] seconds, got {value}")
-    return value
+    return _parse_number(
+        "--probe-timeout", text, float, lambda value: 0 < value <= 300, "in (0, 300] seconds"
+    )
 
 
 def parse_image_pull_policy(text: str) -> str:
@@ -195,24 +203,16 @@ def parse_pairs(text: str) -> str:
 
 def parse_pairs_seed(text: str) -> int:
     """A whole number from 0 to 2**63 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise pytest.UsageError(f"--pairs-seed: {text!r} is not a whole number") from None
-    if not 0 <= value < 2**63:
-        raise pytest.UsageError(f"--pairs-seed: must be in [0, 2**63), got {value}")
-    return value
+    return _parse_number(
+        "--pairs-seed", text, int, lambda value: 0 <= value < 2**63, "in [0, 2**63)"
+    )
 
 
 def parse_run_lease(text: str) -> float:
     """Seconds, at least 5 and at most a day (``--run-lease``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise pytest.UsageError(f"--run-lease: {text!r} is not a number of seconds") from None
-    if not 5 <= value <= 86400:
-        raise pytest.UsageError(f"--run-lease: must be in [5, 86400] seconds, got {value}")
-    return value
+    return _parse_number(
+        "--run-lease", text, float, lambda value: 5 <= value <= 86400, "in [5, 86400] seconds"
+    )
 
 
 def parse_probe_image(text: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -196,6 +196,17 @@ def flaky_text(outcome: Outcome) -> str | None:
     )
 
 
+def judge_unplanned(rule: str, unplanned: Unplanned) -> NoReturn:
+    """An item the planner left without traffic: fails ``rule`` when the cluster broke it before
+    any traffic (``broken``), else skips (not applicable here), with the planner's reason."""
+    if unplanned.broken:
+        pytest.fail(
+            format_rule_failure(rule, expected="traffic", observed=unplanned.reason),
+            pytrace=False,
+        )
+    pytest.skip(unplanned.reason)
+
+
 def failure_summary(failed: Sequence[Outcome], check: str) -> str:
     """One line grouping a check's failed targets by node, e.g. ``node-2 is in all 6 failed
     pairs of test_no_snat in this run (as source 3, as destination 3); other nodes: node-1 in
@@ -265,12 +276,7 @@ class ItemExchanges:
     def assert_rule(self, rule: str, *, expected: str | None = None) -> None:
         """Pass, fail, skip or could-not-test, as the class says."""
         if self.unplanned is not None:
-            if self.unplanned.broken:
-                pytest.fail(
-                    format_rule_failure(rule, expected="traffic", observed=self.unplanned.reason),
-                    pytrace=False,
-                )
-            pytest.skip(self.unplanned.reason)
+            judge_unplanned(rule, self.unplanned)
         for outcome in self.outcomes:
             if outcome.error is not None:
                 raise ProbeCallError(f"{outcome.target.describe()}: {outcome.error}")
@@ -382,12 +388,7 @@ def assert_readiness_followed(
     if followed is None:
         raise ProbeCallError(f"the readiness flip planned nothing for {node} over IPv{family}")
     if followed.unplanned is not None:
-        if followed.unplanned.broken:
-            pytest.fail(
-                format_rule_failure(rule, expected="traffic", observed=followed.unplanned.reason),
-                pytrace=False,
-            )
-        pytest.skip(followed.unplanned.reason)
+        judge_unplanned(rule, followed.unplanned)
     if followed.error is not None:
         raise ProbeCallError(f"{node}: {followed.error}")
     user_properties.append(

@@ -1133,13 +1133,8 @@ def connect_udp(
                     raise _too_big(where, packet, df, path_mtu(sock, family), "on send") from exc
                 raise
             wait_until = time.monotonic() + min(UDP_RESEND_INTERVAL, remaining)
-            for _datagram in range(1000):  # stale answers to other nonces; bounded
-                left = wait_until - time.monotonic()
-                if left <= 0:
-                    break
-                readable, _, _ = select.select([sock], [], [], left)
-                if not readable:
-                    break
+            # Stale answers to other nonces arrive too.
+            for _datagram in readable_until(sock, wait_until, 1000):
                 try:
                     data = sock.recv(4096)
                 except OSError as exc:
@@ -1283,6 +1278,20 @@ _icmp_sequence = itertools.count(1)
 _ICMP_IDENTIFIER = int.from_bytes(os.urandom(2), "big")
 
 
+def readable_until(sock: socket.socket, deadline: float, bound: int) -> Iterator[None]:
+    """Yield each time ``sock`` has something to read before ``deadline`` (`time.monotonic`),
+    at most ``bound`` times: a socket that others' traffic keeps readable cannot hold a
+    request past its deadline or loop forever."""
+    for _ in range(bound):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        readable, _, _ = select.select([sock], [], [], remaining)
+        if not readable:
+            return
+        yield
+
+
 def _open_icmp_socket(family: socket.AddressFamily) -> tuple[socket.socket, bool]:
     """A raw ICMP socket, or an unprivileged ping socket when NET_RAW is missing."""
     proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
@@ -1353,13 +1362,7 @@ def send_icmp_echo(
                 learned = _route_lookup(str(sockaddr[0]).split("%", 1)[0])[1]
                 raise _too_big(where, packet, df, learned, "on send") from exc
             raise
-        for _ in range(10000):  # other ICMP traffic arrives too; bounded
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            readable, _, _ = select.select([sock], [], [], remaining)
-            if not readable:
-                break
+        for _reply in readable_until(sock, deadline, 10000):  # other ICMP traffic arrives too
             received, address = sock.recvfrom(1 << 16)
             if is_raw and not is_v6:
                 message = received[(received[0] & 0x0F) * 4 :]

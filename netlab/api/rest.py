@@ -132,20 +132,37 @@ class Rest:
             initial = bool_param(request, "sendInitialEvents")
             if initial:
                 since = None
-            stream = WatchStream(
-                request,
-                self.store,
-                target.resource,
-                target.namespace,
-                match,
-                as_table=as_table,
-                bookmark_interval=self.bookmark_interval,
-                cut=request.get(STREAM_CUT),
-            )
-            return await stream.run(
-                since, float(timeout) if timeout is not None else None, bookmarks, initial
+            return await self._watch(
+                request, target, match, as_table, since, timeout, bookmarks, initial
             )
         return self._list(request, target, match, as_table)
+
+    async def _watch(
+        self,
+        request: web.Request,
+        target: Target,
+        match: Callable[[JSONDict], bool],
+        as_table: str | None,
+        since: int | None,
+        timeout: int | None,
+        bookmarks: bool,
+        initial: bool,
+    ) -> web.StreamResponse:
+        """Stream the events of ``target``'s objects that ``match`` after ``since`` (None: the
+        current state first), for ``timeout`` seconds (None: until the client leaves)."""
+        stream = WatchStream(
+            request,
+            self.store,
+            target.resource,
+            target.namespace,
+            match,
+            as_table=as_table,
+            bookmark_interval=self.bookmark_interval,
+            cut=request.get(STREAM_CUT),
+        )
+        return await stream.run(
+            since, float(timeout) if timeout is not None else None, bookmarks, initial
+        )
 
     def _list(
         self,
@@ -340,21 +357,9 @@ class Rest:
         if bool_param(request, "watch"):  # deprecated single-object watch: a name field selector
             assert target.name is not None
             match = matcher((), (("metadata.name", True, target.name),))
-            stream = WatchStream(
-                request,
-                self.store,
-                target.resource,
-                target.namespace,
-                match,
-                as_table=None,
-                bookmark_interval=self.bookmark_interval,
-                cut=request.get(STREAM_CUT),
-            )
             since = int_param(request, "resourceVersion") or None
             timeout = int_param(request, "timeoutSeconds")
-            return await stream.run(
-                since, float(timeout) if timeout is not None else None, False, False
-            )
+            return await self._watch(request, target, match, None, since, timeout, False, False)
         obj = self._existing(target)
         if wants_table(request.headers.get("Accept", "")):
             return respond(

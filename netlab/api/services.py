@@ -18,13 +18,13 @@ import copy
 import ipaddress
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from netlab.api.errors import ApiError, invalid
 from netlab.api.store import Store
-from netlab.spec import LabSpec
+from netlab.spec import LabSpec, ip_version
 
 JSONDict = dict[str, Any]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,14 +41,6 @@ _PORT_NUMBER = "must be between 1 and 65535, inclusive"
 
 def family_name(version: int) -> str:
     return f"IPv{version}"
-
-
-def ip_version(address: str) -> int | None:
-    """4 or 6 for an IP literal, None for anything else."""
-    try:
-        return ipaddress.ip_address(address).version
-    except ValueError:
-        return None
 
 
 def go_string_slice(values: Iterable[str]) -> str:
@@ -136,27 +128,29 @@ class ServiceRegistry:
 
     # --- what is taken ----------------------------------------------------------------------
 
-    def _allocated_ips(self, skip: tuple[str, str] | None = None) -> set[str]:
-        taken: set[str] = set()
+    def _stored_specs(self, skip: tuple[str, str] | None) -> Iterator[JSONDict]:
+        """The spec of every stored Service but ``skip`` (namespace, name): what holds the
+        allocated addresses and ports."""
         for service in self.store.list("services"):
             meta = service["metadata"]
-            if skip == (meta.get("namespace", ""), meta["name"]):
-                continue
-            for address in (service.get("spec") or {}).get("clusterIPs") or []:
-                if ip_version(address):
-                    taken.add(str(ipaddress.ip_address(address)))
-        return taken
+            if skip != (meta.get("namespace", ""), meta["name"]):
+                yield service.get("spec") or {}
+
+    def _allocated_ips(self, skip: tuple[str, str] | None = None) -> set[str]:
+        return {
+            str(ipaddress.ip_address(address))
+            for spec in self._stored_specs(skip)
+            for address in spec.get("clusterIPs") or []
+            if ip_version(address)
+        }
 
     def _allocated_node_ports(self, skip: tuple[str, str] | None = None) -> set[int]:
-        taken: set[int] = set()
-        for service in self.store.list("services"):
-            meta = service["metadata"]
-            if skip == (meta.get("namespace", ""), meta["name"]):
-                continue
-            for port in (service.get("spec") or {}).get("ports") or []:
-                if port.get("nodePort"):
-                    taken.add(int(port["nodePort"]))
-        return taken
+        return {
+            int(port["nodePort"])
+            for spec in self._stored_specs(skip)
+            for port in spec.get("ports") or []
+            if port.get("nodePort")
+        }
 
     # --- create and update ------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab.dataplane.nsexec import netns_path
+from netlab.dataplane.nsexec import communicate_within, netns_path
 from netlab.spec import LabSpec, NodePlan
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,18 @@ def port_mappings_from_pod(pod: Mapping[str, Any]) -> list[PortMapping]:
                     )
                 )
     return mappings
+
+
+@dataclass(frozen=True)
+class RuntimeConf:
+    """Whom a CNI call is for, as libcni's RuntimeConf: the container, the path of its network
+    namespace and the interface; ``capability_args`` (such as ``portMappings``) reach the
+    plugins that declare the capability, as ``runtimeConfig``."""
+
+    container_id: str
+    netns: str
+    ifname: str
+    capability_args: JSONDict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -193,21 +205,15 @@ class NodeCNI:
     # --- invocation ----------------------------------------------------------------------------
 
     async def _invoke(
-        self,
-        plugin_conf: JSONDict,
-        *,
-        command: str,
-        container_id: str,
-        netns: str,
-        ifname: str,
+        self, plugin_conf: JSONDict, command: str, runtime_conf: RuntimeConf
     ) -> JSONDict:
         plugin = CNI_PATH / str(plugin_conf["type"])
         environment = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "CNI_COMMAND": command,
-            "CNI_CONTAINERID": container_id,
-            "CNI_NETNS": netns,
-            "CNI_IFNAME": ifname,
+            "CNI_CONTAINERID": runtime_conf.container_id,
+            "CNI_NETNS": runtime_conf.netns,
+            "CNI_IFNAME": runtime_conf.ifname,
             "CNI_PATH": str(CNI_PATH),
         }
         # Executed inside the node namespace: cni0 and host veths are made there, never in root.
@@ -222,13 +228,13 @@ class NodeCNI:
             env=environment,
         )
         try:
-            async with asyncio.timeout(PLUGIN_TIMEOUT):
-                stdout, stderr = await process.communicate(json.dumps(plugin_conf).encode())
+            stdout, stderr = await communicate_within(
+                process, PLUGIN_TIMEOUT, json.dumps(plugin_conf).encode()
+            )
         except TimeoutError:
-            process.kill()
-            await process.wait()
             raise CNIError(
-                f"CNI {command} {plugin.name} for {container_id} timed out after {PLUGIN_TIMEOUT}s"
+                f"CNI {command} {plugin.name} for {runtime_conf.container_id} timed out after "
+                f"{PLUGIN_TIMEOUT}s"
             ) from None
         if process.returncode != 0:
             raise CNIError(_plugin_failure(plugin.name, command, stdout, stderr))
@@ -257,40 +263,24 @@ class NodeCNI:
             conf["runtimeConfig"] = selected
         return conf
 
-    async def _add_list(
-        self,
-        config_list: JSONDict,
-        *,
-        container_id: str,
-        netns: str,
-        ifname: str,
-        runtime_config: JSONDict,
-    ) -> JSONDict:
+    async def _add_list(self, config_list: JSONDict, runtime_conf: RuntimeConf) -> JSONDict:
+        """libcni's AddNetworkList: each plugin in order, each given the previous result."""
         result: JSONDict | None = None
         for plugin in config_list["plugins"]:
-            conf = self._plugin_conf(config_list, plugin, result, runtime_config)
-            result = await self._invoke(
-                conf, command="ADD", container_id=container_id, netns=netns, ifname=ifname
-            )
+            conf = self._plugin_conf(config_list, plugin, result, runtime_conf.capability_args)
+            result = await self._invoke(conf, "ADD", runtime_conf)
         return result or {}
 
     async def _del_list(
-        self,
-        config_list: JSONDict,
-        *,
-        container_id: str,
-        netns: str,
-        ifname: str,
-        runtime_config: JSONDict,
-        prev_result: JSONDict | None,
+        self, config_list: JSONDict, runtime_conf: RuntimeConf, prev_result: JSONDict | None
     ) -> None:
+        """libcni's DelNetworkList: each plugin in reverse order, all of them even when one
+        fails."""
         errors: list[str] = []
         for plugin in reversed(config_list["plugins"]):
-            conf = self._plugin_conf(config_list, plugin, prev_result, runtime_config)
+            conf = self._plugin_conf(config_list, plugin, prev_result, runtime_conf.capability_args)
             try:
-                await self._invoke(
-                    conf, command="DEL", container_id=container_id, netns=netns, ifname=ifname
-                )
+                await self._invoke(conf, "DEL", runtime_conf)
             except CNIError as error:
                 # Keep going: a later plugin (host-local via bridge) must still release the IP.
                 errors.append(str(error))
@@ -321,19 +311,9 @@ class NodeCNI:
             json.dumps({"config": config_list, "runtimeConfig": runtime_config, "result": None})
         )
         # lo and eth0 are independent networks (containerd attaches them concurrently too).
-        loopback = self._add_list(
-            self.loopback_config(),
-            container_id=container_id,
-            netns=netns,
-            ifname="lo",
-            runtime_config={},
-        )
+        loopback = self._add_list(self.loopback_config(), RuntimeConf(container_id, netns, "lo"))
         network = self._add_list(
-            config_list,
-            container_id=container_id,
-            netns=netns,
-            ifname=POD_IFNAME,
-            runtime_config=runtime_config,
+            config_list, RuntimeConf(container_id, netns, POD_IFNAME, runtime_config)
         )
         outcomes = await asyncio.gather(loopback, network, return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
@@ -359,22 +339,13 @@ class NodeCNI:
             cached = {"config": self.network_config(), "runtimeConfig": {}, "result": None}
         # The spec allows DEL with a missing netns; pass an empty path then, as libcni callers do.
         netns_arg = netns if Path(netns).exists() else ""
-        await self._del_list(
-            cached["config"],
-            container_id=container_id,
-            netns=netns_arg,
-            ifname=POD_IFNAME,
-            runtime_config=cached.get("runtimeConfig") or {},
-            prev_result=cached.get("result"),
+        network = RuntimeConf(
+            container_id, netns_arg, POD_IFNAME, cached.get("runtimeConfig") or {}
         )
+        await self._del_list(cached["config"], network, cached.get("result"))
         if netns_arg:
             await self._del_list(
-                self.loopback_config(),
-                container_id=container_id,
-                netns=netns_arg,
-                ifname="lo",
-                runtime_config={},
-                prev_result=None,
+                self.loopback_config(), RuntimeConf(container_id, netns_arg, "lo"), None
             )
         if DUPLICATE_IP_FAULT in self.spec.faults:
             shutil.rmtree(self.state_dir / "ipam-fresh" / container_id, ignore_errors=True)

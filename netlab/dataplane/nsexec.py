@@ -3,11 +3,13 @@
 Commands go through ``nsenter --net=PATH`` so that only the child process changes namespace;
 ``in_netns_thread`` runs a Python callable on a short-lived thread that joins the namespace
 (network namespaces are per thread), which is how sysctls under ``/proc/sys/net`` are written
-without forking.
+without forking. ``communicate_within`` bounds the lab's asynchronous commands (CNI plugins,
+iptables-restore, runc) by a deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -82,6 +84,20 @@ def popen_in_netns(
     if not netns_exists(netns):
         raise NetnsCommandError(f"network namespace {netns} does not exist")
     return subprocess.Popen(nsenter_argv(netns, argv), text=True, **popen_kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+async def communicate_within(
+    process: asyncio.subprocess.Process, timeout: float, stdin: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """``process.communicate(stdin)``, for at most ``timeout`` s: past that the process is
+    killed and reaped (nothing left running, no zombie) and `TimeoutError` raised."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await process.communicate(stdin)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
 
 
 def in_netns_thread(netns: str, function: Callable[[], T], *, timeout: float = 10.0) -> T:

@@ -46,7 +46,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -55,9 +54,9 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from netlab.dataplane.nsexec import in_netns_thread, nsenter_argv
+from netlab.dataplane.nsexec import communicate_within, in_netns_thread, nsenter_argv
 from netlab.dataplane.topology import NODE_UPLINK
-from netlab.spec import LabSpec, NodePlan
+from netlab.spec import LabSpec, NodePlan, ip_version
 
 JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -167,13 +166,6 @@ class ServicePort:
         return f"KUBE-SEP-{base64.b32encode(digest).decode()[:16]}"
 
 
-def _family_of(address: str) -> int | None:
-    try:
-        return ipaddress.ip_address(address).version
-    except ValueError:
-        return None
-
-
 def service_ports(
     services: Iterable[JSONDict], slices: Iterable[JSONDict], version: int
 ) -> list[ServicePort]:
@@ -195,7 +187,7 @@ def service_ports(
         if spec.get("type") == "ExternalName":
             continue
         cluster_ip = next(
-            (ip for ip in spec.get("clusterIPs") or [] if _family_of(ip) == version), None
+            (ip for ip in spec.get("clusterIPs") or [] if ip_version(ip) == version), None
         )
         if cluster_ip is None:
             continue
@@ -472,11 +464,8 @@ async def restore(netns: str, version: int, document: str) -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with asyncio.timeout(RESTORE_TIMEOUT):
-            _, errors = await process.communicate(document.encode())
+        _, errors = await communicate_within(process, RESTORE_TIMEOUT, document.encode())
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise ProxyError(f"{argv[3]} in {netns} timed out after {RESTORE_TIMEOUT} s") from None
     if process.returncode != 0:
         detail = errors.decode(errors="replace").strip().splitlines()
@@ -583,7 +572,7 @@ class ServiceProxy:
         documents: dict[tuple[str, int], tuple[NodeRules, str]] = {}
         for version in self.spec.families:
             ports = service_ports(services, slices, version)
-            cidrs = [c for c in self.spec.cluster_cidrs if _family_of(c.split("/")[0]) == version]
+            cidrs = [c for c in self.spec.cluster_cidrs if ip_version(c.split("/")[0]) == version]
             for plan in self.plans:
                 key = (plan.name, version)
                 rules = node_rules(

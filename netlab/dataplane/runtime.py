@@ -44,6 +44,7 @@ from tenacity import (
     wait_fixed,
 )
 
+from netlab.dataplane.nsexec import communicate_within
 from netlab.spec import LabSpec
 
 log = logging.getLogger(__name__)
@@ -502,11 +503,8 @@ class ContainerRuntime:
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            async with asyncio.timeout(RUNC_TIMEOUT):
-                output, _ = await process.communicate()
+            output, _ = await communicate_within(process, RUNC_TIMEOUT)
         except TimeoutError:
-            process.kill()
-            await process.wait()
             raise ContainerRuntimeError(f"runc {argv[0]} timed out") from None
         text = output.decode(errors="replace").strip()
         code = process.returncode if process.returncode is not None else -1
@@ -594,13 +592,10 @@ class ContainerRuntime:
             start_new_session=True,
         )
         try:
-            async with asyncio.timeout(RUNC_TIMEOUT):
-                code = await process.wait()
+            await communicate_within(process, RUNC_TIMEOUT)  # no pipes: waits for the exit
         except TimeoutError:
-            process.kill()
-            await process.wait()
             raise ContainerStartError(f"pause {container_id}: runc run -d timed out") from None
-        if code != 0:
+        if process.returncode != 0:
             raise ContainerStartError(f"pause {container_id}: {_runc_error(runc_log)}")
         return int((bundle / "pid").read_text().strip())
 

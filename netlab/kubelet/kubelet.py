@@ -199,7 +199,7 @@ class Kubelet:
         # contract.ExecProcess declares returncode settable; asyncio's is a read-only property.
         return cast(ExecProcess, process)
 
-    def logs(
+    async def logs(
         self,
         uid: str,
         container: str,
@@ -210,17 +210,6 @@ class Kubelet:
     ) -> AsyncIterator[bytes]:
         # An async generator: PodNotFound / ContainerNotFound surface on the first chunk,
         # where the API server awaits them.
-        return self._logs(uid, container, follow=follow, tail_lines=tail_lines, previous=previous)
-
-    async def _logs(
-        self,
-        uid: str,
-        container: str,
-        *,
-        follow: bool,
-        tail_lines: int | None,
-        previous: bool,
-    ) -> AsyncIterator[bytes]:
         record = self._pod(uid)
         async for chunk in container_logs(
             record, container, follow=follow, tail_lines=tail_lines, previous=previous

@@ -10,11 +10,13 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Iterator
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import polling
 import pytest
 from fake_agent import FakeAgent  # tests/api is on sys.path (rootdir-less test dirs)
 from kubernetes import client, watch
@@ -29,6 +31,34 @@ T = TypeVar("T")
 def new_watch() -> Any:
     """kubernetes.watch.Watch (untyped in the client)."""
     return watch.Watch()  # type: ignore[no-untyped-call]
+
+
+def watch_until(
+    list_call: Callable[..., Any],
+    *args: Any,
+    until: Callable[[list[Any]], bool],
+    missing: str | None = None,
+    **options: Any,
+) -> list[Any]:
+    """The events of a watch through the official client on ``list_call(*args, **options)``
+    (``timeout_seconds`` bounds it), up to the first after which ``until(the events so far)``
+    holds. A watch that ends before that fails the test saying ``missing``, when given."""
+    watcher = new_watch()
+    events: list[Any] = []
+    for event in watcher.stream(list_call, *args, **options):
+        events.append(event)
+        if until(events):
+            watcher.stop()
+            return events
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)
+    return events
+
+
+def until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """`polling.until` at the in-process server's pace: it answers in milliseconds, so every
+    50 ms (short outages of the fault tests are caught)."""
+    return polling.until(condition, timeout, what, interval=0.05)
 
 
 @dataclass
@@ -151,6 +181,19 @@ def serving(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@contextlib.contextmanager
+def scratch_namespace(live: LiveServer, prefix: str) -> Iterator[str]:
+    """A namespace ``PREFIX-<8 hex>`` for one test, deleted afterwards (a test may have deleted
+    it already; anything but 404 is a real failure)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    live.core.create_namespace({"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        status, _, _ = live.request("DELETE", f"/api/v1/namespaces/{name}")
+        assert status in (200, 404)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import LiveServer, new_watch
+from conftest import LiveServer, new_watch, scratch_namespace, watch_until
 
 
 def pod_body(
@@ -37,28 +36,24 @@ def pod_body(
 
 @pytest.fixture
 def ns(live: LiveServer) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    live.core.create_namespace({"metadata": {"name": name}})
-    yield name
-    # A test may have deleted it already; anything but 404 is a real failure.
-    status, _, _ = live.request("DELETE", f"/api/v1/namespaces/{name}")
-    assert status in (200, 404)
+    with scratch_namespace(live, "t") as name:
+        yield name
 
 
 def wait_ready(live: LiveServer, ns: str, name: str) -> Any:
-    w = new_watch()
-    for event in w.stream(
+    def ready(events: list[Any]) -> bool:
+        conditions = events[-1]["object"].status.conditions or []
+        return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+    events = watch_until(
         live.core.list_namespaced_pod,
         ns,
         field_selector=f"metadata.name={name}",
         timeout_seconds=10,
-    ):
-        pod = event["object"]
-        conditions = pod.status.conditions or []
-        if any(c.type == "Ready" and c.status == "True" for c in conditions):
-            w.stop()
-            return pod
-    pytest.fail(f"pod {ns}/{name} never became Ready", pytrace=False)
+        until=ready,
+        missing=f"pod {ns}/{name} never became Ready",
+    )
+    return events[-1]["object"]
 
 
 def test_initial_namespaces_and_nodes(live: LiveServer) -> None:
@@ -106,17 +101,14 @@ def test_pod_lifecycle(live: LiveServer, ns: str) -> None:
     deleted = live.core.delete_namespaced_pod("web", ns, grace_period_seconds=3)
     assert deleted.metadata.deletion_timestamp is not None
     assert deleted.metadata.deletion_grace_period_seconds == 3
-    w = new_watch()
-    seen = []
-    for event in w.stream(
+    seen = watch_until(
         live.core.list_namespaced_pod,
         ns,
         resource_version=deleted.metadata.resource_version,
         timeout_seconds=5,
-    ):
-        seen.append(event["type"])
-        w.stop()
-    assert seen == ["DELETED"]
+        until=lambda events: True,
+    )
+    assert [event["type"] for event in seen] == ["DELETED"]
     with pytest.raises(ApiException) as info:
         live.core.read_namespaced_pod("web", ns)
     assert info.value.status == 404
@@ -156,14 +148,18 @@ def test_generate_name_and_conflicts(live: LiveServer, ns: str) -> None:
 
 def test_unschedulable_stays_pending(live: LiveServer, ns: str) -> None:
     live.core.create_namespaced_pod(ns, pod_body("nowhere", nodeSelector={"netlab.io/index": "9"}))
-    w = new_watch()
-    for event in w.stream(live.core.list_namespaced_pod, ns, timeout_seconds=5):
-        conditions = event["object"].status.conditions or []
-        if any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions):
-            w.stop()
-            break
-    else:
-        pytest.fail("no Unschedulable condition", pytrace=False)
+
+    def unschedulable(events: list[Any]) -> bool:
+        conditions = events[-1]["object"].status.conditions or []
+        return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions)
+
+    watch_until(
+        live.core.list_namespaced_pod,
+        ns,
+        timeout_seconds=5,
+        until=unschedulable,
+        missing="no Unschedulable condition",
+    )
     pod = live.core.read_namespaced_pod("nowhere", ns)
     assert pod.status.phase == "Pending"
     assert not pod.spec.node_name
@@ -210,20 +206,19 @@ def test_selectors_and_deletecollection(live: LiveServer, ns: str) -> None:
     assert info.value.status == 400
     since = live.core.list_namespaced_pod(ns).metadata.resource_version
     live.core.delete_collection_namespaced_pod(ns, label_selector="tier=a", grace_period_seconds=0)
-    w = new_watch()
-    gone = set()
-    for event in w.stream(
+
+    def deleted(events: list[Any]) -> set[str]:
+        return {e["object"].metadata.name for e in events if e["type"] == "DELETED"}
+
+    events = watch_until(
         live.core.list_namespaced_pod,
         ns,
         label_selector="tier=a",
         resource_version=since,
         timeout_seconds=5,
-    ):
-        if event["type"] == "DELETED":
-            gone.add(event["object"].metadata.name)
-        if len(gone) == 3:
-            w.stop()
-    assert gone == {"p1", "p3", "p5"}
+        until=lambda seen: len(deleted(seen)) == 3,
+    )
+    assert deleted(events) == {"p1", "p3", "p5"}
     assert sorted(p.metadata.name for p in live.core.list_namespaced_pod(ns).items) == [
         "p0",
         "p2",
@@ -235,19 +230,17 @@ def test_watch_selector_leave_is_deleted_and_410(live: LiveServer, ns: str) -> N
     live.core.create_namespaced_pod(ns, pod_body("mover", labels={"team": "x"}))
     start = live.core.list_namespaced_pod(ns, label_selector="team=x").metadata.resource_version
     live.core.patch_namespaced_pod("mover", ns, {"metadata": {"labels": {"team": "y"}}})
-    w = new_watch()
-    events = []
-    for event in w.stream(
+    events = watch_until(
         live.core.list_namespaced_pod,
         ns,
         label_selector="team=x",
         resource_version=start,
         timeout_seconds=3,
-    ):
-        events.append((event["type"], event["object"].metadata.labels.get("team")))
-        if event["type"] == "DELETED":
-            w.stop()
-    assert ("DELETED", "y") in events
+        until=lambda seen: seen[-1]["type"] == "DELETED",
+    )
+    assert ("DELETED", "y") in [
+        (e["type"], e["object"].metadata.labels.get("team")) for e in events
+    ]
     # Push the history past its bound (2000 in the fixture), then ask for a compacted version.
     live.call(_churn, live, ns)
     with pytest.raises(ApiException) as info:
@@ -303,16 +296,13 @@ def test_namespace_termination(live: LiveServer) -> None:
     status, _, terminating = live.request("DELETE", "/api/v1/namespaces/doomed")
     assert status == 200
     assert terminating["status"]["phase"] == "Terminating"
-    w = new_watch()
-    since = terminating["metadata"]["resourceVersion"]
-    for event in w.stream(
+    watch_until(
         live.core.list_namespace,
         field_selector="metadata.name=doomed",
-        resource_version=since,
+        resource_version=terminating["metadata"]["resourceVersion"],
         timeout_seconds=10,
-    ):
-        if event["type"] == "DELETED":
-            w.stop()
+        until=lambda seen: seen[-1]["type"] == "DELETED",
+    )
     assert "doomed" not in {n.metadata.name for n in live.core.list_namespace().items}
     assert live.core.list_namespaced_config_map("doomed").items == []
     with pytest.raises(ApiException) as info:

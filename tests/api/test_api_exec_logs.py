@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 import websocket
 from fake_agent import log_text
+from kube_access import pod_exec
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.stream import stream
 from test_api_client import pod_body, wait_ready
 
 from conftest import LiveServer
@@ -35,18 +35,8 @@ def running(live: LiveServer) -> Iterator[tuple[str, str]]:
 
 def test_exec_v4_stdout_stderr_exit_code(live: LiveServer, running: tuple[str, str]) -> None:
     ns, pod = running
-    resp = stream(
-        live.core.connect_get_namespaced_pod_exec,
-        pod,
-        ns,
-        command=["sh", "-c", "echo out; echo err >&2; exit 3"],
-        stdout=True,
-        stderr=True,
-        stdin=False,
-        tty=False,
-        _preload_content=False,
-        _headers=V4,
-    )
+    command = ["sh", "-c", "echo out; echo err >&2; exit 3"]
+    resp = pod_exec(live.core, pod, ns, command, preload=False, headers=V4)
     resp.run_forever(timeout=10)
     assert resp.subprotocol == "v4.channel.k8s.io"
     assert resp.read_stdout() == "out\n"
@@ -57,33 +47,13 @@ def test_exec_v4_stdout_stderr_exit_code(live: LiveServer, running: tuple[str, s
 
 def test_exec_preloaded_and_success(live: LiveServer, running: tuple[str, str]) -> None:
     ns, pod = running
-    output = stream(
-        live.core.connect_get_namespaced_pod_exec,
-        pod,
-        ns,
-        command=["echo", "hello"],
-        stdout=True,
-        stderr=True,
-        stdin=False,
-        tty=False,
-        _headers=V4,
-    )
+    output = pod_exec(live.core, pod, ns, ["echo", "hello"], headers=V4)
     assert output == "hello\n"
 
 
 def test_exec_v5_stdin_close(live: LiveServer, running: tuple[str, str]) -> None:
     ns, pod = running
-    resp = stream(
-        live.core.connect_get_namespaced_pod_exec,
-        pod,
-        ns,
-        command=["cat"],
-        stdout=True,
-        stderr=True,
-        stdin=True,
-        tty=False,
-        _preload_content=False,
-    )
+    resp = pod_exec(live.core, pod, ns, ["cat"], preload=False, stdin=True)
     assert resp.subprotocol == "v5.channel.k8s.io"
     resp.write_stdin("ping-pong")
     resp.close_channel(0)
@@ -176,19 +146,8 @@ def test_exec_concurrent(live: LiveServer, running: tuple[str, str]) -> None:
     def one(i: int) -> None:
         # stream() patches its ApiClient while it runs: one client per thread.
         with client.ApiClient(live.api_client.configuration) as own:
-            results.append(
-                stream(
-                    client.CoreV1Api(own).connect_get_namespaced_pod_exec,
-                    pod,
-                    ns,
-                    command=["echo", str(i)],
-                    stdout=True,
-                    stderr=False,
-                    stdin=False,
-                    tty=False,
-                    _headers=V4,
-                )
-            )
+            core = client.CoreV1Api(own)
+            results.append(pod_exec(core, pod, ns, ["echo", str(i)], stderr=False, headers=V4))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
     for thread in threads:

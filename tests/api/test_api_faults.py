@@ -25,13 +25,12 @@ from typing import Any
 import pytest
 import urllib3
 import websocket
+from kube_access import pod_exec
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.stream import stream
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from test_api_client import pod_body, wait_ready
 
-from conftest import LiveServer, new_watch, serving
+from conftest import LiveServer, new_watch, scratch_namespace, serving, until, watch_until
 from netlab import cli
 from netlab.api.execs import DEFAULT_PATH
 from netlab.api.faults import parse_api_faults
@@ -61,31 +60,15 @@ def faults(faulty: LiveServer) -> Iterator[Switch]:
 @pytest.fixture
 def ns(faulty: LiveServer) -> Iterator[str]:
     """A namespace whose `default` ServiceAccount exists (made while the server is healthy)."""
-    name = f"f-{uuid.uuid4().hex[:8]}"
-    faulty.core.create_namespace({"metadata": {"name": name}})
-    yield name
-    faulty.call(faulty.server.faults.set, parse_api_faults(HEALTHY))
-    status, _, _ = faulty.request("DELETE", f"/api/v1/namespaces/{name}")
-    assert status in (200, 404)
+    with scratch_namespace(faulty, "f") as name:
+        yield name
+        faulty.call(faulty.server.faults.set, parse_api_faults(HEALTHY))
 
 
 def status_of(error: ApiException) -> dict[str, Any]:
     body = json.loads(error.body)
     assert isinstance(body, dict)
     return body
-
-
-def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` (every 50 ms, at most ``timeout`` s) until it returns something true."""
-    result = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.05),
-        retry=retry_if_result(lambda value: not value),
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-    )(condition)
-    if not result:
-        pytest.fail(f"{what} not within {timeout} s", pytrace=False)
-    return result
 
 
 # --- ServiceAccounts -------------------------------------------------------------------------
@@ -115,15 +98,15 @@ def test_pod_before_the_default_serviceaccount_is_refused_as_admission_refuses_i
             "code": 403,
         }
         # What the upstream e2e framework does: wait for the account, then create pods.
-        watcher = new_watch()
-        for event in watcher.stream(
-            faulty.core.list_namespaced_service_account, name, timeout_seconds=10
-        ):
-            if event["type"] == "ADDED" and event["object"].metadata.name == "default":
-                watcher.stop()
-                break
-        else:
-            pytest.fail("the default ServiceAccount never appeared", pytrace=False)
+        watch_until(
+            faulty.core.list_namespaced_service_account,
+            name,
+            timeout_seconds=10,
+            until=lambda seen: (
+                (seen[-1]["type"], seen[-1]["object"].metadata.name) == ("ADDED", "default")
+            ),
+            missing="the default ServiceAccount never appeared",
+        )
         print(f"default ServiceAccount after {time.monotonic() - created:.2f} s")
         faulty.core.create_namespaced_pod(name, pod_body("web"))
         assert wait_ready(faulty, name, "web").metadata.name == "web"
@@ -333,32 +316,13 @@ def test_watches_and_execs_lose_their_connection(
         assert len(seen) < 10, f"watch {attempt} got every pod before its cut"
     command = ["sh", "-c", "head -c 10000 /dev/zero | tr '\\0' x"]
     for _ in range(3):
-        resp = stream(
-            faulty.core.connect_get_namespaced_pod_exec,
-            "p0",
-            ns,
-            command=command,
-            stdout=True,
-            stderr=True,
-            stdin=False,
-            tty=False,
-            _preload_content=False,
-        )
+        resp = pod_exec(faulty.core, "p0", ns, command, preload=False)
         with pytest.raises(websocket.WebSocketConnectionClosedException):
             resp.run_forever(timeout=10)
         assert len(resp.read_stdout()) < 10000
         assert resp.read_channel(3) == ""  # no exit status ever came
     faults(*HEALTHY)
-    output = stream(
-        faulty.core.connect_get_namespaced_pod_exec,
-        "p0",
-        ns,
-        command=command,
-        stdout=True,
-        stderr=True,
-        stdin=False,
-        tty=False,
-    )
+    output = pod_exec(faulty.core, "p0", ns, command)
     assert len(output) == 10000
 
 
@@ -629,17 +593,7 @@ def test_exec_v4_only_offers_what_servers_before_1_30_offer(
     wait_ready(faulty, ns, "web")
 
     def echo() -> Any:
-        return stream(
-            faulty.core.connect_get_namespaced_pod_exec,
-            "web",
-            ns,
-            command=["echo", "hi"],
-            stdout=True,
-            stderr=True,
-            stdin=False,
-            tty=False,
-            _preload_content=False,
-        )
+        return pod_exec(faulty.core, "web", ns, ["echo", "hi"], preload=False)
 
     assert echo().subprotocol == "v5.channel.k8s.io"
     faults("sa-delay=0", "exec-v4-only")
@@ -664,17 +618,8 @@ def test_an_argument_longer_than_linux_allows_cannot_start(
 ) -> None:
     faulty.core.create_namespaced_pod(ns, pod_body("web"))
     wait_ready(faulty, ns, "web")
-    resp = stream(
-        faulty.core.connect_get_namespaced_pod_exec,
-        "web",
-        ns,
-        command=["python3", "-c", "import sys; print(len(sys.argv[1]))", "x" * length],
-        stdout=True,
-        stderr=True,
-        stdin=False,
-        tty=False,
-        _preload_content=False,
-    )
+    command = ["python3", "-c", "import sys; print(len(sys.argv[1]))", "x" * length]
+    resp = pod_exec(faulty.core, "web", ns, command, preload=False)
     resp.run_forever(timeout=20)
     status = json.loads(resp.read_channel(3))
     if starts:

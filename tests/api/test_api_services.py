@@ -10,7 +10,6 @@ import ipaddress
 import json
 import random
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from test_api_client import pod_body, wait_ready
 from test_api_kubectl import kubectl
 
-from conftest import LiveServer, new_watch
+from conftest import LiveServer, new_watch, scratch_namespace, until
 from netlab.api.errors import ApiError
 from netlab.api.services import ServiceRegistry, ip_band, node_port_band
 from netlab.api.store import Store
@@ -34,11 +32,8 @@ KUBECTL = shutil.which("kubectl")
 
 @pytest.fixture
 def ns(live: LiveServer) -> Iterator[str]:
-    name = f"sv-{uuid.uuid4().hex[:8]}"
-    live.core.create_namespace({"metadata": {"name": name}})
-    yield name
-    status, _, _ = live.request("DELETE", f"/api/v1/namespaces/{name}")
-    assert status in (200, 404)
+    with scratch_namespace(live, "sv") as name:
+        yield name
 
 
 def web(name: str = "web", **spec: Any) -> dict[str, Any]:
@@ -57,18 +52,6 @@ def refused(create: Callable[[], Any]) -> dict[str, Any]:
     with pytest.raises(ApiException) as info:
         create()
     return status_of(info.value)
-
-
-def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    result = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.05),
-        retry=retry_if_result(lambda value: not value),
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-    )(condition)
-    if not result:
-        pytest.fail(f"{what} not within {timeout} s", pytrace=False)
-    return result
 
 
 def discovery(live: LiveServer) -> Any:

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import yaml
+from netlab_commands import booted_lab, netlab
 
 from conformance.kit.permissions import (
     Grant,
@@ -44,17 +45,6 @@ if os.geteuid() != 0:
     pytest.skip("lab tests create network namespaces: run them as root", allow_module_level=True)
 
 
-def netlab(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "netlab", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd="/",
-    )
-
-
 @dataclass(frozen=True)
 class Lab:
     name: str
@@ -70,13 +60,8 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     name = LAB_PREFIX + secrets.token_hex(3)
-    up = netlab("up", "--nodes", "2", "--name", name)
-    try:
-        assert up.returncode == 0, up.stderr[-3000:]
-        yield Lab(name, Path(up.stdout.strip().splitlines()[-1]))
-    finally:
-        down = netlab("down", "--name", name)
-        assert down.returncode == 0, down.stderr[-2000:]
+    with booted_lab(name, "--nodes", "2") as kubeconfig:
+        yield Lab(name, kubeconfig)
 
 
 @dataclass(frozen=True)
@@ -175,31 +160,20 @@ def granted(grants: tuple[Grant, ...], question: Asked) -> bool:
 
 def test_every_request_of_a_run_is_granted_by_the_rbac_manifest(lab: Lab, tmp_path: Path) -> None:
     recorded = tmp_path / "requests.jsonl"
-    env = {"NETCONFORM_RECORD_REQUESTS": str(recorded)}
+
+    def recording(workdir: str, *args: str) -> SuiteRun:
+        """A quiet run of the suite in ``tmp_path/workdir`` whose requests go to ``recorded``."""
+        env = {"NETCONFORM_RECORD_REQUESTS": str(recorded)}
+        return run_suite(lab, tmp_path / workdir, "-q", *args, plugin="record_requests", env=env)
+
     # The whole suite with the options that add requests (the stale sweep; a short lease, so
     # that it is renewed within the run) ...
-    whole = run_suite(
-        lab,
-        tmp_path / "run",
-        "-q",
-        "--cleanup-stale",
-        "--run-lease=5",
-        plugin="record_requests",
-        env=env,
-    )
+    whole = recording("run", "--cleanup-stale", "--run-lease=5")
     assert whole.returncode == 0, whole.output[-6000:]
     # ... and --image-pull-secret, which the lab cannot serve (it has no Secrets): the run stops
     # at the read, so the copy's create is never asked.
-    secret = run_suite(
-        lab,
-        tmp_path / "secret",
-        "-q",
-        "-k",
-        "test_localhost_between_containers",
-        "--image-pull-secret",
-        "regcred",
-        plugin="record_requests",
-        env=env,
+    secret = recording(
+        "secret", "-k", "test_localhost_between_containers", "--image-pull-secret", "regcred"
     )
     assert secret.returncode == 2, secret.output[-4000:]
     asked = questions(recorded)

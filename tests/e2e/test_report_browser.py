@@ -192,8 +192,10 @@ def test_the_faulted_report_names_the_rule_and_the_failing_cells(
     assert dom.having("section", data_verdict="broken")
     (row,) = dom.having("tr", data_check="test_no_snat")
     assert row["class"] == "nc-r-broken"
+    # The masquerade also hides the client pod from other nodes' Service endpoints.
     assert [r["data-check"] for r in dom.having("tr") if r.get("class") == "nc-r-broken"] == [
-        "test_no_snat"
+        "test_no_snat",
+        "test_cluster_ip",
     ]
     cells = dom.having("td", data_status="failed", data_source="node-1", data_destination="node-2")
     assert cells

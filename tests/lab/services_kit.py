@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pytest
-from kubernetes import client, config
-from kubernetes.stream import stream
+from kube_access import kube_api, pod_exec
+from kubernetes import client
+from netlab_commands import booted_lab
+from polling import eventually, until
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from netlab.dataplane.nsexec import run_in_netns
@@ -97,31 +96,6 @@ for t in threads: t.start()
 for t in threads: t.join()
 print(json.dumps(results))
 """
-
-
-def netlab(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "netlab", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd="/",
-    )
-
-
-def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` (every 100 ms, at most ``timeout`` s) until it returns something
-    true; fail the test saying ``what`` did not happen."""
-    result = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.1),
-        retry=retry_if_result(lambda value: not value),
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-    )(condition)
-    if not result:
-        pytest.fail(f"{what} not within {timeout} s", pytrace=False)
-    return result
 
 
 @dataclass(frozen=True)
@@ -242,16 +216,7 @@ class ServiceLab:
         )
 
     def exec(self, pod_name: str, command: list[str]) -> str:
-        output: str = stream(
-            self.core.connect_get_namespaced_pod_exec,
-            pod_name,
-            self.namespace,
-            command=command,
-            stdout=True,
-            stderr=True,
-            stdin=False,
-            tty=False,
-        )
+        output: str = pod_exec(self.core, pod_name, self.namespace, command)
         return output
 
     def slice_ready(self, service_name: str, pod_name: str) -> bool | None:
@@ -322,21 +287,13 @@ def service_lab(
     lab_name: str, ip_family: str = "ipv4", faults: tuple[str, ...] = (), nodes: int = 2
 ) -> Iterator[ServiceLab]:
     """`netlab up` (printed: its start time), the kit's workload, and `netlab down` after."""
-    args = ["up", "--name", lab_name, "--nodes", str(nodes), "--ip-family", ip_family]
+    options = ["--nodes", str(nodes), "--ip-family", ip_family]
     for fault in faults:
-        args += ["--fault", fault]
+        options += ["--fault", fault]
     started = time.monotonic()
-    up = netlab(*args)
-    boot = time.monotonic() - started
-    try:
-        assert up.returncode == 0, up.stderr
-        kubeconfig = Path(up.stdout.strip().splitlines()[-1])
-        configuration = client.Configuration()
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            str(kubeconfig), client_configuration=configuration
-        )
-        api = client.ApiClient(configuration)
-        try:
+    with booted_lab(lab_name, *options) as kubeconfig:
+        boot = time.monotonic() - started
+        with kube_api(kubeconfig) as api:
             lab = ServiceLab(
                 name=lab_name,
                 nodes=[f"node-{i}" for i in range(1, nodes + 1)],
@@ -351,11 +308,6 @@ def service_lab(
                 f"{boot:.1f} s, {3 * nodes} pods Ready in {lab.started['pods']:.1f} s"
             )
             yield lab
-        finally:
-            api.close()  # type: ignore[no-untyped-call]
-    finally:
-        down = netlab("down", "--name", lab_name)
-        assert down.returncode == 0, down.stderr
 
 
 # --- one observation of every behaviour -----------------------------------------------------
@@ -371,6 +323,21 @@ def observe(lab: ServiceLab, version: int) -> dict[str, str]:
     peers = [f"peer-{node}" for node in lab.nodes]
     vip = lab.cluster_ip(SERVICE, version)
     node_port = {p.protocol: p.node_port for p in lab.service(f"{SERVICE}-np").spec.ports}
+
+    def to_node_ports(source: str, node: str, targets: list[str]) -> list[Request]:
+        """From ``source`` ("pod" or "host") of ``node`` to each target node's InternalIP: the
+        NodePort (TCP), then the hostPorts (TCP and UDP)."""
+        ids = [f"{source} {node}->{target}" for target in targets]
+        addresses = [lab.node_ip(target, version) for target in targets]
+        return [
+            Request(f"nodeport {id_}", "tcp", address, node_port["TCP"], tries=4)
+            for id_, address in zip(ids, addresses, strict=True)
+        ] + [
+            Request(f"hostport {id_} {proto}", proto, address, port, tries=2)
+            for id_, address in zip(ids, addresses, strict=True)
+            for proto, port in (("tcp", HOST_PORT), ("udp", HOST_PORT + 1))
+        ]
+
     batches: dict[str, list[Request]] = {}
     for node in lab.nodes:
         client_ns = lab.netns_of_pod(f"probe-{node}")
@@ -378,53 +345,11 @@ def observe(lab: ServiceLab, version: int) -> dict[str, str]:
             Request(f"tcp {node}", "tcp", vip, 80, tries=16),
             Request(f"udp {node}", "udp", vip, 81, tries=16),
             Request(f"reject {node}", "tcp", lab.cluster_ip("netconform-empty", version), 80),
-            *(
-                Request(
-                    f"nodeport pod {node}->{target}",
-                    "tcp",
-                    lab.node_ip(target, version),
-                    node_port["TCP"],
-                    tries=4,
-                )
-                for target in lab.nodes
-            ),
-            *(
-                Request(
-                    f"hostport pod {node}->{target} {proto}",
-                    proto,
-                    lab.node_ip(target, version),
-                    port,
-                    tries=2,
-                )
-                for target in lab.nodes
-                for proto, port in (("tcp", HOST_PORT), ("udp", HOST_PORT + 1))
-            ),
+            *to_node_ports("pod", node, lab.nodes),
         ]
         batches[lab.netns_of_node(node)] = [
             Request(f"host tcp {node}", "tcp", vip, 80, tries=4),
-            *(
-                Request(
-                    f"nodeport host {node}->{target}",
-                    "tcp",
-                    lab.node_ip(target, version),
-                    node_port["TCP"],
-                    tries=4,
-                )
-                for target in lab.nodes
-                if target != node
-            ),
-            *(
-                Request(
-                    f"hostport host {node}->{target} {proto}",
-                    proto,
-                    lab.node_ip(target, version),
-                    port,
-                    tries=2,
-                )
-                for target in lab.nodes
-                if target != node
-                for proto, port in (("tcp", HOST_PORT), ("udp", HOST_PORT + 1))
-            ),
+            *to_node_ports("host", node, [target for target in lab.nodes if target != node]),
         ]
     batches[lab.netns_of_pod(peers[0])] = [
         Request("hairpin", "tcp", lab.cluster_ip("solo", version), 80, tries=3)
@@ -563,12 +488,7 @@ def observe_readiness(lab: ServiceLab, version: int) -> str:
         answered = probe({client_ns: [Request("back", "tcp", vip, 80, tries=12)]})["back"]
         return target in _servers(answered)
 
-    came_back = Retrying(
-        stop=stop_after_delay(SETTLE_TIMEOUT),
-        wait=wait_fixed(0.2),
-        retry=retry_if_result(lambda value: not value),
-        retry_error_callback=lambda state: False,
-    )(back)
+    came_back = eventually(back, SETTLE_TIMEOUT, interval=0.2)
     print(f"readiness: {target} ready: false in its EndpointSlice {in_slice:.2f} s after the flip")
     if target in _servers(unready):
         return f"saw the unready {target} answer: {unready}"

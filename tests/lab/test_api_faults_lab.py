@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,38 +16,15 @@ from typing import Any
 import pytest
 import urllib3
 import websocket
-from kubernetes import client, config, watch
+from kube_access import kube_api, pod_exec
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
-from kubernetes.stream import stream
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from netlab_commands import booted_lab, netlab
+from polling import until
 
 from conftest import leftovers, new_lab_name
 
 READY_TIMEOUT = 60
-
-
-def netlab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "netlab", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd="/",
-    )
-
-
-def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` (every 100 ms, at most ``timeout`` s) until it returns something true."""
-    result = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.1),
-        retry=retry_if_result(lambda value: not value),
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-    )(condition)
-    if not result:
-        pytest.fail(f"{what} not within {timeout} s", pytrace=False)
-    return result
 
 
 @dataclass
@@ -107,24 +82,12 @@ class FaultyLab:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[FaultyLab]:
     name = new_lab_name()
-    up = netlab("up", "--name", name, "--nodes", "2", "--api-fault", "sa-delay=1")
-    try:
-        assert up.returncode == 0, up.stderr
-        kubeconfig = Path(up.stdout.strip().splitlines()[-1])
-        configuration = client.Configuration()
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            str(kubeconfig), client_configuration=configuration
-        )
-        configuration.retries = 0  # urllib3 would retry a 429 or 503 with Retry-After itself
-        api = client.ApiClient(configuration)
-        try:
-            yield FaultyLab(name, kubeconfig, client.CoreV1Api(api))
-        finally:
-            api.close()  # type: ignore[no-untyped-call]
-    finally:
-        down = netlab("down", "--name", name)
-        assert down.returncode == 0, down.stderr
-        assert leftovers(name) == []
+    with (
+        booted_lab(name, "--nodes", "2", "--api-fault", "sa-delay=1") as kubeconfig,
+        kube_api(kubeconfig, retries=0) as api,
+    ):
+        yield FaultyLab(name, kubeconfig, client.CoreV1Api(api))
+    assert leftovers(name) == []
 
 
 @pytest.fixture
@@ -179,17 +142,8 @@ def test_cut_streams(healthy: FaultyLab) -> None:
             healthy.core.list_namespace, timeout_seconds=30
         ):
             pass
-    resp = stream(
-        healthy.core.connect_get_namespaced_pod_exec,
-        "web",
-        namespace,
-        command=["sh", "-c", "head -c 10000 /dev/zero | tr '\\0' x"],
-        stdout=True,
-        stderr=True,
-        stdin=False,
-        tty=False,
-        _preload_content=False,
-    )
+    command = ["sh", "-c", "head -c 10000 /dev/zero | tr '\\0' x"]
+    resp = pod_exec(healthy.core, "web", namespace, command, preload=False)
     with pytest.raises(websocket.WebSocketConnectionClosedException):
         resp.run_forever(timeout=20)
     assert len(resp.read_stdout()) < 10000
@@ -244,17 +198,8 @@ def test_pre_1_30_exec_and_the_argv_limit(healthy: FaultyLab) -> None:
     healthy.ready_pod(namespace, "web")
     healthy.switch("sa-delay=1", "exec-v4-only")
     for length, starts in ((131071, True), (131072, False)):
-        resp = stream(
-            healthy.core.connect_get_namespaced_pod_exec,
-            "web",
-            namespace,
-            command=["python3", "-c", "import sys; print(len(sys.argv[1]))", "x" * length],
-            stdout=True,
-            stderr=True,
-            stdin=False,
-            tty=False,
-            _preload_content=False,
-        )
+        command = ["python3", "-c", "import sys; print(len(sys.argv[1]))", "x" * length]
+        resp = pod_exec(healthy.core, "web", namespace, command, preload=False)
         assert resp.subprotocol == "v4.channel.k8s.io"
         resp.run_forever(timeout=30)
         status = json.loads(resp.read_channel(3))

@@ -6,14 +6,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from netlab_commands import netlab
 
 from netlab import cli
 from netlab.dataplane.cleanup import lab_netns_names, process_alive
@@ -29,17 +31,6 @@ needs_control_plane = pytest.mark.skipif(
     bool(MISSING_CONTROL_PLANE),
     reason=f"the lab daemon needs {', '.join(MISSING_CONTROL_PLANE)}, not written yet",
 )
-
-
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "netlab", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd="/",
-    )
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -62,6 +53,25 @@ def assert_one_line_error(code: int, out: str, err: str, fragment: str) -> None:
     assert out == ""
     assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
     assert fragment in err
+
+
+def folder_of_links(folder: Path, targets: list[Path]) -> Path:
+    """``folder``, made with a link to each of ``targets`` (by its name) and nothing else: a
+    PATH or plugin folder that lacks the one tool a test takes away."""
+    folder.mkdir()
+    for target in targets:
+        (folder / target.name).symlink_to(target)
+    return folder
+
+
+def assert_up_refused(
+    capsys: pytest.CaptureFixture[str], lab: str, fragment: str, *options: str
+) -> None:
+    """`netlab up --name LAB OPTIONS` (in-process) fails in one line naming ``fragment`` and
+    makes nothing of the lab."""
+    code, out, err = run_main(capsys, "up", "--name", lab, *options)
+    assert_one_line_error(code, out, err, fragment)
+    assert_nothing_of(lab)
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -90,9 +100,7 @@ def assert_one_line_error(code: int, out: str, err: str, fragment: str) -> None:
 def test_up_rejects_bad_input_in_one_line_and_makes_nothing(
     args: list[str], fragment: str, lab_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run_main(capsys, "up", "--name", lab_name, *args)
-    assert_one_line_error(code, out, err, fragment)
-    assert_nothing_of(lab_name)
+    assert_up_refused(capsys, lab_name, fragment, *args)
 
 
 @pytest.mark.parametrize("bad_name", ["Upper", "under_score", "-leading", "much-too-long-name", ""])
@@ -101,46 +109,46 @@ def test_up_rejects_bad_names(bad_name: str, capsys: pytest.CaptureFixture[str])
     assert_one_line_error(code, out, err, "lab name")
 
 
-def test_up_needs_root(
-    lab_name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run as another user; what `up` then says."""
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    code, out, err = run_main(capsys, "up", "--name", lab_name)
-    assert_one_line_error(code, out, err, "needs root")
-    assert_nothing_of(lab_name)
+    return "needs root"
 
 
-def test_up_needs_runc(
-    lab_name: str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("nsenter", "iptables-restore"):
-        real = subprocess.run(["which", tool], capture_output=True, text=True, check=True)
-        (tools / tool).symlink_to(real.stdout.strip())
+def without_runc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A PATH with the other tools `up` looks for, but no runc."""
+    found = [shutil.which(tool) for tool in ("nsenter", "iptables-restore")]
+    assert all(found), found
+    tools = folder_of_links(tmp_path / "bin", [Path(str(path)) for path in found])
     monkeypatch.setenv("PATH", str(tools))
-    code, out, err = run_main(capsys, "up", "--name", lab_name)
-    assert_one_line_error(code, out, err, "runc is not installed")
-    assert_nothing_of(lab_name)
+    return "runc is not installed"
 
 
-def test_up_needs_the_cni_bridge_plugin(
+def without_cni_bridge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A CNI plugin folder with host-local and loopback, but no bridge."""
+    kept = [cli.CNI_PLUGIN_DIR / plugin for plugin in ("host-local", "loopback")]
+    plugins = folder_of_links(tmp_path / "cni", kept)
+    monkeypatch.setattr(cli, "CNI_PLUGIN_DIR", plugins)
+    return f"{plugins / 'bridge'} is missing"
+
+
+@pytest.mark.parametrize(
+    "take_away",
+    [
+        pytest.param(without_root, id="root"),
+        pytest.param(without_runc, id="runc"),
+        pytest.param(without_cni_bridge, id="cni-bridge-plugin"),
+    ],
+)
+def test_up_needs_root_runc_and_the_cni_bridge_plugin(
+    take_away: Callable[[Path, pytest.MonkeyPatch], str],
     lab_name: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    plugins = tmp_path / "cni"
-    plugins.mkdir()
-    for plugin in ("host-local", "loopback"):
-        (plugins / plugin).symlink_to(cli.CNI_PLUGIN_DIR / plugin)
-    monkeypatch.setattr(cli, "CNI_PLUGIN_DIR", plugins)
-    code, out, err = run_main(capsys, "up", "--name", lab_name)
-    assert_one_line_error(code, out, err, f"{plugins / 'bridge'} is missing")
-    assert_nothing_of(lab_name)
+    """Without one of them, `up` refuses in one line naming it, and makes nothing."""
+    assert_up_refused(capsys, lab_name, take_away(tmp_path, monkeypatch))
 
 
 @pytest.fixture
@@ -179,14 +187,12 @@ def test_up_refuses_to_overwrite_a_foreign_kubeconfig(
 ) -> None:
     precious = tmp_path / "config"
     precious.write_text("mine")
-    code, out, err = run_main(capsys, "up", "--name", lab_name, "--kubeconfig", str(precious))
-    assert_one_line_error(code, out, err, "will not overwrite")
+    assert_up_refused(capsys, lab_name, "will not overwrite", "--kubeconfig", str(precious))
     assert precious.read_text() == "mine"
-    assert_nothing_of(lab_name)
 
 
 def test_bad_input_through_the_real_command_is_one_line(lab_name: str) -> None:
-    result = run_cli("up", "--name", lab_name, "--nodes", "0")
+    result = netlab("up", "--name", lab_name, "--nodes", "0")
     assert_one_line_error(result.returncode, result.stdout, result.stderr, "at least 1 node")
     assert_nothing_of(lab_name)
 
@@ -231,7 +237,7 @@ def test_status_without_labs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_a_daemon_that_fails_late_leaves_nothing(lab_name: str) -> None:
     # /proc refuses the kubeconfig: the daemon fails after building (or, while the control plane
     # is missing, earlier); either way `up` reports it and nothing of the lab remains.
-    result = run_cli("up", "--name", lab_name, "--nodes", "2", "--kubeconfig", "/proc/netlab-kc")
+    result = netlab("up", "--name", lab_name, "--nodes", "2", "--kubeconfig", "/proc/netlab-kc")
     assert result.returncode != 0
     assert result.stdout == ""
     assert f"lab {lab_name} failed to start" in result.stderr
@@ -244,7 +250,7 @@ def test_a_daemon_that_fails_late_leaves_nothing(lab_name: str) -> None:
 @needs_control_plane
 def test_up_status_down_round_trip(lab_name: str) -> None:
     started = time.monotonic()
-    up = run_cli("up", "--name", lab_name, "--nodes", "2")
+    up = netlab("up", "--name", lab_name, "--nodes", "2")
     elapsed = time.monotonic() - started
     assert up.returncode == 0, up.stderr
     kubeconfig = Path(up.stdout.splitlines()[-1])
@@ -252,7 +258,7 @@ def test_up_status_down_round_trip(lab_name: str) -> None:
     assert kubeconfig.is_file()
     print(f"`netlab up` took {elapsed:.1f} s")  # a figure, not an assertion: shared machines
     try:
-        status = run_cli("status", "--name", lab_name)
+        status = netlab("status", "--name", lab_name)
         assert status.returncode == 0
         assert f"{lab_name}: running" in status.stdout
         assert "2 nodes" in status.stdout
@@ -264,10 +270,10 @@ def test_up_status_down_round_trip(lab_name: str) -> None:
         assert sorted(node.metadata.name for node in nodes) == ["node-1", "node-2"]
         assert all(node.spec.pod_cidr for node in nodes)
 
-        again = run_cli("up", "--name", lab_name)
+        again = netlab("up", "--name", lab_name)
         assert_one_line_error(again.returncode, again.stdout, again.stderr, "already running")
     finally:
-        down = run_cli("down", "--name", lab_name)
+        down = netlab("down", "--name", lab_name)
     assert down.returncode == 0, down.stderr
     assert f"lab {lab_name} is down" in down.stderr
     assert_nothing_of(lab_name)
@@ -276,12 +282,12 @@ def test_up_status_down_round_trip(lab_name: str) -> None:
 @needs_control_plane
 def test_up_dual_stack_publishes_both_families_and_status_shows_it(lab_name: str) -> None:
     started = time.monotonic()
-    up = run_cli("up", "--name", lab_name, "--nodes", "2", "--ip-family", "dual")
+    up = netlab("up", "--name", lab_name, "--nodes", "2", "--ip-family", "dual")
     print(f"`netlab up --ip-family dual` (2 nodes) took {time.monotonic() - started:.1f} s")
     assert up.returncode == 0, up.stderr
     assert "2 nodes, dual" in up.stderr
     try:
-        status = run_cli("status", "--name", lab_name)
+        status = netlab("status", "--name", lab_name)
         assert "2 nodes, dual," in status.stdout, status.stdout
         info = json.loads((STATE_ROOT / lab_name / "info.json").read_text())
         assert info["ip_family"] == "dual"
@@ -299,18 +305,18 @@ def test_up_dual_stack_publishes_both_families_and_status_shows_it(lab_name: str
             )
             assert node.spec.pod_cidr == plan.pod_cidrs[0]
     finally:
-        down = run_cli("down", "--name", lab_name)
+        down = netlab("down", "--name", lab_name)
     assert down.returncode == 0, down.stderr
     assert_nothing_of(lab_name)
 
 
 @needs_control_plane
 def test_down_after_the_daemon_was_sigkilled_leaves_nothing(lab_name: str) -> None:
-    up = run_cli("up", "--name", lab_name, "--nodes", "2")
+    up = netlab("up", "--name", lab_name, "--nodes", "2")
     assert up.returncode == 0, up.stderr
     info = json.loads((STATE_ROOT / lab_name / "info.json").read_text())
     os.kill(info["pid"], signal.SIGKILL)
-    down = run_cli("down", "--name", lab_name)
+    down = netlab("down", "--name", lab_name)
     assert down.returncode == 0, down.stderr
     assert_nothing_of(lab_name)
     assert not process_alive(info["pid"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kubelet_fixtures import NEEDS_ROOT, lab_name, lab_network, leftovers
@@ -86,16 +88,27 @@ def root_links() -> set[str]:
         return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
 
+@contextmanager
+def first_node_runtime(spec: LabSpec) -> Iterator[tuple[NodeCNI, ContainerRuntime]]:
+    """The CNI of the lab's first node and a started container runtime, closed afterwards (in a
+    `lab_network`, whose leftovers a test checks after this ends)."""
+    plan = spec.node_plans()[0]
+    cni = NodeCNI(spec, plan, list(plan.pod_cidrs))
+    runtime = ContainerRuntime(spec)
+    runtime.start()
+    try:
+        yield cni, runtime
+    finally:
+        runtime.close()
+
+
 @NEEDS_ROOT
 def test_cni_add_then_del_releases_the_lease_and_root_netns_is_untouched() -> None:
     spec = LabSpec(name=lab_name(), nodes=1)
     before = root_links()
     with lab_network(spec):
-        plan = spec.node_plans()[0]
-        cni = NodeCNI(spec, plan, list(plan.pod_cidrs))
-        runtime = ContainerRuntime(spec)
-        runtime.start()
-        try:
+        with first_node_runtime(spec) as (cni, runtime):
+            plan = spec.node_plans()[0]
             sandbox = PodSandbox(spec, plan, runtime, cni, {"metadata": {"uid": str(uuid.uuid4())}})
             asyncio.run(sandbox.create())
             assert cni.leases() == list(sandbox.ips)
@@ -103,8 +116,6 @@ def test_cni_add_then_del_releases_the_lease_and_root_netns_is_untouched() -> No
             assert root_links() == before, "CNI made a link in the root namespace"
             asyncio.run(sandbox.remove())
             assert cni.leases() == []
-        finally:
-            runtime.close()
         assert leftovers(spec).empty(), leftovers(spec)
 
 
@@ -124,14 +135,8 @@ def test_duplicate_pod_ip_fault_hands_out_the_same_address_twice() -> None:
             await asyncio.gather(first.remove(), second.remove())
 
     with lab_network(spec):
-        plan = spec.node_plans()[0]
-        cni = NodeCNI(spec, plan, list(plan.pod_cidrs))
-        runtime = ContainerRuntime(spec)
-        runtime.start()
-        try:
+        with first_node_runtime(spec) as (cni, runtime):
             one, two = asyncio.run(scenario(cni, runtime))
-        finally:
-            runtime.close()
         assert one == two
         assert cni.leases() == []
         assert leftovers(spec).empty(), leftovers(spec)
@@ -217,14 +222,8 @@ def test_runc_container_exit_code_exec_and_start_error() -> None:
         return found
 
     with lab_network(spec):
-        plan = spec.node_plans()[0]
-        cni = NodeCNI(spec, plan, list(plan.pod_cidrs))
-        runtime = ContainerRuntime(spec)
-        runtime.start()
-        try:
+        with first_node_runtime(spec) as (cni, runtime):
             found = asyncio.run(scenario(runtime, cni))
-        finally:
-            runtime.close()
         print(f"runc run {found['run_seconds']:.3f}s, runc exec {found['exec_seconds']:.3f}s")
         assert found["exit"] == 7
         # stdout and stderr reach the log through separate pipes (as with containerd): both

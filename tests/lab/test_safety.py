@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from polling import eventually
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from netlab.dataplane.cleanup import lab_netns_names, mounts_under, process_alive, sweep
 from netlab.dataplane.topology import plan_ipam_ranges
@@ -164,14 +164,7 @@ sys.stdin.read()  # wait to be killed
 
 
 def wait_for_file(path: Path, timeout: float) -> bool:
-    poll = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.05),
-        retry=retry_if_result(lambda found: not found),
-        retry_error_callback=lambda state: False,
-    )
-    found: bool = poll(path.exists)
-    return found
+    return eventually(path.exists, timeout, interval=0.05)
 
 
 def test_sweep_after_sigkill_removes_everything(lab_name: str) -> None:

@@ -1,6 +1,6 @@
 """The real probe agent served by local processes (no cluster, no pod): a `ProbeClient` whose
 exec runs the command on this machine, and agents "a" and "b" listening on 127.0.0.1 as two
-containers of one pod would."""
+containers of one pod would. `OfflineProbeClient`, their base, serves other fakes too."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "conformance" / "probe_agent" / "agent.py"
 
 
-class LocalProbeClient(ProbeClient):
-    """Runs the exec'd command here: ``python3 /netconform/agent.py ...`` -> this agent file."""
+class OfflineProbeClient(ProbeClient):
+    """A `ProbeClient` whose exec opens no stream to any cluster: a subclass answers each exec
+    itself (`answer_exec`); everything above exec (batching, payload splits, retries, parsing)
+    is the real client's. It holds no API connection, so the one client serves every thread."""
 
     def exec(
         self,
@@ -32,18 +34,27 @@ class LocalProbeClient(ProbeClient):
         timeout: float,
         stdin: str | None = None,
     ) -> ExecResult:
-        argv = [sys.executable, str(AGENT), *list(command)[2:]]
-        done = subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        return ExecResult(done.stdout, done.stderr, done.returncode)
+        return self.answer_exec(list(command), stdin, timeout)
+
+    def answer_exec(self, command: list[str], stdin: str | None, timeout: float) -> ExecResult:
+        raise NotImplementedError
 
     def for_thread(self) -> ProbeClient:
-        # A subprocess per exec shares nothing between threads: the one client serves all.
         return self
 
     def close(self) -> None:
         pass
+
+
+class LocalProbeClient(OfflineProbeClient):
+    """Runs the exec'd command here: ``python3 /netconform/agent.py ...`` -> this agent file."""
+
+    def answer_exec(self, command: list[str], stdin: str | None, timeout: float) -> ExecResult:
+        argv = [sys.executable, str(AGENT), *command[2:]]
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        return ExecResult(done.stdout, done.stderr, done.returncode)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Runs made up for the report's unit tests: check results with the places the plugin records,
-and whole summaries as `conformance.kit.session.RunReporter` writes them."""
+and whole summaries as `conformance.kit.session.RunReporter` writes them; and the facts of a
+small cluster as a deployment records them (`DEPLOYED_FACTS`)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,23 @@ from conformance.kit.report import (
     format_rule_failure,
 )
 from conformance.kit.rules import summarize_rules
+from conformance.kit.settings import DEFAULT_PROBE_IMAGE
 
 NO_SNAT_RULE = "A pod MUST reach a pod on every node without NAT."
 NODE_TO_POD_RULE = "The host network of a node MUST reach every pod on that node."
 LOCALHOST_RULE = "Containers of one pod MUST reach each other over localhost."
 FAMILY_RULE = "Where --ip-family requires a family, every probe pod MUST have an IP of it."
+
+#: Two of three nodes tested, IPv4, no service range found: the deployment tests' cluster.
+DEPLOYED_FACTS = ClusterFacts(
+    server_version="v1.33.1",
+    node_count=3,
+    nodes_tested=("n1", "n2"),
+    pod_cidrs=("n1=10.244.0.0/24",),
+    service_cidr=None,
+    ip_families=("ipv4",),
+    probe_image=DEFAULT_PROBE_IMAGE,
+)
 
 
 def facts(nodes: Sequence[str]) -> ClusterFacts:

@@ -16,32 +16,21 @@ import kubernetes_validate
 import pytest
 from kube_objects import pod_with
 from kubernetes import client
+from report_runs import DEPLOYED_FACTS
 
 from conformance.kit import deploy, waiting
 from conformance.kit.errors import CouldNotTest, ProbeDeploymentError
 from conformance.kit.podspecs import to_manifest
 from conformance.kit.probes import ProbeMap, planned_probes
-from conformance.kit.report import ClusterFacts
 from conformance.kit.runstate import FAILED, RunInfo, peek
 from conformance.kit.session import run_properties
 from conformance.kit.settings import (
-    DEFAULT_PROBE_IMAGE,
     Settings,
     Timeouts,
     parse_pull_secret,
 )
 
 K8S_VERSION = "1.33"
-
-FACTS = ClusterFacts(
-    server_version="v1.33.1",
-    node_count=3,
-    nodes_tested=("n1", "n2"),
-    pod_cidrs=("n1=10.244.0.0/24",),
-    service_cidr=None,
-    ip_families=("ipv4",),
-    probe_image=DEFAULT_PROBE_IMAGE,
-)
 
 
 def settings(**overrides: Any) -> Settings:
@@ -304,7 +293,7 @@ def test_deploy_once_shares_the_result(tmp_path: Path) -> None:
 
     def deploy_probes() -> deploy.Deployment:
         calls.append(1)
-        return deploy.Deployment(probes=sample_map(), cluster=FACTS)
+        return deploy.Deployment(probes=sample_map(), cluster=DEPLOYED_FACTS)
 
     def ask() -> deploy.Deployment:
         everyone_asked.wait()
@@ -318,7 +307,7 @@ def test_deploy_once_shares_the_result(tmp_path: Path) -> None:
         thread.join()
     assert calls == [1]
     assert len(results) == 4
-    assert all(r == deploy.Deployment(probes=sample_map(), cluster=FACTS) for r in results)
+    assert all(r == deploy.Deployment(probes=sample_map(), cluster=DEPLOYED_FACTS) for r in results)
     record = peek(run, deploy.RECORD)
     assert record is not None
     assert record.status == "done"
@@ -349,7 +338,7 @@ def test_failed_deployment_is_not_retried(tmp_path: Path) -> None:
 
 def test_deployment_round_trips_through_json() -> None:
     found = deploy.Deployment(
-        probes=sample_map(), cluster=FACTS, stale_namespaces_deleted=("netconform-old-1",)
+        probes=sample_map(), cluster=DEPLOYED_FACTS, stale_namespaces_deleted=("netconform-old-1",)
     )
     assert deploy.Deployment.from_dict(json.loads(json.dumps(found.to_dict()))) == found
     bare = deploy.Deployment(probes=ProbeMap("ns"))

@@ -15,12 +15,12 @@ import importlib
 import inspect
 import json
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_items import FakeItem, item
+from local_agents import OfflineProbeClient
 
 from conformance.kit.cases import PAIRS_ALL, plan_cases
 from conformance.kit.cluster import Discovery
@@ -28,7 +28,7 @@ from conformance.kit.pairs import PairPlan
 from conformance.kit.prefetch import MARKER as PREFETCH_MARKER
 from conformance.kit.prefetch import plan_for_items as plan_prefetch
 from conformance.kit.prefetch import run_prefetch
-from conformance.kit.probe_client import MAX_PAYLOAD_BYTES, ExecResult, ProbeClient
+from conformance.kit.probe_client import MAX_PAYLOAD_BYTES, ExecResult
 from conformance.kit.probes import ProbeMap, planned_probes
 from conformance.kit.reachability import MARKER as SWEEP_MARKER
 from conformance.kit.reachability import plan_for_items as plan_sweep
@@ -110,7 +110,7 @@ def explicit_cases(function: Any) -> list[tuple[dict[str, Any], str]]:
     return cases
 
 
-class MeasuringClient(ProbeClient):
+class MeasuringClient(OfflineProbeClient):
     """Execs nothing: records each payload's size and answers every request as a healthy
     cluster's agent would (so the sweep and prefetch take their whole course)."""
 
@@ -120,21 +120,7 @@ class MeasuringClient(ProbeClient):
         self.payloads: list[int] = []
         self.largest_request = 0
 
-    def for_thread(self) -> ProbeClient:
-        return self
-
-    def close(self) -> None:
-        pass
-
-    def exec(
-        self,
-        pod: str,
-        container: str,
-        command: Sequence[str],
-        *,
-        timeout: float,
-        stdin: str | None = None,
-    ) -> ExecResult:
+    def answer_exec(self, command: list[str], stdin: str | None, timeout: float) -> ExecResult:
         assert stdin is not None
         batch = json.loads(stdin)
         requests = batch["requests"] if isinstance(batch, dict) else batch

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from polling import eventually
 
 from conformance.probe_agent import agent as probe_agent
 
@@ -153,13 +153,7 @@ def start_agent(
             pytest.fail(f"agent {name} exited with {process.returncode}:\n{agent.log()}")
         return agent.ping()
 
-    waiting = Retrying(
-        stop=stop_after_delay(15),
-        wait=wait_fixed(0.1),
-        retry=retry_if_result(lambda ready: not ready),
-        retry_error_callback=lambda _state: False,
-    )
-    if not waiting(answers):
+    if not eventually(answers, 15):
         agent.stop()
         pytest.fail(f"agent {name} never answered ping:\n{agent.log()}")
     ports = agent.ok({"op": "info"})["ports"]

@@ -27,8 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
-from test_probe_agent import AGENT_PYTHONS, IMAGE_PYTHON, RunningAgent, nonce, start_agent
+from polling import eventually
+from test_probe_agent import (
+    AGENT_PYTHONS,
+    IMAGE_PYTHON,
+    Response,
+    RunningAgent,
+    nonce,
+    start_agent,
+)
 
 from conformance.probe_agent import agent as probe_agent
 
@@ -143,13 +150,7 @@ def wait_until_settled(path: RoutedPath) -> None:
         ]
         return all(response["ok"] for response in path.client.call(*probes))
 
-    settling = Retrying(
-        stop=stop_after_delay(20),
-        wait=wait_fixed(0.2),
-        retry=retry_if_result(lambda settled: not settled),
-        retry_error_callback=lambda _state: False,
-    )
-    if not settling(answered):
+    if not eventually(answered, 20, interval=0.2):
         pytest.fail(f"the {path.scenario} path never carried a small datagram both ways")
 
 
@@ -178,6 +179,22 @@ def transfer(path: RoutedPath, dst: str, timeout: float = 10) -> dict[str, objec
     }
 
 
+def full_size_exchanges(
+    path: RoutedPath, dst: str, *, transfer_timeout: float = 10
+) -> list[Response]:
+    """At once, to ``dst``: a full-size UDP datagram and ICMP echo with Don't Fragment, and a
+    1 MiB TCP transfer; their three answers in that order."""
+    return path.client.call(
+        *sized_probes(path, dst), transfer(path, dst, timeout=transfer_timeout), timeout=60
+    )
+
+
+def assert_timed_out(*responses: Response) -> None:
+    """Each probe went unanswered (lost on the way): ETIMEDOUT."""
+    for response in responses:
+        assert (response["ok"], response["errno"]) == (False, "ETIMEDOUT"), response
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -190,9 +207,7 @@ def test_healthy_path_carries_full_size_packets_intact(
     (addresses,) = routed.client.call({"op": "addresses"})
     by_name = {entry["name"]: entry for entry in addresses["interfaces"]}
     assert by_name[routed.client_iface]["mtu"] == 1500
-    udp, icmp, moved = routed.client.call(
-        *sized_probes(routed, dst), transfer(routed, dst), timeout=60
-    )
+    udp, icmp, moved = full_size_exchanges(routed, dst)
     assert udp["ok"], udp
     assert (udp["size"], udp["payload_bytes"]) == (1500, 1500 - headers)
     assert (udp["iface"], udp["mtu"], udp["peer_mtu"]) == (routed.client_iface, 1500, 1500)
@@ -271,16 +286,13 @@ def test_path_mtu_blackhole_fails_full_size_probes_with_the_sizes(
     routed: RoutedPath, family: tuple[str, str, int]
 ) -> None:
     _src, dst, headers = family
-    udp, icmp, moved = routed.client.call(
-        *sized_probes(routed, dst), transfer(routed, dst, timeout=3), timeout=60
-    )
+    udp, icmp, moved = full_size_exchanges(routed, dst, transfer_timeout=3)
+    assert_timed_out(udp, icmp, moved)
     for response in (udp, icmp):
-        assert (response["ok"], response["errno"]) == (False, "ETIMEDOUT"), response
         assert (response["size"], response["mtu"]) == (1500, 1500)
         assert response["payload_bytes"] == 1500 - headers
         assert "1500-byte packet" in response["error"]
         assert f"local {routed.client_iface} MTU 1500" in response["error"]
-    assert (moved["ok"], moved["errno"]) == (False, "ETIMEDOUT"), moved
     assert "transfer stalled" in moved["error"]
     assert moved["bytes_acknowledged"] < 1 << 20
     assert f"{moved['bytes_acknowledged']} of {1 << 20} bytes" in moved["error"]
@@ -317,11 +329,8 @@ def test_peer_with_a_smaller_mtu_reports_it(
     routed: RoutedPath, family: tuple[str, str, int]
 ) -> None:
     _src, dst, _headers = family
-    lost_udp, lost_icmp, moved = routed.client.call(
-        *sized_probes(routed, dst), transfer(routed, dst), timeout=60
-    )
-    for response in (lost_udp, lost_icmp):
-        assert (response["ok"], response["errno"]) == (False, "ETIMEDOUT"), response
+    lost_udp, lost_icmp, moved = full_size_exchanges(routed, dst)
+    assert_timed_out(lost_udp, lost_icmp)
     assert moved["ok"], moved
     assert (moved["mtu"], moved["peer_mtu"]) == (1500, PEER_MTU)
     fits_udp, fits_icmp = routed.client.call(*sized_probes(routed, dst, size=PEER_MTU))

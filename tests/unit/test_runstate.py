@@ -160,27 +160,26 @@ def test_a_failure_is_recorded_and_raised_as_the_given_error_for_later_callers(
     assert runstate.read_value(run, NAME, identity) is None
 
 
-def test_an_interrupt_or_a_silent_exception_is_recorded_too(tmp_path: Path) -> None:
+class SilentError(Exception):
+    """Raised without a message."""
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [pytest.param(KeyboardInterrupt, id="interrupt"), pytest.param(SilentError, id="silent")],
+)
+def test_an_interrupt_or_a_silent_exception_is_recorded_too(
+    tmp_path: Path, raised: type[BaseException]
+) -> None:
     run = run_info(tmp_path)
 
-    def interrupted() -> int:
-        raise KeyboardInterrupt
+    def failing() -> int:
+        raise raised
 
-    with pytest.raises(KeyboardInterrupt):
-        once(run, "a", interrupted, encode=identity, decode=identity, error=SweepError)
-    with pytest.raises(SweepError, match=r"KeyboardInterrupt\(\)"):
+    with pytest.raises(raised):
+        once(run, "a", failing, encode=identity, decode=identity, error=SweepError)
+    with pytest.raises(SweepError, match=rf"{raised.__name__}\(\)"):
         once(run, "a", lambda: 1, encode=identity, decode=identity, error=SweepError)
-
-    class SilentError(Exception):
-        """Raised without a message."""
-
-    def silent() -> int:
-        raise SilentError
-
-    with pytest.raises(SilentError):
-        once(run, "b", silent, encode=identity, decode=identity, error=SweepError)
-    with pytest.raises(SweepError, match=r"SilentError\(\)"):
-        once(run, "b", lambda: 1, encode=identity, decode=identity, error=SweepError)
 
 
 DIES_MIDWAY = """

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from report_runs import DEPLOYED_FACTS
 
 from conformance.kit import session
 from conformance.kit.cluster import Discovery
@@ -17,21 +18,10 @@ from conformance.kit.deploy import RECORD as DEPLOYMENT_RECORD
 from conformance.kit.deploy import Deployment
 from conformance.kit.errors import ClusterError
 from conformance.kit.probes import ProbeMap
-from conformance.kit.report import ClusterFacts
 from conformance.kit.runstate import DONE, FAILED, STARTED, Record, RunInfo, peek
-from conformance.kit.settings import DEFAULT_PROBE_IMAGE, Settings
+from conformance.kit.settings import Settings
 
 pytest_plugins = ["pytester"]
-
-FACTS = ClusterFacts(
-    server_version="v1.33.1",
-    node_count=3,
-    nodes_tested=("n1", "n2"),
-    pod_cidrs=("n1=10.244.0.0/24",),
-    service_cidr=None,
-    ip_families=("ipv4",),
-    probe_image=DEFAULT_PROBE_IMAGE,
-)
 
 
 def run_info(tmp_path: Path) -> RunInfo:
@@ -39,7 +29,9 @@ def run_info(tmp_path: Path) -> RunInfo:
 
 
 def ready_record() -> Record:
-    return Record(DONE, Deployment(probes=ProbeMap("netconform-r1-abc"), cluster=FACTS).to_dict())
+    return Record(
+        DONE, Deployment(probes=ProbeMap("netconform-r1-abc"), cluster=DEPLOYED_FACTS).to_dict()
+    )
 
 
 # --- run properties --------------------------------------------------------------------------
@@ -79,7 +71,7 @@ def test_deployment_of_reads_only_finished_records() -> None:
     assert session.deployment_of(Record(DONE, {"probes": "not a map"})) is None
     found = session.deployment_of(ready_record())
     assert found is not None
-    assert found.cluster == FACTS
+    assert found.cluster == DEPLOYED_FACTS
 
 
 # --- the end of the run ----------------------------------------------------------------------
