@@ -316,8 +316,13 @@ def run_suite(
     )
     summary_path = junit.parent / "summary.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        tested = json.loads(summary_path.read_text())["cluster"]["nodes_tested"]
-        result["probe_pods"] = deployed_pod_count(tested)
+        summary = json.loads(summary_path.read_text())
+        result["probe_pods"] = deployed_pod_count(summary["cluster"]["nodes_tested"])
+        # The reachability sweep's size and pace: every exchange the run made, and how fast.
+        exchanges = summary["exchanges"]
+        result["exchanges"] = int(exchanges["planned"])
+        result["exchange_attempts"] = int(exchanges["attempts"])
+        result["sweep_s"] = float(exchanges["seconds"])
     say(
         f"{lab.nodes} nodes: suite {mode}: {wall:.1f} s, {counts.checks_run} checks run, "
         f"{counts.failed} failed, exit {process.returncode}, pytest peak "

@@ -141,11 +141,21 @@ def _below(name: str, goal: str, value: float | None, limit: float, fmt: str) ->
 
 
 def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
-    """Issue #7's targets against the figures in ``results`` (the structure `results.json` holds)."""
+    """Issues #7's and #13's targets against the figures in ``results`` (the structure
+    `results.json` holds)."""
     small, large = _run(results, 3), _run(results, 30)
     targets = [
         _below("3-node suite, serial", "< 60 s", _wall(small, "serial"), 60.0, "{:.1f} s"),
         _below("3-node suite, -n 4", "< 30 s", _wall(small, "n4"), 30.0, "{:.1f} s"),
+        # Issue #13: every ordered pair, same-node on every node, host network, full size.
+        _below("3-node suite, serial (#13)", "<= 15 s", _wall(small, "serial"), 15.0, "{:.1f} s"),
+        _below(
+            "30-node all-pairs suite, serial (#13)",
+            "<= 120 s",
+            _wall(large, "serial"),
+            120.0,
+            "{:.1f} s",
+        ),
     ]
     for mode in MODES:
         ratio = None
@@ -216,8 +226,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "Floor: one wave of as many plain pods as the suite deploys, created at once, until all "
         "are Ready (median of the waves, same lab, same run).",
         "",
-        "| nodes | mode | probe pods | checks run | failures | wall time | floor | suite / floor | pytest peak RSS | CPU pytest / lab |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "Exchanges: every network exchange of the run's reachability sweep (pod to pod, host to "
+        "pod, full-size, localhost, Services); per second over the sweep's own wall time.",
+        "",
+        "| nodes | mode | probe pods | checks run | failures | wall time | exchanges (sweep s, per s) | floor | suite / floor | pytest peak RSS | CPU pytest / lab |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in results.get("runs", []):
         for mode in MODES:
@@ -227,6 +240,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {run['nodes']} | {MODE_LABELS[mode]} | {_num(suite.get('probe_pods'), '{}')} "
                 f"| {suite['checks_run']} | {suite['failures']} | {suite['wall_s']:.1f} s "
+                f"| {_exchanges(suite)} "
                 f"| {_num(run.get('floor_s'), '{:.2f} s')} "
                 f"| {_num(suite.get('ratio_to_floor'), '{:.1f}')} "
                 f"| {_num(_mib(suite.get('pytest_maxrss_kib')), '{:.0f} MiB')} "
@@ -286,6 +300,14 @@ def _cpu(suite: Mapping[str, Any]) -> float | None:
 
 def _ms(seconds: Any) -> float | None:
     return None if seconds is None else float(seconds) * 1000
+
+
+def _exchanges(suite: Mapping[str, Any]) -> str:
+    """``5544 (31.2 s, 178/s)``, or a dash when the run recorded no sweep."""
+    count, seconds = suite.get("exchanges"), suite.get("sweep_s")
+    if count is None or not seconds:
+        return "-"
+    return f"{count} ({seconds:.1f} s, {count / seconds:.0f}/s)"
 
 
 def _mib(kib: Any) -> float | None:

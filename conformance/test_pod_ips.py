@@ -5,7 +5,7 @@ API reports is the address the pod really has."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -158,14 +158,14 @@ def test_pod_ips_inside_node_pod_cidrs(
     api_client: client.ApiClient,
     timeouts: Timeouts,
     family: int,
-    record_property: Callable[[str, object], None],
+    request: pytest.FixtureRequest,
 ) -> None:
     """Each pod IP MUST lie inside its node's pod ranges: the per-node ranges the IPAM
     publishes (Cilium's CiliumNodes, Calico's IPAM blocks affine to the node), else the node's
     spec.podCIDRs."""
     ranges = find_node_pod_ranges(api_client, node_cidrs(core, timeouts), timeouts)
     nodes = nodes_of_family(ranges.nodes(), family)
-    record_property("netconform.pod_range_source", ranges.source)
+    request.node.user_properties.append(("netconform.pod_range_source", ranges.source))
     if not any(n.pod_cidrs for n in nodes):
         unread = f" ({'; '.join(ranges.unreadable)} could not be read)" if ranges.unreadable else ""
         pytest.skip(
@@ -182,7 +182,9 @@ def test_pod_ips_inside_node_pod_cidrs(
     if ranges.borrows:
         outside, borrowed = outside_every_range(outside, nodes)
         if borrowed:
-            record_property("netconform.borrowed_pod_ips", "; ".join(borrowed))
+            request.node.user_properties.append(
+                ("netconform.borrowed_pod_ips", "; ".join(borrowed))
+            )
     if outside and ranges.unreadable:
         # The IPAM's own ranges may be the ones these IPs came from: no verdict without them.
         raise ClusterError(
@@ -223,13 +225,15 @@ def test_node_pod_cidrs_outside_service_range(
     family: int,
     nodes_with_pod_cidrs: list[NodeCIDRs],
     service_ranges: ServiceRangeFinder,
-    record_property: Callable[[str, object], None],
+    request: pytest.FixtureRequest,
 ) -> None:
     """Nodes' podCIDRs MUST NOT overlap the service range (from ServiceCIDR objects, kubeadm's
     kubeadm-config, the kube-apiserver pod's --service-cluster-ip-range, or the API server's
     refusal of a ClusterIP outside it)."""
     found = service_ranges.range_of(family)
-    record_property("netconform.service_range_source", found.source or "unknown")
+    request.node.user_properties.append(
+        ("netconform.service_range_source", found.source or "unknown")
+    )
     if found.source is not None:
         ranges, source = list(found.cidrs), found.source
     else:

@@ -500,6 +500,14 @@ def changed_pods(before: Mapping[str, PodLife], after: Mapping[str, PodLife]) ->
     return changed
 
 
+def container_running(pod: client.V1Pod, container: str) -> bool:
+    """``container`` of ``pod`` is running now (state ``running``)."""
+    for cs in (pod.status.container_statuses if pod.status else None) or []:
+        if cs.name == container:
+            return cs.state is not None and cs.state.running is not None
+    return False
+
+
 def restart_count(pod: client.V1Pod, container: str) -> int:
     """How often ``container`` of ``pod`` was restarted (0 when unknown)."""
     for cs in (pod.status.container_statuses if pod.status else None) or []:

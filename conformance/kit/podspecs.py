@@ -157,11 +157,27 @@ SEED_RESOURCES = _resources("16Mi", "32Mi", "100m")
 
 #: Readiness of agent containers: the first probe waits up to this long for the agent.
 READINESS_FIRST_WAIT = 10
-#: Seconds between later readiness probes (the sandbox pod's restarts need a quicker eye).
-READINESS_PERIOD = 30
-READINESS_PERIOD_SANDBOX = 2
+#: Seconds between later readiness probes. Each is an exec (runc and a Python start on the
+#: node): with five probe pods on every node, a short period would cost a busy node more than
+#: the checks do. Nothing waits on later probes but the one Service backend the Service checks
+#: flip (the sandbox check waits for its restarted agent itself, see kit/sandboxes.py).
+READINESS_PERIOD = 60
 #: The Service backend whose readiness the Service checks flip: kubelet must notice at once.
 READINESS_PERIOD_FLIPPED = 2
+
+
+def ping_command(container: str, wait: float = READINESS_FIRST_WAIT) -> list[str]:
+    """The agent's ``ping`` in ``container``: exit 0 once its serve process answers, waiting up
+    to ``wait`` seconds (the readiness probe, and the sandbox check's wait for a restart)."""
+    return [
+        "python3",
+        AGENT_PATH,
+        "ping",
+        "--socket",
+        agent_socket(container),
+        "--wait",
+        f"{wait:g}",
+    ]
 
 
 def agent_container(
@@ -206,19 +222,10 @@ def agent_container(
         # The first probe waits for the agent (ping --wait), so the pod is Ready as soon as the
         # agent answers; later probes only notice a dead agent. Each probe is an exec (a process
         # in the container), so they are rare: every 2 s on every container cost a 3-node lab
-        # 0.6 of a core, and 30 nodes would need more CPU than the machine has.
+        # 0.6 of a core; sandbox pods probed every 2 s on 30 nodes took more than this whole
+        # 2-core machine.
         readiness_probe=client.V1Probe(
-            _exec=client.V1ExecAction(
-                command=[
-                    "python3",
-                    AGENT_PATH,
-                    "ping",
-                    "--socket",
-                    agent_socket(container.name),
-                    "--wait",
-                    str(READINESS_FIRST_WAIT),
-                ]
-            ),
+            _exec=client.V1ExecAction(command=ping_command(container.name)),
             period_seconds=readiness_period,
             timeout_seconds=READINESS_FIRST_WAIT + 5,
             failure_threshold=readiness_failures,
@@ -365,7 +372,7 @@ def images_to_pull(settings: Settings) -> tuple[str, ...]:
 def _role_pod(probe: Probe, namespace: str, run_id: str, settings: Settings) -> client.V1Pod:
     if probe.role in (ROLE_PROBE, ROLE_SANDBOX):
         # The sandbox check waits for its restarted container to be Ready again: probe it often.
-        period = READINESS_PERIOD_SANDBOX if probe.role == ROLE_SANDBOX else READINESS_PERIOD
+        period = READINESS_PERIOD
         containers = [
             agent_container(
                 c,

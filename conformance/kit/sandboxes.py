@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from kubernetes import client
 
 from conformance.kit.cluster import call_api, name_of, pod_ips
-from conformance.kit.deploy import pod_ready, restart_count, wait_for_pods
+from conformance.kit.deploy import container_running, restart_count, wait_for_pods
 from conformance.kit.errors import ProbeCallError, ProbeDeploymentError
 from conformance.kit.parallel import in_parallel
+from conformance.kit.podspecs import ping_command
 from conformance.kit.probe_client import ProbeClient, require_ok
 from conformance.kit.probes import ROLE_SANDBOX, Probe, ProbeMap
 from conformance.kit.reachability import Endpoint, Outcome, Target, run_sweep
@@ -59,7 +60,8 @@ def localhost_target(sandbox: Probe) -> Target:
 def restart_sandboxes(
     probe_map: ProbeMap, probe_client: ProbeClient, core: client.CoreV1Api
 ) -> dict[str, SandboxRestart]:
-    """Kill `KILLED` in every sandbox pod at once, wait for all to be Ready again, and look."""
+    """Kill `KILLED` in every sandbox pod at once, wait until all run again and their agents
+    answer, and look."""
     timeouts = probe_client.timeouts
     namespace = probe_map.namespace
     sandboxes = {p.name: p for p in probe_map.of_role(ROLE_SANDBOX)}
@@ -100,10 +102,36 @@ def restart_sandboxes(
             namespace,
             waiting,
             timeout=timeouts.container_restart,
-            condition=lambda p: restart_count(p, KILLED) > restarts[name_of(p)] and pod_ready(p),
-            what=f"restarted (container {KILLED}) and Ready again",
+            condition=lambda p: (
+                restart_count(p, KILLED) > restarts[name_of(p)] and container_running(p, KILLED)
+            ),
+            what=f"restarted (container {KILLED}) and running again",
             timeouts=timeouts,
         )
+
+    # The restarted agent is asked itself whether it listens (one exec each), rather than
+    # kubelet's readiness probe: probing every sandbox often enough to notice quickly would
+    # cost every node an exec every few seconds for the whole run.
+    def await_agent(own: ProbeClient, pod: str, _sandbox: Probe) -> None:
+        result = own.exec(
+            pod,
+            KILLED,
+            ping_command(KILLED, timeouts.container_restart / 2),
+            timeout=timeouts.container_restart,
+        )
+        if result.returncode != 0:
+            errors[pod] = (
+                f"the restarted agent in container {KILLED} does not answer: "
+                f"{result.stderr.strip()[-300:] or f'ping exited {result.returncode}'}"
+            )
+
+    def could_not_ask(sandbox: Probe, exc: ProbeCallError) -> None:
+        errors[sandbox.name] = f"could not ask the restarted container {KILLED}: {exc}"
+
+    in_parallel(
+        probe_client, {n: sandboxes[n] for n in after}, await_agent, could_not_ask, max_parallel=16
+    )
+    after = {name: pod for name, pod in after.items() if name not in errors}
     outcomes = {
         o.target.source.pod: o
         for o in run_sweep(probe_client, [localhost_target(sandboxes[name]) for name in after])

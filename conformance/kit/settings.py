@@ -60,8 +60,9 @@ class Timeouts:
     exec_overhead: float = 30.0
     #: One network attempt inside the agent (connect, UDP round trip, ICMP echo).
     probe: float = 5.0
-    #: How long the agent's sniffer is given to see a packet after the probe returned.
-    capture_wait: float = 3.0
+    #: How long the agent's sniffer is given to see a packet after the probe returned. Only a
+    #: packet that is missing is waited for; a loaded node's sniffer can lag seconds behind.
+    capture_wait: float = 10.0
     #: Tries for an "eventually reachable" check before it counts as broken.
     reach_attempts: int = 3
     #: A killed sandbox container restarted and Ready again.

@@ -87,7 +87,16 @@ MAX_CAPTURES = 32
 MAX_PACKETS_PER_CAPTURE = 200  # a capture by `nonce`
 MAX_PACKETS_PER_PREFIX_CAPTURE = 20000  # a capture by `nonce_prefix`; beyond: `dropped`
 CAPTURE_MAX_PACKET_BYTES = 600  # bulk transfers and full-size packets never reach Python
-CAPTURE_FILTER = f"(tcp or udp or icmp or icmp6) and less {CAPTURE_MAX_PACKET_BYTES}"
+# Only packets that can carry a nonce reach Python: TCP segments with data (PSH: a line the
+# agent wrote), UDP datagrams, ICMP/ICMPv6 echoes. A busy pod sees many handshakes and ACKs for
+# every nonce; dissecting them all made sniffers fall behind on small machines.
+CAPTURE_FILTER = (
+    f"less {CAPTURE_MAX_PACKET_BYTES} and ("
+    "(ip and ((tcp and tcp[tcpflags] & tcp-push != 0) or udp"
+    " or (icmp and (icmp[icmptype] == icmp-echo or icmp[icmptype] == icmp-echoreply))))"
+    " or (ip6 and ((ip6[6] == 6 and ip6[53] & 8 != 0) or ip6[6] == 17"
+    " or (ip6[6] == 58 and (ip6[40] == 128 or ip6[40] == 129)))))"
+)
 MAX_CONTROL_CLIENTS = 16
 MAX_TCP_CLIENTS = 256  # tens of sources transferring at once; 64 KiB buffer each
 TCP_BACKLOG = 512  # clients beyond MAX_TCP_CLIENTS wait here, not refused

@@ -347,6 +347,40 @@ def _build_node_here(spec: LabSpec, plan: NodePlan) -> None:
             node.route("add", dst=destination, gateway=gateway, oif=uplink)
 
 
+#: Neighbour entries one lab node needs at most: the other nodes on the fabric, its pods on the
+#: bridge, and each pod's neighbours (the gateway and the node's other pods), per family.
+NEIGHBOURS_PER_NODE = 64
+#: The kernel's neighbour table limits (gc_thresh1..3): global, one table for every network
+#: namespace, so a lab of many nodes and pods outgrows the defaults (128/512/1024) and new
+#: neighbours fail ("neighbor table overflow"), as on Kubernetes nodes with many pods.
+NEIGHBOUR_SYSCTLS = ("gc_thresh1", "gc_thresh2", "gc_thresh3")
+
+
+def ensure_neighbour_capacity(spec: LabSpec, root: Path = Path("/proc/sys/net")) -> dict[str, int]:
+    """Raise the kernel's neighbour table limits (never lower them) so that ``spec``'s lab,
+    and a few more like it, fit: every limit at least its default share of
+    ``nodes * NEIGHBOURS_PER_NODE * 4``. These sysctls exist only in the root namespace and
+    hold no traffic, route or link: they size a table. Returns the values written."""
+    wanted_max = spec.nodes * NEIGHBOURS_PER_NODE * 4
+    targets = dict(
+        zip(NEIGHBOUR_SYSCTLS, (wanted_max // 8, wanted_max // 2, wanted_max), strict=True)
+    )
+    written: dict[str, int] = {}
+    for family in ("ipv4", "ipv6"):
+        for name, wanted in targets.items():
+            path = root / family / "neigh" / "default" / name
+            try:
+                current = int(path.read_text().strip())
+            except (OSError, ValueError):
+                continue  # not this kernel's knob (or no IPv6): nothing to raise
+            if current < wanted:
+                path.write_text(str(wanted))
+                written[f"{family}.{name}"] = wanted
+    if written:
+        log.info("kernel neighbour table limits raised for %d nodes: %s", spec.nodes, written)
+    return written
+
+
 def build_topology(spec: LabSpec) -> None:
     """Create the fabric and node namespaces with links, addresses, routes and sysctls.
 
@@ -354,6 +388,7 @@ def build_topology(spec: LabSpec) -> None:
     Refuses to run over leftovers (sweep the lab first).
     """
     check_topology_faults(spec)
+    ensure_neighbour_capacity(spec)
     names = topology_netns_names(spec)
     existing = [name for name in names if netns_exists(name)]
     if existing:

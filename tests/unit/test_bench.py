@@ -158,12 +158,14 @@ def test_markdown_has_a_row_per_run_and_mode_and_every_target() -> None:
         "api_list": {"figures": {"JSON": {"pods": 1000, "median_ms": 45.0}}},
     }
     text = render_markdown(results)
-    assert "| 3 | serial | 8 | 40 | 0 | 30.0 s | 4.00 s | 7.5 |" in text
-    assert "| 10 | -n 4 | 8 | 40 | 0 | 25.0 s | 4.00 s | 6.2 |" in text
+    assert "| 3 | serial | 8 | 40 | 0 | 30.0 s | - | 4.00 s | 7.5 |" in text
+    assert "| 10 | -n 4 | 8 | 40 | 0 | 25.0 s | - | 4.00 s | 6.2 |" in text
     assert "API list of 1000 pods" in text
     assert "| 30-node / 3-node suite time, serial | <= 4x | - | not measured |" in text
     assert "| 3-node suite, serial | < 60 s | 30.0 s | met |" in text
-    assert text.count("| met |") + text.count("| NOT met |") + text.count("| not measured |") == 9
+    assert "| 3-node suite, serial (#13) | <= 15 s | 30.0 s | NOT met |" in text
+    assert "| 30-node all-pairs suite, serial (#13) | <= 120 s | - | not measured |" in text
+    assert text.count("| met |") + text.count("| NOT met |") + text.count("| not measured |") == 11
 
 
 def test_write_json_round_trips_and_writes_nan_as_null(tmp_path: Path) -> None:
