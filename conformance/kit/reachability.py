@@ -23,7 +23,7 @@ import json
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import monotonic
 from typing import Any
 
@@ -270,6 +270,9 @@ class Exchange(JSONData):
     capture_error: str | None = None
     captured: bool = True  # a capture ran on the destination for this exchange
     recorded: bool = True  # the destination's listener was asked what it recorded
+    #: Looks taken: 2 when the destination's capture or listener missed an answered exchange's
+    #: packet and the exchange was sent again under a fresh capture (`run_sweep`).
+    captures: int = 1
 
     @property
     def reached(self) -> bool:
@@ -296,6 +299,11 @@ class Exchange(JSONData):
                 else ""
             )
             + (f"; capture saw {list(self.captured_sources) or 'nothing'}" if self.captured else "")
+            + (
+                " (second look: the first missed the packet at the destination)"
+                if self.captures > 1
+                else ""
+            )
             + (f" (capture failed: {self.capture_error})" if self.capture_error else "")
         )
 
@@ -589,6 +597,16 @@ def interface_addresses(answer: ProbeResponse) -> tuple[str, ...]:
     return tuple(sorted(ip for ip in found if ip))
 
 
+def _witness_missed(exchange: Exchange | None) -> bool:
+    """Answered, yet absent from the destination's capture or its listener's records."""
+    if exchange is None or not exchange.reached:
+        return False
+    capture_missed = (
+        exchange.captured and exchange.capture_error is None and not exchange.captured_sources
+    )
+    return capture_missed or (exchange.recorded and not exchange.listener_peers)
+
+
 def run_sweep(
     client: ProbeClient,
     targets: Sequence[Target],
@@ -596,9 +614,16 @@ def run_sweep(
     max_parallel: int = MAX_PARALLEL_CALLS,
     nonce_prefix: str | None = None,
     pods: Callable[[], Mapping[str, PodLife] | None] | None = None,
+    recapture: bool = True,
 ) -> list[Outcome]:
     """Probe every target: pass one (one try each), pass two (retries of the failed ones, up to
     ``reach_attempts`` tries in all), then read back listener records and captures.
+
+    An exchange that was answered but is missing from the destination's capture or listener
+    records is sent once more (with ``recapture``) under fresh captures, and that second look is
+    the one judged (`Exchange.captures` says so): a sniffer or raw socket on a saturated node
+    drops packets when its socket buffer fills. Where another host answers in the
+    destination's place, the second look misses it too, and that is the verdict.
 
     Agent calls go out one batch per container, ``max_parallel`` containers at a time, each
     through its own API client; inside a source's batch the agent runs `PARALLEL_PROBES`
@@ -767,6 +792,16 @@ def run_sweep(
                     packets=None,
                     capture_error=None,
                 )
+    missed = [s for s in states if s.error is None and _witness_missed(s.exchange)]
+    if recapture and missed:
+        again = run_sweep(
+            client, [s.target for s in missed], max_parallel=max_parallel, recapture=False
+        )
+        for state, second in zip(missed, again, strict=True):
+            state.nonce = second.nonce
+            state.error = second.error
+            if second.exchange is not None:
+                state.exchange = replace(second.exchange, captures=2)
     after = pods() if pods is not None and before is not None else None
     if before is not None and after is not None:
         changed = changed_pods(before, after)

@@ -92,6 +92,8 @@ class FakeProbeClient(RecordingProbeClient):
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     snat_nodes: frozenset[str] = frozenset()
     refuse_captures: frozenset[str] = frozenset()
+    #: pod -> how many of its captures see nothing (a sniffer that fell behind)
+    blind_captures: dict[str, int] = field(default_factory=dict)
     parallel: list[int | None] = field(default_factory=list)  # of every probing batch
     _tries: dict[tuple[str, str], int] = field(default_factory=dict)
     # destination pod -> what arrived there: {nonce, peer, proto}
@@ -166,6 +168,11 @@ class FakeProbeClient(RecordingProbeClient):
             return {"ok": True, "op": op, "records": records}
         if op == "capture_result":
             assert request["capture_id"] == f"cap-{pod}"
+            with self._lock:
+                blind = self.blind_captures.get(pod, 0)
+                self.blind_captures[pod] = blind - 1
+            if blind > 0:
+                return {"ok": True, "op": op, "packets": []}
             packets = [{"nonce": a["nonce"], "src": a["peer"], "dst": a["dst"]} for a in arrived]
             return {"ok": True, "op": op, "packets": packets}
         raise AssertionError(f"unexpected op {op}")
@@ -490,6 +497,29 @@ def test_a_refused_capture_is_no_verdict_for_its_target() -> None:
     assert "start packet capture: agent answered error 'no scapy'" in refused.error
     assert refused.attempts == 0  # never probed: its verdict could not be complete
     assert all(o.error is None and o.reached for d, o in outcomes.items() if d != "probe-node-2")
+
+
+def captures_started(probes: FakeProbeClient, pod: str) -> int:
+    return sum(1 for p, _c, ops in probes.calls if p == pod and "capture_start" in ops)
+
+
+def test_a_capture_that_missed_an_answered_exchange_is_taken_again_once() -> None:
+    probes = FakeProbeClient(blind_captures={"probe-node-2": 1})
+    outcomes = run_sweep(probes, ring_targets(("tcp",)))  # type: ignore[arg-type]
+    assert all(o.reached and not problems(o) for o in outcomes)
+    second = [o for o in outcomes if o.target.destination.pod == "probe-node-2"]
+    assert [o.exchange.captures for o in second if o.exchange] == [2]
+    assert "(second look: the first missed the packet at the destination)" in second[0].describe()
+    assert captures_started(probes, "probe-node-2") == 2
+    assert captures_started(probes, "probe-node-3") == 1
+
+
+def test_a_capture_that_misses_twice_is_a_verdict() -> None:
+    probes = FakeProbeClient(blind_captures={"probe-node-2": 5})
+    outcomes = run_sweep(probes, ring_targets(("tcp",)))  # type: ignore[arg-type]
+    (missed,) = [o for o in outcomes if o.target.destination.pod == "probe-node-2"]
+    assert any("capture in probe-node-2 saw source nothing" in p for p in problems(missed))
+    assert captures_started(probes, "probe-node-2") == 2  # one second look, no more
 
 
 def test_exchange_description_names_both_ends() -> None:
