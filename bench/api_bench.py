@@ -33,6 +33,7 @@ from aiohttp.test_utils import make_mocked_request
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "api"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # what the API tests' conftest imports
 
 from fake_agent import FakeAgent  # noqa: E402
 

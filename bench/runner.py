@@ -361,9 +361,10 @@ def api_list_figures() -> dict[str, Any]:
         check=False,
     )
     figures = parse_api_bench(done.stdout)
+    failed = f"failed (exit {done.returncode}): {done.stderr.strip()[-300:]}"
     say(
         "API list: "
-        + (", ".join(f"{k} {v['median_ms']:.0f} ms" for k, v in figures.items()) or "no figures")
+        + (", ".join(f"{k} {v['median_ms']:.0f} ms" for k, v in figures.items()) or failed)
     )
     return {"exit_code": done.returncode, "figures": figures, "output": done.stdout.strip()}
 

@@ -5,6 +5,11 @@ node connects until it answers again. Spreads of connections, judged as every Se
 is (`conformance.kit.verdicts`), from all nodes at once, so the cost does not grow with the
 nodes: a round is one agent call per node.
 
+Rounds go on until every node's spread decided or a round that started ``bound`` seconds or
+more after the EndpointSlice changed has run: that round decides. A round lasts as long as its
+spread (hundreds of connections on a Service of many endpoints), so a round that started
+before the data plane caught up must not be the last word, nor one that started in time.
+
 It runs after the run's sweep and prefetch (the fixture asks for both first): no other check
 sees the backend unready.
 """
@@ -17,7 +22,7 @@ from time import monotonic
 from typing import Any
 
 from kubernetes import client
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import Retrying, retry_if_result, wait_fixed
 
 from conformance.kit.errors import ProbeCallError, ProbeDeploymentError
 from conformance.kit.probe_client import ProbeClient, address_of_family, require_ok
@@ -135,14 +140,17 @@ def _rounds(
     started: float,
 ) -> dict[tuple[str, int], tuple[Outcome | None, float | None, int]]:
     """Rounds of every pending target's spread (one agent call per source, all at once) until
-    each is ``done`` or ``bound`` seconds passed: per target, the deciding (or last) outcome,
-    the seconds since ``started`` when it was done (None: never), and the rounds it took."""
+    each is ``done`` or a round that started ``bound`` seconds or more after ``started`` has
+    run: per target, the deciding (or last) outcome, the seconds since ``started`` when it was
+    done (None: never), and the rounds it took."""
     found: dict[tuple[str, int], tuple[Outcome | None, float | None, int]] = {
         key: (None, None, 0) for key in targets
     }
     pending = dict(targets)
+    round_started = [started]
 
     def one_round() -> bool:
+        round_started[0] = monotonic()
         by_key = {t.key: k for k, t in pending.items()}
         for outcome in run_sweep(agents, list(pending.values())):
             key = by_key[outcome.target.key]
@@ -159,7 +167,7 @@ def _rounds(
 
     if pending:
         Retrying(
-            stop=stop_after_delay(bound),
+            stop=lambda _state: round_started[0] - started >= bound,
             wait=wait_fixed(ROUND_PAUSE),
             retry=retry_if_result(bool),
             retry_error_callback=lambda _state: True,

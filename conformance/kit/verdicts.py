@@ -361,8 +361,9 @@ def readiness_problems(flip: ReadinessFlip, node: str, family: int) -> list[str]
     if followed.stopped_after is None:
         seen = problems(followed.unready) if followed.unready is not None else []
         found.append(
-            f"new connections still reached the unready {flip.backend} {flip.bound:.0f}s after "
-            f"its EndpointSlice changed ({followed.rounds_unready} rounds): " + "; ".join(seen)
+            f"new connections still reached the unready {flip.backend} in a round started "
+            f"{flip.bound:.0f}s or more after its EndpointSlice changed "
+            f"({followed.rounds_unready} rounds): " + "; ".join(seen)
         )
     elif followed.unready is not None and problems(followed.unready):
         found.append("while it was unready: " + "; ".join(problems(followed.unready)))
@@ -371,8 +372,9 @@ def readiness_problems(flip: ReadinessFlip, node: str, family: int) -> list[str]
     if followed.back_after is None:
         seen = problems(followed.ready) if followed.ready is not None else []
         found.append(
-            f"{flip.backend} did not answer again within {flip.bound:.0f}s after it turned ready "
-            f"({followed.rounds_ready} rounds): " + "; ".join(seen)
+            f"{flip.backend} did not answer again, not even in a round started "
+            f"{flip.bound:.0f}s or more after it turned ready ({followed.rounds_ready} rounds): "
+            + "; ".join(seen)
         )
     return found
 

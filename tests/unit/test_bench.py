@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +184,17 @@ def test_parse_status_reads_kib_fields() -> None:
 def test_parent_of_survives_odd_command_names() -> None:
     assert parent_of("42 (python3) S 7 42 42 0 -1") == 7
     assert parent_of("43 (a b) (c)) R 9 43 43 0 -1") == 9
+
+
+def test_the_api_benchmark_finds_everything_it_imports() -> None:
+    # It borrows the API tests' fixtures; a move of what they import once left it empty. In a
+    # process of its own: its `conftest` import must not find this folder's.
+    script = Path(__file__).parents[2] / "bench" / "api_bench.py"
+    done = subprocess.run(
+        [sys.executable, "-c", f"import runpy; runpy.run_path({str(script)!r})"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

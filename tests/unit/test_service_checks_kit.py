@@ -19,7 +19,7 @@ from local_agents import LocalProbeClient
 from test_probe_agent import RunningAgent, free_port_pair, start_agent
 from test_probe_agent_services import round_robin
 
-from conformance.kit import probe_client
+from conformance.kit import probe_client, readiness
 from conformance.kit.pairs import NodePair
 from conformance.kit.podspecs import READINESS_PERIOD, to_manifest
 from conformance.kit.probes import (
@@ -405,10 +405,10 @@ def test_readiness_followed_and_not() -> None:
     assert_readiness_followed("rule", readiness_flip(), "node-1", 4, properties)
     assert properties[0][0] == "netconform.readiness"
     assert readiness_problems(readiness_flip(stopped_after=None), "node-1", 4)[0].startswith(
-        "new connections still reached the unready peer-node-1 10s after"
+        "new connections still reached the unready peer-node-1 in a round started 10s or more"
     )
     assert readiness_problems(readiness_flip(back_after=None), "node-1", 4)[0].startswith(
-        "peer-node-1 did not answer again within 10s"
+        "peer-node-1 did not answer again, not even in a round started 10s or more after"
     )
     with pytest.raises(pytest.fail.Exception, match="endpoints MUST follow"):
         assert_readiness_followed(
@@ -418,6 +418,48 @@ def test_readiness_followed_and_not() -> None:
         assert_readiness_followed(
             "r", readiness_flip(unplanned=Unplanned("no IPv6 cluster IP")), "node-1", 4, []
         )
+
+
+def test_a_round_that_started_before_the_bound_never_decides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rounds of 12 s against a bound of 10 s: the data plane catches up during the first one
+    # (a spread started before it never reaches the endpoint); the second, started after the
+    # bound, decides. The clock is the test's own.
+    clock = [100.0]
+    rounds: list[float] = []
+    target = spread_target(servers=("peer-node-1",))
+
+    def sweep(_agents: object, targets: list[Target]) -> list[Outcome]:
+        rounds.append(clock[0])
+        clock[0] += 12.0
+        servers = {"peer-node-1": 1} if len(rounds) > 1 else {"peer-node-2": 40}
+        return [outcome_of(t, {"tries": 40, "servers": servers}) for t in targets]
+
+    monkeypatch.setattr(readiness, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(readiness, "run_sweep", sweep)
+    monkeypatch.setattr(readiness, "ROUND_PAUSE", 0.0)
+    found = readiness._rounds(
+        None,  # type: ignore[arg-type]
+        {("node-1", 4): target},
+        lambda o: not problems(o),
+        bound=10.0,
+        started=100.0,
+    )
+    assert rounds == [100.0, 112.0]
+    assert found[("node-1", 4)][1:] == (24.0, 2)
+    # Never back: the round started after the bound is the last.
+    rounds.clear()
+    clock[0] = 100.0
+    never = readiness._rounds(
+        None,  # type: ignore[arg-type]
+        {("node-1", 4): target},
+        lambda o: False,
+        bound=10.0,
+        started=100.0,
+    )
+    assert rounds == [100.0, 112.0]
+    assert never[("node-1", 4)][1:] == (None, 2)
 
 
 def test_endpoint_ready_reads_the_slices() -> None:
