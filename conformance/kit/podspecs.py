@@ -163,7 +163,7 @@ READINESS_FIRST_WAIT = 10
 #: flip (the sandbox check waits for its restarted agent itself, see kit/sandboxes.py).
 READINESS_PERIOD = 60
 #: The Service backend whose readiness the Service checks flip: kubelet must notice at once.
-READINESS_PERIOD_FLIPPED = 2
+READINESS_PERIOD_FLIPPED = 1  # the least Kubernetes allows
 
 
 def ping_command(container: str, wait: float = READINESS_FIRST_WAIT) -> list[str]:
