@@ -462,15 +462,17 @@ def pod_lives(
         )
     except (ClusterError, ApiException):
         return None
-    lives = {}
-    for pod in listed.items:
-        statuses = (pod.status.container_statuses if pod.status else None) or []
-        lives[name_of(pod)] = PodLife(
-            uid=str(pod.metadata.uid if pod.metadata else ""),
-            restarts={cs.name: int(cs.restart_count or 0) for cs in statuses},
-            removal=removal_reason(pod),
-        )
-    return lives
+    return {name_of(pod): pod_life(pod) for pod in listed.items}
+
+
+def pod_life(pod: client.V1Pod) -> PodLife:
+    """``pod`` as `PodLife`."""
+    statuses = (pod.status.container_statuses if pod.status else None) or []
+    return PodLife(
+        uid=str(pod.metadata.uid if pod.metadata else ""),
+        restarts={cs.name: int(cs.restart_count or 0) for cs in statuses},
+        removal=removal_reason(pod),
+    )
 
 
 def changed_pods(before: Mapping[str, PodLife], after: Mapping[str, PodLife]) -> dict[str, str]:

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from kubernetes import client
 
 from conformance.kit.cluster import call_api, name_of, pod_ips
-from conformance.kit.deploy import container_running, restart_count, wait_for_pods
+from conformance.kit.deploy import (
+    PodLife,
+    container_running,
+    pod_life,
+    pod_lives,
+    removal_reason,
+    restart_count,
+    wait_for_pods,
+)
 from conformance.kit.errors import ProbeCallError, ProbeDeploymentError
 from conformance.kit.parallel import in_parallel
 from conformance.kit.podspecs import ping_command
@@ -70,12 +78,19 @@ def restart_sandboxes(
     listed = call_api(
         f"list pods in {namespace}", core.list_namespaced_pod, namespace, timeouts=timeouts
     )
-    before = {name_of(p): p for p in listed.items if name_of(p) in sandboxes}
-    missing = sorted(set(sandboxes) - set(before))
-    if missing:
-        raise ProbeDeploymentError(f"sandbox pods gone before the check: {missing}")
-    restarts = {name: restart_count(pod, KILLED) for name, pod in before.items()}
+    listed_sandboxes = {name_of(p): p for p in listed.items if name_of(p) in sandboxes}
+    before = {n: p for n, p in listed_sandboxes.items() if removal_reason(p) is None}
+    if not before:
+        raise ProbeDeploymentError(
+            f"every sandbox pod was gone before the check: {sorted(sandboxes)}"
+        )
+    # A pod that went (evicted, deleted) costs its own node's check, not the others'.
+    taken_away = name_vanished(
+        {name: "before the check" for name in sandboxes if name not in before},
+        {n: pod_life(p) for n, p in listed_sandboxes.items()},
+    )
     errors: dict[str, str] = {}
+    restarts = {name: restart_count(pod, KILLED) for name, pod in before.items()}
 
     def kill(own: ProbeClient, pod: str, _sandbox: Probe) -> None:
         info = require_ok(
@@ -93,21 +108,37 @@ def restart_sandboxes(
     def could_not_kill(sandbox: Probe, exc: ProbeCallError) -> None:
         errors[sandbox.name] = f"could not kill container {KILLED}: {exc}"
 
-    in_parallel(probe_client, sandboxes, kill, could_not_kill, max_parallel=16)
-    waiting = [name for name in sandboxes if name not in errors]
+    in_parallel(
+        probe_client, {n: sandboxes[n] for n in before}, kill, could_not_kill, max_parallel=16
+    )
+    waiting = [name for name in before if name not in errors]
     after: Mapping[str, client.V1Pod] = {}
-    if waiting:
-        after = wait_for_pods(
-            core,
-            namespace,
-            waiting,
-            timeout=timeouts.container_restart,
-            condition=lambda p: (
-                restart_count(p, KILLED) > restarts[name_of(p)] and container_running(p, KILLED)
-            ),
-            what=f"restarted (container {KILLED}) and running again",
-            timeouts=timeouts,
-        )
+    while waiting:
+        try:
+            after = wait_for_pods(
+                core,
+                namespace,
+                waiting,
+                timeout=timeouts.container_restart,
+                condition=lambda p: (
+                    restart_count(p, KILLED) > restarts[name_of(p)] and container_running(p, KILLED)
+                ),
+                what=f"restarted (container {KILLED}) and running again",
+                timeouts=timeouts,
+            )
+            break
+        except ProbeDeploymentError:
+            # A pod taken away meanwhile costs its own node's check; the others wait on.
+            lives = pod_lives(core, namespace, timeouts)
+            vanished = {
+                n for n in waiting if lives is not None and (n not in lives or lives[n].removal)
+            }
+            if not vanished:
+                raise
+            taken_away.update(
+                name_vanished({n: f"while container {KILLED} restarted" for n in vanished}, lives)
+            )
+            waiting = [n for n in waiting if n not in vanished]
 
     # The restarted agent is asked itself whether it listens (one exec each), rather than
     # kubelet's readiness probe: probing every sandbox often enough to notice quickly would
@@ -132,21 +163,46 @@ def restart_sandboxes(
         probe_client, {n: sandboxes[n] for n in after}, await_agent, could_not_ask, max_parallel=16
     )
     after = {name: pod for name, pod in after.items() if name not in errors}
+    if errors:
+        errors = name_vanished(errors, pod_lives(core, namespace, timeouts))
+    errors.update(taken_away)
     outcomes = {
         o.target.source.pod: o
-        for o in run_sweep(probe_client, [localhost_target(sandboxes[name]) for name in after])
+        for o in run_sweep(
+            probe_client,
+            [localhost_target(sandboxes[name]) for name in after],
+            pods=lambda: pod_lives(core, namespace, timeouts),
+        )
     }
     return {
         sandbox.node: SandboxRestart(
             node=sandbox.node,
             pod=name,
-            ips_before=pod_ips(before[name]),
+            ips_before=pod_ips(before[name]) if name in before else (),
             ips_after=pod_ips(after[name]) if name in after else (),
             localhost=outcomes.get(name),
             error=errors.get(name),
         )
         for name, sandbox in sandboxes.items()
     }
+
+
+def name_vanished(errors: Mapping[str, str], lives: Mapping[str, PodLife] | None) -> dict[str, str]:
+    """``errors`` with the first cause put first where the pod itself went away (evicted or
+    deleted under the check): an exec into a container stopped for that says only "not
+    running", which would send the person on call after the wrong fault."""
+    if lives is None:  # cannot be told: the errors stand as they are
+        return dict(errors)
+    named = {}
+    for pod, error in errors.items():
+        life = lives.get(pod)
+        if life is None:
+            named[pod] = f"probe pod {pod} was deleted or evicted ({error})"
+        elif life.removal is not None:
+            named[pod] = f"probe pod {pod}: {life.removal} ({error})"
+        else:
+            named[pod] = error
+    return named
 
 
 def restart_sandboxes_once(

@@ -16,6 +16,7 @@ from conformance.kit.deploy import PodLife, changed_pods
 from conformance.kit.prefetch import plan_for_items as plan_prefetch
 from conformance.kit.prefetch import run_prefetch
 from conformance.kit.reachability import run_sweep
+from conformance.kit.sandboxes import name_vanished
 
 PODS_GONE = "probe-node-2"
 
@@ -93,3 +94,18 @@ def test_prefetched_items_on_a_pod_that_changed_name_it_as_the_cause() -> None:
         assert error == (
             f"probe pod {PODS_GONE} was deleted or evicted meanwhile (during the prefetch)"
         )
+
+
+def test_a_sandbox_error_names_the_pod_that_went_away_first() -> None:
+    not_running = "exec failed: container b of pod ns/sandbox-n1 is not running"
+    errors = {"sandbox-n1": not_running, "sandbox-n2": not_running, "sandbox-n3": "timed out"}
+    lives = {
+        "sandbox-n1": PodLife("u1", {"a": 0, "b": 0}, removal="pod is being deleted (Evicted)"),
+        "sandbox-n3": PodLife("u3", {"a": 0, "b": 1}),
+    }
+    assert name_vanished(errors, lives) == {
+        "sandbox-n1": f"probe pod sandbox-n1: pod is being deleted (Evicted) ({not_running})",
+        "sandbox-n2": f"probe pod sandbox-n2 was deleted or evicted ({not_running})",
+        "sandbox-n3": "timed out",
+    }
+    assert name_vanished(errors, None) == errors  # pods could not be listed: nothing to add

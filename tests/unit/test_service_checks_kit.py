@@ -21,7 +21,7 @@ from test_probe_agent_services import round_robin
 
 from conformance.kit import probe_client, readiness
 from conformance.kit.pairs import NodePair
-from conformance.kit.podspecs import READINESS_PERIOD, to_manifest
+from conformance.kit.podspecs import READINESS_PERIOD, READINESS_PERIOD_FLIPPED, to_manifest
 from conformance.kit.probes import (
     ROLE_HOSTPORT,
     ROLE_PEER,
@@ -101,7 +101,7 @@ def test_peer_probes_are_the_backends_and_the_first_one_flips_readiness() -> Non
     specs = [pod_spec(p, "ns", "run", settings) for p in peers]
     assert {s.metadata.labels["netconform/backend"] for s in specs} == {"true"}
     probes = [(s.spec.containers[0].readiness_probe) for s in specs]
-    assert (probes[0].period_seconds, probes[0].failure_threshold) == (2, 1)
+    assert (probes[0].period_seconds, probes[0].failure_threshold) == (READINESS_PERIOD_FLIPPED, 1)
     assert (probes[1].period_seconds, probes[1].failure_threshold) == (READINESS_PERIOD, 3)
 
 
