@@ -475,6 +475,15 @@ def pod_life(pod: client.V1Pod) -> PodLife:
     )
 
 
+def taken_away(name: str, life: PodLife | None) -> str | None:
+    """Why probe pod ``name`` is gone (``life`` None) or going away, None while it lives."""
+    if life is None:
+        return f"probe pod {name} was deleted or evicted"
+    if life.removal is not None:
+        return f"probe pod {name}: {life.removal}"
+    return None
+
+
 def changed_pods(before: Mapping[str, PodLife], after: Mapping[str, PodLife]) -> dict[str, str]:
     """The pods of ``before`` that did not live on unchanged into ``after``, with why: gone
     (deleted or evicted), being deleted, replaced (another uid), or a container restarted (its
@@ -482,10 +491,8 @@ def changed_pods(before: Mapping[str, PodLife], after: Mapping[str, PodLife]) ->
     changed = {}
     for name, then in before.items():
         now = after.get(name)
-        if now is None:
-            changed[name] = f"probe pod {name} was deleted or evicted meanwhile"
-        elif now.removal is not None:
-            changed[name] = f"probe pod {name}: {now.removal}"
+        if now is None or now.removal is not None:
+            changed[name] = f"{taken_away(name, now)}{' meanwhile' if now is None else ''}"
         elif now.uid != then.uid:
             changed[name] = f"probe pod {name} was replaced meanwhile (uid {then.uid} -> {now.uid})"
         else:

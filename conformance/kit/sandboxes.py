@@ -19,6 +19,7 @@ from conformance.kit.deploy import (
     pod_lives,
     removal_reason,
     restart_count,
+    taken_away,
     wait_for_pods,
 )
 from conformance.kit.errors import ProbeCallError, ProbeDeploymentError
@@ -195,13 +196,8 @@ def name_vanished(errors: Mapping[str, str], lives: Mapping[str, PodLife] | None
         return dict(errors)
     named = {}
     for pod, error in errors.items():
-        life = lives.get(pod)
-        if life is None:
-            named[pod] = f"probe pod {pod} was deleted or evicted ({error})"
-        elif life.removal is not None:
-            named[pod] = f"probe pod {pod}: {life.removal} ({error})"
-        else:
-            named[pod] = error
+        gone = taken_away(pod, lives.get(pod))
+        named[pod] = f"{gone} ({error})" if gone is not None else error
     return named
 
 
