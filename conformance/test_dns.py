@@ -39,7 +39,12 @@ HEADLESS_RULE = "every pod MUST resolve a headless Service's name to its ready e
 ENV_RULE = "a pod MUST get the environment variables of the Services created before it"
 
 
-def _lookups(params: Mapping[str, Any], probe_map: ProbeMap, names: list[str]) -> list[Step]:
+def _lookups(
+    params: Mapping[str, Any],
+    probe_map: ProbeMap,
+    names: list[str],
+    rests_on: tuple[str, ...] = (),
+) -> list[Step]:
     probe = probe_map.get(ROLE_PROBE, params["probe_node"])
     if probe_map.services is None or probe_map.services.dns_skip is not None:
         return []
@@ -49,6 +54,7 @@ def _lookups(params: Mapping[str, Any], probe_map: ProbeMap, names: list[str]) -
             probe.name,
             probe.container().name,
             {"op": "resolve", "name": name, "family": params["family"], "timeout": RESOLVE_TIMEOUT},
+            rests_on=rests_on,
         )
         for name in names
     ]
@@ -64,7 +70,8 @@ def name_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> li
 
 def headless_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
     """The node's probe pod resolves the headless Service's name."""
-    return _lookups(params, probe_map, [HEADLESS_SERVICE])
+    peers = tuple(p.name for p in probe_map.of_role(ROLE_PEER))
+    return _lookups(params, probe_map, [HEADLESS_SERVICE], rests_on=peers)
 
 
 def _dns_or_skip(probe_map: ProbeMap) -> None:

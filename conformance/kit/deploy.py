@@ -484,6 +484,19 @@ def taken_away(name: str, life: PodLife | None) -> str | None:
     return None
 
 
+def why_lost(
+    pods: Iterable[str], before: Mapping[str, PodLife], changed: Mapping[str, str]
+) -> str | None:
+    """Why what ``pods`` did between two looks is no evidence about the network: one was gone
+    or going away at the first look (``before``), or did not live on unchanged to the second
+    (``changed``, from `changed_pods`); None when every one lived on."""
+    for pod in pods:
+        why = taken_away(pod, before.get(pod)) or changed.get(pod)
+        if why is not None:
+            return why
+    return None
+
+
 def changed_pods(before: Mapping[str, PodLife], after: Mapping[str, PodLife]) -> dict[str, str]:
     """The pods of ``before`` that did not live on unchanged into ``after``, with why: gone
     (deleted or evicted), being deleted, replaced (another uid), or a container restarted (its

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conformance.kit.deploy import PodLife, changed_pods
+from conformance.kit.deploy import PodLife, changed_pods, why_lost
 from conformance.kit.errors import PrefetchError, ProbeCallError
 from conformance.kit.parallel import in_parallel
 from conformance.kit.probe_client import ProbeClient, ProbeResponse
@@ -41,13 +41,16 @@ RECORD = "prefetch"
 
 @dataclass(frozen=True)
 class Step(JSONData):
-    """One named agent request of a test item, sent in ``stage`` (lower stages run first)."""
+    """One named agent request of a test item, sent in ``stage`` (lower stages run first);
+    ``rests_on``: other pods its answer depends on (a headless Service's endpoints), so that
+    one taken away under the prefetch makes the item "could not test"."""
 
     name: str
     pod: str
     container: str
     request: Mapping[str, Any]
     stage: int = 0
+    rests_on: tuple[str, ...] = ()
 
 
 #: ``planner(params, probe_map, nonce)``: the steps of one test item.
@@ -177,7 +180,7 @@ def run_prefetch(
     if before is not None and after is not None:
         changed = changed_pods(before, after)
         for plan in plans:
-            why = next((changed[s.pod] for s in plan.steps if s.pod in changed), None)
+            why = why_lost([p for s in plan.steps for p in (s.pod, *s.rests_on)], before, changed)
             if why is not None:
                 errors[plan.nodeid] = f"{why} (during the prefetch)"
     return [

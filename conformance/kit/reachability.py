@@ -36,7 +36,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from conformance.kit.deploy import PodLife, changed_pods
+from conformance.kit.deploy import PodLife, changed_pods, why_lost
 from conformance.kit.errors import ProbeCallError, SweepError
 from conformance.kit.parallel import in_parallel as calls_in_parallel
 from conformance.kit.probe_client import (
@@ -133,6 +133,17 @@ class Target(JSONData):
             f"{self.check}:{self.proto}{size}{kind}:{self.source.label}->{self.destination.label}"
             f"@{target_text(self.proto, self.host, self.port)}"
         )
+
+    @property
+    def pods(self) -> tuple[str, ...]:
+        """The pods whose lives the verdict rests on: the source, and the servers (wanted or
+        not) where a Service or port stands in front of them, else the destination when it
+        is a pod (not a Service: a Service without endpoints has no container)."""
+        if self.servers is not None:
+            ends = self.servers
+        else:
+            ends = (self.destination.pod,) if self.destination.container else ()
+        return (self.source.pod, *ends, *self.unwanted_servers)
 
     @property
     def asks_destination(self) -> bool:
@@ -806,8 +817,8 @@ def run_sweep(
     if before is not None and after is not None:
         changed = changed_pods(before, after)
         for state in states:
-            ends = (state.target.source.pod, state.target.destination.pod)
-            why = next((changed[p] for p in ends if p in changed), None)
+            # A Service's or port's backends too: one taken away cannot answer its share.
+            why = why_lost(state.target.pods, before, changed)
             if why is not None:  # the cause, also of an exec that failed because of it
                 state.error = f"{why} (during the reachability sweep)"
     return [

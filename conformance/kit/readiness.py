@@ -24,6 +24,7 @@ from typing import Any
 from kubernetes import client
 from tenacity import Retrying, retry_if_result, wait_fixed
 
+from conformance.kit.deploy import changed_pods, pod_lives, taken_away, why_lost
 from conformance.kit.errors import ProbeCallError, ProbeDeploymentError
 from conformance.kit.probe_client import ProbeClient, address_of_family, require_ok
 from conformance.kit.probes import ROLE_PEER, ROLE_PROBE, Probe, ProbeMap
@@ -218,12 +219,19 @@ def flip_readiness(
                 )
 
     def set_ready(ready: bool) -> None:
-        require_ok(
-            agents.call_one(target.name, agent, {"op": "set_ready", "ready": ready}),
-            pod=target.name,
-            container=agent,
-            what=f"set_ready {ready}",
-        )
+        try:
+            require_ok(
+                agents.call_one(target.name, agent, {"op": "set_ready", "ready": ready}),
+                pod=target.name,
+                container=agent,
+                what=f"set_ready {ready}",
+            )
+        except ProbeCallError as exc:  # an exec into a pod being deleted says "not running"
+            lives = pod_lives(agents.core, namespace, timeouts)
+            gone = taken_away(target.name, lives.get(target.name)) if lives is not None else None
+            if gone is None:
+                raise
+            raise ProbeCallError(f"{gone} ({exc})") from exc
 
     def slice_says(ready: bool) -> float | None:
         started = monotonic()
@@ -238,6 +246,7 @@ def flip_readiness(
         )
         return round(monotonic() - started, 2) if found is not None else None
 
+    lives_before = pod_lives(agents.core, namespace, timeouts)
     try:
         set_ready(False)
         slice_unready = slice_says(False)
@@ -247,6 +256,10 @@ def flip_readiness(
         set_ready(True)  # whatever happened: the backend serves again
     slice_ready = slice_says(True)
     ready = _rounds(agents, ready_targets, lambda o: not problems(o), bound, monotonic())
+    # A client or backend taken away or restarted under the check: what the spreads saw is
+    # no evidence about the data plane (a deleted backend answers nothing).
+    lives_after = pod_lives(agents.core, namespace, timeouts) if lives_before else None
+    changed = changed_pods(lives_before, lives_after) if lives_before and lives_after else {}
     followed = []
     for source in probe_map.of_role(ROLE_PROBE):
         for family in families:
@@ -257,6 +270,12 @@ def flip_readiness(
             off, stopped, off_rounds = unready[key]
             on, back, on_rounds = ready[key]
             errors = [o.error for o in (off, on) if o is not None and o.error is not None]
+            spreads = (unready_targets[key], ready_targets[key])
+            if lives_before and lives_after:
+                pods = sorted({p for t in spreads for p in t.pods})
+                lost = why_lost(pods, lives_before, changed)
+                if lost is not None:
+                    errors.append(f"{lost} (during the readiness check)")
             followed.append(
                 Followed(
                     node=source.node,

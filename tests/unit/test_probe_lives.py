@@ -6,8 +6,9 @@ names the change as the cause of its items' errors."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
-from test_prefetch import NO_PROBES, volume_items
+from test_prefetch import NO_PROBES, info_items, volume_items
 from test_prefetch import PODS as PREFETCH_PODS
 from test_prefetch import FakeProbeClient as PrefetchClient
 from test_reachability import FakeProbeClient, ring_targets
@@ -15,7 +16,7 @@ from test_reachability import FakeProbeClient, ring_targets
 from conformance.kit.deploy import PodLife, changed_pods
 from conformance.kit.prefetch import plan_for_items as plan_prefetch
 from conformance.kit.prefetch import run_prefetch
-from conformance.kit.reachability import run_sweep
+from conformance.kit.reachability import Endpoint, run_sweep
 from conformance.kit.sandboxes import name_vanished
 
 PODS_GONE = "probe-node-2"
@@ -109,3 +110,47 @@ def test_a_sandbox_error_names_the_pod_that_went_away_first() -> None:
         "sandbox-n3": "timed out",
     }
     assert name_vanished(errors, None) == errors  # pods could not be listed: nothing to add
+
+
+def test_a_pod_already_going_at_the_first_look_makes_its_exchanges_could_not_test() -> None:
+    ring = {f"probe-node-{i}": PodLife(f"u{i}", {"a": 0}) for i in (1, 2, 3)}
+    going = {**ring, PODS_GONE: PodLife("u2", {"a": 0}, removal="pod is being deleted")}
+    outcomes = run_sweep(FakeProbeClient(), ring_targets(("tcp",)), pods=lambda: going)
+    lost = {o.target.key for o in outcomes if o.error is not None}
+    involved = {o.target.key for o in outcomes if PODS_GONE in o.target.pods}
+    assert lost == involved
+    assert involved
+    assert all(
+        o.error == f"probe pod {PODS_GONE}: pod is being deleted (during the reachability sweep)"
+        for o in outcomes
+        if o.target.key in lost
+    )
+
+
+def test_the_pods_a_verdict_rests_on() -> None:
+    (exchange, *_) = ring_targets(("tcp",))
+    assert exchange.pods == (exchange.source.pod, exchange.destination.pod)
+    service = replace(exchange, destination=Endpoint("svc", "", ""), servers=("peer-1", "peer-2"))
+    assert service.pods == (exchange.source.pod, "peer-1", "peer-2")
+    unready = replace(service, unwanted_servers=("peer-3",))
+    assert unready.pods == (exchange.source.pod, "peer-1", "peer-2", "peer-3")
+    no_endpoints = replace(exchange, destination=Endpoint("svc", "", ""))  # nothing behind it
+    assert no_endpoints.pods == (exchange.source.pod,)
+
+
+def test_a_prefetched_answer_resting_on_a_pod_that_went_names_it_as_the_cause() -> None:
+    pods = {p: PodLife(f"uid-{p}", {"a": 0, "b": 0}) for p in PREFETCH_PODS}
+    backend = "peer-node-9"  # asked nothing, but the answer depends on it (a headless Service)
+    looks: list[Mapping[str, PodLife]] = [
+        {**pods, backend: PodLife("uid-peer", {"agent": 0})},
+        pods,
+    ]
+    plans = plan_prefetch(info_items(), NO_PROBES, "r")
+    resting = replace(
+        plans[0], steps=tuple(replace(s, rests_on=(backend,)) for s in plans[0].steps)
+    )
+    answers = run_prefetch(PrefetchClient(), [resting, *plans[1:]], pods=lambda: looks.pop(0))  # type: ignore[arg-type]
+    assert [a.error for a in answers] == [
+        f"probe pod {backend} was deleted or evicted meanwhile (during the prefetch)",
+        *[None] * (len(plans) - 1),
+    ]

@@ -20,6 +20,7 @@ from test_probe_agent import RunningAgent, free_port_pair, start_agent
 from test_probe_agent_services import round_robin
 
 from conformance.kit import probe_client, readiness
+from conformance.kit.deploy import PodLife
 from conformance.kit.pairs import NodePair
 from conformance.kit.podspecs import READINESS_PERIOD, READINESS_PERIOD_FLIPPED, to_manifest
 from conformance.kit.probes import (
@@ -543,6 +544,35 @@ def test_service_exchanges_through_the_sweep(backends: dict[str, RunningAgent]) 
     assert stale.startswith("backend-2 (not ready) answered")
     assert problems(outcomes["test_node_port"]) == ["answered by backend-2, not by backend-1"]
     assert outcomes["test_node_port"].attempts == 1  # answered: not tried again
+
+
+def test_a_backend_taken_away_under_the_sweep_makes_its_spreads_could_not_test(
+    backends: dict[str, RunningAgent],
+) -> None:
+    local = LocalProbeClient(client.CoreV1Api(client.ApiClient()), "ns", Timeouts(probe=2.0))
+    one, two = backends["backend-1"], backends["backend-2"]
+    source = Endpoint("backend-1", "backend-1", "here")
+    lives = {name: PodLife(name, {name: 0}) for name in backends}
+    looks = [lives, {"backend-1": lives["backend-1"]}]  # backend-2 deleted meanwhile
+    with round_robin([one.tcp_port, two.tcp_port]) as port:
+        targets = [
+            spread_target(
+                source=source, host="127.0.0.1", port=port, servers=("backend-1", "backend-2")
+            ),
+            spread_target(
+                check="test_one_backend",
+                source=source,
+                host="127.0.0.1",
+                port=one.tcp_port,
+                servers=("backend-1",),
+            ),
+        ]
+        outcomes = {o.target.check: o for o in run_sweep(local, targets, pods=lambda: looks.pop(0))}
+    assert outcomes["test_cluster_ip"].error == (
+        "probe pod backend-2 was deleted or evicted meanwhile (during the reachability sweep)"
+    )
+    assert outcomes["test_one_backend"].error is None
+    assert problems(outcomes["test_one_backend"]) == []
 
 
 def test_checks_from_host_networks_say_so_beside_checks_from_pods() -> None:
