@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -500,19 +501,30 @@ def backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[s
             agent.stop()
 
 
+#: The client of the local spreads: the first backend's agent.
+SOURCE = Endpoint("backend-1", "backend-1", "here")
+
+
+def local_client() -> LocalProbeClient:
+    return LocalProbeClient(client.CoreV1Api(client.ApiClient()), "ns", Timeouts(probe=2.0))
+
+
+def both_backends(port: int) -> Target:
+    """A spread over both local backends behind ``port`` (a round-robin forwarder)."""
+    return spread_target(
+        source=SOURCE, host="127.0.0.1", port=port, servers=("backend-1", "backend-2")
+    )
+
+
 def test_service_exchanges_through_the_sweep(backends: dict[str, RunningAgent]) -> None:
-    local = LocalProbeClient(client.CoreV1Api(client.ApiClient()), "ns", Timeouts(probe=2.0))
-    one, two = backends["backend-1"], backends["backend-2"]
+    local, one, two = local_client(), backends["backend-1"], backends["backend-2"]
     closed, _ = free_port_pair()
-    source = Endpoint("backend-1", "backend-1", "here")
     with round_robin([one.tcp_port, two.tcp_port]) as port:
         targets = [
-            spread_target(
-                source=source, host="127.0.0.1", port=port, servers=("backend-1", "backend-2")
-            ),
+            both_backends(port),
             spread_target(
                 check="test_readiness",
-                source=source,
+                source=SOURCE,
                 host="127.0.0.1",
                 port=port,
                 servers=("backend-1",),
@@ -520,14 +532,14 @@ def test_service_exchanges_through_the_sweep(backends: dict[str, RunningAgent]) 
             ),
             spread_target(
                 check="test_refused",
-                source=source,
+                source=SOURCE,
                 host="127.0.0.1",
                 port=closed,
                 kind=KIND_REFUSAL,
             ),
             spread_target(
                 check="test_node_port",
-                source=source,
+                source=SOURCE,
                 host="127.0.0.1",
                 port=two.udp_port,
                 proto="udp",
@@ -549,30 +561,18 @@ def test_service_exchanges_through_the_sweep(backends: dict[str, RunningAgent]) 
 def test_a_backend_taken_away_under_the_sweep_makes_its_spreads_could_not_test(
     backends: dict[str, RunningAgent],
 ) -> None:
-    local = LocalProbeClient(client.CoreV1Api(client.ApiClient()), "ns", Timeouts(probe=2.0))
-    one, two = backends["backend-1"], backends["backend-2"]
-    source = Endpoint("backend-1", "backend-1", "here")
+    local, one, two = local_client(), backends["backend-1"], backends["backend-2"]
     lives = {name: PodLife(name, {name: 0}) for name in backends}
     looks = [lives, {"backend-1": lives["backend-1"]}]  # backend-2 deleted meanwhile
+    only_one = replace(both_backends(one.tcp_port), check="test_one", servers=("backend-1",))
     with round_robin([one.tcp_port, two.tcp_port]) as port:
-        targets = [
-            spread_target(
-                source=source, host="127.0.0.1", port=port, servers=("backend-1", "backend-2")
-            ),
-            spread_target(
-                check="test_one_backend",
-                source=source,
-                host="127.0.0.1",
-                port=one.tcp_port,
-                servers=("backend-1",),
-            ),
-        ]
-        outcomes = {o.target.check: o for o in run_sweep(local, targets, pods=lambda: looks.pop(0))}
+        swept = run_sweep(local, [both_backends(port), only_one], pods=lambda: looks.pop(0))
+    outcomes = {o.target.check: o for o in swept}
     assert outcomes["test_cluster_ip"].error == (
         "probe pod backend-2 was deleted or evicted meanwhile (during the reachability sweep)"
     )
-    assert outcomes["test_one_backend"].error is None
-    assert problems(outcomes["test_one_backend"]) == []
+    assert outcomes["test_one"].error is None
+    assert problems(outcomes["test_one"]) == []
 
 
 def test_checks_from_host_networks_say_so_beside_checks_from_pods() -> None:
