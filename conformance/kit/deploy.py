@@ -484,6 +484,15 @@ def taken_away(name: str, life: PodLife | None) -> str | None:
     return None
 
 
+def blame_removal(pod: str, error: str, lives: Mapping[str, PodLife] | None) -> str | None:
+    """``error`` behind its first cause when ``pod`` itself was taken away (evicted or
+    deleted): an exec into a container stopped for that says only "not running", which would
+    send the person on call after the wrong fault. None when it was not, or ``lives`` (None:
+    the pods could not be listed) cannot tell."""
+    gone = taken_away(pod, lives.get(pod)) if lives is not None else None
+    return f"{gone} ({error})" if gone is not None else None
+
+
 def why_lost(
     pods: Iterable[str], before: Mapping[str, PodLife], changed: Mapping[str, str]
 ) -> str | None:

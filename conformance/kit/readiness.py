@@ -24,7 +24,7 @@ from typing import Any
 from kubernetes import client
 from tenacity import Retrying, retry_if_result, wait_fixed
 
-from conformance.kit.deploy import changed_pods, pod_lives, taken_away, why_lost
+from conformance.kit.deploy import blame_removal, changed_pods, pod_lives, why_lost
 from conformance.kit.errors import ProbeCallError, ProbeDeploymentError
 from conformance.kit.probe_client import ProbeClient, address_of_family, require_ok
 from conformance.kit.probes import ROLE_PEER, ROLE_PROBE, Probe, ProbeMap
@@ -226,12 +226,13 @@ def flip_readiness(
                 container=agent,
                 what=f"set_ready {ready}",
             )
-        except ProbeCallError as exc:  # an exec into a pod being deleted says "not running"
-            lives = pod_lives(agents.core, namespace, timeouts)
-            gone = taken_away(target.name, lives.get(target.name)) if lives is not None else None
-            if gone is None:
+        except ProbeCallError as exc:
+            blamed = blame_removal(
+                target.name, str(exc), pod_lives(agents.core, namespace, timeouts)
+            )
+            if blamed is None:
                 raise
-            raise ProbeCallError(f"{gone} ({exc})") from exc
+            raise ProbeCallError(blamed) from exc
 
     def slice_says(ready: bool) -> float | None:
         started = monotonic()

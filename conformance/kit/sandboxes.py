@@ -14,12 +14,12 @@ from kubernetes import client
 from conformance.kit.cluster import call_api, name_of, pod_ips
 from conformance.kit.deploy import (
     PodLife,
+    blame_removal,
     container_running,
     pod_life,
     pod_lives,
     removal_reason,
     restart_count,
-    taken_away,
     wait_for_pods,
 )
 from conformance.kit.errors import ProbeCallError, ProbeDeploymentError
@@ -86,7 +86,7 @@ def restart_sandboxes(
             f"every sandbox pod was gone before the check: {sorted(sandboxes)}"
         )
     # A pod that went (evicted, deleted) costs its own node's check, not the others'.
-    taken_away = name_vanished(
+    went_away = name_vanished(
         {name: "before the check" for name in sandboxes if name not in before},
         {n: pod_life(p) for n, p in listed_sandboxes.items()},
     )
@@ -131,14 +131,11 @@ def restart_sandboxes(
         except ProbeDeploymentError:
             # A pod taken away meanwhile costs its own node's check; the others wait on.
             lives = pod_lives(core, namespace, timeouts)
-            vanished = {
-                n for n in waiting if lives is not None and (n not in lives or lives[n].removal)
-            }
+            why = f"while container {KILLED} restarted"
+            vanished = {n: b for n in waiting if (b := blame_removal(n, why, lives)) is not None}
             if not vanished:
                 raise
-            taken_away.update(
-                name_vanished({n: f"while container {KILLED} restarted" for n in vanished}, lives)
-            )
+            went_away.update(vanished)
             waiting = [n for n in waiting if n not in vanished]
 
     # The restarted agent is asked itself whether it listens (one exec each), rather than
@@ -166,7 +163,7 @@ def restart_sandboxes(
     after = {name: pod for name, pod in after.items() if name not in errors}
     if errors:
         errors = name_vanished(errors, pod_lives(core, namespace, timeouts))
-    errors.update(taken_away)
+    errors.update(went_away)
     outcomes = {
         o.target.source.pod: o
         for o in run_sweep(
@@ -189,16 +186,9 @@ def restart_sandboxes(
 
 
 def name_vanished(errors: Mapping[str, str], lives: Mapping[str, PodLife] | None) -> dict[str, str]:
-    """``errors`` with the first cause put first where the pod itself went away (evicted or
-    deleted under the check): an exec into a container stopped for that says only "not
-    running", which would send the person on call after the wrong fault."""
-    if lives is None:  # cannot be told: the errors stand as they are
-        return dict(errors)
-    named = {}
-    for pod, error in errors.items():
-        gone = taken_away(pod, lives.get(pod))
-        named[pod] = f"{gone} ({error})" if gone is not None else error
-    return named
+    """``errors``, each behind its first cause where the pod itself went away
+    (`conformance.kit.deploy.blame_removal`)."""
+    return {pod: blame_removal(pod, error, lives) or error for pod, error in errors.items()}
 
 
 def restart_sandboxes_once(
