@@ -13,7 +13,7 @@ from test_prefetch import PODS as PREFETCH_PODS
 from test_prefetch import FakeProbeClient as PrefetchClient
 from test_reachability import FakeProbeClient, ring_targets
 
-from conformance.kit.deploy import PodLife, changed_pods
+from conformance.kit.deploy import PodLife, blame_removal, changed_pods
 from conformance.kit.prefetch import plan_for_items as plan_prefetch
 from conformance.kit.prefetch import run_prefetch
 from conformance.kit.reachability import Endpoint, run_sweep
@@ -154,3 +154,19 @@ def test_a_prefetched_answer_resting_on_a_pod_that_went_names_it_as_the_cause() 
         f"probe pod {backend} was deleted or evicted meanwhile (during the prefetch)",
         *[None] * (len(plans) - 1),
     ]
+
+
+def test_an_error_is_blamed_on_the_removal_of_its_pod_only_when_it_was_removed() -> None:
+    lives = {
+        "peer-n1": PodLife("u1", {"agent": 0}, removal="pod is being deleted (Evicted)"),
+        "peer-n2": PodLife("u2", {"agent": 0}),
+    }
+    error = "exec failed: container agent is not running"
+    assert blame_removal("peer-n1", error, lives) == (
+        f"probe pod peer-n1: pod is being deleted (Evicted) ({error})"
+    )
+    assert blame_removal("peer-n3", error, lives) == (
+        f"probe pod peer-n3 was deleted or evicted ({error})"
+    )
+    assert blame_removal("peer-n2", error, lives) is None  # it lives: the error stands
+    assert blame_removal("peer-n1", error, None) is None  # the pods could not be listed
