@@ -1,27 +1,37 @@
-"""Service discovery: a pod finds a Service by name through the cluster DNS (kube-dns, as
-CoreDNS's kubernetes plugin answers) and by the environment variables kubelet sets for the
-Services that existed when the pod started.
+"""Service discovery: a pod finds a Service by name through the cluster DNS (as CoreDNS's
+kubernetes plugin answers) and by the environment variables kubelet sets for the Services that
+existed when the pod started.
 
 - every probe pod resolves the Service's name (short, namespace-qualified and fully
   qualified) to its cluster IP, in every family the Service has;
 - a headless Service's name resolves to its ready endpoints' IPs;
 - the Service's variables are set in the probe pods, created after it.
 
-The lookups run in the pods (the agent's ``resolve``, through the pod's own resolver and
-search list) and come from the run's prefetch; a cluster without a ``kube-system/kube-dns``
-Service skips the DNS checks."""
+The lookups run in the pods (the agent's ``resolve``, through the nameservers and search list
+kubelet wrote into the pod's resolv.conf, whatever the DNS Service is called) and come from the
+run's prefetch. A resolver that does not answer fails. The DNS checks skip only where kubelet
+configures no cluster DNS on any tested node (`conformance.kit.resolvers`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
+from conformance.kit.errors import CouldNotTest
 from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
 from conformance.kit.probe_client import address_of_family
 from conformance.kit.probes import ROLE_PEER, ROLE_PROBE, ProbeMap
 from conformance.kit.report import format_rule_failure
+from conformance.kit.resolvers import (
+    DNS_BROKEN,
+    DNS_SKIP,
+    DNS_TEST,
+    DNS_UNTESTED,
+    DNSPlan,
+    plan_dns,
+)
 from conformance.kit.service_targets import facts_of
 from conformance.kit.services import (
     HEADLESS_SERVICE,
@@ -39,6 +49,11 @@ HEADLESS_RULE = "every pod MUST resolve a headless Service's name to its ready e
 ENV_RULE = "a pod MUST get the environment variables of the Services created before it"
 
 
+def dns_plan(probe_map: ProbeMap, node: str) -> DNSPlan:
+    """What the DNS checks do on ``node``, from the resolvers kubelet wrote on every node."""
+    return plan_dns(node, facts_of(probe_map).resolvers, probe_map.namespace)
+
+
 def _lookups(
     params: Mapping[str, Any],
     probe_map: ProbeMap,
@@ -46,8 +61,6 @@ def _lookups(
     rests_on: tuple[str, ...] = (),
 ) -> list[Step]:
     probe = probe_map.get(ROLE_PROBE, params["probe_node"])
-    if probe_map.services is None or probe_map.services.dns_skip is not None:
-        return []
     return [
         Step(
             name,
@@ -61,23 +74,50 @@ def _lookups(
 
 
 def name_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
-    """The node's probe pod resolves the Service's three names."""
+    """The node's probe pod resolves the Service's three names (where it has a cluster DNS)."""
     if probe_map.services is None:
         return []
-    names = service_names(probe_map.namespace, probe_map.services.cluster_domain)
-    return _lookups(params, probe_map, list(names))
+    plan = dns_plan(probe_map, params["probe_node"])
+    if plan.action != DNS_TEST:
+        return []
+    return _lookups(params, probe_map, list(service_names(probe_map.namespace, plan.domain)))
 
 
 def headless_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
-    """The node's probe pod resolves the headless Service's name."""
+    """The node's probe pod resolves the headless Service's name (where it has a cluster DNS)."""
+    if probe_map.services is None or dns_plan(probe_map, params["probe_node"]).action != DNS_TEST:
+        return []
     peers = tuple(p.name for p in probe_map.of_role(ROLE_PEER))
     return _lookups(params, probe_map, [HEADLESS_SERVICE], rests_on=peers)
 
 
-def _dns_or_skip(probe_map: ProbeMap) -> None:
-    reason = facts_of(probe_map).dns_skip
-    if reason is not None:
-        pytest.skip(reason)
+def _tested_dns(
+    rule: str, probe_map: ProbeMap, node: str, record_property: Callable[[str, object], None]
+) -> DNSPlan:
+    """The node's plan when its DNS is to be tested; otherwise skip (no cluster DNS anywhere),
+    fail (none on this node while other nodes have one) or could not test."""
+    plan = dns_plan(probe_map, node)
+    if plan.action == DNS_SKIP:
+        pytest.skip(plan.reason)
+    if plan.action == DNS_UNTESTED:
+        raise CouldNotTest(plan.reason)
+    probe = probe_map.get(ROLE_PROBE, node)
+    if plan.action == DNS_BROKEN:
+        pytest.fail(
+            format_rule_failure(
+                rule,
+                expected=f"ClusterFirst pods on {node} use the cluster DNS, as on the other nodes",
+                observed=plan.reason,
+                protocol="DNS",
+                pods=[probe.describe()],
+                nodes=[node],
+            ),
+            pytrace=False,
+        )
+    assert plan.action == DNS_TEST, plan
+    if plan.resolver is not None:
+        record_property("netconform.resolver", plan.resolver.describe())
+    return plan
 
 
 def _judge(
@@ -85,11 +125,13 @@ def _judge(
     answers: ItemAnswers,
     wanted: Mapping[str, list[str]],
     *,
+    plan: DNSPlan,
     family: int,
     pod: str,
     node: str,
 ) -> None:
-    """Each name must resolve to exactly its wanted addresses."""
+    """Each name must resolve to exactly its wanted addresses, through the pod's resolver (a
+    lookup the resolver never answered is a failure too)."""
     wrong = []
     for name, addresses in wanted.items():
         answer = answers[name]
@@ -99,6 +141,7 @@ def _judge(
         elif sorted(got) != sorted(addresses):
             wrong.append(f"{name}: {got}")
     if wrong:
+        resolver = plan.resolver.describe() if plan.resolver is not None else "unknown"
         pytest.fail(
             format_rule_failure(
                 rule,
@@ -107,6 +150,10 @@ def _judge(
                 protocol=f"DNS (IPv{family} addresses)",
                 pods=[pod],
                 nodes=[node],
+                details=[
+                    f"the pod's resolver, as kubelet wrote it: {resolver}",
+                    *([plan.note] if plan.note else []),
+                ],
             ),
             pytrace=False,
         )
@@ -114,23 +161,28 @@ def _judge(
 
 @prefetched_by(name_steps)
 def test_service_names_resolve(
-    family: int, probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
+    family: int,
+    probe_node: str,
+    probe_map: ProbeMap,
+    answers: ItemAnswers,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """A pod on every node MUST resolve a Service's short, namespace-qualified and fully
-    qualified names (through the cluster DNS and its own search list) to the Service's cluster
-    IP of each family the Service has."""
-    _dns_or_skip(probe_map)
+    qualified names (through the cluster DNS and the search list kubelet wrote into its
+    resolv.conf) to the Service's cluster IP of each family the Service has."""
+    plan = _tested_dns(NAMES_RULE, probe_map, probe_node, record_property)
     facts = facts_of(probe_map)
     ip = facts.cluster_ip(SERVICE, family)
     if ip is None:
         pytest.skip(f"Service {SERVICE} has no IPv{family} cluster IP")
     # A pod without an address of the family still resolves its records.
     probe = probe_map.get(ROLE_PROBE, probe_node)
-    names = service_names(probe_map.namespace, facts.cluster_domain)
+    names = service_names(probe_map.namespace, plan.domain)
     _judge(
         NAMES_RULE,
         answers,
         {name: [ip] for name in names},
+        plan=plan,
         family=family,
         pod=probe.describe(),
         node=probe_node,
@@ -139,11 +191,15 @@ def test_service_names_resolve(
 
 @prefetched_by(headless_steps)
 def test_headless_service_resolves_to_ready_pods(
-    family: int, probe_node: str, probe_map: ProbeMap, answers: ItemAnswers
+    family: int,
+    probe_node: str,
+    probe_map: ProbeMap,
+    answers: ItemAnswers,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """A pod on every node MUST resolve a headless Service's name to the IPs of its ready
     endpoints (one pod on each node) of each family."""
-    _dns_or_skip(probe_map)
+    plan = _tested_dns(HEADLESS_RULE, probe_map, probe_node, record_property)
     probe = probe_map.get(ROLE_PROBE, probe_node)
     ready = sorted(
         ip
@@ -156,6 +212,7 @@ def test_headless_service_resolves_to_ready_pods(
         HEADLESS_RULE,
         answers,
         {HEADLESS_SERVICE: ready},
+        plan=plan,
         family=family,
         pod=probe.describe(),
         node=probe_node,
@@ -179,7 +236,7 @@ def test_service_environment_variables(
     facts = facts_of(probe_map)
     ips = facts.cluster_ips.get(SERVICE) or ()
     if not ips:
-        pytest.fail(f"COULD NOT TEST: Service {SERVICE} has no cluster IP", pytrace=False)
+        raise CouldNotTest(f"Service {SERVICE} has no cluster IP")
     probe = probe_map.get(ROLE_PROBE, probe_node)
     answer = answers["env"]
     variables = answer.get("variables") or {}

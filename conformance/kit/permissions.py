@@ -140,15 +140,8 @@ PERMISSIONS: tuple[Permission, ...] = (
         scope="default",
         resource_names=("kubernetes",),
     ),
-    # The Service checks (conformance/kit/service_deployment.py, conformance/kit/readiness.py):
-    # whether the cluster has a DNS, and the EndpointSlice of a backend turned unready.
-    Permission(
-        "get",
-        "services",
-        needed_by="the DNS checks (test_dns: whether the cluster has a DNS Service)",
-        scope="kube-system",
-        resource_names=("kube-dns",),
-    ),
+    # The readiness check (conformance/kit/readiness.py): the EndpointSlice of a backend turned
+    # unready.
     Permission(
         "list",
         "endpointslices",

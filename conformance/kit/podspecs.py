@@ -268,7 +268,10 @@ def _pod(
         spec=client.V1PodSpec(
             node_name=probe.node,
             host_network=host_network,
-            dns_policy="ClusterFirstWithHostNet" if host_network else "ClusterFirst",
+            # The hostNetwork probe is the node: it gets the node's own resolv.conf (Default),
+            # which tells kubelet's fallback when it configures no cluster DNS
+            # (conformance.kit.resolvers).
+            dns_policy="Default" if host_network else "ClusterFirst",
             restart_policy="Always",
             termination_grace_period_seconds=2,
             automount_service_account_token=False,

@@ -2,8 +2,8 @@
 so kubelet gives the pods their environment variables), the hostPort probes on every node
 (an even host port H for TCP and H + 1 for UDP, chosen at random and chosen again on a node
 whose kubelet refuses it for a port conflict), the pod that asks for a taken hostPort again,
-and what the checks learn from the cluster: cluster IPs, NodePorts, whether there is a cluster
-DNS, its domain, the nodes' InternalIPs.
+and what the checks learn from the cluster: cluster IPs, NodePorts, the resolvers kubelet wrote
+into the pods of every node (`conformance.kit.resolvers`), the nodes' InternalIPs.
 
 Order (`conformance/conftest.py`): `create_services`, `start_hostport_probes`, the other probes
 (`conformance.kit.deploy.deploy_probes`), then `finish_service_probes`, which waits for the
@@ -28,19 +28,25 @@ from conformance.kit.cluster import (
     pod_ips,
 )
 from conformance.kit.deploy import fatal_reason, host_ip, pod_ready
-from conformance.kit.errors import ClusterError, ProbeDeploymentError
+from conformance.kit.errors import ClusterError, ProbeCallError, ProbeDeploymentError
 from conformance.kit.namespace import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL
+from conformance.kit.parallel import in_parallel
 from conformance.kit.permissions import explain_forbidden
 from conformance.kit.podspecs import hostport_pod
 from conformance.kit.probe_client import ProbeClient, require_ok
-from conformance.kit.probes import ROLE_PROBE, Probe, ProbeMap, hostport_probe, pod_name
+from conformance.kit.probes import (
+    ROLE_HOSTPROBE,
+    ROLE_PROBE,
+    Probe,
+    ProbeMap,
+    hostport_probe,
+    pod_name,
+)
+from conformance.kit.resolvers import NodeResolvers, Resolver, needs_node_resolver
 from conformance.kit.services import (
-    DNS_NAMESPACE,
-    DNS_SERVICE,
     HOST_PORT_RANGE,
     NODEPORT_SERVICE,
     ServiceFacts,
-    cluster_domain_from_search,
     service_objects,
 )
 from conformance.kit.settings import Settings, Timeouts
@@ -50,6 +56,8 @@ from conformance.kit.waiting import wait_on_list
 HOST_PORT_ATTEMPTS = 4
 #: Name of the pod asking for the first node's hostPort again.
 CLASH_ROLE = "hostport-clash"
+#: Resolver reads (one ``info`` exec each) at once.
+RESOLVER_READS = 16
 
 
 # --- the Services --------------------------------------------------------------------------------
@@ -73,8 +81,7 @@ def create_services(
 ) -> ServiceFacts:
     """Create the run's Services (`conformance.kit.services.service_objects`) and say what the
     cluster made of them. A NodePort Service the API refuses for what it is leaves the NodePort
-    checks skipped with the reason; any other failure is a `ProbeDeploymentError`. Whether the
-    cluster has a DNS Service is read too."""
+    checks skipped with the reason; any other failure is a `ProbeDeploymentError`."""
     labels = {MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: run_id}
     cluster_ips: dict[str, tuple[str, ...]] = {}
     node_ports: dict[str, int] = {}
@@ -104,28 +111,7 @@ def create_services(
         cluster_ips=cluster_ips,
         node_ports=node_ports,
         node_port_skip=node_port_skip,
-        dns_skip=dns_skip_reason(core, timeouts),
     )
-
-
-def dns_skip_reason(core: client.CoreV1Api, timeouts: Timeouts) -> str | None:
-    """Why the cluster DNS checks do not apply (no ``kube-system/kube-dns`` Service, or one
-    without a cluster IP); None when the cluster has one."""
-    where = f"{DNS_NAMESPACE}/{DNS_SERVICE}"
-    try:
-        found = call_api(
-            f"read Service {where}",
-            core.read_namespaced_service,
-            DNS_SERVICE,
-            DNS_NAMESPACE,
-            timeouts=timeouts,
-        )
-    except ApiException as exc:  # call_api re-raises only a 404
-        return f"the cluster has no DNS Service {where} ({describe_api_error(exc)})"
-    ip = found.spec.cluster_ip if found.spec is not None else None
-    if not ip or ip == "None":
-        return f"the cluster DNS Service {where} has no cluster IP"
-    return None
 
 
 # --- the hostPort probes -------------------------------------------------------------------------
@@ -335,16 +321,48 @@ def start_clash(
 # --- completing the probe map --------------------------------------------------------------------
 
 
-def learn_cluster_domain(agents: ProbeClient, probe: Probe, namespace: str) -> str | None:
-    """The cluster domain in the resolver search list kubelet wrote for ``probe``."""
-    answer = require_ok(
-        agents.call(probe.name, probe.container().name, [{"op": "info"}])[0],
-        pod=probe.name,
-        container=probe.container().name,
-        what="read the pod's resolver configuration",
-    )
-    resolver = answer.get("resolver") or {}
-    return cluster_domain_from_search(resolver.get("search") or [], namespace)
+def read_resolvers(
+    agents: ProbeClient, probe_map: ProbeMap, nodes: Sequence[str]
+) -> dict[str, NodeResolvers]:
+    """Node -> the resolvers kubelet wrote there (`conformance.kit.resolvers`): every node's
+    ClusterFirst probe pod's, and the node's own (its Default-policy hostNetwork probe's) where
+    the first is not a cluster-first configuration. One ``info`` per pod, all nodes at once; a
+    pod that cannot be asked costs only its own node's DNS checks."""
+    namespace = probe_map.namespace
+    found: dict[str, NodeResolvers] = {}
+
+    def resolver_of(own: ProbeClient, probe: Probe) -> Resolver | None:
+        container = probe.container().name
+        answer = require_ok(
+            own.call(probe.name, container, [{"op": "info"}])[0],
+            pod=probe.name,
+            container=container,
+            what="read the pod's resolver configuration",
+        )
+        return Resolver.from_info(answer.get("resolver"))
+
+    def read_pod(own: ProbeClient, node: str, probe: Probe) -> None:
+        found[node] = NodeResolvers(pod_name=probe.name, pod=resolver_of(own, probe))
+
+    def pod_unreadable(probe: Probe, exc: ProbeCallError) -> None:
+        found[probe.node] = NodeResolvers(pod_name=probe.name, error=str(exc))
+
+    pods = {node: probe_map.get(ROLE_PROBE, node) for node in nodes}
+    in_parallel(agents, pods, read_pod, pod_unreadable, max_parallel=RESOLVER_READS)
+    hosts = {
+        node: probe_map.get(ROLE_HOSTPROBE, node)
+        for node in nodes
+        if needs_node_resolver(found[node], namespace)
+    }
+
+    def read_node(own: ProbeClient, node: str, probe: Probe) -> None:
+        found[node] = replace(found[node], node_pod_name=probe.name, node=resolver_of(own, probe))
+
+    def node_unreadable(probe: Probe, exc: ProbeCallError) -> None:
+        found[probe.node] = replace(found[probe.node], node_pod_name=probe.name, error=str(exc))
+
+    in_parallel(agents, hosts, read_node, node_unreadable, max_parallel=RESOLVER_READS)
+    return found
 
 
 def internal_ips(
@@ -370,7 +388,7 @@ def finish_service_probes(
     settings: Settings,
 ) -> ProbeMap:
     """``probe_map`` with the hostPort probes (Ready, with IPs) and the Service facts: host
-    ports, the clash pod, the cluster domain, the nodes' InternalIPs."""
+    ports, the clash pod, the resolvers kubelet wrote on every node, the nodes' InternalIPs."""
     namespace = probe_map.namespace
     timeouts = settings.timeouts
     done, ready = wait_for_hostport_probes(core, namespace, run_id, started, settings)
@@ -381,10 +399,7 @@ def finish_service_probes(
     nodes = list(done.probes)
     first_probe, first_ports = done.probes[nodes[0]]
     clash = start_clash(core, namespace, run_id, first_probe, first_ports, settings)
-    domain = None
-    if facts.dns_skip is None:
-        first = probe_map.get(ROLE_PROBE, nodes[0])
-        domain = learn_cluster_domain(ProbeClient(core, namespace, timeouts), first, namespace)
+    resolvers = read_resolvers(ProbeClient(core, namespace, timeouts), probe_map, nodes)
     return replace(
         probe_map,
         probes=(*probe_map.probes, *hostports),
@@ -392,7 +407,7 @@ def finish_service_probes(
             facts,
             host_ports={probe.name: ports for probe, ports in done.probes.values()},
             clash_pod=clash,
-            cluster_domain=domain or facts.cluster_domain,
+            resolvers=resolvers,
             internal_ips=internal_ips(core, nodes, timeouts),
         ),
     )

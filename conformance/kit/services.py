@@ -1,7 +1,7 @@
 """The Services of the Service checks, as the suite thinks of them: their names and ports, the
 objects a run creates (before its probe pods, so the pods get their environment variables),
-what the cluster made of them (`ServiceFacts`: cluster IPs, NodePorts, cluster DNS, host
-ports), and the rules the checks hold them to (kubelet's Service environment variables, how
+what the cluster made of them (`ServiceFacts`: cluster IPs, NodePorts, the pods' resolvers,
+host ports), and the rules the checks hold them to (kubelet's Service environment variables, how
 many tries a spread needs). Pure: `conformance.kit.service_deployment` talks to the cluster.
 
 The Services select the ``peer-<node>`` probes (label `BACKEND_LABEL`), one backend per node:
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from kubernetes import client
 
+from conformance.kit.resolvers import NodeResolvers
 from conformance.kit.serial import JSONData
 
 SERVICE = "netconform-probes"
@@ -37,11 +38,6 @@ PORTS: Mapping[str, tuple[int, int, str]] = {
     "tcp": (80, 8080, "TCP"),
     "udp": (81, 8081, "UDP"),
 }
-#: The cluster DNS Service the DNS checks need (kubeadm, kind, EKS, GKE... all name it so).
-DNS_NAMESPACE = "kube-system"
-DNS_SERVICE = "kube-dns"
-#: Where a pod's resolver search list does not say (kubelet's default ``clusterDomain``).
-DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 #: Host ports of the hostPort probes: an even H (TCP) and H + 1 (UDP) from this range,
 #: chosen at random per run and chosen again for a node where H is taken.
 HOST_PORT_RANGE = (20000, 29998)
@@ -62,9 +58,8 @@ class ServiceFacts(JSONData):
     #: Protocol (``tcp``, ``udp``) -> the node port of `NODEPORT_SERVICE`.
     node_ports: Mapping[str, int] = field(default_factory=dict)
     node_port_skip: str | None = None
-    dns_skip: str | None = None
-    #: The cluster's DNS domain, from a probe pod's resolver search list.
-    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    #: Node -> the resolvers kubelet wrote there (`conformance.kit.resolvers`), for DNS.
+    resolvers: Mapping[str, NodeResolvers] = field(default_factory=dict)
     #: hostPort probe pod -> its (TCP, UDP) host ports.
     host_ports: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     #: The pod asking for the first hostPort probe's TCP host port again on its node.
@@ -162,17 +157,6 @@ def service_environment(service: str, cluster_ip: str) -> dict[str, str]:
         found[f"{link}_PORT"] = str(port)
         found[f"{link}_ADDR"] = cluster_ip
     return found
-
-
-def cluster_domain_from_search(search: Sequence[str], namespace: str) -> str | None:
-    """The cluster domain in a ClusterFirst pod's resolver search list (kubelet writes
-    ``<namespace>.svc.<domain> svc.<domain> <domain>``); None when the list has no such entry."""
-    head = f"{namespace}.svc."
-    for entry in search:
-        name = entry.rstrip(".")
-        if name.startswith(head) and len(name) > len(head):
-            return name[len(head) :]
-    return None
 
 
 def service_names(namespace: str, domain: str, service: str = SERVICE) -> tuple[str, str, str]:

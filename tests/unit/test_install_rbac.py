@@ -60,7 +60,6 @@ def test_every_rule_says_what_needs_it() -> None:
         ("default", "get", "secrets"),
         ("default", "get", "services"),
         ("kube-system", "get", "configmaps"),
-        ("kube-system", "get", "services"),
     }
 
 

@@ -45,6 +45,7 @@ from conformance.kit.reachability import (
     run_sweep,
 )
 from conformance.kit.readiness import Followed, ReadinessFlip, endpoint_ready
+from conformance.kit.resolvers import cluster_domain_from_search
 from conformance.kit.service_targets import (
     FROM_HOST,
     FROM_POD,
@@ -61,7 +62,6 @@ from conformance.kit.services import (
     SERVICE,
     SPREAD_CONFIDENCE,
     ServiceFacts,
-    cluster_domain_from_search,
     service_environment,
     service_names,
     service_objects,

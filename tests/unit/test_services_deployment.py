@@ -1,6 +1,6 @@
 """The Service checks' deployment (`conformance.kit.service_deployment`) against a fake API:
-the Services and what the cluster made of them, a cluster refusing NodePorts, no cluster DNS,
-the host port choice, and a hostPort probe refused for a port conflict getting another port."""
+the Services and what the cluster made of them, a cluster refusing NodePorts, the host port
+choice, and a hostPort probe refused for a port conflict getting another port."""
 
 from __future__ import annotations
 
@@ -36,12 +36,12 @@ def api_error(status: int, message: str) -> ApiException:
 
 class ServicesCore:
     """Creates Services as an API server would (cluster IPs, node ports); refuses NodePorts
-    when told; answers kube-system/kube-dns when the cluster has it."""
+    when told. Reading any other Service fails the test: the suite learns the cluster DNS from
+    the pods' resolvers, never from a Service's name."""
 
-    def __init__(self, *, refuse_node_ports: ApiException | None = None, dns: bool = True) -> None:
+    def __init__(self, *, refuse_node_ports: ApiException | None = None) -> None:
         self.created: list[client.V1Service] = []
         self.refuse_node_ports = refuse_node_ports
-        self.dns = dns
 
     def create_namespaced_service(
         self, namespace: str, body: client.V1Service, **_: Any
@@ -66,11 +66,6 @@ class ServicesCore:
         )
         return client.V1Service(metadata=body.metadata, spec=made)
 
-    def read_namespaced_service(self, name: str, namespace: str, **_: Any) -> client.V1Service:
-        if not self.dns:
-            raise api_error(404, f'services "{name}" not found')
-        return client.V1Service(spec=client.V1ServiceSpec(cluster_ip="10.96.0.10"))
-
 
 def test_services_are_created_and_read_back() -> None:
     core = ServicesCore()
@@ -85,21 +80,19 @@ def test_services_are_created_and_read_back() -> None:
     assert facts.cluster_ips[HEADLESS_SERVICE] == ()
     assert facts.node_ports == {"tcp": 30080, "udp": 30081}
     assert facts.node_port_skip is None
-    assert facts.dns_skip is None
+    assert facts.resolvers == {}
     assert all(s.metadata.labels["netconform/run"] == "run" for s in core.created)
 
 
-def test_a_cluster_refusing_node_ports_skips_those_checks_and_without_dns_the_dns_ones() -> None:
+def test_a_cluster_refusing_node_ports_skips_those_checks() -> None:
     refusal = api_error(
         403, 'admission webhook "policy" denied the request: NodePorts are not allowed'
     )
-    core = ServicesCore(refuse_node_ports=refusal, dns=False)
+    core = ServicesCore(refuse_node_ports=refusal)
     facts = sd.create_services(core, "ns", "run", Timeouts())  # type: ignore[arg-type]
     assert facts.node_ports == {}
     assert facts.node_port_skip is not None
     assert "NodePorts are not allowed" in facts.node_port_skip
-    assert facts.dns_skip is not None
-    assert facts.dns_skip.startswith("the cluster has no DNS Service kube-system/kube-dns")
 
 
 def test_a_missing_permission_is_no_reason_to_skip() -> None:
