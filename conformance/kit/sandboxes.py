@@ -1,13 +1,21 @@
 """The sandbox check's disruption, once per run for every node at once: kill one container of
 each node's sandbox pod, wait until every one has restarted and is Ready again, then read each
-pod's IPs and probe localhost between its containers (the same sweep and verdict as every
-reachability check). Done for all nodes together so the cost does not grow with the nodes."""
+pod's IPs, both containers' network namespaces and restart counts, and probe localhost between
+its containers (the same sweep and verdict as every reachability check). Done for all nodes
+together so the cost does not grow with the nodes.
+
+`sandbox_changes` judges one pod: the same sandbox keeps its IPs and its network namespace
+(the agent's ``netns``: the namespace's inode and, from Linux 5.14, its cookie, which is never
+reused), and only the killed container restarts. A runtime that makes a new namespace on a
+container restart and gets the same IP back from IPAM keeps the IPs but not the namespace,
+and kubelet restarts every container of a pod whose sandbox it had to make again."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes import client
 
@@ -40,8 +48,40 @@ KILL_SCRIPT = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGTERM)
 
 
 @dataclass(frozen=True)
+class NetnsId(JSONData):
+    """A network namespace as the agent's ``info`` names it: ``net:[inode]`` and the kernel's
+    cookie (None before Linux 5.14)."""
+
+    inode: str | None = None
+    cookie: int | None = None
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> NetnsId:
+        cookie = info.get("netns_cookie")
+        inode = info.get("netns")
+        return cls(
+            inode=str(inode) if inode else None, cookie=cookie if isinstance(cookie, int) else None
+        )
+
+    def same(self, other: NetnsId) -> bool | None:
+        """The same namespace: by cookie where both have one, else by inode (which the kernel
+        may give a new namespace once the old one is freed); None when neither tells."""
+        if self.cookie is not None and other.cookie is not None:
+            return self.cookie == other.cookie
+        if self.inode is not None and other.inode is not None:
+            return self.inode == other.inode
+        return None
+
+    def describe(self) -> str:
+        cookie = f" (cookie {self.cookie})" if self.cookie is not None else ""
+        return f"{self.inode or 'net:[?]'}{cookie}"
+
+
+@dataclass(frozen=True)
 class SandboxRestart(JSONData):
-    """One node's sandbox pod across a restart of its container `KILLED`."""
+    """One node's sandbox pod across a restart of its container `KILLED`: its IPs, the network
+    namespace of `KILLED` before and after and of `SURVIVOR` after, every container's restart
+    count before and after, and localhost between them afterwards."""
 
     node: str
     pod: str
@@ -49,6 +89,50 @@ class SandboxRestart(JSONData):
     ips_after: tuple[str, ...] = ()
     localhost: Outcome | None = None
     error: str | None = None
+    netns_before: NetnsId | None = None
+    netns_after: NetnsId | None = None
+    survivor_netns: NetnsId | None = None
+    restarts_before: Mapping[str, int] = field(default_factory=dict)
+    restarts_after: Mapping[str, int] = field(default_factory=dict)
+
+
+def sandbox_changes(restart: SandboxRestart) -> list[str]:
+    """What shows ``restart``'s pod did not keep its sandbox (empty: it did): its IPs changed,
+    `KILLED` came back in another network namespace or apart from `SURVIVOR`, or `SURVIVOR`
+    restarted too. `ProbeCallError` when the namespaces were not reported, so nothing can be
+    compared (could not test, never a pass)."""
+    before, after, survivor = restart.netns_before, restart.netns_after, restart.survivor_netns
+    if before is None or after is None or survivor is None:
+        raise ProbeCallError(f"{restart.pod}: the containers' network namespaces were not read")
+    kept, together = before.same(after), survivor.same(after)
+    if kept is None or together is None:
+        raise ProbeCallError(
+            f"{restart.pod}: the agents named no network namespace (before {before.describe()}, "
+            f"after {after.describe()}, {SURVIVOR} {survivor.describe()})"
+        )
+    found = []
+    if restart.ips_after != restart.ips_before:
+        found.append(
+            f"pod IPs changed from {list(restart.ips_before)} to {list(restart.ips_after)}"
+        )
+    if not kept:
+        found.append(
+            f"container {KILLED} came back in another network namespace: {before.describe()} "
+            f"before, {after.describe()} after (a new sandbox)"
+        )
+    if not together:
+        found.append(
+            f"containers {SURVIVOR} and {KILLED} are in different network namespaces after the "
+            f"restart: {SURVIVOR} {survivor.describe()}, {KILLED} {after.describe()}"
+        )
+    then, now = restart.restarts_before.get(SURVIVOR), restart.restarts_after.get(SURVIVOR)
+    if then is not None and now is not None and now != then:
+        found.append(
+            f"container {SURVIVOR} restarted too (restart count {then} -> {now}) though only "
+            f"{KILLED} was stopped: kubelet restarts every container of a pod whose sandbox it "
+            "had to make again"
+        )
+    return found
 
 
 def localhost_target(sandbox: Probe) -> Target:
@@ -92,11 +176,15 @@ def restart_sandboxes(
     )
     errors: dict[str, str] = {}
     restarts = {name: restart_count(pod, KILLED) for name, pod in before.items()}
+    counts_before = {name: pod_life(pod).restarts for name, pod in before.items()}
+    netns_before: dict[str, NetnsId] = {}
+    netns_after: dict[str, dict[str, NetnsId]] = {}
 
     def kill(own: ProbeClient, pod: str, _sandbox: Probe) -> None:
         info = require_ok(
             own.call(pod, KILLED, [{"op": "info"}])[0], pod=pod, container=KILLED, what="info"
         )
+        netns_before[pod] = NetnsId.from_info(info)
         # The container may die before the exec reports back; the restart count decides.
         with contextlib.suppress(ProbeCallError):
             own.exec(
@@ -122,9 +210,11 @@ def restart_sandboxes(
                 waiting,
                 timeout=timeouts.container_restart,
                 condition=lambda p: (
-                    restart_count(p, KILLED) > restarts[name_of(p)] and container_running(p, KILLED)
+                    restart_count(p, KILLED) > restarts[name_of(p)]
+                    and container_running(p, KILLED)
+                    and container_running(p, SURVIVOR)
                 ),
-                what=f"restarted (container {KILLED}) and running again",
+                what=f"restarted (container {KILLED}) and running again (both containers)",
                 timeouts=timeouts,
             )
             break
@@ -141,18 +231,33 @@ def restart_sandboxes(
     # The restarted agent is asked itself whether it listens (one exec each), rather than
     # kubelet's readiness probe: probing every sandbox often enough to notice quickly would
     # cost every node an exec every few seconds for the whole run.
+    # Then each container's network namespace: the survivor too, which kubelet restarts as
+    # well when it had to make the pod a new sandbox.
     def await_agent(own: ProbeClient, pod: str, _sandbox: Probe) -> None:
-        result = own.exec(
-            pod,
-            KILLED,
-            ping_command(KILLED, timeouts.container_restart / 2),
-            timeout=timeouts.container_restart,
-        )
-        if result.returncode != 0:
-            errors[pod] = (
-                f"the restarted agent in container {KILLED} does not answer: "
-                f"{result.stderr.strip()[-300:] or f'ping exited {result.returncode}'}"
+        for container in (KILLED, SURVIVOR):
+            result = own.exec(
+                pod,
+                container,
+                ping_command(container, timeouts.container_restart / 2),
+                timeout=timeouts.container_restart,
             )
+            if result.returncode != 0:
+                errors[pod] = (
+                    f"the agent in container {container} does not answer after the restart: "
+                    f"{result.stderr.strip()[-300:] or f'ping exited {result.returncode}'}"
+                )
+                return
+        netns_after[pod] = {
+            container: NetnsId.from_info(
+                require_ok(
+                    own.call(pod, container, [{"op": "info"}])[0],
+                    pod=pod,
+                    container=container,
+                    what="info",
+                )
+            )
+            for container in (KILLED, SURVIVOR)
+        }
 
     def could_not_ask(sandbox: Probe, exc: ProbeCallError) -> None:
         errors[sandbox.name] = f"could not ask the restarted container {KILLED}: {exc}"
@@ -172,6 +277,8 @@ def restart_sandboxes(
             pods=lambda: pod_lives(core, namespace, timeouts),
         )
     }
+    # Restart counts last: a survivor that kubelet restarted with a new sandbox has by now.
+    lives = pod_lives(core, namespace, timeouts) or {}
     return {
         sandbox.node: SandboxRestart(
             node=sandbox.node,
@@ -180,6 +287,11 @@ def restart_sandboxes(
             ips_after=pod_ips(after[name]) if name in after else (),
             localhost=outcomes.get(name),
             error=errors.get(name),
+            netns_before=netns_before.get(name),
+            netns_after=netns_after.get(name, {}).get(KILLED),
+            survivor_netns=netns_after.get(name, {}).get(SURVIVOR),
+            restarts_before=counts_before.get(name, {}),
+            restarts_after=lives[name].restarts if name in lives else {},
         )
         for name, sandbox in sandboxes.items()
     }

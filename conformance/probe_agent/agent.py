@@ -1504,6 +1504,25 @@ def spread(
     }
 
 
+#: SO_NETNS_COOKIE (Linux 5.14): the network namespace's 64-bit id, never reused while the
+#: machine runs (a namespace's inode number can be, once it is freed); the generic value, as
+#: Python before 3.12 has no name for it.
+SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
+
+
+def netns_cookie() -> int | None:
+    """This process's network namespace cookie; None where the kernel has none (before 5.14)
+    or the option has another number (sparc, parisc)."""
+    if platform.machine().startswith(("sparc", "parisc")):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+    except OSError:
+        return None
+    return int(struct.unpack("=Q", raw)[0]) if len(raw) == 8 else None
+
+
 RESOLV_CONF = "/etc/resolv.conf"
 
 
@@ -2015,6 +2034,7 @@ class Agent:
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "netns": netns,
+            "netns_cookie": netns_cookie(),
             "env": {key: os.environ.get(key) for key in ENV_KEYS},
             "listeners": self.listeners,
             "ports": self.ports,

@@ -309,6 +309,9 @@ def test_info(loopback_agent: RunningAgent) -> None:
     info = loopback_agent.ok({"op": "info"})
     assert info["pid"] == loopback_agent.process.pid
     assert info["netns"] == os.readlink("/proc/self/ns/net")
+    # The namespace's cookie (never reused, unlike the inode): this process's own namespace.
+    assert info["netns_cookie"] == probe_agent.netns_cookie()
+    assert isinstance(info["netns_cookie"], int)
     assert info["hostname"] == socket.gethostname()
     assert info["env"]["POD_NAME"] == "lo-a"
     assert info["env"]["POD_IP"] is None or isinstance(info["env"]["POD_IP"], str)
@@ -715,6 +718,7 @@ def test_netns_addresses_match_ip_addr(netns_pair: NamespacePair) -> None:
     )
     info_a, info_b = netns_pair.a.ok({"op": "info"}), netns_pair.b.ok({"op": "info"})
     assert len({info_a["netns"], info_b["netns"], os.readlink("/proc/self/ns/net")}) == 3
+    assert len({info_a["netns_cookie"], info_b["netns_cookie"], probe_agent.netns_cookie()}) == 3
 
 
 @pytest.mark.parametrize(
