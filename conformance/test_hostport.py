@@ -3,7 +3,8 @@ example maps a container's port 80 to the node's port 80). Every node runs a hos
 whose agent's TCP and UDP ports are mapped to host ports H and H + 1 (chosen per run,
 `conformance.kit.service_deployment`); it must answer at its node's InternalIP from pods on
 every node and from the host network of every other node. And kubelet must keep a node's host
-ports to one pod: a second pod asking for H on the same node never runs beside the first.
+ports to one pod: a second pod asking for H on the same node never runs beside the first (judged
+by `conformance.kit.port_conflict`; a holder gone before the verdict is could-not-test).
 
 The exchanges come from the run's reachability sweep (`conformance.kit.service_targets`) and
 are judged by `conformance.kit.verdicts`: the answer must come from the node's hostPort probe.
@@ -18,8 +19,10 @@ from kubernetes import client
 
 from conformance.kit.cases import PAIRS_CROSS_NODE, check_places
 from conformance.kit.cluster import call_api, name_of
+from conformance.kit.errors import ProbeGoneError
 from conformance.kit.namespace import describe_pod
 from conformance.kit.pairs import NodePair
+from conformance.kit.port_conflict import BROKEN, UNKNOWN, judge_port_conflict
 from conformance.kit.probes import ROLE_HOSTPORT, ProbeMap
 from conformance.kit.reachability import swept_by
 from conformance.kit.report import format_rule_failure
@@ -54,18 +57,6 @@ def test_host_port_from_hosts(
     exchanges.assert_rule(HOST_PORT_RULE, expected="the node's hostPort probe answers")
 
 
-def running(pod: client.V1Pod) -> bool:
-    """The pod runs: phase Running, or a container started."""
-    status = pod.status
-    if status is None:
-        return False
-    started = any(
-        cs.state is not None and cs.state.running is not None
-        for cs in status.container_statuses or []
-    )
-    return status.phase == "Running" or started
-
-
 def test_host_port_conflict(
     probe_map: ProbeMap, core: client.CoreV1Api, timeouts: Timeouts, request: pytest.FixtureRequest
 ) -> None:
@@ -81,23 +72,27 @@ def test_host_port_conflict(
     }
     clash = pods.get(facts.clash_pod)
     if clash is None or clash.spec is None:
-        pytest.fail(f"COULD NOT TEST: pod {facts.clash_pod} is gone", pytrace=False)
+        raise ProbeGoneError(f"pod {facts.clash_pod}, asking for a taken host port, is gone")
     node = str(clash.spec.node_name)
     holder = probe_map.get(ROLE_HOSTPORT, node)
     port = facts.host_ports[holder.name][0]
     request.node.user_properties.append(("netconform.clash", describe_pod(clash)))
     first = pods.get(holder.name)
-    if first is not None and running(first) and running(clash):
+    conflict = judge_port_conflict(holder.name, first, clash)
+    request.node.user_properties.append(("netconform.conflict", conflict.why))
+    if conflict.verdict == UNKNOWN:
+        raise ProbeGoneError(f"on {node}, host port {port}/TCP: {conflict.why}")
+    if conflict.verdict == BROKEN:
         pytest.fail(
             format_rule_failure(
                 CONFLICT_RULE,
                 expected=f"{facts.clash_pod} refused (or kept from running) while {holder.name} "
                 f"holds host port {port}/TCP",
-                observed=f"both run on {node}",
+                observed=f"{conflict.why} on {node}",
                 protocol="tcp",
                 pods=[holder.name, facts.clash_pod],
                 nodes=[node],
-                details=[describe_pod(first), describe_pod(clash)],
+                details=[describe_pod(p) for p in (first, clash) if p is not None],
             ),
             pytrace=False,
         )

@@ -65,3 +65,8 @@ class SweepError(CouldNotTest):
 class PrefetchError(CouldNotTest):
     """The run's prefetch as a whole could not run, or one item's container could not be
     asked."""
+
+
+class ProbeGoneError(CouldNotTest):
+    """A pod a check's verdict rests on is gone or stopped (deleted, evicted, crashed), so the
+    check cannot tell whether its rule held."""
