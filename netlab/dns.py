@@ -21,7 +21,9 @@ Answers (TTL 5 s, authoritative):
 - Names outside ``cluster.local``: REFUSED. There is no upstream: nothing is forwarded.
 
 The ``dns-wrong-address`` fault answers every Service name with a wrong address: the address
-mirrored from the top of the service range, which no Service holds.
+mirrored from the top of the service range, which no Service holds. ``dns-service-renamed``
+breaks nothing: the same DNS sits behind ``kube-system/rke2-coredns-rke2-coredns``, as RKE2
+names it, and kubelet still names its address.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ CLUSTER_DOMAIN = "cluster.local"
 TTL = 5
 DNS_PORT = 53
 WRONG_ADDRESS_FAULT = "dns-wrong-address"
+SERVICE = "kube-dns"
+RENAMED_FAULT = "dns-service-renamed"
+# RKE2's CoreDNS Service (rancher/rke2; rke2-coredns in later releases, rancher/rke2#5489).
+RENAMED_SERVICE = "rke2-coredns-rke2-coredns"
 NETNS_SUFFIX = "pod-00000053-coredns"  # the sweep's pod-namespace shape: found and removed
 CNI_CONTAINER_ID = "netlab-coredns"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -329,14 +335,20 @@ def _read_exactly(connection: socket.socket, size: int) -> bytes | None:
     return data
 
 
-def kube_dns_service(cluster_ip: str) -> JSONDict:
-    """kube-system/kube-dns as kubeadm creates it (no selector here: its one endpoint is the
-    lab's DNS namespace, published by hand in a slice of its own)."""
+def dns_service_name(spec: LabSpec) -> str:
+    """The cluster DNS Service's name: ``kube-dns`` as kubeadm names it, RKE2's name under
+    ``dns-service-renamed``."""
+    return RENAMED_SERVICE if RENAMED_FAULT in spec.faults else SERVICE
+
+
+def kube_dns_service(cluster_ip: str, name: str = "kube-dns") -> JSONDict:
+    """kube-system/kube-dns (or ``name``) as kubeadm creates it (no selector here: its one
+    endpoint is the lab's DNS namespace, published by hand in a slice of its own)."""
     return {
         "kind": "Service",
         "apiVersion": "v1",
         "metadata": {
-            "name": "kube-dns",
+            "name": name,
             "namespace": "kube-system",
             "labels": {
                 "k8s-app": "kube-dns",
@@ -355,17 +367,18 @@ def kube_dns_service(cluster_ip: str) -> JSONDict:
     }
 
 
-def kube_dns_endpoint_slice(address: str, node: str) -> JSONDict:
-    """The kube-dns Service's EndpointSlice: the DNS namespace's address on ``node``."""
+def kube_dns_endpoint_slice(address: str, node: str, service: str = "kube-dns") -> JSONDict:
+    """The kube-dns Service's (or ``service``'s) EndpointSlice: the DNS namespace's address on
+    ``node``."""
     family = f"IPv{ipaddress.ip_address(address).version}"
     return {
         "kind": "EndpointSlice",
         "apiVersion": "discovery.k8s.io/v1",
         "metadata": {
-            "name": "kube-dns-netlab",
+            "name": f"{service}-netlab",
             "namespace": "kube-system",
             "labels": {
-                SERVICE_NAME_LABEL: "kube-dns",
+                SERVICE_NAME_LABEL: service,
                 MANAGED_BY_LABEL: MANAGER,
                 "k8s-app": "kube-dns",
             },

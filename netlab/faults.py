@@ -43,6 +43,19 @@ FAULTS: dict[str, str] = {
     ),
     "dns-wrong-address": "the cluster DNS answers Service names with a wrong address",
     "hostport-unmapped": "node-2's CNI config lacks portmap: hostPorts are not mapped there",
+    "dns-blackhole": "every node drops DNS (port 53) from its pods: pods' resolver never answers",
+    "sandbox-reset-same-ip": (
+        "a container restart gives the pod a new network namespace with the same IP back"
+    ),
+    # Variants that break no rule: the suite must test, or skip for the named reason, and pass.
+    "dns-service-renamed": (
+        "not a fault: the cluster DNS Service is kube-system/rke2-coredns-rke2-coredns (as RKE2 "
+        "names it), not kube-dns; pods' resolv.conf still names its address"
+    ),
+    "no-cluster-dns": (
+        "not a fault: kubelets have no clusterDNS and no cluster DNS runs; ClusterFirst pods "
+        "get the node's own resolv.conf (as realk8s)"
+    ),
 }
 
 

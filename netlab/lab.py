@@ -151,10 +151,16 @@ class Lab:
 
     async def _start_services(self) -> None:
         """The Service data plane: kube-proxy rules on every node, following Services and
-        EndpointSlices, and the cluster DNS behind kube-system/kube-dns."""
+        EndpointSlices, and the cluster DNS behind kube-system/kube-dns (another name under
+        ``dns-service-renamed``; none at all under ``no-cluster-dns``)."""
         from netlab.dataplane.proxy import ServiceProxy
-        from netlab.dns import ClusterDNS, kube_dns_endpoint_slice, kube_dns_service
-        from netlab.kubelet.containers import cluster_dns_address
+        from netlab.dns import (
+            ClusterDNS,
+            dns_service_name,
+            kube_dns_endpoint_slice,
+            kube_dns_service,
+        )
+        from netlab.kubelet.containers import NO_CLUSTER_DNS_FAULT, cluster_dns_address
 
         assert self.api is not None
         api = self.api
@@ -163,17 +169,26 @@ class Lab:
         self.proxy = proxy
         self._stack.push_async_callback(proxy.stop)
         api.cluster.follow(("services", "endpointslices"), proxy.notify)
+        if NO_CLUSTER_DNS_FAULT in self.spec.faults:
+            log.info("services: proxy on %d nodes, no cluster DNS", len(self.kubelets))
+            return
         first = self.kubelets[0]
         dns = ClusterDNS(self.spec, first.cni, first.node.name, api.services_and_slices)
         addresses = await dns.start()
         self.dns = dns
         self._stack.push_async_callback(dns.stop)
         api.cluster.follow(("services", "endpointslices"), dns.refresh)
-        api.cluster.publish("services", kube_dns_service(cluster_dns_address(self.spec)))
+        name = dns_service_name(self.spec)
+        api.cluster.publish("services", kube_dns_service(cluster_dns_address(self.spec), name))
         api.cluster.publish(
-            "endpointslices", kube_dns_endpoint_slice(addresses[0], first.node.name)
+            "endpointslices", kube_dns_endpoint_slice(addresses[0], first.node.name, name)
         )
-        log.info("services: proxy on %d nodes, cluster DNS at %s", len(self.kubelets), addresses[0])
+        log.info(
+            "services: proxy on %d nodes, cluster DNS at %s behind kube-system/%s",
+            len(self.kubelets),
+            addresses[0],
+            name,
+        )
 
     async def _stop_control_plane(self) -> None:
         """Kubelets stop their pods first (while the API can still take their reports), then

@@ -41,6 +41,8 @@ FAMILY_MISSING_NODE = "node-2"  # whose IPAM forgets IPv6 under family-missing-o
 NO_HAIRPIN_FAULT = "no-hairpin"
 HOSTPORT_UNMAPPED_FAULT = "hostport-unmapped"
 HOSTPORT_UNMAPPED_NODE = "node-2"  # whose network config lacks the portmap plugin
+# A new sandbox on a container restart asks host-local for the old IPs (its ``ips`` capability).
+SAME_IP_FAULT = "sandbox-reset-same-ip"
 
 JSONDict = dict[str, Any]
 
@@ -173,6 +175,10 @@ class NodeCNI:
                         "routes": default_routes,
                         "dataDir": str(data_dir or self.data_dir),
                     },
+                    # host-local takes runtimeConfig.ips: the addresses a sandbox asks for.
+                    **(
+                        {"capabilities": {"ips": True}} if SAME_IP_FAULT in self.spec.faults else {}
+                    ),
                 },
                 *(
                     []
@@ -296,8 +302,10 @@ class NodeCNI:
         netns: str,
         *,
         port_mappings: Sequence[PortMapping] = (),
+        ips: Sequence[str] = (),
     ) -> CNIAttachment:
-        """Attach the namespace at path ``netns``: loopback up, then eth0 on cni0 with an IP."""
+        """Attach the namespace at path ``netns``: loopback up, then eth0 on cni0 with an IP
+        (``ips``: these addresses, CIDR notation, asked of host-local; `SAME_IP_FAULT` only)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         data_dir = self.data_dir
         if DUPLICATE_IP_FAULT in self.spec.faults:
@@ -305,7 +313,9 @@ class NodeCNI:
             # first address again and again.
             data_dir = self.state_dir / "ipam-fresh" / container_id
         config_list = self.network_config(data_dir=data_dir)
-        runtime_config = {"portMappings": [m.as_runtime_config() for m in port_mappings]}
+        runtime_config: JSONDict = {"portMappings": [m.as_runtime_config() for m in port_mappings]}
+        if ips:
+            runtime_config["ips"] = list(ips)
         # Cached before ADD: a failed or interrupted ADD is undone with the same config.
         self._cache_path(container_id).write_text(
             json.dumps({"config": config_list, "runtimeConfig": runtime_config, "result": None})

@@ -24,6 +24,8 @@ Each fault breaks one rule of the network model and nothing else:
   wire), and node-2 drops the ICMP "fragmentation needed" / ICMPv6 "packet too big" it would
   send: full-size packets between node-2's pods and other nodes' pods vanish in both
   directions, small ones and node-2's same-node traffic pass.
+- ``dns-blackhole``: every node drops DNS queries (UDP and TCP to port 53) from its own pods,
+  wherever they go: the pods' resolver never answers; everything else passes.
 
 On IPv6 and dual-stack labs every fault is installed once per family (ip6tables for IPv6),
 so it breaks its rule for each family the lab has.
@@ -47,6 +49,8 @@ ONE_WAY_PAIR_FAULT = "one-way-pair-drop"
 SAME_NODE_LAST_FAULT = "same-node-drop-last"
 HOST_TO_REMOTE_FAULT = "host-to-remote-pods-blocked"
 PMTU_FAULT = "pmtu-blackhole"
+DNS_BLACKHOLE_FAULT = "dns-blackhole"
+DNS_PORT = 53
 NODE_NETWORK_FAULTS = frozenset(
     {
         "snat-cross-node",
@@ -58,6 +62,7 @@ NODE_NETWORK_FAULTS = frozenset(
         SAME_NODE_LAST_FAULT,
         HOST_TO_REMOTE_FAULT,
         PMTU_FAULT,
+        DNS_BLACKHOLE_FAULT,
     }
 )
 RESTORE_COMMANDS = {4: "iptables-restore", 6: "ip6tables-restore"}
@@ -166,6 +171,14 @@ def node_fault_rules(
         # The node's own "too big" answers to forwarded pod packets (OUTPUT), and any it
         # would forward: the senders never learn the path MTU.
         filter_ += [f"-A {chain} {TOO_BIG_ICMP[family]} -j DROP" for chain in ("OUTPUT", "FORWARD")]
+    if DNS_BLACKHOLE_FAULT in faults:
+        # A query to the cluster DNS's Service address is DNATed to the DNS pod and forwarded,
+        # routed or bridged (br_netfilter): FORWARD sees it on the node its pod sits on.
+        filter_ += [
+            f"-A FORWARD -s {source} -p {proto} --dport {DNS_PORT} -j DROP"
+            for source in own
+            for proto in ("udp", "tcp")
+        ]
     return {table: rules for table, rules in (("nat", nat), ("filter", filter_)) if rules}
 
 
@@ -238,7 +251,7 @@ def apply_node_faults(spec: LabSpec, plan: NodePlan) -> list[str]:
         rules_by_table = node_fault_rules(spec, plan, version)
         if not rules_by_table:
             continue
-        if spec.faults & {"snat-same-node", "udp-drop", SAME_NODE_LAST_FAULT}:
+        if spec.faults & {"snat-same-node", "udp-drop", SAME_NODE_LAST_FAULT, DNS_BLACKHOLE_FAULT}:
             # Already on from the topology; re-asserted because these faults depend on it.
             call = "iptables" if version == 4 else "ip6tables"
             write_sysctls(plan.netns, {f"net.bridge.bridge-nf-call-{call}": "1"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,8 @@ class PodSandbox:
 
     # --- life ----------------------------------------------------------------------------------
 
-    async def create(self) -> None:
+    async def create(self, *, ips: Sequence[str] = ()) -> None:
+        """Make the namespace, attach it (asking for ``ips`` when given) and start pause."""
         pause = ContainerConfig(
             args=PAUSE_COMMAND,
             env=("PATH=/usr/sbin:/usr/bin:/sbin:/bin",),
@@ -133,7 +134,10 @@ class PodSandbox:
                 outcomes = await asyncio.gather(
                     self.runtime.run_detached(self.pause_id, pause),
                     self.cni.add(
-                        self.id, self.net_path, port_mappings=port_mappings_from_pod(self.pod)
+                        self.id,
+                        self.net_path,
+                        port_mappings=port_mappings_from_pod(self.pod),
+                        ips=ips,
                     ),
                     return_exceptions=True,
                 )
@@ -182,11 +186,13 @@ class PodSandbox:
         if problems:
             log.warning("sandbox %s removed with problems: %s", self.id, "; ".join(problems))
 
-    async def reset(self) -> None:
-        """The sandbox-reset fault: a brand new sandbox (new netns, new IP, new pause)."""
+    async def reset(self, *, keep_ips: bool = False) -> None:
+        """The sandbox-reset faults: a brand new sandbox (new netns, new pause) with a new IP,
+        or with ``keep_ips`` the same IPs asked back from IPAM (sandbox-reset-same-ip)."""
+        ips = self.ip_cidrs if keep_ips else ()
         await self.remove()
         self.generation += 1
-        await self.create()
+        await self.create(ips=ips)
 
     # --- split-netns fault ---------------------------------------------------------------------
 

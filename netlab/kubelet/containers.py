@@ -47,6 +47,12 @@ class ContainerConfigError(ValueError):
 
 
 CLUSTER_DOMAIN = "cluster.local"  # kubelet's --cluster-domain (kubeadm's default)
+NO_CLUSTER_DNS_FAULT = "no-cluster-dns"  # kubelet without --cluster-dns (clusterDNS)
+# kubelet's own words (dns.go GetPodDNS) when a ClusterFirst pod falls back to Default.
+MISSING_CLUSTER_DNS = (
+    'kubelet does not have ClusterDNS IP configured and cannot create Pod using "ClusterFirst" '
+    'policy. Falling back to "Default" policy.'
+)
 # kubelet's own limits on a pod's resolv.conf (validation.MaxDNSNameservers, MaxDNSSearchPaths).
 MAX_NAMESERVERS = 3
 MAX_SEARCH_PATHS = 32
@@ -76,17 +82,25 @@ def _host_resolv() -> tuple[list[str], list[str], list[str]]:
     return servers, searches, options
 
 
+def wants_cluster_dns(pod_spec: Mapping[str, Any], *, host_network: bool) -> bool:
+    """The pod's dnsPolicy asks for the cluster DNS: ClusterFirst (ClusterFirstWithHostNet for
+    hostNetwork pods), kubelet's podDNSCluster."""
+    policy = str(pod_spec.get("dnsPolicy") or "ClusterFirst")
+    return policy == "ClusterFirstWithHostNet" or (policy == "ClusterFirst" and not host_network)
+
+
 def resolv_conf(
     pod_spec: Mapping[str, Any], namespace: str, spec: LabSpec, *, host_network: bool
 ) -> str:
     """/etc/resolv.conf as kubelet (dns.go GetPodDNS) and containerd write it for the pod's
     dnsPolicy: ClusterFirst (ClusterFirstWithHostNet for hostNetwork pods) gets the cluster
     DNS, its search paths before the host's and ndots:5; Default, and ClusterFirst on the host
-    network, the host's; None only dnsConfig. dnsConfig is merged in last."""
+    network, the host's; None only dnsConfig. dnsConfig is merged in last. Under
+    ``no-cluster-dns`` kubelet has no cluster DNS: ClusterFirst falls back to the host's."""
+    cluster_first = wants_cluster_dns(pod_spec, host_network=host_network)
+    if NO_CLUSTER_DNS_FAULT in spec.faults:
+        cluster_first = False  # kubelet falls back to Default, with a MissingClusterDNS event
     policy = str(pod_spec.get("dnsPolicy") or "ClusterFirst")
-    cluster_first = policy == "ClusterFirstWithHostNet" or (
-        policy == "ClusterFirst" and not host_network
-    )
     host_servers, host_searches, host_options = _host_resolv()
     if policy == "None":
         servers, searches, options = [], [], []

@@ -27,7 +27,7 @@ from netlab.contract import (
     ServiceLookup,
     StatusCallback,
 )
-from netlab.dataplane.cni import NodeCNI
+from netlab.dataplane.cni import SAME_IP_FAULT, NodeCNI
 from netlab.dataplane.nsexec import netns_exists
 from netlab.dataplane.runtime import (
     ContainerRuntime,
@@ -37,10 +37,13 @@ from netlab.dataplane.runtime import (
 )
 from netlab.dataplane.sandbox import PodSandbox
 from netlab.kubelet.containers import (
+    MISSING_CLUSTER_DNS,
+    NO_CLUSTER_DNS_FAULT,
     ContainerConfigError,
     PodContext,
     container_config,
     service_environment,
+    wants_cluster_dns,
     write_etc_files,
 )
 from netlab.kubelet.hostports import host_port_conflict
@@ -316,6 +319,16 @@ class Kubelet:
     def _write_etc(self, record: PodRecord) -> None:
         sandbox = record.sandbox
         assert sandbox is not None
+        pod_spec = record.pod.get("spec", {})
+        if NO_CLUSTER_DNS_FAULT in self.spec.faults and wants_cluster_dns(
+            pod_spec, host_network=sandbox.host_network
+        ):
+            self._event(
+                record,
+                "Warning",
+                "MissingClusterDNS",
+                f'pod: "{record.name}_{record.namespace}({record.uid})". {MISSING_CLUSTER_DNS}',
+            )
         record.etc_files = write_etc_files(
             record.directory / "_etc",
             hostname=sandbox.hostname,
@@ -379,7 +392,7 @@ class Kubelet:
             if await record.stopped_within(delay):
                 return False
         container.restart_count += 1
-        if SANDBOX_RESET_FAULT in self.spec.faults and not container.init:
+        if self.spec.faults & {SANDBOX_RESET_FAULT, SAME_IP_FAULT} and not container.init:
             if container.name in record.moved:
                 record.moved.discard(container.name)  # restarted into the new sandbox: no reset
             else:
@@ -387,13 +400,14 @@ class Kubelet:
         return not record.stopping.is_set()
 
     async def _reset_sandbox(self, record: PodRecord, restarting: ContainerRecord) -> None:
-        """The sandbox-reset fault: a restart gets a brand new netns and IP. As kubelet does
-        for a new sandbox, the pod's other running containers are killed and restarted in it
-        (else they would stay behind in the old, detached namespace)."""
+        """The sandbox-reset faults: a restart gets a brand new netns and a new IP (or, under
+        sandbox-reset-same-ip, the same IP back from IPAM). As kubelet does for a new sandbox,
+        the pod's other running containers are killed and restarted in it (else they would
+        stay behind in the old, detached namespace)."""
         async with record.reset_lock:
             sandbox = record.sandbox
             assert sandbox is not None
-            await sandbox.reset()
+            await sandbox.reset(keep_ips=SAME_IP_FAULT in self.spec.faults)
             self._write_etc(record)
             others = [c for c in record.containers if c is not restarting and c.is_running]
             record.moved.update(c.name for c in others)

@@ -5,6 +5,7 @@ after many cycles, and every runtime fault observable."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import statistics
 import subprocess
@@ -572,6 +573,53 @@ def test_sandbox_reset_fault_gives_a_restarted_pod_a_new_ip() -> None:
             sandbox = harness.kubelet.pod_sandbox(uid)
             assert sandbox is not None
             assert restarted["podIP"] == sandbox.ips[0]
+        assert_clean(spec)
+
+    with lab_network(spec):
+        run(scenario())
+
+
+def test_sandbox_reset_same_ip_fault_gives_a_new_namespace_with_the_old_ip() -> None:
+    spec = lab("sandbox-reset-same-ip")
+    pod = make_pod(
+        "resetting",
+        [{"name": "x", "image": "i", "command": ["sh", "-c", "sleep 0.5; exit 1"]}],
+    )
+    uid = pod["metadata"]["uid"]
+
+    async def scenario() -> None:
+        async with running_kubelet(spec) as harness:
+            await harness.kubelet.start_pod(pod)
+            first = await harness.wait_status(uid, lambda s: "podIP" in s, "an IP")
+            sandbox = harness.kubelet.pod_sandbox(uid)
+            assert sandbox is not None
+            namespace_before = os.stat(sandbox.net_path).st_ino
+            await harness.wait_status(
+                uid,
+                lambda s: container_status(s, "x")["restartCount"] >= 1 and "podIP" in s,
+                "a restart",
+            )
+            again = harness.kubelet.pod_sandbox(uid)
+            assert again is not None
+            await harness.wait_status(uid, lambda s: again.generation >= 1, "a new sandbox")
+            assert again.ips == (first["podIP"],)
+            assert os.stat(again.net_path).st_ino != namespace_before
+        assert_clean(spec)
+
+    with lab_network(spec):
+        run(scenario())
+
+
+def test_without_cluster_dns_kubelet_says_so_for_cluster_first_pods() -> None:
+    spec = lab("no-cluster-dns")
+    pod = make_pod("plain", [{"name": "x", "image": "i", "command": ["sleep", "60"]}])
+    uid = pod["metadata"]["uid"]
+
+    async def scenario() -> None:
+        async with running_kubelet(spec) as harness:
+            await harness.kubelet.start_pod(pod)
+            await harness.wait_status(uid, lambda s: "podIP" in s, "an IP")
+            assert "MissingClusterDNS" in harness.reasons(uid)
         assert_clean(spec)
 
     with lab_network(spec):

@@ -278,3 +278,13 @@ def test_pmtu_blackhole_drops_too_big_icmp_per_family() -> None:
         "-A FORWARD -p ipv6-icmp --icmpv6-type packet-too-big -j DROP",
     ]
     assert [uplink_mtu(spec, plan) for plan in spec.node_plans()] == [None, 1400, None]
+
+
+def test_dns_blackhole_drops_every_nodes_pods_queries_per_family() -> None:
+    spec = LabSpec(name="nbplan", nodes=3, ip_family="dual", faults=frozenset({"dns-blackhole"}))
+    for plan in spec.node_plans():
+        for version, cidr in zip((4, 6), plan.pod_cidrs, strict=True):
+            assert node_fault_rules(spec, plan, version)["filter"] == [
+                f"-A FORWARD -s {cidr} -p udp --dport 53 -j DROP",
+                f"-A FORWARD -s {cidr} -p tcp --dport 53 -j DROP",
+            ]

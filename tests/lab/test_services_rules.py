@@ -1,6 +1,7 @@
 """The Service data plane's pieces without namespaces: kube-proxy's rules as the lab writes
 them (chain names, spread, masquerade, rejects, NodePorts, the proxy faults), the cluster DNS's
-answers, the kubelet's Service environment, resolv.conf and hostPort admission."""
+answers and its Service's name, the kubelet's Service environment, resolv.conf (with and
+without a cluster DNS) and hostPort admission, and the CNI config's faults."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ import pytest
 
 from netlab.dataplane.cni import NodeCNI
 from netlab.dataplane.proxy import jump_rules_input, node_rules, service_ports
-from netlab.dns import build_records, respond
-from netlab.kubelet.containers import resolv_conf, service_environment
+from netlab.dns import (
+    build_records,
+    dns_service_name,
+    kube_dns_endpoint_slice,
+    kube_dns_service,
+    respond,
+)
+from netlab.kubelet.containers import resolv_conf, service_environment, wants_cluster_dns
 from netlab.kubelet.hostports import REJECT_MESSAGE, host_port_conflict
 from netlab.spec import LabSpec
 
@@ -301,6 +308,35 @@ def test_resolv_conf_per_dns_policy(tmp_path: Any) -> None:
     assert "nameserver fd00:10:96::a" in resolv_conf({}, "team", six, host_network=False)
 
 
+def test_without_cluster_dns_cluster_first_pods_get_the_nodes_resolv_conf(tmp_path: Any) -> None:
+    """As kubelet without clusterDNS does (dns.go: podDNSCluster falls through to podDNSHost):
+    a ClusterFirst pod's resolv.conf is exactly a Default pod's."""
+    spec = LabSpec(name="rc", state_root=tmp_path, faults=frozenset({"no-cluster-dns"}))
+    fallback = resolv_conf({}, "team", spec, host_network=False)
+    assert fallback == resolv_conf({"dnsPolicy": "Default"}, "team", spec, host_network=False)
+    assert "svc.cluster.local" not in fallback
+    assert "10.96.0.10" not in fallback
+    assert wants_cluster_dns({}, host_network=False)
+    assert not wants_cluster_dns({"dnsPolicy": "Default"}, host_network=False)
+    assert not wants_cluster_dns({}, host_network=True)
+
+
+def test_the_dns_service_renamed_keeps_its_address(tmp_path: Any) -> None:
+    renamed = LabSpec(name="rn", state_root=tmp_path, faults=frozenset({"dns-service-renamed"}))
+    assert dns_service_name(LabSpec(name="rn", state_root=tmp_path)) == "kube-dns"
+    name = dns_service_name(renamed)
+    assert name == "rke2-coredns-rke2-coredns"
+    service = kube_dns_service("10.96.0.10", name)
+    assert service["metadata"]["name"] == name
+    assert service["spec"]["clusterIP"] == "10.96.0.10"
+    endpoints = kube_dns_endpoint_slice("10.244.0.53", "node-1", name)
+    assert endpoints["metadata"]["labels"]["kubernetes.io/service-name"] == name
+    # kubelet still names the same address: the pods' resolv.conf does not change.
+    assert resolv_conf({}, "team", renamed, host_network=False) == resolv_conf(
+        {}, "team", LabSpec(name="rn", state_root=tmp_path), host_network=False
+    )
+
+
 def _with_ports(*ports: JSONDict, host_network: bool = False) -> JSONDict:
     return {
         "spec": {"hostNetwork": host_network, "containers": [{"name": "c", "ports": list(ports)}]}
@@ -358,3 +394,9 @@ def test_cni_faults_in_the_config(tmp_path: Any) -> None:
         plain = NodeCNI(healthy, plan, list(plan.pod_cidrs)).network_config()
         assert plain["plugins"][0]["hairpinMode"] is True
         assert plain["plugins"][1] == {"type": "portmap", "capabilities": {"portMappings": True}}
+        assert "capabilities" not in plain["plugins"][0]
+    # sandbox-reset-same-ip: host-local takes the addresses a new sandbox asks for.
+    same_ip = LabSpec(name="cf", state_root=tmp_path, faults=frozenset({"sandbox-reset-same-ip"}))
+    plan = same_ip.node_plans()[0]
+    bridge = NodeCNI(same_ip, plan, list(plan.pod_cidrs)).network_config()["plugins"][0]
+    assert bridge["capabilities"] == {"ips": True}
