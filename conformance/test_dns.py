@@ -14,7 +14,7 @@ configures no cluster DNS on any tested node (`conformance.kit.resolvers`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -92,7 +92,7 @@ def headless_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -
 
 
 def _tested_dns(
-    rule: str, probe_map: ProbeMap, node: str, record_property: Callable[[str, object], None]
+    rule: str, probe_map: ProbeMap, node: str, request: pytest.FixtureRequest
 ) -> DNSPlan:
     """The node's plan when its DNS is to be tested; otherwise skip (no cluster DNS anywhere),
     fail (none on this node while other nodes have one) or could not test."""
@@ -116,7 +116,7 @@ def _tested_dns(
         )
     assert plan.action == DNS_TEST, plan
     if plan.resolver is not None:
-        record_property("netconform.resolver", plan.resolver.describe())
+        request.node.user_properties.append(("netconform.resolver", plan.resolver.describe()))
     return plan
 
 
@@ -165,12 +165,12 @@ def test_service_names_resolve(
     probe_node: str,
     probe_map: ProbeMap,
     answers: ItemAnswers,
-    record_property: Callable[[str, object], None],
+    request: pytest.FixtureRequest,
 ) -> None:
     """A pod on every node MUST resolve a Service's short, namespace-qualified and fully
     qualified names (through the cluster DNS and the search list kubelet wrote into its
     resolv.conf) to the Service's cluster IP of each family the Service has."""
-    plan = _tested_dns(NAMES_RULE, probe_map, probe_node, record_property)
+    plan = _tested_dns(NAMES_RULE, probe_map, probe_node, request)
     facts = facts_of(probe_map)
     ip = facts.cluster_ip(SERVICE, family)
     if ip is None:
@@ -195,11 +195,11 @@ def test_headless_service_resolves_to_ready_pods(
     probe_node: str,
     probe_map: ProbeMap,
     answers: ItemAnswers,
-    record_property: Callable[[str, object], None],
+    request: pytest.FixtureRequest,
 ) -> None:
     """A pod on every node MUST resolve a headless Service's name to the IPs of its ready
     endpoints (one pod on each node) of each family."""
-    plan = _tested_dns(HEADLESS_RULE, probe_map, probe_node, record_property)
+    plan = _tested_dns(HEADLESS_RULE, probe_map, probe_node, request)
     probe = probe_map.get(ROLE_PROBE, probe_node)
     ready = sorted(
         ip

@@ -296,7 +296,48 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         either(to_node(HOST_PORT_PODS, "2"), to_node(HOST_PORT_HOSTS, "2")),
         "node-2 has no portmap: every hostPort item towards node-2, from pods and hosts",
     ),
+    # Issue 21: the pods' resolver, and the sandbox itself.
+    "dns-blackhole": Expectation(
+        either(of_node(DNS_NAMES), of_node(DNS_HEADLESS)),
+        "every node drops its pods' DNS queries: the resolver the pods' resolv.conf names never"
+        " answers, for every name, headless included, from every node",
+    ),
+    "sandbox-reset-same-ip": Expectation(
+        r"test_sandbox::test_sandbox_survives_container_restart\b",
+        "a container restart gives the pod a new network namespace with the same IP (and, as"
+        " kubelet does, restarts the other container into it), on every node",
+    ),
 }
+
+
+# Labs that break no rule but differ from kubeadm's layout: every check passes or skips for
+# its named reason, and the run exits 0. DNS must be tested where kubelet names a cluster DNS,
+# whatever its Service is called, and skipped only where kubelet configures none.
+@dataclass(frozen=True)
+class Variant:
+    """What the DNS checks must do on the lab (``dns``: passed or skipped), the skip reason's
+    start where they skip, and why."""
+
+    dns: str
+    why: str
+    reason: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    "dns-service-renamed": Variant(
+        "passed",
+        "the cluster DNS sits behind kube-system/rke2-coredns-rke2-coredns, as on RKE2; the pods'"
+        " resolv.conf names its address, so DNS is tested and holds",
+    ),
+    "no-cluster-dns": Variant(
+        "skipped",
+        "kubelets have no clusterDNS (as realk8s): ClusterFirst pods get the node's own"
+        " resolv.conf, so the DNS checks skip, naming kubelet",
+        reason="kubelet configures no cluster DNS on any tested node",
+    ),
+}
+VARIANT_CASES: tuple[LabCase, ...] = tuple(LabCase((name,)) for name in VARIANTS)
+DNS_CHECK = re.compile(rf"(?:{DNS_NAMES}|{DNS_HEADLESS})\[")
 
 # Two faults at once: each must be caught as if alone (the union of their checks).
 COMBINATIONS: tuple[tuple[str, str], ...] = (
@@ -322,7 +363,7 @@ FAULT_CASES: tuple[LabCase, ...] = (
     *(LabCase(pair) for pair in COMBINATIONS),
     *FAMILY_FAULT_CASES,
 )
-CASES: tuple[LabCase, ...] = (*HEALTHY_CASES, *FAULT_CASES)
+CASES: tuple[LabCase, ...] = (*HEALTHY_CASES, *VARIANT_CASES, *FAULT_CASES)
 
 
 def case_id(case: LabCase) -> str:
@@ -416,6 +457,31 @@ def test_healthy_lab_passes_every_check_and_leaves_nothing(case: LabCase, matrix
     assert run.leftovers == [], f"the run left objects behind in the cluster: {run.leftovers}"
 
 
+@pytest.mark.parametrize("case", VARIANT_CASES, ids=case_id)
+def test_variants_break_no_rule_and_dns_follows_the_pods_resolver(
+    case: LabCase, matrix: Matrix
+) -> None:
+    run = matrix.result(case)
+    variant = VARIANTS[case.faults[0]]
+    print(
+        f"{case.id}: boot {run.boot_seconds:.0f} s, suite {run.suite_seconds:.0f} s, {run.ran} ran"
+    )
+    failed, errors = run.ids("failed"), run.ids("error")
+    assert (failed, errors) == ([], []), (
+        f"{case.id} breaks no rule: failed {failed}, errored {errors}\n{run.output[-6000:]}"
+    )
+    assert run.exitstatus == 0, f"{case.id}: exit {run.exitstatus}\n{run.output[-3000:]}"
+    dns = [check for check in run.cases if DNS_CHECK.search(check.test_id)]
+    assert len(dns) >= 6, f"{case.id}: DNS checks {[c.test_id for c in dns]}"
+    off = [
+        f"{c.test_id}: {c.outcome} {c.message}"
+        for c in dns
+        if c.outcome != variant.dns or not c.message.startswith(variant.reason)
+    ]
+    assert not off, f"{case.id} ({variant.why}):\n  " + "\n  ".join(off)
+    assert run.leftovers == [], f"{case.id}: the run left objects behind: {run.leftovers}"
+
+
 @pytest.mark.parametrize("case", FAULT_CASES, ids=case_id)
 def test_faults_fail_exactly_the_checks_of_their_rules(case: LabCase, matrix: Matrix) -> None:
     try:
@@ -432,4 +498,5 @@ def test_faults_fail_exactly_the_checks_of_their_rules(case: LabCase, matrix: Ma
     off = unexpected_verdicts(run, *expected_patterns(faults))
     why = "; ".join(f"{f}: {EXPECTED_FAILURES[f].why}" for f in faults)
     assert not off, f"{label}: verdicts off the expectation ({why}):\n  " + "\n  ".join(off)
+    assert run.exitstatus == 1, f"{label}: a broken rule exits 1, not {run.exitstatus}"
     assert run.leftovers == [], f"{label}: the run left objects behind: {run.leftovers}"
