@@ -163,11 +163,12 @@ class ApiServer:
         return None if obj is None else dict(obj.get("data") or {})
 
     async def start(self) -> str:
-        self.cluster.start_controllers()
         try:
             async with self._listening:
                 if self._tls:
                     self._cert = await make_serving_cert(self._host, self.spec.state_dir / TLS_DIR)
+                ca = self._cert.pem.decode() if self._cert is not None else None
+                self.cluster.start_controllers(ca)
                 await self._listen()
         except BaseException:
             await self.stop()  # nothing half-started is left behind (port, certificate)
