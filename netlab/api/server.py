@@ -33,6 +33,7 @@ from netlab.api.negotiation import (
     negotiate_output,
     negotiated_paths,
 )
+from netlab.api.nodeproxy import PROXY_PATH, serve_node_proxy
 from netlab.api.request import NOT_FOUND, Target, parse_path
 from netlab.api.rest import Rest, respond
 from netlab.api.store import DEFAULT_HISTORY, Store
@@ -335,6 +336,11 @@ class ApiServer:
                     405, "the server does not allow this method on the requested resource"
                 )
             return simple
+        proxied = PROXY_PATH.match(path)
+        if proxied is not None:
+            return serve_node_proxy(
+                request, self.store, proxied.group("name"), proxied.group("path") or "/"
+            )
         target = parse_path(path)
         if target is None:
             raise ApiError(404, NOT_FOUND, details={})
