@@ -455,8 +455,7 @@ def test_a_restart_drops_connections_and_keeps_state(faulty: LiveServer, ns: str
     until(
         # The client's watch is the namespaced one (the root CA publisher watches them all).
         lambda: any(
-            w.resource == "configmaps" and w.namespace == ns
-            for w in faulty.server.store._watchers
+            w.resource == "configmaps" and w.namespace == ns for w in faulty.server.store._watchers
         ),
         5,
         "the watch registered",
