@@ -4,14 +4,10 @@ image's root), references normalised, and argv built as containerd's CRI builds 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import json
-import tarfile
 from pathlib import Path
 
 import pytest
+from oci import layer, oci_archive
 
 from netlab.dataplane.images import (
     ImageConfig,
@@ -24,80 +20,7 @@ from netlab.dataplane.images import (
 NAME = "registry.k8s.io/e2e-test-images/agnhost:2.45"
 
 
-def _layer(entries: list[tuple[str, bytes | None, str | None]]) -> bytes:
-    """A gzipped layer: (path, file content or None for a directory, symlink target)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for path, content, link in entries:
-            info = tarfile.TarInfo(path)
-            if link is not None:
-                info.type, info.linkname = tarfile.SYMTYPE, link
-                tar.addfile(info)
-            elif content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(content), 0o755
-                tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue())
-
-
-def _archive(
-    path: Path,
-    layers: list[bytes],
-    *,
-    name: str | None = NAME,
-    config: dict[str, object] | None = None,
-    corrupt: bool = False,
-) -> Path:
-    blobs: dict[str, bytes] = {}
-
-    def blob(data: bytes) -> dict[str, object]:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        blobs[digest] = data
-        return {"digest": digest, "size": len(data)}
-
-    config_blob = blob(json.dumps({"config": config or {}}).encode())
-    layer_refs = [
-        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **blob(layer)}
-        for layer in layers
-    ]
-    manifest = blob(
-        json.dumps(
-            {
-                "schemaVersion": 2,
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-                "layers": layer_refs,
-            }
-        ).encode()
-    )
-    annotations = {"io.containerd.image.name": name} if name else {}
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **manifest,
-                "annotations": annotations,
-            }
-        ],
-    }
-    if corrupt:  # the last layer's bytes no longer match its digest
-        digest = str(layer_refs[-1]["digest"])
-        blobs[digest] = _layer([("tampered", b"x", None)])
-    with tarfile.open(path, "w") as tar:
-        for member, data in [
-            ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-            ("index.json", json.dumps(index).encode()),
-            *((f"blobs/sha256/{d.removeprefix('sha256:')}", b) for d, b in blobs.items()),
-        ]:
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-LOWER = _layer(
+LOWER = layer(
     [
         ("etc", None, None),
         ("etc/gone", b"whited out above", None),
@@ -108,7 +31,7 @@ LOWER = _layer(
         ("agnhost", b"#!/bin/sh\n", None),
     ]
 )
-UPPER = _layer(
+UPPER = layer(
     [
         ("etc/.wh.gone", b"", None),
         ("dir/new", b"new", None),
@@ -119,9 +42,10 @@ UPPER = _layer(
 
 
 def test_layers_apply_in_order_with_whiteouts(tmp_path: Path) -> None:
-    archive = _archive(
+    archive = oci_archive(
         tmp_path / "image.tar",
         [LOWER, UPPER],
+        name=NAME,
         config={"Entrypoint": ["/agnhost"], "Cmd": ["pause"], "Env": ["A=1"], "WorkingDir": "/w"},
     )
     store = ImageStore(tmp_path / "state")
@@ -140,11 +64,11 @@ def test_layers_apply_in_order_with_whiteouts(tmp_path: Path) -> None:
 def test_a_symlink_never_leads_a_later_layer_out_of_the_root(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    escape = _layer([("escape", None, str(outside))])
-    through = _layer([("escape/planted", b"x", None)])
+    escape = layer([("escape", None, str(outside))])
+    through = layer([("escape/planted", b"x", None)])
     with pytest.raises(ImageError, match="could not be unpacked"):
         ImageStore(tmp_path / "state").import_archive(
-            _archive(tmp_path / "image.tar", [escape, through])
+            oci_archive(tmp_path / "image.tar", [escape, through], name=NAME)
         )
     assert list(outside.iterdir()) == []
 
@@ -152,7 +76,7 @@ def test_a_symlink_never_leads_a_later_layer_out_of_the_root(tmp_path: Path) -> 
 def test_a_member_outside_the_root_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="could not be unpacked"):
         ImageStore(tmp_path / "state").import_archive(
-            _archive(tmp_path / "image.tar", [_layer([("../evil", b"x", None)])])
+            oci_archive(tmp_path / "image.tar", [layer([("../evil", b"x", None)])], name=NAME)
         )
     assert not (tmp_path / "state" / "evil").exists()
 
@@ -160,11 +84,11 @@ def test_a_member_outside_the_root_is_refused(tmp_path: Path) -> None:
 def test_a_tampered_layer_and_a_nameless_image_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="has digest"):
         ImageStore(tmp_path / "a").import_archive(
-            _archive(tmp_path / "bad.tar", [LOWER], corrupt=True)
+            oci_archive(tmp_path / "bad.tar", [LOWER], name=NAME, corrupt=True)
         )
     with pytest.raises(ImageError, match="has no image name"):
         ImageStore(tmp_path / "b").import_archive(
-            _archive(tmp_path / "anon.tar", [LOWER], name=None)
+            oci_archive(tmp_path / "anon.tar", [LOWER], name=None)
         )
     (tmp_path / "junk.tar").write_bytes(b"not a tar")
     with pytest.raises(ImageError, match="not a readable image archive"):
