@@ -6,9 +6,9 @@ naming the types it can answer in.
 The lab decodes and encodes JSON and YAML, not protobuf (netlab has no protobuf codec for the
 Kubernetes types: docs/architecture.md says why), so its lists name those two where
 kube-apiserver also names ``application/vnd.kubernetes.protobuf``. A client that sends
-protobuf gets the real 415 and its real text, and client-go 1.32 and later fall back to JSON
-on it; older clients must be told to speak JSON (``--kube-api-content-type=application/json``
-for the upstream e2e binaries).
+protobuf gets the real 415 and its real text. client-go does not fall back to JSON on it (its
+415 fallback, since 1.32, is for CBOR request bodies only), so a protobuf client must be told
+to speak JSON (``--kube-api-content-type=application/json`` for the upstream e2e binaries).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ GRANULAR_POD_CHECKS = (
     "Granular Checks: Pods should function for (intra-pod|node-pod) communication: (http|udp)"
 )
 # client-go 1.28 sends protobuf by default; the lab decodes JSON and YAML only (and answers a
-# protobuf body with 415, which client-go before 1.32 does not fall back from).
+# protobuf body with 415, from which client-go does not fall back: that is for CBOR only).
 JSON_CONTENT = "--kube-api-content-type=application/json"
 
 
