@@ -237,6 +237,7 @@ async def run_lab(spec: LabSpec, kubeconfig: Path) -> int:
                 "ip_family": spec.ip_family,
                 "faults": sorted(spec.faults),
                 "api_faults": list(spec.api_faults),  # as started; `netlab api-faults` has now
+                "images": [str(path) for path in spec.images],
                 "api_url": lab.api_url,
                 "kubeconfig": str(kubeconfig),
                 "pid": os.getpid(),
