@@ -16,7 +16,7 @@ VENV="$ROOT/.venv"
 # Debian packages: the lab's data plane (runc, CNI plugins, iptables, iproute2) and the tools a
 # probe image carries (python3 with scapy, tcpdump, curl), because lab containers see the host's files.
 # openssl makes the lab API server's serving certificate; chromium (headless) checks the HTML report.
-APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 openssl python3 python3-venv python3-scapy tcpdump curl util-linux chromium)
+APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 openssl python3 python3-venv python3-scapy tcpdump curl netcat-openbsd util-linux chromium)
 
 say() { printf '%s\n' "$*" >&2; }
 

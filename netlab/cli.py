@@ -111,6 +111,7 @@ def spec_from_args(args: argparse.Namespace) -> LabSpec:
             faults=frozenset(getattr(args, "fault", [])),
             api_faults=tuple(getattr(args, "api_fault", [])),
             state_root=args.state_root,
+            images=tuple(path.absolute() for path in getattr(args, "image", [])),
         )
         check_topology_faults(spec)
     except LabSpecError as error:
@@ -150,6 +151,9 @@ def _log_tail(path: Path) -> str:
 def command_up(args: argparse.Namespace) -> int:
     check_machine()
     spec = spec_from_args(args)
+    for image in spec.images:
+        if not image.is_file():
+            raise UsageError(f"image archive {image} does not exist")
     state_dir = spec.state_dir
     running = daemon_pid(state_dir)
     if running is not None:
@@ -170,6 +174,8 @@ def command_up(args: argparse.Namespace) -> int:
         argv += ["--fault", fault]
     for api_fault in spec.api_faults:
         argv += ["--api-fault", api_fault]
+    for image in spec.images:
+        argv += ["--image", str(image)]
     argv += ["--kubeconfig", str(kubeconfig), "--state-root", str(spec.state_root)]
     say(
         f"starting lab {spec.name}: {spec.nodes} nodes, {spec.ip_family}, "
@@ -371,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME[=VALUE]",
         help="a control-plane fault (repeatable; `netlab api-faults` lists them)",
+    )
+    up.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="ARCHIVE",
+        help="an OCI image archive whose files containers of that image see over the host's "
+        "(repeatable)",
     )
     up.add_argument("--name", default="default", help="lab name (default 'default')")
     up.add_argument(

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from netlab.dataplane.cleanup import sweep
+from netlab.dataplane.images import ImageStore
 from netlab.dataplane.netfaults import apply_lab_faults
 from netlab.dataplane.topology import (
     build_topology,
@@ -122,6 +123,11 @@ class Lab:
             sorted(spec.faults) or "none",
         )
 
+        images = ImageStore(spec.state_dir)
+        self._stack.callback(images.close)
+        for image in await asyncio.to_thread(images.import_archives, spec.images):
+            log.info("image %s imported from its archive", ", ".join(image.names))
+
         self.api = ApiServer(spec)
         self._stack.push_async_callback(self._stop_control_plane)
         ranges = plan_ipam_ranges(spec)
@@ -135,6 +141,7 @@ class Lab:
                 on_event=self.api.record_event,
                 configmaps=self.api.configmap_data,
                 services=self.api.services_in,
+                images=images.lookup,
             )
             self.kubelets.append(kubelet)  # closed on teardown even if start fails half-way
             await kubelet.start()
@@ -245,6 +252,7 @@ async def run_lab(spec: LabSpec, kubeconfig: Path) -> int:
                 "ip_family": spec.ip_family,
                 "faults": sorted(spec.faults),
                 "api_faults": list(spec.api_faults),  # as started; `netlab api-faults` has now
+                "images": [str(path) for path in spec.images],
                 "api_url": lab.api_url,
                 "kubeconfig": str(kubeconfig),
                 "pid": os.getpid(),
@@ -277,6 +285,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ip-family", default="ipv4")
     parser.add_argument("--fault", action="append", default=[])
     parser.add_argument("--api-fault", action="append", default=[])
+    parser.add_argument("--image", action="append", default=[], type=Path)
     parser.add_argument("--kubeconfig", type=Path)
     parser.add_argument("--state-root", type=Path, default=STATE_ROOT, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -297,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults=frozenset(args.fault),
             api_faults=tuple(args.api_fault),
             state_root=args.state_root,
+            images=tuple(path.absolute() for path in args.image),
         )
         check_topology_faults(spec)
     except LabSpecError as error:

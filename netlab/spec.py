@@ -61,6 +61,9 @@ class LabSpec:
     # Control-plane faults, `NAME[=VALUE]` as `--api-fault` takes them (netlab.api.faults).
     api_faults: tuple[str, ...] = ()
     state_root: Path = STATE_ROOT
+    # OCI image archives whose files the lab's containers of those images see over the host's
+    # (netlab.dataplane.images); absolute paths.
+    images: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if not LAB_NAME_PATTERN.match(self.name):

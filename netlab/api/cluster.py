@@ -17,6 +17,7 @@ from netlab.api.endpointslices import EndpointSliceController
 from netlab.api.faults import FaultSwitch, parse_api_faults
 from netlab.api.kubeadm import kubeadm_config
 from netlab.api.meta import new_uid, now_rfc3339
+from netlab.api.rootca import RootCAPublisher
 from netlab.api.scheduler import pick_node
 from netlab.api.serviceaccounts import ServiceAccountController
 from netlab.api.services import ServiceRegistry
@@ -174,6 +175,7 @@ class Cluster:
         self.service_accounts = ServiceAccountController(store, self.switch)
         self.services = ServiceRegistry(store, spec)
         self.endpoint_slices = EndpointSliceController(store)
+        self.root_ca = RootCAPublisher(store)
         self.on_pod_created: list[Callable[[JSONDict], None]] = []
         self.agents: dict[str, KubeletAPI] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -197,13 +199,17 @@ class Cluster:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
-    def start_controllers(self) -> None:
-        """Controllers that run on the event loop (the EndpointSlice controller)."""
+    def start_controllers(self, ca_pem: str | None = None) -> None:
+        """Controllers that run on the event loop: the EndpointSlice controller, and with the
+        API server's CA (``ca_pem``; none without TLS) the root CA publisher."""
         self.endpoint_slices.start()
+        if ca_pem is not None:
+            self.root_ca.start(ca_pem)
 
     async def stop(self) -> None:
         self.service_accounts.stop()
         await self.endpoint_slices.stop()
+        await self.root_ca.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -71,6 +71,7 @@ SUBRESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pods/eviction": ("Eviction", ("create",)),
     "namespaces/status": ("Namespace", ("get",)),
     "nodes/status": ("Node", ("get",)),
+    "nodes/proxy": ("NodeProxyOptions", ("create", "delete", "get", "patch", "update")),
 }
 
 

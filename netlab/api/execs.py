@@ -1,8 +1,10 @@
-"""pods/exec over WebSocket, speaking the channel protocols (v5, v4 and base64 variants).
+"""pods/exec over WebSocket, speaking the channel protocols (v5, v4 and base64 variants), and
+over SPDY/3.1 with the v4 protocol (client-go before 1.29, kubectl's fallback).
 
-Every message is one channel byte then data: 0 stdin, 1 stdout, 2 stderr, 3 error (a v1
-Status when the command ends), 4 resize; v5 adds 255 "close" (client closes its stdin).
-SPDY is not spoken: a request without a WebSocket upgrade gets a 400 Status saying so.
+Every WebSocket message is one channel byte then data: 0 stdin, 1 stdout, 2 stderr, 3 error
+(a v1 Status when the command ends), 4 resize; v5 adds 255 "close" (client closes its stdin).
+Over SPDY each channel is a stream of its own (netlab.api.spdy). A request with neither
+upgrade gets a 400 Status saying so.
 
 As on a real node, a command whose argument is longer than Linux allows (MAX_ARG_STRLEN) cannot
 start; with the ``exec-v4-only`` API fault only the protocols of API servers before 1.30 are
@@ -27,7 +29,8 @@ from netlab.api.containers import node_of, resolve_container
 from netlab.api.errors import ApiError
 from netlab.api.faults import ApiFaults
 from netlab.api.injector import STREAM_CUT, StreamCut, drop_connection
-from netlab.contract import ExecProcess, RuntimeError_
+from netlab.api.spdy import GOAWAY, RST_STREAM, SYN_STREAM, FrameParser, HeaderCodec, SpdyConnection
+from netlab.contract import ExecProcess, KubeletAPI, RuntimeError_
 
 JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -41,6 +44,11 @@ V1 = "channel.k8s.io"
 PROTOCOLS = (V5, V4, V4_BASE64, BASE64, V1)
 PRE_1_30_PROTOCOLS = (V4, V4_BASE64, BASE64, V1)  # what exec-v4-only offers
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+SPDY_UPGRADE = "SPDY/3.1"
+SPDY_PROTOCOL_HEADER = "X-Stream-Protocol-Version"
+# SPDY carries each channel on its own stream, named by the stream's ``streamtype`` header.
+SPDY_STREAM_TYPES = {STDIN: "stdin", STDOUT: "stdout", STDERR: "stderr", ERROR: "error"}
+STREAM_CREATION_TIMEOUT = 30.0  # kubelet's: seconds for the client to open its streams
 MAX_FRAME = 1 << 20
 # Linux's limit on one execve argument, its terminating NUL included (32 pages).
 MAX_ARG_STRLEN = 32 * 4096
@@ -125,18 +133,25 @@ class _Cut(Exception):
     """The cut-streams fault's moment has come: drop the connection."""
 
 
-class ExecSession:
-    """One upgraded exec connection; with ``cut``, it drops after that much output."""
+class ChannelSession:
+    """One upgraded exec connection, whatever carries its channels; with ``cut``, it drops
+    after that much output."""
 
-    def __init__(
-        self, ws: web.WebSocketResponse, request: web.Request, cut: StreamCut | None = None
-    ) -> None:
-        self.ws = ws
+    def __init__(self, request: web.Request, cut: StreamCut | None = None) -> None:
         self.request = request
-        self.protocol = ws.ws_protocol or V1
-        self.base64 = "base64" in self.protocol
         self.cut = cut
         self._output = 0  # stdout and stderr bytes sent
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    async def _send_frame(self, channel: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def pump_in(self, process: ExecProcess, stdin: bool) -> None:
+        """The client's side until it ends: stdin into the process, its end closing stdin."""
+        raise NotImplementedError
 
     def cut_now(self) -> None:
         fault_log.info("api fault: exec stream cut after %d output bytes", self._output)
@@ -144,7 +159,7 @@ class ExecSession:
         raise _Cut
 
     async def send(self, channel: int, data: bytes) -> None:
-        if self.ws.closed:
+        if self.closed:
             return
         if self.cut is not None and channel in (STDOUT, STDERR):
             room = self.cut.output_bytes - self._output
@@ -155,6 +170,33 @@ class ExecSession:
                 self.cut_now()
             self._output += len(data)
         await self._send_frame(channel, data)
+
+    async def pump_out(
+        self, stream: asyncio.StreamReader | None, channel: int, forward: bool
+    ) -> None:
+        """Copy a process stream to a channel (or drain it, unasked for, so it cannot block)."""
+        if stream is None:
+            return
+        while chunk := await stream.read(32768):
+            if forward:
+                await self.send(channel, chunk)
+
+
+class ExecSession(ChannelSession):
+    """Exec over WebSocket: every message is a channel byte and data (base64 text in the
+    base64 protocols)."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, cut: StreamCut | None = None
+    ) -> None:
+        super().__init__(request, cut)
+        self.ws = ws
+        self.protocol = ws.ws_protocol or V1
+        self.base64 = "base64" in self.protocol
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
 
     async def _send_frame(self, channel: int, data: bytes) -> None:
         if self.base64:
@@ -174,16 +216,6 @@ class ExecSession:
         except (ValueError, TypeError):
             return None
         return None
-
-    async def pump_out(
-        self, stream: asyncio.StreamReader | None, channel: int, forward: bool
-    ) -> None:
-        """Copy a process stream to a channel (or drain it, unasked for, so it cannot block)."""
-        if stream is None:
-            return
-        while chunk := await stream.read(32768):
-            if forward:
-                await self.send(channel, chunk)
 
     async def pump_in(self, process: ExecProcess, stdin: bool) -> None:
         """Client frames: stdin data into the process; v5 close ends its stdin."""
@@ -230,13 +262,18 @@ async def serve_exec(
             f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to start: ContainerCreating',
         )
     protocols = PRE_1_30_PROTOCOLS if faults.exec_v4_only else PROTOCOLS
+    upgrade = request.headers.get("Upgrade", "").lower()
+    if upgrade == SPDY_UPGRADE.lower():
+        return await _serve_spdy(
+            request, agent, pod, container, list(command), stdin, stdout, stderr, tty
+        )
     # Checked after the request itself, so that kubectl's SPDY fallback (taken whenever the
     # WebSocket upgrade fails) still shows the real reason above.
-    if request.headers.get("Upgrade", "").lower() != "websocket":
+    if upgrade != "websocket":
         raise ApiError(
             400,
-            "Upgrade request required: this API server (netlab) serves exec over WebSocket only "
-            f"(subprotocols {', '.join(protocols)}); SPDY is not supported",
+            "Upgrade request required: this API server (netlab) serves exec over WebSocket "
+            f"(subprotocols {', '.join(protocols)}) and {SPDY_UPGRADE} ({V4})",
         )
     offered = offered_protocols(request)
     if offered and not set(offered) & set(protocols):
@@ -260,9 +297,113 @@ async def serve_exec(
         await session.send(ERROR, json.dumps(internal_error(cause)).encode())
         await ws.close()
         return ws
+    try:
+        await _drive(session, process, list(command), stdin, stdout, stderr)
+    finally:
+        if not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.close()
+    return ws
+
+
+async def _serve_spdy(
+    request: web.Request,
+    agent: KubeletAPI,
+    pod: JSONDict,
+    container: str,
+    command: list[str],
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+) -> web.StreamResponse:
+    """Exec over SPDY/3.1 (client-go before 1.29): the v4 channel protocol, one SPDY stream
+    per channel, as kubelet's remotecommand server speaks it behind the API server."""
+    offered = [
+        protocol.strip()
+        for header in request.headers.getall(SPDY_PROTOCOL_HEADER, [])
+        for protocol in header.split(",")
+        if protocol.strip()
+    ]
+    if V4 not in offered:
+        # kubelet's handshake refusal, as the API server passes it on (text, not a Status).
+        return web.Response(
+            status=403,
+            text=f"unable to upgrade: unable to negotiate protocol: client supports "
+            f"[{' '.join(offered)}], server accepts [{V4}]\n",
+        )
+    codec = HeaderCodec()
+    parser = FrameParser(codec)
+    # The rest of the connection is SPDY: frames go to our parser, not to the HTTP one.
+    request.protocol.set_parser(parser)  # type: ignore[arg-type]
+    response = web.StreamResponse(
+        status=101,
+        reason="Switching Protocols",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": SPDY_UPGRADE,
+            SPDY_PROTOCOL_HEADER: V4,
+        },
+    )
+    await response.prepare(request)
+    transport = request.transport
+    assert transport is not None
+    connection = SpdyConnection(transport, codec, parser)
+    session = SpdySession(connection, request, request.get(STREAM_CUT))
+    try:
+        wanted = {"error"} | {
+            name
+            for name, asked in (
+                ("stdin", stdin),
+                ("stdout", stdout),
+                ("stderr", stderr and not tty),
+                ("resize", tty),
+            )
+            if asked
+        }
+        try:
+            async with asyncio.timeout(STREAM_CREATION_TIMEOUT):
+                await session.accept_streams(wanted)
+        except TimeoutError:
+            log.info(
+                "exec over SPDY: the client opened %s of %s",
+                sorted(session.streams),
+                sorted(wanted),
+            )
+            return response
+        if session.ended:
+            return response
+        too_long = argument_too_long(command, _container_path(pod, container))
+        if too_long is not None:
+            await session.send(ERROR, json.dumps(internal_error(too_long)).encode())
+            return response
+        try:
+            process = await agent.exec(
+                pod["metadata"]["uid"], container, command, stdin=stdin, tty=tty
+            )
+        except (RuntimeError_, OSError) as error:
+            cause = f"error executing command in container: {error}"
+            await session.send(ERROR, json.dumps(internal_error(cause)).encode())
+            return response
+        await _drive(session, process, command, stdin, stdout, stderr)
+    finally:
+        session.finish()
+    return response
+
+
+async def _drive(
+    session: ChannelSession,
+    process: ExecProcess,
+    command: list[str],
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+) -> None:
+    """Run one exec to its end over ``session``: the client's input in, the output and the
+    exit status out; a client that leaves kills the command."""
     loop = asyncio.get_running_loop()
     inbound = loop.create_task(session.pump_in(process, stdin))
-    finished = loop.create_task(_run_to_end(session, process, list(command), stdout, stderr))
+    finished = loop.create_task(_run_to_end(session, process, command, stdout, stderr))
     try:
         # The inbound side ends first only when the client has gone away.
         await asyncio.wait({inbound, finished}, return_when=asyncio.FIRST_COMPLETED)
@@ -276,14 +417,72 @@ async def serve_exec(
                 process.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(process.wait(), 5)
-        if not ws.closed:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.close()
-    return ws
+
+
+class SpdySession(ChannelSession):
+    """Exec over SPDY: each channel is a stream the client opened, named by ``streamtype``."""
+
+    def __init__(
+        self, connection: SpdyConnection, request: web.Request, cut: StreamCut | None = None
+    ) -> None:
+        super().__init__(request, cut)
+        self.connection = connection
+        self.streams: dict[str, int] = {}  # streamtype -> stream id
+        self.ended = False  # the client went away (or broke the protocol)
+
+    @property
+    def closed(self) -> bool:
+        return self.ended or self.connection.closed
+
+    async def accept_streams(self, wanted: set[str]) -> None:
+        """Answer the client's SYN_STREAMs until every wanted channel has its stream."""
+        while not wanted <= set(self.streams):
+            frame = await self.connection.next_frame()
+            if frame is None or frame.kind == GOAWAY:
+                self.ended = True
+                return
+            if frame.kind == SYN_STREAM:
+                kind = (frame.headers.get("streamtype") or [""])[0]
+                self.streams[kind] = frame.stream_id
+                self.connection.reply(frame.stream_id)
+
+    async def _send_frame(self, channel: int, data: bytes) -> None:
+        stream = self.streams.get(SPDY_STREAM_TYPES.get(channel, ""))
+        if stream is not None:
+            self.connection.send(stream, data)
+            await self.connection.drain()
+
+    async def pump_in(self, process: ExecProcess, stdin: bool) -> None:
+        stdin_stream = self.streams.get("stdin")
+        while True:
+            frame = await self.connection.next_frame()
+            if frame is None or frame.kind == GOAWAY:
+                break
+            if frame.stream_id != stdin_stream or process.stdin is None:
+                continue  # resize and anything else: read, not acted on
+            if frame.kind == 0 and frame.data:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    process.stdin.write(frame.data)
+                    await process.stdin.drain()
+            if frame.fin or frame.kind == RST_STREAM:
+                with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+                    process.stdin.close()
+        self.ended = True
+        if process.stdin is not None and not process.stdin.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+                process.stdin.close()
+
+    def finish(self) -> None:
+        """Our directions end (a FIN on each stream we write), then the connection."""
+        if not self.connection.closed:
+            for kind in ("stdout", "stderr", "error"):
+                if kind in self.streams:
+                    self.connection.send(self.streams[kind], b"", fin=True)
+        self.connection.close()
 
 
 async def _run_to_end(
-    session: ExecSession, process: ExecProcess, command: list[str], stdout: bool, stderr: bool
+    session: ChannelSession, process: ExecProcess, command: list[str], stdout: bool, stderr: bool
 ) -> None:
     cut = False
     try:

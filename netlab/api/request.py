@@ -11,6 +11,7 @@ from aiohttp import web
 from netlab.api.discovery import RESOURCES
 from netlab.api.encode import loads
 from netlab.api.errors import ApiError
+from netlab.api.negotiation import BODY_TYPES, check_body_type
 
 JSONDict = dict[str, Any]
 
@@ -87,8 +88,17 @@ def field_validation(request: web.Request) -> str:
     return value
 
 
-async def read_body(request: web.Request, *, kind: str, required: bool = True) -> Any:
-    """The decoded body (JSON, or YAML when the content type says so); 400 when unreadable."""
+async def read_body(
+    request: web.Request,
+    *,
+    kind: str,
+    required: bool = True,
+    accepted: tuple[str, ...] = BODY_TYPES,
+) -> Any:
+    """The decoded body (JSON, or YAML when the content type says so): 415 for a content type
+    not ``accepted`` (before the body is read, as kube-apiserver negotiates first), 400 when
+    unreadable."""
+    check_body_type(request.headers.get("Content-Type", ""), accepted)
     raw = await request.read()  # client_max_size turns an oversized body into 413
     if not raw.strip():
         if required:

@@ -24,6 +24,7 @@ from netlab.api.paging import (
     encode_continue,
     paginate,
 )
+from netlab.api.patch import SUPPORTED as PATCH_TYPES
 from netlab.api.patch import apply_patch
 from netlab.api.request import (
     Target,
@@ -382,7 +383,7 @@ class Rest:
         kind = self._kind(target)
         if target.subresource != "status":
             self._allowed(target, "patch")
-        body = await read_body(request, kind=kind)
+        body = await read_body(request, kind=kind, accepted=PATCH_TYPES)
         existing = self._existing(target)
         patched = apply_patch(request.content_type or "", copy.deepcopy(existing), body)
         if not isinstance(patched, dict):

@@ -167,12 +167,18 @@ def parse_field_selector(text: str | None, resource: str) -> FieldSelector:
     return tuple(terms)
 
 
+# Boolean fields: the server selects on fmt.Sprint of the Go bool, so an unset one is "false".
+BOOLEAN_FIELDS = frozenset({"spec.unschedulable", "spec.hostNetwork"})
+
+
 def _field_value(obj: JSONDict, path: str) -> str:
     if path == "source":  # events: source.component
         return str(obj.get("source", {}).get("component") or "")
     current: Any = obj
     for part in path.split("."):
         current = current.get(part) if isinstance(current, dict) else None
+    if path in BOOLEAN_FIELDS and current is None:
+        current = False
     if isinstance(current, bool):
         return "true" if current else "false"
     return "" if current is None else str(current)

@@ -25,6 +25,15 @@ from netlab.api.faults import ApiFaults, FaultSwitch, parse_api_faults
 from netlab.api.injector import FaultInjector
 from netlab.api.kubeconfig import write_kubeconfig
 from netlab.api.logs import serve_logs
+from netlab.api.negotiation import (
+    JSON,
+    YAML,
+    as_yaml,
+    is_watch,
+    negotiate_output,
+    negotiated_paths,
+)
+from netlab.api.nodeproxy import PROXY_PATH, serve_node_proxy
 from netlab.api.request import NOT_FOUND, Target, parse_path
 from netlab.api.rest import Rest, respond
 from netlab.api.store import DEFAULT_HISTORY, Store
@@ -68,6 +77,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response(
             status_object(500, "Internal error occurred: see the lab log"), status=500
         )
+
+
+@web.middleware
+async def _negotiate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The Accept header, as kube-apiserver reads it: 406 before anything is done when the lab
+    can answer in none of its types; a YAML answer where YAML comes first."""
+    if not negotiated_paths(request.path):
+        return await handler(request)
+    kind = negotiate_output(request.headers.get("Accept", ""), watch=is_watch(request))
+    response = await handler(request)
+    if kind == YAML and isinstance(response, web.Response) and response.content_type == JSON:
+        return as_yaml(response)
+    return response
 
 
 def _auth(token: str) -> Middleware:
@@ -163,11 +185,12 @@ class ApiServer:
         return None if obj is None else dict(obj.get("data") or {})
 
     async def start(self) -> str:
-        self.cluster.start_controllers()
         try:
             async with self._listening:
                 if self._tls:
                     self._cert = await make_serving_cert(self._host, self.spec.state_dir / TLS_DIR)
+                ca = self._cert.pem.decode() if self._cert is not None else None
+                self.cluster.start_controllers(ca)
                 await self._listen()
         except BaseException:
             await self.stop()  # nothing half-started is left behind (port, certificate)
@@ -178,7 +201,7 @@ class ApiServer:
     async def _listen(self) -> None:
         """Serve on the host and port (the port first bound, after a restart)."""
         app = web.Application(
-            middlewares=[_errors, _auth(self._token), self.injector.middleware],
+            middlewares=[_errors, _auth(self._token), self.injector.middleware, _negotiate],
             client_max_size=MAX_BODY,
         )
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
@@ -313,6 +336,11 @@ class ApiServer:
                     405, "the server does not allow this method on the requested resource"
                 )
             return simple
+        proxied = PROXY_PATH.match(path)
+        if proxied is not None:
+            return serve_node_proxy(
+                request, self.store, proxied.group("name"), proxied.group("path") or "/"
+            )
         target = parse_path(path)
         if target is None:
             raise ApiError(404, NOT_FOUND, details={})

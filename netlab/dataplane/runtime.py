@@ -225,13 +225,17 @@ def release_rootfs(spec: LabSpec) -> None:
                 path.rmdir()
 
 
-def mount_container_rootfs(lower: Path, layer: Path, target: Path) -> None:
-    """An overlay of the host view with a private upper layer: runc creates missing mount
-    points (volume mountPaths) there instead of in the host's own directories."""
+def mount_container_rootfs(
+    lower: Path, layer: Path, target: Path, *, image: Path | None = None
+) -> None:
+    """An overlay of the host view (under an imported image's files, when given) with a
+    private upper layer: runc creates missing mount points (volume mountPaths) there instead
+    of in the host's own directories."""
     (layer / "upper").mkdir(parents=True, exist_ok=True)
     (layer / "work").mkdir(parents=True, exist_ok=True)
     target.mkdir(parents=True, exist_ok=True)
-    options = f"lowerdir={lower},upperdir={layer / 'upper'},workdir={layer / 'work'}"
+    lowers = f"{image}:{lower}" if image is not None else str(lower)
+    options = f"lowerdir={lowers},upperdir={layer / 'upper'},workdir={layer / 'work'}"
     _mount("overlay", target, "overlay", 0, options)
 
 
@@ -276,6 +280,8 @@ class ContainerConfig:
     # namespace type -> path to join, or None for a new one
     namespaces: Mapping[str, str | None] = field(default_factory=dict)
     mounts: tuple[Mount, ...] = ()
+    # An imported image's files (netlab.dataplane.images): a lower layer above the host view.
+    image_rootfs: Path | None = None
 
 
 def _base_mounts(privileged: bool) -> list[dict[str, Any]]:
@@ -480,7 +486,7 @@ class ContainerRuntime:
         rootfs = bundle / "rootfs"
         if rootfs not in mount_points_under(rootfs):
             layer = self.spec.state_dir / "layers" / container_id
-            mount_container_rootfs(self.rootfs, layer, rootfs)
+            mount_container_rootfs(self.rootfs, layer, rootfs, image=config.image_rootfs)
         # Flat cgroup name with the lab prefix: runc delete removes it whole, a sweep finds it.
         document = oci_spec(
             config, rootfs=rootfs, cgroups_path=f"/netlab-{self.spec.name}-{container_id}"

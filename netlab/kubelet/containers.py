@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netlab.contract import ConfigMapLookup
+from netlab.dataplane.images import Image, ImageConfig, process_args
 from netlab.dataplane.runtime import (
     DEFAULT_CAPABILITIES,
     ContainerConfig,
@@ -316,12 +317,20 @@ def _configmap_value(context: PodContext, ref: Mapping[str, Any]) -> str | None:
     return str(data[ref["key"]])
 
 
-def container_environment(context: PodContext, container: Mapping[str, Any]) -> list[str]:
+def container_environment(
+    context: PodContext, container: Mapping[str, Any], image_env: Sequence[str] = ()
+) -> list[str]:
     """The env list (``K=V``) kubelet would give ``container``, references expanded: the
-    Service variables first, so the container's own env and envFrom override them and
-    ``$(VAR)`` can refer to them, as kubelet's makeEnvironmentVariables does."""
+    image's Env first (containerd's), then the Service variables, so the container's own env
+    and envFrom override them and ``$(VAR)`` can refer to them, as kubelet's
+    makeEnvironmentVariables does."""
     hostname = str(context.pod.get("metadata", {}).get("name", ""))
-    variables: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
+    variables: dict[str, str] = {"PATH": DEFAULT_PATH}
+    for entry in image_env:
+        key, equals, setting = entry.partition("=")
+        if equals:
+            variables[key] = setting
+    variables["HOSTNAME"] = hostname
     variables.update(context.service_env)
     for source in container.get("envFrom") or []:
         ref = source.get("configMapRef")
@@ -355,19 +364,24 @@ def container_environment(context: PodContext, container: Mapping[str, Any]) -> 
     return [f"{key}={value}" for key, value in variables.items()]
 
 
-def container_config(context: PodContext, container: Mapping[str, Any]) -> ContainerConfig:
-    """Translate a v1 Container of the pod into runc terms (containerd's CRI semantics)."""
+def container_config(
+    context: PodContext, container: Mapping[str, Any], *, image: Image | None = None
+) -> ContainerConfig:
+    """Translate a v1 Container of the pod into runc terms (containerd's CRI semantics);
+    ``image``: the imported image it names (its files, Entrypoint, Cmd, Env, WorkingDir), None
+    for the host view alone."""
     name = str(container["name"])
-    env = container_environment(context, container)
+    image_config = image.config if image is not None else ImageConfig()
+    env = container_environment(context, container, image_config.env)
     variables = dict(entry.split("=", 1) for entry in env)
     command = [expand_references(str(a), variables) for a in container.get("command") or []]
     args = [expand_references(str(a), variables) for a in container.get("args") or []]
-    # The host view has no image entrypoint: command overrides nothing, args alone run as-is.
-    argv = command + args
+    argv = process_args(command, args, image_config)
     if not argv:
+        where = "its image" if image is not None else "the host image (no --image archive names it)"
         raise ContainerConfigError(
             "CreateContainerError",
-            f"container {name} has neither command nor args, and the host image has no entrypoint",
+            f"container {name} has neither command nor args, and {where} has no entrypoint",
         )
     pod_security = context.pod.get("spec", {}).get("securityContext") or {}
     security = container.get("securityContext") or {}
@@ -394,7 +408,8 @@ def container_config(context: PodContext, container: Mapping[str, Any]) -> Conta
     return ContainerConfig(
         args=tuple(argv),
         env=tuple(env),
-        cwd=str(container.get("workingDir") or "/"),
+        cwd=str(container.get("workingDir") or image_config.working_dir or "/"),
+        image_rootfs=image.rootfs if image is not None else None,
         uid=int(uid),
         gid=int(gid),
         additional_gids=tuple(groups),

@@ -28,6 +28,7 @@ from netlab.contract import (
     StatusCallback,
 )
 from netlab.dataplane.cni import SAME_IP_FAULT, NodeCNI
+from netlab.dataplane.images import ImageLookup
 from netlab.dataplane.nsexec import netns_exists
 from netlab.dataplane.runtime import (
     ContainerRuntime,
@@ -86,6 +87,7 @@ class Kubelet:
         on_event: EventCallback,
         configmaps: ConfigMapLookup,
         services: ServiceLookup | None = None,
+        images: ImageLookup | None = None,
     ) -> None:
         self.spec = spec
         self.plan = plan
@@ -94,6 +96,7 @@ class Kubelet:
         self.on_event = on_event
         self.configmaps = configmaps
         self.services = services
+        self.images = images
         self.runtime = ContainerRuntime(spec)
         self.cni = NodeCNI(spec, plan, ipam_ranges)
         self.prober = Prober(
@@ -504,7 +507,8 @@ class Kubelet:
                 service_env=self._service_env(record),
             )
         try:
-            config = container_config(context, container.spec)
+            image = self.images(str(container.spec.get("image") or "")) if self.images else None
+            config = container_config(context, container.spec, image=image)
         except ContainerConfigError as error:
             container.state = {"waiting": {"reason": error.reason, "message": error.message}}
             self._event(record, "Warning", "Failed", f"Error: {error.message}")

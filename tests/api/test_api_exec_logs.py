@@ -127,7 +127,7 @@ def test_exec_errors_are_statuses(live: LiveServer, running: tuple[str, str]) ->
         "POST", f"/api/v1/namespaces/{ns}/pods/{pod}/exec?command=ls&stdout=true"
     )
     assert status == 400
-    assert "SPDY is not supported" in body["message"]
+    assert body["message"].startswith("Upgrade request required")
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         _ws(live, f"/api/v1/namespaces/{ns}/pods/duo/exec?command=ls&stdout=true")
     assert info.value.status_code == 400

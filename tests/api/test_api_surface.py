@@ -219,3 +219,16 @@ def test_field_validation_directives(live: LiveServer, ns: str) -> None:
     )
     assert status == 422, "an invalid value stays 422 Invalid whatever the directive"
     assert answer["reason"] == "Invalid"
+
+
+def test_boolean_field_selectors_match_unset_as_false(live: LiveServer) -> None:
+    """The upstream e2e framework lists schedulable nodes with spec.unschedulable=false; a node
+    without the field is selected (the server selects on the Go bool's text)."""
+    status, _, body = live.request("GET", "/api/v1/nodes?fieldSelector=spec.unschedulable%3Dfalse")
+    assert status == 200
+    assert {n["metadata"]["name"] for n in body["items"]} == {"node-1", "node-2", "node-3"}
+    status, _, body = live.request("GET", "/api/v1/nodes?fieldSelector=spec.unschedulable%3Dtrue")
+    assert body["items"] == []
+    status, _, body = live.request("GET", "/api/v1/pods?fieldSelector=spec.hostNetwork%3Dtrue")
+    assert status == 200
+    assert all(p["spec"].get("hostNetwork") for p in body["items"])

@@ -53,6 +53,8 @@ class LabCase:
     suite_args: tuple[str, ...] = ()
     #: Control-plane faults the lab's API server is booted with (``netlab up --api-fault``).
     api_faults: tuple[str, ...] = ()
+    #: OCI image archives the lab imports (``netlab up --image``); not part of the case's ID.
+    images: tuple[Path, ...] = ()
 
     @property
     def id(self) -> str:
@@ -119,6 +121,7 @@ def running_lab(case: LabCase) -> Iterator[tuple[str, Path]]:
     fault_args = [arg for fault in case.faults for arg in ("--fault", fault)]
     fault_args += ["--ip-family", case.family]
     fault_args += [arg for fault in case.api_faults for arg in ("--api-fault", fault)]
+    fault_args += [arg for image in case.images for arg in ("--image", str(image))]
     try:
         up = subprocess.run(
             [*NETLAB, "up", "--nodes", "3", "--name", name, *fault_args],
