@@ -43,6 +43,22 @@ FAULTS: dict[str, str] = {
     ),
     "dns-wrong-address": "the cluster DNS answers Service names with a wrong address",
     "hostport-unmapped": "node-2's CNI config lacks portmap: hostPorts are not mapped there",
+    "netpol-ignored-on-node": "node-2 enforces no NetworkPolicy: its pods are never isolated",
+    "netpol-egress-ignored": "egress rules are ignored: no pod is ever isolated for egress",
+    "netpol-named-ports-unresolved": "named ports in policies match nothing",
+    "netpol-except-ignored": "ipBlock except is ignored: the whole cidr is allowed",
+    "netpol-namespace-selector-as-pod-selector": (
+        "a peer's namespaceSelector is matched against pod labels of the policy's namespace"
+    ),
+    "netpol-peer-and-as-or": "a peer with podSelector and namespaceSelector matches either (OR)",
+    "netpol-labels-not-followed": (
+        "pods and namespaces are judged by the labels they had when the engine first saw them"
+    ),
+    "netpol-deleted-policy-enforced": "a deleted NetworkPolicy stays enforced",
+    "netpol-replies-dropped": (
+        "no conntrack shortcut: replies are judged as new traffic, so replies into (out of) "
+        "isolated pods that the policies would not allow as new connections are dropped"
+    ),
 }
 
 

@@ -2,7 +2,7 @@
 asyncio process (the lab daemon).
 
 ``python -m netlab.lab --name X --nodes N [--ip-family F] [--fault F]... [--api-fault A]...
---kubeconfig PATH``
+[--no-network-policy] --kubeconfig PATH``
 runs in the foreground and logs to stderr. It writes ``<state>/daemon.pid`` at once, then
 ``<state>/ready`` (holding the kubeconfig path) when the API serves, or ``<state>/failed`` (one
 line) and exits non-zero. SIGTERM or SIGINT tear everything down in reverse; a final sweep is
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from netlab.dataplane.proxy import ServiceProxy
     from netlab.dns import ClusterDNS
     from netlab.kubelet import Kubelet
+    from netlab.netpol.engine import PolicyEngine
 
 log = logging.getLogger("netlab.lab")
 
@@ -83,6 +84,7 @@ class Lab:
         self.kubelets: list[Kubelet] = []
         self.proxy: ServiceProxy | None = None
         self.dns: ClusterDNS | None = None
+        self.policy_engine: PolicyEngine | None = None
         self._api_serving = False
         self._stack = AsyncExitStack()
 
@@ -174,6 +176,39 @@ class Lab:
             "endpointslices", kube_dns_endpoint_slice(addresses[0], first.node.name)
         )
         log.info("services: proxy on %d nodes, cluster DNS at %s", len(self.kubelets), addresses[0])
+        if self.spec.network_policy:
+            await self._start_network_policy(dns.addresses, first.node.name)
+
+    async def _start_network_policy(self, dns_addresses: tuple[str, ...], dns_node: str) -> None:
+        """The NetworkPolicy engine on every node, following policies, pods and namespaces;
+        the cluster DNS stands for a kube-system pod labelled ``k8s-app: kube-dns`` (so
+        policies that allow DNS by selector allow it here too)."""
+        from netlab.netpol.engine import PolicyEngine
+        from netlab.netpol.model import Workload
+
+        assert self.api is not None
+        store = self.api.store
+        dns = Workload(
+            namespace="kube-system",
+            name="coredns-netlab",
+            labels=(("k8s-app", "kube-dns"),),
+            ips=dns_addresses,
+            node=dns_node,
+        )
+        engine = PolicyEngine(
+            self.spec,
+            lambda: (
+                store.list("networkpolicies"),
+                store.list("pods"),
+                store.list("namespaces"),
+            ),
+            lambda: (dns,),
+        )
+        await engine.start()
+        self.policy_engine = engine
+        self._stack.push_async_callback(engine.stop)
+        self.api.cluster.follow(("networkpolicies", "pods", "namespaces"), engine.notify)
+        log.info("network policy: enforced on %d nodes (nftables)", len(self.kubelets))
 
     async def _stop_control_plane(self) -> None:
         """Kubelets stop their pods first (while the API can still take their reports), then
@@ -230,6 +265,7 @@ async def run_lab(spec: LabSpec, kubeconfig: Path) -> int:
                 "ip_family": spec.ip_family,
                 "faults": sorted(spec.faults),
                 "api_faults": list(spec.api_faults),  # as started; `netlab api-faults` has now
+                "network_policy": spec.network_policy,
                 "api_url": lab.api_url,
                 "kubeconfig": str(kubeconfig),
                 "pid": os.getpid(),
@@ -262,6 +298,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ip-family", default="ipv4")
     parser.add_argument("--fault", action="append", default=[])
     parser.add_argument("--api-fault", action="append", default=[])
+    parser.add_argument("--no-network-policy", action="store_true")
     parser.add_argument("--kubeconfig", type=Path)
     parser.add_argument("--state-root", type=Path, default=STATE_ROOT, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -281,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ip_family=args.ip_family,
             faults=frozenset(args.fault),
             api_faults=tuple(args.api_fault),
+            network_policy=not args.no_network_policy,
             state_root=args.state_root,
         )
         check_topology_faults(spec)
