@@ -60,6 +60,10 @@ IP_KEYWORD = {4: "ip", 6: "ip6"}
 MAX_NAME = 200  # nft takes 256; longer names are cut and given a hash
 ELEMENTS_PER_LINE = 500
 DIRECTION_WORD = {INGRESS: "ingress", EGRESS: "egress"}
+# IPv6 neighbour discovery between pods of a node crosses the bridge's IP hooks (ARP, its
+# IPv4 counterpart, never does): it is link plumbing, not a connection, and always passes.
+ND_TYPES = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert")
+NEIGHBOUR_DISCOVERY = "ICMPv6-ND"  # the protocol of such packets in ``NodeRuleSet.admits``
 
 # Fault names (netlab.faults) the compiler acts on.
 IGNORED_ON_NODE_FAULT = "netpol-ignored-on-node"
@@ -165,6 +169,7 @@ class NftRule:
     ports: tuple[tuple[int, int], ...] = ()
     named_ports_set: str | None = None
     dispatch_on: str | None = None  # "source" or "destination": vmap of the verdict's map
+    neighbour_discovery: bool = False  # ICMPv6 neighbour and router solicitations, adverts
     counter: bool = False
     comment: str = ""
 
@@ -173,6 +178,8 @@ class NftRule:
         ip = IP_KEYWORD[self.family] if self.family else ""
         if self.established:
             words.append("ct state established,related")
+        if self.neighbour_discovery:
+            words.append(f"icmpv6 type {{ {', '.join(ND_TYPES)} }}")
         if self.source:
             words.append(f"{ip} saddr {self.source}")
         if self.destination:
@@ -270,6 +277,8 @@ class NodeRuleSet:
 
     def _matches(self, rule: NftRule, packet: Packet, established: bool) -> bool:
         if rule.established and not established:
+            return False
+        if rule.neighbour_discovery and packet.protocol != NEIGHBOUR_DISCOVERY:
             return False
         if rule.family is not None and ipaddress.ip_address(packet.source).version != rule.family:
             return False
@@ -439,6 +448,10 @@ def compile_node(
         base_rules: list[NftRule] = []
         if semantics.conntrack_replies:
             base_rules.append(NftRule("accept", established=True, comment="replies"))
+        if 6 in families:
+            base_rules.append(
+                NftRule("accept", family=6, neighbour_discovery=True, comment="neighbour discovery")
+            )
         dispatch: dict[int, list[tuple[str, str]]] = {f: [] for f in families}
         if direction in directions:
             for pod in sorted(local, key=lambda p: p.key):

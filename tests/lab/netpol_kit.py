@@ -8,6 +8,7 @@ network namespace, so what answered crossed the lab's data plane and its policy 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import time
@@ -30,22 +31,25 @@ NAMESPACES = ("x", "y", "z")
 PODS = {"a": "node-1", "b": "node-2", "c": "node-3"}
 ENFORCE_TIMEOUT = 10.0  # seconds a change may take to reach every node's rules (lab bound)
 
-# TCP and UDP on 80 and 81 on every address; each answer is the pod's name.
+# TCP and UDP on 80 and 81 on every address of both families; each answer is the pod's name.
 SERVER = r"""
 import os, signal, socket, threading
 signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
 NAME = os.environ["POD_NAME"].encode()
-def tcp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def bound(kind, port):
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+    s.bind(("::", port))
+    return s
+def tcp(port):
+    s = bound(socket.SOCK_STREAM, port); s.listen(64)
     while True:
         c, _ = s.accept()
         with c:
             c.sendall(NAME)
 def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
+    s = bound(socket.SOCK_DGRAM, port)
     while True:
         _, peer = s.recvfrom(512)
         s.sendto(NAME, peer)
@@ -64,7 +68,8 @@ def once(proto, host, port):
         if proto == "tcp":
             with socket.create_connection((host, port), timeout=1.0) as s:
                 return s.recv(256).decode()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
             s.settimeout(0.5)
             for _ in range(2):
                 s.sendto(b"?", (host, port))
@@ -126,6 +131,20 @@ def pod_body(name: str, node: str) -> dict[str, Any]:
     }
 
 
+def service_body(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"s-{name}"},
+        "spec": {
+            "selector": {"pod": name},
+            "ports": [
+                {"name": f"{proto.lower()}-{port}", "port": port, "protocol": proto}
+                for port in (80, 81)
+                for proto in ("TCP", "UDP")
+            ],
+        },
+    }
+
+
 def _ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
@@ -138,8 +157,14 @@ class PolicyLab:
     core: Any  # CoreV1Api
     networking: Any  # NetworkingV1Api
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-    ips: dict[str, str] = field(default_factory=dict)
+    ips: dict[str, str] = field(default_factory=dict)  # pod -> address of the family probed
+    all_ips: dict[str, dict[int, str]] = field(default_factory=dict)  # pod -> family -> address
+    service_ips: dict[str, str] = field(default_factory=dict)  # pod -> its Service's cluster IP
     netns: dict[str, str] = field(default_factory=dict)
+
+    def use_family(self, version: int) -> None:
+        """Probe (and write ipBlocks for) the pods' addresses of IP ``version`` from now on."""
+        self.ips = {key: by_family[version] for key, by_family in self.all_ips.items()}
 
     def namespace(self, short: str) -> str:
         return f"{short}-{self.suffix}"
@@ -159,6 +184,11 @@ class PolicyLab:
                 f"namespace {short}'s ServiceAccount",
             )
             for name, node in PODS.items():
+                # One Service per pod, as the upstream suite has (s-<pod>, ports 80 and 81).
+                service = self.core.create_namespaced_service(
+                    self.namespace(short), service_body(name)
+                )
+                self.service_ips[pod_key(short, name)] = service.spec.cluster_ip
                 self.core.create_namespaced_pod(self.namespace(short), pod_body(name, node))
         for short in NAMESPACES:
             for name in PODS:
@@ -172,18 +202,26 @@ class PolicyLab:
                     READY_TIMEOUT,
                     f"pod {key} Ready",
                 )
+                self.all_ips[key] = {
+                    ipaddress.ip_address(entry.ip).version: entry.ip
+                    for entry in pod.status.pod_ips or []
+                }
                 self.ips[key] = pod.status.pod_ip
                 uid = pod.metadata.uid.replace("-", "")[:8]
                 self.netns[key] = f"netlab-{self.name}-pod-{uid}"
 
     # --- traffic ---
 
-    def connect(self, cells: list[tuple[Cell, str, int]]) -> dict[tuple[Cell, str, int], str]:
-        """Each (cell, protocol, port): the answering pod's name, or the error seen."""
+    def connect(
+        self, cells: list[tuple[Cell, str, int]], *, via_service: bool = False
+    ) -> dict[tuple[Cell, str, int], str]:
+        """Each (cell, protocol, port): the answering pod's name, or the error seen; to the
+        destination pod's address, or (``via_service``) its Service's cluster IP."""
+        addresses = self.service_ips if via_service else self.ips
         by_source: dict[str, list[list[Any]]] = {}
         for index, ((source, destination), proto, port) in enumerate(cells):
             by_source.setdefault(source, []).append(
-                [str(index), proto, self.ips[destination], port]
+                [str(index), proto, addresses[destination], port]
             )
 
         def run(source: str) -> dict[str, str]:
@@ -202,10 +240,28 @@ class PolicyLab:
                 answers.update(part)
         return {cell: answers[str(index)] for index, cell in enumerate(cells)}
 
-    def truth_table(self, proto: str = "tcp", port: int = 80) -> dict[Cell, bool]:
-        """Every ordered pair of distinct pods -> whether the destination answered."""
-        cells = [((s, d), proto, port) for s in ALL_PODS for d in ALL_PODS if s != d]
-        seen = self.connect(cells)
+    def from_node(
+        self, node: str, destinations: list[str], proto: str = "tcp", port: int = 80
+    ) -> dict[str, bool]:
+        """From ``node``'s own network stack (as a hostNetwork pod would) to each destination
+        pod: whether it answered."""
+        items = [[d, proto, self.ips[d], port] for d in destinations]
+        done = run_in_netns(
+            self.node_netns(node),
+            [sys.executable, "-c", CLIENT],
+            input_text=json.dumps(items),
+            timeout=30,
+        )
+        answers: dict[str, str] = json.loads(done.stdout)
+        return {d: answers[d] == d.split("/")[1] for d in destinations}
+
+    def truth_table(
+        self, proto: str = "tcp", port: int = 80, *, via_service: bool = False
+    ) -> dict[Cell, bool]:
+        """Every ordered pair of pods -> whether the destination answered (pairs of distinct
+        pods; through Services also each pod to itself, a hairpin)."""
+        cells = [((s, d), proto, port) for s in ALL_PODS for d in ALL_PODS if s != d or via_service]
+        seen = self.connect(cells, via_service=via_service)
         table = {}
         for (cell, _, _), answer in seen.items():
             destination_name = cell[1].split("/")[1]
@@ -242,10 +298,13 @@ class PolicyLab:
         }
 
 
-def expect(rule: Callable[[str, str], bool]) -> dict[Cell, bool]:
+def expect(rule: Callable[[str, str], bool], *, self_cells: bool = False) -> dict[Cell, bool]:
     """The expected truth table from ``rule(source, destination)`` (keys ``ns/pod``, with the
-    short namespace names)."""
-    return {(s, d): rule(s, d) for s in ALL_PODS for d in ALL_PODS if s != d}
+    short namespace names); ``self_cells``: with each pod to itself, always allowed (a pod
+    cannot block itself)."""
+    return {
+        (s, d): s == d or rule(s, d) for s in ALL_PODS for d in ALL_PODS if s != d or self_cells
+    }
 
 
 def differences(expected: dict[Cell, bool], observed: dict[Cell, bool]) -> dict[Cell, str]:
@@ -257,7 +316,12 @@ def differences(expected: dict[Cell, bool], observed: dict[Cell, bool]) -> dict[
 
 
 def settled_table(
-    lab: PolicyLab, expected: dict[Cell, bool], proto: str = "tcp", port: int = 80
+    lab: PolicyLab,
+    expected: dict[Cell, bool],
+    proto: str = "tcp",
+    port: int = 80,
+    *,
+    via_service: bool = False,
 ) -> dict[Cell, bool]:
     """The observed table once it equals ``expected`` or ``ENFORCE_TIMEOUT`` passed (a change
     takes a moment to reach the nodes); the last one seen otherwise."""
@@ -265,7 +329,7 @@ def settled_table(
 
     def matches() -> bool:
         seen.clear()
-        seen.update(lab.truth_table(proto, port))
+        seen.update(lab.truth_table(proto, port, via_service=via_service))
         return seen == expected
 
     eventually(matches, ENFORCE_TIMEOUT, interval=0.2)

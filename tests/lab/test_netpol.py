@@ -46,6 +46,7 @@ class Scenario:
     expected: Callable[[str, str], bool]
     proto: str = "tcp"
     port: int = 80
+    via_service: bool = False  # to the Services' cluster IPs (each pod to itself too)
 
 
 def deny_all_ingress_into_x(lab: PolicyLab) -> None:
@@ -80,8 +81,12 @@ def allow_y_on_named_port_http(lab: PolicyLab) -> None:
 
 
 def allow_z_from_cidr_except_xb(lab: PolicyLab) -> None:
-    except_ = f"{lab.ips['x/b']}/32"
-    block = {"ipBlock": {"cidr": "10.244.0.0/16", "except": [except_]}}
+    address = lab.ips["x/b"]
+    v6 = ":" in address
+    except_ = f"{address}/{128 if v6 else 32}"
+    block = {
+        "ipBlock": {"cidr": "fd00:10:244::/56" if v6 else "10.244.0.0/16", "except": [except_]}
+    }
     lab.apply("z", "cidr", {"podSelector": {}, "ingress": [{"from": [block]}]})
 
 
@@ -158,6 +163,12 @@ SCENARIOS: dict[str, Scenario] = {
         friend_label_followed, lambda s, d: ns_of(d) != "x" or s == "y/a"
     ),
     "deleted-policy-gone": Scenario(deleted_policy_stops, lambda s, d: True),
+    "default-deny-ingress-via-services": Scenario(
+        deny_all_ingress_into_x, lambda s, d: ns_of(d) != "x", via_service=True
+    ),
+    "egress-to-namespace-via-services": Scenario(
+        x_egress_to_z_only, lambda s, d: ns_of(s) != "x" or ns_of(d) == "z", via_service=True
+    ),
 }
 
 # What each fault breaks: its scenario, and the cells of that scenario's table that flip.
@@ -204,8 +215,10 @@ def run_scenario(lab: PolicyLab, name: str, *, clean_up: bool = True) -> dict[Ce
     scenario's expectation."""
     scenario = SCENARIOS[name]
     scenario.setup(lab)
-    expected = expect(scenario.expected)
-    observed = settled_table(lab, expected, scenario.proto, scenario.port)
+    expected = expect(scenario.expected, self_cells=scenario.via_service)
+    observed = settled_table(
+        lab, expected, scenario.proto, scenario.port, via_service=scenario.via_service
+    )
     if clean_up:
         lab.delete_policies()
         wait_rules(lab, lambda table: "policy-" not in table)
@@ -221,10 +234,28 @@ def test_policies_are_enforced_on_every_node(lab_names: Callable[[], str]) -> No
             for scenario in SCENARIOS:
                 wrong = run_scenario(lab, scenario)
                 assert not wrong, f"{scenario}: {wrong}"
-                print(f"{scenario}: {len(ALL_PODS) * (len(ALL_PODS) - 1)} cells as expected")
+                cells = len(ALL_PODS) ** 2 - (
+                    0 if SCENARIOS[scenario].via_service else len(ALL_PODS)
+                )
+                print(f"{scenario}: {cells} cells as expected")
+            check_node_traffic(lab)
             measure_latency(lab)
     finally:
         sweep(name)
+
+
+def check_node_traffic(lab: PolicyLab) -> None:
+    """Under a default deny in x: each node's own stack still reaches x's pod on that node
+    (traffic from a pod's own node is always allowed), other nodes are outside addresses."""
+    deny_all_ingress_into_x(lab)
+    wait_rules(lab, lambda table: "policy-ingress/" in table)
+    for node, own in (("node-1", "x/a"), ("node-2", "x/b")):
+        seen = lab.from_node(node, ["x/a", "x/b", "x/c", "y/a"])
+        wanted = {d: d == own or not d.startswith("x/") for d in seen}
+        assert seen == wanted, f"from {node}'s host: saw {seen}, expected {wanted}"
+    lab.delete_policies()
+    wait_rules(lab, lambda table: "policy-" not in table)
+    print("node traffic: own node allowed, other nodes denied under default deny")
 
 
 def measure_latency(lab: PolicyLab) -> None:
@@ -291,6 +322,29 @@ def test_each_fault_breaks_exactly_its_cells(fault: str, lab_names: Callable[[],
                 f"expected exactly {sorted(wanted)}"
             )
             print(f"{fault}: {scenario} broke exactly {len(wanted)} cells")
+    finally:
+        sweep(name)
+
+
+DUAL_STACK_SCENARIOS = (
+    "default-deny-ingress",
+    "allow-from-namespace",
+    "ipblock-except",
+    "egress-to-namespace-tcp",
+)
+
+
+def test_policies_are_enforced_in_both_families(lab_names: Callable[[], str]) -> None:
+    """A dual-stack lab: the same policies hold for IPv4 and IPv6 connections."""
+    name = lab_names()
+    try:
+        with policy_lab(name, "--ip-family", "dual") as lab:
+            for version in (6, 4):
+                lab.use_family(version)
+                for scenario in DUAL_STACK_SCENARIOS:
+                    wrong = run_scenario(lab, scenario)
+                    assert not wrong, f"IPv{version} {scenario}: {wrong}"
+                    print(f"IPv{version} {scenario}: as expected")
     finally:
         sweep(name)
 

@@ -13,7 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netlab.api.networkpolicies import apply_defaults, spec_causes
+from netlab.faults import FAULTS
 from netlab.netpol.compiler import (
+    COMPILER_FAULTS,
+    NEIGHBOUR_DISCOVERY,
     NftRule,
     NodeRuleSet,
     compile_node,
@@ -21,7 +24,7 @@ from netlab.netpol.compiler import (
     node_paths,
     transaction,
 )
-from netlab.netpol.engine import InputBuilder
+from netlab.netpol.engine import ENGINE_FAULTS, InputBuilder
 from netlab.netpol.model import (
     NamedPort,
     Packet,
@@ -482,6 +485,49 @@ def test_deleted_policy_fault_keeps_enforcing_it() -> None:
         builder = InputBuilder(faults)
         builder.build(([policy], [], []))
         assert len(builder.build(([], [], [])).policies) == remaining
+
+
+def test_every_netpol_fault_is_implemented_by_the_compiler_or_the_engine() -> None:
+    named = {fault for fault in FAULTS if fault.startswith("netpol-")}
+    assert named == COMPILER_FAULTS | ENGINE_FAULTS
+    assert not COMPILER_FAULTS & ENGINE_FAULTS
+
+
+def test_dual_stack_pods_get_rules_in_both_families() -> None:
+    pods = (
+        Workload("x", "a", (("pod", "a"),), ("10.244.0.5", "fd00:10:244::5"), "node-1"),
+        Workload("y", "b", (("pod", "b"),), ("10.244.1.5", "fd00:10:244:1::5"), "node-2"),
+    )
+    allow = netpol(
+        "x", "from-y", ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]
+    )
+    inputs = PolicyInputs(
+        policies=(parse_policy(apply_defaults(allow)),),
+        workloads=pods,
+        namespaces={"x": {"ns": "x"}, "y": {"ns": "y"}},
+    )
+    rules = compile_node(inputs, "node-1", (4, 6))
+    text = transaction(None, rules)
+    assert (
+        "add element inet netlab-netpol ingress-pods/v6 { fd00:10:244::5 : jump pod-ingress/x/a }"
+        in text
+    )
+    assert "ip6 saddr @peers/x/from-y/ingress/0/v6 accept" in text
+    assert (
+        "add element inet netlab-netpol peers/x/from-y/ingress/0/v6 { fd00:10:244:1::5/128 }"
+        in text
+    )
+    # Neighbour discovery into an isolated pod passes (its neighbours could not answer else).
+    assert rules.admits(Packet("fd00:10:244::9", "fd00:10:244::5", NEIGHBOUR_DISCOVERY))
+    assert not rules.admits(Packet("fd00:10:244::9", "fd00:10:244::5", "ICMP"))
+    for source, destination in (
+        ("10.244.1.5", "10.244.0.5"),
+        ("fd00:10:244:1::5", "fd00:10:244::5"),
+    ):
+        assert rules.admits(Packet(source, destination, "TCP", 80))
+        assert not rules.admits(
+            Packet("192.168.5.5" if "." in source else "fd00::99", destination, "TCP", 80)
+        )
 
 
 # --- rendering ---------------------------------------------------------------------------------
