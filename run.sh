@@ -13,10 +13,11 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
 
-# Debian packages: the lab's data plane (runc, CNI plugins, iptables, iproute2) and the tools a
+# Debian packages: the lab's data plane (runc, CNI plugins, iptables, nftables for the
+# NetworkPolicy engine, iproute2) and the tools a
 # probe image carries (python3 with scapy, tcpdump, curl), because lab containers see the host's files.
 # openssl makes the lab API server's serving certificate; chromium (headless) checks the HTML report.
-APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 openssl python3 python3-venv python3-scapy tcpdump curl netcat-openbsd util-linux chromium)
+APT_PACKAGES=(runc containernetworking-plugins iptables nftables iproute2 openssl python3 python3-venv python3-scapy tcpdump curl netcat-openbsd util-linux chromium)
 
 say() { printf '%s\n' "$*" >&2; }
 

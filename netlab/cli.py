@@ -43,7 +43,8 @@ from netlab.spec import IP_FAMILIES, STATE_ROOT, LabSpec, LabSpecError
 
 CNI_PLUGIN_DIR = Path("/usr/lib/cni")
 REQUIRED_CNI_PLUGINS = ("bridge", "host-local", "loopback")
-REQUIRED_TOOLS = ("runc", "nsenter", "iptables-restore")
+REQUIRED_TOOLS = ("runc", "nsenter", "iptables-restore", "nft")
+TOOL_PACKAGES = {"nsenter": "util-linux", "iptables-restore": "iptables", "nft": "nftables"}
 UP_TIMEOUT = 60.0  # seconds for the daemon to report ready or failed
 DOWN_TIMEOUT = 60.0  # seconds for the daemon to tear down after SIGTERM before SIGKILL
 POLL_INTERVAL = 0.1
@@ -94,7 +95,10 @@ def check_machine() -> None:
         raise UsageError("netlab needs root (it creates network namespaces); run it as root")
     for tool in REQUIRED_TOOLS:
         if shutil.which(tool) is None:
-            raise UsageError(f"{tool} is not installed (install it, e.g. apt-get install {tool})")
+            package = TOOL_PACKAGES.get(tool, tool)
+            raise UsageError(
+                f"{tool} is not installed (install it, e.g. apt-get install {package})"
+            )
     for plugin in REQUIRED_CNI_PLUGINS:
         if not (CNI_PLUGIN_DIR / plugin).exists():
             raise UsageError(
@@ -110,6 +114,7 @@ def spec_from_args(args: argparse.Namespace) -> LabSpec:
             ip_family=getattr(args, "ip_family", "ipv4"),
             faults=frozenset(getattr(args, "fault", [])),
             api_faults=tuple(getattr(args, "api_fault", [])),
+            network_policy=not getattr(args, "no_network_policy", False),
             state_root=args.state_root,
             images=tuple(path.absolute() for path in getattr(args, "image", [])),
         )
@@ -176,10 +181,13 @@ def command_up(args: argparse.Namespace) -> int:
         argv += ["--api-fault", api_fault]
     for image in spec.images:
         argv += ["--image", str(image)]
+    if not spec.network_policy:
+        argv.append("--no-network-policy")
     argv += ["--kubeconfig", str(kubeconfig), "--state-root", str(spec.state_root)]
     say(
         f"starting lab {spec.name}: {spec.nodes} nodes, {spec.ip_family}, "
         f"faults {sorted(spec.faults) or 'none'}, API faults {list(spec.api_faults) or 'none'}"
+        + ("" if spec.network_policy else ", NetworkPolicy not enforced")
     )
     with log_path.open("ab") as log_file:
         daemon = subprocess.Popen(
@@ -386,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARCHIVE",
         help="an OCI image archive whose files containers of that image see over the host's "
         "(repeatable)",
+    )
+    up.add_argument(
+        "--no-network-policy",
+        action="store_true",
+        help="serve NetworkPolicies but enforce none (as a CNI without policy support)",
     )
     up.add_argument("--name", default="default", help="lab name (default 'default')")
     up.add_argument(

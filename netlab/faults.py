@@ -47,6 +47,22 @@ FAULTS: dict[str, str] = {
     "sandbox-reset-same-ip": (
         "a container restart gives the pod a new network namespace with the same IP back"
     ),
+    "netpol-ignored-on-node": "node-2 enforces no NetworkPolicy: its pods are never isolated",
+    "netpol-egress-ignored": "egress rules are ignored: no pod is ever isolated for egress",
+    "netpol-named-ports-unresolved": "named ports in policies match nothing",
+    "netpol-except-ignored": "ipBlock except is ignored: the whole cidr is allowed",
+    "netpol-namespace-selector-as-pod-selector": (
+        "a peer's namespaceSelector is matched against pod labels of the policy's namespace"
+    ),
+    "netpol-peer-and-as-or": "a peer with podSelector and namespaceSelector matches either (OR)",
+    "netpol-labels-not-followed": (
+        "pods and namespaces are judged by the labels they had when the engine first saw them"
+    ),
+    "netpol-deleted-policy-enforced": "a deleted NetworkPolicy stays enforced",
+    "netpol-replies-dropped": (
+        "no conntrack shortcut: replies are judged as new traffic, so replies into (out of) "
+        "isolated pods that the policies would not allow as new connections are dropped"
+    ),
     # Variants that break no rule: the suite must test, or skip for the named reason, and pass.
     "dns-service-renamed": (
         "not a fault: the cluster DNS Service is kube-system/rke2-coredns-rke2-coredns (as RKE2 "

@@ -2,7 +2,7 @@
 asyncio process (the lab daemon).
 
 ``python -m netlab.lab --name X --nodes N [--ip-family F] [--fault F]... [--api-fault A]...
---kubeconfig PATH``
+[--no-network-policy] --kubeconfig PATH``
 runs in the foreground and logs to stderr. It writes ``<state>/daemon.pid`` at once, then
 ``<state>/ready`` (holding the kubeconfig path) when the API serves, or ``<state>/failed`` (one
 line) and exits non-zero. SIGTERM or SIGINT tear everything down in reverse; a final sweep is
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from netlab.dataplane.proxy import ServiceProxy
     from netlab.dns import ClusterDNS
     from netlab.kubelet import Kubelet
+    from netlab.netpol.engine import PolicyEngine
 
 log = logging.getLogger("netlab.lab")
 
@@ -84,6 +85,7 @@ class Lab:
         self.kubelets: list[Kubelet] = []
         self.proxy: ServiceProxy | None = None
         self.dns: ClusterDNS | None = None
+        self.policy_engine: PolicyEngine | None = None
         self._api_serving = False
         self._stack = AsyncExitStack()
 
@@ -176,26 +178,62 @@ class Lab:
         self.proxy = proxy
         self._stack.push_async_callback(proxy.stop)
         api.cluster.follow(("services", "endpointslices"), proxy.notify)
+        first = self.kubelets[0]
         if NO_CLUSTER_DNS_FAULT in self.spec.faults:
             log.info("services: proxy on %d nodes, no cluster DNS", len(self.kubelets))
-            return
-        first = self.kubelets[0]
-        dns = ClusterDNS(self.spec, first.cni, first.node.name, api.services_and_slices)
-        addresses = await dns.start()
-        self.dns = dns
-        self._stack.push_async_callback(dns.stop)
-        api.cluster.follow(("services", "endpointslices"), dns.refresh)
-        name = dns_service_name(self.spec)
-        api.cluster.publish("services", kube_dns_service(cluster_dns_address(self.spec), name))
-        api.cluster.publish(
-            "endpointslices", kube_dns_endpoint_slice(addresses[0], first.node.name, name)
+            dns_addresses: tuple[str, ...] = ()
+        else:
+            dns = ClusterDNS(self.spec, first.cni, first.node.name, api.services_and_slices)
+            addresses = await dns.start()
+            self.dns = dns
+            self._stack.push_async_callback(dns.stop)
+            api.cluster.follow(("services", "endpointslices"), dns.refresh)
+            name = dns_service_name(self.spec)
+            api.cluster.publish("services", kube_dns_service(cluster_dns_address(self.spec), name))
+            api.cluster.publish(
+                "endpointslices", kube_dns_endpoint_slice(addresses[0], first.node.name, name)
+            )
+            log.info(
+                "services: proxy on %d nodes, cluster DNS at %s behind kube-system/%s",
+                len(self.kubelets),
+                addresses[0],
+                name,
+            )
+            dns_addresses = dns.addresses
+        if self.spec.network_policy:
+            await self._start_network_policy(dns_addresses, first.node.name)
+
+    async def _start_network_policy(self, dns_addresses: tuple[str, ...], dns_node: str) -> None:
+        """The NetworkPolicy engine on every node, following policies, pods and namespaces;
+        the cluster DNS (when the lab runs one) stands for a kube-system pod labelled
+        ``k8s-app: kube-dns`` (so policies that allow DNS by selector allow it here too)."""
+        from netlab.netpol.engine import PolicyEngine
+        from netlab.netpol.model import Workload
+
+        assert self.api is not None
+        store = self.api.store
+        dns = Workload(
+            namespace="kube-system",
+            name="coredns-netlab",
+            labels=(("k8s-app", "kube-dns"),),
+            ips=dns_addresses,
+            node=dns_node,
         )
-        log.info(
-            "services: proxy on %d nodes, cluster DNS at %s behind kube-system/%s",
-            len(self.kubelets),
-            addresses[0],
-            name,
+        workloads = (dns,) if dns_addresses else ()
+        engine = PolicyEngine(
+            self.spec,
+            lambda: (
+                store.list("networkpolicies"),
+                store.list("pods"),
+                store.list("namespaces"),
+            ),
+            lambda: workloads,
         )
+        await engine.start()
+        self.policy_engine = engine
+        self._stack.push_async_callback(engine.stop)
+        self.api.cluster.follow(("networkpolicies", "pods", "namespaces"), engine.notify)
+        log.info("network policy: enforced on %d nodes (nftables)", len(self.kubelets))
 
     async def _stop_control_plane(self) -> None:
         """Kubelets stop their pods first (while the API can still take their reports), then
@@ -253,6 +291,7 @@ async def run_lab(spec: LabSpec, kubeconfig: Path) -> int:
                 "faults": sorted(spec.faults),
                 "api_faults": list(spec.api_faults),  # as started; `netlab api-faults` has now
                 "images": [str(path) for path in spec.images],
+                "network_policy": spec.network_policy,
                 "api_url": lab.api_url,
                 "kubeconfig": str(kubeconfig),
                 "pid": os.getpid(),
@@ -286,6 +325,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fault", action="append", default=[])
     parser.add_argument("--api-fault", action="append", default=[])
     parser.add_argument("--image", action="append", default=[], type=Path)
+    parser.add_argument("--no-network-policy", action="store_true")
     parser.add_argument("--kubeconfig", type=Path)
     parser.add_argument("--state-root", type=Path, default=STATE_ROOT, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -305,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ip_family=args.ip_family,
             faults=frozenset(args.fault),
             api_faults=tuple(args.api_fault),
+            network_policy=not args.no_network_policy,
             state_root=args.state_root,
             images=tuple(path.absolute() for path in args.image),
         )

@@ -60,6 +60,9 @@ class LabSpec:
     faults: frozenset[str] = field(default_factory=frozenset)
     # Control-plane faults, `NAME[=VALUE]` as `--api-fault` takes them (netlab.api.faults).
     api_faults: tuple[str, ...] = ()
+    # NetworkPolicies enforced on every node (`netlab up --no-network-policy`: served by the
+    # API but never enforced, as on a cluster whose CNI does not implement them).
+    network_policy: bool = True
     state_root: Path = STATE_ROOT
     # OCI image archives whose files the lab's containers of those images see over the host's
     # (netlab.dataplane.images); absolute paths.
@@ -85,6 +88,13 @@ class LabSpec:
             raise LabSpecError(
                 f"unknown fault {', '.join(unknown)}; `netlab faults` lists the known ones"
             )
+        if not self.network_policy:
+            policy_faults = sorted(f for f in self.faults if f.startswith("netpol-"))
+            if policy_faults:
+                raise LabSpecError(
+                    f"fault {', '.join(policy_faults)} needs the NetworkPolicy engine "
+                    "(drop --no-network-policy)"
+                )
         from netlab.api.faults import ApiFaultError, parse_api_faults
 
         try:

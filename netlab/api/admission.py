@@ -38,7 +38,10 @@ def _load(directory: str, filename: str) -> JSONDict:
 
 
 # Kinds of named API groups: their schema files carry the group (kubernetes-json-schema names).
-_SCHEMA_FILES = {"EndpointSlice": "endpointslice-discovery-v1.json"}
+_SCHEMA_FILES = {
+    "EndpointSlice": "endpointslice-discovery-v1.json",
+    "NetworkPolicy": "networkpolicy-networking-v1.json",
+}
 
 
 @cache
@@ -129,7 +132,7 @@ def check_fields(kind: str, obj: JSONDict, directive: str) -> list[str]:
     return [] if directive == "Ignore" else [f'unknown field "{p}"' for p in unknown]
 
 
-def validate(kind: str, obj: JSONDict, *, label_name: bool) -> None:
+def validate(kind: str, obj: JSONDict, *, label_name: bool, group: str = "") -> None:
     """422 Invalid when the schema, the name or (pods) the containers are wrong."""
     name = str(
         obj.get("metadata", {}).get("name") or obj.get("metadata", {}).get("generateName") or ""
@@ -149,7 +152,7 @@ def validate(kind: str, obj: JSONDict, *, label_name: bool) -> None:
     if kind == "Pod" and not causes:
         causes.extend(_pod_causes(obj))
     if causes:
-        raise invalid(kind, name, causes)
+        raise invalid(kind, name, causes, group)
 
 
 def _pod_causes(pod: JSONDict) -> list[JSONDict]:

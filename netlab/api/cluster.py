@@ -454,7 +454,14 @@ class Cluster:
                     break
         finally:
             self.store.unwatch(watcher)
-        for resource in ("configmaps", "events", "services", "endpointslices", "serviceaccounts"):
+        for resource in (
+            "configmaps",
+            "events",
+            "services",
+            "endpointslices",
+            "serviceaccounts",
+            "networkpolicies",
+        ):
             for obj in self.store.list(resource, name):
                 self.store.remove(resource, name, obj["metadata"]["name"])
         self.store.remove("namespaces", "", name)

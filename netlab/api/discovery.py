@@ -61,6 +61,15 @@ RESOURCES: dict[str, ResourceInfo] = {
             "endpointslice",
             group="discovery.k8s.io",
         ),
+        ResourceInfo(
+            "networkpolicies",
+            "NetworkPolicy",
+            True,
+            _RW,
+            ("netpol",),
+            "networkpolicy",
+            group="networking.k8s.io",
+        ),
     )
 }
 # Subresources: name -> (kind, verbs)

@@ -71,26 +71,40 @@ class ApiError(Exception):
         return response
 
 
-def not_found(resource: str, name: str) -> ApiError:
-    return ApiError(404, f'{resource} "{name}" not found', details={"name": name, "kind": resource})
+def _qualified(name: str, group: str) -> str:
+    """A resource or kind as the server names it in messages: ``endpointslices.discovery.k8s.io``
+    for named groups, plain for core."""
+    return f"{name}.{group}" if group else name
 
 
-def already_exists(resource: str, name: str) -> ApiError:
+def _details(name: str, kind: str, group: str) -> JSONDict:
+    return {"name": name, **({"group": group} if group else {}), "kind": kind}
+
+
+def not_found(resource: str, name: str, group: str = "") -> ApiError:
     return ApiError(
-        409,
-        f'{resource} "{name}" already exists',
-        details={"name": name, "kind": resource},
+        404,
+        f'{_qualified(resource, group)} "{name}" not found',
+        details=_details(name, resource, group),
     )
 
 
-def invalid(kind: str, name: str, causes: list[JSONDict]) -> ApiError:
+def already_exists(resource: str, name: str, group: str = "") -> ApiError:
+    return ApiError(
+        409,
+        f'{_qualified(resource, group)} "{name}" already exists',
+        details=_details(name, resource, group),
+    )
+
+
+def invalid(kind: str, name: str, causes: list[JSONDict], group: str = "") -> ApiError:
     """422 Invalid: message lists every cause as `field: message`, as the real server does."""
     parts = [f"{c['field']}: {c['message']}" if c.get("field") else c["message"] for c in causes]
     joined = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
     return ApiError(
         422,
-        f'{kind} "{name}" is invalid: {joined}',
-        details={"name": name, "kind": kind, "causes": causes},
+        f'{_qualified(kind, group)} "{name}" is invalid: {joined}',
+        details={**_details(name, kind, group), "causes": causes},
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from netlab.api import admission
+from netlab.api import admission, networkpolicies
 from netlab.api.cluster import Cluster
 from netlab.api.discovery import RESOURCES
 from netlab.api.encode import dumps
@@ -95,7 +95,7 @@ class Rest:
         assert target.name is not None
         obj = self.store.get(target.resource, target.namespace or "", target.name)
         if obj is None:
-            raise not_found(target.resource, target.name)
+            raise not_found(target.resource, target.name, RESOURCES[target.resource].group)
         return obj
 
     def _allowed(self, target: Target, verb: str) -> None:
@@ -258,7 +258,14 @@ class Rest:
                     "the namespace of the provided object does not match the namespace sent on the request",
                 )
             meta["namespace"] = target.namespace
-        admission.validate(kind, obj, label_name=target.resource == "namespaces")
+        if target.resource == "networkpolicies":
+            networkpolicies.apply_defaults(obj)  # at decoding, before any validation
+        admission.validate(
+            kind,
+            obj,
+            label_name=target.resource == "namespaces",
+            group=RESOURCES[target.resource].group,
+        )
         if target.namespace is not None:
             ns = self._namespace_must_exist(target.namespace)
             if ns.get("status", {}).get("phase") == "Terminating":
@@ -284,7 +291,7 @@ class Rest:
                 self.store.get("namespaces", "", target.namespace or ""), obj, requested_name
             )
         if self.store.get(target.resource, target.namespace or "", name) is not None:
-            raise already_exists(target.resource, name)
+            raise already_exists(target.resource, name, RESOURCES[target.resource].group)
         for key in _SERVER_META:
             meta.pop(key, None)
         meta["uid"] = new_uid()
@@ -294,6 +301,8 @@ class Rest:
             obj = admission.default_pod(obj)
         elif target.resource == "services":
             obj = self.cluster.services.create(obj)  # defaults, validation, allocation
+        elif target.resource == "networkpolicies":
+            obj = networkpolicies.admit(obj)
         elif target.resource == "namespaces":
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
             obj["spec"] = {"finalizers": ["kubernetes"]}
@@ -440,9 +449,20 @@ class Rest:
                 obj = self._pod_spec_update(obj, existing)
             if target.resource == "namespaces":
                 obj["spec"] = existing.get("spec", {})
-        admission.validate(kind, obj, label_name=target.resource == "namespaces")
+                # The namespace strategy sets it on every update too: it cannot be removed.
+                meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = target.name
+            if target.resource == "networkpolicies":
+                networkpolicies.apply_defaults(obj)
+        admission.validate(
+            kind,
+            obj,
+            label_name=target.resource == "namespaces",
+            group=RESOURCES[target.resource].group,
+        )
         if target.resource == "services" and target.subresource != "status":
             obj = self.cluster.services.update(obj, existing)
+        if target.resource == "networkpolicies":
+            obj = networkpolicies.admit(obj)
         if request.query.get("dryRun"):
             return respond(obj, 200, warnings)
         return respond(self.store.put(target.resource, obj, created=False), 200, warnings)

@@ -151,6 +151,19 @@ COLUMNS: dict[str, list[JSONDict]] = {
         _col("Message", "string", "A human-readable description of the status of this operation."),
     ],
 }
+COLUMNS["networkpolicies"] = [
+    _NAME,
+    _col(
+        "Pod-Selector",
+        "string",
+        "podSelector selects the pods to which this NetworkPolicy object applies. The array of "
+        "ingress rules is applied to any pods selected by this field. Multiple network policies "
+        "can select the same set of pods. In this case, the ingress rules for each are combined "
+        "additively. This field is NOT optional and follows standard label selector semantics. "
+        "An empty podSelector matches all pods in this namespace.",
+    ),
+    _AGE,
+]
 GENERIC = [_NAME, _AGE]
 
 
@@ -296,6 +309,26 @@ def _event_row(event: JSONDict) -> list[Any]:
     ]
 
 
+def format_label_selector(selector: JSONDict | None) -> str:
+    """metav1.FormatLabelSelector: requirements sorted by key, ``k=v``, ``k in (a,b)``,
+    ``k notin (a,b)``, ``k``, ``!k``; ``<none>`` when empty."""
+    selector = selector or {}
+    parts: list[tuple[str, str]] = [
+        (str(key), f"{key}={value}") for key, value in (selector.get("matchLabels") or {}).items()
+    ]
+    for requirement in selector.get("matchExpressions") or []:
+        key = str(requirement.get("key", ""))
+        values = ",".join(sorted(str(v) for v in requirement.get("values") or []))
+        text = {
+            "In": f"{key} in ({values})",
+            "NotIn": f"{key} notin ({values})",
+            "Exists": key,
+            "DoesNotExist": f"!{key}",
+        }.get(str(requirement.get("operator")), "<error>")
+        parts.append((key, text))
+    return ",".join(text for _, text in sorted(parts, key=lambda p: p[0])) or "<none>"
+
+
 _ROWS: dict[str, Callable[[JSONDict], list[Any]]] = {
     "pods": _pod_row,
     "nodes": _node_row,
@@ -312,6 +345,11 @@ _ROWS: dict[str, Callable[[JSONDict], list[Any]]] = {
     "events": _event_row,
     "services": _service_row,
     "endpointslices": _endpoint_slice_row,
+    "networkpolicies": lambda policy: [
+        policy["metadata"]["name"],
+        format_label_selector((policy.get("spec") or {}).get("podSelector")),
+        age(policy["metadata"].get("creationTimestamp")),
+    ],
     "serviceaccounts": lambda sa: [
         sa["metadata"]["name"],
         len(sa.get("secrets") or []),

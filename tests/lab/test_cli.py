@@ -117,7 +117,7 @@ def without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def without_runc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A PATH with the other tools `up` looks for, but no runc."""
-    found = [shutil.which(tool) for tool in ("nsenter", "iptables-restore")]
+    found = [shutil.which(tool) for tool in ("nsenter", "iptables-restore", "nft")]
     assert all(found), found
     tools = folder_of_links(tmp_path / "bin", [Path(str(path)) for path in found])
     monkeypatch.setenv("PATH", str(tools))

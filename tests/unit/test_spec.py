@@ -61,6 +61,13 @@ def test_every_fault_has_a_one_line_description() -> None:
     assert all(line.split()[0] in FAULTS for line in lines)
 
 
+def test_network_policy_faults_need_the_engine() -> None:
+    assert LabSpec(faults=frozenset({"netpol-egress-ignored"})).network_policy
+    with pytest.raises(LabSpecError, match="needs the NetworkPolicy engine"):
+        LabSpec(faults=frozenset({"netpol-egress-ignored"}), network_policy=False)
+    assert not LabSpec(network_policy=False, faults=frozenset({"udp-drop"})).network_policy
+
+
 def test_ip_family_plans_carry_one_address_and_pod_cidr_per_family_primary_first() -> None:
     dual = LabSpec(ip_family="dual")
     assert dual.families == (4, 6)
