@@ -15,7 +15,7 @@ import pytest
 from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
 from conformance.kit.probe_client import address_of_family, require_ok
 from conformance.kit.probes import ROLE_PROBE, ProbeMap
-from conformance.kit.reachability import Endpoint, Target, Unplanned, swept_by
+from conformance.kit.reachability import Endpoint, Target, Unplanned, swept_by, without_address
 from conformance.kit.report import format_rule_failure
 from conformance.kit.verdicts import ItemExchanges
 
@@ -32,7 +32,7 @@ def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] 
     proto, family, node = params["proto"], params["family"], params["probe_node"]
     probe = probe_map.get(ROLE_PROBE, node)
     if family == 6 and address_of_family(probe.pod_ips, 6) is None:
-        return Unplanned(f"{probe.describe()} has no IPv6 address")
+        return without_address(family, [probe], probe_map)
     return [
         Target(
             check="test_localhost_between_containers",

@@ -27,7 +27,7 @@ from conformance.kit.cluster import (
     resource_version_of,
     watch_events,
 )
-from conformance.kit.errors import ClusterError
+from conformance.kit.errors import ClusterError, WatchLost
 from conformance.kit.settings import Timeouts
 
 #: ``done(objects)``: True once the wait is over; it may raise to end the wait early.
@@ -49,12 +49,16 @@ def wait_on_list(
     timeout: float,
     timeouts: Timeouts,
     on_event: EventHook | None = None,
+    lost_is_untested: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any] | None:
     """The objects ``list_fn(*args, **kwargs)`` returns, by name, once ``done(objects)`` holds
     (kept current by a watch); None when it still does not hold after ``timeout`` seconds.
 
     ``what`` names the wait in errors (``pods in NS``). Exceptions ``done`` raises propagate.
+    With ``lost_is_untested``, a wait that ran out while its watch was broken (dropped, and
+    no list and watch could be made again before the deadline) raises `WatchLost` instead of
+    returning None: "it did not happen" was not seen, for callers that judge a rule by it.
     """
     deadline = monotonic() + timeout
     objects: dict[str, Any] = {}
@@ -110,5 +114,10 @@ def wait_on_list(
                     return objects
                 return None
     except _WatchEnded:
+        if lost_is_untested:
+            raise WatchLost(
+                f"watch {what}: the API server kept dropping it; whether the condition held "
+                f"within {timeout:.0f}s was not seen to the end"
+            ) from None
         return None
     return None  # pragma: no cover (tenacity returns from inside the loop)
