@@ -64,6 +64,7 @@ from conformance.kit.session import (
     RunReporter,
     XdistController,
     is_worker,
+    recorded_discovery,
 )
 from conformance.kit.settings import (
     ALLOWABLE_EXCLUSIONS,
@@ -533,8 +534,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """A run that collected nothing says how to ask for the suite."""
-    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and not is_worker(config):
+    """A run whose options the cluster proved wrong (xdist workers could not stop it) says
+    why; a run that collected nothing says how to ask for the suite."""
+    if is_worker(config):
+        return
+    found = recorded_discovery(config.stash[RUN_KEY])
+    if found is not None and found.usage_error is not None:
+        terminalreporter.write_line(f"ERROR: {found.usage_error}", red=True)
+        return
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         terminalreporter.write_line(
             nothing_collected_hint(
                 asked=suite_asked_by(config), paths_given=paths_were_given(config)
