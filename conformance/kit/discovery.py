@@ -11,7 +11,7 @@ they are kept in ``error``, and every check that needs the cluster errors with t
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,7 +30,13 @@ from conformance.kit.cluster import (
     pod_network_families,
 )
 from conformance.kit.errors import ClusterError
-from conformance.kit.families import FamilyPlan, declared_families, plan_families
+from conformance.kit.families import (
+    SOURCE_KUBERNETES_SERVICE,
+    SOURCE_SERVICE_CIDRS,
+    FamilyPlan,
+    declared_families,
+    plan_families,
+)
 from conformance.kit.nodes import (
     READINESS_KINDS,
     Exclusion,
@@ -89,6 +95,17 @@ class Discovery(JSONData):
         ]
 
 
+def _source(name: str, read: Callable[[], tuple[str, ...]], unread: list[str]) -> tuple[str, ...]:
+    """What a family source says; a source that cannot be read (RBAC refuses it) is noted in
+    ``unread`` rather than ending the run: the nodes' podCIDRs declare the families of nearly
+    every cluster, and the verdict names the gap."""
+    try:
+        return read()
+    except ClusterError as exc:
+        unread.append(f"{name} ({exc})")
+        return ()
+
+
 def _settled_nodes(core: client.CoreV1Api, settings: Settings, timeouts: Timeouts) -> list[Any]:
     """The nodes once none of those the user asked for is left out for not being ready (or its
     network not being ready), or as they are after ``Timeouts.node_ready``: a node that just
@@ -117,10 +134,15 @@ def discover(settings: Settings) -> Discovery:
             deadline = time.time() + settings.timeouts.node_ready
             nodes = _settled_nodes(core, settings, timeouts)
             selection = select_nodes(nodes, settings)
+        unread: list[str] = []
         declared = declared_families(
             (cidr for node in nodes for cidr in node_pod_cidrs(node)),
-            kubernetes_service_families(core, timeouts),
-            declared_service_cidrs(api, timeouts),
+            _source(
+                SOURCE_KUBERNETES_SERVICE,
+                lambda: kubernetes_service_families(core, timeouts),
+                unread,
+            ),
+            _source(SOURCE_SERVICE_CIDRS, lambda: declared_service_cidrs(api, timeouts), unread),
         )
         observed: tuple[int, ...] = ()
         if not declared and settings.ip_family == "auto":
@@ -138,7 +160,7 @@ def discover(settings: Settings) -> Discovery:
     return Discovery(
         nodes=selection.names,
         excluded=selection.excluded,
-        family_plan=plan_families(settings.ip_family, declared, observed),
+        family_plan=plan_families(settings.ip_family, declared, observed, unread),
         checked=tuple(sorted(checked, key=natural_key)),
         ready_deadline=deadline,
         error=None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from conformance.kit.serial import JSONData
 
@@ -74,6 +74,8 @@ class FamilyPlan(JSONData):
     required: tuple[int, ...] = ()
     declared: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     option: str = "auto"
+    #: Sources that could not be read (RBAC, ...), with why: what they declare is unknown.
+    unread: tuple[str, ...] = ()
 
     @property
     def narrowed(self) -> tuple[int, ...]:
@@ -90,12 +92,13 @@ class FamilyPlan(JSONData):
         return "not declared by the cluster"
 
     def narrowing_lines(self) -> list[str]:
-        """One line per declared family the run leaves out, for the terminal summary."""
+        """One line per declared family the run leaves out, and per source that could not be
+        read, for the terminal summary."""
         return [
             f"{family_name(f)} not tested: the cluster declares it "
             f"({', '.join(self.declared[str(f)])}); --ip-family {self.option} leaves it out"
             for f in self.narrowed
-        ]
+        ] + [f"the IP families declared by {why} are unknown" for why in self.unread]
 
     def describe(self) -> str:
         """``IPv4 and IPv6 (required: declared by the cluster)``, for the summary's line."""
@@ -107,15 +110,20 @@ class FamilyPlan(JSONData):
 
 
 def plan_families(
-    option: str, declared: Mapping[int, Sequence[str]], observed: Iterable[int] = ()
+    option: str,
+    declared: Mapping[int, Sequence[str]],
+    observed: Iterable[int] = (),
+    unread: Sequence[str] = (),
 ) -> FamilyPlan:
     """The run's families from ``--ip-family`` (``option``), the declared families and, for a
-    cluster that declares none, the families its pods' IPs show (``observed``)."""
+    cluster that declares none, the families its pods' IPs show (``observed``); ``unread``:
+    sources that could not be read, and why."""
     shown = {str(f): tuple(sources) for f, sources in sorted(declared.items())}
+    plan = FamilyPlan(declared=shown, option=option, unread=tuple(unread))
     if option in EXPLICIT_FAMILIES:
         chosen = EXPLICIT_FAMILIES[option]
-        return FamilyPlan(tested=chosen, required=chosen, declared=shown, option=option)
+        return replace(plan, tested=chosen, required=chosen)
     if declared:
         families = tuple(sorted(declared))
-        return FamilyPlan(tested=families, required=families, declared=shown, option=option)
-    return FamilyPlan(tested=tuple(sorted(set(observed))) or (4,), declared=shown, option=option)
+        return replace(plan, tested=families, required=families)
+    return replace(plan, tested=tuple(sorted(set(observed))) or (4,))

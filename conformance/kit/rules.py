@@ -266,6 +266,8 @@ def not_checked(rules: Sequence[RuleSummary], coverage: Coverage) -> list[str]:
             f"{family_name(family)} not tested (the cluster declares it; --ip-family "
             f"{coverage.families.option})"
         )
+    for source in coverage.families.unread:
+        found.append(f"the IP families declared by {one_line(source, 160)}")
     by_kind: dict[tuple[bool, str], list[str]] = {}
     for name, exclusion in sorted(coverage.left_out.items(), key=lambda item: natural_key(item[0])):
         by_kind.setdefault((exclusion.narrowed, exclusion.kind), []).append(name)

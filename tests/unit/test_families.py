@@ -81,3 +81,13 @@ def test_declared_families_are_tested_or_named_as_narrowed(
     if option == "auto":
         assert plan.narrowed == ()
         assert set(plan.required) == declared
+
+
+def test_a_source_that_could_not_be_read_is_named_not_fatal() -> None:
+    unread = (f"{SOURCE_SERVICE_CIDRS} (list servicecidrs failed: HTTP 403 Forbidden)",)
+    plan = plan_families("auto", declared_families(DUAL_NODES, (), ()), unread=unread)
+    assert plan.tested == (4, 6)
+    assert plan.narrowing_lines() == [
+        f"the IP families declared by {SOURCE_SERVICE_CIDRS} (list servicecidrs failed: HTTP 403 "
+        "Forbidden) are unknown"
+    ]
