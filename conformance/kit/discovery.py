@@ -121,7 +121,7 @@ def _settled_nodes(core: client.CoreV1Api, settings: Settings, timeouts: Timeout
 
 
 def discover(settings: Settings) -> Discovery:
-    """Read nodes, the declared IP families and, when the cluster declares none, its pods'
+    """Read nodes, the declared IP families and, where no node has a podCIDR, the pods'
     families, to plan the run. Never raises for cluster errors."""
     timeouts = replace(settings.timeouts, api_retry=settings.timeouts.discovery)
     deadline = None
@@ -145,7 +145,8 @@ def discover(settings: Settings) -> Discovery:
             _source(SOURCE_SERVICE_CIDRS, lambda: declared_service_cidrs(api, timeouts), unread),
         )
         observed: tuple[int, ...] = ()
-        if not declared and settings.ip_family == "auto":
+        if settings.ip_family == "auto" and not any(map(node_pod_cidrs, nodes)):
+            # The CNI allocates pod IPs itself: the pods show which families it hands out.
             observed = pod_network_families(list_pods_all_namespaces(core, timeouts))
     except (ClusterError, ApiException) as exc:
         return Discovery(error=f"cannot read the cluster: {exc}")

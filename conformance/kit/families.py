@@ -4,8 +4,8 @@ A cluster declares a family through its nodes' podCIDRs, the ``default/kubernete
 ``ipFamilies`` (or its cluster IPs) and its ServiceCIDR objects. Under ``--ip-family auto`` every
 declared family is tested and required: a pod or node without an address of it breaks a rule
 (``test_required_family_on_every_pod_and_node``, and that family's checks for it fail), never
-skips. A cluster that declares nothing is tested in the families its pods' IPs show, IPv4 when
-none. An explicit ``--ip-family`` tests and requires what it names; a declared family it leaves
+skips. Families the pods' IPs show (read where no node has a podCIDR) are tested too,
+IPv4 when nothing shows. An explicit ``--ip-family`` tests and requires what it names; a declared family it leaves
 out is the user's narrowing, which the terminal summary, ``summary.json`` and the HTML report
 name. Pure.
 """
@@ -106,7 +106,10 @@ class FamilyPlan(JSONData):
         if not self.required:
             return f"{tested} (none declared by the cluster: taken from the pods' IPs)"
         why = "declared by the cluster" if self.option == "auto" else f"--ip-family {self.option}"
-        return f"{tested} (required: {why})"
+        if self.required == self.tested:
+            return f"{tested} (required: {why})"
+        required = " and ".join(family_name(f) for f in self.required)
+        return f"{tested} ({required} required: {why}; the rest seen on the pods)"
 
 
 def plan_families(
@@ -115,15 +118,15 @@ def plan_families(
     observed: Iterable[int] = (),
     unread: Sequence[str] = (),
 ) -> FamilyPlan:
-    """The run's families from ``--ip-family`` (``option``), the declared families and, for a
-    cluster that declares none, the families its pods' IPs show (``observed``); ``unread``:
-    sources that could not be read, and why."""
+    """The run's families from ``--ip-family`` (``option``), the declared families and the
+    families the pods' IPs show (``observed``); ``unread``: sources that could not be read, and
+    why."""
     shown = {str(f): tuple(sources) for f, sources in sorted(declared.items())}
     plan = FamilyPlan(declared=shown, option=option, unread=tuple(unread))
     if option in EXPLICIT_FAMILIES:
         chosen = EXPLICIT_FAMILIES[option]
         return replace(plan, tested=chosen, required=chosen)
-    if declared:
-        families = tuple(sorted(declared))
-        return replace(plan, tested=families, required=families)
-    return replace(plan, tested=tuple(sorted(set(observed))) or (4,))
+    # Tested: what the cluster declares, and what its pods show besides (a CNI with its own
+    # IPAM may give pods a family no source declares); required: what it declares.
+    tested = tuple(sorted(set(declared) | set(observed))) or (4,)
+    return replace(plan, tested=tested, required=tuple(sorted(declared)))

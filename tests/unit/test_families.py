@@ -42,10 +42,16 @@ def test_auto_requires_every_declared_family() -> None:
     assert plan.narrowing_lines() == []
 
 
-def test_auto_without_declarations_follows_the_pods_and_requires_nothing() -> None:
+def test_auto_tests_what_the_pods_show_and_requires_what_is_declared() -> None:
     assert plan_families("auto", {}, observed=(6,)) == FamilyPlan(tested=(6,), required=())
     assert plan_families("auto", {}, observed=()).tested == (4,)
     assert plan_families("auto", {}, observed=(6,)).why_required(6) == "not declared by the cluster"
+    # A CNI with its own IPAM gives pods IPv6 where only the IPv4 Service declares a family.
+    mixed = plan_families("auto", declared_families((), ("IPv4",), ()), observed=(4, 6))
+    assert (mixed.tested, mixed.required) == ((4, 6), (4,))
+    assert mixed.describe() == (
+        "IPv4 and IPv6 (IPv4 required: declared by the cluster; the rest seen on the pods)"
+    )
 
 
 def test_an_explicit_family_narrows_and_says_so() -> None:
