@@ -19,11 +19,6 @@ class ClusterError(CouldNotTest):
     """The cluster could not be reached or refused a call."""
 
 
-class WatchLost(ClusterError):
-    """A wait whose watch the API server dropped at the end: whether its condition came to
-    hold by the deadline was not seen."""
-
-
 class ProbeDeploymentError(CouldNotTest):
     """The probes could not be deployed or never became Ready."""
 

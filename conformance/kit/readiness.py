@@ -244,7 +244,6 @@ def flip_readiness(
             done=lambda slices: bool(endpoint_ready(slices, target.name)) == ready,
             timeout=timeouts.endpoint_update,
             timeouts=timeouts,
-            lost_is_untested=True,  # "the slice never followed" must have been seen
         )
         return round(monotonic() - started, 2) if found is not None else None
 
