@@ -88,6 +88,8 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
         "--image-pull-secret",
         "--list-images",
         "--strict-reachability",
+        "--exclude-node",
+        "--allow-excluded",
     ):
         assert option in text, option
 
@@ -149,6 +151,8 @@ def test_kubeconfig_falls_back_to_environment(
         ("--probe-image=", "--probe-image: '' is not an image reference"),
         ("--tolerate-taint=gpu:Sometimes", "--tolerate-taint: effect 'Sometimes' is not one of"),
         ("--image-pull-secret=Bad_Name", "--image-pull-secret: 'Bad_Name' is not a Secret"),
+        ("--exclude-node=Bad_Name", "--exclude-node: 'Bad_Name' is not a node name"),
+        ("--allow-excluded=cordoned,sometimes", "--allow-excluded: sometimes is not one of"),
     ],
 )
 def test_bad_option_values_are_usage_errors(
@@ -348,9 +352,17 @@ def test_settings(pytestconfig):
     )
     assert s.image_pull_secrets == (PullSecret("regcred"), PullSecret("mirror", "infra"))
     assert [str(t) for t in s.tolerations][:2] == ["example.com/gpu:NoSchedule", "dedicated"]
+    assert s.exclude_nodes == ("node-3", "node-4")
+    assert s.allow_excluded == ("windows", "cordoned", "not-ready")
 """
     )
     result = pytester.runpytest(
+        "--exclude-node=node-3",
+        "--exclude-node",
+        "node-4",
+        "--exclude-node=node-3",
+        "--allow-excluded=Windows,cordoned",
+        "--allow-excluded=not-ready,windows",
         "--tolerate-taint=example.com/gpu:noschedule",
         "--tolerate-taint",
         "dedicated",
