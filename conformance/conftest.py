@@ -4,20 +4,22 @@ and each test item's own results from the run's sweep and prefetch.
 The probes are deployed once per run (whichever process needs them first, xdist workers
 included; see `conformance.kit.runstate.once`) and deleted by the controller at the end. A
 cluster that cannot be read, or probes that cannot be deployed, make every test that needs
-them a setup error carrying the cause: never a pass, never a network failure.
+them a setup error carrying the cause (a `CouldNotTest`, reported as could not test by the
+plugin): never a pass, never a network failure.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from kubernetes import client
 
-from conformance.kit.cluster import Discovery, cluster_facts, list_nodes, make_api_client
+from conformance.kit.cluster import cluster_facts, list_nodes, make_api_client
 from conformance.kit.deploy import Deployment, PodLife, deploy_once, deploy_probes, pod_lives
+from conformance.kit.discovery import Discovery
 from conformance.kit.errors import CouldNotTest
 from conformance.kit.namespace import (
     STALE_SWEEP_RECORD,
@@ -60,12 +62,6 @@ class RunPass(Protocol[T_co]):
     ) -> T_co: ...
 
 
-def could_not_test(reason: str) -> NoReturn:
-    """Fail the fixture: every test using it becomes a setup ERROR with ``reason`` (no traceback:
-    the reason is the report). Never a pass, never a broken-rule failure."""
-    pytest.fail(f"COULD NOT TEST: {reason}", pytrace=False)
-
-
 def run_pass_once(
     what: str,
     run_pass: RunPass[T],
@@ -85,7 +81,7 @@ def run_pass_once(
     try:
         return run_pass(run_info, request.session.items, probe_map, probe_client, pods=pods)
     except CouldNotTest as exc:
-        could_not_test(f"{what}: {exc}")
+        raise CouldNotTest(f"{what}: {exc}") from exc
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +105,24 @@ def discovery(pytestconfig: pytest.Config) -> Discovery:
     """Nodes and IP families found at collection; a setup error when the cluster was unreadable."""
     found = discovery_for(pytestconfig)
     if found.error is not None:
-        could_not_test(found.error)
+        raise CouldNotTest(found.error)
     return found
+
+
+@pytest.fixture(scope="session")
+def discovered(pytestconfig: pytest.Config) -> Discovery:
+    """The run's discovery as found, also when no node can carry probes (checks made through
+    the API alone still judge the nodes)."""
+    return discovery_for(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def node_api(settings: Settings, discovered: Discovery) -> client.CoreV1Api:
+    """An API client for checks made through the API alone (no probes); could not test when
+    the cluster could not be read."""
+    if not discovered.checked:
+        raise CouldNotTest(discovered.error or "the run found no node to check")
+    return client.CoreV1Api(make_api_client(settings))
 
 
 @pytest.fixture(scope="session")
@@ -155,6 +167,7 @@ def deployment(
             run_info.run_id,
             discovery.nodes,
             settings,
+            required_families=discovery.required_families,
             meanwhile=lambda: hostports.append(
                 start_hostport_probes(
                     core, run_info.namespace, run_info.run_id, discovery.nodes, settings
@@ -170,7 +183,9 @@ def deployment(
     try:
         found = deploy_once(run_info, deploy)
     except CouldNotTest as exc:
-        could_not_test(f"probe deployment in namespace {run_info.namespace} failed: {exc}")
+        raise CouldNotTest(
+            f"probe deployment in namespace {run_info.namespace} failed: {exc}"
+        ) from exc
     pytestconfig.stash[DUMP_KEY] = lambda: dump_namespace(
         core, run_info.namespace, settings.timeouts
     )
@@ -248,7 +263,7 @@ def answers(
     try:
         return answers_for_item(prefetch, request.node, probe_map, probe_client, run_info.run_id)
     except CouldNotTest as exc:
-        could_not_test(f"prefetch: {exc}")
+        raise CouldNotTest(f"prefetch: {exc}") from exc
 
 
 @pytest.fixture

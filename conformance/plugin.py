@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from conformance.kit.cases import (
     PAIRS_ALL,
@@ -29,13 +31,20 @@ from conformance.kit.cases import (
     place_properties,
     plan_cases,
 )
-from conformance.kit.cluster import Discovery, discover
+from conformance.kit.cluster import describe_api_error
+from conformance.kit.discovery import RECORD as DISCOVERY_RECORD
+from conformance.kit.discovery import Discovery, discover
 from conformance.kit.errors import CouldNotTest
 from conformance.kit.namespace import namespace_name, new_run_id
 from conformance.kit.pairs import AUTO_SAMPLE_ABOVE, AUTO_SAMPLE_SIZE, PairPlan
 from conformance.kit.podspecs import images_to_pull
-from conformance.kit.report import rule_from_docstring
-from conformance.kit.runstate import RunInfo
+from conformance.kit.report import (
+    ACCOUNTS_FOR_PROPERTY,
+    UNTESTED_PROPERTY,
+    could_not_test_text,
+    rule_from_docstring,
+)
+from conformance.kit.runstate import RunInfo, once
 from conformance.kit.selection import (
     SUITE_DIR,
     given_plugins,
@@ -55,14 +64,17 @@ from conformance.kit.session import (
     RunReporter,
     XdistController,
     is_worker,
-    record_discovery,
+    recorded_discovery,
 )
 from conformance.kit.settings import (
+    ALLOWABLE_EXCLUSIONS,
     DEFAULT_PROBE_IMAGE,
     DEFAULT_RUN_LEASE,
     IMAGE_PULL_POLICIES,
     IP_FAMILIES,
     Settings,
+    parse_allow_excluded,
+    parse_exclude_node,
     parse_image_pull_policy,
     parse_ip_family,
     parse_max_nodes,
@@ -76,7 +88,10 @@ from conformance.kit.settings import (
     parse_taint_toleration,
 )
 
-PARAM_FIXTURES = ("proto", "family", "probe_node", "node_pair")
+#: Errors that leave a check without a verdict on the network: the suite's own `CouldNotTest`
+#: and an API call the cluster refused or dropped outside the kit's retries.
+UNTESTED_ERRORS = (CouldNotTest, ApiException, urllib3.exceptions.HTTPError)
+PARAM_FIXTURES = ("proto", "family", "probe_node", "node_pair", "cluster_node")
 #: Whether the user named test paths (decided before the suite may replace them).
 PATHS_GIVEN_KEY = pytest.StashKey[bool]()
 
@@ -95,6 +110,8 @@ VALUE_OPTIONS = (
     "--image-pull-policy",
     "--node-selector",
     "--max-nodes",
+    "--exclude-node",
+    "--allow-excluded",
     "--tolerate-taint",
     "--image-pull-secret",
     "--probe-timeout",
@@ -182,11 +199,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="probe at most N nodes (the first N by name)",
     )
     group.addoption(
+        "--exclude-node",
+        dest="netconform_exclude_nodes",
+        action="append",
+        default=None,
+        type=parse_exclude_node,
+        metavar="NAME",
+        help="leave node NAME out of the run (your narrowing: it does not make the run exit 2); "
+        "repeatable",
+    )
+    group.addoption(
+        "--allow-excluded",
+        dest="netconform_allow_excluded",
+        action="append",
+        default=None,
+        type=parse_allow_excluded,
+        metavar="KIND[,KIND...]",
+        help=f"kinds of nodes that may be left out without making the run exit 2: "
+        f"{', '.join(ALLOWABLE_EXCLUSIONS)}; cordoned and noschedule nodes, tested by default "
+        "(probes pinned by nodeName run there), are then left out",
+    )
+    group.addoption(
         "--include-control-plane",
         dest="netconform_include_control_plane",
         action="store_true",
         default=False,
-        help="also probe control-plane nodes: the probes tolerate the control-plane taints",
+        help="also probe control-plane nodes: the probes tolerate the control-plane taints "
+        "(without it, tainted control-plane nodes are left out as your narrowing)",
     )
     group.addoption(
         "--tolerate-taint",
@@ -354,8 +393,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = run
     lease = LeaseRenewer(config, run)
     config.pluginmanager.register(lease, "netconform-lease")
-    config.pluginmanager.register(RunReporter(config, run, lease.keeper), "netconform-reporter")
-    config.pluginmanager.register(ExitGate(), "netconform-exit-gate")
+    gate = ExitGate(run)
+    config.pluginmanager.register(
+        RunReporter(config, run, lease.keeper, gate), "netconform-reporter"
+    )
+    config.pluginmanager.register(gate, "netconform-exit-gate")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistController(run), "netconform-xdist-controller")
 
@@ -390,12 +432,19 @@ def _is_conformance_module(module: Any) -> bool:
 
 
 def discovery_for(config: pytest.Config) -> Discovery:
-    """Nodes and IP families of the cluster, read once per process."""
+    """Nodes and IP families of the cluster: read once in the whole run (the first process to
+    collect a conformance check; xdist workers read it back, so they parametrize alike)."""
     found = config.stash.get(DISCOVERY_KEY, None)
     if found is None:
-        found = discover(config.stash[SETTINGS_KEY])
+        found = once(
+            config.stash[RUN_KEY],
+            DISCOVERY_RECORD,
+            lambda: discover(config.stash[SETTINGS_KEY]),
+            encode=Discovery.to_dict,
+            decode=Discovery.from_dict,
+            error=CouldNotTest,
+        )
         config.stash[DISCOVERY_KEY] = found
-        record_discovery(config.stash[RUN_KEY], found)
     return found
 
 
@@ -412,7 +461,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not wanted or not _is_conformance_module(metafunc.module):
         return
     discovery = discovery_for(metafunc.config)
-    if discovery.error is not None:
+    if discovery.usage_error is not None:
+        return  # nothing of the suite runs (see pytest_collection_modifyitems)
+    api_only = wanted == ["cluster_node"] and bool(discovery.checked)
+    if discovery.error is not None and not api_only:
         # One placeholder case: the test errors in setup with the cause (never passes).
         metafunc.parametrize(
             wanted, [pytest.param(*([None] * len(wanted)), id="cluster-unavailable")]
@@ -449,6 +501,16 @@ def rule_of(item: pytest.Item) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    found = config.stash.get(DISCOVERY_KEY, None)
+    if found is not None and found.usage_error is not None:
+        if not is_worker(config):
+            raise pytest.UsageError(found.usage_error)
+        # An xdist worker cannot stop the run with a usage error; it runs nothing of the suite
+        # and the controller's exit gate ends the run with pytest's usage-error code.
+        suite = [item for item in items if _is_conformance_module(getattr(item, "module", None))]
+        config.hook.pytest_deselected(items=suite)
+        items[:] = [item for item in items if item not in suite]
+        return
     for item in items:
         module = getattr(item, "module", None)
         if module is None or not _is_conformance_module(module):
@@ -463,14 +525,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 place_attribute(getattr(item, "obj", None), module, "SOURCE_KIND", "pod"),
             )
         )
+        accounts_for = place_attribute(getattr(item, "obj", None), module, "ACCOUNTS_FOR", ())
+        if accounts_for:
+            item.user_properties.append((ACCOUNTS_FOR_PROPERTY, ",".join(accounts_for)))
 
 
 # --- reports ---------------------------------------------------------------------------------
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """A run that collected nothing says how to ask for the suite."""
-    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and not is_worker(config):
+    """A run whose options the cluster proved wrong (xdist workers could not stop it) says
+    why; a run that collected nothing says how to ask for the suite."""
+    if is_worker(config):
+        return
+    found = recorded_discovery(config.stash[RUN_KEY])
+    if found is not None and found.usage_error is not None:
+        terminalreporter.write_line(f"ERROR: {found.usage_error}", red=True)
+        return
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         terminalreporter.write_line(
             nothing_collected_hint(
                 asked=suite_asked_by(config), paths_given=paths_were_given(config)
@@ -485,16 +557,16 @@ def pytest_runtest_makereport(
     report = yield
     if item.get_closest_marker("netconform") is None:
         return report
-    if (
-        report.when == "call"
-        and report.failed
-        and call.excinfo is not None
-        and call.excinfo.errisinstance(CouldNotTest)
-    ):
-        # The probes could not be asked (exec failed, API refused...): no verdict on the network.
-        # Report it as an error, like a failed fixture, never as a broken rule.
-        report.when = "setup"
-        report.longrepr = f"COULD NOT TEST: {call.excinfo.value}"
+    excinfo = call.excinfo
+    if report.failed and excinfo is not None and excinfo.errisinstance(UNTESTED_ERRORS):
+        # The probes or the API could not be asked: no verdict on the network. Reported as an
+        # error, like a failed fixture, never as a broken rule; the text comes from the type.
+        error = excinfo.value
+        cause = str(error) if isinstance(error, CouldNotTest) else describe_api_error(error)
+        if report.when == "call":
+            report.when = "setup"
+        report.longrepr = could_not_test_text(cause)
+        report.user_properties.append((UNTESTED_PROPERTY, type(error).__name__))
     if report.when == "call" or (report.when == "setup" and not report.passed):
         report.sections.append(("rule", rule_of(item)))
     # The run's pod states and events appear once per report (RunReporter), not per failure.

@@ -28,10 +28,13 @@ CONTAINERS = ("a", "b")
 
 def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
     """Both directions between the probe pod's containers over the family's loopback address
-    (none for IPv6 when the pod has no IPv6 address)."""
+    (none for IPv6 when the pod has no IPv6 address and the run does not require IPv6: where
+    it does, ::1 is checked all the same, and the missing address fails the required-family
+    check)."""
     proto, family, node = params["proto"], params["family"], params["probe_node"]
     probe = probe_map.get(ROLE_PROBE, node)
-    if family == 6 and address_of_family(probe.pod_ips, 6) is None:
+    missing = family == 6 and address_of_family(probe.pod_ips, 6) is None
+    if missing and family not in probe_map.required_families:
         return Unplanned(f"{probe.describe()} has no IPv6 address")
     return [
         Target(

@@ -36,7 +36,8 @@ from conformance.kit.cluster import (
     pod_ips,
     service_cluster_ips,
 )
-from conformance.kit.errors import ClusterError
+from conformance.kit.discovery import Discovery
+from conformance.kit.errors import ClusterError, CouldNotTest
 from conformance.kit.ipranges import (
     SOURCE_NODE,
     ServiceRangeFinder,
@@ -94,11 +95,15 @@ def fail(rule: str, expected: str, findings_text: str) -> None:
     pytest.fail(format_rule_failure(rule, expected=expected, observed=findings_text), pytrace=False)
 
 
-def test_required_family_on_every_pod_and_node(probe_map: ProbeMap, family: int) -> None:
-    """Where ``--ip-family`` requires an IP family, every probe pod in the pod network MUST have
-    an IP of that family and every tested node an address of it."""
+def test_required_family_on_every_pod_and_node(
+    probe_map: ProbeMap, family: int, discovery: Discovery
+) -> None:
+    """Every IP family the cluster declares (node podCIDRs, the default/kubernetes Service's
+    ipFamilies, ServiceCIDRs), or that --ip-family names, is required: every probe pod in the
+    pod network MUST have an IP of that family and every tested node an address of it."""
+    why = discovery.family_plan.why_required(family)
     if family not in probe_map.required_families:
-        pytest.skip(f"IPv{family} is not required (--ip-family auto follows the cluster)")
+        pytest.skip(f"IPv{family} is not required: {why}; the run follows the pods' IPs")
     pods = [
         p.describe()
         for p in probe_map.probes
@@ -112,7 +117,7 @@ def test_required_family_on_every_pod_and_node(probe_map: ProbeMap, family: int)
     if pods or nodes:
         fail(
             f"every pod and node MUST have an address of each IP family the cluster serves "
-            f"(IPv{family}, required by --ip-family)",
+            f"(IPv{family}, {why})",
             f"an IPv{family} address on every pod-network probe and every tested node",
             "; ".join(
                 [f"pods without one: {', '.join(pods)}"] * bool(pods)
@@ -152,12 +157,12 @@ def outside_every_range(
 
 
 @pytest.mark.node_cidr  # a gate may leave it out: -m "not node_cidr"
-@pytest.mark.usefixtures("probe_map")
 def test_pod_ips_inside_node_pod_cidrs(
     core: client.CoreV1Api,
     api_client: client.ApiClient,
     timeouts: Timeouts,
     family: int,
+    probe_map: ProbeMap,
     request: pytest.FixtureRequest,
 ) -> None:
     """Each pod IP MUST lie inside its node's pod ranges: the per-node ranges the IPAM
@@ -168,6 +173,13 @@ def test_pod_ips_inside_node_pod_cidrs(
     request.node.user_properties.append(("netconform.pod_range_source", ranges.source))
     if not any(n.pod_cidrs for n in nodes):
         unread = f" ({'; '.join(ranges.unreadable)} could not be read)" if ranges.unreadable else ""
+        if family in probe_map.required_families and any(n.pod_cidrs for n in ranges.nodes()):
+            # Ranges of another family are published, none of this required one: its pod IPs
+            # cannot be judged, which is no pass.
+            raise CouldNotTest(
+                f"IPv{family} is required, but {ranges.source} names no IPv{family} pod range "
+                f"on any node{unread}: the IPv{family} pod IPs cannot be judged"
+            )
         pytest.skip(
             f"IPv{family}: no per-node pod range is known: {ranges.source} names none{unread}"
         )
@@ -179,6 +191,18 @@ def test_pod_ips_inside_node_pod_cidrs(
     pods = pods_of_family(live_pod_addresses(core, timeouts), family)
     report = check_pod_ips_in_node_cidrs(pods, nodes)
     outside = list(report.outside)
+    listed = {n.node for n in nodes}
+    # A pod on a node with no range of this family (while other nodes have one): its IP comes
+    # from no range of its node, which the rule does not allow.
+    outside += [
+        PodIPOutsideNodeCIDRs(u.pod, u.ip, ()) for u in report.unchecked if u.pod.node in listed
+    ]
+    unknown = [u for u in report.unchecked if u.pod.node not in listed]
+    if unknown:
+        raise CouldNotTest(
+            f"{len(unknown)} pod IP(s) on nodes the node list no longer names (deleted "
+            "meanwhile?) could not be judged: " + "; ".join(u.describe() for u in unknown[:10])
+        )
     if ranges.borrows:
         outside, borrowed = outside_every_range(outside, nodes)
         if borrowed:

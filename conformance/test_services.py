@@ -25,8 +25,7 @@ import pytest
 from kubernetes import client
 
 from conformance.kit.cases import PAIRS_CROSS_NODE, check_places
-from conformance.kit.cluster import Discovery
-from conformance.kit.errors import CouldNotTest
+from conformance.kit.discovery import Discovery
 from conformance.kit.pairs import NodePair
 from conformance.kit.prefetch import ItemAnswers
 from conformance.kit.probe_client import ProbeClient
@@ -129,13 +128,10 @@ def readiness_flip(
     prefetch: dict[str, ItemAnswers],
 ) -> ReadinessFlip:
     """The run's readiness flip, after the sweep and the prefetch (which must see every
-    backend ready)."""
-    try:
-        return flip_readiness_once(
-            run_info, probe_map, probe_client, client.DiscoveryV1Api(api_client), discovery.families
-        )
-    except CouldNotTest as exc:
-        pytest.fail(f"COULD NOT TEST: {exc}", pytrace=False)
+    backend ready); a `CouldNotTest` when it could not be made."""
+    return flip_readiness_once(
+        run_info, probe_map, probe_client, client.DiscoveryV1Api(api_client), discovery.families
+    )
 
 
 def test_endpoints_follow_readiness(

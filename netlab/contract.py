@@ -55,6 +55,9 @@ class NodeInfo:
     container_runtime_version: str = ""  # e.g. "runc://1.1.5"
     kubelet_version: str = "v1.31.0-netlab"
     internal_ips: tuple[str, ...] = ()  # every family's address, primary first; () = internal_ip
+    #: What the container runtime says is wrong with the node's network, as kubelet keeps it
+    #: (runtimeState.networkErrors): the node is then not Ready and runs no pod-network pod.
+    network_errors: tuple[str, ...] = ()
 
     @property
     def addresses(self) -> tuple[str, ...]:

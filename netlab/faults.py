@@ -35,6 +35,10 @@ FAULTS: dict[str, str] = {
     "family-missing-on-node": (
         "node-2's IPAM gives its pods IPv4 addresses only (dual-stack labs only)"
     ),
+    "network-not-ready-on-node": (
+        "node-2's network plugin is not ready: Ready=False (NetworkReady=false, "
+        "NetworkPluginNotReady), not-ready taints, and no pod-network pod starts there"
+    ),
     "no-hairpin": "pods' bridge ports have no hairpin mode: a pod cannot reach itself via its Service",
     "stale-endpoints": "the proxy ignores readiness: an unready pod stays in the Service rules",
     "nodeport-missing-on-node": "node-2 has no NodePort rules: NodePorts are not served there",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
-from conformance.kit.cluster import Discovery
+from conformance.kit.discovery import Discovery
 from conformance.kit.pairs import (
     AUTO_SAMPLE_ABOVE,
     AUTO_SAMPLE_SIZE,
@@ -123,6 +123,9 @@ def plan_cases(
         extend([({"proto": p}, p) for p in protos])
     if "probe_node" in fixturenames:
         extend([({"probe_node": n}, n) for n in discovery.nodes])
+    if "cluster_node" in fixturenames:
+        # Checks made through the API alone: every node the user asked for, tested or not.
+        extend([({"cluster_node": n}, n) for n in discovery.checked])
     return cases
 
 
@@ -132,7 +135,7 @@ def place_properties(
     """Where one test item looks, as JUnit properties: ``netconform.check``, and as its
     parameters have them ``netconform.family`` (``ipv4``), ``netconform.protocol``,
     ``netconform.source`` and ``netconform.destination`` (node names, equal for same-node
-    pairs), ``netconform.node`` (per-node checks) and ``netconform.source_kind`` (``pod`` or
+    pairs), ``netconform.node`` (per-node checks, ``probe_node`` or ``cluster_node``) and ``netconform.source_kind`` (``pod`` or
     ``host``: the host network of the source node)."""
     found = [("check", check)]
     if params.get("family") is not None:
@@ -142,6 +145,8 @@ def place_properties(
     pair = params.get("node_pair")
     if pair is not None:
         found += [("source", pair.src), ("destination", pair.dst), ("source_kind", source_kind)]
+    if params.get("cluster_node") is not None:
+        found.append(("node", str(params["cluster_node"])))
     if params.get("probe_node") is not None:
         found.append(("node", str(params["probe_node"])))
         if source_kind == "host":

@@ -1,13 +1,14 @@
 """Cluster access: an API client from kubeconfig/context/in-cluster, API calls with bounded
-retries, and node discovery and selection."""
+retries, and what nodes, pods and Services say (addresses, podCIDRs, declared IP families).
+Which nodes a run tests is `conformance.kit.nodes`; the run's plan, `conformance.kit.discovery`."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import urllib3
 from kubernetes import client, config, watch
@@ -24,18 +25,12 @@ from conformance.kit.cni import recognise_cni
 from conformance.kit.errors import ClusterError
 from conformance.kit.permissions import explain_forbidden
 from conformance.kit.report import CNI_UNKNOWN, ClusterFacts
-from conformance.kit.serial import JSONData
-from conformance.kit.settings import (
-    CONTROL_PLANE_TAINT_KEYS,
-    Settings,
-    TaintToleration,
-    Timeouts,
-)
+from conformance.kit.settings import Settings, Timeouts
+
+if TYPE_CHECKING:  # discovery builds on this module
+    from conformance.kit.discovery import Discovery
 
 T = TypeVar("T")
-
-CONTROL_PLANE_LABELS = CONTROL_PLANE_TAINT_KEYS  # the same keys serve as labels and taints
-BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 
 
 def name_of(obj: Any) -> str:
@@ -200,58 +195,7 @@ def call_api(what: str, fn: Callable[..., T], *args: Any, timeouts: Timeouts, **
     raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
 
-# --- nodes -----------------------------------------------------------------------------------
-
-
-def node_is_ready(node: client.V1Node) -> bool:
-    """The node's Ready condition is True."""
-    for condition in (node.status.conditions if node.status else None) or []:
-        if condition.type == "Ready":
-            return bool(condition.status == "True")
-    return False
-
-
-def node_os(node: client.V1Node) -> str:
-    """The node's OS from its ``kubernetes.io/os`` label or node info (``linux`` assumed)."""
-    labels = labels_of(node)
-    if "kubernetes.io/os" in labels:
-        return str(labels["kubernetes.io/os"])
-    info = node.status.node_info if node.status else None
-    return str(info.operating_system) if info and info.operating_system else "linux"
-
-
-def is_control_plane(node: client.V1Node) -> bool:
-    labels = labels_of(node)
-    return any(label in labels for label in CONTROL_PLANE_LABELS)
-
-
-def blocking_taints(node: client.V1Node) -> list[str]:
-    """Taints that keep ordinary pods off the node (NoSchedule, NoExecute), as ``key:effect``."""
-    taints = (node.spec.taints if node.spec else None) or []
-    return [f"{t.key}:{t.effect}" for t in taints if t.effect in BLOCKING_TAINT_EFFECTS]
-
-
-def untolerated_taints(
-    node: client.V1Node, tolerations: Sequence[TaintToleration]
-) -> list[client.V1Taint]:
-    """The node's NoSchedule/NoExecute taints that none of ``tolerations`` matches."""
-    taints = (node.spec.taints if node.spec else None) or []
-    return [
-        t
-        for t in taints
-        if t.effect in BLOCKING_TAINT_EFFECTS
-        and not any(tol.tolerates(str(t.key), str(t.effect)) for tol in tolerations)
-    ]
-
-
-def _taint_advice(taints: Sequence[client.V1Taint]) -> str:
-    if all(t.key in CONTROL_PLANE_TAINT_KEYS for t in taints):
-        return "use --include-control-plane to include it"
-    return (
-        "use "
-        + " ".join(f"--tolerate-taint {t.key}:{t.effect}" for t in taints)
-        + (" to include it")
-    )
+# --- nodes ---------------------------------------------------------------------------------
 
 
 def node_addresses(node: client.V1Node) -> tuple[str, ...]:
@@ -282,61 +226,6 @@ def node_pod_cidrs(node: client.V1Node) -> tuple[str, ...]:
     return (str(spec.pod_cidr),) if spec.pod_cidr else ()
 
 
-@dataclass(frozen=True)
-class NodeSelection:
-    """The nodes the suite will probe, in name order, and why every other node was left out."""
-
-    selected: tuple[client.V1Node, ...]
-    excluded: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name_of(n) for n in self.selected)
-
-    def explain(self) -> str:
-        """One line per excluded node, for skip and error messages."""
-        if not self.excluded:
-            return "no nodes were excluded"
-        return "; ".join(f"{name}: {why}" for name, why in sorted(self.excluded.items()))
-
-
-def exclusion_reason(node: client.V1Node, settings: Settings) -> str | None:
-    """Why ``node`` cannot carry probes under ``settings``; ``None`` when it can."""
-    labels = labels_of(node)
-    if node_os(node) != "linux":
-        return f"OS is {node_os(node)}, not linux (the probes are Linux containers)"
-    if not node_is_ready(node):
-        return "not Ready"
-    if node.spec is not None and node.spec.unschedulable:
-        return "cordoned (spec.unschedulable)"
-    for key, value in settings.node_selector.items():
-        if labels.get(key) != value:
-            return f"does not match --node-selector {key}={value}"
-    taints = untolerated_taints(node, settings.tolerations)
-    if taints:
-        shown = ", ".join(f"{t.key}:{t.effect}" for t in taints)
-        return f"tainted {shown} ({_taint_advice(taints)})"
-    return None
-
-
-def select_nodes(nodes: Iterable[client.V1Node], settings: Settings) -> NodeSelection:
-    """Ready, schedulable Linux nodes matching the options, sorted by name, capped by
-    ``--max-nodes``."""
-    eligible: list[client.V1Node] = []
-    excluded: dict[str, str] = {}
-    for node in sorted(nodes, key=lambda n: name_of(n)):
-        reason = exclusion_reason(node, settings)
-        if reason is None:
-            eligible.append(node)
-        else:
-            excluded[name_of(node)] = reason
-    if settings.max_nodes is not None:
-        for node in eligible[settings.max_nodes :]:
-            excluded[name_of(node)] = f"beyond --max-nodes {settings.max_nodes}"
-        eligible = eligible[: settings.max_nodes]
-    return NodeSelection(selected=tuple(eligible), excluded=excluded)
-
-
 def list_nodes(core: client.CoreV1Api, timeouts: Timeouts) -> list[client.V1Node]:
     """Every node of the cluster."""
     result = call_api("list nodes", core.list_node, timeouts=timeouts)
@@ -361,33 +250,15 @@ def pod_ips(pod: client.V1Pod) -> tuple[str, ...]:
     return (str(status.pod_ip),) if status.pod_ip else ()
 
 
-def detect_ip_families(
-    nodes: Sequence[client.V1Node], pods: Sequence[client.V1Pod] = ()
-) -> tuple[int, ...]:
-    """IP versions (4, 6) the pod network uses: from nodes' podCIDRs, else from pod IPs."""
+def pod_network_families(pods: Sequence[client.V1Pod]) -> tuple[int, ...]:
+    """IP versions (4, 6) the pods in the pod network hold (hostNetwork pods left out)."""
     versions: set[int] = set()
-    for node in nodes:
-        for cidr in node_pod_cidrs(node):
-            versions.add(ipaddress.ip_network(cidr, strict=False).version)
-    if not versions:
-        for pod in pods:
-            if pod.spec is not None and pod.spec.host_network:
-                continue
-            for ip in pod_ips(pod):
-                versions.add(ipaddress.ip_address(ip).version)
+    for pod in pods:
+        if pod.spec is not None and pod.spec.host_network:
+            continue
+        for ip in pod_ips(pod):
+            versions.add(ipaddress.ip_address(ip).version)
     return tuple(sorted(versions))
-
-
-def families_for(option: str, detected: Sequence[int]) -> tuple[int, ...]:
-    """The IP versions to test: ``--ip-family`` when explicit, else what was detected (IPv4 when
-    nothing could be detected)."""
-    if option == "ipv4":
-        return (4,)
-    if option == "ipv6":
-        return (6,)
-    if option == "dual":
-        return (4, 6)
-    return tuple(detected) or (4,)
 
 
 def service_cluster_ips(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
@@ -409,50 +280,45 @@ def service_cluster_ips(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str
     return tuple(str(ip) for ip in ips if ip and ip != "None")
 
 
-@dataclass(frozen=True)
-class Discovery(JSONData):
-    """What collection learned about the cluster, once per process (deterministic, so xdist
-    workers agree on the parametrization). ``error`` is set when the cluster could not be read;
-    every test that needs the cluster then errors with it."""
-
-    nodes: tuple[str, ...] = ()
-    excluded: dict[str, str] = field(default_factory=dict)
-    families: tuple[int, ...] = (4,)
-    error: str | None = None
-
-    def explain_excluded(self) -> str:
-        if not self.excluded:
-            return "no nodes were excluded"
-        return "; ".join(f"{name}: {why}" for name, why in sorted(self.excluded.items()))
-
-    def exclusion_lines(self) -> list[str]:
-        """One line per node left out, sorted by node, for the terminal summary."""
-        return [f"node {name} left out: {why}" for name, why in sorted(self.excluded.items())]
-
-
-def discover(settings: Settings) -> Discovery:
-    """Read nodes (and, when needed, pods) to plan the run. Never raises for cluster errors:
-    they are returned in ``error`` so tests can report them as setup errors."""
-    timeouts = replace(settings.timeouts, api_retry=settings.timeouts.discovery)
+def kubernetes_service_families(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
+    """The ``default/kubernetes`` Service's ``spec.ipFamilies`` (``IPv4``, ``IPv6``), else its
+    cluster IPs (clusters before ipFamilies); empty when the Service does not exist. A refusal
+    (403...) raises `ClusterError`: which families the cluster declares would be unknown."""
     try:
-        core = client.CoreV1Api(make_api_client(settings))
-        nodes = list_nodes(core, timeouts)
-        selection = select_nodes(nodes, settings)
-        detected = detect_ip_families(selection.selected or nodes)
-        if not detected and settings.ip_family == "auto":
-            detected = detect_ip_families((), list_pods_all_namespaces(core, timeouts))
-    except (ClusterError, ApiException) as exc:
-        return Discovery(error=f"cannot read the cluster: {exc}")
-    if not selection.selected:
-        return Discovery(
-            excluded=selection.excluded,
-            error="no node can carry probes: " + (selection.explain() if nodes else "no nodes"),
+        svc = call_api(
+            "read service default/kubernetes",
+            core.read_namespaced_service,
+            "kubernetes",
+            "default",
+            timeouts=timeouts,
         )
-    return Discovery(
-        nodes=selection.names,
-        excluded=selection.excluded,
-        families=families_for(settings.ip_family, detected),
-    )
+    except ApiException:  # 404: call_api re-raises it as it is
+        return ()
+    spec = svc.spec
+    if spec is None:
+        return ()
+    if spec.ip_families:
+        return tuple(str(f) for f in spec.ip_families)
+    ips = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
+    return tuple(str(ip) for ip in ips if ip and ip != "None")
+
+
+def declared_service_cidrs(api: client.ApiClient, timeouts: Timeouts) -> tuple[str, ...]:
+    """The ranges of the cluster's ServiceCIDR objects (networking.k8s.io/v1, Kubernetes
+    1.33+), empty where the API is not served (404); a refusal (403...) raises `ClusterError`,
+    as the families they declare would be unknown."""
+    try:
+        listed = call_api(
+            "list servicecidrs.networking.k8s.io",
+            client.NetworkingV1Api(api).list_service_cidr,
+            timeouts=timeouts,
+        )
+    except ApiException:  # 404: not served
+        return ()
+    cidrs: list[str] = []
+    for item in listed.items or []:
+        cidrs.extend(str(c) for c in (item.spec.cidrs if item.spec else None) or [])
+    return tuple(sorted(set(cidrs)))
 
 
 def service_cidrs(api: client.ApiClient, timeouts: Timeouts) -> tuple[str, ...]:

@@ -30,9 +30,6 @@ from conformance.kit.serial import JSONData
 from conformance.kit.settings import Settings, Timeouts
 from conformance.kit.waiting import wait_on_list
 
-#: ``--ip-family`` -> the families every probe must have (``auto``: whatever the cluster has).
-REQUIRED_FAMILIES = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
-
 # Reasons a container will not get past however long we wait.
 FATAL_WAITING_REASONS = frozenset(
     {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
@@ -318,11 +315,13 @@ def deploy_probes(
     nodes: Sequence[str],
     settings: Settings,
     *,
+    required_families: Sequence[int] = (),
     meanwhile: Callable[[], None] | None = None,
 ) -> ProbeMap:
     """Create the agent ConfigMap and every probe pod (in parallel), wait until all are Ready,
-    and return the map with their IPs. ``meanwhile`` runs once the pods are created, before
-    the wait (more pods that need the ConfigMap: the hostPort probes)."""
+    and return the map with their IPs and the families every probe must have an address of
+    (``required_families``: see `conformance.kit.families`). ``meanwhile`` runs once the pods
+    are created, before the wait (more pods that need the ConfigMap: the hostPort probes)."""
     timeouts = settings.timeouts
     if not nodes:
         raise ProbeDeploymentError("no nodes selected for probes")
@@ -379,7 +378,7 @@ def deploy_probes(
         namespace=namespace,
         probes=tuple(deployed),
         node_addresses=addresses,
-        required_families=REQUIRED_FAMILIES.get(settings.ip_family, ()),
+        required_families=tuple(required_families),
     )
 
 

@@ -2,8 +2,9 @@
 verdict on the network (cluster unreachable, an API call refused, probes never Ready, a probe
 container that cannot be asked) is a `CouldNotTest`.
 
-The plugin reports any `CouldNotTest` raised by a check as an error ("COULD NOT TEST: ..."),
-never as a broken rule, and the run exits 2. The message is the short cause for triage; full
+The plugin reports any `CouldNotTest` raised by a check or its fixtures as an error, its text
+derived from the type (`conformance.kit.report.could_not_test_text`), never as a broken rule,
+and the run exits 2. The message is the short cause for triage; full
 objects go to the log and the namespace dump.
 """
 

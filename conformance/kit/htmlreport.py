@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from conformance.kit.families import FamilyPlan, family_name
 from conformance.kit.matrices import (
     CELL_FAILED,
     CELL_FLAKY,
@@ -29,6 +30,7 @@ from conformance.kit.matrices import (
     merge_identical,
     merged_title,
 )
+from conformance.kit.nodes import Exclusion
 from conformance.kit.report import (
     CheckResult,
     ClusterFacts,
@@ -42,9 +44,11 @@ from conformance.kit.rules import (
     RULE_SKIPPED,
     RULE_STATUSES,
     RULE_UNTESTED,
+    RULE_XFAILED,
     RuleSummary,
+    Verdict,
     anchor_for,
-    verdict_line,
+    rule_counts,
 )
 
 #: Glyphs drawn in matrix cells beside the colour, so the grid reads without colour too.
@@ -83,6 +87,8 @@ STYLE = """
 .nc-v-broken { background: #fdecec; border-color: #c62828; }
 .nc-v-could-not-test { background: #fff4e0; border-color: #e08a00; }
 .nc-v-held { background: #e9f6ec; border-color: #2e7d32; }
+.nc-v-held-where-checked { background: #eef5e6; border-color: #7a9a2e; }
+.nc-v-xfailed { background: #f6eef9; border-color: #7b3f98; }
 .nc-v-skipped { background: #f1f1f1; border-color: #777; }
 .nc-facts { display: grid; grid-template-columns: max-content minmax(0, 1fr) max-content
   minmax(0, 1fr); gap: 2px 12px; margin: 0; }
@@ -100,6 +106,7 @@ STYLE = """
 .nc-chip-broken { background: #c62828; }
 .nc-chip-could-not-test { background: #e08a00; }
 .nc-chip-held { background: #2e7d32; }
+.nc-chip-xfailed { background: #7b3f98; }
 .nc-chip-skipped { background: #777; }
 tr.nc-r-broken td { background: #fdecec; }
 tr.nc-r-could-not-test td { background: #fff4e0; }
@@ -166,16 +173,33 @@ class ReportData:
     totals: Mapping[str, int] = field(default_factory=dict)
     dump_file: str | None = None
     dump_text: str | None = None
+    #: The run's verdict as the session judged it (None in summaries from before it).
+    judged: Verdict | None = None
+    families: FamilyPlan | None = None
+    #: Every node left out, and those the suite left out that made the run exit 2.
+    left_out: Mapping[str, Exclusion] = field(default_factory=dict)
+    unaccounted: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
-        """The run's worst rule status; could not test when no rule reported at all but the
-        run did not end clean."""
+        """The run's worst rule status; could not test when nodes the run was asked for were
+        left out unaccounted, or when no rule reported at all but the run did not end clean."""
         statuses = {r.status for r in self.rules}
         for status in RULE_STATUSES:
             if status in statuses:
+                if self.unaccounted and status in (RULE_HELD, RULE_XFAILED, RULE_SKIPPED):
+                    return RULE_UNTESTED
                 return status
         return RULE_UNTESTED if self.exitstatus not in (None, 0) else RULE_SKIPPED
+
+    @property
+    def every_rule_held(self) -> bool:
+        """Whether the verdict says "every rule held" (everywhere, nothing left out)."""
+        return self.judged.every_rule_held if self.judged is not None else False
+
+    @property
+    def verdict_text(self) -> str:
+        return self.judged.text if self.judged is not None else rule_counts(self.rules)
 
 
 def read_summary(summary: Mapping[str, Any]) -> ReportData:
@@ -183,6 +207,9 @@ def read_summary(summary: Mapping[str, Any]) -> ReportData:
     cluster = summary.get("cluster")
     pairs = summary.get("pairs")
     dump = summary.get("namespace_dump") or {}
+    judged = summary.get("verdict")
+    families = summary.get("families")
+    nodes = summary.get("nodes") or {}
     return ReportData(
         facts=ClusterFacts.from_dict(cluster) if cluster else None,
         rules=tuple(RuleSummary.from_dict(r) for r in summary.get("rules") or ()),
@@ -198,6 +225,12 @@ def read_summary(summary: Mapping[str, Any]) -> ReportData:
         totals=summary.get("totals") or {},
         dump_file=dump.get("file"),
         dump_text=dump.get("text"),
+        judged=Verdict.from_dict(judged) if isinstance(judged, Mapping) else None,
+        families=FamilyPlan.from_dict(families) if isinstance(families, Mapping) else None,
+        left_out={
+            str(n): Exclusion.from_dict(why) for n, why in (nodes.get("left_out") or {}).items()
+        },
+        unaccounted=tuple(nodes.get("unaccounted") or ()),
     )
 
 
@@ -221,14 +254,19 @@ def _chip(status: str) -> str:
 
 _HEADLINES = {
     RULE_BROKEN: "RULE BROKEN",
-    RULE_UNTESTED: "COULD NOT TEST",
+    RULE_UNTESTED: RULE_UNTESTED.upper(),
+    RULE_XFAILED: "A RULE DID NOT HOLD (MARKED XFAIL)",
     RULE_HELD: "EVERY RULE HELD",
     RULE_SKIPPED: "NOTHING WAS TESTED",
 }
+#: Every rule that was checked held, but not everything was checked (see `Verdict`).
+HELD_WHERE_CHECKED = "held where checked"
 
 
 def _verdict(data: ReportData, failure_ids: Mapping[str, str]) -> str:
     verdict = data.verdict
+    if verdict == RULE_HELD and not data.every_rule_held:
+        verdict = HELD_WHERE_CHECKED
     totals = data.totals
     checks = ", ".join(
         f"{totals.get(k, 0)} {w}"
@@ -237,9 +275,10 @@ def _verdict(data: ReportData, failure_ids: Mapping[str, str]) -> str:
     )
     skipped = totals.get("skipped", 0)
     checks += f", {skipped} skipped" if skipped else ""
+    headline = _HEADLINES.get(verdict, "RULES HELD WHERE CHECKED")
     lines = [
-        f'<div class="nc-headline">{_HEADLINES[verdict]}</div>',
-        f"<p>{_e(verdict_line(data.rules))}; checks: {_e(checks or 'none')}. "
+        f'<div class="nc-headline">{headline}</div>',
+        f"<p>{_e(data.verdict_text)}; checks: {_e(checks or 'none')}. "
         f"Exit status {_e(data.exitstatus if data.exitstatus is not None else '?')}: "
         f"{_e(exit_meaning(data.exitstatus))}.</p>",
     ]
@@ -261,6 +300,12 @@ def _verdict(data: ReportData, failure_ids: Mapping[str, str]) -> str:
                 f"<code>{_e(rule.check)}</code></a> &mdash; {_e(rule.counts_text())}"
                 f"{_e(cause)}</li>"
             )
+    for name in data.unaccounted:
+        why = data.left_out.get(name)
+        items.append(
+            f"<li><b>could not test node</b> <code>{_e(name)}</code>: left out by the suite"
+            f"{_e(': ' + why.reason if why else '')}</li>"
+        )
     deployment_error = data.run.get("deployment_error")
     if deployment_error:
         items.append(f"<li><b>probe deployment failed</b>: {_e(one_line(deployment_error))}</li>")
@@ -296,6 +341,22 @@ def _duration(seconds: float | None) -> str:
     return f"{int(minutes)} min {rest:.0f} s" if minutes else f"{seconds:.1f} s"
 
 
+def _families(data: ReportData, facts: ClusterFacts) -> str:
+    """The families tested, why they are required, and any the cluster declares that the run
+    left out (``--ip-family``)."""
+    plan = data.families
+    if plan is None:
+        return ", ".join(facts.ip_families) or "unknown"
+    text = plan.describe()
+    narrowed = [family_name(f) for f in plan.narrowed]
+    if narrowed:
+        text += (
+            f"; not tested: {', '.join(narrowed)}, which the cluster declares "
+            f"(--ip-family {plan.option})"
+        )
+    return text
+
+
 def _cluster(data: ReportData) -> str:
     facts = data.facts
     rows: list[tuple[str, str, str]] = []  # (label, value, hover)
@@ -310,13 +371,16 @@ def _cluster(data: ReportData) -> str:
                 ", ".join(facts.nodes_tested),
             ),
         ]
-    left_out = "; ".join(f"{n}: {why}" for n, why in sorted(data.excluded.items()))
+    left_out = "; ".join(
+        f"{n}: {data.left_out[n].describe() if n in data.left_out else why}"
+        for n, why in sorted(data.excluded.items())
+    )
     rows.append(("Nodes left out", left_out or "none", ""))
     if facts is not None:
         rows += [
             ("podCIDRs", _listed(list(facts.pod_cidrs), 6) or "none", ", ".join(facts.pod_cidrs)),
             ("Service range", facts.service_cidr or "unknown", ""),
-            ("IP families", ", ".join(facts.ip_families) or "unknown", ""),
+            ("IP families", _families(data, facts), ""),
             ("Probe image", facts.probe_image, ""),
         ]
     else:

@@ -57,6 +57,12 @@ _SERVICE_CHECKS = "the Service checks (test_services, test_hostport, test_dns)"
 PERMISSIONS: tuple[Permission, ...] = (
     # Nodes: which nodes get probes, their addresses and podCIDRs.
     Permission("list", "nodes", needed_by=f"{EVERY_RUN} (node discovery) and the podCIDR checks"),
+    Permission(
+        "watch",
+        "nodes",
+        needed_by=f"{EVERY_RUN} (a bounded wait for nodes that are not ready yet) and "
+        "test_node_network_ready",
+    ),
     # Pods: the probes, and every pod of the cluster for the pod-IP checks.
     Permission("create", "pods", needed_by=f"{EVERY_RUN} (the probe pods)"),
     Permission(
@@ -119,7 +125,12 @@ PERMISSIONS: tuple[Permission, ...] = (
     ),
     # The service range (conformance/kit/ipranges.py): ServiceCIDR objects, kubeadm's
     # ConfigMap, the kube-apiserver pods' flags (the pods rule), a dry-run Service.
-    Permission("list", "servicecidrs", "networking.k8s.io", needed_by=_SERVICE_RANGE),
+    Permission(
+        "list",
+        "servicecidrs",
+        "networking.k8s.io",
+        needed_by=f"{EVERY_RUN} (the IP families the cluster declares) and {_SERVICE_RANGE}",
+    ),
     Permission(
         "get",
         "configmaps",
@@ -136,7 +147,8 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission(
         "get",
         "services",
-        needed_by="test_node_pod_cidrs_outside_service_range (where ServiceCIDRs are not served)",
+        needed_by=f"{EVERY_RUN} (the IP families the cluster declares: its ipFamilies) and "
+        "test_node_pod_cidrs_outside_service_range (where ServiceCIDRs are not served)",
         scope="default",
         resource_names=("kubernetes",),
     ),

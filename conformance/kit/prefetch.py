@@ -10,7 +10,7 @@ effects of the earlier ones (a file written in stage 0 is read in stage 1).
 Each item's nonce is derived from the run id and the item's node id (`item_nonce`), so every
 process plans identical requests; the answers are computed once per run
 (`conformance.kit.runstate.once`), and xdist workers read the same answers. A container that
-cannot be asked makes only the items with a step there COULD NOT TEST. An item the prefetch
+cannot be asked makes only the items with a step there could not test. An item the prefetch
 did not plan runs its own steps when it asks (`answers_for_item`).
 """
 

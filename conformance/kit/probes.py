@@ -77,8 +77,9 @@ class ProbeMap(JSONData):
     probes: tuple[Probe, ...] = ()
     #: node name -> the IP addresses its Node object lists (InternalIP first).
     node_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: IP families the user required (``--ip-family ipv4|ipv6|dual``; empty for ``auto``): a
-    #: probe without an address of one of them breaks a rule instead of skipping.
+    #: IP families every probe must have an address of (those the cluster declares, or what
+    #: ``--ip-family`` names; `conformance.kit.families`): a probe without one breaks a rule
+    #: instead of skipping.
     required_families: tuple[int, ...] = ()
     #: The run's Services as the cluster made them (the Service checks); None before they exist.
     services: ServiceFacts | None = None

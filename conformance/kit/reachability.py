@@ -191,11 +191,12 @@ class Unplanned(JSONData):
 
 def without_address(family: int, probes: Sequence[Probe], probe_map: ProbeMap) -> Unplanned:
     """Why an item has no traffic when ``probes`` lack an address of ``family``: a broken rule
-    when ``--ip-family`` required the family, else not applicable here."""
+    when the run requires the family (the cluster declares it, or ``--ip-family`` asks for
+    it), else not applicable here."""
     names = "; ".join(p.describe() for p in probes)
     if family in probe_map.required_families:
         return Unplanned(
-            f"no IPv{family} address on {names}, although --ip-family requires IPv{family}",
+            f"no IPv{family} address on {names}, although IPv{family} is required",
             broken=True,
         )
     return Unplanned(f"no IPv{family} address on {names}")

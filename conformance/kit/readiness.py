@@ -207,7 +207,7 @@ def flip_readiness(
                 # A broken rule when --ip-family requires the family, else a skip.
                 unplanned[key] = without_address(family, [source], probe_map)
             elif target.name not in everyone:
-                unplanned[key] = Unplanned(f"{target.describe()} has no IPv{family} address")
+                unplanned[key] = without_address(family, [target], probe_map)
             else:
                 others = [b for b in everyone if b != target.name]
                 tries = spread_tries(len(everyone), len(everyone))

@@ -37,10 +37,11 @@ CNI_UNKNOWN = "unknown"
 
 #: What each exit code of a run means (README "Exit codes"; the gate is `conformance.kit.session`).
 EXIT_MEANINGS = {
-    0: "every rule held",
+    0: "every rule checked held, on every node asked for (the verdict names what was narrowed, "
+    "sampled or skipped)",
     1: "a rule is broken",
-    2: "could not test (a check could not run, the cluster or probes were unavailable), "
-    "or the run was interrupted",
+    2: "could not test (a check could not run, the cluster or probes were unavailable, a node "
+    "asked for was left out by the suite), or the run was interrupted",
     3: "pytest internal error",
     4: "usage error (a bad option)",
     5: "no tests collected",
@@ -307,7 +308,22 @@ def format_rule_failure(
 #: Lines of `format_rule_failure` text a report reads back (expected versus observed).
 _EXPECTED = "  expected: "
 _OBSERVED = "  observed: "
+#: The one place the words are written: every "could not test" text starts with them.
 COULD_NOT_TEST_PREFIX = "COULD NOT TEST: "
+#: Property of a report the plugin turned into "could not test": the error's type.
+UNTESTED_PROPERTY = PLACE_PREFIX + "could_not_test"
+#: Property of a check whose failure on a node accounts for that node's exclusion (the node
+#: exclusion kinds it judges, comma-separated; a check module's ``ACCOUNTS_FOR``).
+ACCOUNTS_FOR_PROPERTY = PLACE_PREFIX + "accounts_for"
+
+
+def could_not_test_text(cause: str) -> str:
+    """How every report shows a check that could not test (the plugin derives it from the
+    error's type, a `conformance.kit.errors.CouldNotTest` or an API refusal; no check writes
+    it): `COULD_NOT_TEST_PREFIX` and the cause."""
+    return f"{COULD_NOT_TEST_PREFIX}{cause}"
+
+
 #: A cause shown on one line (a matrix cell's hover text, a terminal line) is cut here.
 CAUSE_LIMIT = 300
 
@@ -323,7 +339,7 @@ class FailureText:
 
 def read_failure(message: str | None) -> FailureText:
     """Expected versus observed from a check's failure message (see `format_rule_failure`);
-    a setup error (``COULD NOT TEST: ...``) or any other text is observed as its first line."""
+    a setup error (could not test) or any other text is observed as its first line."""
     lines = (message or "").splitlines()
     expected = next((line[len(_EXPECTED) :] for line in lines if line.startswith(_EXPECTED)), None)
     observed = next((line[len(_OBSERVED) :] for line in lines if line.startswith(_OBSERVED)), None)

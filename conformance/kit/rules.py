@@ -1,8 +1,12 @@
 """The rule table of a run: one row per rule of the network model (one check function each),
-with its verdict (held, broken, could not test, skipped), counts, and the checks that failed.
+with its verdict (held, broken, could not test, xfailed, skipped), counts, and the checks that
+failed; and the run's verdict (`Verdict`): one line over every rule that says "every rule held"
+only when every rule held on every node the user asked for, in every family the cluster
+declares, with every pair, and otherwise what was not checked.
 
-Pure: built from the run's `CheckResult`s; ``summary.json`` carries the rows under ``rules``,
-the HTML report draws them as its rule table and the terminal ends with one `rule_line` each.
+Pure: built from the run's `CheckResult`s and its `Coverage`; ``summary.json`` carries the rows
+under ``rules`` and the verdict under ``verdict``, the HTML report draws both and the terminal
+ends with the verdict and one `rule_line` per rule.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from conformance.kit.families import FamilyPlan, family_name
+from conformance.kit.nodes import Exclusion
 from conformance.kit.pairs import natural_key
 from conformance.kit.report import (
     OUTCOMES,
@@ -28,8 +34,11 @@ RULE_HELD = "held"
 RULE_BROKEN = "broken"
 RULE_UNTESTED = "could not test"
 RULE_SKIPPED = "skipped"
+#: A check marked xfail failed, as its mark expected: the rule did not hold there, though the
+#: run's exit code (pytest's) lets it pass.
+RULE_XFAILED = "xfailed"
 #: Rule verdicts, worst first (the order the headline and the terminal use).
-RULE_STATUSES = (RULE_BROKEN, RULE_UNTESTED, RULE_HELD, RULE_SKIPPED)
+RULE_STATUSES = (RULE_BROKEN, RULE_UNTESTED, RULE_XFAILED, RULE_HELD, RULE_SKIPPED)
 #: How counts read, in this order: outcome -> words.
 COUNT_WORDS = (
     ("failed", "failed"),
@@ -96,12 +105,15 @@ class RuleSummary(JSONData):
 
 def rule_status(counts: Mapping[str, int]) -> str:
     """A rule's verdict from its checks' outcomes: broken when any failed, else could not test
-    when any errored, else held when any ran, else skipped."""
+    when any errored, else xfailed when any failed as an xfail mark expected (never held),
+    else held when any passed, else skipped."""
     if counts.get("failed", 0):
         return RULE_BROKEN
     if counts.get("error", 0):
         return RULE_UNTESTED
-    if any(counts.get(o, 0) for o in ("passed", "xfailed", "xpassed")):
+    if counts.get("xfailed", 0):
+        return RULE_XFAILED
+    if any(counts.get(o, 0) for o in ("passed", "xpassed")):
         return RULE_HELD
     return RULE_SKIPPED
 
@@ -187,8 +199,8 @@ def rule_line(rule: RuleSummary) -> str:
     return line
 
 
-def verdict_line(rules: Sequence[RuleSummary]) -> str:
-    """One sentence over every rule: ``1 of 17 rules broken, 16 held`` (worst first)."""
+def rule_counts(rules: Sequence[RuleSummary]) -> str:
+    """The rules by verdict, worst first: ``1 of 17 rules broken, 16 held``."""
     if not rules:
         return "no rule was checked"
     counted = {s: sum(1 for r in rules if r.status == s) for s in RULE_STATUSES}
@@ -199,3 +211,93 @@ def verdict_line(rules: Sequence[RuleSummary]) -> str:
     else:
         head = f"{counted[worst]} of {len(rules)} rules {worst}"
     return f"{head}, {rest}" if rest else head
+
+
+# --- the run's verdict ---------------------------------------------------------------------------
+
+#: Nodes a line names one by one before it counts the rest.
+NODES_LISTED = 5
+
+
+@dataclass(frozen=True)
+class Coverage(JSONData):
+    """Where a run looked: the nodes tested, every node left out (and why), the families, and
+    the cross-node pairs when they were sampled (``sampled``: how, None when every pair was
+    checked)."""
+
+    nodes: tuple[str, ...] = ()
+    left_out: Mapping[str, Exclusion] = field(default_factory=dict)
+    families: FamilyPlan = field(default_factory=FamilyPlan)
+    sampled: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict(JSONData):
+    """The run's one line, and the facts it rests on: whether every rule held everywhere
+    (``every_rule_held``) and, one entry each, what was not checked."""
+
+    text: str
+    every_rule_held: bool
+    not_checked: tuple[str, ...] = ()
+
+
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:NODES_LISTED])
+    more = len(names) - NODES_LISTED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def not_checked(rules: Sequence[RuleSummary], coverage: Coverage) -> list[str]:
+    """What the run did not check, one entry per kind: skipped rules and checks, xfailed rules,
+    families and nodes left out (the user's narrowing and the suite's judgement apart), and
+    sampled pairs."""
+    found: list[str] = []
+    for rule in rules:
+        if rule.status == RULE_SKIPPED:
+            why = f" ({one_line('; '.join(rule.skip_reasons), 160)})" if rule.skip_reasons else ""
+            found.append(f"{rule.check} skipped{why}")
+        elif rule.status == RULE_XFAILED:
+            found.append(f"{rule.check} xfailed on {rule.counts.get('xfailed', 0)} checks")
+        elif rule.counts.get("skipped", 0):
+            why = f": {one_line('; '.join(rule.skip_reasons), 160)}" if rule.skip_reasons else ""
+            found.append(f"{rule.check} skipped on {rule.counts['skipped']} checks{why}")
+    for family in coverage.families.narrowed:
+        found.append(
+            f"{family_name(family)} not tested (the cluster declares it; --ip-family "
+            f"{coverage.families.option})"
+        )
+    for source in coverage.families.unread:
+        found.append(f"the IP families declared by {one_line(source, 160)}")
+    by_kind: dict[tuple[bool, str], list[str]] = {}
+    for name, exclusion in sorted(coverage.left_out.items(), key=lambda item: natural_key(item[0])):
+        by_kind.setdefault((exclusion.narrowed, exclusion.kind), []).append(name)
+    for (narrowed, kind), names in sorted(by_kind.items(), key=lambda item: item[0][0]):
+        reason = coverage.left_out[names[0]].reason if len(names) == 1 else kind
+        who = "narrowed away" if narrowed else "left out"
+        noun = "node" if len(names) == 1 else f"{len(names)} nodes"
+        found.append(f"{noun} {_some(names)} {who} ({reason})")
+    if coverage.sampled:
+        found.append(f"pairs sampled: {coverage.sampled}")
+    return found
+
+
+def verdict(rules: Sequence[RuleSummary], coverage: Coverage) -> Verdict:
+    """The run's verdict. "every rule held" only when every rule held on every node the user
+    asked for, in every family the cluster declares, with every pair; otherwise the rules by
+    verdict and what was not checked."""
+    gaps = not_checked(rules, coverage)
+    held = bool(rules) and all(r.status == RULE_HELD for r in rules)
+    if held and not gaps:
+        families = " and ".join(family_name(f) for f in coverage.families.tested)
+        nodes = len(coverage.nodes)
+        text = (
+            f"every rule held: {len(rules)} rules on every node ({nodes} "
+            f"{'node' if nodes == 1 else 'nodes'}), in every family ({families}), "
+            "with every pair"
+        )
+        return Verdict(text=text, every_rule_held=True)
+    head = rule_counts(rules)
+    if held:
+        head += " where checked"
+    text = f"{head}; not checked: {'; '.join(gaps)}" if gaps else head
+    return Verdict(text=text, every_rule_held=False, not_checked=tuple(gaps))

@@ -166,7 +166,7 @@ def _pair_ends(
     if address is None:
         reason = f"node {pair.dst} has no IPv{family} InternalIP for {what}"
         if family in probe_map.required_families:
-            return Unplanned(f"{reason}, although --ip-family requires IPv{family}", broken=True)
+            return Unplanned(f"{reason}, although IPv{family} is required", broken=True)
         return Unplanned(reason)
     if source_kind == FROM_HOST:
         host = probe_map.get(ROLE_HOSTPROBE, pair.src)

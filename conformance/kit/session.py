@@ -7,7 +7,8 @@ its ``DSession`` apart from its plugin module.
   at the end, writes ``summary.json`` (with the rule table and the node-by-node matrices) and
   the JUnit properties, dumps and deletes the run namespace (`end_run`), ends the terminal
   output with one line per rule, and puts the report's block at the top of pytest-html's page;
-- `ExitGate` sorts outcomes into "rule broken" and "could not test" and sets the exit code.
+- `ExitGate` sorts outcomes into "rule broken" and "could not test" (nodes left out on the
+  suite's own judgement included) and sets the exit code.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from conformance.kit.cases import pair_plan
-from conformance.kit.cluster import Discovery, describe_api_error, make_api_client
+from conformance.kit.cluster import describe_api_error, make_api_client
 from conformance.kit.deploy import RECORD as DEPLOYMENT_RECORD
 from conformance.kit.deploy import Deployment
+from conformance.kit.discovery import RECORD as DISCOVERY_RECORD
+from conformance.kit.discovery import Discovery
 from conformance.kit.errors import ClusterError
 from conformance.kit.htmlreport import pytest_html_block
 from conformance.kit.lease import LeaseKeeper
@@ -36,11 +39,16 @@ from conformance.kit.namespace import (
     delete_namespace,
     dump_namespace,
 )
+from conformance.kit.nodes import Exclusion, unaccounted
 from conformance.kit.pairs import plan_node_pairs
 from conformance.kit.reachability import RECORD as SWEEP_RECORD
 from conformance.kit.reachability import Sweep
 from conformance.kit.report import (
+    ACCOUNTS_FOR_PROPERTY,
     FLAKY_PROPERTY,
+    PHASES,
+    PLACE_PREFIX,
+    UNTESTED_PROPERTY,
     SummaryCollector,
     build_summary,
     exit_meaning,
@@ -48,8 +56,8 @@ from conformance.kit.report import (
     shorten,
     write_summary,
 )
-from conformance.kit.rules import rule_line, summarize_rules, verdict_line
-from conformance.kit.runstate import FAILED, Record, RunInfo, peek, read_value, write
+from conformance.kit.rules import Coverage, rule_line, summarize_rules, verdict
+from conformance.kit.runstate import FAILED, Record, RunInfo, peek, read_value
 from conformance.kit.settings import Settings
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -59,7 +67,9 @@ DUMP_KEY = pytest.StashKey[Callable[[], str]]()  # set once probes exist (see co
 
 WORKERINPUT_KEY = "netconform_run"
 RULE_PROPERTY = "rule"
-DISCOVERY_RECORD = "discovery"
+#: Where the suite's checks live in node IDs (`conformance.kit.selection`): a crashed xdist
+#: worker's report carries nothing else to tell a check of the suite by.
+SUITE_NODEID_PREFIX = "conformance/"
 EXCLUDED_PROPERTY_PREFIX = "netconform.excluded."
 #: The pod states and events of the run kept in ``summary.json`` (the file keeps them whole).
 DUMP_LIMIT = 200_000
@@ -74,15 +84,18 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def record_discovery(run: RunInfo, found: Discovery) -> None:
-    """Hand the discovery from the collecting processes (xdist workers) to the reporting one;
-    every worker finds the same, so the last write is as good as the first."""
-    write(run, DISCOVERY_RECORD, found.to_dict())
-
-
 def recorded_discovery(run: RunInfo) -> Discovery | None:
-    """The discovery a collecting process of this run recorded, if any."""
+    """The run's discovery, as the first collecting process recorded it (None before)."""
     return read_value(run, DISCOVERY_RECORD, Discovery.from_dict)
+
+
+def crashed(report: pytest.TestReport) -> bool:
+    """A report xdist made for a check whose worker died under it (phase ``???``)."""
+    return bool(
+        report.failed
+        and report.when not in PHASES
+        and report.nodeid.startswith(SUITE_NODEID_PREFIX)
+    )
 
 
 def deployment_of(record: Record | None) -> Deployment | None:
@@ -215,11 +228,16 @@ class RunReporter:
     the run namespace. Registered only in the controller or the single process."""
 
     def __init__(
-        self, config: pytest.Config, run: RunInfo, lease: LeaseKeeper | None = None
+        self,
+        config: pytest.Config,
+        run: RunInfo,
+        lease: LeaseKeeper | None = None,
+        gate: ExitGate | None = None,
     ) -> None:
         self.config = config
         self.run = run
         self.lease = lease
+        self.gate = gate
         self.collector = SummaryCollector()
         self.seen_conformance = False
         self.started = monotonic()
@@ -243,6 +261,13 @@ class RunReporter:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         properties = dict(report.user_properties)
+        if crashed(report):
+            # No verdict: the worker died under the check (xdist made this report for it).
+            self.seen_conformance = True
+            self.collector.record_phase(
+                report.nodeid, "setup", "failed", report.duration, message=report.longreprtext
+            )
+            return
         if RULE_PROPERTY not in properties:
             return
         self.seen_conformance = True
@@ -291,11 +316,7 @@ class RunReporter:
         matrices = build_matrices(results, flaky, tested)
         summary["rules"] = [rule.to_dict() for rule in rules]
         summary["matrices"] = [matrix.to_dict() for matrix in matrices]
-        self.rule_lines = [
-            f"rules: {verdict_line(rules)}",
-            *(rule_line(rule) for rule in rules),
-            *text_matrices(matrices),
-        ]
+        sampled = None
         if found is not None and found.error is None:
             settings = self.config.stash[SETTINGS_KEY]
             plan = pair_plan(settings.pairs, len(found.nodes), self.run.pairs_seed)
@@ -305,14 +326,30 @@ class RunReporter:
                 self.config,
                 [("netconform.pairs", checked), ("netconform.pairs_seed", str(plan.seed))],
             )
+            pairs = plan_node_pairs(found.nodes, plan)
+            possible = len(found.nodes) * (len(found.nodes) - 1)
+            sampled = checked if len(pairs) < possible else None
             summary["pairs"] = {
                 "mode": settings.pairs,
                 "sample": plan.sample,
                 "seed": plan.seed,
-                "checked": len(plan_node_pairs(found.nodes, plan)),
-                "possible": len(found.nodes) * (len(found.nodes) - 1),
+                "checked": len(pairs),
+                "possible": possible,
                 "description": checked,
             }
+        coverage = Coverage(
+            nodes=tuple(tested),
+            left_out=found.excluded if found is not None else {},
+            families=found.family_plan if found is not None else Coverage().families,
+            sampled=sampled,
+        )
+        judged = verdict(rules, coverage)
+        summary["verdict"] = judged.to_dict()
+        self.rule_lines = [
+            f"verdict: {judged.text}",
+            *(rule_line(rule) for rule in rules),
+            *text_matrices(matrices),
+        ]
         sweep = read_value(self.run, SWEEP_RECORD, Sweep.from_dict)
         if sweep is not None:
             summary["exchanges"] = {
@@ -328,12 +365,29 @@ class RunReporter:
         if self.lease is not None and (renewals := self.lease.summary()):
             self.lines.append(renewals)
         if found is not None:
-            summary["excluded_nodes"] = dict(sorted(found.excluded.items()))
+            summary["excluded_nodes"] = {n: why.reason for n, why in sorted(found.excluded.items())}
+            summary["families"] = {
+                **found.family_plan.to_dict(),
+                "narrowed": list(found.family_plan.narrowed),
+            }
+            gaps = self.gate.left_out if self.gate is not None else {}
+            summary["nodes"] = {
+                "tested": list(found.nodes),
+                "left_out": {n: why.to_dict() for n, why in sorted(found.excluded.items())},
+                "unaccounted": sorted(gaps),
+            }
             junit_properties(
                 self.config,
-                [(EXCLUDED_PROPERTY_PREFIX + n, why) for n, why in sorted(found.excluded.items())],
+                [
+                    (EXCLUDED_PROPERTY_PREFIX + n, why.reason)
+                    for n, why in sorted(found.excluded.items())
+                ],
             )
             self.lines.extend(found.exclusion_lines())
+            self.lines.extend(found.family_plan.narrowing_lines())
+            self.lines.extend(unaccounted_lines(gaps))
+            if found.usage_error is not None:
+                self.lines.append(f"ERROR: {found.usage_error}")
         self.lines.extend(
             end_run(
                 settings=self.config.stash[SETTINGS_KEY],
@@ -395,22 +449,52 @@ def gate_exit_status(status: int, *, broken: bool, untested: bool) -> int:
     return int(status)
 
 
+def unaccounted_lines(gaps: Mapping[str, Exclusion]) -> list[str]:
+    """Why a run exits 2 for nodes it left out on its own judgement, and how to accept it."""
+    if not gaps:
+        return []
+    kinds = sorted({why.kind for why in gaps.values()})
+    return [
+        f"could not test {len(gaps)} node(s) the run was asked for, left out by the suite: "
+        + "; ".join(f"{name} ({why.reason})" for name, why in gaps.items())
+        + f" (exit 2; accept with --allow-excluded {','.join(kinds)} where allowed, or "
+        + " ".join(f"--exclude-node {name}" for name in gaps)
+        + ")"
+    ]
+
+
 class ExitGate:
     """Sorts conformance outcomes into "rule broken" (a check failed) and "could not test" (an
-    error in any phase of a check, a crashed worker, a collection error) and sets the session's
-    exit status from them. Registered in the controller (or the only process)."""
+    error in any phase of a check, a crashed worker, a collection error, a node the suite left
+    out on its own judgement that no failed check accounts for) and sets the session's exit
+    status from them. Registered in the controller (or the only process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, run: RunInfo | None = None) -> None:
+        self.run = run
         self.broken: list[str] = []
         self.untested: list[str] = []
+        #: node -> exclusion kinds its failed checks account for (``ACCOUNTS_FOR``).
+        self.accounted: dict[str, set[str]] = {}
+        #: The nodes the suite left out that no failed check accounts for (exit 2).
+        self.left_out: dict[str, Exclusion] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if not report.failed or RULE_PROPERTY not in dict(report.user_properties):
+        if crashed(report):
+            self.untested.append(report.nodeid)
             return
-        # A failed call is a verdict on the network; a failed setup/teardown (COULD NOT TEST
-        # included, see the plugin's pytest_runtest_makereport) or an xdist crash report ("???")
-        # is not.
-        (self.broken if report.when == "call" else self.untested).append(report.nodeid)
+        properties = dict(report.user_properties)
+        if not report.failed or RULE_PROPERTY not in properties:
+            return
+        # A failed call is a verdict on the network; a failed setup/teardown (a could-not-test
+        # error included, see the plugin's pytest_runtest_makereport) is not.
+        if report.when != "call" or UNTESTED_PROPERTY in properties:
+            self.untested.append(report.nodeid)
+            return
+        self.broken.append(report.nodeid)
+        node = properties.get(PLACE_PREFIX + "node")
+        kinds = str(properties.get(ACCOUNTS_FOR_PROPERTY) or "")
+        if node and kinds:
+            self.accounted.setdefault(str(node), set()).update(kinds.split(","))
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -422,8 +506,15 @@ class ExitGate:
     ) -> Generator[None, None, None]:
         # A session finished outside pytest's main (pytester's getitems) has no exitstatus yet.
         status = getattr(session, "exitstatus", exitstatus)
+        found = recorded_discovery(self.run) if self.run is not None else None
+        if found is not None and found.usage_error is not None:
+            # xdist workers ran nothing of the suite (see the plugin's collection hook).
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+            return (yield)
+        if found is not None and (self.broken or self.untested or status == pytest.ExitCode.OK):
+            self.left_out = unaccounted(found.excluded, self.accounted)
         session.exitstatus = gate_exit_status(
-            status, broken=bool(self.broken), untested=bool(self.untested)
+            status, broken=bool(self.broken), untested=bool(self.untested or self.left_out)
         )
         return (yield)
 

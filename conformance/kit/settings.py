@@ -24,6 +24,11 @@ CONTROL_PLANE_TAINT_KEYS = (
     "node-role.kubernetes.io/control-plane",
     "node-role.kubernetes.io/master",
 )
+#: ``--allow-excluded`` kinds (see `conformance.kit.nodes`): nodes the suite leaves out on its
+#: own judgement (not Linux, not Ready, a NoExecute taint the probes do not tolerate), accepted
+#: so they do not make the run exit 2; and nodes it tests by default (cordoned, NoSchedule
+#: taints: probes pinned by nodeName ignore both), which are then left out.
+ALLOWABLE_EXCLUSIONS = ("windows", "not-linux", "not-ready", "noexecute", "cordoned", "noschedule")
 #: Where ``--image-pull-secret NAME`` (no namespace given) is copied from.
 DEFAULT_SECRET_NAMESPACE = "default"
 #: Seconds a run's lease on its namespace lasts unless renewed (``--run-lease``; see
@@ -76,6 +81,10 @@ class Timeouts:
     endpoint_follow: float = 10.0
     #: Run namespace gone after deletion (finalizers, pod termination).
     namespace_delete: float = 180.0
+    #: A node whose Ready condition or taints say it (or its network) is not ready, given the
+    #: time to clear before it is judged: the node lifecycle controller lifts the not-ready
+    #: taint some seconds after Ready turns True (its monitor period is 5 s).
+    node_ready: float = 60.0
 
     @classmethod
     def for_probe_timeout(cls, probe_timeout: float) -> Timeouts:
@@ -242,6 +251,26 @@ def parse_taint_toleration(text: str) -> TaintToleration:
     )
 
 
+def parse_exclude_node(text: str) -> str:
+    """A node name (a DNS subdomain); whether the cluster has it is checked at discovery."""
+    name = text.strip()
+    if not _DNS_SUBDOMAIN.match(name):
+        raise pytest.UsageError(f"--exclude-node: {text!r} is not a node name")
+    return name
+
+
+def parse_allow_excluded(text: str) -> tuple[str, ...]:
+    """``KIND[,KIND...]`` from `ALLOWABLE_EXCLUSIONS` (case-insensitive on input)."""
+    kinds = tuple(dict.fromkeys(k.strip().lower() for k in text.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in ALLOWABLE_EXCLUSIONS]
+    if unknown or not kinds:
+        raise pytest.UsageError(
+            f"--allow-excluded: {', '.join(unknown) or repr(text)} is not one of "
+            f"{', '.join(ALLOWABLE_EXCLUSIONS)} (separate several with commas)"
+        )
+    return kinds
+
+
 def parse_pull_secret(text: str) -> PullSecret:
     """``NAME`` (a Secret in namespace ``default``) or ``NAMESPACE/NAME``."""
     namespace, sep, name = text.strip().rpartition("/")
@@ -304,6 +333,10 @@ class Settings:
     pairs_seed: int | None = None
     tolerate_taints: tuple[TaintToleration, ...] = ()
     image_pull_secrets: tuple[PullSecret, ...] = ()
+    #: ``--exclude-node``: nodes the user leaves out by name.
+    exclude_nodes: tuple[str, ...] = ()
+    #: ``--allow-excluded``: kinds of nodes that may be left out without exit 2.
+    allow_excluded: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     @property
@@ -346,6 +379,16 @@ class Settings:
             ),
             image_pull_secrets=check_pull_secrets(
                 config.getoption("netconform_image_pull_secrets") or ()
+            ),
+            exclude_nodes=tuple(
+                dict.fromkeys(config.getoption("netconform_exclude_nodes", None) or ())
+            ),
+            allow_excluded=tuple(
+                dict.fromkeys(
+                    kind
+                    for kinds in config.getoption("netconform_allow_excluded", None) or ()
+                    for kind in kinds
+                )
             ),
             timeouts=Timeouts.for_probe_timeout(probe_timeout),
         )

@@ -55,14 +55,21 @@ def wait_on_list(
     (kept current by a watch); None when it still does not hold after ``timeout`` seconds.
 
     ``what`` names the wait in errors (``pods in NS``). Exceptions ``done`` raises propagate.
+    "It did not happen" rests on a look: a wait whose watch broke (or stalled) past the
+    deadline lists once more and judges that list, so a watch the API server keeps dropping
+    never stands for a state nobody saw; a list that cannot be made raises `ClusterError`.
     """
     deadline = monotonic() + timeout
     objects: dict[str, Any] = {}
 
-    def list_and_watch() -> bool:
+    def look() -> Any:
         listed = call_api(f"list {what}", list_fn, *args, timeouts=timeouts, **kwargs)
         objects.clear()
         objects.update({name_of(item): item for item in listed.items})
+        return listed
+
+    def list_and_watch() -> bool:
+        listed = look()
         if done(objects):
             return True
         remaining = deadline - monotonic()
@@ -92,9 +99,15 @@ def wait_on_list(
         except ApiException as exc:
             if exc.status != 410 and not is_transient(exc):
                 raise ClusterError(f"watch {what}: {describe_api_error(exc)}") from exc
+            broke = True
         except (urllib3.exceptions.HTTPError, OSError):
-            pass  # the connection dropped mid-stream
+            broke = True  # the connection dropped mid-stream, or stalled to its read timeout
+        else:
+            broke = False  # the server ended the watch (its own timeout: the deadline)
         if monotonic() >= deadline:
+            if broke:  # the watch saw nothing to the end: one more look decides
+                look()
+                return bool(done(objects))
             return False
         raise _WatchEnded
 

@@ -33,6 +33,8 @@ KUBERNETES_SERVICE_REPAIR_DELAY = 1.0  # seconds until a deleted default/kuberne
 EVENT_LIMIT = 5_000  # oldest events are dropped beyond this, like the real event TTL
 # Pod conditions the control plane sets, kept when a kubelet reports a status without them.
 CONTROL_PLANE_CONDITIONS = ("PodScheduled", "DisruptionTarget")
+#: The node lifecycle controller's taint of a node whose Ready condition is False.
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 
 def namespace_object(name: str) -> JSONDict:
@@ -80,6 +82,16 @@ def kubernetes_service(spec: LabSpec) -> JSONDict:
     }
 
 
+def ready_condition(
+    info: NodeInfo, condition: Callable[[str, str, str, str], JSONDict]
+) -> JSONDict:
+    """The Ready condition as kubelet's ReadyCondition setter writes it: True, or False with
+    reason KubeletNotReady and the runtime's errors joined (pkg/kubelet/nodestatus)."""
+    if info.network_errors:
+        return condition("Ready", "False", "KubeletNotReady", ",".join(info.network_errors))
+    return condition("Ready", "True", "KubeletReady", "kubelet is posting ready status")
+
+
 def node_object(info: NodeInfo) -> JSONDict:
     now = now_rfc3339()
     arch = go_arch()
@@ -107,8 +119,16 @@ def node_object(info: NodeInfo) -> JSONDict:
         "podCIDR": info.pod_cidrs[0] if info.pod_cidrs else "",
         "podCIDRs": list(info.pod_cidrs),
     }
-    if info.taints:
-        spec["taints"] = [dict(t) for t in info.taints]
+    taints = [dict(t) for t in info.taints]
+    if info.network_errors:
+        # The node lifecycle controller's taints of a node whose Ready condition is False: the
+        # NoSchedule one (TaintNodesByCondition) and the NoExecute one (taint-based eviction).
+        taints += [
+            {"key": NOT_READY_TAINT, "effect": "NoSchedule"},
+            {"key": NOT_READY_TAINT, "effect": "NoExecute", "timeAdded": now},
+        ]
+    if taints:
+        spec["taints"] = taints
     return {
         "kind": "Node",
         "apiVersion": "v1",
@@ -142,7 +162,7 @@ def node_object(info: NodeInfo) -> JSONDict:
                     "KubeletHasSufficientPID",
                     "kubelet has sufficient PID available",
                 ),
-                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+                ready_condition(info, condition),
             ],
             # Every family's address, primary first, then the hostname, as the kubelet lists them.
             "addresses": [

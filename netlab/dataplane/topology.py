@@ -65,6 +65,13 @@ ARCH_LABELS = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le"
 OVERLAP_FAULT = "overlapping-pod-cidrs"
 OUTSIDE_FAULT = "ip-outside-node-cidr"
 FAMILY_MISSING_FAULT = "family-missing-on-node"
+NETWORK_NOT_READY_FAULT = "network-not-ready-on-node"
+#: kubelet's network error when the runtime's NetworkReady condition is false, with the
+#: condition containerd reports while no CNI config is loaded (kubelet.go updateRuntimeUp).
+NETWORK_NOT_READY_ERROR = (
+    "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "
+    "message:Network plugin returns error: cni plugin not initialized"
+)
 # Faults that act on node-2, or on a pair of nodes: a 1-node lab cannot carry them.
 TWO_NODE_FAULTS = (
     OVERLAP_FAULT,
@@ -72,6 +79,7 @@ TWO_NODE_FAULTS = (
     "host-to-remote-pods-blocked",
     "pmtu-blackhole",
     FAMILY_MISSING_FAULT,
+    NETWORK_NOT_READY_FAULT,
     "nodeport-missing-on-node",
     "hostport-unmapped",
     "netpol-ignored-on-node",
@@ -218,6 +226,7 @@ def node_infos(spec: LabSpec) -> list[NodeInfo]:
     """What the API server publishes as the lab's v1 Nodes (podCIDRs as published)."""
     published = published_pod_cidrs(spec)
     machine = platform.machine()
+    broken = NETWORK_NOT_READY_FAULT in spec.faults  # node-2's network plugin is not ready
     return [
         NodeInfo(
             name=plan.name,
@@ -233,6 +242,7 @@ def node_infos(spec: LabSpec) -> list[NodeInfo]:
             kernel_version=platform.release(),
             os_image=_os_image(),
             container_runtime_version=_runtime_version(),
+            network_errors=(NETWORK_NOT_READY_ERROR,) if plan.index == 2 and broken else (),
         )
         for plan in spec.node_plans()
     ]

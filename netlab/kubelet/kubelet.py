@@ -64,6 +64,8 @@ TASK_SETTLE_TIMEOUT = 30.0  # seconds for a pod's tasks to notice a stop (a star
 START_ERROR_EXIT_CODE = 128  # what kubelet reports for a process that could not start
 SPLIT_NETNS_FAULT = "split-netns"
 SANDBOX_RESET_FAULT = "sandbox-reset"
+#: kubelet's NetworkNotReadyErrorMsg, the start of its NetworkNotReady event.
+NETWORK_NOT_READY_MESSAGE = "network is not ready"
 
 
 def backoff_delay(restart_count: int) -> float:
@@ -154,6 +156,13 @@ class Kubelet:
         conflict = host_port_conflict(pod, [p.pod for p in self._admitted_pods(uid)])
         if conflict is not None:
             self._reject(record, *conflict)
+            return
+        if self.node.network_errors and not spec.get("hostNetwork"):
+            # kubelet's SyncPod: no sandbox for a pod-network pod while the runtime's network
+            # is not ready; the pod stays Pending with a warning (the next sync tries again).
+            message = f"{NETWORK_NOT_READY_MESSAGE}: {','.join(self.node.network_errors)}"
+            self._event(record, "Warning", "NetworkNotReady", message)
+            self._report(record)
             return
         self._report(record)
         self._spawn(record, self._run_pod(record), f"pod-{record.name}")

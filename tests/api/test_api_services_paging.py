@@ -137,6 +137,39 @@ def test_node_addresses_every_family_primary_first(tmp_path: Path) -> None:
     }
 
 
+def test_a_node_whose_network_is_not_ready_reads_as_kubelet_and_the_controller_write_it() -> None:
+    from kubernetes import client
+
+    from conformance.kit.nodes import NETWORK_NOT_READY, exclusion_of, network_evidence
+    from conformance.kit.settings import Settings
+    from netlab.dataplane.topology import NETWORK_NOT_READY_ERROR
+
+    info = NodeInfo(
+        name="node-2",
+        internal_ip="172.18.0.3",
+        pod_cidrs=("10.244.2.0/24",),
+        network_errors=(NETWORK_NOT_READY_ERROR,),
+    )
+    node = node_object(info)
+    ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    assert [(c["status"], c["reason"], c["message"]) for c in ready] == [
+        ("False", "KubeletNotReady", NETWORK_NOT_READY_ERROR)
+    ]
+    assert [(t["key"], t["effect"]) for t in node["spec"]["taints"]] == [
+        ("node.kubernetes.io/not-ready", "NoSchedule"),
+        ("node.kubernetes.io/not-ready", "NoExecute"),
+    ]
+    # The suite, reading the object as any client does, names the condition and the taints.
+    model = client.ApiClient().deserialize(json.dumps(node), "V1Node", "application/json")
+    assert len(network_evidence(model)) == 3
+    why = exclusion_of(model, Settings(kubeconfig=None, context=None))
+    assert why is not None
+    assert why.kind == NETWORK_NOT_READY
+    assert "NetworkPluginNotReady" in why.reason
+    healthy = node_object(NodeInfo(name="n", internal_ip="172.18.0.9", pod_cidrs=()))
+    assert "taints" not in healthy["spec"]
+
+
 # paging
 @pytest.fixture(scope="module")
 def paged_ns(live: LiveServer) -> Iterator[str]:

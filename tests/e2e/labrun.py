@@ -59,9 +59,12 @@ class LabCase:
     @property
     def id(self) -> str:
         """Test ID: ``healthy``, ``snat-cross-node``, ``a+b``; ``-ipv6``/``-dual`` when not IPv4;
-        API faults after ``@`` (``healthy@throttle=0.1``)."""
+        the suite's options after ``-with-`` (``-with-ip-family-dual``); API faults after
+        ``@`` (``healthy@throttle=0.1``)."""
         name = "+".join(self.faults) or "healthy"
         name = name if self.family == "ipv4" else f"{name}-{self.family}"
+        if self.suite_args:
+            name += "-with-" + "-".join(arg.lstrip("-") for arg in self.suite_args)
         return f"{name}@{'+'.join(self.api_faults)}" if self.api_faults else name
 
     @property
@@ -88,6 +91,8 @@ class SuiteRun:
     leftovers: list[str] = field(default_factory=list)  # netconform namespaces and pods left
     #: The run's exit code as its summary.json records it (None: no summary written).
     exitstatus: int | None = None
+    #: The exit code of the pytest process itself, as a CI gate sees it.
+    returncode: int | None = None
 
     def ids(self, outcome: str) -> list[str]:
         """The IDs of the checks with this outcome, in report order."""
@@ -174,6 +179,14 @@ def run_suite(
     kubeconfig: Path, report_dir: Path, *extra: str
 ) -> tuple[list[CaseResult], dict[str, str], str]:
     """Run the suite against ``kubeconfig`` in a subprocess; JUnit goes to ``report_dir``."""
+    cases, properties, output, _ = run_suite_process(kubeconfig, report_dir, *extra)
+    return cases, properties, output
+
+
+def run_suite_process(
+    kubeconfig: Path, report_dir: Path, *extra: str
+) -> tuple[list[CaseResult], dict[str, str], str, int]:
+    """`run_suite`, and the exit code of the pytest process as a CI gate sees it."""
     report_dir.mkdir(parents=True, exist_ok=True)
     junit = report_dir / "junit.xml"
     # `--kubeconfig PATH` as two words, as the README tells users to write it.
@@ -200,7 +213,7 @@ def run_suite(
     if not junit.exists():
         raise LabError(f"the suite wrote no JUnit report:\n{output[-6000:]}")
     cases, properties = read_junit(junit)
-    return cases, properties, output
+    return cases, properties, output, result.returncode
 
 
 def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
@@ -208,12 +221,15 @@ def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
     started = time.monotonic()
     with running_lab(case) as (name, kubeconfig):
         booted = time.monotonic()
-        cases, properties, output = run_suite(kubeconfig, report_dir, *case.suite_args, *extra)
+        cases, properties, output, returncode = run_suite_process(
+            kubeconfig, report_dir, *case.suite_args, *extra
+        )
         done = time.monotonic()
         left = cluster_leftovers(kubeconfig)
     return SuiteRun(
         lab=name,
         exitstatus=summary_exitstatus(report_dir),
+        returncode=returncode,
         leftovers=left,
         case=case,
         cases=cases,

@@ -1,8 +1,8 @@
 """Proof of detection: the whole suite, run as a user runs it, against 3-node netlabs.
 
-On a healthy lab every check passes (or skips for a reason other than "could not test") and the
-run leaves nothing behind; on a lab with a fault (or two), exactly the checks of the broken
-rules fail, at least one does, and nothing errors. The labs boot and run in a bounded pool,
+On a healthy lab every check passes (or skips for a reason other than "could not test"), the run
+exits 0 and leaves nothing behind; on a lab with a fault (or two), exactly the checks of the
+broken rules fail, at least one does, nothing errors and the run exits 1. The labs boot and run in a bounded pool,
 ``POOL_SIZE`` at a time; every lab is torn down, also when its run fails.
 
 ``NETCONFORM_MATRIX_DOC=docs/detection-matrix.md pytest tests/e2e/test_detection_matrix.py``
@@ -243,6 +243,12 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         "node-2's uplink MTU is below the pods' and 'fragmentation needed' is dropped: full-size"
         " traffic between node-2's pods and other nodes' pods, both directions",
     ),
+    "network-not-ready-on-node": Expectation(
+        r"test_node_network::test_node_network_ready\[node-2\]",
+        "node-2's network plugin is not ready (Ready=False: NetworkReady=false,"
+        " NetworkPluginNotReady; not-ready taints): the node network check names it; the probes"
+        " go to node-1 and node-3 only, whose checks all pass",
+    ),
     "family-missing-on-node": Expectation(
         either(
             r"test_pod_ips::test_required_family_on_every_pod_and_node\[ipv6\]",
@@ -263,9 +269,10 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
             to_node(HOST_PORT_PODS, "2", proto="ipv6-" + _PROTO),
             to_node(HOST_PORT_HOSTS, "2", proto="ipv6-" + _PROTO),
         ),
-        "node-2's pods get no IPv6 address on a dual-stack lab run with --ip-family dual: the"
-        " required-family check, and every IPv6 check with a pod of node-2 at either end"
-        " (Services: node-2's clients, and its hostPort probe)",
+        "node-2's pods get no IPv6 address on a dual-stack lab (whose nodes' podCIDRs declare"
+        " IPv6, so --ip-family auto requires it, as dual does): the required-family check, and"
+        " every IPv6 check with a pod of node-2 at either end (Services: node-2's clients, and"
+        " its hostPort probe)",
     ),
     # The Service faults of the lab (issue 16), each breaking one behaviour of Services.
     "no-hairpin": Expectation(
@@ -354,7 +361,9 @@ FAMILY_FAULT_CASES: tuple[LabCase, ...] = (
     LabCase(("block-node-to-pod",), "ipv6"),
     LabCase(("service-masquerade",), "dual"),
     LabCase(("nodeport-missing-on-node",), "ipv6"),
-    # A requested family missing: the user asked for both families.
+    # A declared family missing: IPv6 under the default --ip-family auto (the nodes' podCIDRs
+    # declare it), and with the user asking for both families.
+    LabCase(("family-missing-on-node",), "dual"),
     LabCase(("family-missing-on-node",), "dual", ("--ip-family", "dual")),
 )
 DUAL_ONLY_FAULTS = frozenset({"family-missing-on-node"})
@@ -364,6 +373,10 @@ FAULT_CASES: tuple[LabCase, ...] = (
     *FAMILY_FAULT_CASES,
 )
 CASES: tuple[LabCase, ...] = (*HEALTHY_CASES, *VARIANT_CASES, *FAULT_CASES)
+#: What the pytest process exits with (docs/exit-codes.md): every rule held on a healthy lab,
+#: a broken rule under a data-plane fault.
+HEALTHY_EXIT = 0
+FAULT_EXIT = 1
 
 
 def case_id(case: LabCase) -> str:
@@ -448,6 +461,10 @@ def test_healthy_lab_passes_every_check_and_leaves_nothing(case: LabCase, matrix
     assert (failed, errors) == ([], []), (
         f"a healthy lab must pass: failed {failed}, errored {errors}\n{run.output[-6000:]}"
     )
+    assert (run.returncode, run.exitstatus) == (HEALTHY_EXIT, HEALTHY_EXIT), (
+        f"a healthy lab exits {HEALTHY_EXIT}: the process exited {run.returncode}, the summary "
+        f"says {run.exitstatus}\n{run.output[-3000:]}"
+    )
     assert run.ran >= 50, f"only {run.ran} checks ran:\n{run.output[-3000:]}"
     for check in run.cases:
         if check.outcome == "skipped":
@@ -498,5 +515,8 @@ def test_faults_fail_exactly_the_checks_of_their_rules(case: LabCase, matrix: Ma
     off = unexpected_verdicts(run, *expected_patterns(faults))
     why = "; ".join(f"{f}: {EXPECTED_FAILURES[f].why}" for f in faults)
     assert not off, f"{label}: verdicts off the expectation ({why}):\n  " + "\n  ".join(off)
-    assert run.exitstatus == 1, f"{label}: a broken rule exits 1, not {run.exitstatus}"
+    assert (run.returncode, run.exitstatus) == (FAULT_EXIT, FAULT_EXIT), (
+        f"{label}: a broken rule exits {FAULT_EXIT}: the process exited {run.returncode}, the "
+        f"summary says {run.exitstatus}\n{run.output[-3000:]}"
+    )
     assert run.leftovers == [], f"{label}: the run left objects behind: {run.leftovers}"

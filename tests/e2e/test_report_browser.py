@@ -180,7 +180,9 @@ def test_the_healthy_report_shows_every_rule_held(
     assert {r["class"] for r in rows} <= {"nc-r-held", "nc-r-skipped"}
     assert not dom.having("td", data_status="failed")
     assert len(dom.having("td", data_status="passed")) >= 4 * 9  # every reachability rule drawn
-    assert "rules: " in report.output
+    assert "verdict: every rule held: " in report.output
+    assert report.summary["verdict"]["every_rule_held"] is True
+    assert "EVERY RULE HELD" in rendered_dom(report.html, profile)
     assert "BROKEN" not in report.output.split("= netconform =")[-1]
 
 

@@ -199,11 +199,12 @@ def container_status(status: JSONDict, name: str, *, init: bool = False) -> JSON
 
 @asynccontextmanager
 async def running_kubelet(
-    spec: LabSpec, configmaps: Mapping[str, Mapping[str, str]] | None = None
+    spec: LabSpec, configmaps: Mapping[str, Mapping[str, str]] | None = None, *, node: int = 1
 ) -> AsyncIterator[KubeletHarness]:
-    """A started Kubelet on the lab's first node; closed (all pods stopped) on exit."""
-    plan = spec.node_plans()[0]
-    info = node_infos(spec)[0]
+    """A started Kubelet on the lab's node number ``node`` (the first by default); closed (all
+    pods stopped) on exit."""
+    plan = spec.node_plans()[node - 1]
+    info = node_infos(spec)[node - 1]
     store = dict(configmaps or {})
     harness: KubeletHarness | None = None
 

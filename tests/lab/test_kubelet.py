@@ -626,6 +626,35 @@ def test_without_cluster_dns_kubelet_says_so_for_cluster_first_pods() -> None:
         run(scenario())
 
 
+def test_network_not_ready_fault_starts_no_pod_network_pod_on_node_2() -> None:
+    spec = LabSpec(name=lab_name(), nodes=2, faults=frozenset({"network-not-ready-on-node"}))
+    waiting = make_pod("waiting", [sleeper("x")], node="node-2")
+    host = make_pod("host", [sleeper("x")], node="node-2", hostNetwork=True)
+
+    async def scenario() -> None:
+        async with running_kubelet(spec, node=2) as harness:
+            await harness.kubelet.start_pod(waiting)
+            await harness.kubelet.start_pod(host)
+            await harness.wait_running(host["metadata"]["uid"])  # the host's network is fine
+            uid = waiting["metadata"]["uid"]
+            status = await harness.wait_status(uid, lambda s: "phase" in s, "a status")
+            assert status["phase"] == "Pending"
+            assert "podIP" not in status
+            assert harness.kubelet.pod_sandbox(uid) is None
+            (message,) = [
+                m for who, kind, reason, m in harness.events if reason == "NetworkNotReady"
+            ]
+            assert message.startswith(
+                "network is not ready: container runtime network not ready: NetworkReady=false "
+                "reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin "
+                "not initialized"
+            )
+        assert_clean(spec)
+
+    with lab_network(spec):
+        run(scenario())
+
+
 def test_running_status_helper() -> None:
     assert is_running_ready(
         {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}

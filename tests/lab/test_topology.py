@@ -155,6 +155,15 @@ def test_node_infos_carry_kubelet_style_labels_and_versions() -> None:
         assert info.container_runtime_version.startswith("runc://")
 
 
+def test_network_not_ready_fault_breaks_node_2s_network_only() -> None:
+    infos = node_infos(spec_with("tanotready", "network-not-ready-on-node"))
+    assert [bool(info.network_errors) for info in infos] == [False, True, False]
+    assert infos[1].network_errors == (
+        "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "
+        "message:Network plugin returns error: cni plugin not initialized",
+    )
+
+
 # --- building ------------------------------------------------------------------------------------
 
 

@@ -11,14 +11,19 @@ CP_TAINT = [("node-role.kubernetes.io/control-plane", "NoSchedule")]
 def make_node(
     name: str,
     *,
-    ready: bool = True,
+    ready: bool | str = True,
+    reason: str | None = None,
+    message: str | None = None,
     labels: dict[str, str] | None = None,
     taints: list[tuple[str, str]] | None = None,
     unschedulable: bool = False,
     pod_cidrs: tuple[str, ...] = (),
     addresses: tuple[tuple[str, str], ...] = (),
 ) -> client.V1Node:
-    """A Linux node; ``taints`` as (key, effect), ``addresses`` as (type, address)."""
+    """A Linux node; ``ready`` True, False or a status (``Unknown``), with the Ready
+    condition's ``reason`` and ``message``; ``taints`` as (key, effect), ``addresses`` as
+    (type, address)."""
+    status = ready if isinstance(ready, str) else ("True" if ready else "False")
     return client.V1Node(
         metadata=client.V1ObjectMeta(
             name=name, labels={"kubernetes.io/os": "linux", **(labels or {})}
@@ -30,7 +35,9 @@ def make_node(
             pod_cidrs=list(pod_cidrs) or None,
         ),
         status=client.V1NodeStatus(
-            conditions=[client.V1NodeCondition(type="Ready", status="True" if ready else "False")],
+            conditions=[
+                client.V1NodeCondition(type="Ready", status=status, reason=reason, message=message)
+            ],
             addresses=[client.V1NodeAddress(type=t, address=a) for t, a in addresses],
         ),
     )

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from html.parser import HTMLParser
 from typing import Any
 
+from conformance.kit.families import FamilyPlan
 from conformance.kit.matrices import build_matrices
+from conformance.kit.nodes import Exclusion
 from conformance.kit.report import (
     CheckResult,
     ClusterFacts,
@@ -16,7 +18,7 @@ from conformance.kit.report import (
     exit_meaning,
     format_rule_failure,
 )
-from conformance.kit.rules import summarize_rules
+from conformance.kit.rules import Coverage, summarize_rules, verdict
 from conformance.kit.settings import DEFAULT_PROBE_IMAGE
 
 NO_SNAT_RULE = "A pod MUST reach a pod on every node without NAT."
@@ -131,9 +133,9 @@ def no_snat_results(
     ]
 
 
-def run_results(nodes: Sequence[str], *, broken: bool) -> list[CheckResult]:
+def run_results(nodes: Sequence[str], *, broken: bool, skipped: bool = True) -> list[CheckResult]:
     """A small whole run: no-SNAT pairs, node-to-pod from each host network, a per-node
-    check, and a skipped check."""
+    check, and (with ``skipped``) a skipped check."""
     results = no_snat_results(nodes, broken)
     results += [
         pair("test_node_to_pod", proto, n, n, kind="host", rule=NODE_TO_POD_RULE)
@@ -141,6 +143,8 @@ def run_results(nodes: Sequence[str], *, broken: bool) -> list[CheckResult]:
         for n in nodes
     ]
     results += [node_check("test_localhost_between_containers", n) for n in nodes]
+    if not skipped:
+        return results
     results.append(
         CheckResult(
             nodeid="conformance/test_pod_ips.py::test_required_family_on_every_pod_and_node[all]",
@@ -161,17 +165,29 @@ def summary_of(
     flaky: dict[str, str] | None = None,
     exitstatus: int = 0,
     dump: str | None = "namespace netconform-r1\npod probe-node-1 node=node-1 phase=Running",
-    excluded: dict[str, str] | None = None,
+    excluded: dict[str, Exclusion] | None = None,
 ) -> dict[str, Any]:
     """The summary a run with these results writes (the keys `RunReporter` and `end_run` add
     to `build_summary`'s)."""
     flaky = flaky or {}
+    excluded = excluded or {}
     summary = build_summary(
         results, facts=facts(nodes), flaky=flaky, session_duration=42.5, generated_at=0.0
     )
     summary["exitstatus"] = exitstatus
     summary["exit_meaning"] = exit_meaning(exitstatus)
-    summary["rules"] = [r.to_dict() for r in summarize_rules(results, flaky)]
+    rules = summarize_rules(results, flaky)
+    summary["rules"] = [r.to_dict() for r in rules]
+    families = FamilyPlan(tested=(4,), required=(4,), declared={"4": ("node podCIDRs",)})
+    summary["verdict"] = verdict(
+        rules, Coverage(nodes=tuple(nodes), left_out=excluded, families=families)
+    ).to_dict()
+    summary["families"] = {**families.to_dict(), "narrowed": []}
+    summary["nodes"] = {
+        "tested": list(nodes),
+        "left_out": {n: why.to_dict() for n, why in excluded.items()},
+        "unaccounted": sorted(n for n, why in excluded.items() if not why.narrowed),
+    }
     summary["matrices"] = [m.to_dict() for m in build_matrices(results, flaky, nodes)]
     summary["pairs"] = {
         "mode": "auto",
@@ -181,7 +197,7 @@ def summary_of(
         "possible": len(nodes) * (len(nodes) - 1),
         "description": f"every ordered node pair of {len(nodes)} nodes",
     }
-    summary["excluded_nodes"] = excluded or {}
+    summary["excluded_nodes"] = {n: why.reason for n, why in excluded.items()}
     summary["namespace_dump"] = (
         {"file": "netconform-r1.txt", "text": dump} if dump is not None else None
     )

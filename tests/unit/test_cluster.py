@@ -1,105 +1,28 @@
-"""`conformance.kit.cluster`: which nodes carry probes and why the others are left out (from
-client model objects), the facts read off a node, and the `Discovery` handed between the
-run's processes."""
+"""`conformance.kit.cluster` and `conformance.kit.discovery`: the facts read off a node and its
+pods, the `Discovery` handed between the run's processes, and how long a node's network is
+given to turn ready."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from kube_objects import CP_TAINT, make_node
+import pytest
+from kube_objects import make_node
 from kubernetes import client
 
-from conformance.kit import cluster
-from conformance.kit.settings import Settings, parse_node_selector, parse_taint_toleration
-
-
-def settings(**overrides: Any) -> Settings:
-    return Settings(kubeconfig=None, context=None, **overrides)
-
-
-def test_selection_filters_and_sorts() -> None:
-    nodes = [
-        make_node("node-c"),
-        make_node("node-a"),
-        make_node("cp", taints=CP_TAINT, labels={"node-role.kubernetes.io/control-plane": ""}),
-        make_node("down", ready=False),
-        make_node("cordoned", unschedulable=True),
-        make_node("win", labels={"kubernetes.io/os": "windows"}),
-        make_node("prefer", taints=[("x", "PreferNoSchedule")]),
-    ]
-    selection = cluster.select_nodes(nodes, settings())
-    assert selection.names == ("node-a", "node-c", "prefer")
-    assert "not Ready" in selection.excluded["down"]
-    assert "cordoned" in selection.excluded["cordoned"]
-    assert "windows" in selection.excluded["win"]
-    assert "--include-control-plane" in selection.excluded["cp"]
-
-    with_cp = cluster.select_nodes(nodes, settings(include_control_plane=True))
-    assert with_cp.names == ("cp", "node-a", "node-c", "prefer")
-
-
-def test_selection_by_label_and_cap() -> None:
-    nodes = [make_node(f"n{i}", labels={"pool": "x" if i % 2 else "y"}) for i in range(6)]
-    picked = cluster.select_nodes(
-        nodes, settings(node_selector=parse_node_selector("pool=x"), max_nodes=2)
-    )
-    assert picked.names == ("n1", "n3")
-    assert "beyond --max-nodes 2" in picked.excluded["n5"]
-    assert "--node-selector pool=x" in picked.excluded["n0"]
-
-
-def test_every_exclusion_has_a_reason_and_tolerations_include() -> None:
-    win_by_info = make_node("win-info")
-    assert win_by_info.metadata is not None
-    assert win_by_info.status is not None
-    win_by_info.metadata.labels = {}  # no kubernetes.io/os label: the OS comes from nodeInfo
-    win_by_info.status.node_info = client.V1NodeSystemInfo(
-        architecture="amd64",
-        boot_id="b",
-        container_runtime_version="containerd://1.7",
-        kernel_version="10.0",
-        kube_proxy_version="v1.33.0",
-        kubelet_version="v1.33.0",
-        machine_id="m",
-        operating_system="windows",
-        os_image="Windows Server 2022",
-        system_uuid="u",
-    )
-    nodes = [
-        make_node("ok"),
-        win_by_info,
-        make_node("down-cordoned", ready=False, unschedulable=True),
-        make_node("gpu", taints=[("example.com/gpu", "NoSchedule")]),
-        make_node("evict", taints=[("example.com/drain", "NoExecute")]),
-        make_node(
-            "cp",
-            taints=[*CP_TAINT, ("example.com/gpu", "NoSchedule")],
-            labels={"node-role.kubernetes.io/control-plane": ""},
-        ),
-        make_node("soft", taints=[("x", "PreferNoSchedule")]),
-    ]
-    plain = cluster.select_nodes(nodes, settings())
-    assert plain.names == ("ok", "soft")
-    assert set(plain.excluded) == {"win-info", "down-cordoned", "gpu", "evict", "cp"}
-    assert "windows" in plain.excluded["win-info"]
-    assert plain.excluded["down-cordoned"] == "not Ready"  # the first reason wins
-    assert "--tolerate-taint example.com/gpu:NoSchedule" in plain.excluded["gpu"]
-    assert "--tolerate-taint example.com/drain:NoExecute" in plain.excluded["evict"]
-
-    gpu = settings(tolerate_taints=(parse_taint_toleration("example.com/gpu"),))
-    assert cluster.select_nodes(nodes, gpu).names == ("gpu", "ok", "soft")
-    # Control-plane tolerations alone do not cover the node's second taint.
-    cp_only = cluster.select_nodes(nodes, settings(include_control_plane=True))
-    assert "cp" not in cp_only.names
-    assert "example.com/gpu:NoSchedule" in cp_only.excluded["cp"]
-    assert "node-role" not in cp_only.excluded["cp"]
-    both = settings(include_control_plane=True, tolerate_taints=gpu.tolerate_taints)
-    assert cluster.select_nodes(nodes, both).names == ("cp", "gpu", "ok", "soft")
-    wrong_effect = settings(
-        tolerate_taints=(parse_taint_toleration("example.com/drain:NoSchedule"),)
-    )
-    assert "evict" in cluster.select_nodes(nodes, wrong_effect).excluded
+from conformance.kit import cluster, discovery
+from conformance.kit.discovery import Discovery, network_wait
+from conformance.kit.errors import ClusterError
+from conformance.kit.families import FamilyPlan
+from conformance.kit.nodes import (
+    CORDONED,
+    NETWORK_NOT_READY,
+    NOEXECUTE,
+    NOT_READY,
+    Exclusion,
+    select_nodes,
+)
+from conformance.kit.settings import Settings
 
 
 def test_selection_keeps_the_node_object_name_never_a_hostname() -> None:
@@ -110,7 +33,8 @@ def test_selection_keeps_the_node_object_name_never_a_hostname() -> None:
         labels={"kubernetes.io/hostname": "worker-a"},
         addresses=(("Hostname", "worker-a"), ("InternalIP", "10.0.0.5")),
     )
-    assert cluster.select_nodes([node], settings()).names == ("ip-10-0-0-5.internal",)
+    picked = select_nodes([node], Settings(kubeconfig=None, context=None))
+    assert picked.names == ("ip-10-0-0-5.internal",)
     assert cluster.node_ip_addresses(node) == ("10.0.0.5",)
 
 
@@ -122,24 +46,198 @@ def test_node_facts_helpers() -> None:
     )
     assert cluster.node_pod_cidrs(node) == ("10.244.1.0/24", "fd00:1::/64")
     assert cluster.node_ip_addresses(node) == ("10.0.0.5", "203.0.113.9")
-    assert cluster.detect_ip_families([node]) == (4, 6)
-    assert cluster.families_for("auto", ()) == (4,)
-    assert cluster.families_for("dual", (4,)) == (4, 6)
     pod = client.V1Pod(
         spec=client.V1PodSpec(containers=[]),
         status=client.V1PodStatus(pod_ips=[client.V1PodIP(ip="fd00::5")], pod_ip="fd00::5"),
     )
-    assert cluster.detect_ip_families([make_node("bare")], [pod]) == (6,)
+    host = client.V1Pod(
+        spec=client.V1PodSpec(containers=[], host_network=True),
+        status=client.V1PodStatus(pod_ip="10.0.0.5"),
+    )
+    assert cluster.pod_network_families([pod, host]) == (6,)
 
 
 def test_discovery_round_trips_with_its_exclusions() -> None:
-    found = cluster.Discovery(
-        nodes=("a", "b"), excluded={"z": "not Ready", "c": "cordoned"}, families=(4, 6)
+    found = Discovery(
+        nodes=("a", "b"),
+        excluded={
+            "z": Exclusion(NOT_READY, "not Ready"),
+            "c": Exclusion(CORDONED, "cordoned", narrowed=True),
+        },
+        family_plan=FamilyPlan(tested=(4, 6), required=(4, 6), declared={"4": ("x",)}),
+        checked=("a", "b", "z"),
+        ready_deadline=12.5,
     )
-    again = cluster.Discovery.from_dict(json.loads(json.dumps(found.to_dict())))
+    again = Discovery.from_dict(json.loads(json.dumps(found.to_dict())))
     assert again == found
-    assert again.exclusion_lines() == ["node c left out: cordoned", "node z left out: not Ready"]
-    assert again.explain_excluded() == "c: cordoned; z: not Ready"
-    failed = cluster.Discovery(error="cannot read the cluster: x")
-    assert cluster.Discovery.from_dict(failed.to_dict()) == failed
-    assert cluster.Discovery.from_dict({}) == cluster.Discovery()  # defaults fill the gaps
+    assert again.families == (4, 6)
+    assert again.required_families == (4, 6)
+    assert again.exclusion_lines() == [
+        "node c left out: cordoned (narrowed: cordoned)",
+        "node z left out: not Ready",
+    ]
+    assert again.explain_excluded() == "c: cordoned (narrowed: cordoned); z: not Ready"
+    failed = Discovery(error="cannot read the cluster: x")
+    assert Discovery.from_dict(failed.to_dict()) == failed
+    assert Discovery.from_dict({}) == Discovery()  # defaults fill the gaps
+
+
+def test_a_node_waited_for_gets_what_is_left_of_the_wait_others_the_whole_bound() -> None:
+    found = Discovery(
+        nodes=("a",),
+        excluded={
+            "slow": Exclusion(NETWORK_NOT_READY, "network not ready"),
+            "evict": Exclusion(NOEXECUTE, "tainted"),
+        },
+        ready_deadline=100.0,
+    )
+    assert network_wait(found, "slow", 60.0, now=70.0) == 30.0
+    assert network_wait(found, "slow", 60.0, now=170.0) == 0.0
+    assert network_wait(found, "a", 60.0, now=170.0) == 60.0  # seen ready: a fresh wait
+    assert network_wait(found, "evict", 60.0, now=70.0) == 60.0
+    assert network_wait(Discovery(nodes=("a",)), "a", 60.0, now=1.0) == 60.0
+
+
+class FakeCore:
+    """Stands for the API client; the fakes below answer for it."""
+
+    def list_node(self, **kwargs: object) -> None:
+        raise AssertionError("answered by the fakes")
+
+
+class FakeCluster:
+    """What `discover` reads, chosen per test: the node lists in turn (the last one repeats),
+    the default/kubernetes Service's families, the ServiceCIDRs (or the error they raise)."""
+
+    def __init__(
+        self,
+        *node_lists: list[client.V1Node],
+        service: tuple[str, ...] = ("IPv4",),
+        cidrs: tuple[str, ...] | Exception = (),
+    ) -> None:
+        self.node_lists = list(node_lists)
+        self.service = service
+        self.cidrs = cidrs
+        self.waits: list[float] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def nodes(core: object, timeouts: object) -> list[client.V1Node]:
+            return self.node_lists.pop(0) if len(self.node_lists) > 1 else self.node_lists[0]
+
+        def service_cidrs(api: object, timeouts: object) -> tuple[str, ...]:
+            if isinstance(self.cidrs, Exception):
+                raise self.cidrs
+            return self.cidrs
+
+        def wait(*args: object, timeout: float, **kwargs: object) -> None:
+            self.waits.append(timeout)
+
+        monkeypatch.setattr(discovery, "make_api_client", lambda settings: object())
+        monkeypatch.setattr(discovery.client, "CoreV1Api", lambda api: FakeCore())
+        monkeypatch.setattr(discovery, "list_nodes", nodes)
+        monkeypatch.setattr(discovery, "kubernetes_service_families", lambda *a: self.service)
+        monkeypatch.setattr(discovery, "declared_service_cidrs", service_cidrs)
+        monkeypatch.setattr(discovery, "wait_on_list", wait)
+        monkeypatch.setattr(discovery, "list_pods_all_namespaces", lambda *a: [])
+
+
+DUAL = ("10.244.1.0/24", "fd00:10:244:1::/64")
+
+
+def test_discovery_requires_the_declared_families(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeCluster([make_node("n1", pod_cidrs=DUAL), make_node("n2", pod_cidrs=DUAL)]).install(
+        monkeypatch
+    )
+    found = discovery.discover(Settings(kubeconfig=None, context=None))
+    assert (found.nodes, found.families, found.required_families) == (("n1", "n2"), (4, 6), (4, 6))
+    assert found.checked == ("n1", "n2")
+    assert found.ready_deadline is None
+    narrowed = discovery.discover(Settings(kubeconfig=None, context=None, ip_family="ipv4"))
+    assert (narrowed.families, narrowed.family_plan.narrowed) == ((4,), (6,))
+
+
+def test_discovery_names_an_unreadable_family_source_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused = ClusterError("list servicecidrs.networking.k8s.io failed: HTTP 403 Forbidden")
+    FakeCluster([make_node("n1", pod_cidrs=DUAL[:1])], cidrs=refused).install(monkeypatch)
+    found = discovery.discover(Settings(kubeconfig=None, context=None))
+    assert found.error is None
+    assert found.families == (4,)
+    (unread,) = found.family_plan.unread
+    assert "ServiceCIDR objects" in unread
+    assert "HTTP 403" in unread
+
+
+def test_discovery_waits_for_nodes_not_ready_yet_and_keeps_those_that_stay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lingering = make_node("n2", taints=[("node.kubernetes.io/not-ready", "NoSchedule")])
+    win = make_node("win", labels={"kubernetes.io/os": "windows"})
+    fake = FakeCluster(
+        [make_node("n1"), lingering, make_node("n3", ready=False), win],
+        [make_node("n1"), make_node("n2"), make_node("n3", ready=False), win],
+    )
+    fake.install(monkeypatch)
+    found = discovery.discover(Settings(kubeconfig=None, context=None))
+    assert fake.waits == [60.0]  # Timeouts.node_ready, once for the run
+    assert found.ready_deadline is not None
+    assert found.nodes == ("n1", "n2")  # the taint cleared while the run waited
+    assert {n: why.kind for n, why in found.excluded.items()} == {
+        "n3": NOT_READY,
+        "win": "windows",
+    }
+    assert found.checked == ("n1", "n2", "n3", "win")  # the network check judges them all
+
+
+def test_discovery_reports_unknown_exclude_node_names_and_unreadable_clusters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeCluster([make_node("node-1"), make_node("node-2")]).install(monkeypatch)
+    found = discovery.discover(
+        Settings(kubeconfig=None, context=None, exclude_nodes=("node-2", "nod-9"))
+    )
+    assert found.usage_error == (
+        "--exclude-node: no node named nod-9 (the cluster's nodes: node-1, node-2)"
+    )
+    assert found.checked == ("node-1",)  # node-2 was narrowed away
+    FakeCluster([make_node("n1")], cidrs=ClusterError("x")).install(monkeypatch)
+
+    def unreachable(core: object, timeouts: object) -> list[client.V1Node]:
+        raise ClusterError("list nodes failed: connection refused")
+
+    monkeypatch.setattr(discovery, "list_nodes", unreachable)
+    down = discovery.discover(Settings(kubeconfig=None, context=None))
+    assert down.error == "cannot read the cluster: list nodes failed: connection refused"
+    everything_out = FakeCluster([make_node("n1", ready="Unknown")])
+    everything_out.install(monkeypatch)
+    none = discovery.discover(Settings(kubeconfig=None, context=None))
+    assert none.error is not None
+    assert none.error.startswith("no node can carry probes: n1: not Ready")
+    assert none.checked == ("n1",)
+
+
+class ListedNodes:
+    """A core API whose node list is fixed (``field_selector`` honoured for metadata.name)."""
+
+    def __init__(self, *nodes: client.V1Node) -> None:
+        self.nodes = nodes
+        self.asked: list[str] = []
+
+    def list_node(self, field_selector: str = "", **kwargs: object) -> client.V1NodeList:
+        self.asked.append(field_selector)
+        name = field_selector.removeprefix("metadata.name=")
+        return client.V1NodeList(
+            items=[n for n in self.nodes if not name or n.metadata.name == name]
+        )
+
+
+def test_one_nodes_network_is_read_once_when_its_wait_is_over() -> None:
+    broken = make_node("n2", taints=[("node.kubernetes.io/network-unavailable", "NoSchedule")])
+    core = ListedNodes(make_node("n1"), broken)
+    timeouts = Settings(kubeconfig=None, context=None).timeouts
+    node = discovery.node_network_settled(core, "n2", 0, timeouts)  # type: ignore[arg-type]
+    assert node.metadata.name == "n2"
+    assert core.asked == ["metadata.name=n2"]
+    with pytest.raises(ClusterError, match="node gone is gone"):
+        discovery.node_network_settled(core, "gone", 0, timeouts)  # type: ignore[arg-type]

@@ -123,3 +123,95 @@ def test_the_plugin_reports_every_could_not_test_as_an_error(pytester: pytest.Py
     for error in ERROR_CLASSES:
         result.stdout.fnmatch_lines([f"*COULD NOT TEST: cause of {error.__name__}*"])
     result.stdout.fnmatch_lines(["FAILED test_checks.py::test_rule_broken*"])
+
+
+API_REFUSALS = """
+import pytest
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from conformance.kit.errors import ProbeDeploymentError
+
+
+@pytest.fixture(autouse=True)
+def rule(request):
+    request.node.user_properties.append(("rule", "pods MUST reach pods"))
+
+
+@pytest.fixture
+def probes():
+    raise ProbeDeploymentError("probes never Ready")
+
+
+@pytest.mark.netconform
+def test_refused():
+    raise ApiException(status=403, reason="Forbidden")
+
+
+@pytest.mark.netconform
+def test_dropped():
+    raise urllib3.exceptions.ProtocolError("Connection aborted.")
+
+
+@pytest.mark.netconform
+def test_without_probes(probes):
+    pass
+"""
+
+
+@pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")
+def test_an_api_refusal_or_a_fixture_that_could_not_test_exits_2(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_checks=API_REFUSALS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rfE")
+    result.assert_outcomes(errors=3)
+    assert result.ret == EXIT_COULD_NOT_TEST
+    result.stdout.fnmatch_lines(
+        [
+            "*COULD NOT TEST: HTTP 403 Forbidden*",
+            "*COULD NOT TEST: ProtocolError: Connection aborted.*",
+            "*COULD NOT TEST: probes never Ready*",
+        ]
+    )
+
+
+def test_no_could_not_test_text_is_written_by_hand_in_the_kit() -> None:
+    # The words come from the error's type, through one constant (report.COULD_NOT_TEST_PREFIX).
+    written = []
+    for path in sorted(
+        [
+            *(ROOT / "conformance" / "kit").glob("*.py"),
+            *(ROOT / "conformance" / name for name in ("conftest.py", "plugin.py")),
+        ]
+    ):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "COULD NOT TEST" in line and "COULD_NOT_TEST_PREFIX =" not in line:
+                written.append(f"{path.name}:{number}: {line.strip()}")
+    assert written == []
+
+
+CRASHING = """
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def rule(request):
+    request.node.user_properties.append(("rule", "pods MUST reach pods"))
+
+
+@pytest.mark.netconform
+def test_worker_dies():
+    os._exit(1)  # as a segfault or the OOM killer would end an xdist worker
+"""
+
+
+@pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")
+def test_a_crashed_xdist_worker_could_not_test(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("conformance")  # where the suite's checks are in node IDs
+    pytester.path.joinpath("conformance", "test_crash.py").write_text(CRASHING)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "1", "conformance")
+    result.stdout.fnmatch_lines(["*worker 'gw0' crashed while running*"])
+    assert result.ret == EXIT_COULD_NOT_TEST  # pytest alone says 1: a failed test

@@ -13,7 +13,8 @@ import pytest
 
 import conformance.plugin as plugin
 from conformance.kit import selection
-from conformance.kit.cluster import Discovery
+from conformance.kit.discovery import Discovery
+from conformance.kit.families import FamilyPlan
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")
@@ -91,7 +92,9 @@ def test_hints_name_the_way_to_ask() -> None:
 @pytest.fixture
 def healthy_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        plugin, "discover", lambda settings: Discovery(nodes=("node-1", "node-2"), families=(4,))
+        plugin,
+        "discover",
+        lambda settings: Discovery(nodes=("node-1", "node-2"), family_plan=FamilyPlan(tested=(4,))),
     )
 
 

@@ -23,7 +23,8 @@ from fake_items import FakeItem, item
 from local_agents import OfflineProbeClient
 
 from conformance.kit.cases import PAIRS_ALL, plan_cases
-from conformance.kit.cluster import Discovery
+from conformance.kit.discovery import Discovery
+from conformance.kit.families import FamilyPlan
 from conformance.kit.pairs import PairPlan
 from conformance.kit.prefetch import MARKER as PREFETCH_MARKER
 from conformance.kit.prefetch import plan_for_items as plan_prefetch
@@ -149,7 +150,10 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def measured() -> MeasuringClient:
     probes = probe_map()
-    discovery = Discovery(nodes=tuple(node_name(i) for i in range(1, NODES + 1)), families=(4, 6))
+    discovery = Discovery(
+        nodes=tuple(node_name(i) for i in range(1, NODES + 1)),
+        family_plan=FamilyPlan(tested=(4, 6)),
+    )
     items = conformance_items(discovery)
     client = MeasuringClient()
     _, targets = plan_sweep(items, probes)

@@ -13,6 +13,7 @@ import pytest
 
 import conformance.plugin as plugin
 from conformance.kit import session
+from conformance.kit.nodes import WINDOWS, Exclusion
 from conformance.kit.settings import DEFAULT_PROBE_IMAGE, Timeouts
 
 pytest_plugins = ["pytester"]
@@ -87,6 +88,8 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
         "--image-pull-secret",
         "--list-images",
         "--strict-reachability",
+        "--exclude-node",
+        "--allow-excluded",
     ):
         assert option in text, option
 
@@ -148,6 +151,8 @@ def test_kubeconfig_falls_back_to_environment(
         ("--probe-image=", "--probe-image: '' is not an image reference"),
         ("--tolerate-taint=gpu:Sometimes", "--tolerate-taint: effect 'Sometimes' is not one of"),
         ("--image-pull-secret=Bad_Name", "--image-pull-secret: 'Bad_Name' is not a Secret"),
+        ("--exclude-node=Bad_Name", "--exclude-node: 'Bad_Name' is not a node name"),
+        ("--allow-excluded=cordoned,sometimes", "--allow-excluded: sometimes is not one of"),
     ],
 )
 def test_bad_option_values_are_usage_errors(
@@ -250,10 +255,13 @@ def test_missing_kubeconfig_is_errors_under_xdist(pytester: pytest.Pytester) -> 
 def test_conformance_test_ids_and_rule_docstrings(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.kit.cluster import Discovery
+    from conformance.kit.discovery import Discovery
+    from conformance.kit.families import FamilyPlan
 
     monkeypatch.setattr(
-        plugin, "discover", lambda settings: Discovery(nodes=("node-1", "node-2"), families=(4,))
+        plugin,
+        "discover",
+        lambda settings: Discovery(nodes=("node-1", "node-2"), family_plan=FamilyPlan(tested=(4,))),
     )
     result = pytester.runpytest(
         "--pyargs",
@@ -283,10 +291,15 @@ def test_conformance_test_ids_and_rule_docstrings(
 def test_dual_stack_ids_carry_the_family(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.kit.cluster import Discovery
+    from conformance.kit.discovery import Discovery
+    from conformance.kit.families import FamilyPlan
 
     monkeypatch.setattr(
-        plugin, "discover", lambda settings: Discovery(nodes=("node-1", "node-2"), families=(4, 6))
+        plugin,
+        "discover",
+        lambda settings: Discovery(
+            nodes=("node-1", "node-2"), family_plan=FamilyPlan(tested=(4, 6))
+        ),
     )
     result = pytester.runpytest(
         "--pyargs", "conformance.test_no_snat", "--collect-only", "-q", "-p", "no:cacheprovider"
@@ -299,10 +312,13 @@ def test_dual_stack_ids_carry_the_family(
 def test_single_node_skips_cross_node_pairs_only(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.kit.cluster import Discovery
+    from conformance.kit.discovery import Discovery
+    from conformance.kit.families import FamilyPlan
 
     monkeypatch.setattr(
-        plugin, "discover", lambda settings: Discovery(nodes=("solo",), families=(4,))
+        plugin,
+        "discover",
+        lambda settings: Discovery(nodes=("solo",), family_plan=FamilyPlan(tested=(4,))),
     )
     result = pytester.runpytest(
         "--pyargs", "conformance.test_no_snat", "--collect-only", "-q", "-p", "no:cacheprovider"
@@ -336,9 +352,17 @@ def test_settings(pytestconfig):
     )
     assert s.image_pull_secrets == (PullSecret("regcred"), PullSecret("mirror", "infra"))
     assert [str(t) for t in s.tolerations][:2] == ["example.com/gpu:NoSchedule", "dedicated"]
+    assert s.exclude_nodes == ("node-3", "node-4")
+    assert s.allow_excluded == ("windows", "cordoned", "not-ready")
 """
     )
     result = pytester.runpytest(
+        "--exclude-node=node-3",
+        "--exclude-node",
+        "node-4",
+        "--exclude-node=node-3",
+        "--allow-excluded=Windows,cordoned",
+        "--allow-excluded=not-ready,windows",
         "--tolerate-taint=example.com/gpu:noschedule",
         "--tolerate-taint",
         "dedicated",
@@ -392,7 +416,7 @@ def test_list_images_prints_only_the_images(
 def test_node_cidr_marker_is_registered_and_deselects_one_check(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.kit.cluster import Discovery
+    from conformance.kit.discovery import Discovery
 
     monkeypatch.setattr(plugin, "discover", lambda settings: Discovery(nodes=("n1", "n2")))
     markers = pytester.runpytest("--markers").stdout.str()
@@ -425,6 +449,7 @@ def fake_node(name: str, cidr: str, address: str) -> Any:
     )
 
 
+WINDOWS_REASON = "OS is windows, not linux (the probes are Linux containers)"
 HEALTHY_NODES = [
     fake_node("n1", "10.244.1.0/24", "172.18.0.2"),
     fake_node("n2", "10.244.2.0/24", "172.18.0.3"),
@@ -441,7 +466,8 @@ NODE_ONLY_CHECKS = "test_node_pod_cidrs_disjoint or test_node_addresses_outside_
 def fake_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """Discovery of two nodes (one more left out), a node list chosen per test, and a kubeconfig
     whose server (a closed port on 127.0.0.1) refuses everything else."""
-    from conformance.kit.cluster import Discovery
+    from conformance.kit.discovery import Discovery
+    from conformance.kit.families import FamilyPlan
 
     # Through sys.modules: an earlier in-process run may have dropped the module from it
     # while the package attribute still points at the old copy.
@@ -450,7 +476,14 @@ def fake_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
         plugin,
         "discover",
         lambda settings: Discovery(
-            nodes=("n1", "n2"), excluded={"win-1": "OS is windows, not linux"}, families=(4,)
+            nodes=("n1", "n2"),
+            excluded={
+                "win-1": Exclusion(
+                    WINDOWS, WINDOWS_REASON, narrowed=WINDOWS in settings.allow_excluded
+                )
+            },
+            family_plan=FamilyPlan(tested=(4,)),
+            checked=("n1", "n2", "win-1"),
         ),
     )
 
@@ -480,22 +513,53 @@ def summary_of(pytester: pytest.Pytester) -> dict[str, Any]:
 
 @pytest.mark.usefixtures("fast_timeouts")
 def test_exit_0_when_every_rule_holds(pytester: pytest.Pytester, fake_cluster: Any) -> None:
-    result = fake_cluster(pytester, HEALTHY_NODES, "-k", NODE_ONLY_CHECKS)
+    result = fake_cluster(
+        pytester, HEALTHY_NODES, "-k", NODE_ONLY_CHECKS, "--allow-excluded=windows"
+    )
     # The node checks pass; the rest is deselected (the required-family check among them).
     result.assert_outcomes(passed=2, deselected=6)
     assert result.ret == session.EXIT_RULES_HOLD
     # Every left-out node is named once, in the terminal summary, the JUnit and the JSON.
-    assert result.outlines.count("node win-1 left out: OS is windows, not linux") == 1
+    assert result.outlines.count(f"node win-1 left out: {WINDOWS_REASON} (narrowed: windows)") == 1
     xml = (pytester.path / "out" / "junit.xml").read_text()
-    assert 'name="netconform.excluded.win-1" value="OS is windows, not linux"' in xml
+    assert f'name="netconform.excluded.win-1" value="{WINDOWS_REASON}"' in xml
     summary = summary_of(pytester)
-    assert summary["excluded_nodes"] == {"win-1": "OS is windows, not linux"}
+    assert summary["excluded_nodes"] == {"win-1": WINDOWS_REASON}
+    assert summary["nodes"]["left_out"]["win-1"]["narrowed"] is True
+    assert summary["nodes"]["unaccounted"] == []
     assert summary["exitstatus"] == 0
+    # Held where checked: the verdict names the node narrowed away, never "every rule held".
+    assert not summary["verdict"]["every_rule_held"]
+    assert summary["verdict"]["not_checked"] == [f"node win-1 narrowed away ({WINDOWS_REASON})"]
+    assert any(
+        line.startswith("verdict: all 2 rules held where checked") for line in result.outlines
+    )
+
+
+@pytest.mark.usefixtures("fast_timeouts")
+def test_exit_2_when_the_suite_left_a_node_out(
+    pytester: pytest.Pytester, fake_cluster: Any
+) -> None:
+    result = fake_cluster(pytester, HEALTHY_NODES, "-k", NODE_ONLY_CHECKS)
+    result.assert_outcomes(passed=2, deselected=6)
+    assert result.ret == session.EXIT_COULD_NOT_TEST
+    result.stdout.fnmatch_lines(
+        [
+            "could not test 1 node(s) the run was asked for, left out by the suite: win-1 (OS is "
+            "windows*--allow-excluded windows* or --exclude-node win-1)"
+        ]
+    )
+    summary = summary_of(pytester)
+    assert summary["nodes"]["unaccounted"] == ["win-1"]
+    assert summary["exitstatus"] == 2
+    assert summary["verdict"]["not_checked"] == [f"node win-1 left out ({WINDOWS_REASON})"]
 
 
 @pytest.mark.usefixtures("fast_timeouts")
 def test_exit_1_when_a_rule_is_broken(pytester: pytest.Pytester, fake_cluster: Any) -> None:
-    result = fake_cluster(pytester, OVERLAPPING_NODES, "-k", NODE_ONLY_CHECKS)
+    result = fake_cluster(
+        pytester, OVERLAPPING_NODES, "-k", NODE_ONLY_CHECKS, "--allow-excluded=windows"
+    )
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == 2
     assert "errors" not in outcomes

@@ -11,7 +11,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import conformance.plugin as plugin
-from conformance.kit.cluster import Discovery
+from conformance.kit.discovery import Discovery
+from conformance.kit.families import FamilyPlan
 from conformance.kit.report import FLAKY_PROPERTY
 
 pytest_plugins = ["pytester"]
@@ -26,7 +27,9 @@ def collected_ids(
     monkeypatch.setattr(
         plugin,
         "discover",
-        lambda settings: Discovery(nodes=("node-1", "node-2"), families=families),
+        lambda settings: Discovery(
+            nodes=("node-1", "node-2"), family_plan=FamilyPlan(tested=families)
+        ),
     )
     result = pytester.runpytest(
         "--pyargs", "conformance", "--collect-only", "-q", "-p", "no:cacheprovider"

@@ -14,7 +14,7 @@ import yaml
 from kube_objects import make_node
 
 from conformance.kit import podspecs, probes
-from conformance.kit.cluster import select_nodes
+from conformance.kit.nodes import select_nodes
 from conformance.kit.settings import (
     DEFAULT_PROBE_IMAGE,
     Settings,

@@ -19,6 +19,7 @@ from conformance.kit.htmlreport import (
     render_page,
 )
 from conformance.kit.namespace import StaleSweep
+from conformance.kit.nodes import WINDOWS, Exclusion
 from conformance.kit.report import SUMMARY_SCHEMA, CheckResult, summary_schema
 from conformance.kit.report_command import main
 
@@ -31,12 +32,16 @@ def broken_summary() -> dict[str, Any]:
         run_results(NODES, broken=True),
         NODES,
         exitstatus=1,
-        excluded={"win-1": "OS is windows, not linux (the probes are Linux containers)"},
+        excluded={
+            "win-1": Exclusion(
+                WINDOWS, "OS is windows, not linux (the probes are Linux containers)", True
+            )
+        },
     )
 
 
 def healthy_summary() -> dict[str, Any]:
-    return summary_of(run_results(NODES, broken=False), NODES)
+    return summary_of(run_results(NODES, broken=False, skipped=False), NODES)
 
 
 def validate(summary: dict[str, Any]) -> None:

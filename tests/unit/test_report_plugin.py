@@ -60,7 +60,7 @@ def test_a_run_that_could_not_test_reports_so_everywhere(
     assert [line.split(":")[0] for line in rules] == [
         f"COULD NOT TEST  {r['check']}" for r in summary["rules"]
     ]
-    assert any(line.startswith("rules: all ") for line in lines[section:])
+    assert any(line.startswith("verdict: all ") for line in lines[section:])
 
     page = html.read_text()
     dom = Elements(page)

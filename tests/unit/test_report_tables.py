@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from report_runs import NO_SNAT_RULE, node_check, pair, run_results
 
 from conformance.kit.cni import recognise_cni
+from conformance.kit.families import FamilyPlan
 from conformance.kit.matrices import (
     CELL_FAILED,
     CELL_FLAKY,
@@ -24,6 +25,7 @@ from conformance.kit.matrices import (
     merged_title,
     text_matrices,
 )
+from conformance.kit.nodes import CONTROL_PLANE, NOT_READY, Exclusion
 from conformance.kit.report import (
     CNI_UNKNOWN,
     CheckResult,
@@ -36,11 +38,14 @@ from conformance.kit.rules import (
     RULE_HELD,
     RULE_SKIPPED,
     RULE_UNTESTED,
+    RULE_XFAILED,
+    Coverage,
     anchor_for,
+    rule_counts,
     rule_line,
     rule_status,
     summarize_rules,
-    verdict_line,
+    verdict,
 )
 
 NODES = ("node-1", "node-2", "node-3")
@@ -82,7 +87,9 @@ def test_a_broken_run_has_one_row_per_rule_worst_named() -> None:
         (["passed", "error", "skipped"], RULE_UNTESTED),
         (["passed", "skipped"], RULE_HELD),
         (["skipped", "skipped"], RULE_SKIPPED),
-        (["xfailed"], RULE_HELD),
+        (["xfailed"], RULE_XFAILED),  # an xfail is never "held"
+        (["passed", "xfailed"], RULE_XFAILED),
+        (["passed", "xpassed"], RULE_HELD),
     ],
 )
 def test_rule_status(outcomes: list[str], status: str) -> None:
@@ -147,12 +154,78 @@ def test_terminal_rule_lines_and_verdict() -> None:
         "SKIPPED         test_required_family_on_every_pod_and_node: 1 skipped "
         "(IPv4 is not required (--ip-family auto follows the cluster))"
     )
-    assert verdict_line(rules) == "1 of 4 rules broken, 2 held, 1 skipped"
+    assert rule_counts(rules) == "1 of 4 rules broken, 2 held, 1 skipped"
     healthy = summarize_rules(run_results(NODES, broken=False))
-    assert verdict_line(healthy) == "3 of 4 rules held, 1 skipped"
-    assert verdict_line(healthy[:1]) == "the only rule held"
-    assert verdict_line(healthy[:3]) == "all 3 rules held"
-    assert verdict_line([]) == "no rule was checked"
+    assert rule_counts(healthy) == "3 of 4 rules held, 1 skipped"
+    assert rule_counts(healthy[:1]) == "the only rule held"
+    assert rule_counts(healthy[:3]) == "all 3 rules held"
+    assert rule_counts([]) == "no rule was checked"
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+
+DUAL = FamilyPlan(tested=(4, 6), required=(4, 6), declared={"4": ("x",), "6": ("x",)})
+
+
+def test_every_rule_held_only_when_nothing_was_left_unchecked() -> None:
+    healthy = summarize_rules(run_results(NODES, broken=False, skipped=False))
+    whole = verdict(healthy, Coverage(nodes=NODES, families=DUAL))
+    assert whole.every_rule_held
+    assert whole.text == (
+        "every rule held: 3 rules on every node (3 nodes), in every family (IPv4 and IPv6), "
+        "with every pair"
+    )
+    assert whole.not_checked == ()
+
+
+def test_the_verdict_names_what_was_not_checked() -> None:
+    rules = summarize_rules(run_results(NODES, broken=False))  # one rule skipped
+    narrowed = FamilyPlan(tested=(4,), required=(4,), declared=DUAL.declared, option="ipv4")
+    coverage = Coverage(
+        nodes=NODES,
+        left_out={
+            "cp-1": Exclusion(CONTROL_PLANE, "control-plane node", narrowed=True),
+            "node-9": Exclusion(NOT_READY, "not Ready (Ready=Unknown)"),
+            "node-10": Exclusion(NOT_READY, "not Ready (Ready=Unknown)"),
+        },
+        families=narrowed,
+        sampled="sampled 6 of 12 cross-node pairs",
+    )
+    judged = verdict(rules, coverage)
+    assert not judged.every_rule_held
+    assert judged.not_checked == (
+        "test_required_family_on_every_pod_and_node skipped (IPv4 is not required (--ip-family "
+        "auto follows the cluster))",
+        "IPv6 not tested (the cluster declares it; --ip-family ipv4)",
+        "2 nodes node-9, node-10 left out (not-ready)",
+        "node cp-1 narrowed away (control-plane node)",
+        "pairs sampled: sampled 6 of 12 cross-node pairs",
+    )
+    assert judged.text.startswith("3 of 4 rules held, 1 skipped; not checked: ")
+    held_where_checked = verdict(rules[:3], Coverage(nodes=NODES, families=narrowed))
+    assert held_where_checked.text == (
+        "all 3 rules held where checked; not checked: IPv6 not tested (the cluster declares "
+        "it; --ip-family ipv4)"
+    )
+    assert not verdict([], Coverage()).every_rule_held
+
+
+def test_xfailed_and_partly_skipped_rules_are_not_held_everywhere() -> None:
+    results = [
+        node_check("test_localhost_between_containers", "node-1"),
+        node_check("test_localhost_between_containers", "node-2", "xfailed"),
+        node_check("test_x", "node-1"),
+        node_check("test_x", "node-2", "skipped", reason="IPv6: not here"),
+    ]
+    rules = summarize_rules(results)
+    assert [r.status for r in rules] == [RULE_XFAILED, RULE_HELD]
+    judged = verdict(rules, Coverage(nodes=("node-1", "node-2")))
+    assert not judged.every_rule_held
+    assert judged.not_checked == (
+        "test_localhost_between_containers xfailed on 1 checks",
+        "test_x skipped on 1 checks: IPv6: not here",
+    )
+    assert judged.text.startswith("1 of 2 rules xfailed, 1 held; not checked:")
 
 
 def test_anchors_are_valid_distinct_fragment_ids() -> None:
@@ -188,7 +261,7 @@ def test_skip_reasons_are_kept_for_skipped_checks_only() -> None:
 
 
 def test_exit_meanings() -> None:
-    assert exit_meaning(0) == "every rule held"
+    assert exit_meaning(0).startswith("every rule checked held, on every node asked for")
     assert exit_meaning(1) == "a rule is broken"
     assert exit_meaning(2).startswith("could not test")
     assert exit_meaning(None) == "not recorded"

@@ -13,12 +13,16 @@ import pytest
 from report_runs import DEPLOYED_FACTS
 
 from conformance.kit import session
-from conformance.kit.cluster import Discovery
 from conformance.kit.deploy import RECORD as DEPLOYMENT_RECORD
 from conformance.kit.deploy import Deployment
-from conformance.kit.errors import ClusterError
+from conformance.kit.discovery import RECORD as DISCOVERY_RECORD
+from conformance.kit.discovery import Discovery
+from conformance.kit.errors import ClusterError, CouldNotTest
+from conformance.kit.families import FamilyPlan
+from conformance.kit.nodes import NETWORK_NOT_READY, WINDOWS, Exclusion
 from conformance.kit.probes import ProbeMap
-from conformance.kit.runstate import DONE, FAILED, STARTED, Record, RunInfo, peek
+from conformance.kit.report import ACCOUNTS_FOR_PROPERTY, UNTESTED_PROPERTY
+from conformance.kit.runstate import DONE, FAILED, STARTED, Record, RunInfo, once, peek
 from conformance.kit.settings import Settings
 
 pytest_plugins = ["pytester"]
@@ -181,9 +185,30 @@ def test_discovery_goes_from_the_collecting_processes_to_the_reporting_one(
 ) -> None:
     run = run_info(tmp_path)
     assert session.recorded_discovery(run) is None
-    found = Discovery(nodes=("n1", "n2"), excluded={"win-1": "OS is windows"}, families=(4, 6))
-    session.record_discovery(run, found)
-    session.record_discovery(run, found)  # every worker records the same: no harm
+    found = Discovery(
+        nodes=("n1", "n2"),
+        excluded={"win-1": Exclusion(WINDOWS, "OS is windows")},
+        family_plan=FamilyPlan(tested=(4, 6)),
+    )
+    computed: list[Discovery] = []
+
+    def discover() -> Discovery:
+        computed.append(found)
+        return found
+
+    for _ in range(2):  # the first collecting process computes, every later one reads back
+        assert (
+            once(
+                run,
+                DISCOVERY_RECORD,
+                discover,
+                encode=Discovery.to_dict,
+                decode=Discovery.from_dict,
+                error=CouldNotTest,
+            )
+            == found
+        )
+    assert computed == [found]
     assert session.recorded_discovery(run) == found
     assert peek(run, DEPLOYMENT_RECORD) is None  # a separate record
 
@@ -246,6 +271,104 @@ def test_gate_sorts_report_phases() -> None:
     for when in ("setup", "teardown", "???"):  # "???": xdist's report of a crashed worker
         gate.pytest_runtest_logreport(report(when, "failed", rule))
     assert len(gate.untested) == 3
+
+
+def gate_report(
+    nodeid: str, when: str, outcome: str, props: list[tuple[str, object]]
+) -> pytest.TestReport:
+    return pytest.TestReport(
+        nodeid,
+        (nodeid.split("::")[0], 1, "t"),
+        {},
+        outcome,  # type: ignore[arg-type]
+        None if outcome == "passed" else "why",
+        when,  # type: ignore[arg-type]
+        user_properties=props,
+    )
+
+
+def test_a_crashed_worker_could_not_test_even_without_the_checks_properties() -> None:
+    gate = session.ExitGate()
+    # xdist's crash report carries no user properties: the suite's node ID tells.
+    gate.pytest_runtest_logreport(
+        gate_report("conformance/test_no_snat.py::t[x]", "???", "failed", [])
+    )
+    gate.pytest_runtest_logreport(gate_report("tests/test_mine.py::t", "???", "failed", []))
+    assert (gate.broken, gate.untested) == ([], ["conformance/test_no_snat.py::t[x]"])
+
+
+def test_a_call_the_plugin_marked_could_not_test_is_no_broken_rule() -> None:
+    gate = session.ExitGate()
+    props: list[tuple[str, object]] = [
+        (session.RULE_PROPERTY, "a rule"),
+        (UNTESTED_PROPERTY, "ApiException"),
+    ]
+    gate.pytest_runtest_logreport(gate_report("conformance/t.py::t", "call", "failed", props))
+    assert (gate.broken, gate.untested) == ([], ["conformance/t.py::t"])
+
+
+def finish(gate: session.ExitGate, status: pytest.ExitCode) -> int:
+    class Session:
+        exitstatus: int = status
+
+    ended = Session()
+    hook = gate.pytest_sessionfinish(ended, status)  # type: ignore[arg-type]
+    next(hook)
+    with pytest.raises(StopIteration):
+        hook.send(None)
+    return int(ended.exitstatus)
+
+
+def record(run: RunInfo, found: Discovery) -> None:
+    once(
+        run,
+        DISCOVERY_RECORD,
+        lambda: found,
+        encode=Discovery.to_dict,
+        decode=Discovery.from_dict,
+        error=CouldNotTest,
+    )
+
+
+def test_a_node_left_out_by_the_suite_is_could_not_test_unless_a_failed_check_explains_it(
+    tmp_path: Path,
+) -> None:
+    run = run_info(tmp_path)
+    record(
+        run,
+        Discovery(
+            nodes=("n1",),
+            excluded={
+                "cni": Exclusion(NETWORK_NOT_READY, "network not ready"),
+                "cp": Exclusion("control-plane", "control plane", narrowed=True),
+            },
+        ),
+    )
+    nothing_failed = session.ExitGate(run)
+    assert finish(nothing_failed, pytest.ExitCode.OK) == session.EXIT_COULD_NOT_TEST
+    assert list(nothing_failed.left_out) == ["cni"]
+
+    explained = session.ExitGate(run)
+    network_check: list[tuple[str, object]] = [
+        (session.RULE_PROPERTY, "every node's network MUST be ready"),
+        ("netconform.node", "cni"),
+        (ACCOUNTS_FOR_PROPERTY, NETWORK_NOT_READY),
+    ]
+    explained.pytest_runtest_logreport(
+        gate_report("conformance/test_node_network.py::t[cni]", "call", "failed", network_check)
+    )
+    assert finish(explained, pytest.ExitCode.TESTS_FAILED) == session.EXIT_RULE_BROKEN
+    assert explained.left_out == {}
+    assert session.unaccounted_lines({}) == []
+    line = session.unaccounted_lines(nothing_failed.left_out)[0]
+    assert "cni (network not ready)" in line
+    assert "--exclude-node cni" in line
+
+
+def test_an_unknown_exclude_node_ends_the_run_as_a_usage_error(tmp_path: Path) -> None:
+    run = run_info(tmp_path)
+    record(run, Discovery(nodes=("n1",), usage_error="--exclude-node: no node named nod-2"))
+    assert finish(session.ExitGate(run), pytest.ExitCode.NO_TESTS_COLLECTED) == 4
 
 
 @pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")

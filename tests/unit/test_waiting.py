@@ -4,7 +4,9 @@ deadline; a refusal that will not change (403) is an error at once."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
+from time import monotonic
 from typing import Any
 
 import pytest
@@ -128,3 +130,68 @@ def test_the_deadline_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert found is None
     assert lister.calls >= 1
+
+
+def stalled_watch(seconds: float, failure: BaseException) -> Any:
+    """A watch that says nothing for ``seconds`` (a dead connection), then breaks."""
+
+    def events(*_: Any, **__: Any) -> Iterator[dict[str, Any]]:
+        end = monotonic() + seconds
+        while monotonic() < end:  # a connection that hangs: no event, no error
+            threading.Event().wait(0.05)
+        raise failure
+        yield  # pragma: no cover (a generator)
+
+    return events
+
+
+def test_a_watch_broken_past_the_deadline_gets_one_last_look(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The watch stalls past the deadline and breaks; meanwhile the account appeared. The last
+    # list sees it: "it did not happen" never rests on a watch that saw nothing.
+    monkeypatch.setattr(
+        waiting,
+        "watch_events",
+        stalled_watch(0.6, urllib3.exceptions.ReadTimeoutError(None, "", "Read timed out.")),
+    )
+    lister = _Lister("other", "default")
+    found = waiting.wait_on_list(
+        "serviceaccounts", lister, "ns", done=has("default"), timeout=0.3, timeouts=QUICK
+    )
+    assert found is not None
+    assert lister.calls == 2
+    # And when the last look shows nothing either, the wait says so.
+    monkeypatch.setattr(
+        waiting,
+        "watch_events",
+        stalled_watch(0.6, urllib3.exceptions.ProtocolError("Connection broken")),
+    )
+    still = _Lister("other")
+    assert (
+        waiting.wait_on_list(
+            "serviceaccounts", still, "ns", done=has("default"), timeout=0.3, timeouts=QUICK
+        )
+        is None
+    )
+    assert still.calls == 2
+
+
+def test_a_last_look_that_cannot_be_made_could_not_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        waiting,
+        "watch_events",
+        stalled_watch(0.6, urllib3.exceptions.ProtocolError("Connection broken")),
+    )
+    answers = iter([client.V1ServiceAccountList(items=[account("other")])])
+
+    def lister(*_: Any, **__: Any) -> client.V1ServiceAccountList:
+        answer = next(answers, None)
+        if answer is None:
+            raise ApiException(status=403, reason="Forbidden")
+        return answer
+
+    with pytest.raises(ClusterError, match="list serviceaccounts failed: HTTP 403"):
+        waiting.wait_on_list(
+            "serviceaccounts", lister, "ns", done=has("default"), timeout=0.3, timeouts=QUICK
+        )
