@@ -74,6 +74,9 @@ TWO_NODE_FAULTS = (
     FAMILY_MISSING_FAULT,
     "nodeport-missing-on-node",
     "hostport-unmapped",
+    "edge-egress-blocked",
+    "edge-nodeport-blocked",
+    "edge-no-masquerade",
 )
 ADDRESS_SETTLE_TIMEOUT = 5.0  # seconds for a node's IPv6 addresses to leave "tentative"
 
