@@ -2649,7 +2649,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         listen_sockets, listeners, ports = open_listeners(args.tcp_port, args.udp_port)
         control = open_control_socket(args.socket)
-        edge = open_edge_control(*args.edge_control) if args.edge_control else None
+        edges = [open_edge_control(host, port) for host, port in args.edge_control]
     except (OSError, RequestError) as exc:
         text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
         log(f"serve cannot start: {text}")
@@ -2660,13 +2660,14 @@ def run_serve(args: argparse.Namespace) -> int:
     threads: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
         (serve_control, (control, agent, stop))
     ]
-    if edge is not None:
+    if edges:
         allowed = [network for group in args.allow_connect for network in group]
         agent.edge = {
-            "control": host_port_text(*args.edge_control),
+            "control": [host_port_text(host, port) for host, port in args.edge_control],
             "allow_connect": [str(network) for network in allowed],
         }
-        threads.append((serve_control, (edge, EdgeControl(agent, allowed), stop)))
+        edge_control = EdgeControl(agent, allowed)
+        threads.extend((serve_control, (edge, edge_control, stop)) for edge in edges)
     for sock in listen_sockets:
         target = serve_tcp if sock.type == socket.SOCK_STREAM else serve_udp
         threads.append((target, (sock, book, stop)))
@@ -2899,10 +2900,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--edge-control",
         type=_host_port,
-        default=None,
+        action="append",
+        default=[],
         metavar="ADDR:PORT",
         help="also serve as the edge server: a TCP control listener on this address alone, "
-        "taking only info and connect (to --allow-connect addresses) from relaying pods",
+        "taking only info and connect (to --allow-connect addresses) from relaying pods; "
+        "repeatable (one per address of the host)",
     )
     serve.add_argument(
         "--allow-connect",

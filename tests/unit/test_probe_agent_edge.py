@@ -180,7 +180,7 @@ def test_edge_info_tells_only_what_a_relay_needs(pair: EdgePair) -> None:
     answer = relay(pair, {"op": "info"})
     assert answer["ok"], answer
     assert answer["edge"] == {
-        "control": f"127.0.0.1:{pair.control}",
+        "control": [f"127.0.0.1:{pair.control}"],
         "allow_connect": ["127.0.0.1/32", "::1/128", "192.0.2.0/24"],
     }
     assert answer["ports"] == {"tcp": pair.edge.port, "udp": pair.edge.port}
