@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from network_kit import LabPod, NetworkKit, Probe
 from pyroute2 import IPRoute
+from test_safety import lab_addresses_in, root_namespace_view
 
 from conformance.probe_agent.agent import relay
 from netlab.dataplane.cleanup import lab_netns_names, process_alive, sweep
@@ -219,6 +220,21 @@ def test_the_edge_server_serves_the_nodes_and_nothing_else(
             assert "outside the edge server's --allow-connect" in str(refused["relay_error"])
         pid = server.process.pid
     assert not process_alive(pid), "the edge server stops with its context"
+
+
+def test_the_outside_host_and_its_server_leave_the_root_namespace_untouched(
+    lab_name: str, edge_lab: Callable[[LabSpec], LabSpec], network_kit: NetworkKit
+) -> None:
+    before = root_namespace_view()
+    spec = edge_lab(LabSpec(name=lab_name, nodes=2, ip_family="dual"))
+    pods = pods_per_node(spec, network_kit)
+    with EdgeServer(spec):
+        # A pod's traffic to the outside host, masqueraded on its way.
+        answer = network_kit.probe(pods["node-1"].netns, "icmp", spec.outside_addresses[0])
+        assert answer.ok, answer
+        during = root_namespace_view()
+    assert lab_addresses_in(during) == []
+    assert during == before, "the outside host changed the root network namespace"
 
 
 def test_a_sweep_kills_an_orphaned_edge_server(
