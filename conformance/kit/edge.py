@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import monotonic
 from typing import Any
 
@@ -89,7 +89,8 @@ class EdgeAddress(JSONData):
     family: int
     address: str
     port: int
-    given: str
+    #: The host name it was resolved from ("" for an address given as such).
+    name: str = ""
     relay: Endpoint | None = None
     relay_error: str | None = None
 
@@ -103,9 +104,8 @@ class EdgeAddress(JSONData):
 
     @property
     def label(self) -> str:
-        """``external host 192.0.2.10`` (with the name it was given as, if any)."""
-        named = "" if self.given.split(":")[0].strip("[]") == self.address else f" ({self.given})"
-        return f"external host {self.address}{named}"
+        """``external host 192.0.2.10``, or ``external host 192.0.2.10 (edge.example)``."""
+        return f"external host {self.address}" + (f" ({self.name})" if self.name else "")
 
 
 @dataclass(frozen=True)
@@ -243,9 +243,7 @@ def resolve_outside(
     errors: list[str] = []
     for entry in given:
         if entry.family is not None:
-            found.setdefault(
-                entry.family, EdgeAddress(entry.family, entry.host, entry.port, str(entry))
-            )
+            found.setdefault(entry.family, EdgeAddress(entry.family, entry.host, entry.port))
     names = [entry for entry in given if entry.family is None]
     probes = probe_map.of_role(ROLE_PROBE)
     for entry in names:
@@ -265,7 +263,7 @@ def resolve_outside(
             continue
         for text in answer.get("addresses") or []:
             family = ipaddress.ip_address(str(text)).version
-            found.setdefault(family, EdgeAddress(family, str(text), entry.port, str(entry)))
+            found.setdefault(family, EdgeAddress(family, str(text), entry.port, entry.host))
     return EdgeHost(
         given=tuple(str(entry) for entry in given),
         addresses=tuple(found[family] for family in sorted(found)),
@@ -279,26 +277,21 @@ def find_relays(host: EdgeHost, probe_map: ProbeMap, client: ProbeClient) -> Edg
     probes = probe_map.of_role(ROLE_PROBE)
     answers: dict[tuple[str, int], str | None] = {}
 
-    def ask(own: ProbeClient, probe: Probe, addresses: Sequence[EdgeAddress]) -> None:
-        requests = [
-            {"op": "relay", "host": a.address, "port": a.control_port, "request": {"op": "info"}}
-            for a in addresses
-        ]
-        replies = own.call(probe.name, probe.container().name, requests)
-        for outside, reply in zip(addresses, replies, strict=True):
-            answers[(probe.name, outside.family)] = _relay_problem(reply)
+    requests = [
+        {"op": "relay", "host": a.address, "port": a.control_port, "request": {"op": "info"}}
+        for a in host.addresses
+    ]
 
-    groups = {probe: list(host.addresses) for probe in probes}
+    def ask(own: ProbeClient, name: str, probe: Probe) -> None:
+        replies = own.call(name, probe.container().name, requests)
+        for outside, reply in zip(host.addresses, replies, strict=True):
+            answers[(name, outside.family)] = _relay_problem(reply)
 
-    def unreachable(addresses: Sequence[EdgeAddress], exc: ProbeCallError) -> None:
-        # That pod cannot relay; another may.
-        for probe, group in groups.items():
-            if group is addresses:
-                for outside in addresses:
-                    answers[(probe.name, outside.family)] = (
-                        f"the probe pod could not be asked: {exc}"
-                    )
+    def unreachable(probe: Probe, exc: ProbeCallError) -> None:
+        for outside in host.addresses:  # that pod cannot relay; another may
+            answers[(probe.name, outside.family)] = f"the probe pod could not be asked: {exc}"
 
+    groups = {probe.name: probe for probe in probes}
     in_parallel(client, groups, ask, unreachable, max_parallel=MAX_PARALLEL_CALLS)
     chosen = []
     for outside in host.addresses:
@@ -326,7 +319,7 @@ def _relay_problem(reply: ProbeResponse) -> str | None:
 
 
 def _with_relay(outside: EdgeAddress, relay: Endpoint | None, error: str | None) -> EdgeAddress:
-    return EdgeAddress(outside.family, outside.address, outside.port, outside.given, relay, error)
+    return replace(outside, relay=relay, relay_error=error)
 
 
 # --- the pass ----------------------------------------------------------------------------------

@@ -168,12 +168,13 @@ def test_literals_are_taken_as_given_and_names_resolved_by_the_first_probe_pod()
 
     agents = ScriptedAgents(answer)
     host = resolve_outside(given("192.0.2.10", "edge.example"), probe_map(), agents)
-    assert [(a.family, a.address, a.given) for a in host.addresses] == [
-        (4, "192.0.2.10", "192.0.2.10:18080"),  # the literal wins its family
-        (6, "2001:db8::10", "edge.example:18080"),
+    assert [(a.family, a.address, a.name) for a in host.addresses] == [
+        (4, "192.0.2.10", ""),  # the literal wins its family
+        (6, "2001:db8::10", "edge.example"),
     ]
     assert host.resolve_errors == ()
-    assert host.addresses[1].label == "external host 2001:db8::10 (edge.example:18080)"
+    assert host.addresses[0].label == "external host 192.0.2.10"
+    assert host.addresses[1].label == "external host 2001:db8::10 (edge.example)"
 
 
 def test_a_name_that_does_not_resolve_leaves_its_items_without_a_verdict() -> None:
@@ -237,7 +238,7 @@ def outside_host(*addresses: str, relay: bool = True) -> EdgeHost:
                 6 if ":" in a else 4,
                 a,
                 DEFAULT_EDGE_PORT,
-                a,
+                "",
                 Endpoint("probe-node-1", "a", "node-1") if relay else None,
                 None if relay else "no probe pod got an answer",
             )
