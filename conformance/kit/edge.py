@@ -423,13 +423,6 @@ def nat_of(
     return NAT_OTHER
 
 
-def node_of_address(seen: str, node_addresses: Mapping[str, Sequence[str]]) -> str | None:
-    for node, addresses in node_addresses.items():
-        if seen in addresses:
-            return node
-    return None
-
-
 def edge_server_command(
     allow: Sequence[str], hosts: Sequence[ExternalHost] = (), agent: str = "agent.py"
 ) -> str:
