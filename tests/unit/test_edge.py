@@ -16,6 +16,8 @@ from conformance.kit.edge import (
     NAT_NODE,
     NAT_NONE,
     NAT_OTHER,
+    SOURCE_NAT_PROPERTY,
+    SOURCE_SEEN_PROPERTY,
     EdgeAddress,
     EdgeHost,
     EdgeRun,
@@ -406,3 +408,26 @@ def test_the_printed_server_command_starts_the_agent_as_the_edge_server() -> Non
     assert "--edge-control ADDR:18081 --allow-connect 172.18.0.2" in unnamed
     assert unnamed.endswith("then name it with --external-host ADDR")
     assert "conformance/probe_agent/agent.py" in unnamed
+
+
+def test_the_source_seen_travels_from_the_properties_to_a_valid_summary() -> None:
+    import jsonschema
+
+    from conformance.kit.report import SummaryCollector, build_summary, summary_schema
+
+    collector = SummaryCollector()
+    egress = "conformance/test_edge.py::test_pod_reaches_external_host[tcp-node-2]"
+    icmp = "conformance/test_edge.py::test_pod_reaches_external_host[icmp-node-2]"
+    seen = {SOURCE_SEEN_PROPERTY: "172.18.0.3", SOURCE_NAT_PROPERTY: NAT_NODE}
+    collector.record_phase(egress, "call", "passed", 0.1, rule="R", properties=seen)
+    collector.record_phase(icmp, "call", "passed", 0.1, rule="R", properties={})
+    by_id = {result.nodeid: result for result in collector.results()}
+    assert by_id[egress].source_seen == {"address": "172.18.0.3", "nat": "node"}
+    assert by_id[icmp].source_seen is None
+    summary = build_summary(list(by_id.values()), facts=None, flaky={}, session_duration=1.0)
+    tests_schema = {**summary_schema()["$defs"]["test"], "$defs": summary_schema()["$defs"]}
+    for test in summary["tests"]:
+        jsonschema.Draft202012Validator(tests_schema).validate(json.loads(json.dumps(test)))
+    wrong = {**summary["tests"][0], "source_seen": {"address": "x", "nat": "maybe"}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(tests_schema).validate(wrong)
