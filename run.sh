@@ -96,8 +96,11 @@ conformance() {
   "$VENV/bin/netlab" down --name "$lab" --quiet || true
   trap '"$VENV/bin/netlab" down --name "'"$lab"'" --quiet || true' EXIT
   kubeconfig=$("$VENV/bin/netlab" up --nodes 3 --name "$lab" | tail -n 1)
+  # The lab's outside host (a namespace on its fabric) runs the edge server: the edge checks too.
+  local outside=() value
+  while read -r value; do outside+=(--external-host "$value"); done <"/run/netlab/$lab/external-hosts"
   local status=0
-  "$VENV/bin/pytest" --kubeconfig "$kubeconfig" \
+  "$VENV/bin/pytest" --kubeconfig "$kubeconfig" "${outside[@]}" \
     --junitxml=reports/junit.xml --html=reports/report.html --self-contained-html || status=$?
   "$VENV/bin/netlab" down --name "$lab" --quiet || true
   trap - EXIT

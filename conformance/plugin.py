@@ -68,6 +68,7 @@ from conformance.kit.session import (
 )
 from conformance.kit.settings import (
     ALLOWABLE_EXCLUSIONS,
+    DEFAULT_EDGE_PORT,
     DEFAULT_PROBE_IMAGE,
     DEFAULT_RUN_LEASE,
     IMAGE_PULL_POLICIES,
@@ -75,6 +76,7 @@ from conformance.kit.settings import (
     Settings,
     parse_allow_excluded,
     parse_exclude_node,
+    parse_external_host,
     parse_image_pull_policy,
     parse_ip_family,
     parse_max_nodes,
@@ -119,6 +121,7 @@ VALUE_OPTIONS = (
     "--pairs",
     "--pairs-seed",
     "--run-lease",
+    "--external-host",
 )
 
 MARKERS = (
@@ -131,6 +134,8 @@ MARKERS = (
     "planner(params, probe_map) gives one item's targets",
     "prefetched_by(planner): the check's agent requests come from the run's prefetch; "
     "planner(params, probe_map, nonce) gives one item's steps",
+    "edge_planned_by(planner): the check's exchanges come from the run's edge pass (traffic "
+    "with the --external-host); planner(params, probe_map, host) gives one item's targets",
 )
 
 
@@ -315,6 +320,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"cross-node pairs to check: all, or sample:K (K random pairs per node as source "
         f"and as destination); auto (default) checks all up to {AUTO_SAMPLE_ABOVE} nodes and "
         f"samples {AUTO_SAMPLE_SIZE} per node above",
+    )
+    group.addoption(
+        "--external-host",
+        dest="netconform_external_hosts",
+        action="append",
+        default=None,
+        type=parse_external_host,
+        metavar="ADDR[:PORT]",
+        help="a host outside the cluster running the edge server (agent.py serve "
+        "--edge-control; the edge checks' skip reason prints the command): pods must reach it, "
+        f"and it must reach every node's NodePort. TCP and UDP on PORT (default "
+        f"{DEFAULT_EDGE_PORT}), its control on TCP PORT+1. ADDR: an IPv4 or IPv6 address "
+        "([IPv6]:PORT) or a name the pods resolve; repeat it for the host's address of the other "
+        "family. Without it the edge checks skip",
     )
     group.addoption(
         "--pairs-seed",

@@ -29,6 +29,7 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from netlab.api.admin import add_api_faults_command
 from netlab.dataplane.cleanup import lab_netns_names, process_alive, process_started_before, sweep
+from netlab.dataplane.outside import external_host_values
 from netlab.dataplane.topology import check_topology_faults
 from netlab.faults import describe_faults
 from netlab.lab import (
@@ -218,6 +219,11 @@ def command_up(args: argparse.Namespace) -> int:
         sweep(spec.name, spec.state_root)
         return 130
     if result == "ready":
+        hosts = " ".join(f"--external-host {value}" for value in external_host_values(spec))
+        say(
+            f"outside host {', '.join(spec.outside_addresses)} ({spec.outside_netns}) runs the "
+            f"edge server; run the suite with {hosts}"
+        )
         say(f"lab {spec.name} is up; `netlab down --name {spec.name}` stops it")
         print(kubeconfig, flush=True)
         return 0
@@ -338,6 +344,7 @@ def command_status(args: argparse.Namespace) -> int:
             f"{name}: running (pid {pid}), {info['nodes']} nodes, "
             f"{info.get('ip_family', 'ipv4')}, API {info['api_url']}, "
             f"pods {pods}, faults {', '.join(info['faults']) or 'none'}, "
+            f"outside host {' '.join(info.get('external_hosts', [])) or 'none'}, "
             f"kubeconfig {info['kubeconfig']}"
         )
     return 0

@@ -67,6 +67,18 @@ FAULTS: dict[str, str] = {
         "no conntrack shortcut: replies are judged as new traffic, so replies into (out of) "
         "isolated pods that the policies would not allow as new connections are dropped"
     ),
+    # The cluster's edge (issue 24): the outside host, a namespace on the fabric.
+    "edge-egress-blocked": (
+        "node-2 drops its pods' new connections to anything outside the cluster: they cannot "
+        "reach the outside host"
+    ),
+    "edge-nodeport-blocked": (
+        "node-2 drops NodePort connections from outside the cluster (not a pod, not a node)"
+    ),
+    "edge-no-masquerade": (
+        "node-2 does not masquerade its pods' traffic leaving the pod network: the outside "
+        "host sees pod IPs it cannot answer"
+    ),
     # Variants that break no rule: the suite must test, or skip for the named reason, and pass.
     "dns-service-renamed": (
         "not a fault: the cluster DNS Service is kube-system/rke2-coredns-rke2-coredns (as RKE2 "

@@ -25,8 +25,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from netlab.dataplane.cleanup import sweep
+from netlab.dataplane.egress import apply_egress
 from netlab.dataplane.images import ImageStore
 from netlab.dataplane.netfaults import apply_lab_faults
+from netlab.dataplane.outside import (
+    EXTERNAL_HOSTS_FILE,
+    EdgeServer,
+    build_outside,
+    destroy_outside,
+    external_host_values,
+)
 from netlab.dataplane.topology import (
     build_topology,
     check_topology_faults,
@@ -118,11 +126,22 @@ class Lab:
         await asyncio.to_thread(build_topology, spec)  # all or nothing by itself
         self._stack.push_async_callback(asyncio.to_thread, destroy_topology, spec)
         await asyncio.to_thread(apply_lab_faults, spec)
+        await asyncio.to_thread(apply_egress, spec)
+        await asyncio.to_thread(build_outside, spec)
+        self._stack.push_async_callback(asyncio.to_thread, destroy_outside, spec)
+        edge_server = EdgeServer(spec)
+        await asyncio.to_thread(edge_server.start)
+        self._stack.push_async_callback(asyncio.to_thread, edge_server.stop)
+        write_atomically(
+            spec.state_dir / EXTERNAL_HOSTS_FILE,
+            "".join(f"{v}\n" for v in external_host_values(spec)),
+        )
         log.info(
-            "network ready: %d nodes, %s, faults %s",
+            "network ready: %d nodes, %s, faults %s; outside host %s",
             spec.nodes,
             spec.ip_family,
             sorted(spec.faults) or "none",
+            ", ".join(spec.outside_addresses),
         )
 
         images = ImageStore(spec.state_dir)
@@ -295,6 +314,8 @@ async def run_lab(spec: LabSpec, kubeconfig: Path) -> int:
                 "api_url": lab.api_url,
                 "kubeconfig": str(kubeconfig),
                 "pid": os.getpid(),
+                # The outside host's edge server, as the suite's --external-host takes it.
+                "external_hosts": external_host_values(spec),
             }
             write_atomically(state_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
             write_atomically(state_dir / READY_FILE, f"{kubeconfig}\n")

@@ -129,7 +129,9 @@ class LabSpec:
             raise LabSpecError(f"node CIDR prefix /{prefix} does not fit in cluster CIDR {cluster}")
         if 2 ** min(prefix - cluster.prefixlen, 32) < self.nodes:
             raise LabSpecError(f"cluster CIDR {cluster} has room for fewer than {self.nodes} nodes")
-        if fabric.num_addresses - 3 < self.nodes:
+        # The network's own address, the gateway (.1), the outside host (the last) and, for
+        # IPv4, broadcast: the rest is the nodes'.
+        if fabric.num_addresses - 4 < self.nodes:
             raise LabSpecError(f"fabric CIDR {fabric} has room for fewer than {self.nodes} nodes")
 
     @property
@@ -172,6 +174,17 @@ class LabSpec:
         return tuple(
             str(next(ipaddress.ip_network(self._ranges(v)[3]).hosts())) for v in self.families
         )
+
+    @property
+    def outside_netns(self) -> str:
+        """The namespace of the host outside every node (`netlab.dataplane.outside`)."""
+        return f"{self.netns_prefix}outside"
+
+    @property
+    def outside_addresses(self) -> tuple[str, ...]:
+        """The outside host's addresses on the fabric, one per family, primary first: each
+        fabric range's last usable address (nodes count up from .2)."""
+        return tuple(str(ipaddress.ip_network(self._ranges(v)[3])[-2]) for v in self.families)
 
     def node_plans(self) -> list[NodePlan]:
         """The nodes, in order: names node-1..N, fabric IPs .2, .3, ... and one podCIDR each,

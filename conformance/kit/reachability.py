@@ -72,6 +72,8 @@ KIND_SPREAD = "spread"
 KIND_REFUSAL = "refusal"
 #: Connections a spread keeps open at once (inside one agent request).
 SPREAD_PARALLEL = 8
+#: Seconds a relayed exchange may take beyond its own timeout (the control connection).
+RELAY_MARGIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,12 @@ class Target(JSONData):
     answer at least once in ``max_tries`` tries; ``unwanted_servers`` must not answer (a
     backend that is not ready). Such targets are judged from the client's side alone: the
     answers name their server (``destination`` then names the Service, or the node).
+
+    ``relay``: (address, port) of an edge server's control listener (a host outside the
+    cluster, ``agent.py serve --edge-control``): the source's agent hands it the request, so
+    the exchange starts outside the cluster; an edge server that cannot be asked leaves the
+    target without a verdict. A destination without a container (a Service, a host outside
+    the cluster) has no agent to ask what it recorded.
     """
 
     check: str
@@ -123,6 +131,7 @@ class Target(JSONData):
     servers: tuple[str, ...] | None = None
     unwanted_servers: tuple[str, ...] = ()
     max_tries: int = 0
+    relay: tuple[str, int] | None = None
 
     @property
     def key(self) -> str:
@@ -148,7 +157,9 @@ class Target(JSONData):
     @property
     def asks_destination(self) -> bool:
         """The destination's agent is asked what it recorded (an exchange with one agent)."""
-        return self.kind == KIND_EXCHANGE and self.servers is None
+        return (
+            self.kind == KIND_EXCHANGE and self.servers is None and bool(self.destination.container)
+        )
 
     @property
     def settled_by_one_try(self) -> bool:
@@ -173,9 +184,13 @@ class Target(JSONData):
         }[self.proto]
 
     def describe(self) -> str:
-        """``tcp probe-node-1/a -> probe-node-2/a at 10.244.1.5:8080``."""
+        """``tcp probe-node-1/a -> probe-node-2/a at 10.244.1.5:8080``; relayed: ``tcp the
+        edge server 192.0.2.10:18081 (asked through probe-node-1/a) -> ...``."""
+        source = self.source.label
+        if self.relay is not None:
+            source = f"the edge server {target_text('tcp', *self.relay)} (asked through {source})"
         return (
-            f"{self.what} {self.source.label} -> {self.destination.label} at "
+            f"{self.what} {source} -> {self.destination.label} at "
             f"{target_text(self.proto, self.host, self.port)}"
         )
 
@@ -442,7 +457,18 @@ def target_text(proto: str, host: str, port: int | None) -> str:
 def probe_request(target: Target, nonce: str, timeout: float) -> dict[str, Any]:
     """The agent request of one network attempt for ``target``: an ICMP (ICMPv6 for an IPv6
     address) echo, or a TCP/UDP exchange with the listener at ``host``:``port``; full-size:
-    a TCP transfer, or a datagram or echo as large as the interface MTU with Don't Fragment."""
+    a TCP transfer, or a datagram or echo as large as the interface MTU with Don't Fragment.
+    With a ``relay``, that request wrapped for the edge server to make."""
+    if target.relay is not None:
+        host, port = target.relay
+        inner = probe_request(replace(target, relay=None), nonce, timeout)
+        return {
+            "op": "relay",
+            "host": host,
+            "port": port,
+            "request": inner,
+            "timeout": timeout + RELAY_MARGIN,
+        }
     request: dict[str, Any] = {"host": target.host, "nonce": nonce, "timeout": timeout}
     if target.kind == KIND_SPREAD:
         # Until every wanted and unwanted server answered: while the unwanted stay silent,
@@ -724,6 +750,8 @@ def run_sweep(
         for state, answer in zip(group, answers, strict=True):
             state.attempts += 1
             state.response = answer
+            if answer.get("relay_error"):  # the edge server was not asked: no verdict
+                state.error = f"the edge server could not be asked: {answer['relay_error']}"
             if state.attempts == 1 and not answer.get("ok"):
                 state.first_error = _error_text(answer)
 

@@ -114,6 +114,9 @@ class CheckResult(JSONData):
     losses: int | None = None
     #: Why the check was skipped (None unless it was).
     reason: str | None = None
+    #: The source address a host outside the cluster saw (the edge checks): ``address``, and
+    #: ``nat``: ``none`` (the pod's own IP), ``node`` (a node's address) or ``other``.
+    source_seen: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -215,6 +218,7 @@ class SummaryCollector:
                 attempts=_count(test.properties.get("attempts")),
                 losses=_count(test.properties.get("losses")),
                 reason=test.skip_reason if test.outcome == "skipped" else None,
+                source_seen=_source_seen(test.properties),
             )
             for nodeid, test in self._tests.items()
         ]
@@ -228,6 +232,14 @@ class SummaryCollector:
         }
         found.update(self._flaky)
         return found
+
+
+def _source_seen(properties: Mapping[str, str]) -> dict[str, str] | None:
+    """The ``source_seen`` of a result, from its ``netconform.source_seen`` and
+    ``netconform.source_nat`` properties (None without them)."""
+    if "source_seen" not in properties:
+        return None
+    return {"address": properties["source_seen"], "nat": properties.get("source_nat", "")}
 
 
 def flaky_line(nodeid: str, reason: str) -> str:

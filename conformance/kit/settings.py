@@ -6,6 +6,7 @@ bad value stops pytest before anything touches a cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,15 @@ DEFAULT_SECRET_NAMESPACE = "default"
 #: Seconds a run's lease on its namespace lasts unless renewed (``--run-lease``; see
 #: `conformance.kit.lease`): generous, as a busy API server may refuse a few renewals.
 DEFAULT_RUN_LEASE = 300.0
+
+#: ``--external-host ADDR`` without a port: the edge server's TCP and UDP listeners; its
+#: control listener is the port after (`ExternalHost.control_port`).
+DEFAULT_EDGE_PORT = 18080
+# A host name: dot-separated labels of letters, digits and hyphens (RFC 1123).
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 
 # A label key is an optional DNS-subdomain prefix and a name; values are short names.
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -124,6 +134,33 @@ class PullSecret:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ExternalHost:
+    """``--external-host ADDR[:PORT]``: a host outside the cluster running the edge server
+    (``agent.py serve --edge-control``). ``host`` is an IP literal or a name (resolved by the
+    probe pods' resolver); the server's TCP and UDP listeners are on ``port``, its control
+    listener on ``port + 1``."""
+
+    host: str
+    port: int = DEFAULT_EDGE_PORT
+
+    @property
+    def control_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def family(self) -> int | None:
+        """4 or 6 for an IP literal, None for a name."""
+        try:
+            return ipaddress.ip_address(self.host).version
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 class _ConfigLike(Protocol):
@@ -283,6 +320,67 @@ def parse_pull_secret(text: str) -> PullSecret:
     return PullSecret(name=name, namespace=namespace)
 
 
+def parse_external_host(text: str) -> ExternalHost:
+    """``ADDR``, ``ADDR:PORT`` or ``[IPv6]:PORT``: ADDR an IPv4 or IPv6 literal (a bare IPv6
+    literal takes no port) or a host name; PORT 1..65534 (the control listener is PORT + 1)."""
+    value = text.strip()
+    host, port_text = value, ""
+    if value.startswith("["):
+        inside, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise pytest.UsageError(f"--external-host: {text!r} is not [IPv6] or [IPv6]:PORT")
+        host, port_text = inside, rest[1:] if rest else ""
+        if ":" not in host or not _is_ip(host):
+            raise pytest.UsageError(f"--external-host: {host!r} in brackets is not an IPv6 address")
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+        if not port_text:
+            raise pytest.UsageError(f"--external-host: {text!r} names no port after ':'")
+    if ":" in host and not _is_ip(host):
+        raise pytest.UsageError(f"--external-host: {host!r} is not an IPv6 address")
+    if not _is_ip(host) and (not _HOST_NAME.match(host) or re.fullmatch(r"[0-9.]+", host)):
+        raise pytest.UsageError(
+            f"--external-host: {host!r} is not an IPv4 or IPv6 address or a host name "
+            "(ADDR, ADDR:PORT or [IPv6]:PORT)"
+        )
+    if not port_text:
+        return ExternalHost(host.rstrip("."))
+    port = _parse_number(
+        "--external-host port", port_text, int, lambda v: 1 <= v <= 65534, "in [1, 65534]"
+    )
+    return ExternalHost(host.rstrip("."), port)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_external_hosts(hosts: Sequence[ExternalHost]) -> tuple[ExternalHost, ...]:
+    """The hosts in order, duplicates dropped; two IP literals of one family (the edge checks
+    use one address per family), or two ports (one edge server serves them all), are an
+    error."""
+    found: dict[str, ExternalHost] = {}
+    ports = {host.port for host in hosts}
+    if len(ports) > 1:
+        raise pytest.UsageError(
+            f"--external-host: one edge server, one port: got ports {sorted(ports)}"
+        )
+    for host in dict.fromkeys(hosts):
+        family = host.family
+        key = f"ipv{family}" if family is not None else f"name {host.host}"
+        if key in found:
+            raise pytest.UsageError(
+                f"--external-host: {found[key]} and {host} are both {key.replace('ipv', 'IPv')} "
+                "addresses; give the outside host one address per family"
+            )
+        found[key] = host
+    return tuple(found.values())
+
+
 def check_pull_secrets(secrets: Sequence[PullSecret]) -> tuple[PullSecret, ...]:
     """The secrets in order, duplicates dropped; two namespaces giving one name is an error
     (both would land under that name in the run namespace)."""
@@ -337,6 +435,8 @@ class Settings:
     exclude_nodes: tuple[str, ...] = ()
     #: ``--allow-excluded``: kinds of nodes that may be left out without exit 2.
     allow_excluded: tuple[str, ...] = ()
+    #: ``--external-host``: the outside host's addresses (or names), one per family at most.
+    external_hosts: tuple[ExternalHost, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     @property
@@ -389,6 +489,9 @@ class Settings:
                     for kinds in config.getoption("netconform_allow_excluded", None) or ()
                     for kind in kinds
                 )
+            ),
+            external_hosts=check_external_hosts(
+                config.getoption("netconform_external_hosts", None) or ()
             ),
             timeouts=Timeouts.for_probe_timeout(probe_timeout),
         )

@@ -217,8 +217,10 @@ def failure_summary(failed: Sequence[Outcome], check: str) -> str:
     roles: dict[str, Counter[str]] = {}
     for outcome in failed:
         src, dst = outcome.target.source.node, outcome.target.destination.node
-        if not dst:  # a Service: only the source is a node
+        if not dst:  # a Service, or a host outside the cluster: only the source is a node
             roles.setdefault(src, Counter())["source"] += 1
+        elif not src:  # from outside the cluster: only the destination is a node
+            roles.setdefault(dst, Counter())["destination"] += 1
         elif src == dst:
             roles.setdefault(src, Counter())["same-node"] += 1
         else:

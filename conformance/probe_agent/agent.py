@@ -17,6 +17,9 @@ Subcommands (see docs/architecture.md, "The probe agent protocol"):
     (the container log).
 ``ping``
     Exit 0 when the serve process answers (readiness probe), 1 otherwise.
+    With ``--edge-control ADDR:PORT`` it is also the edge server on a host outside the
+    cluster: a TCP control listener on ADDR taking only ``info`` and ``connect`` to the
+    addresses ``--allow-connect`` names (the suite's NodePort-from-outside checks).
 ``call``
     Reads a batch on stdin: a JSON list of requests (run one after another), or
     ``{"parallel": N, "requests": [...]}`` (run at most N at a time); forwards it to the serve
@@ -98,6 +101,10 @@ CAPTURE_FILTER = (
     " or (ip6[6] == 58 and (ip6[40] == 128 or ip6[40] == 129)))))"
 )
 MAX_CONTROL_CLIENTS = 16
+#: The only ops the edge control listener takes (`EdgeControl`); `connect` only to allowed
+#: addresses. Nothing that reads files, captures, spreads or relays further.
+EDGE_OPS = ("info", "connect")
+RELAY_TIMEOUT = 8.0  # default seconds for one relayed request, the inner one's own included
 MAX_TCP_CLIENTS = 256  # tens of sources transferring at once; 64 KiB buffer each
 TCP_BACKLOG = 512  # clients beyond MAX_TCP_CLIENTS wait here, not refused
 LISTENER_READ_TIMEOUT = 5.0  # for a header line, and the longest silence inside a transfer
@@ -1972,6 +1979,8 @@ class Agent:
         self.captures = CaptureBook()
         # What `ping` (the readiness probe) reports; `set_ready` flips it.
         self.ready = True
+        # The edge control listener and what it may connect to (``serve --edge-control``).
+        self.edge: JSONDict | None = None
         self._ops: dict[str, Callable[[JSONDict], JSONDict]] = {
             "info": self.op_info,
             "addresses": self.op_addresses,
@@ -1988,6 +1997,7 @@ class Agent:
             "resolve": self.op_resolve,
             "env": self.op_env,
             "set_ready": self.op_set_ready,
+            "relay": self.op_relay,
         }
 
     def handle(self, request: object) -> JSONDict:
@@ -2042,6 +2052,7 @@ class Agent:
             "python": platform.python_version(),
             "ready": self.ready,
             "resolver": read_resolv_conf(),
+            "edge": self.edge,
         }
 
     def op_addresses(self, request: JSONDict) -> JSONDict:
@@ -2165,6 +2176,19 @@ class Agent:
         self.ready = ready
         return {"ready": ready}
 
+    def op_relay(self, request: JSONDict) -> JSONDict:
+        inner = request.get("request")
+        if not isinstance(inner, dict):
+            raise RequestError(f"field 'request' must be one request object, got {_shown(inner)}")
+        if inner.get("op") == "relay":
+            raise RequestError("a relayed request cannot be a relay itself")
+        return relay(
+            field_str(request, "host"),
+            field_int(request, "port", None, 1, 65535),
+            inner,
+            field_number(request, "timeout", RELAY_TIMEOUT, 0.05, MAX_TIMEOUT),
+        )
+
 
 def _request_summary(request: object) -> str:
     if not isinstance(request, dict):
@@ -2272,7 +2296,7 @@ class ResponseBytes:
 _batch_workers = threading.BoundedSemaphore(MAX_BATCH_WORKERS)
 
 
-def run_batch(agent: Agent, requests: Sequence[object], parallel: int) -> bytes:
+def run_batch(agent: Agent | EdgeControl, requests: Sequence[object], parallel: int) -> bytes:
     """The JSON list of responses, in request order; at most ``parallel`` run at once."""
     encoder = ResponseBytes()
     encoded: list[bytes] = [b""] * len(requests)
@@ -2311,7 +2335,7 @@ def run_batch(agent: Agent, requests: Sequence[object], parallel: int) -> bytes:
     return b"[" + b",".join(encoded) + b"]\n"
 
 
-def answer_batch(agent: Agent, data: bytes) -> bytes:
+def answer_batch(agent: Agent | EdgeControl, data: bytes) -> bytes:
     """The encoded answer to the bytes of one control request."""
     try:
         if len(data) > MAX_CONTROL_BYTES:
@@ -2427,7 +2451,7 @@ def open_control_socket(path: str) -> socket.socket:
     return sock
 
 
-def serve_control(sock: socket.socket, agent: Agent, stop: threading.Event) -> None:
+def serve_control(sock: socket.socket, agent: Agent | EdgeControl, stop: threading.Event) -> None:
     slots = threading.BoundedSemaphore(MAX_CONTROL_CLIENTS)
 
     def handle(conn: socket.socket) -> None:
@@ -2453,6 +2477,145 @@ def serve_control(sock: socket.socket, agent: Agent, stop: threading.Event) -> N
             slots.release()
 
     _accept_loop(sock, stop, slots, "control", lambda conn, _address: (conn,), handle)
+
+
+# --------------------------------------------------------------------------------------------
+# The edge server: this agent on a host outside the cluster (``serve --edge-control``). Pods
+# reach its TCP and UDP listeners (and the host's kernel answers their ICMP echoes); for the
+# NodePort-from-outside checks a probe pod relays one request at a time (op ``relay``) to its
+# control listener, which makes the connection from the outside host and answers what it saw.
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` or ``[IPv6]:PORT`` with ADDR an IP literal; ``ValueError`` otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} is not ADDR:PORT (PORT 1..65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [ADDR]:PORT")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    return host, int(port_text)
+
+
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``CIDR[,CIDR...]`` (a bare address is its own /32 or /128); ``ValueError`` otherwise."""
+    networks = []
+    for item in text.split(","):
+        if item.strip():
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+    if not networks:
+        raise ValueError("no address or CIDR given")
+    return networks
+
+
+def host_port_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class EdgeControl:
+    """What the edge control listener serves: `EDGE_OPS` only, and ``connect`` only to an IP
+    address inside ``allowed`` (the nodes the user named). Anything else is answered ok false
+    with ``edge_refused``, so a relaying pod can tell a refusal from a network failure."""
+
+    def __init__(
+        self, agent: Agent, allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    ) -> None:
+        self.agent = agent
+        self.allowed = tuple(allowed)
+
+    def refusal(self, request: object) -> str | None:
+        """Why ``request`` is not served here (None: it is)."""
+        op = request.get("op") if isinstance(request, dict) else None
+        if op not in EDGE_OPS:
+            return f"the edge server takes only {', '.join(EDGE_OPS)}, not {_shown(op)}"
+        if op != "connect":
+            return None
+        assert isinstance(request, dict)
+        host = request.get("host")
+        try:
+            address = ipaddress.ip_address(str(host))
+        except ValueError:
+            return f"the edge server connects to IP addresses only, not {_shown(host)}"
+        if not any(address in network for network in self.allowed):
+            shown = ", ".join(str(network) for network in self.allowed)
+            return f"{address} is outside the edge server's --allow-connect ({shown})"
+        return None
+
+    def handle(self, request: object) -> JSONDict:
+        why = self.refusal(request)
+        if why is None and isinstance(request, dict) and request.get("op") == "info":
+            # Only what a relaying pod needs: no hostname, environment or resolver of the host.
+            return {"ok": True, "op": "info", "edge": self.agent.edge, "ports": self.agent.ports}
+        if why is None:
+            return self.agent.handle(request)
+        op = request.get("op") if isinstance(request, dict) else None
+        log(f"edge control refused {_shown(op)}: {why}")
+        return {
+            "ok": False,
+            "op": op if isinstance(op, str) else None,
+            "error": why,
+            "edge_refused": True,
+        }
+
+
+def open_edge_control(host: str, port: int) -> socket.socket:
+    """The edge control listener: TCP, bound to ``host`` alone (the address the user gave)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(MAX_CONTROL_CLIENTS)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def relay(host: str, port: int, request: JSONDict, timeout: float) -> JSONDict:
+    """``request`` made by the edge server at ``host``:``port``: its answer, with
+    ``relayed_by``; ok false with ``relay_error`` when the edge server could not be asked or
+    refused the request (no verdict on the network: the server was not reached, or not
+    started for this)."""
+    where = f"edge server {host_port_text(host, port)}"
+    try:
+        family, sockaddr = resolve(host, port, socket.SOCK_STREAM)
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            (answer,) = exchange_batch(sock, [request], timeout)
+    except RequestError as exc:
+        return {
+            "ok": False,
+            "error": f"{where}: {exc}",
+            "errno": exc.errno_name,
+            "relay_error": f"{where}: {exc}",
+        }
+    except (OSError, ValueError) as exc:
+        text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        name = errno_name(exc.errno) if isinstance(exc, OSError) else None
+        if isinstance(exc, socket.timeout):  # not TimeoutError on Python < 3.10
+            text, name = f"no answer within {timeout}s", "ETIMEDOUT"
+        return {
+            "ok": False,
+            "error": f"{where}: {text}",
+            "errno": name,
+            "relay_error": f"{where}: {text}",
+        }
+    if not isinstance(answer, dict):
+        text = f"{where} answered {_shown(answer)}, not a response"
+        return {"ok": False, "error": text, "relay_error": text}
+    if answer.get("edge_refused"):
+        text = f"{where} refused: {answer.get('error')}"
+        return {"ok": False, "error": text, "relay_error": text}
+    found = {key: value for key, value in answer.items() if key != "op"}
+    found["relayed_by"] = host_port_text(host, port)
+    return found
 
 
 def _guarded(target: Callable[..., None], args: tuple[Any, ...], stop: threading.Event) -> None:
@@ -2486,6 +2649,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         listen_sockets, listeners, ports = open_listeners(args.tcp_port, args.udp_port)
         control = open_control_socket(args.socket)
+        edges = [open_edge_control(host, port) for host, port in args.edge_control]
     except (OSError, RequestError) as exc:
         text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
         log(f"serve cannot start: {text}")
@@ -2496,6 +2660,14 @@ def run_serve(args: argparse.Namespace) -> int:
     threads: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
         (serve_control, (control, agent, stop))
     ]
+    if edges:
+        allowed = [network for group in args.allow_connect for network in group]
+        agent.edge = {
+            "control": [host_port_text(host, port) for host, port in args.edge_control],
+            "allow_connect": [str(network) for network in allowed],
+        }
+        edge_control = EdgeControl(agent, allowed)
+        threads.extend((serve_control, (edge, edge_control, stop)) for edge in edges)
     for sock in listen_sockets:
         target = serve_tcp if sock.type == socket.SOCK_STREAM else serve_udp
         threads.append((target, (sock, book, stop)))
@@ -2511,7 +2683,7 @@ def run_serve(args: argparse.Namespace) -> int:
     log(
         f"serving tcp={listeners['tcp']} udp={listeners['udp']} icmp={listeners['icmp']} "
         f"ports={ports} data_dirs={agent.data.roots} control={args.socket} "
-        f"python={platform.python_version()}"
+        f"edge={agent.edge} python={platform.python_version()}"
     )
     for target, thread_args in threads:
         threading.Thread(target=_guarded, args=(target, thread_args, stop), daemon=True).start()
@@ -2537,6 +2709,7 @@ _OP_WAIT_FIELDS: dict[str, tuple[str | None, float]] = {
     "transfer": ("timeout", 10.0),
     "capture_result": ("wait", 2.0),
     "resolve": ("timeout", 5.0),
+    "relay": ("timeout", RELAY_TIMEOUT),
     # Not a field: the first capture imports scapy and waits for the sniffer to listen.
     "capture_start": (None, 10.0),
 }
@@ -2584,36 +2757,46 @@ def call_budget(requests: Sequence[object], parallel: int = 1) -> float:
     return CALL_MARGIN + sum(waits) / workers + (1 - 1 / workers) * max(waits)
 
 
-def send_batch(
-    path: str, requests: Sequence[object], timeout: float, parallel: int | None = None
+def exchange_batch(
+    sock: socket.socket, requests: Sequence[object], timeout: float, parallel: int | None = None
 ) -> list[JSONDict]:
-    """Send requests to the serve process on ``path`` (as a plain list, or as a parallel batch
-    when ``parallel`` is given); ``OSError`` when it does not answer."""
+    """Send requests to a serve process over the connected stream ``sock`` (as a plain list,
+    or as a parallel batch when ``parallel`` is given) and read its answer; ``OSError`` when it
+    does not answer."""
     body: object = list(requests)
     if parallel is not None:
         body = {"parallel": parallel, "requests": list(requests)}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(json.dumps(body).encode())
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        deadline = time.monotonic() + timeout
-        while len(data) <= 2 * MAX_BATCH_RESPONSE_BYTES:  # far above any answer it may send
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:.0f}s")
-            sock.settimeout(remaining)
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            data += chunk
+    sock.settimeout(timeout)
+    sock.sendall(json.dumps(body).encode())
+    sock.shutdown(socket.SHUT_WR)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while len(data) <= 2 * MAX_BATCH_RESPONSE_BYTES:  # far above any answer it may send
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:.0f}s")
+        sock.settimeout(remaining)
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
     if not data:
         raise OSError(errno.ECONNRESET, "the serve process closed the connection without answer")
     responses = json.loads(data.decode("utf-8"))
     if not isinstance(responses, list):
         raise OSError(errno.EPROTO, "the serve process answered something else than a list")
     return responses
+
+
+def send_batch(
+    path: str, requests: Sequence[object], timeout: float, parallel: int | None = None
+) -> list[JSONDict]:
+    """Send requests to the serve process on ``path`` (as a plain list, or as a parallel batch
+    when ``parallel`` is given); ``OSError`` when it does not answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        return exchange_batch(sock, requests, timeout, parallel)
 
 
 def run_call(args: argparse.Namespace) -> int:
@@ -2683,6 +2866,20 @@ def _port(text: str) -> int:
     return port
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent.py", description="netconform probe agent")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -2699,6 +2896,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a directory write_file/read_file may use (repeatable); none: file requests refused",
+    )
+    serve.add_argument(
+        "--edge-control",
+        type=_host_port,
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        help="also serve as the edge server: a TCP control listener on this address alone, "
+        "taking only info and connect (to --allow-connect addresses) from relaying pods; "
+        "repeatable (one per address of the host)",
+    )
+    serve.add_argument(
+        "--allow-connect",
+        type=_networks,
+        action="append",
+        default=[],
+        metavar="CIDR[,CIDR...]",
+        help="addresses the edge server may connect to (the nodes); repeatable; needed with "
+        "--edge-control",
     )
     for name, help_text in (
         ("ping", "exit 0 when the serve process answers"),
@@ -2718,7 +2934,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and args.edge_control and not args.allow_connect:
+        parser.error("--edge-control needs --allow-connect: the addresses it may connect to")
     if args.command == "serve":
         return run_serve(args)
     if args.command == "call":

@@ -32,10 +32,10 @@ log = logging.getLogger(__name__)
 MNT_DETACH = 2
 PROCESS_EXIT_TIMEOUT = 3.0  # seconds to wait for SIGKILLed processes to disappear
 RUNC_TIMEOUT = 15.0
-# The shapes of namespace names after ``netlab-<lab>-``: the fabric, nodes, and pods (uid
-# prefix of 8 hex digits, optionally more). Lab names are at most 12 characters, so another
-# lab's ``<name>-fabric`` etc. can never be read as one of these suffixes.
-NETNS_SUFFIX = re.compile(r"^(fabric|node-[0-9]+|pod-[0-9a-f]{8}(-[0-9a-z-]+)?)$")
+# The shapes of namespace names after ``netlab-<lab>-``: the fabric, nodes, the outside host,
+# and pods (uid prefix of 8 hex digits, optionally more). Lab names are at most 12 characters,
+# so another lab's ``<name>-fabric`` etc. can never be read as one of these suffixes.
+NETNS_SUFFIX = re.compile(r"^(fabric|outside|node-[0-9]+|pod-[0-9a-f]{8}(-[0-9a-z-]+)?)$")
 
 
 @dataclass

@@ -83,6 +83,9 @@ TWO_NODE_FAULTS = (
     "nodeport-missing-on-node",
     "hostport-unmapped",
     "netpol-ignored-on-node",
+    "edge-egress-blocked",
+    "edge-nodeport-blocked",
+    "edge-no-masquerade",
 )
 ADDRESS_SETTLE_TIMEOUT = 5.0  # seconds for a node's IPv6 addresses to leave "tentative"
 

@@ -216,13 +216,25 @@ def run_suite_process(
     return cases, properties, output, result.returncode
 
 
+def external_host_args(name: str) -> list[str]:
+    """``--external-host`` for each address of lab ``name``'s outside host, as the lab file
+    records them (the edge checks run against it)."""
+    from netlab.dataplane.outside import EXTERNAL_HOSTS_FILE
+    from netlab.spec import STATE_ROOT
+
+    values = (STATE_ROOT / name / EXTERNAL_HOSTS_FILE).read_text().split()
+    return [arg for value in values for arg in ("--external-host", value)]
+
+
 def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
-    """Boot the lab of ``case``, run the suite against it, tear it down; the run's results."""
+    """Boot the lab of ``case``, run the suite against it (with its outside host), tear it
+    down; the run's results."""
     started = time.monotonic()
     with running_lab(case) as (name, kubeconfig):
         booted = time.monotonic()
+        outside = external_host_args(name)
         cases, properties, output, returncode = run_suite_process(
-            kubeconfig, report_dir, *case.suite_args, *extra
+            kubeconfig, report_dir, *outside, *case.suite_args, *extra
         )
         done = time.monotonic()
         left = cluster_leftovers(kubeconfig)

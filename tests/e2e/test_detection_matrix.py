@@ -73,6 +73,9 @@ HOST_PORT_PODS = "test_hostport::test_host_port_from_pods"
 HOST_PORT_HOSTS = "test_hostport::test_host_port_from_hosts"
 DNS_NAMES = "test_dns::test_service_names_resolve"
 DNS_HEADLESS = "test_dns::test_headless_service_resolves_to_ready_pods"
+# The cluster's edge (issue 24), per node, with the lab's outside host: "<proto>-node-<n>".
+EDGE_EGRESS = "test_edge::test_pod_reaches_external_host"
+EDGE_NODE_PORT = "test_edge::test_node_port_from_external_host"
 
 
 def on_node(check: str, node: str = r"\d+", proto: str = _PROTO) -> str:
@@ -136,7 +139,13 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         # a node (a request, or the reply to the node's own probe) reaches the intended pod,
         # is chance, for every pair and every host-network probe.
         may=either(
-            cross_node(NO_SNAT), cross_node(FULL_SIZE), HOST_TO_POD, NODE_TO_POD, SERVICE_TRAFFIC
+            cross_node(NO_SNAT),
+            cross_node(FULL_SIZE),
+            HOST_TO_POD,
+            NODE_TO_POD,
+            SERVICE_TRAFFIC,
+            EDGE_EGRESS,
+            EDGE_NODE_PORT,
         ),
     ),
     "ip-outside-node-cidr": Expectation(
@@ -162,14 +171,13 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
             cross_node(FULL_SIZE),
             on_node(CLUSTER_IP),
             of_node(READINESS),
-            cross_node(HOST_PORT_PODS),
             of_node(DNS_NAMES, "2|3"),
             of_node(DNS_HEADLESS, "2|3"),
         ),
         "pod <-> pod traffic between nodes is dropped: every cross-node pod pair, every protocol,"
-        " small and full-size; the cluster IP's other endpoints (spread, readiness); a pod to"
-        " another node's hostPort (DNAT to its pod); the lab's DNS, a pod of node-1, from the"
-        " other nodes",
+        " small and full-size; the cluster IP's other endpoints (spread, readiness); the lab's"
+        " DNS, a pod of node-1, from the other nodes (a pod to another node's hostPort leaves"
+        " masqueraded to its node's address, which the drop does not match)",
         # A NodePort may send a connection to an endpoint on a third node (or from a node's own
         # address to another node's endpoint): whether a try crosses, and is dropped, is chance.
         may=either(NODE_PORT_PODS, NODE_PORT_HOSTS),
@@ -181,9 +189,10 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
     "wrong-self-ip": Expectation(
         rf"test_pod_ips::test_pod_ip_is_interface_address\b|{NO_SNAT}|{NODE_TO_POD}"
         rf"|{HOST_TO_POD}|{FULL_SIZE}|{CLUSTER_IP}|{HAIRPIN}|{READINESS}|{NODE_PORT_PODS}"
-        rf"|{NODE_PORT_HOSTS}",
+        rf"|{NODE_PORT_HOSTS}|{EDGE_NODE_PORT}",
         "the API reports an IP no pod has: the pod lacks it, and every check that reaches a pod"
-        " at its reported IP finds nobody there (Services: their endpoints are the reported IPs)",
+        " at its reported IP finds nobody there (Services: their endpoints are the reported IPs,"
+        " from pods, hosts and the outside host)",
     ),
     "udp-drop": Expectation(
         either(
@@ -194,13 +203,14 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
             on_node(CLUSTER_IP, proto="udp"),
             on_node(HAIRPIN, proto="udp"),
             same_node(NODE_PORT_PODS, proto="udp"),
-            from_node(HOST_PORT_PODS, r"\d+", proto="udp"),
+            same_node(HOST_PORT_PODS, proto="udp"),
             of_node(DNS_NAMES),
             of_node(DNS_HEADLESS),
         ),
         "UDP between pods is dropped, same node and cross node, small and full-size; UDP through"
-        " a cluster IP (hairpin included), a pod's NodePort on its own node and hostPorts from"
-        " pods (DNAT to a pod); DNS queries to the lab's DNS (a pod)",
+        " a cluster IP (hairpin included), a pod's NodePort and hostPort on its own node (DNAT to"
+        " a pod); DNS queries to the lab's DNS (a pod). A pod's hostPort on another node is"
+        " reached masqueraded to the pod's node address, which the drop does not match",
         # A pod's NodePort on another node is masqueraded to that node's address: whether the
         # drop sees pod-to-pod traffic depends on where the endpoint is.
         may=either(
@@ -268,11 +278,12 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
             from_node(HOST_PORT_PODS, "2", proto="ipv6-" + _PROTO),
             to_node(HOST_PORT_PODS, "2", proto="ipv6-" + _PROTO),
             to_node(HOST_PORT_HOSTS, "2", proto="ipv6-" + _PROTO),
+            on_node(EDGE_EGRESS, "2", proto="ipv6-" + _PROTO),
         ),
         "node-2's pods get no IPv6 address on a dual-stack lab (whose nodes' podCIDRs declare"
         " IPv6, so --ip-family auto requires it, as dual does): the required-family check, and"
         " every IPv6 check with a pod of node-2 at either end (Services: node-2's clients, and"
-        " its hostPort probe)",
+        " its hostPort probe; the edge: node-2's pod to the outside host)",
     ),
     # The Service faults of the lab (issue 16), each breaking one behaviour of Services.
     "no-hairpin": Expectation(
@@ -286,8 +297,13 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         " node's spreads",
     ),
     "nodeport-missing-on-node": Expectation(
-        either(to_node(NODE_PORT_PODS, "2"), to_node(NODE_PORT_HOSTS, "2")),
-        "node-2 serves no NodePorts: every NodePort item towards node-2, from pods and hosts",
+        either(
+            to_node(NODE_PORT_PODS, "2"),
+            to_node(NODE_PORT_HOSTS, "2"),
+            on_node(EDGE_NODE_PORT, "2"),
+        ),
+        "node-2 serves no NodePorts: every NodePort item towards node-2, from pods, hosts and the"
+        " outside host",
     ),
     "service-masquerade": Expectation(
         on_node(CLUSTER_IP),
@@ -313,6 +329,22 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         r"test_sandbox::test_sandbox_survives_container_restart\b",
         "a container restart gives the pod a new network namespace with the same IP (and, as"
         " kubelet does, restarts the other container into it), on every node",
+    ),
+    # Issue 24: the cluster's edge, with the lab's outside host (a namespace on the fabric).
+    "edge-egress-blocked": Expectation(
+        on_node(EDGE_EGRESS, "2"),
+        "node-2 drops its pods' new connections beyond the cluster: its pod to the outside host,"
+        " every protocol; everything inside the cluster passes",
+    ),
+    "edge-no-masquerade": Expectation(
+        on_node(EDGE_EGRESS, "2"),
+        "node-2 does not masquerade its pods' traffic leaving the pod network: the outside host"
+        " sees a pod IP it has no route back to, so node-2's pod gets no answer, every protocol",
+    ),
+    "edge-nodeport-blocked": Expectation(
+        on_node(EDGE_NODE_PORT, "2"),
+        "node-2 drops NodePort connections from outside the cluster: the outside host at"
+        " node-2's NodePort, tcp and udp; pods and nodes still reach it",
     ),
 }
 
@@ -345,6 +377,7 @@ VARIANTS: dict[str, Variant] = {
 }
 VARIANT_CASES: tuple[LabCase, ...] = tuple(LabCase((name,)) for name in VARIANTS)
 DNS_CHECK = re.compile(rf"(?:{DNS_NAMES}|{DNS_HEADLESS})\[")
+EDGE_CHECK = re.compile(rf"(?:{EDGE_EGRESS}|{EDGE_NODE_PORT})\[")
 
 # Two faults at once: each must be caught as if alone (the union of their checks).
 COMBINATIONS: tuple[tuple[str, str], ...] = (
@@ -361,6 +394,8 @@ FAMILY_FAULT_CASES: tuple[LabCase, ...] = (
     LabCase(("block-node-to-pod",), "ipv6"),
     LabCase(("service-masquerade",), "dual"),
     LabCase(("nodeport-missing-on-node",), "ipv6"),
+    LabCase(("edge-egress-blocked",), "dual"),
+    LabCase(("edge-nodeport-blocked",), "ipv6"),
     # A declared family missing: IPv6 under the default --ip-family auto (the nodes' podCIDRs
     # declare it), and with the user asking for both families.
     LabCase(("family-missing-on-node",), "dual"),
@@ -470,6 +505,11 @@ def test_healthy_lab_passes_every_check_and_leaves_nothing(case: LabCase, matrix
         if check.outcome == "skipped":
             assert "COULD NOT TEST" not in check.message, f"{check.test_id}: {check.message}"
     assert run.properties.get("netconform.node_count") == "3", run.properties
+    # The edge checks ran against the lab's outside host, in every family of the lab.
+    edge = [c.test_id for c in run.cases if EDGE_CHECK.search(c.test_id)]
+    families = {"ipv4": 1, "ipv6": 1, "dual": 2}[case.family]
+    assert len(edge) == 15 * families, f"edge checks: {edge}"
+    assert set(edge) <= set(run.ids("passed")), f"edge checks: {edge}"
     assert (run.report_dir / "summary.json").read_text().strip() not in ("", "{}", "[]")
     assert run.leftovers == [], f"the run left objects behind in the cluster: {run.leftovers}"
 

@@ -23,7 +23,7 @@ from netlab.dataplane.topology import build_topology, destroy_topology
 from netlab.spec import STATE_ROOT, LabSpec
 
 TEST_LAB_PREFIX = os.environ.get("NETLAB_TEST_LAB_PREFIX", "ta")
-LAB_OF_NETNS = re.compile(r"^netlab-(.+)-(fabric|node-[0-9]+|pod-.+)$")
+LAB_OF_NETNS = re.compile(r"^netlab-(.+)-(fabric|outside|node-[0-9]+|pod-.+)$")
 
 if os.geteuid() != 0:
     pytest.skip("lab tests create network namespaces: run them as root", allow_module_level=True)

@@ -69,7 +69,10 @@ def serve(port, lifetime):
     def udp_loop(udp):
         while True:
             data, peer = udp.recvfrom(65535)
-            udp.sendto(f"{peer[0]} {len(data)}\n".encode(), peer)
+            try:
+                udp.sendto(f"{peer[0]} {len(data)}\n".encode(), peer)
+            except OSError:
+                pass  # a peer it has no route back to (an outside host, pods not masqueraded)
     for proto, s in sockets:
         loop = tcp_loop if proto == "tcp" else udp_loop
         threading.Thread(target=loop, args=(s,), daemon=True).start()

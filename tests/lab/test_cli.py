@@ -262,6 +262,11 @@ def test_up_status_down_round_trip(lab_name: str) -> None:
         assert status.returncode == 0
         assert f"{lab_name}: running" in status.stdout
         assert "2 nodes" in status.stdout
+        # The outside host and its edge server, as the suite's --external-host takes it.
+        assert "run the suite with --external-host 172.18.255.254:18080" in up.stderr
+        assert "outside host 172.18.255.254:18080," in status.stdout
+        hosts = (STATE_ROOT / lab_name / "external-hosts").read_text()
+        assert hosts == "172.18.255.254:18080\n"
 
         from kubernetes import client, config
 
