@@ -120,6 +120,23 @@ def test_call_without_v5_passes_the_payload_as_argument(monkeypatch: pytest.Monk
     assert opened[2][:2] == ["/bin/sh", "-c"]
 
 
+def test_thread_twins_share_what_the_exec_protocol_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a server without v5 (Kubernetes before 1.30), learning it costs an exec that starts
+    # an agent for nothing: a twin made for another thread must not pay it again.
+    first = FakeStream("", v5=False)
+    answers = [FakeStream(json.dumps([{"ok": True, "op": "info"}])) for _ in range(3)]
+    probes, opened = fake_client(monkeypatch, [first, *answers])
+    probes.call_one("p", "b", {"op": "info"})
+    twin = probes.for_thread()
+    try:
+        twin.call_one("p", "b", {"op": "info"})
+        twin.for_thread().call_one("p", "a", {"op": "info"})
+    finally:
+        twin.close()
+    assert len(opened) == 4  # one learning exec, then one exec per call
+    assert [command[:2] for command in opened[1:]] == [["/bin/sh", "-c"]] * 3
+
+
 def test_call_errors_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
     failed = json.dumps(
         {
