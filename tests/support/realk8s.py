@@ -76,12 +76,16 @@ def locate() -> tuple[Fixture | None, str]:
 
 
 def _run_script(
-    fixture: Fixture, name: str, *, timeout: float, env: dict[str, str] | None = None
+    fixture: Fixture,
+    name: str,
+    *args: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``bash SCRIPT`` in its own session, bounded; on a timeout or an interrupt the script's
-    whole session is killed before the error propagates."""
+    """``bash SCRIPT ARGS`` in its own session, bounded; on a timeout or an interrupt the
+    script's whole session is killed before the error propagates."""
     process = subprocess.Popen(
-        ["bash", str(fixture.script(name))],
+        ["bash", str(fixture.script(name)), *args],
         cwd=fixture.directory,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -131,17 +135,21 @@ class RealCluster:
         return time.monotonic() - self.ready_at
 
 
-def down(fixture: Fixture, nodes: int) -> subprocess.CompletedProcess[str]:
-    """``down.sh`` for ``nodes`` nodes (stops what ``up.sh`` recorded; safe when nothing runs)."""
-    return _run_script(fixture, "down.sh", timeout=DOWN_TIMEOUT, env={"NODES": str(nodes)})
+def down(fixture: Fixture, nodes: int, *, purge: bool = False) -> subprocess.CompletedProcess[str]:
+    """``down.sh`` for ``nodes`` nodes (stops what ``up.sh`` recorded; safe when nothing runs);
+    with ``purge`` also its state (etcd data, PKI, logs): the next cluster starts empty."""
+    args = ("--purge",) if purge else ()
+    return _run_script(fixture, "down.sh", *args, timeout=DOWN_TIMEOUT, env={"NODES": str(nodes)})
 
 
-def _down_whatever_happens(fixture: Fixture, nodes: int) -> subprocess.CompletedProcess[str]:
+def _down_whatever_happens(
+    fixture: Fixture, nodes: int, *, purge: bool = False
+) -> subprocess.CompletedProcess[str]:
     """`down`, finished even through a Ctrl-C (one more would leave a half-torn cluster)."""
     try:
-        return down(fixture, nodes)
+        return down(fixture, nodes, purge=purge)
     except KeyboardInterrupt:
-        return down(fixture, nodes)
+        return down(fixture, nodes, purge=purge)
 
 
 def recorded_pids() -> dict[str, int]:
@@ -203,11 +211,12 @@ def leftovers(pids: dict[str, int] | None = None) -> list[str]:
 
 @contextmanager
 def cluster(fixture: Fixture, nodes: int = 3) -> Iterator[RealCluster]:
-    """A fresh genuine cluster of ``nodes`` nodes: whatever ran before is taken down first (so
-    the kubelets are young when the block starts), ``up.sh`` brings it up, and ``down.sh``
-    takes it down on the way out, also on a failure or Ctrl-C; then nothing of it may be left
-    (`leftovers`), else `RealK8sError`."""
-    _down_whatever_happens(fixture, nodes)
+    """A fresh genuine cluster of ``nodes`` nodes: whatever ran before is taken down first and
+    its state purged (``up.sh`` would bring back every object an earlier cluster left in etcd,
+    and the kubelets are young when the block starts), ``up.sh`` brings it up, and ``down.sh``
+    takes it down on the way out, also on a failure or Ctrl-C, keeping its logs to read; then
+    nothing of it may be left running (`leftovers`), else `RealK8sError`."""
+    _down_whatever_happens(fixture, nodes, purge=True)
     pids: dict[str, int] = {}
     started = time.monotonic()
     try:
