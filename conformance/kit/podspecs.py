@@ -22,12 +22,15 @@ from conformance.kit.probes import (
 )
 from conformance.kit.services import BACKEND_LABEL, BACKEND_VALUE
 from conformance.kit.settings import Settings
-from conformance.probe_agent import agent_source
+from conformance.probe_agent import agent_source, client_source
 
 AGENT_CONFIGMAP = "netconform-agent"
 AGENT_KEY = "agent.py"
 AGENT_DIR = "/netconform"
 AGENT_PATH = f"{AGENT_DIR}/{AGENT_KEY}"
+#: The agent's client (``call``, ``ping``): every exec and startup probe runs it, not the agent.
+CLIENT_KEY = "client.py"
+CLIENT_PATH = f"{AGENT_DIR}/{CLIENT_KEY}"
 APP_LABEL = "app.kubernetes.io/name"
 APP = "netconform-probe"
 ROLE_LABEL = "netconform/role"
@@ -50,7 +53,7 @@ TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 
 
 def agent_configmap(namespace: str, run_id: str) -> client.V1ConfigMap:
-    """ConfigMap ``netconform-agent`` holding ``agent.py``."""
+    """ConfigMap ``netconform-agent`` holding ``agent.py`` and its ``client.py``."""
     return client.V1ConfigMap(
         api_version="v1",
         kind="ConfigMap",
@@ -59,7 +62,7 @@ def agent_configmap(namespace: str, run_id: str) -> client.V1ConfigMap:
             namespace=namespace,
             labels={MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: run_id},
         ),
-        data={AGENT_KEY: agent_source()},
+        data={AGENT_KEY: agent_source(), CLIENT_KEY: client_source()},
     )
 
 
@@ -175,11 +178,12 @@ READINESS_PERIOD_FLIPPED = 1  # the least Kubernetes allows
 
 
 def ping_command(container: str, wait: float = READINESS_FIRST_WAIT) -> list[str]:
-    """The agent's ``ping`` in ``container``: exit 0 once its serve process answers, waiting up
-    to ``wait`` seconds (the readiness probe, and the sandbox check's wait for a restart)."""
+    """The client's ``ping`` of ``container``'s agent: exit 0 once its serve process answers,
+    waiting up to ``wait`` seconds (the startup probe, the flipped backend's readiness probe,
+    and the sandbox check's wait for a restart)."""
     return [
         "python3",
-        AGENT_PATH,
+        CLIENT_PATH,
         "ping",
         "--socket",
         agent_socket(container),
@@ -458,7 +462,8 @@ _MANIFEST_HEADER = """\
 #   kubectl create namespace {namespace}
 #   kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=privileged
 #   kubectl -n {namespace} create configmap {configmap} \\
-#       --from-file={key}=conformance/probe_agent/agent.py
+#       --from-file={key}=conformance/probe_agent/agent.py \\
+#       --from-file={client_key}=conformance/probe_agent/client.py
 #   kubectl apply -f manifests/{file}
 """
 
@@ -476,6 +481,7 @@ def render_manifest(role: str, settings: Settings | None = None) -> str:
         namespace=MANIFEST_NAMESPACE,
         configmap=AGENT_CONFIGMAP,
         key=AGENT_KEY,
+        client_key=CLIENT_KEY,
         file=MANIFEST_FILES[role],
     )
     body: str = yaml.safe_dump(to_manifest(pod), sort_keys=False, default_flow_style=False)

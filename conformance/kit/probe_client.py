@@ -37,7 +37,7 @@ from conformance.kit.errors import (
     ProbeStreamError,
 )
 from conformance.kit.permissions import explain_forbidden
-from conformance.kit.podspecs import AGENT_PATH, agent_socket
+from conformance.kit.podspecs import CLIENT_PATH, agent_socket
 from conformance.kit.settings import Timeouts
 
 ProbeResponse = dict[str, Any]
@@ -347,7 +347,7 @@ class ProbeClient:
             batch = {"parallel": lanes, "requests": batch}
         command = [
             "python3",
-            AGENT_PATH,
+            CLIENT_PATH,
             "call",
             "--socket",
             agent_socket(container),

@@ -7,7 +7,7 @@ image's own ``python3``. **The oldest Python it supports is 3.8** (checked with 
 standard library at import time. scapy is imported lazily, once, by the ``serve`` process, and
 only for packet captures.
 
-Subcommands (see docs/architecture.md, "The probe agent protocol"):
+Subcommand (see docs/architecture.md, "The probe agent protocol"):
 
 ``serve``
     Long-running. TCP and UDP listeners on every address of the pod (IPv4 and IPv6 where the
@@ -15,13 +15,9 @@ Subcommands (see docs/architecture.md, "The probe agent protocol"):
     recording echo requests, and a control unix socket taking JSON requests. File requests
     are served only inside the ``--data-dir`` directories. Logs one line per request on stderr
     (the container log).
-``ping``
-    Exit 0 when the serve process answers (readiness probe), 1 otherwise.
-``call``
-    Reads a batch on stdin: a JSON list of requests (run one after another), or
-    ``{"parallel": N, "requests": [...]}`` (run at most N at a time); forwards it to the serve
-    process, writes the JSON list of responses (request order) on stdout and exits 0. Exits 2
-    on bad input and 3 when no serve process answers, with the reason on stderr.
+
+Its client, ``client.py`` beside it (``call`` and ``ping``), talks to the control socket: a
+small program of its own, because every exec of the suite starts one.
 
 Every response holds ``ok`` and ``op``; when ``ok`` is false it holds ``error`` (text for a
 person) and, when the failure came from the kernel, ``errno`` (its name, e.g. ``ETIMEDOUT``).
@@ -2302,7 +2298,9 @@ def answer_batch(agent: Agent, data: bytes) -> bytes:
             raise RequestError(f"batch is not JSON: {_shown(str(exc), 200)}") from exc
         requests, parallel = batch_requests(body)
     except RequestError as exc:
-        return json.dumps([{"ok": False, "op": None, "error": str(exc)}]).encode() + b"\n"
+        # "refused": the batch as a whole, not one of its requests (the client exits 2).
+        refusal = {"ok": False, "op": None, "error": str(exc), "refused": True}
+        return json.dumps([refusal]).encode() + b"\n"
     return run_batch(agent, requests, parallel)
 
 
@@ -2564,98 +2562,6 @@ def call_budget(requests: Sequence[object], parallel: int = 1) -> float:
     return CALL_MARGIN + sum(waits) / workers + (1 - 1 / workers) * max(waits)
 
 
-def send_batch(
-    path: str, requests: Sequence[object], timeout: float, parallel: int | None = None
-) -> list[JSONDict]:
-    """Send requests to the serve process on ``path`` (as a plain list, or as a parallel batch
-    when ``parallel`` is given); ``OSError`` when it does not answer."""
-    body: object = list(requests)
-    if parallel is not None:
-        body = {"parallel": parallel, "requests": list(requests)}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(json.dumps(body).encode())
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        deadline = time.monotonic() + timeout
-        while len(data) <= 2 * MAX_BATCH_RESPONSE_BYTES:  # far above any answer it may send
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:.0f}s")
-            sock.settimeout(remaining)
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            data += chunk
-    if not data:
-        raise OSError(errno.ECONNRESET, "the serve process closed the connection without answer")
-    responses = json.loads(data.decode("utf-8"))
-    if not isinstance(responses, list):
-        raise OSError(errno.EPROTO, "the serve process answered something else than a list")
-    return responses
-
-
-def run_call(args: argparse.Namespace) -> int:
-    raw = sys.stdin.buffer.read(MAX_CONTROL_BYTES + 1)
-    if len(raw) > MAX_CONTROL_BYTES:
-        sys.stderr.write(f"agent call: stdin holds more than {MAX_CONTROL_BYTES} bytes\n")
-        return 2
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        sys.stderr.write(f"agent call: stdin is not JSON: {_shown(str(exc), 200)}\n")
-        return 2
-    if not isinstance(body, (list, dict)):
-        sys.stderr.write(
-            "agent call: stdin must be a JSON list of requests, one request, or "
-            '{"parallel": N, "requests": [...]}\n'
-        )
-        return 2
-    try:
-        requests, parallel = batch_requests(body)
-    except RequestError as exc:
-        sys.stderr.write(f"agent call: {exc}\n")
-        return 2
-    is_parallel = isinstance(body, dict) and "requests" in body
-    timeout = args.timeout if args.timeout is not None else call_budget(requests, parallel)
-    try:
-        responses = send_batch(args.socket, requests, timeout, parallel if is_parallel else None)
-    except (OSError, ValueError) as exc:
-        text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-        sys.stderr.write(f"agent call: no answer from a serve process on {args.socket}: {text}\n")
-        return 3
-    sys.stdout.write(json.dumps(responses) + "\n")
-    return 0
-
-
-def run_ping(args: argparse.Namespace) -> int:
-    # --wait: a readiness probe run right at container start waits (bounded) for the serve
-    # process, so the pod turns Ready at once and later probes can be rare and cheap.
-    deadline = time.monotonic() + max(0.0, args.wait)
-    pause = threading.Event()
-    while True:
-        try:
-            responses = send_batch(args.socket, [{"op": "info"}], args.timeout or 3.0)
-            break
-        except (OSError, ValueError) as exc:
-            if time.monotonic() < deadline:
-                pause.wait(0.05)
-                continue
-            text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            sys.stderr.write(
-                f"agent ping: no answer from a serve process on {args.socket}: {text}\n"
-            )
-            return 1
-    if not responses or not responses[0].get("ok"):
-        sys.stderr.write(f"agent ping: unexpected answer {responses!r}\n")
-        return 1
-    if responses[0].get("ready") is False:
-        sys.stderr.write("agent ping: the agent was marked unready (set_ready)\n")
-        return 1
-    return 0
-
-
 def _port(text: str) -> int:
     port = int(text)
     if not 0 <= port <= 65535:
@@ -2680,30 +2586,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a directory write_file/read_file may use (repeatable); none: file requests refused",
     )
-    for name, help_text in (
-        ("ping", "exit 0 when the serve process answers"),
-        ("call", "a JSON batch of requests on stdin, JSON list of responses on stdout"),
-    ):
-        client = commands.add_parser(name, help=help_text)
-        client.add_argument("--socket", default=DEFAULT_SOCKET, help="control unix socket path")
-        client.add_argument("--timeout", type=float, default=None, help="seconds to wait")
-        if name == "ping":
-            client.add_argument(
-                "--wait",
-                type=float,
-                default=0.0,
-                help="keep trying this many seconds until the serve process answers",
-            )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return run_serve(args)
-    if args.command == "call":
-        return run_call(args)
-    return run_ping(args)
+    return run_serve(args)
 
 
 if __name__ == "__main__":

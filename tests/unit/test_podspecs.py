@@ -54,7 +54,7 @@ def test_pod_specs_serialize_and_validate(role: str) -> None:
     for container in spec["containers"]:
         assert container["command"][:3] == ["python3", "/netconform/agent.py", "serve"]
         startup = container["startupProbe"]
-        assert startup["exec"]["command"][:3] == ["python3", "/netconform/agent.py", "ping"]
+        assert startup["exec"]["command"][:3] == ["python3", "/netconform/client.py", "ping"]
         assert startup["periodSeconds"] == 1  # a young kubelet's start jitter: at most 1 s
         # Only the flipped Service backend (the first node's peer) is probed for readiness.
         flipped = role == probes.ROLE_PEER
@@ -157,6 +157,7 @@ def test_agent_configmap_carries_the_agent() -> None:
     assert cm.data is not None
     assert cm.data["agent.py"].startswith("#!/usr/bin/env python3")
     assert cm.data["agent.py"] == (ROOT / "conformance/probe_agent/agent.py").read_text()
+    assert cm.data["client.py"] == (ROOT / "conformance/probe_agent/client.py").read_text()
     kubernetes_validate.validate(podspecs.to_manifest(cm), K8S_VERSION, strict=True)
 
 

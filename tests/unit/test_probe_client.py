@@ -99,7 +99,7 @@ def test_call_sends_json_and_closes_stdin(monkeypatch: pytest.MonkeyPatch) -> No
     probes, opened = fake_client(monkeypatch, [stream])
     answer = probes.call_one("probe-n1", "a", {"op": "info"})
     assert answer["pid"] == 7
-    assert opened[0][:3] == ["python3", "/netconform/agent.py", "call"]
+    assert opened[0][:3] == ["python3", "/netconform/client.py", "call"]
     assert "/tmp/netconform-agent-a.sock" in opened[0]
     assert json.loads(stream.stdin[0]) == [{"op": "info"}]
     assert stream.closed_channels == [0]
@@ -113,7 +113,7 @@ def test_call_without_v5_passes_the_payload_as_argument(monkeypatch: pytest.Monk
     probes.call_one("p", "b", {"op": "seen", "nonce": "x"})
     assert opened[1][:2] == ["/bin/sh", "-c"]
     assert json.loads(opened[1][4]) == [{"op": "seen", "nonce": "x"}]
-    assert opened[1][5:8] == ["python3", "/netconform/agent.py", "call"]
+    assert opened[1][5:8] == ["python3", "/netconform/client.py", "call"]
     # The next call goes straight to the argument form.
     probes.call_one("p", "b", {"op": "info"})
     assert len(opened) == 3
