@@ -23,7 +23,7 @@ JOINED_NAME = "proven-on.md"
 MATRIX_NAME = "detection-matrix.md"
 REGENERATE = f"{DOC_VARIABLE}=docs/realk8s.md .venv/bin/pytest tests/realk8s"
 MATRIX_REGENERATE = "NETCONFORM_MATRIX_DOC=docs/detection-matrix.md .venv/bin/pytest tests/e2e/test_detection_matrix.py"
-GENUINE = "genuine Kubernetes v1.28.4 (3 nodes, `../shared/realk8s`)"
+GENUINE = "Kubernetes v1.28.4, 3 nodes, `../shared/realk8s`"
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,11 @@ def _seconds(value: float | None) -> str:
 
 
 def _status(rule: RuleVerdict) -> str:
+    """``held``, ``broken``..., or ``skipped: REASON`` (the reason's own words, without the API
+    answer it may quote in brackets)."""
     if rule.status == "skipped" and rule.reasons:
-        return f"skipped: {rule.reasons[0][:120]}"
+        reason = rule.reasons[0].split(" (HTTP ", 1)[0]
+        return f"skipped: {reason[:160]}"
     return rule.status
 
 
@@ -155,6 +158,8 @@ def render_tier(proof: Proof, when: datetime.datetime | None = None) -> str:
         f"({GENUINE}: upstream kube-apiserver, kubelet, kube-proxy, containerd and the CNI",
         "reference plugins, each node a network namespace `rk-node-N`) is brought up fresh for",
         "the session, the suite runs against it as a user runs it, and everything is taken down.",
+        "Faults run two at a time, on rules that do not meet: each must fail exactly its own",
+        "checks (the patterns of its netlab twin), and nothing else may fail.",
         "",
         f"- run: {when:%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs),"
         f" load {' / '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",
@@ -229,6 +234,8 @@ def render_joined(proof: Proof, matrix_document: str | None) -> str:
         "",
         f"- netlab healthy labs with no failure: {', '.join(lab_healthy) or 'none recorded'}",
         f"- genuine cluster: {GENUINE}, {proof.started:%Y-%m-%d}",
+        "- pending: a fault whose checks main does not judge yet (an expected failure of the"
+        " tier) proves nothing: listed under Faults, never counted for a check family",
         "",
         "## Check families",
         "",
