@@ -192,7 +192,7 @@ def _summary(report_dir: Path) -> dict[str, object]:
     return dict(json.loads((report_dir / "summary.json").read_text()))
 
 
-def cluster_facts(cluster: RealCluster) -> Facts:
+def pod_ranges(cluster: RealCluster) -> Facts:
     """Each node's pod range, from its Node object (node-N -> N)."""
     from kubernetes import client
 
@@ -228,7 +228,7 @@ def test_faults_fail_exactly_their_checks(
     names: tuple[str, ...], genuine_cluster: RealCluster, proof: Proof, tmp_path: Path
 ) -> None:
     faults = _faults(names)
-    facts = cluster_facts(genuine_cluster)
+    facts = pod_ranges(genuine_cluster)
     with contextlib.ExitStack() as made:
         for fault in faults:
             made.enter_context(applied(genuine_cluster, fault, facts))
