@@ -11,11 +11,13 @@ the detection matrix's own document (``detection-matrix.md`` in the same folder)
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DOC_VARIABLE = "NETCONFORM_REALK8S_DOC"
@@ -211,9 +213,11 @@ def render_joined(proof: Proof, matrix_document: str | None) -> str:
     catches = matrix_catches(matrix_document) if matrix_document else {}
     lab_caught: dict[str, set[str]] = {}
     for label, checks in catches.items():
-        for fault in lab_faults(label):
-            for test_id in checks:
-                lab_caught.setdefault(check_of(test_id), set()).add(fault)
+        faults = lab_faults(label)
+        if len(faults) != 1:
+            continue  # two faults at once: which of them a failure is due to is not said
+        for test_id in checks:
+            lab_caught.setdefault(check_of(test_id), set()).add(faults[0])
     genuine_caught: dict[str, set[str]] = {}
     for case in proof.cases:
         for fault in case.faults:
@@ -232,14 +236,15 @@ def render_joined(proof: Proof, matrix_document: str | None) -> str:
         " hand on that cluster made it fail. netlab: the detection matrix"
         f" (`{MATRIX_REGENERATE}`); genuine: the genuine-cluster tier (`{REGENERATE}`).",
         "",
-        f"- netlab healthy labs with no failure: {', '.join(lab_healthy) or 'none recorded'}",
+        f"- netlab healthy labs with no failure: {'; '.join(lab_healthy) or 'none recorded'}",
         f"- genuine cluster: {GENUINE}, {proof.started:%Y-%m-%d}",
         "- pending: a fault whose checks main does not judge yet (an expected failure of the"
         " tier) proves nothing: listed under Faults, never counted for a check family",
         "",
         "## Check families",
         "",
-        "| module | check | netlab: faults that made it fail | genuine 1.28: healthy |"
+        "| module | check | netlab: faults that made it fail (one fault per lab) |"
+        " genuine 1.28: healthy |"
         " genuine 1.28: faults that made it fail |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -270,11 +275,52 @@ def render_joined(proof: Proof, matrix_document: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(proof: Proof, path: Path) -> Path:
+    """``proof`` as JSON (what the pages are rendered from, to render them again)."""
+    data = asdict(proof)
+    data["started"] = proof.started.isoformat()
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def load(path: Path) -> Proof:
+    """A `Proof` saved by `save`."""
+    data = json.loads(path.read_text())
+    cases = []
+    for case in data.pop("cases"):
+        case["rules"] = tuple(RuleVerdict(**rule) for rule in case["rules"])
+        case["faults"] = tuple(
+            FaultRecord(**{**fault, "caught": tuple(fault["caught"])}) for fault in case["faults"]
+        )
+        case["options"] = tuple(case["options"])
+        cases.append(CaseRecord(**case))
+    started = datetime.datetime.fromisoformat(data.pop("started"))
+    return Proof(cases=cases, started=started, **data)
+
+
 def write_docs(proof: Proof, page: Path) -> tuple[Path, Path]:
-    """The tier's page at ``page`` and the joined page beside it."""
+    """The tier's page at ``page``, the joined page beside it, and the record both are
+    rendered from (``page`` with ``.json``)."""
     page.parent.mkdir(parents=True, exist_ok=True)
+    save(proof, page.with_suffix(".json"))
     page.write_text(render_tier(proof))
     matrix = page.parent / MATRIX_NAME
     joined = page.parent / JOINED_NAME
     joined.write_text(render_joined(proof, matrix.read_text() if matrix.exists() else None))
     return page, joined
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python tests/support/proof_docs.py docs/realk8s.md``: both pages again from the
+    record the tier's last run saved (``docs/realk8s.json``) and the matrix's document."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print(f"usage: {sys.argv[0]} PAGE (e.g. docs/realk8s.md)", file=sys.stderr)
+        return 2
+    page = Path(args[0])
+    write_docs(load(page.with_suffix(".json")), page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

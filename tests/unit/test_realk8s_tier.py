@@ -116,6 +116,11 @@ def proof() -> Proof:
         ),
     )
     found.add(CaseRecord("healthy, serial", "admin", (), 0, 21.5, 204, 6.2, 3.0, rules))
+    found.cases[0].rules += (
+        RuleVerdict(
+            "test_volume_shared_between_containers", "conformance/test_shared_volumes.py", "held"
+        ),
+    )
     caught = ("test_no_snat::test_no_snat[tcp-node-2->node-1]",)
     fault = FaultRecord("snat-node-2", 2, "node-2 masquerades", "snat-cross-node", caught)
     pending = FaultRecord("loss-1-to-3", 1, "20 % loss", None, (), pending="issue 21 item 3")
@@ -141,6 +146,25 @@ def test_the_joined_page_puts_each_check_with_the_faults_that_caught_it_on_each_
     assert "| `snat-node-2` (netlab twin: `snat-cross-node`) | genuine 1.28 |" in page
     # A pending fault caught nothing that counts.
     assert "`loss-1-to-3`" not in row
+
+
+def test_a_lab_with_two_faults_is_no_evidence_for_either() -> None:
+    page = render_joined(proof(), MATRIX)
+    volumes = next(
+        line for line in page.splitlines() if "`test_volume_shared_between_containers`" in line
+    )
+    # `snat-cross-node` + `unshared-emptydir` fails the volume checks; only the second explains it.
+    assert "`unshared-emptydir`" in volumes
+    assert "`snat-cross-node`" not in volumes
+
+
+def test_the_record_renders_the_same_pages_again(tmp_path: Path) -> None:
+    from proof_docs import load, save
+
+    original = proof()
+    again = load(save(original, tmp_path / "realk8s.json"))
+    assert render_tier(again) == render_tier(original)
+    assert render_joined(again, MATRIX) == render_joined(original, MATRIX)
 
 
 def test_rule_verdicts_read_the_summary_rule_table() -> None:
