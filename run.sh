@@ -6,6 +6,9 @@
 #   ./run.sh bench [--nodes 3,10,30]  set up, benchmark suite and lab, write bench/results.*
 #   ./run.sh bench --soak N           the suite N times under each control-plane fault
 #                                     (bench/soak.py), its table into bench/results.md
+#   ./run.sh bench --real-k8s [--runs N]  the 3-node suite on the genuine Kubernetes fixture
+#                                     (../shared/realk8s), young and warm kubelets, serial and
+#                                     -n 2 (bench/realk8s.py), its table into bench/results.md
 #   ./run.sh wheel        build the wheel users install into dist/ (tests/e2e/test_wheel.py
 #                         builds its own, installs it into a fresh virtualenv and runs the suite)
 set -euo pipefail
@@ -143,7 +146,7 @@ case "${1:-}" in
   bench) shift; benchmarks "$@" ;;
   wheel) wheel ;;
   *)
-    say "usage: ./run.sh setup | conformance | test [pytest args] | bench [--nodes 3,10,30 | --soak N] | wheel"
+    say "usage: ./run.sh setup | conformance | test [pytest args] | bench [--nodes 3,10,30 | --soak N | --real-k8s] | wheel"
     exit 2
     ;;
 esac

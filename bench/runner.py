@@ -392,11 +392,20 @@ def soak_section(document: str) -> str:
     return section_of(document)
 
 
+def realk8s_section(document: str) -> str:
+    """The genuine cluster's section of ``results.md`` (bench/realk8s.py), empty when none."""
+    from bench.realk8s import section_of
+
+    return section_of(document)
+
+
 def write_outputs(results: dict[str, Any], out: Path, *, plot: bool) -> None:
     write_json(out / "results.json", results)
     document = out / "results.md"
-    # The soak's section (./run.sh bench --soak N) stays: it is written by its own runs.
-    kept = soak_section(document.read_text()) if document.exists() else ""
+    # The soak's (--soak N) and the genuine cluster's (--real-k8s) sections stay: they are
+    # written by their own runs.
+    text = document.read_text() if document.exists() else ""
+    kept = soak_section(text) + realk8s_section(text)
     document.write_text(render_markdown(results) + kept)
     if plot and results["runs"]:
         from bench.plot import plot_wall_time
@@ -433,7 +442,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="instead: the suite N times under each control-plane fault (bench/soak.py)",
     )
+    parser.add_argument(
+        "--real-k8s",
+        action="store_true",
+        help="instead: the 3-node suite on the genuine Kubernetes fixture, young and warm"
+        " kubelets, serial and -n 2 (bench/realk8s.py)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="with --real-k8s: fresh clusters per mode (default 3)"
+    )
     args = parser.parse_args(argv)
+    if args.real_k8s:
+        if os.geteuid() != 0:
+            parser.error("the genuine cluster needs root")
+        from bench import realk8s  # imports tests/support: only when asked for
+
+        return realk8s.run(args.runs, out=args.out, facts=machine_facts())
     if args.soak is not None:
         if os.geteuid() != 0:
             parser.error("the soak boots labs: run it as root")

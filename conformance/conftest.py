@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from time import monotonic
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 from kubernetes import client
@@ -148,11 +149,13 @@ def deployment(
 
     def deploy() -> Deployment:
         timeouts = settings.timeouts
+        started = monotonic()
         swept = None
         if settings.cleanup_stale:
             stale = sweep_stale(core, run_info.run_id, timeouts)
             write(run_info, STALE_SWEEP_RECORD, stale.to_dict())  # the reporter says what and why
             swept = stale.deleted
+            started = monotonic()
         # Leased from the start; the controller renews it (`conformance.kit.session.LeaseRenewer`).
         create_namespace(
             core, run_info.namespace, run_info.run_id, timeouts, lease_seconds=settings.run_lease
@@ -177,8 +180,11 @@ def deployment(
         probes = finish_service_probes(
             core, probes, services, hostports[0], run_info.run_id, settings
         )
+        seconds = round(monotonic() - started, 3)
         facts = cluster_facts(api_client, list_nodes(core, timeouts), discovery, settings)
-        return Deployment(probes=probes, cluster=facts, stale_namespaces_deleted=swept)
+        return Deployment(
+            probes=probes, cluster=facts, stale_namespaces_deleted=swept, seconds=seconds
+        )
 
     try:
         found = deploy_once(run_info, deploy)

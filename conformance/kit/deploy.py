@@ -560,6 +560,8 @@ class Deployment(JSONData):
     probes: ProbeMap
     cluster: ClusterFacts | None = None
     stale_namespaces_deleted: tuple[str, ...] | None = None
+    #: From creating the run namespace until every probe was Ready and known (seconds).
+    seconds: float | None = None
 
 
 def deploy_once(run: RunInfo, deploy: Callable[[], Deployment]) -> Deployment:

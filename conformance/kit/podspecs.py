@@ -22,12 +22,15 @@ from conformance.kit.probes import (
 )
 from conformance.kit.services import BACKEND_LABEL, BACKEND_VALUE
 from conformance.kit.settings import Settings
-from conformance.probe_agent import agent_source
+from conformance.probe_agent import agent_source, client_source
 
 AGENT_CONFIGMAP = "netconform-agent"
 AGENT_KEY = "agent.py"
 AGENT_DIR = "/netconform"
 AGENT_PATH = f"{AGENT_DIR}/{AGENT_KEY}"
+#: The agent's client (``call``, ``ping``): every exec and startup probe runs it, not the agent.
+CLIENT_KEY = "client.py"
+CLIENT_PATH = f"{AGENT_DIR}/{CLIENT_KEY}"
 APP_LABEL = "app.kubernetes.io/name"
 APP = "netconform-probe"
 ROLE_LABEL = "netconform/role"
@@ -50,7 +53,7 @@ TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 
 
 def agent_configmap(namespace: str, run_id: str) -> client.V1ConfigMap:
-    """ConfigMap ``netconform-agent`` holding ``agent.py``."""
+    """ConfigMap ``netconform-agent`` holding ``agent.py`` and its ``client.py``."""
     return client.V1ConfigMap(
         api_version="v1",
         kind="ConfigMap",
@@ -59,7 +62,7 @@ def agent_configmap(namespace: str, run_id: str) -> client.V1ConfigMap:
             namespace=namespace,
             labels={MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: run_id},
         ),
-        data={AGENT_KEY: agent_source()},
+        data={AGENT_KEY: agent_source(), CLIENT_KEY: client_source()},
     )
 
 
@@ -155,23 +158,32 @@ AGENT_RESOURCES = _resources("32Mi", "128Mi", "500m")
 SEED_RESOURCES = _resources("16Mi", "32Mi", "100m")
 
 
-#: Readiness of agent containers: the first probe waits up to this long for the agent.
+#: The startup probe waits up to this long for the agent in one try (``ping --wait``).
 READINESS_FIRST_WAIT = 10
-#: Seconds between later readiness probes. Each is an exec (runc and a Python start on the
-#: node): with five probe pods on every node, a short period would cost a busy node more than
-#: the checks do. Nothing waits on later probes but the one Service backend the Service checks
-#: flip (the sandbox check waits for its restarted agent itself, see kit/sandboxes.py).
-READINESS_PERIOD = 60
+#: Seconds between startup probes until the agent first answered. kubelet delays a worker's
+#: first probe by a random part of its period while the kubelet itself is younger than that
+#: period (pkg/kubelet/prober/worker.go), and its one early look at a just started container
+#: can come too early, leaving the next a whole period later (a 60 s readiness period cost a
+#: 3-node genuine 1.28 cluster 60 s either way): with 1 s, a probe pod is Ready within about
+#: a second of its agent answering, on a kubelet of any age.
+STARTUP_PERIOD = 1
+#: Startup tries before kubelet restarts the container. A try that waits in vain takes
+#: `READINESS_FIRST_WAIT` s, one that fails at once (an exec refused on a saturated node) 1 s:
+#: the agent has at least a minute, more than a busy node needs to start Python.
+STARTUP_FAILURES = 60
 #: The Service backend whose readiness the Service checks flip: kubelet must notice at once.
+#: It is the only container with a readiness probe (an exec every second, on one node); every
+#: other container is Ready once its startup probe succeeded, and never probed again.
 READINESS_PERIOD_FLIPPED = 1  # the least Kubernetes allows
 
 
 def ping_command(container: str, wait: float = READINESS_FIRST_WAIT) -> list[str]:
-    """The agent's ``ping`` in ``container``: exit 0 once its serve process answers, waiting up
-    to ``wait`` seconds (the readiness probe, and the sandbox check's wait for a restart)."""
+    """The client's ``ping`` of ``container``'s agent: exit 0 once its serve process answers,
+    waiting up to ``wait`` seconds (the startup probe, the flipped backend's readiness probe,
+    and the sandbox check's wait for a restart)."""
     return [
         "python3",
-        AGENT_PATH,
+        CLIENT_PATH,
         "ping",
         "--socket",
         agent_socket(container),
@@ -186,13 +198,14 @@ def agent_container(
     mounts: Sequence[client.V1VolumeMount] = (),
     *,
     host_network: bool = False,
-    readiness_period: int = READINESS_PERIOD,
-    readiness_failures: int = 3,
+    flipped: bool = False,
     net_raw: bool = True,
     host_ports: tuple[int, int] | None = None,
 ) -> client.V1Container:
-    """A container running the agent, Ready when the agent answers ``ping``; with ``net_raw``
-    it runs as root with NET_RAW only (raw ICMP, captures), else as nobody with nothing.
+    """A container running the agent, Ready once the agent first answered ``ping`` (its
+    startup probe); with ``flipped`` (the Service backend the readiness check turns unready),
+    also probed for readiness every second. With ``net_raw`` it runs as root with NET_RAW only
+    (raw ICMP, captures), else as nobody with nothing.
 
     hostNetwork containers declare no ports: declared ports become host ports, which kubelet
     admission would reject on a conflict with a node service. ``host_ports`` (TCP, UDP) map
@@ -219,17 +232,26 @@ def agent_container(
         termination_message_policy=TERMINATION_MESSAGE_POLICY,
         env=[_field_env(name, path) for name, path in AGENT_ENV],
         ports=ports,
-        # The first probe waits for the agent (ping --wait), so the pod is Ready as soon as the
-        # agent answers; later probes only notice a dead agent. Each probe is an exec (a process
-        # in the container), so they are rare: every 2 s on every container cost a 3-node lab
-        # 0.6 of a core; sandbox pods probed every 2 s on 30 nodes took more than this whole
-        # 2-core machine.
+        # Every probe is an exec (a process in the container): a startup probe, tried every
+        # second until the agent first answers and never again, makes the pod Ready within a
+        # second of its agent, even under a young kubelet's start jitter, and costs a node
+        # nothing afterwards. No readiness probe follows (a container without one is Ready
+        # once started), except on the one backend whose readiness the Service checks flip.
+        startup_probe=client.V1Probe(
+            _exec=client.V1ExecAction(command=ping_command(container.name)),
+            period_seconds=STARTUP_PERIOD,
+            timeout_seconds=READINESS_FIRST_WAIT + 5,
+            failure_threshold=STARTUP_FAILURES,
+        ),
         readiness_probe=client.V1Probe(
             _exec=client.V1ExecAction(command=ping_command(container.name)),
-            period_seconds=readiness_period,
+            period_seconds=READINESS_PERIOD_FLIPPED,
             timeout_seconds=READINESS_FIRST_WAIT + 5,
-            failure_threshold=readiness_failures,
-        ),
+            # One failed probe is enough: the readiness check turns it unready on purpose.
+            failure_threshold=1,
+        )
+        if flipped
+        else None,
         security_context=container_security(net_raw=net_raw),
         resources=CAPTURING_AGENT_RESOURCES if net_raw and not host_network else AGENT_RESOURCES,
         volume_mounts=[
@@ -374,14 +396,11 @@ def images_to_pull(settings: Settings) -> tuple[str, ...]:
 
 def _role_pod(probe: Probe, namespace: str, run_id: str, settings: Settings) -> client.V1Pod:
     if probe.role in (ROLE_PROBE, ROLE_SANDBOX):
-        # The sandbox check waits for its restarted container to be Ready again: probe it often.
-        period = READINESS_PERIOD
         containers = [
             agent_container(
                 c,
                 settings,
                 _shared_mounts(c.name),
-                readiness_period=period,
                 net_raw=probe.role in NET_RAW_ROLES,
             )
             for c in probe.containers
@@ -400,14 +419,7 @@ def _role_pod(probe: Probe, namespace: str, run_id: str, settings: Settings) -> 
             host_network=True,
         )
     if probe.role == ROLE_PEER:
-        period = READINESS_PERIOD_FLIPPED if probe.readiness_target else READINESS_PERIOD
-        container = agent_container(
-            probe.containers[0],
-            settings,
-            readiness_period=period,
-            # One failed probe is enough: the readiness check turns it unready on purpose.
-            readiness_failures=1 if probe.readiness_target else 3,
-        )
+        container = agent_container(probe.containers[0], settings, flipped=probe.readiness_target)
         return _pod(probe, namespace, run_id, [container], [])
     raise ValueError(f"unknown probe role {probe.role!r}")
 
@@ -453,7 +465,8 @@ _MANIFEST_HEADER = """\
 #   kubectl create namespace {namespace}
 #   kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=privileged
 #   kubectl -n {namespace} create configmap {configmap} \\
-#       --from-file={key}=conformance/probe_agent/agent.py
+#       --from-file={key}=conformance/probe_agent/agent.py \\
+#       --from-file={client_key}=conformance/probe_agent/client.py
 #   kubectl apply -f manifests/{file}
 """
 
@@ -471,6 +484,7 @@ def render_manifest(role: str, settings: Settings | None = None) -> str:
         namespace=MANIFEST_NAMESPACE,
         configmap=AGENT_CONFIGMAP,
         key=AGENT_KEY,
+        client_key=CLIENT_KEY,
         file=MANIFEST_FILES[role],
     )
     body: str = yaml.safe_dump(to_manifest(pod), sort_keys=False, default_flow_style=False)

@@ -6,11 +6,13 @@ The runner never routes to pod IPs; everything goes through exec.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
 
@@ -35,7 +37,7 @@ from conformance.kit.errors import (
     ProbeStreamError,
 )
 from conformance.kit.permissions import explain_forbidden
-from conformance.kit.podspecs import AGENT_PATH, agent_socket
+from conformance.kit.podspecs import CLIENT_PATH, agent_socket
 from conformance.kit.settings import Timeouts
 
 ProbeResponse = dict[str, Any]
@@ -123,15 +125,31 @@ def _retryable_open(exc: BaseException) -> bool:
     return "Handshake status 4" not in str(exc.reason)
 
 
+@dataclass
+class ExecProtocol:
+    """What the API server's exec speaks, learned on the first exec and shared by a client and
+    its thread twins: whether stdin can be closed (the v5 protocol, Kubernetes 1.30 and later).
+    Older servers get the payload as an argument; a twin that had to learn it again would pay
+    a wasted exec (an agent started for nothing) per call."""
+
+    stdin_close: bool | None = None
+    learning: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
 class ProbeClient:
     """Runs agent request batches in probe containers of one namespace."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        namespace: str,
+        timeouts: Timeouts,
+        protocol: ExecProtocol | None = None,
+    ) -> None:
         self.core = core
         self.namespace = namespace
         self.timeouts = timeouts
-        # Closing stdin needs the v5 exec protocol; older servers get the payload as argv.
-        self._stdin_close: bool | None = None
+        self.protocol = protocol or ExecProtocol()
 
     def for_thread(self) -> ProbeClient:
         """A client with its own API client (same configuration), for use in another thread.
@@ -141,9 +159,7 @@ class ProbeClient:
         `close`.
         """
         api = client.ApiClient(self.core.api_client.configuration)
-        twin = ProbeClient(client.CoreV1Api(api), self.namespace, self.timeouts)
-        twin._stdin_close = self._stdin_close
-        return twin
+        return ProbeClient(client.CoreV1Api(api), self.namespace, self.timeouts, self.protocol)
 
     def close(self) -> None:
         """Release the API client's connections (for clients made by `for_thread`)."""
@@ -191,10 +207,43 @@ class ProbeClient:
         Raises `ProbeExecError` when the exec cannot be opened, outlives ``timeout``, or the
         command cannot start. A non-zero exit is returned, not raised.
         """
-        argv = list(command)
-        use_argv_payload = stdin is not None and self._stdin_close is False
-        if use_argv_payload:
-            argv = self._argv_payload_command(argv, stdin or "")
+        learning = stdin is not None and self.protocol.stdin_close is None
+        # Parallel first calls learn the protocol once: the others wait for the first handshake.
+        with self.protocol.learning if learning else contextlib.nullcontext():
+            argv = list(command)
+            use_argv_payload = stdin is not None and self.protocol.stdin_close is False
+            if use_argv_payload:
+                argv = self._argv_payload_command(argv, stdin or "")
+            resp = self._handshake(pod, container, command, argv, stdin, use_argv_payload)
+        try:
+            if stdin is not None and not use_argv_payload:
+                if resp.subprotocol == V5_CHANNEL_PROTOCOL:
+                    resp.write_stdin(stdin)
+                    resp.close_channel(0)
+                else:
+                    resp.close()
+                    return self.exec(pod, container, command, timeout=timeout, stdin=stdin)
+            return self._collect(resp, pod, container, command, timeout)
+        except (WebSocketException, OSError) as exc:
+            raise ProbeStreamError(
+                f"exec {' '.join(command)!r}: the stream broke ({type(exc).__name__}: {exc})",
+                pod=pod,
+                container=container,
+            ) from exc
+        finally:
+            resp.close()
+
+    def _handshake(
+        self,
+        pod: str,
+        container: str,
+        command: Sequence[str],
+        argv: list[str],
+        stdin: str | None,
+        use_argv_payload: bool,
+    ) -> Any:
+        """The opened exec stream of ``argv``; with a payload for stdin, what the server speaks
+        is learned from the stream's subprotocol."""
         try:
             resp = self._open(pod, container, argv, stdin is not None and not use_argv_payload)
         except ApiException as exc:
@@ -207,25 +256,9 @@ class ProbeClient:
                 pod=pod,
                 container=container,
             ) from exc
-        try:
-            if stdin is not None and not use_argv_payload:
-                if resp.subprotocol == V5_CHANNEL_PROTOCOL:
-                    self._stdin_close = True
-                    resp.write_stdin(stdin)
-                    resp.close_channel(0)
-                else:
-                    self._stdin_close = False
-                    resp.close()
-                    return self.exec(pod, container, command, timeout=timeout, stdin=stdin)
-            return self._collect(resp, pod, container, command, timeout)
-        except (WebSocketException, OSError) as exc:
-            raise ProbeStreamError(
-                f"exec {' '.join(command)!r}: the stream broke ({type(exc).__name__}: {exc})",
-                pod=pod,
-                container=container,
-            ) from exc
-        finally:
-            resp.close()
+        if stdin is not None and not use_argv_payload:
+            self.protocol.stdin_close = resp.subprotocol == V5_CHANNEL_PROTOCOL
+        return resp
 
     @staticmethod
     def _argv_payload_command(command: list[str], payload: str) -> list[str]:
@@ -314,7 +347,7 @@ class ProbeClient:
             batch = {"parallel": lanes, "requests": batch}
         command = [
             "python3",
-            AGENT_PATH,
+            CLIENT_PATH,
             "call",
             "--socket",
             agent_socket(container),

@@ -693,47 +693,49 @@ def run_sweep(
 
         calls_in_parallel(client, groups, work, could_not_ask, max_parallel=workers)
 
-    # A node's own stack may use any address of the node: ask such sources for theirs.
-    def ask_addresses(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:
-        answer = require_ok(
-            own.call(endpoint.pod, endpoint.container, [{"op": "addresses"}])[0],
-            pod=endpoint.pod,
-            container=endpoint.container,
-            what="list the node's addresses",
-        )
-        for state in group:
-            state.own_addresses = interface_addresses(answer)
-
-    in_parallel(
-        _by((s for s in states if s.target.source_is_node), lambda s: s.target.source),
-        ask_addresses,
-    )
-
-    # One capture per destination container, for every exchange of the sweep (the nonces share
-    # the sweep's prefix), started before any traffic and read once at the end.
+    # Before any traffic, one call per container: a node's own addresses where it is the source
+    # of host-network exchanges (its stack may use any of them), and the capture watching every
+    # exchange towards it (the nonces share the sweep's prefix), read once at the end.
     budget = _capture_budget([t for t in targets if t.capture], timeouts, workers)
     captures: dict[Endpoint, str] = {}
+    sources = _by((s for s in states if s.target.source_is_node), lambda s: s.target.source)
+    watched = _by((s for s in states if s.target.capture), lambda s: s.target.destination)
 
-    def start_capture(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:
-        (answer,) = own.call(
-            endpoint.pod,
-            endpoint.container,
-            [{"op": "capture_start", "nonce_prefix": prefix, "timeout": budget}],
-        )
-        if answer.get("ok"):
-            captures[endpoint] = str(answer["capture_id"])
-        else:
-            for state in group:
-                state.error = (
-                    f"start packet capture: agent answered error {answer.get('error')!r} "
-                    f"[pod {endpoint.pod}, container {endpoint.container}]"
+    def prepare(own: ProbeClient, endpoint: Endpoint, _group: list[_State]) -> None:
+        requests: list[dict[str, Any]] = []
+        if endpoint in sources:
+            requests.append({"op": "addresses"})
+        if endpoint in watched:
+            requests.append({"op": "capture_start", "nonce_prefix": prefix, "timeout": budget})
+        answers = iter(own.call(endpoint.pod, endpoint.container, requests))
+        if endpoint in sources:
+            try:
+                addresses = require_ok(
+                    next(answers),
+                    pod=endpoint.pod,
+                    container=endpoint.container,
+                    what="list the node's addresses",
                 )
+            except ProbeCallError as exc:
+                for state in sources[endpoint]:
+                    state.error = state.error or str(exc)
+            else:
+                for state in sources[endpoint]:
+                    state.own_addresses = interface_addresses(addresses)
+        if endpoint in watched:
+            answer = next(answers)
+            if answer.get("ok"):
+                captures[endpoint] = str(answer["capture_id"])
+            else:
+                for state in watched[endpoint]:
+                    state.error = state.error or (
+                        f"start packet capture: agent answered error {answer.get('error')!r} "
+                        f"[pod {endpoint.pod}, container {endpoint.container}]"
+                    )
 
     in_parallel(
-        _by(
-            (s for s in states if s.target.capture and not s.error), lambda s: s.target.destination
-        ),
-        start_capture,
+        {e: sources.get(e, []) + watched.get(e, []) for e in dict.fromkeys([*sources, *watched])},
+        prepare,
     )
 
     def probe(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:

@@ -178,11 +178,13 @@ def end_run(
         lines.append(
             f"probe deployment failed: {record.error.splitlines()[0] if record.error else '?'}"
         )
+    deployed = deployment_of(record)
     summary["run"] = {
         "run_id": run.run_id,
         "namespace": run.namespace,
         "deployment": deployment_status(record),
         "deployment_error": (record.error or None) if record is not None else None,
+        "deployment_seconds": deployed.seconds if deployed is not None else None,
     }
     lines.append(f"summary: {write_summary(reports_dir / 'summary.json', summary)}")
     return lines

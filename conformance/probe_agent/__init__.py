@@ -1,4 +1,5 @@
-"""The probe agent: the one program run inside every probe container (``agent.py``).
+"""The probe agent: the one program run inside every probe container (``agent.py``), and its
+client (``client.py``: ``call`` and ``ping``, which every exec and startup probe runs).
 
 It is not part of the kit: it runs on the probe image's own ``python3`` (3.8 or newer), imports
 only the standard library at import time (scapy lazily, for captures) and nothing of ours. The
@@ -23,6 +24,7 @@ from conformance.probe_agent.agent import (
 
 __all__ = [
     "AGENT_FILE",
+    "CLIENT_FILE",
     "MAX_BATCH_REQUESTS",
     "MAX_CONTROL_BYTES",
     "MAX_PACKETS_PER_PREFIX_CAPTURE",
@@ -30,13 +32,21 @@ __all__ = [
     "MAX_TRANSFER_BYTES",
     "agent_source",
     "call_budget",
+    "client_source",
     "expected_sha256",
 ]
 
 #: The agent program, shipped as the ConfigMap key ``agent.py``.
 AGENT_FILE = Path(__file__).with_name("agent.py")
+#: Its client, shipped beside it as the ConfigMap key ``client.py``.
+CLIENT_FILE = Path(__file__).with_name("client.py")
 
 
 def agent_source() -> str:
     """The agent program's source text."""
     return AGENT_FILE.read_text()
+
+
+def client_source() -> str:
+    """The agent client's source text."""
+    return CLIENT_FILE.read_text()

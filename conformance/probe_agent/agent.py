@@ -7,7 +7,7 @@ image's own ``python3``. **The oldest Python it supports is 3.8** (checked with 
 standard library at import time. scapy is imported lazily, once, by the ``serve`` process, and
 only for packet captures.
 
-Subcommands (see docs/architecture.md, "The probe agent protocol"):
+Subcommand (see docs/architecture.md, "The probe agent protocol"):
 
 ``serve``
     Long-running. TCP and UDP listeners on every address of the pod (IPv4 and IPv6 where the
@@ -15,16 +15,12 @@ Subcommands (see docs/architecture.md, "The probe agent protocol"):
     recording echo requests, and a control unix socket taking JSON requests. File requests
     are served only inside the ``--data-dir`` directories. Logs one line per request on stderr
     (the container log).
-``ping``
-    Exit 0 when the serve process answers (readiness probe), 1 otherwise.
     With ``--edge-control ADDR:PORT`` it is also the edge server on a host outside the
     cluster: a TCP control listener on ADDR taking only ``info`` and ``connect`` to the
     addresses ``--allow-connect`` names (the suite's NodePort-from-outside checks).
-``call``
-    Reads a batch on stdin: a JSON list of requests (run one after another), or
-    ``{"parallel": N, "requests": [...]}`` (run at most N at a time); forwards it to the serve
-    process, writes the JSON list of responses (request order) on stdout and exits 0. Exits 2
-    on bad input and 3 when no serve process answers, with the reason on stderr.
+
+Its client, ``client.py`` beside it (``call`` and ``ping``), talks to the control socket: a
+small program of its own, because every exec of the suite starts one.
 
 Every response holds ``ok`` and ``op``; when ``ok`` is false it holds ``error`` (text for a
 person) and, when the failure came from the kernel, ``errno`` (its name, e.g. ``ETIMEDOUT``).
@@ -2346,7 +2342,9 @@ def answer_batch(agent: Agent | EdgeControl, data: bytes) -> bytes:
             raise RequestError(f"batch is not JSON: {_shown(str(exc), 200)}") from exc
         requests, parallel = batch_requests(body)
     except RequestError as exc:
-        return json.dumps([{"ok": False, "op": None, "error": str(exc)}]).encode() + b"\n"
+        # "refused": the batch as a whole, not one of its requests (the client exits 2).
+        refusal = {"ok": False, "op": None, "error": str(exc), "refused": True}
+        return json.dumps([refusal]).encode() + b"\n"
     return run_batch(agent, requests, parallel)
 
 
@@ -2788,77 +2786,6 @@ def exchange_batch(
     return responses
 
 
-def send_batch(
-    path: str, requests: Sequence[object], timeout: float, parallel: int | None = None
-) -> list[JSONDict]:
-    """Send requests to the serve process on ``path`` (as a plain list, or as a parallel batch
-    when ``parallel`` is given); ``OSError`` when it does not answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        return exchange_batch(sock, requests, timeout, parallel)
-
-
-def run_call(args: argparse.Namespace) -> int:
-    raw = sys.stdin.buffer.read(MAX_CONTROL_BYTES + 1)
-    if len(raw) > MAX_CONTROL_BYTES:
-        sys.stderr.write(f"agent call: stdin holds more than {MAX_CONTROL_BYTES} bytes\n")
-        return 2
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        sys.stderr.write(f"agent call: stdin is not JSON: {_shown(str(exc), 200)}\n")
-        return 2
-    if not isinstance(body, (list, dict)):
-        sys.stderr.write(
-            "agent call: stdin must be a JSON list of requests, one request, or "
-            '{"parallel": N, "requests": [...]}\n'
-        )
-        return 2
-    try:
-        requests, parallel = batch_requests(body)
-    except RequestError as exc:
-        sys.stderr.write(f"agent call: {exc}\n")
-        return 2
-    is_parallel = isinstance(body, dict) and "requests" in body
-    timeout = args.timeout if args.timeout is not None else call_budget(requests, parallel)
-    try:
-        responses = send_batch(args.socket, requests, timeout, parallel if is_parallel else None)
-    except (OSError, ValueError) as exc:
-        text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-        sys.stderr.write(f"agent call: no answer from a serve process on {args.socket}: {text}\n")
-        return 3
-    sys.stdout.write(json.dumps(responses) + "\n")
-    return 0
-
-
-def run_ping(args: argparse.Namespace) -> int:
-    # --wait: a readiness probe run right at container start waits (bounded) for the serve
-    # process, so the pod turns Ready at once and later probes can be rare and cheap.
-    deadline = time.monotonic() + max(0.0, args.wait)
-    pause = threading.Event()
-    while True:
-        try:
-            responses = send_batch(args.socket, [{"op": "info"}], args.timeout or 3.0)
-            break
-        except (OSError, ValueError) as exc:
-            if time.monotonic() < deadline:
-                pause.wait(0.05)
-                continue
-            text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            sys.stderr.write(
-                f"agent ping: no answer from a serve process on {args.socket}: {text}\n"
-            )
-            return 1
-    if not responses or not responses[0].get("ok"):
-        sys.stderr.write(f"agent ping: unexpected answer {responses!r}\n")
-        return 1
-    if responses[0].get("ready") is False:
-        sys.stderr.write("agent ping: the agent was marked unready (set_ready)\n")
-        return 1
-    return 0
-
-
 def _port(text: str) -> int:
     port = int(text)
     if not 0 <= port <= 65535:
@@ -2916,33 +2843,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="addresses the edge server may connect to (the nodes); repeatable; needed with "
         "--edge-control",
     )
-    for name, help_text in (
-        ("ping", "exit 0 when the serve process answers"),
-        ("call", "a JSON batch of requests on stdin, JSON list of responses on stdout"),
-    ):
-        client = commands.add_parser(name, help=help_text)
-        client.add_argument("--socket", default=DEFAULT_SOCKET, help="control unix socket path")
-        client.add_argument("--timeout", type=float, default=None, help="seconds to wait")
-        if name == "ping":
-            client.add_argument(
-                "--wait",
-                type=float,
-                default=0.0,
-                help="keep trying this many seconds until the serve process answers",
-            )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "serve" and args.edge_control and not args.allow_connect:
+    if args.edge_control and not args.allow_connect:
         parser.error("--edge-control needs --allow-connect: the addresses it may connect to")
-    if args.command == "serve":
-        return run_serve(args)
-    if args.command == "call":
-        return run_call(args)
-    return run_ping(args)
+    return run_serve(args)
 
 
 if __name__ == "__main__":

@@ -549,7 +549,7 @@ class Kubelet:
         container.running = running
         container.container_id = container_id
         container.state = {"running": {"startedAt": running.started_at}}
-        container.ready = False
+        container.ready = container.started = False
         self._event(record, "Normal", "Started", f"Started container {container.name}")
         if not container.init:
             self.prober.add_container(record, container, running)

@@ -34,6 +34,8 @@ class ContainerRecord:
     state: JSONDict = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     last_state: JSONDict = field(default_factory=dict)
     ready: bool = False
+    #: Its startup probe succeeded (or it has none); meaningful while it runs.
+    started: bool = False
     container_id: str = ""
     running: RunningContainer | None = None
     log_index: int = 0

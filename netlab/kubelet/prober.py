@@ -1,9 +1,16 @@
-"""Readiness and liveness probes, as kubelet's prober runs them.
+"""Startup, readiness and liveness probes, as kubelet's prober runs them.
 
 ``Prober.add_container`` starts one worker per probe of a started app container (upstream's
 ``prober_manager.AddPod``); a worker probes every ``periodSeconds``, counts successes and
-failures against the thresholds, flips the container's ``ready`` (readiness) or stops the
-container (liveness, for the kubelet to restart it), as ``pkg/kubelet/prober/worker.go``.
+failures against the thresholds, and marks the container started (startup), flips its
+``ready`` (readiness) or stops it (a failed liveness or startup probe, for the kubelet to
+restart it), as ``pkg/kubelet/prober/worker.go``. Readiness and liveness probes wait for the
+startup probe to succeed; a container without a readiness probe is ready once started.
+
+While the kubelet is younger than a probe's period, a worker first waits a random part of that
+period (`start_jitter`), as upstream's does so that a restarted kubelet does not probe every
+container at once: a probe with a long period makes a young node's pods wait for it.
+
 One probe (``probe_once``) is an exec in the container, or a TCP connect or HTTP GET from the
 node's own network namespace, where kubelet probes from.
 """
@@ -12,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +35,15 @@ EventRecorder = Callable[[PodRecord, str, str, str], None]
 StatusReporter = Callable[[PodRecord], None]
 
 
+def start_jitter(period: float, kubelet_age: float, draw: float) -> float:
+    """Seconds a new probe worker waits before its first probe: a random part (``draw`` in
+    [0, 1)) of its period while the kubelet is younger than that period, else none. Upstream:
+    "If kubelet restarted the probes could be started in rapid succession. Let the worker wait
+    for a random portion of tickerPeriod before probing. Do it only if the kubelet has started
+    recently." (pkg/kubelet/prober/worker.go, ``run``)."""
+    return draw * period if period > kubelet_age else 0.0
+
+
 class Prober:
     """Runs the probes of one node's containers; see the module docstring."""
 
@@ -36,31 +54,33 @@ class Prober:
         *,
         record_event: EventRecorder,
         report: StatusReporter,
+        started: float | None = None,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.runtime = runtime
         self.node_netns = node_netns
         self.record_event = record_event
         self.report = report
+        #: When the kubelet started (``time.monotonic()``): its workers' start jitter.
+        self.started = time.monotonic() if started is None else started
+        self.draw = draw
 
     def add_container(
         self, record: PodRecord, container: ContainerRecord, running: RunningContainer
     ) -> None:
-        """Start the probe workers of a just-started app container. Without a readiness probe
-        the container is ready at once. The tasks end with the container (``probe_tasks``)."""
+        """Start the probe workers of a just-started app container. Without a startup probe it
+        is started at once; without a readiness probe it is ready once started. The tasks end
+        with the container (``probe_tasks``)."""
+        startup = container.spec.get("startupProbe")
         readiness = container.spec.get("readinessProbe")
-        if readiness:
-            container.probe_tasks.append(
-                asyncio.create_task(
-                    self._worker(record, container, running, readiness, "Readiness")
-                )
-            )
-        else:
-            container.ready = True
+        container.started = not startup
+        container.ready = container.started and not readiness
         liveness = container.spec.get("livenessProbe")
-        if liveness:
-            container.probe_tasks.append(
-                asyncio.create_task(self._worker(record, container, running, liveness, "Liveness"))
-            )
+        for kind, probe in (("Startup", startup), ("Readiness", readiness), ("Liveness", liveness)):
+            if probe:
+                container.probe_tasks.append(
+                    asyncio.create_task(self._worker(record, container, running, probe, kind))
+                )
 
     async def _worker(
         self,
@@ -74,29 +94,43 @@ class Prober:
         timeout = float(probe.get("timeoutSeconds", 1))
         success_threshold = int(probe.get("successThreshold", 1))
         failure_threshold = int(probe.get("failureThreshold", 3))
+        jitter = start_jitter(period, time.monotonic() - self.started, self.draw())
+        if await record.stopped_within(jitter):
+            return
         if await record.stopped_within(float(probe.get("initialDelaySeconds", 0))):
             return
         successes = failures = 0
         while not running.exited and not record.stopping.is_set():
+            if kind != "Startup" and not container.started:
+                # Upstream's readiness and liveness workers skip their ticks until started.
+                if await record.stopped_within(period):
+                    return
+                continue
             ok, output = await self.probe_once(record, container, probe, timeout)
             if running.exited:
                 return
             successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
             if not ok:
                 self.record_event(record, "Warning", "Unhealthy", f"{kind} probe failed: {output}")
-            if kind == "Readiness":
+            if kind == "Startup":
+                if ok and successes >= success_threshold:
+                    container.started = True
+                    container.ready = not container.spec.get("readinessProbe")
+                    self.report(record)
+                    return  # a started container is never probed for startup again
+            elif kind == "Readiness":
                 if ok and successes >= success_threshold and not container.ready:
                     container.ready = True
                     self.report(record)
                 elif not ok and failures >= failure_threshold and container.ready:
                     container.ready = False
                     self.report(record)
-            elif failures >= failure_threshold:
+            if kind != "Readiness" and failures >= failure_threshold:
                 self.record_event(
                     record,
                     "Normal",
                     "Killing",
-                    f"Container {container.name} failed liveness probe, will be restarted",
+                    f"Container {container.name} failed {kind.lower()} probe, will be restarted",
                 )
                 await self.runtime.stop(running, record.grace_seconds)
                 return

@@ -55,7 +55,8 @@ def container_status(container: ContainerRecord) -> JSONDict:
         "restartCount": container.restart_count,
         "image": container.image,
         "imageID": f"sha256:{image_digest}",
-        "started": "running" in container.state,
+        # An app container is started once its startup probe succeeded (or it has none).
+        "started": "running" in container.state and (container.started or container.init),
     }
     if container.container_id:
         status["containerID"] = f"runc://{container.container_id}"

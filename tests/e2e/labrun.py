@@ -7,19 +7,27 @@ every lab is torn down whatever happened.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import secrets
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import suite_runs
+from suite_runs import (
+    CaseResult,
+    SuiteRunError,
+    cluster_leftovers,
+    summary_exitstatus,
+)
+
+# Re-exported: the matrix and the concurrent runs take them from here.
+from suite_runs import read_junit as read_junit
+from suite_runs import unexpected_verdicts as unexpected_verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 NETLAB = [sys.executable, "-m", "netlab"]
@@ -30,17 +38,8 @@ SUITE_TIMEOUT = 900
 DOWN_TIMEOUT = 120
 
 
-class LabError(RuntimeError):
-    """netlab up/down failed, or a lab left namespaces behind."""
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """One check of the suite: its ID ``module::name[id]`` and its verdict."""
-
-    test_id: str
-    outcome: str  # "passed", "failed", "error", "skipped"
-    message: str = ""
+#: netlab up/down failed, a lab left namespaces behind, or the suite wrote no report.
+LabError = SuiteRunError
 
 
 @dataclass(frozen=True)
@@ -151,30 +150,6 @@ def running_lab(case: LabCase) -> Iterator[tuple[str, Path]]:
             raise LabError(f"netlab down {name} failed ({down.stderr[-2000:]}) or left {left}")
 
 
-def _case_id(case: ET.Element) -> str:
-    # classname is "conformance.test_no_snat" (or a deeper path): keep the module's own name.
-    return f"{(case.get('classname') or '').split('.')[-1]}::{case.get('name')}"
-
-
-def _outcome(case: ET.Element) -> tuple[str, str]:
-    for tag, outcome in (("error", "error"), ("failure", "failed"), ("skipped", "skipped")):
-        found = case.find(tag)
-        if found is not None:
-            return outcome, found.get("message") or ""
-    return "passed", ""
-
-
-def read_junit(junit: Path) -> tuple[list[CaseResult], dict[str, str]]:
-    """The cases and the suite properties of a JUnit report written by pytest."""
-    root = ET.parse(junit).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    if suite is None:
-        raise LabError(f"{junit}: no testsuite element")
-    cases = [CaseResult(_case_id(case), *_outcome(case)) for case in suite.iter("testcase")]
-    properties = {str(prop.get("name")): str(prop.get("value")) for prop in suite.iter("property")}
-    return cases, properties
-
-
 def run_suite(
     kubeconfig: Path, report_dir: Path, *extra: str
 ) -> tuple[list[CaseResult], dict[str, str], str]:
@@ -187,33 +162,8 @@ def run_suite_process(
     kubeconfig: Path, report_dir: Path, *extra: str
 ) -> tuple[list[CaseResult], dict[str, str], str, int]:
     """`run_suite`, and the exit code of the pytest process as a CI gate sees it."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    junit = report_dir / "junit.xml"
-    # `--kubeconfig PATH` as two words, as the README tells users to write it.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--kubeconfig",
-            str(kubeconfig),
-            f"--junitxml={junit}",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            *extra,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    if not junit.exists():
-        raise LabError(f"the suite wrote no JUnit report:\n{output[-6000:]}")
-    cases, properties = read_junit(junit)
-    return cases, properties, output, result.returncode
+    result = suite_runs.run_suite(kubeconfig, report_dir, *extra, timeout=SUITE_TIMEOUT)
+    return result.cases, result.properties, result.output, result.returncode
 
 
 def external_host_args(name: str) -> list[str]:
@@ -251,64 +201,3 @@ def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
         suite_seconds=done - booted,
         report_dir=report_dir,
     )
-
-
-def summary_exitstatus(report_dir: Path) -> int | None:
-    """The exit code the suite wrote into ``report_dir/summary.json`` (None without one)."""
-    try:
-        return int(json.loads((report_dir / "summary.json").read_text())["exitstatus"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def cluster_leftovers(kubeconfig: Path) -> list[str]:
-    """The suite's namespaces and any pods still in the cluster after a run. A lab whose API
-    server is down for a moment, throttles or fails (``--api-fault restart=...``,
-    ``throttle=...``, ``server-error=...``) is asked again, for up to a minute."""
-    from kubernetes import client, config  # the lab's API, as any user of the cluster sees it
-    from kubernetes.client.exceptions import ApiException
-    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
-    from urllib3.exceptions import HTTPError
-
-    def transient(error: BaseException) -> bool:
-        if isinstance(error, ApiException):
-            return error.status in (429, 500, 502, 503, 504)
-        return isinstance(error, HTTPError | ConnectionError)
-
-    for attempt in Retrying(
-        retry=retry_if_exception(transient),
-        stop=stop_after_delay(60),
-        wait=wait_fixed(1),
-        reraise=True,
-    ):
-        with attempt:
-            return _cluster_leftovers(
-                client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))  # type: ignore[no-untyped-call]
-            )
-    raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
-
-
-def _cluster_leftovers(api: Any) -> list[str]:
-    names = [ns.metadata.name if ns.metadata else "" for ns in api.list_namespace().items]
-    namespaces = [f"namespace/{name}" for name in names if (name or "").startswith("netconform-")]
-    pods = [
-        f"pod/{pod.metadata.namespace}/{pod.metadata.name}" if pod.metadata else "pod/?"
-        for pod in api.list_pod_for_all_namespaces().items
-    ]
-    return namespaces + pods
-
-
-def unexpected_verdicts(
-    run: SuiteRun, must: Sequence[re.Pattern[str]], may: Sequence[re.Pattern[str]] = ()
-) -> list[str]:
-    """Checks whose verdict is off: every check matching ``must`` fails (a skip is off too),
-    and no check fails unless it matches ``must`` or ``may`` (verdicts the fault leaves open)."""
-    off = []
-    for case in run.cases:
-        must_fail = any(pattern.search(case.test_id) for pattern in must)
-        may_fail = must_fail or any(pattern.search(case.test_id) for pattern in may)
-        failed = case.outcome == "failed"
-        if (must_fail and not failed) or (failed and not may_fail):
-            message = f" ({case.message[:300]})" if case.message else ""
-            off.append(f"{case.outcome}: {case.test_id}{message}")
-    return off

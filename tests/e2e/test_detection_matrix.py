@@ -11,110 +11,50 @@ also writes the matrix document from the run.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from labrun import LabCase, LabError, SuiteRun, leftover_namespaces, run_on_lab, unexpected_verdicts
 from matrixdoc import write_matrix_doc
+from verdict_patterns import (
+    CLUSTER_IP,
+    DNS_HEADLESS,
+    DNS_NAMES,
+    EDGE_EGRESS,
+    EDGE_NODE_PORT,
+    FULL_SIZE,
+    HAIRPIN,
+    HOST_PORT_HOSTS,
+    HOST_PORT_PODS,
+    HOST_TO_POD,
+    NO_SNAT,
+    NODE_PORT_HOSTS,
+    NODE_PORT_PODS,
+    NODE_TO_POD,
+    READINESS,
+    REFUSAL,
+    SERVICE_TRAFFIC,
+    Expectation,
+    cross_node,
+    either,
+    from_node,
+    of_node,
+    on_node,
+    same_node,
+    to_node,
+)
+from verdict_patterns import PROTO as _PROTO
 
 if os.geteuid() != 0:
     pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
 
 POOL_SIZE = 3  # labs booted and tested at once: the 2-core CI machine's sweet spot
 DOC_VARIABLE = "NETCONFORM_MATRIX_DOC"
-
-# Checks are named "module::name[id]". Pair IDs read "<proto>-node-<src>->node-<dst>" (clusters
-# that are not IPv4-only prefix a family), per-node IDs "<proto>-node-<n>"; every ordered pair
-# of the 3 nodes is checked, and every node with itself.
-_FAMILY = r"(?:ipv\d-)?"
-_PROTO = r"(?:tcp|udp|icmp)"
-
-
-_GROUPS = itertools.count()
-
-
-def cross_node(check: str, src: str = r"\d+", dst: str = r"\d+", proto: str = _PROTO) -> str:
-    """Pair items of ``check`` between two different nodes (``src``/``dst``: node numbers)."""
-    g = f"s{next(_GROUPS)}"  # unique group names, so patterns can be joined with `either`
-    return rf"{check}\[{_FAMILY}{proto}-node-(?P<{g}>{src})->node-(?!(?P={g})\])(?:{dst})\]"
-
-
-def same_node(check: str, node: str = r"\d+", proto: str = _PROTO) -> str:
-    """Pair items of ``check`` from a node to itself."""
-    g = f"s{next(_GROUPS)}"
-    return rf"{check}\[{_FAMILY}{proto}-node-(?P<{g}>{node})->node-(?P={g})\]"
-
-
-def either(*patterns: str) -> str:
-    """Any of the patterns (each in its own group scope)."""
-    return "|".join(f"(?:{p})" for p in patterns)
-
-
-NO_SNAT = "test_no_snat::test_no_snat"
-FULL_SIZE = "test_full_size::test_full_size_packets"
-HOST_TO_POD = "test_host_to_pod::test_host_to_pod"
-NODE_TO_POD = "test_node_to_pod::test_node_to_pod"
-# The Service checks (issue 16): per node ("<proto>-node-<n>", or "node-<n>" without a
-# protocol), or per ordered pair of nodes like the pod pairs.
-CLUSTER_IP = "test_services::test_cluster_ip"
-HAIRPIN = "test_services::test_hairpin"
-REFUSAL = "test_services::test_no_endpoints_refused"
-READINESS = "test_services::test_endpoints_follow_readiness"
-NODE_PORT_PODS = "test_services::test_node_port_from_pods"
-NODE_PORT_HOSTS = "test_services::test_node_port_from_hosts"
-HOST_PORT_PODS = "test_hostport::test_host_port_from_pods"
-HOST_PORT_HOSTS = "test_hostport::test_host_port_from_hosts"
-DNS_NAMES = "test_dns::test_service_names_resolve"
-DNS_HEADLESS = "test_dns::test_headless_service_resolves_to_ready_pods"
-# The cluster's edge (issue 24), per node, with the lab's outside host: "<proto>-node-<n>".
-EDGE_EGRESS = "test_edge::test_pod_reaches_external_host"
-EDGE_NODE_PORT = "test_edge::test_node_port_from_external_host"
-
-
-def on_node(check: str, node: str = r"\d+", proto: str = _PROTO) -> str:
-    """Per-node items of ``check`` with a protocol (``tcp-node-1``)."""
-    return rf"{check}\[{_FAMILY}{proto}-node-(?:{node})\]"
-
-
-def of_node(check: str, node: str = r"\d+", family: str = _FAMILY) -> str:
-    """Per-node items of ``check`` without a protocol (``node-1``, ``ipv6-node-1``)."""
-    return rf"{check}\[{family}node-(?:{node})\]"
-
-
-def to_node(check: str, dst: str, proto: str = _PROTO) -> str:
-    """Pair items of ``check`` towards node ``dst``, from every node (itself included)."""
-    return rf"{check}\[{_FAMILY}{proto}-node-\d+->node-(?:{dst})\]"
-
-
-def from_node(check: str, src: str, proto: str = _PROTO) -> str:
-    """Pair items of ``check`` from node ``src``, to every node (itself included)."""
-    return rf"{check}\[{_FAMILY}{proto}-node-(?:{src})->node-\d+\]"
-
-
-#: The Service checks whose traffic reaches pods (DNS included: the lab's DNS is a pod).
-SERVICE_TRAFFIC = rf"{CLUSTER_IP}|{HAIRPIN}|{REFUSAL}|{READINESS}|{NODE_PORT_PODS}"
-SERVICE_TRAFFIC += (
-    rf"|{NODE_PORT_HOSTS}|{HOST_PORT_PODS}|{HOST_PORT_HOSTS}|{DNS_NAMES}|{DNS_HEADLESS}"
-)
-
-
-@dataclass(frozen=True)
-class Expectation:
-    """The checks a fault must fail (a regular expression over "module::name[id]"), why, and
-    the checks whose verdict the fault leaves open (``may``: empty unless the rule model says
-    the outcome depends on chance, e.g. which of two pods sharing an IP answers ARP)."""
-
-    pattern: str
-    why: str
-    may: str = ""
-
 
 # Fault -> the checks that must fail, and only they: the checks of the rule the fault breaks.
 EXPECTED_FAILURES: dict[str, Expectation] = {

@@ -67,9 +67,9 @@ def test_a_crash_looping_probe_stops_the_wait_with_its_last_words(tmp_path: Path
                 word.replace("netconform-agent-agent", "netconform-agent-twin")
                 for word in twin["command"]
             ]
-            twin["readinessProbe"]["exec"]["command"] = [
+            twin["startupProbe"]["exec"]["command"] = [
                 word.replace("netconform-agent-agent", "netconform-agent-twin")
-                for word in twin["readinessProbe"]["exec"]["command"]
+                for word in twin["startupProbe"]["exec"]["command"]
             ]
             body = client.ApiClient().sanitize_for_serialization(pod)
             body["spec"]["containers"].append(twin)

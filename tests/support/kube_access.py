@@ -55,3 +55,63 @@ def pod_exec(
         _preload_content=preload,
         **extra,
     )
+
+
+def apply_manifest(api: client.ApiClient, manifest: Path) -> list[str]:
+    """Create every object of a YAML manifest (``kubectl create -f``), objects already there
+    left as they are; the ``kind/name`` of each."""
+    import yaml
+    from kubernetes import utils
+
+    made = []
+    for document in yaml.safe_load_all(manifest.read_text()):
+        if not document:
+            continue
+        try:
+            utils.create_from_dict(api, document)
+        except utils.FailToCreateError as failed:
+            if any(getattr(exc, "status", None) != 409 for exc in failed.api_exceptions):
+                raise
+        made.append(f"{document['kind']}/{document['metadata']['name']}")
+    return made
+
+
+def service_account_kubeconfig(
+    admin: Path, namespace: str, name: str, path: Path, *, seconds: int = 7200
+) -> Path:
+    """A kubeconfig at ``path`` for the cluster of ``admin`` holding only a bearer token of
+    ServiceAccount ``namespace/name`` (``kubectl create token``, valid ``seconds``)."""
+    import yaml
+
+    with kube_api(admin) as api:
+        token = (
+            client.CoreV1Api(api)
+            .create_namespaced_service_account_token(
+                name,
+                namespace,
+                client.AuthenticationV1TokenRequest(
+                    spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)
+                ),
+            )
+            .status.token
+        )
+    config_text = yaml.safe_load(admin.read_text())
+    context = next(
+        c for c in config_text["contexts"] if c["name"] == config_text["current-context"]
+    )
+    cluster = next(c for c in config_text["clusters"] if c["name"] == context["context"]["cluster"])
+    user = f"system:serviceaccount:{namespace}:{name}"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": user, "user": {"token": token}}],
+                "contexts": [{"name": name, "context": {"cluster": cluster["name"], "user": user}}],
+                "current-context": name,
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path

@@ -18,6 +18,9 @@ from conformance.kit.probe_client import ExecResult, ProbeClient
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "conformance" / "probe_agent" / "agent.py"
+CLIENT = ROOT / "conformance" / "probe_agent" / "client.py"
+#: The programs the pods' ConfigMap holds, by the name a pod runs them with.
+PROGRAMS = {"/netconform/agent.py": AGENT, "/netconform/client.py": CLIENT}
 
 
 class OfflineProbeClient(ProbeClient):
@@ -47,10 +50,10 @@ class OfflineProbeClient(ProbeClient):
 
 
 class LocalProbeClient(OfflineProbeClient):
-    """Runs the exec'd command here: ``python3 /netconform/agent.py ...`` -> this agent file."""
+    """Runs the exec'd command here: ``python3 /netconform/client.py ...`` -> the file here."""
 
     def answer_exec(self, command: list[str], stdin: str | None, timeout: float) -> ExecResult:
-        argv = [sys.executable, str(AGENT), *command[2:]]
+        argv = [sys.executable, str(PROGRAMS[command[1]]), *command[2:]]
         done = subprocess.run(
             argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
         )

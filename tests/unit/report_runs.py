@@ -206,6 +206,7 @@ def summary_of(
         "namespace": "netconform-r1",
         "deployment": "ready",
         "deployment_error": None,
+        "deployment_seconds": 7.5,
     }
     return summary
 

@@ -53,8 +53,12 @@ def test_pod_specs_serialize_and_validate(role: str) -> None:
     ports = set()
     for container in spec["containers"]:
         assert container["command"][:3] == ["python3", "/netconform/agent.py", "serve"]
-        probe_cmd = container["readinessProbe"]["exec"]["command"]
-        assert probe_cmd[:3] == ["python3", "/netconform/agent.py", "ping"]
+        startup = container["startupProbe"]
+        assert startup["exec"]["command"][:3] == ["python3", "/netconform/client.py", "ping"]
+        assert startup["periodSeconds"] == 1  # a young kubelet's start jitter: at most 1 s
+        # Only the flipped Service backend (the first node's peer) is probed for readiness.
+        flipped = role == probes.ROLE_PEER
+        assert ("readinessProbe" in container) is flipped
         assert {e["name"] for e in container["env"]} == env_names
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
         assert {"mountPath": "/netconform", "name": "agent", "readOnly": True} in container[
@@ -153,6 +157,7 @@ def test_agent_configmap_carries_the_agent() -> None:
     assert cm.data is not None
     assert cm.data["agent.py"].startswith("#!/usr/bin/env python3")
     assert cm.data["agent.py"] == (ROOT / "conformance/probe_agent/agent.py").read_text()
+    assert cm.data["client.py"] == (ROOT / "conformance/probe_agent/client.py").read_text()
     kubernetes_validate.validate(podspecs.to_manifest(cm), K8S_VERSION, strict=True)
 
 

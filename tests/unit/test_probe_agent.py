@@ -26,8 +26,10 @@ import pytest
 from polling import eventually
 
 from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import client as agent_client
 
 AGENT = Path(probe_agent.__file__).resolve()
+CLIENT = Path(agent_client.__file__).resolve()
 # Lab pods run the agent with the image's python3 (Debian's, with python3-scapy); use it for
 # the namespace tests when it is there, so both interpreters are exercised.
 IMAGE_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
@@ -41,7 +43,7 @@ def nonce() -> str:
 
 @dataclass
 class RunningAgent:
-    """A ``serve`` process and how to talk to it through ``agent.py call``."""
+    """A ``serve`` process and how to talk to it through ``client.py call``."""
 
     name: str
     process: subprocess.Popen[bytes]
@@ -56,7 +58,7 @@ class RunningAgent:
         """One batch through the control socket, in process (the `call` CLI has its own tests,
         and a Python start per request would dominate this module's runtime)."""
         try:
-            responses = probe_agent.send_batch(str(self.socket_path), requests, timeout)
+            responses = agent_client.send_requests(str(self.socket_path), requests, timeout)
         except OSError as exc:
             pytest.fail(f"agent {self.name} did not answer: {exc}\n{self.log()}")
         assert len(responses) == len(requests)
@@ -64,7 +66,7 @@ class RunningAgent:
 
     def call_cli(self, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [self.python, str(self.agent_path), "call", "--socket", str(self.socket_path)],
+            [self.python, str(CLIENT), "call", "--socket", str(self.socket_path)],
             input=stdin,
             capture_output=True,
             timeout=30,
@@ -85,14 +87,14 @@ class RunningAgent:
 
     def ping(self) -> bool:
         try:
-            (info,) = probe_agent.send_batch(str(self.socket_path), [{"op": "info"}], 1.0)
+            (info,) = agent_client.send_requests(str(self.socket_path), [{"op": "info"}], 1.0)
         except OSError:
             return False
         return bool(info.get("ok"))
 
     def ping_cli(self) -> int:
         done = subprocess.run(
-            [self.python, str(self.agent_path), "ping", "--socket", str(self.socket_path)],
+            [self.python, str(CLIENT), "ping", "--socket", str(self.socket_path)],
             capture_output=True,
             timeout=20,
             check=False,
@@ -193,13 +195,22 @@ def run_vermin(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_agent_runs_on_the_oldest_python_it_promises() -> None:
+@pytest.mark.parametrize("program", [AGENT, CLIENT], ids=lambda path: path.name)
+def test_agent_runs_on_the_oldest_python_it_promises(program: Path) -> None:
     """vermin knows library APIs (``str.removeprefix`` is 3.9), not only grammar."""
-    done = run_vermin(AGENT)
+    done = run_vermin(program)
     assert done.returncode == 0, (
-        f"agent.py needs a newer Python than {OLDEST_PYTHON}:\n{done.stdout}"
+        f"{program.name} needs a newer Python than {OLDEST_PYTHON}:\n{done.stdout}"
     )
     assert f"The oldest Python it supports is {OLDEST_PYTHON}" in AGENT.read_text()
+    assert f"**{OLDEST_PYTHON} or newer**" in CLIENT.read_text()
+
+
+def test_the_client_and_the_agent_share_their_bounds_and_socket() -> None:
+    assert agent_client.MAX_CONTROL_BYTES == probe_agent.MAX_CONTROL_BYTES
+    assert agent_client.MAX_BATCH_RESPONSE_BYTES == probe_agent.MAX_BATCH_RESPONSE_BYTES
+    assert agent_client.DEFAULT_SOCKET == probe_agent.DEFAULT_SOCKET
+    assert agent_client.DEFAULT_CALL_TIMEOUT >= probe_agent.MAX_CAPTURE_SECONDS
 
 
 def test_vermin_catches_a_newer_api(tmp_path: Path) -> None:
@@ -234,7 +245,7 @@ def test_deterministic_bytes_match_expected_digest() -> None:
 
 def test_call_without_serve_process_exits_non_zero(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(AGENT), "call", "--socket", str(tmp_path / "absent.sock")],
+        [sys.executable, str(CLIENT), "call", "--socket", str(tmp_path / "absent.sock")],
         input=b'[{"op": "info"}]',
         capture_output=True,
         timeout=20,
@@ -245,7 +256,7 @@ def test_call_without_serve_process_exits_non_zero(tmp_path: Path) -> None:
     assert b"ENOENT" in done.stderr
     assert done.stdout == b""
     ping = subprocess.run(
-        [sys.executable, str(AGENT), "ping", "--socket", str(tmp_path / "absent.sock")],
+        [sys.executable, str(CLIENT), "ping", "--socket", str(tmp_path / "absent.sock")],
         capture_output=True,
         timeout=20,
         check=False,
@@ -257,7 +268,7 @@ def test_ping_wait_answers_once_a_late_serve_process_starts(tmp_path: Path) -> N
     """The readiness probe's first ping runs at container start, before the agent listens."""
     socket_path = tmp_path / "late.sock"
     ping = subprocess.Popen(
-        [sys.executable, str(AGENT), "ping", "--socket", str(socket_path), "--wait", "20"],
+        [sys.executable, str(CLIENT), "ping", "--socket", str(socket_path), "--wait", "20"],
         stderr=subprocess.PIPE,
     )
     tcp_port, udp_port = free_port_pair()
@@ -268,7 +279,7 @@ def test_ping_wait_answers_once_a_late_serve_process_starts(tmp_path: Path) -> N
         ping.kill()
         agent.stop()
     bounded = subprocess.run(
-        [sys.executable, str(AGENT), "ping", "--socket", str(socket_path), "--wait", "0.3"],
+        [sys.executable, str(CLIENT), "ping", "--socket", str(socket_path), "--wait", "0.3"],
         capture_output=True,
         timeout=20,
         check=False,

@@ -17,6 +17,7 @@ import pytest
 from polling import eventually
 
 from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import client as agent_client
 
 AGENT = Path(probe_agent.__file__).resolve()
 Response = dict[str, Any]
@@ -47,7 +48,7 @@ class Served:
     port: int
 
     def call(self, *requests: object) -> list[Response]:
-        return probe_agent.send_batch(str(self.socket_path), requests, 30.0)
+        return agent_client.send_requests(str(self.socket_path), requests, 30.0)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

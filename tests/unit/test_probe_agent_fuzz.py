@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
-from test_probe_agent import AGENT, RunningAgent, nonce, start_agent
+from test_probe_agent import CLIENT, RunningAgent, nonce, start_agent
 
 from conformance.probe_agent import agent as probe_agent
 
@@ -296,7 +296,7 @@ def test_call_stdin_takes_fuzzed_input(target: FuzzTarget) -> None:
     )
     def check(data: bytes) -> None:
         done = subprocess.run(
-            [sys.executable, str(AGENT), "call", "--socket", str(target.agent.socket_path)],
+            [sys.executable, str(CLIENT), "call", "--socket", str(target.agent.socket_path)],
             input=data,
             capture_output=True,
             timeout=60,

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_probe_agent import AGENT, RunningAgent, free_port_pair, nonce, start_agent
+from test_probe_agent import AGENT, CLIENT, RunningAgent, free_port_pair, nonce, start_agent
 
 from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import client as agent_client
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +155,9 @@ def test_parallel_batch_answers_in_request_order(agent: RunningAgent) -> None:
         for i, n in enumerate(nonces)
     ]
     seen = [{"op": "seen", "nonce": n} for n in nonces]
-    responses = probe_agent.send_batch(str(agent.socket_path), requests, 60, parallel=16)
+    responses = agent_client.send_requests(str(agent.socket_path), requests, 60, parallel=16)
     assert [r["ok"] for r in responses] == [True] * 40, responses
-    records = probe_agent.send_batch(str(agent.socket_path), seen, 60, parallel=16)
+    records = agent_client.send_requests(str(agent.socket_path), seen, 60, parallel=16)
     assert [r["records"][0]["nonce"] for r in records] == nonces
 
 
@@ -179,11 +180,11 @@ def test_parallel_batch_runs_requests_concurrently_and_a_list_does_not(
         ]
 
     together = nonce()
-    seen, sent = probe_agent.send_batch(str(agent.socket_path), batch(together), 30, parallel=2)
+    seen, sent = agent_client.send_requests(str(agent.socket_path), batch(together), 30, parallel=2)
     assert sent["ok"], sent
     assert seen["records"] == [{"proto": "udp", "peer": "127.0.0.1", "nonce": together}]
     one_by_one = nonce()
-    seen, sent = probe_agent.send_batch(str(agent.socket_path), batch(one_by_one), 30)
+    seen, sent = agent_client.send_requests(str(agent.socket_path), batch(one_by_one), 30)
     assert sent["ok"], sent
     assert seen["records"] == [], "a plain list runs one request after another"
 
@@ -256,10 +257,10 @@ def test_figures_100_connects_parallel_and_sequential(agent: RunningAgent) -> No
         for _ in range(100)
     ]
     started = time.monotonic()
-    parallel = probe_agent.send_batch(str(agent.socket_path), requests, 120, parallel=64)
+    parallel = agent_client.send_requests(str(agent.socket_path), requests, 120, parallel=64)
     parallel_seconds = time.monotonic() - started
     started = time.monotonic()
-    sequential = probe_agent.send_batch(str(agent.socket_path), requests, 120)
+    sequential = agent_client.send_requests(str(agent.socket_path), requests, 120)
     sequential_seconds = time.monotonic() - started
     assert all(r["ok"] for r in parallel + sequential)
     print(
@@ -287,7 +288,7 @@ def test_seen_by_prefix_waits_for_expected_nonces(agent: RunningAgent) -> None:
     ]
     sends.append({"op": "icmp", "host": "127.0.0.1", "nonce": f"{prefix}ee"})
     waiting = {"op": "seen", "nonce_prefix": prefix, "expect_nonces": mine, "wait": 10}
-    answer, *sent = probe_agent.send_batch(
+    answer, *sent = agent_client.send_requests(
         str(agent.socket_path), [waiting, *sends], 60, parallel=8
     )
     assert all(response["ok"] for response in sent), sent
@@ -477,7 +478,9 @@ def test_transfers_from_many_sources_at_once(agent: RunningAgent) -> None:
         for _ in range(count)
     ]
     started = time.monotonic()
-    responses = probe_agent.send_batch(str(agent.socket_path), transfers + probes, 120, parallel=64)
+    responses = agent_client.send_requests(
+        str(agent.socket_path), transfers + probes, 120, parallel=64
+    )
     seconds = time.monotonic() - started
     failed = [r for r in responses if not r["ok"]]
     assert not failed, failed[:3]
@@ -571,7 +574,7 @@ def test_sized_udp_and_icmp_to_the_loopback_mtu(agent: RunningAgent, host: str) 
 def test_call_stdin_is_bounded(agent: RunningAgent) -> None:
     huge = b"[" + b'{"op": "info"},' * (probe_agent.MAX_CONTROL_BYTES // 10) + b'{"op": "info"}]'
     done = subprocess.run(
-        [sys.executable, str(AGENT), "call", "--socket", str(agent.socket_path)],
+        [sys.executable, str(CLIENT), "call", "--socket", str(agent.socket_path)],
         input=huge,
         capture_output=True,
         timeout=30,
@@ -615,7 +618,7 @@ def test_agent_serves_on_the_oldest_python(workdir: Path, data_dir: Path) -> Non
             "expect_nonces": [f"{prefix}tcp", f"{prefix}udp"],
             "wait": 10,
         }
-        responses = probe_agent.send_batch(
+        responses = agent_client.send_requests(
             str(old.socket_path),
             [
                 {"op": "info"},

@@ -99,7 +99,7 @@ def test_call_sends_json_and_closes_stdin(monkeypatch: pytest.MonkeyPatch) -> No
     probes, opened = fake_client(monkeypatch, [stream])
     answer = probes.call_one("probe-n1", "a", {"op": "info"})
     assert answer["pid"] == 7
-    assert opened[0][:3] == ["python3", "/netconform/agent.py", "call"]
+    assert opened[0][:3] == ["python3", "/netconform/client.py", "call"]
     assert "/tmp/netconform-agent-a.sock" in opened[0]
     assert json.loads(stream.stdin[0]) == [{"op": "info"}]
     assert stream.closed_channels == [0]
@@ -113,11 +113,28 @@ def test_call_without_v5_passes_the_payload_as_argument(monkeypatch: pytest.Monk
     probes.call_one("p", "b", {"op": "seen", "nonce": "x"})
     assert opened[1][:2] == ["/bin/sh", "-c"]
     assert json.loads(opened[1][4]) == [{"op": "seen", "nonce": "x"}]
-    assert opened[1][5:8] == ["python3", "/netconform/agent.py", "call"]
+    assert opened[1][5:8] == ["python3", "/netconform/client.py", "call"]
     # The next call goes straight to the argument form.
     probes.call_one("p", "b", {"op": "info"})
     assert len(opened) == 3
     assert opened[2][:2] == ["/bin/sh", "-c"]
+
+
+def test_thread_twins_share_what_the_exec_protocol_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a server without v5 (Kubernetes before 1.30), learning it costs an exec that starts
+    # an agent for nothing: a twin made for another thread must not pay it again.
+    first = FakeStream("", v5=False)
+    answers = [FakeStream(json.dumps([{"ok": True, "op": "info"}])) for _ in range(3)]
+    probes, opened = fake_client(monkeypatch, [first, *answers])
+    probes.call_one("p", "b", {"op": "info"})
+    twin = probes.for_thread()
+    try:
+        twin.call_one("p", "b", {"op": "info"})
+        twin.for_thread().call_one("p", "a", {"op": "info"})
+    finally:
+        twin.close()
+    assert len(opened) == 4  # one learning exec, then one exec per call
+    assert [command[:2] for command in opened[1:]] == [["/bin/sh", "-c"]] * 3
 
 
 def test_call_errors_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:

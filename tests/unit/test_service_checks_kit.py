@@ -23,7 +23,7 @@ from test_probe_agent_services import round_robin
 from conformance.kit import probe_client, readiness
 from conformance.kit.deploy import PodLife
 from conformance.kit.pairs import NodePair
-from conformance.kit.podspecs import READINESS_PERIOD, READINESS_PERIOD_FLIPPED, to_manifest
+from conformance.kit.podspecs import READINESS_PERIOD_FLIPPED, to_manifest
 from conformance.kit.probes import (
     ROLE_HOSTPORT,
     ROLE_PEER,
@@ -104,7 +104,9 @@ def test_peer_probes_are_the_backends_and_the_first_one_flips_readiness() -> Non
     assert {s.metadata.labels["netconform/backend"] for s in specs} == {"true"}
     probes = [(s.spec.containers[0].readiness_probe) for s in specs]
     assert (probes[0].period_seconds, probes[0].failure_threshold) == (READINESS_PERIOD_FLIPPED, 1)
-    assert (probes[1].period_seconds, probes[1].failure_threshold) == (READINESS_PERIOD, 3)
+    # The other backends are Ready once their startup probe succeeded, and never probed again.
+    assert probes[1:] == [None, None]
+    assert all(s.spec.containers[0].startup_probe is not None for s in specs)
 
 
 def test_hostport_probe_names_and_ports() -> None:

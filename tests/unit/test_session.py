@@ -34,7 +34,10 @@ def run_info(tmp_path: Path) -> RunInfo:
 
 def ready_record() -> Record:
     return Record(
-        DONE, Deployment(probes=ProbeMap("netconform-r1-abc"), cluster=DEPLOYED_FACTS).to_dict()
+        DONE,
+        Deployment(
+            probes=ProbeMap("netconform-r1-abc"), cluster=DEPLOYED_FACTS, seconds=7.5
+        ).to_dict(),
     )
 
 
@@ -126,11 +129,13 @@ def test_no_deployment_writes_the_summary_and_touches_no_cluster(
         "namespace": "netconform-r1-abc",
         "deployment": "not started",
         "deployment_error": None,
+        "deployment_seconds": None,
     }
 
 
 def test_a_deployment_is_dumped_then_deleted(tmp_path: Path, cluster_calls: list[str]) -> None:
     lines, summary = end_run(tmp_path, ready_record())
+    assert summary["run"]["deployment_seconds"] == 7.5  # the deploy phase apart (bench, report)
     assert cluster_calls == ["dump netconform-r1-abc", "delete netconform-r1-abc"]
     dump = tmp_path / "reports" / "netconform-r1-abc.txt"
     assert dump.read_text() == "pod probe-n1 in netconform-r1-abc\n"
