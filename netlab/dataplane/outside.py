@@ -30,7 +30,7 @@ from pyroute2 import IPRoute
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from conformance.probe_agent import AGENT_FILE
-from conformance.probe_agent.agent import send_batch
+from conformance.probe_agent.client import send_requests
 from netlab.dataplane.nsexec import (
     create_netns,
     in_netns_thread,
@@ -219,7 +219,7 @@ class EdgeServer:
                 f"the edge server exited with code {self.process.returncode}: {self._log_tail()}"
             )
         try:
-            (info,) = send_batch(str(server_socket(self.spec)), [{"op": "info"}], 2.0)
+            (info,) = send_requests(str(server_socket(self.spec)), [{"op": "info"}], 2.0)
         except (OSError, ValueError):
             return False
         return bool(info.get("ok")) and bool(info.get("edge"))
