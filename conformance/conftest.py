@@ -219,6 +219,7 @@ def exchanges(
         sweep=reachability,
         user_properties=request.node.user_properties,
         strict=settings.strict,
+        max_loss=settings.max_loss_ratio,
     )
 
 

@@ -43,6 +43,11 @@ FAULTS: dict[str, str] = {
     ),
     "dns-wrong-address": "the cluster DNS answers Service names with a wrong address",
     "hostport-unmapped": "node-2's CNI config lacks portmap: hostPorts are not mapped there",
+    "lossy-pair": (
+        "20 % of the packets from node-2's pods to node-3's pods (node-1's to node-2's on 2 "
+        "nodes) are dropped at random, one direction"
+    ),
+    "service-resets": "30 % of new TCP connections to cluster IPs are reset, on every node",
 }
 
 

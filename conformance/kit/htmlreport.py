@@ -19,6 +19,7 @@ from typing import Any
 from conformance.kit.matrices import (
     CELL_FAILED,
     CELL_FLAKY,
+    CELL_LOSSY,
     CELL_NOT_CHECKED,
     CELL_PASSED,
     CELL_SKIPPED,
@@ -52,6 +53,7 @@ CELL_GLYPHS = {
     CELL_PASSED: "\u2713",
     CELL_FAILED: "\u2717",
     CELL_FLAKY: "~",
+    CELL_LOSSY: "%",
     CELL_UNTESTED: "!",
     CELL_SKIPPED: "\u2013",
     CELL_NOT_CHECKED: "",
@@ -121,6 +123,7 @@ table.nc-grid td a { color: inherit; text-decoration: none; display: block; }
 .nc-s-passed { background: #4caf50; color: #fff; }
 .nc-s-failed { background: #d32f2f; color: #fff; font-weight: bold; }
 .nc-s-flaky { background: #f2c94c; color: #1f2328; }
+.nc-s-lossy { background: #a5d6a7; color: #1f2328; font-weight: bold; }
 .nc-s-could-not-test { background: #ef8e00; color: #fff; font-weight: bold; }
 .nc-s-skipped { background: #c9ced4; color: #1f2328; }
 .nc-s-not-checked { background: #eef0f2; }

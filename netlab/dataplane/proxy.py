@@ -36,8 +36,11 @@ built-in chains and a route for the service range (via the fabric gateway, insid
 set once per node when the proxy starts.
 
 Faults that live here: ``stale-endpoints`` (endpoints that are not ready stay in the rules),
-``nodeport-missing-on-node`` (node-2 has no NodePort rules) and ``service-masquerade``
-(every connection to a cluster IP is masqueraded, so endpoints see a node address).
+``nodeport-missing-on-node`` (node-2 has no NodePort rules), ``service-masquerade``
+(every connection to a cluster IP is masqueraded, so endpoints see a node address) and
+``service-resets`` (`SERVICE_RESET_SHARE` of new TCP connections to a cluster IP are reset:
+a filter rule in ``KUBE-SERVICES``, matched on the connection's original destination, since
+FORWARD sees the packet after its DNAT).
 """
 
 from __future__ import annotations
@@ -64,8 +67,13 @@ log = logging.getLogger(__name__)
 STALE_ENDPOINTS_FAULT = "stale-endpoints"
 NODEPORT_MISSING_FAULT = "nodeport-missing-on-node"
 SERVICE_MASQUERADE_FAULT = "service-masquerade"
+SERVICE_RESETS_FAULT = "service-resets"
+#: The share of new TCP connections to a cluster IP that ``service-resets`` resets.
+SERVICE_RESET_SHARE = 0.3
 NODEPORT_MISSING_NODE = "node-2"
-PROXY_FAULTS = frozenset({STALE_ENDPOINTS_FAULT, NODEPORT_MISSING_FAULT, SERVICE_MASQUERADE_FAULT})
+PROXY_FAULTS = frozenset(
+    {STALE_ENDPOINTS_FAULT, NODEPORT_MISSING_FAULT, SERVICE_MASQUERADE_FAULT, SERVICE_RESETS_FAULT}
+)
 
 MASQ_MARK = "0x4000"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -295,6 +303,7 @@ def node_rules(
     stale = STALE_ENDPOINTS_FAULT in faults
     serve_node_ports = not (NODEPORT_MISSING_FAULT in faults and node == NODEPORT_MISSING_NODE)
     masquerade_all = SERVICE_MASQUERADE_FAULT in faults
+    resets = SERVICE_RESETS_FAULT in faults
     rules.add("nat", "KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
     rules.add("nat", "KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
     rules.add(
@@ -321,6 +330,18 @@ def node_rules(
         else:
             service_chain = port.chain("SVC")
             rules.add("nat", "KUBE-SERVICES", f"{comment} {destination} -j {service_chain}")
+            if resets and proto == "tcp":
+                # FORWARD and OUTPUT see the packet after its DNAT: match the connection's
+                # original destination. The jumps here already take NEW connections only.
+                rules.add(
+                    "filter",
+                    "KUBE-SERVICES",
+                    f'-m comment --comment "{port.service_port_name} reset fault" -p tcp '
+                    f"-m conntrack --ctorigdst {_host_mask(port.cluster_ip)} "
+                    f"--ctorigdstport {port.port} "
+                    f"-m statistic --mode random --probability {SERVICE_RESET_SHARE} "
+                    "-j REJECT --reject-with tcp-reset",
+                )
             if masquerade_all:
                 rules.add("nat", service_chain, f"{comment} {destination} -j KUBE-MARK-MASQ")
             else:

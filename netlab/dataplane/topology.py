@@ -74,6 +74,7 @@ TWO_NODE_FAULTS = (
     FAMILY_MISSING_FAULT,
     "nodeport-missing-on-node",
     "hostport-unmapped",
+    "lossy-pair",
 )
 ADDRESS_SETTLE_TIMEOUT = 5.0  # seconds for a node's IPv6 addresses to leave "tentative"
 

@@ -167,6 +167,24 @@ def test_service_masquerade_fault_marks_every_cluster_ip_connection() -> None:
     assert any("! -s 10.244.0.0/16" in r for r in healthy["nat"])
 
 
+def test_service_resets_fault_resets_a_share_of_new_tcp_connections_to_cluster_ips() -> None:
+    healthy = rules_for([svc("web", ["10.96.5.5"])], [endpoint_slice("web", "IPv4", BACKENDS)])
+    faulty = rules_for(
+        [svc("web", ["10.96.5.5"])],
+        [endpoint_slice("web", "IPv4", BACKENDS)],
+        faults=frozenset({"service-resets"}),
+    )
+    assert healthy["filter"] == []
+    # TCP only (a reset is TCP's), matched on the original destination: FORWARD sees the
+    # connection after its DNAT to an endpoint. The nat rules are the healthy ones.
+    assert faulty["filter"] == [
+        '-A KUBE-SERVICES -m comment --comment "ns/web:tcp reset fault" -p tcp -m conntrack '
+        "--ctorigdst 10.96.5.5/32 --ctorigdstport 80 -m statistic --mode random --probability "
+        "0.3 -j REJECT --reject-with tcp-reset"
+    ]
+    assert faulty["nat"] == healthy["nat"]
+
+
 def test_restore_document_flushes_declared_and_deletes_stale_chains() -> None:
     ports = service_ports([svc("web", ["10.96.5.5"])], [endpoint_slice("web", "IPv4", BACKENDS)], 4)
     rules = node_rules(ports, node="node-1", cluster_cidrs=["10.244.0.0/16"])

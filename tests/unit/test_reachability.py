@@ -29,10 +29,12 @@ from conformance.kit.pairs import NodePair
 from conformance.kit.probe_client import ProbeResponse
 from conformance.kit.probes import ProbeMap
 from conformance.kit.reachability import (
+    LOSS_PROBES,
     MARKER,
     Endpoint,
     Exchange,
     ItemPlan,
+    Loss,
     Outcome,
     Sweep,
     Target,
@@ -85,8 +87,10 @@ class FakeProbeClient(RecordingProbeClient):
     """Answers agent batches like a cluster would. ``failures[(src_pod, host)]`` is how many
     tries fail (ETIMEDOUT) before one is answered; ``snat_nodes``: traffic leaving these nodes
     shows the node's IP; ``broken``: (pod, container) whose exec fails; ``refuse_captures``:
-    pods whose agent answers capture_start with an error. Listeners and captures record every
-    exchange that arrived, by nonce."""
+    pods whose agent answers capture_start with an error; ``lost[(src_pod, host)]``: probes
+    a loss measurement loses (of its ``count``). Listeners and captures record every exchange
+    that arrived, by nonce; a loss measurement's requests are recorded as ``connect*`` and
+    ``icmp*``."""
 
     timeouts: Timeouts = TIMEOUTS
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -94,6 +98,7 @@ class FakeProbeClient(RecordingProbeClient):
     refuse_captures: frozenset[str] = frozenset()
     #: pod -> how many of its captures see nothing (a sniffer that fell behind)
     blind_captures: dict[str, int] = field(default_factory=dict)
+    lost: dict[tuple[str, str], int] = field(default_factory=dict)
     parallel: list[int | None] = field(default_factory=list)  # of every probing batch
     _tries: dict[tuple[str, str], int] = field(default_factory=dict)
     # destination pod -> what arrived there: {nonce, peer, proto}
@@ -108,7 +113,9 @@ class FakeProbeClient(RecordingProbeClient):
         parallel: int | None = None,
         timeout: float | None = None,
     ) -> list[ProbeResponse]:
-        self.record(pod, container, requests)
+        self.record(
+            pod, container, [{**r, "op": f"{r['op']}*"} if r.get("count") else r for r in requests]
+        )
         if requests and requests[0]["op"] in ("connect", "icmp"):
             self.parallel.append(parallel)
         return [self._answer(pod, dict(r)) for r in requests]
@@ -143,6 +150,13 @@ class FakeProbeClient(RecordingProbeClient):
                 source = NODE_IP[node]
             else:
                 source = POD_IP[pod]
+            if request.get("count"):
+                sent, lost = int(request["count"]), self.lost.get(key, 0)
+                measured = {"op": op, "count": sent, "sent": sent, "lost": lost}
+                measured.update(answered=sent - lost, errors={"ETIMEDOUT": lost} if lost else {})
+                if lost == sent:
+                    return {**measured, "ok": False, "errno": "ETIMEDOUT", "error": "none"}
+                return {**measured, "ok": True, "peer_seen": source, "peers": [source]}
             arrival = {
                 "nonce": str(request["nonce"]),
                 "peer": source,
@@ -514,6 +528,56 @@ def test_a_capture_that_missed_an_answered_exchange_is_taken_again_once() -> Non
     assert captures_started(probes, "probe-node-3") == 1
 
 
+def test_loss_is_measured_after_the_captures_one_batch_per_source() -> None:
+    """Every pair exchange that answered gets one loss measurement of LOSS_PROBES probes, in
+    one batch per source, once the captures were read (no sniffer parses a hundred probes)."""
+    lossy = ("probe-node-2", POD_IP["probe-node-3"])
+    probes = FakeProbeClient(lost={lossy: 9})
+    outcomes = run_sweep(probes, ring_targets(("tcp", "udp")))  # type: ignore[arg-type]
+    measured = [(pod, ops) for pod, _c, ops in probes.calls if any("*" in op for op in ops)]
+    assert sorted((pod, len(ops)) for pod, ops in measured) == [
+        ("probe-node-1", 2),
+        ("probe-node-2", 2),
+        ("probe-node-3", 2),
+    ]
+    last_capture_read = max(i for i, c in enumerate(probes.calls) if "capture_result" in c[2])
+    first_measured = min(i for i, c in enumerate(probes.calls) if any("*" in op for op in c[2]))
+    assert first_measured > last_capture_read
+    for outcome in outcomes:
+        assert outcome.exchange is not None
+        loss = outcome.exchange.loss
+        assert loss is not None
+        assert loss.sent == LOSS_PROBES
+        if (outcome.target.source.pod, outcome.target.host) == lossy:
+            assert loss.lost == 9
+            assert problems(outcome) == [
+                "lost 9 of 100 probes lost (9.0 %); failed: ETIMEDOUT 9, more than the 5 % "
+                "--max-loss allows"
+            ]
+        else:
+            assert (loss.lost, problems(outcome)) == (0, [])
+    # What the sweep measured is in the run's totals.
+    assert sweep_of(outcomes).loss_totals() == {"measured": 6, "probes": 600, "probes_lost": 18}
+
+
+def test_a_pair_that_never_answered_is_not_measured() -> None:
+    silent = ("probe-node-1", POD_IP["probe-node-2"])
+    probes = FakeProbeClient(failures={silent: 99})
+    outcomes = run_sweep(probes, ring_targets(("udp",)))  # type: ignore[arg-type]
+    (never,) = [o for o in outcomes if (o.target.source.pod, o.target.host) == silent]
+    assert never.exchange is not None
+    assert never.exchange.loss is None
+    assert problems(never) == ["no answer after 3 attempt(s): timed out"]
+    assert all(o.exchange and o.exchange.loss for o in outcomes if o is not never)
+
+
+def test_without_loss_probes_nothing_is_measured() -> None:
+    probes = FakeProbeClient()
+    outcomes = run_sweep(probes, ring_targets(("tcp",)), loss_probes=0)  # type: ignore[arg-type]
+    assert all(o.exchange and o.exchange.loss is None for o in outcomes)
+    assert not [c for c in probes.calls if any("*" in op for op in c[2])]
+
+
 def test_a_capture_that_misses_twice_is_a_verdict() -> None:
     probes = FakeProbeClient(blind_captures={"probe-node-2": 5})
     outcomes = run_sweep(probes, ring_targets(("tcp",)))  # type: ignore[arg-type]
@@ -673,4 +737,8 @@ def test_the_sweep_against_the_real_agent(local_agents: dict[str, LocalAgent]) -
         assert outcome.reached, outcome.describe()
         assert outcome.exchange.peer_seen == "127.0.0.1"
         assert outcome.exchange.listener_peers == ("127.0.0.1",)
+        # A hundred probes each: the listener reported every one's source, none was lost.
+        assert outcome.exchange.loss == Loss(sent=LOSS_PROBES, lost=0)
+        assert outcome.exchange.peers_seen == ("127.0.0.1",)
+        assert outcome.exchange.servers_seen == ("(unnamed)",)  # no POD_NAME here
         assert problems(outcome) == []
