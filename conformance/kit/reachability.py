@@ -84,6 +84,11 @@ LOSS_INTERVAL = 0.01
 #: A loss measurement's TCP connections open at once: a connection whose SYN was lost waits a
 #: second for its retransmission, the others go on.
 LOSS_PARALLEL = 4
+#: A measurement that lost probes while its destination's listener dropped some itself (a full
+#: socket buffer, a full accept queue: the endpoint fell behind, not the network) is made
+#: again, up to this many times, with this many measurements per source at once.
+LOSS_REMEASURES = 2
+LOSS_CALM_PARALLEL = 4
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,11 @@ class Loss(JSONData):
     retransmitted: int = 0
     errors: Mapping[str, int] = field(default_factory=dict)
     example: str | None = None
+    #: What the destination's listener dropped itself meanwhile (datagrams its full socket
+    #: buffer refused, connections its full accept queue did); None: could not be read.
+    endpoint_drops: int | None = None
+    #: Measurements made: more than 1 when one lost probes while the destination dropped some.
+    measurements: int = 1
 
     @property
     def ratio(self) -> float:
@@ -323,6 +333,10 @@ class Loss(JSONData):
             text += "; failed: " + ", ".join(f"{e} {n}" for e, n in sorted(self.errors.items()))
         if self.example:
             text += f" (first: {self.example})"
+        if self.endpoint_drops:
+            text += f"; the destination's listener itself dropped {self.endpoint_drops} meanwhile"
+        if self.measurements > 1:
+            text += f" (measurement {self.measurements})"
         return text
 
 
@@ -733,6 +747,10 @@ class _State:
     answers: list[ProbeResponse] = field(default_factory=list)
     loss: ProbeResponse | None = None
     wants_loss: bool = False
+    #: Earlier loss measurements (their evidence counts, the last one's loss is judged), and
+    #: what the destination dropped itself during the last one.
+    earlier_losses: list[ProbeResponse] = field(default_factory=list)
+    endpoint_drops: int | None = None
     #: What the destination recorded and captured for the nonce (`collect`).
     records: list[Mapping[str, Any]] = field(default_factory=list)
     packets: list[Mapping[str, Any]] | None = None
@@ -750,6 +768,18 @@ class _State:
     def measuring(self) -> bool:
         """The loss measurement is due: wanted, not made, and the target has a verdict to come."""
         return self.wants_loss and self.loss is None and self.error is None
+
+    @property
+    def doubtful(self) -> bool:
+        """The last measurement lost probes while the destination's listener dropped some:
+        whose the loss was, the network's or the listener's, is unknown."""
+        measured = loss_of(self.loss) if self.loss is not None else None
+        return bool(self.error is None and measured and measured.lost and self.endpoint_drops)
+
+    def measure_again(self) -> None:
+        if self.loss is not None:
+            self.earlier_losses.append(self.loss)
+        self.loss = None
 
     def allowed_sources(self) -> tuple[str, ...] | None:
         allowed = self.target.allowed_sources
@@ -774,15 +804,27 @@ class _State:
             self.first_error = _error_text(answer)
 
     def build_exchange(self) -> Exchange:
-        return exchange_of(
+        exchange = exchange_of(
             self.target,
             attempts=self.attempts,
             response=self.response,
             records=self.records,
             packets=self.packets if self.target.capture else None,
             capture_error=self.capture_error if self.target.capture else None,
-            answers=[*self.answers, *([self.loss] if self.loss is not None else [])],
+            answers=[
+                *self.answers,
+                *self.earlier_losses,
+                *([self.loss] if self.loss is not None else []),
+            ],
         )
+        if exchange.loss is None:
+            return exchange
+        loss = replace(
+            exchange.loss,
+            endpoint_drops=self.endpoint_drops,
+            measurements=len(self.earlier_losses) + 1,
+        )
+        return replace(exchange, loss=loss)
 
 
 @dataclass(frozen=True)
@@ -819,6 +861,36 @@ def interface_addresses(answer: ProbeResponse) -> tuple[str, ...]:
     return tuple(sorted(ip for ip in found if ip))
 
 
+def read_drops(
+    client: ProbeClient, ends: Mapping[Endpoint, Sequence[Any]], workers: int
+) -> dict[Endpoint, ProbeResponse]:
+    """What each destination agent's listeners dropped themselves so far (``drops``); a
+    container that cannot be asked, or an agent that cannot tell, is left out (unknown)."""
+    found: dict[Endpoint, ProbeResponse] = {}
+
+    def read(own: ProbeClient, endpoint: Endpoint, _group: Sequence[Any]) -> None:
+        (answer,) = own.call(endpoint.pod, endpoint.container, [{"op": "drops"}])
+        if answer.get("ok"):
+            found[endpoint] = answer
+
+    calls_in_parallel(client, ends, read, lambda _group, _exc: None, max_parallel=workers)
+    return found
+
+
+def drops_between(
+    before: ProbeResponse | None, after: ProbeResponse | None, proto: str
+) -> int | None:
+    """What a destination's ``proto`` listener dropped between two ``drops`` readings (ICMP:
+    0, the kernel answers echoes itself); None when either reading is missing."""
+    if proto == "icmp":
+        return 0
+    key = "udp" if proto == "udp" else "tcp_listen"
+    first, last = (before or {}).get(key), (after or {}).get(key)
+    if not isinstance(first, int) or not isinstance(last, int):
+        return None
+    return max(0, last - first)
+
+
 def _witness_missed(exchange: Exchange | None) -> bool:
     """Answered, yet absent from the destination's capture or its listener's records."""
     if exchange is None or not exchange.reached:
@@ -841,8 +913,8 @@ def run_sweep(
 ) -> list[Outcome]:
     """Probe every target: pass one (one try each), pass two (retries of the failed ones, up to
     ``reach_attempts`` tries in all), then read back listener records and captures; and
-    measure the loss of every exchange that `Target.measures_loss` (``loss_probes`` probes;
-    0: none), after the captures ended, with the first round of the uncaptured exchanges.
+    measure the loss of every answered exchange that `Target.measures_loss` (``loss_probes``
+    probes; 0: none), in a round of its own (one batch per source) once the others ended.
 
     An exchange that was answered but is missing from the destination's capture or listener
     records is sent once more (with ``recapture``) under fresh captures, and what that second
@@ -932,7 +1004,9 @@ def run_sweep(
         itself,
     )
 
-    def probe(own: ProbeClient, endpoint: Endpoint, group: list[_Work]) -> None:
+    def probe(
+        own: ProbeClient, endpoint: Endpoint, group: list[_Work], parallel: int = PARALLEL_PROBES
+    ) -> None:
         requests = [
             loss_request(w.state.target, w.state.nonce, timeouts.probe, loss_probes)
             if w.loss
@@ -940,27 +1014,42 @@ def run_sweep(
             for w in group
         ]
         # A spread is many connections in one request: its exec lasts as long as it may.
-        lasting = call_budget(requests, PARALLEL_PROBES) + timeouts.exec_overhead
+        lasting = call_budget(requests, parallel) + timeouts.exec_overhead
         answers = own.call(
             endpoint.pod,
             endpoint.container,
             requests,
-            parallel=PARALLEL_PROBES,
-            timeout=max(timeouts.exec_budget(len(requests), PARALLEL_PROBES), lasting),
+            parallel=parallel,
+            timeout=max(timeouts.exec_budget(len(requests), parallel), lasting),
         )
         for work, answer in zip(group, answers, strict=True):
             work.state.take(answer, loss=work.loss, where=endpoint)
 
-    def probe_rounds(phase: list[_State], measured: Sequence[_State] = ()) -> None:
-        def one_round(measure: bool = False) -> list[_State]:
+    def measure(batch: list[_State], parallel: int) -> None:
+        """One round of loss measurements (one batch per source), between two readings of
+        what each destination's listener dropped itself."""
+        ends = _by(batch, lambda s: s.target.destination)
+        before = read_drops(client, ends, workers)
+        in_parallel(
+            _by((_Work(s, loss=True) for s in batch), lambda w: w.state.target.source),
+            lambda own, endpoint, group: probe(own, endpoint, group, parallel),
+            lambda w: w.state,
+        )
+        after = read_drops(client, ends, workers)
+        for state in batch:
+            end = state.target.destination
+            state.endpoint_drops = drops_between(
+                before.get(end), after.get(end), state.target.proto
+            )
+
+    def probe_rounds(phase: list[_State]) -> None:
+        def one_round() -> list[_State]:
             work = [_Work(s) for s in phase if s.pending]
-            if measure:
-                work += [_Work(s, loss=True) for s in measured if s.measuring]
             in_parallel(_by(work, lambda w: w.state.target.source), probe, lambda w: w.state)
             return [s for s in phase if s.pending]
 
         # Pass one is the first round; pass two the later ones, for what still fails.
-        if one_round(measure=True) and timeouts.reach_attempts > 1:
+        if one_round() and timeouts.reach_attempts > 1:
             try:
                 for attempt in Retrying(
                     retry=retry_if_exception_type(_StillFailing),
@@ -1002,12 +1091,11 @@ def run_sweep(
 
     # Two phases: first the exchanges a capture watches, whose captures are then read (and so
     # stopped); only then the rest, 1 MiB transfers and full-size packets among them, whose
-    # floods of small ACKs would otherwise crowd the sniffers' sockets and cost captured packets,
-    # and the loss measurements (a hundred probes an exchange, which no sniffer should parse).
+    # floods of small ACKs would otherwise crowd the sniffers' sockets and cost captured packets.
+    # Then the loss measurements, in a round of their own: a hundred probes an exchange, which
+    # no sniffer should parse and no transfer or spread should compete with for the listeners.
     captured = [s for s in states if s.target.capture and s.error is None]
     uncaptured = [s for s in states if not s.target.capture and s.error is None]
-    for state in states:
-        state.wants_loss = loss_probes > 0 and state.target.measures_loss
     probe_rounds(captured)
     in_parallel(
         _by(
@@ -1017,10 +1105,7 @@ def run_sweep(
         collect,
         itself,
     )
-    for state in captured:
-        # An exchange never answered has its verdict; its loss would say nothing more.
-        state.wants_loss = state.wants_loss and bool(state.response.get("ok"))
-    probe_rounds(uncaptured, measured=[*captured, *uncaptured])
+    probe_rounds(uncaptured)
     # Exchanges through a Service, NodePort or hostPort are judged by what the client got.
     in_parallel(
         _by(
@@ -1030,6 +1115,22 @@ def run_sweep(
         collect,
         itself,
     )
+    for state in states:
+        # An exchange never answered has its verdict; its loss would say nothing more.
+        state.wants_loss = (
+            loss_probes > 0 and state.target.measures_loss and bool(state.response.get("ok"))
+        )
+    measured = [s for s in states if s.measuring]
+    if measured:
+        measure(measured, PARALLEL_PROBES)
+    for _ in range(LOSS_REMEASURES):
+        # Probes lost while the destination dropped some itself: measure again, calmer.
+        doubtful = [s for s in measured if s.doubtful]
+        if not doubtful:
+            break
+        for state in doubtful:
+            state.measure_again()
+        measure(doubtful, LOSS_CALM_PARALLEL)
     for state in states:
         if state.error is None:
             state.exchange = state.build_exchange()

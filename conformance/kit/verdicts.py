@@ -159,11 +159,26 @@ def refusal_problems(result: Exchange) -> list[str]:
 
 
 def loss_problems(result: Exchange, max_loss: float) -> list[str]:
-    """More of the exchange's probes lost than ``max_loss`` (a share, 0..1) allows."""
+    """More of the exchange's probes lost than ``max_loss`` (a share, 0..1) allows, while the
+    destination's listener dropped none itself (see `loss_doubt`)."""
     loss = result.loss
-    if loss is None or loss.ratio <= max_loss:
+    if loss is None or loss.ratio <= max_loss or loss_doubt(result, max_loss):
         return []
-    return [f"lost {loss.describe()}, more than the {100 * max_loss:g} % --max-loss allows"]
+    return [f"lost more than the {100 * max_loss:g} % --max-loss allows: {loss.describe()}"]
+
+
+def loss_doubt(result: Exchange, max_loss: float) -> str | None:
+    """Why a loss above ``max_loss`` is no verdict: the destination's listener dropped probes
+    itself while it was measured, every measurement (its socket buffer or accept queue was
+    full: a starved endpoint, not the network), so whose the loss was is unknown."""
+    loss = result.loss
+    if loss is None or loss.ratio <= max_loss or not loss.endpoint_drops:
+        return None
+    return (
+        f"{loss.describe()}, above the {100 * max_loss:g} % --max-loss, but the destination's "
+        f"listener dropped {loss.endpoint_drops} probes itself (a full socket buffer or accept "
+        f"queue) in each of {loss.measurements} measurements: the network's share is unknown"
+    )
 
 
 def problems(
@@ -356,6 +371,13 @@ class ItemExchanges:
                 raise ProbeCallError(f"{outcome.target.describe()}: {outcome.error}")
         self._record_tries()
         broken = [(o, found) for o in self.outcomes if (found := problems(o, self.max_loss))]
+        doubts = [
+            f"{o.target.describe()}: {doubt}"
+            for o in self.outcomes
+            if o.exchange is not None and (doubt := loss_doubt(o.exchange, self.max_loss))
+        ]
+        if doubts and not broken:
+            raise CouldNotTest("; ".join(doubts))
         flaky = [(o, text) for o in self.outcomes if (text := flaky_text(o))]
         if self.strict:
             broken += [

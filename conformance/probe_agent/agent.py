@@ -112,6 +112,7 @@ TRANSFER_MAX_SECONDS = MAX_TIMEOUT  # one transfer on the listener side
 TRANSFER_MAGIC = b"NETCONFORM-TRANSFER"
 UDP_RESEND_INTERVAL = 0.5
 UDP_RECEIVE_BYTES = 1 << 16  # every UDP datagram fits
+LISTENER_RECEIVE_BUFFER = 4 << 20  # asked for the UDP listeners' sockets
 MAX_IP_PACKET = 65535
 EPHEMERAL_BIND_ATTEMPTS = 16  # port 0: IPv4 picks, IPv6 binds the same port or we retry
 FILE_CHUNK = 64 << 10
@@ -789,19 +790,23 @@ class RecordBook:
         # (key, proto, peer) in the order last seen: a nonce (str), or an ICMP payload (bytes).
         self._records: dict[tuple[str | bytes, str, str], None] = {}
 
-    def _add(self, record: tuple[str | bytes, str, str]) -> None:
+    def _add(self, record: tuple[str | bytes, str, str]) -> bool:
         with self._changed:
-            self._records.pop(record, None)
+            known = self._records.pop(record, False) is None
             self._records[record] = None
             while len(self._records) > self._limit:
                 del self._records[next(iter(self._records))]
-            self._changed.notify_all()
+            if not known:
+                self._changed.notify_all()
+            return not known
 
-    def add(self, nonce: str, proto: str, peer: str) -> None:
-        self._add((nonce, proto, peer))
+    def add(self, nonce: str, proto: str, peer: str) -> bool:
+        """Record a nonce a listener saw; True when the record is new."""
+        return self._add((nonce, proto, peer))
 
-    def add_payload(self, payload: bytes, proto: str, peer: str) -> None:
-        self._add((bytes(payload), proto, peer))
+    def add_payload(self, payload: bytes, proto: str, peer: str) -> bool:
+        """Record an ICMP payload holding a nonce; True when the record is new."""
+        return self._add((bytes(payload), proto, peer))
 
     def _matching(self, nonce: str | None, prefix: str | None) -> list[JSONDict]:
         found: list[JSONDict] = []
@@ -923,9 +928,10 @@ def serve_tcp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
                     receive_transfer(conn, peer, line, rest, book)
                     return
                 nonce = line.strip().decode("utf-8", "replace")[:MAX_NONCE_LENGTH]
-                if nonce:
-                    book.add(nonce, "tcp", peer)
-                log(f"listener tcp nonce={_plain(nonce) if nonce else '-'} peer={peer}")
+                # One log line per record, not per probe: a loss measurement's hundred
+                # probes must not wait on the container log.
+                if not nonce or book.add(nonce, "tcp", peer):
+                    log(f"listener tcp nonce={_plain(nonce) if nonce else '-'} peer={peer}")
                 # Our SYN-ACKs (and anything else) sent again so far: the client's probe of a
                 # measured request counts a lost SYN-ACK by it.
                 extra = {"retrans": tcp_retransmissions(conn)}
@@ -1039,11 +1045,13 @@ def serve_udp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
             continue
         peer = normalize_ip(address[0])
         nonce = _nonce_of(data)
-        if nonce:
-            book.add(nonce, "udp", peer)
+        new = book.add(nonce, "udp", peer) if nonce else True
         local, pktinfo = _pktinfo(ancillary) if use_pktinfo else (None, [])
         _iface, mtu = INTERFACES.holding(local)
-        log(f"listener udp nonce={_plain(nonce) if nonce else '-'} peer={peer} bytes={len(data)}")
+        if new:  # one log line per record: the log must not hold up the next datagram
+            log(
+                f"listener udp nonce={_plain(nonce) if nonce else '-'} peer={peer} bytes={len(data)}"
+            )
         extra = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mtu": mtu}
         reply = _listener_reply(nonce, peer, extra)
         try:
@@ -1080,7 +1088,8 @@ def serve_icmp_records(sock: socket.socket, book: RecordBook, stop: threading.Ev
         if len(message) <= 8 or message[0] != wanted:
             continue
         payload = message[8:264]
-        book.add_payload(payload, proto, source)
+        if not book.add_payload(payload, proto, source):
+            continue  # logged when first seen
         # Log only text payloads (our nonces); ping(8) pads with binary bytes on every echo.
         shown = payload.split(b"\n", 1)[0][:64].decode("latin-1")
         if shown.isascii() and shown.isprintable():
@@ -1544,6 +1553,45 @@ class Tally:
         )
 
 
+def udp_socket_drops(
+    port: int, tables: Sequence[str] = ("/proc/net/udp", "/proc/net/udp6")
+) -> int | None:
+    """Datagrams the kernel dropped because the receive buffer of this network namespace's UDP
+    sockets bound to ``port`` was full (the ``drops`` column): a listener that fell behind, not
+    the network. None when no table could be read."""
+    total, read = 0, False
+    for table in tables:
+        try:
+            with open(table) as rows:
+                lines = rows.read().splitlines()[1:]
+        except OSError:
+            continue
+        read = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 13 and fields[1].rsplit(":", 1)[-1] == f"{port:04X}":
+                with contextlib.suppress(ValueError):
+                    total += int(fields[-1])
+    return total if read else None
+
+
+def listen_drops(path: str = "/proc/net/netstat") -> int | None:
+    """Connections this network namespace's TCP listeners dropped (TcpExt ListenDrops: a full
+    accept queue, among others), whose SYN or SYN-ACK then goes again. None when unreadable."""
+    try:
+        with open(path) as counters:
+            lines = [line.split() for line in counters.read().splitlines()]
+    except OSError:
+        return None
+    # Pairs of lines: the names, then the values (no zip(strict=) before Python 3.10).
+    for index in range(0, len(lines) - 1, 2):
+        names, values = lines[index], lines[index + 1]
+        if names and names[0] == "TcpExt:" and "ListenDrops" in names:
+            with contextlib.suppress(ValueError, IndexError):
+                return int(values[names.index("ListenDrops")])
+    return None
+
+
 def measure_udp(
     host: str, port: int, nonce: str, count: int, interval: float, timeout: float
 ) -> JSONDict:
@@ -1597,8 +1645,43 @@ def measure_udp(
     return tally.result(count)
 
 
+SO_ATTACH_FILTER = 26
+
+
+def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k)
+
+
+def only_echo_replies(sock: socket.socket, is_v6: bool, identifier: int) -> bool:
+    """Let the kernel pass a raw ICMP socket only echo replies with ``identifier`` (a classic BPF
+    filter): a raw socket gets a copy of every ICMP packet of the network namespace, and a
+    hundred-probe measurement beside others must not lose its replies in a full buffer. False
+    where the filter cannot be attached (the caller then filters alone)."""
+    reply = ICMPV6_ECHO_REPLY if is_v6 else ICMP_ECHO_REPLY
+    # IPv4 raw sockets see the IP header (X = its length); IPv6 ones start at ICMPv6.
+    program = [_bpf(0xB1, 0) if not is_v6 else _bpf(0x01, 0)]  # ldxb 4*([0]&0xf) / ldx #0
+    program += [
+        _bpf(0x50, 0),  # ldb [x + 0]: the type
+        _bpf(0x15, reply, 0, 3),  # jeq reply, else drop
+        _bpf(0x48, 4),  # ldh [x + 4]: the identifier
+        _bpf(0x15, identifier, 0, 1),  # jeq identifier, else drop
+        _bpf(0x06, 0x40000),  # accept
+        _bpf(0x06, 0),  # drop
+    ]
+    try:
+        import ctypes  # stdlib, and only here: a probe image's python3 may lack libffi
+
+        code = ctypes.create_string_buffer(b"".join(program))
+        fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except (ImportError, OSError):
+        return False
+    return True
+
+
 def measure_icmp(host: str, nonce: str, count: int, interval: float, timeout: float) -> JSONDict:
-    """``count`` echo requests with consecutive sequence numbers, the nonce as payload."""
+    """``count`` echo requests with consecutive sequence numbers, the nonce as payload, and an
+    identifier of their own."""
     family, sockaddr = resolve(host, 0, socket.SOCK_RAW)
     is_v6 = family == socket.AF_INET6
     request_type, reply_type = (
@@ -1606,11 +1689,13 @@ def measure_icmp(host: str, nonce: str, count: int, interval: float, timeout: fl
     )
     tally = Tally(f"icmp {host}")
     payload = nonce.encode()
-    identifier = _ICMP_IDENTIFIER
+    identifier = int.from_bytes(os.urandom(2), "big")
     probe_of: dict[int, int] = {}
     answered: set[int] = set()
     sock, is_raw = _open_icmp_socket(family)
     with sock:
+        if is_raw:
+            only_echo_replies(sock, is_v6, identifier)
         end = None
         while True:
             now = time.monotonic()
@@ -2338,6 +2423,7 @@ class Agent:
             "resolve": self.op_resolve,
             "env": self.op_env,
             "set_ready": self.op_set_ready,
+            "drops": self.op_drops,
         }
 
     def handle(self, request: object) -> JSONDict:
@@ -2535,6 +2621,13 @@ class Agent:
             "variables": {key: value for key, value in os.environ.items() if key.startswith(prefix)}
         }
 
+    def op_drops(self, request: JSONDict) -> JSONDict:
+        udp_port = self.ports.get("udp")
+        return {
+            "udp": udp_socket_drops(udp_port) if isinstance(udp_port, int) else None,
+            "tcp_listen": listen_drops(),
+        }
+
     def op_set_ready(self, request: JSONDict) -> JSONDict:
         ready = request.get("ready")
         if not isinstance(ready, bool):
@@ -2722,6 +2815,11 @@ def _bind_listener(family: socket.AddressFamily, kind: int, port: int) -> socket
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
         if kind == socket.SOCK_STREAM:
             sock.listen(TCP_BACKLOG)
+        else:
+            # Room for the datagrams of many loss measurements at once while the listener
+            # thread waits for the CPU (the kernel caps this at net.core.rmem_max).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTENER_RECEIVE_BUFFER)
     except OSError:
         sock.close()
         raise

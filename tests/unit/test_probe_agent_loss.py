@@ -222,6 +222,44 @@ def test_a_udp_answer_that_is_not_the_agents_is_counted_wrong(
     assert answer["wrong_answers"] == 5
 
 
+# --- what a listener dropped itself ---------------------------------------------------------
+
+
+def test_drops_reads_the_listeners_own_drop_counters(
+    measuring_agent: RunningAgent, tmp_path: Path
+) -> None:
+    answer = measuring_agent.ok({"op": "drops"})
+    assert isinstance(answer["udp"], int)
+    assert isinstance(answer["tcp_listen"], int)
+    udp = tmp_path / "udp"
+    udp.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+        "timeout inode ref pointer drops\n"
+        "  14: 00000000:1F91 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 387951 2 00000000eec74585 17\n"
+        "  15: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 387952 2 00000000eec74586 99\n"
+    )
+    udp6 = tmp_path / "udp6"
+    udp6.write_text(
+        "  sl  local_address remote_address st tx_queue rx_queue tr tm->when retrnsmt   uid"
+        "  timeout inode ref pointer drops\n"
+        "   3: 00000000000000000000000000000000:1F91 00000000000000000000000000000000:0000 07 "
+        "00000000:00000000 00:00000000 00000000     0        0 387953 2 0000000012345678 4\n"
+    )
+    assert probe_agent.udp_socket_drops(8081, (str(udp), str(udp6))) == 21
+    assert probe_agent.udp_socket_drops(8081, (str(tmp_path / "none"),)) is None
+    netstat = tmp_path / "netstat"
+    netstat.write_text(
+        "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPLostRetransmit\n"
+        "TcpExt: 0 3 5 7\n"
+        "IpExt: InNoRoutes\n"
+        "IpExt: 0\n"
+    )
+    assert probe_agent.listen_drops(str(netstat)) == 5
+    assert probe_agent.listen_drops(str(tmp_path / "none")) is None
+
+
 # --- fields, budget, timing, spreads ---------------------------------------------------------
 
 
