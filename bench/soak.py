@@ -76,19 +76,24 @@ SNAT_CROSS_NODE = (
     r"|test_services::test_cluster_ip\["
 )
 #: The checks ``lossy-pair`` breaks (node-2's pods lose 20 % of their packets to node-3's pods):
-#: both ordered pairs of node-2 and node-3 of test_no_snat, every protocol (as the detection
-#: matrix states them); and those whose verdict the loss leaves to chance (``LOSSY_PAIR_MAY``).
+#: both ordered pairs of node-2 and node-3 of test_no_snat, every protocol, and node-3's pods at
+#: node-2's hostPort (as the detection matrix states them); and those whose verdict the loss
+#: leaves to chance (``LOSSY_PAIR_MAY``).
 LOSSY_PAIR = (
     rf"test_no_snat::test_no_snat\[{_FAMILY}(?:tcp|udp|icmp)-node-(?:2->node-3|3->node-2)\]"
+    rf"|test_hostport::test_host_port_from_pods\[{_FAMILY}(?:tcp|udp)-node-3->node-2\]"
 )
 LOSSY_PAIR_MAY = (
     rf"test_full_size::test_full_size_packets\[{_FAMILY}(?:tcp|udp|icmp)-node-(?:2->node-3|3->node-2)\]"
     rf"|test_services::test_(?:cluster_ip|hairpin)\[{_FAMILY}tcp-node-(?:2|3)\]"
-    rf"|test_services::test_node_port_from_pods\[{_FAMILY}tcp-node-2->node-2\]"
+    rf"|test_services::test_node_port_from_pods\[{_FAMILY}tcp-node-(?:2->node-2|3->node-2)\]"
 )
-#: The checks ``service-resets`` breaks (30 % of new TCP connections to cluster IPs reset):
-#: every node's TCP spread through the cluster IP, hairpin included.
-SERVICE_RESETS = rf"test_services::test_(?:cluster_ip|hairpin)\[{_FAMILY}tcp-node-\d+\]"
+#: The checks ``service-resets`` breaks (30 % of new TCP connections to a Service reset): every
+#: TCP spread through a cluster IP (hairpin included) or a NodePort, from every node.
+SERVICE_RESETS = (
+    rf"test_services::test_(?:cluster_ip|hairpin)\[{_FAMILY}tcp-node-\d+\]"
+    rf"|test_services::test_node_port_from_(?:pods|hosts)\[{_FAMILY}tcp-node-\d+->node-\d+\]"
+)
 
 
 @dataclass(frozen=True)

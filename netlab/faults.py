@@ -47,7 +47,9 @@ FAULTS: dict[str, str] = {
         "20 % of the packets from node-2's pods to node-3's pods (node-1's to node-2's on 2 "
         "nodes) are dropped at random, one direction"
     ),
-    "service-resets": "30 % of new TCP connections to cluster IPs are reset, on every node",
+    "service-resets": (
+        "30 % of new TCP connections to a Service (cluster IP, NodePort) are reset, on every node"
+    ),
 }
 
 
