@@ -1592,6 +1592,57 @@ def listen_drops(path: str = "/proc/net/netstat") -> int | None:
     return None
 
 
+def _paced(
+    sock: socket.socket,
+    tally: Tally,
+    count: int,
+    interval: float,
+    timeout: float,
+    send: Callable[[int], None],
+    take: Callable[[bytes, Any], None],
+    done: Callable[[], bool],
+) -> None:
+    """Send probe i at ``interval`` * i after the start (``send(i)``), take answers as they
+    come (``take(data, address)``) until ``done()`` or ``timeout`` after the last probe; then
+    take what is already queued: an answer that came in time but found this thread waiting
+    for the CPU (or the GIL, behind a busy batch) is no lost probe. A receive error (an ICMP
+    error about an earlier datagram) is counted by its errno."""
+
+    def receive(flags: int = 0) -> bool:
+        try:
+            data, address = sock.recvfrom(UDP_RECEIVE_BYTES, flags)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            tally.error(errno_name(exc.errno) or "OSError", describe_os_error(exc))
+            return True
+        take(data, address)
+        return True
+
+    end = None
+    while True:
+        now = time.monotonic()
+        due = tally.started + tally.sent * interval
+        if end is None and now >= due:
+            if tally.sent == count or tally.silent_for(timeout):
+                end = now + timeout if tally.sent == count else now
+                continue
+            tally.sent += 1
+            try:
+                send(tally.sent - 1)
+            except OSError as exc:
+                tally.error(errno_name(exc.errno) or "OSError", describe_os_error(exc))
+            continue
+        if end is not None and (now >= end or done()):
+            break
+        limit = due if end is None else end
+        if select.select([sock], [], [], max(0.0, limit - now))[0]:
+            receive()
+    for _ in range(MAX_PROBE_COUNT * 4):  # bounded: others' traffic may keep coming
+        if done() or not receive(socket.MSG_DONTWAIT):
+            break
+
+
 def measure_udp(
     host: str, port: int, nonce: str, count: int, interval: float, timeout: float
 ) -> JSONDict:
@@ -1604,44 +1655,27 @@ def measure_udp(
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect(sockaddr)
         tally.local = normalize_ip(sock.getsockname()[0])
-        end = None
-        while True:
-            now = time.monotonic()
-            due = tally.started + tally.sent * interval
-            if end is None and now >= due:
-                if tally.sent == count or tally.silent_for(timeout):
-                    end = now + timeout if tally.sent == count else now
-                    continue
-                payload = f"{nonce}\n{tally.sent}\n".encode()
-                probe_of[hashlib.sha256(payload).hexdigest()] = tally.sent
-                tally.sent += 1
-                try:
-                    sock.send(payload)
-                except OSError as exc:
-                    tally.error(errno_name(exc.errno) or "OSError", describe_os_error(exc))
-                continue
-            if end is not None and (now >= end or len(answered) == tally.sent):
-                break
-            limit = due if end is None else end
-            if not select.select([sock], [], [], max(0.0, limit - now))[0]:
-                continue
-            try:
-                data = sock.recv(UDP_RECEIVE_BYTES)
-            except OSError as exc:  # an ICMP error about an earlier datagram
-                tally.error(errno_name(exc.errno) or "OSError", describe_os_error(exc))
-                continue
+
+        def send(index: int) -> None:
+            payload = f"{nonce}\n{index}\n".encode()
+            probe_of[hashlib.sha256(payload).hexdigest()] = index
+            sock.send(payload)
+
+        def take(data: bytes, _address: Any) -> None:
             try:
                 reply = _parse_listener_reply(data, nonce, tally.where)
             except RequestError as exc:
                 if data.startswith(b"{"):
-                    continue  # a late answer to another socket's nonce
+                    return  # a late answer to another socket's nonce
                 tally.wrong += 1  # something else answers at this address
                 tally.error("EPROTO", str(exc))
-                continue
+                return
             index = probe_of.get(str(reply.get("sha256")))
             if index is not None and index not in answered:
                 answered.add(index)
                 tally.answer(reply)
+
+        _paced(sock, tally, count, interval, timeout, send, take, lambda: len(answered) == count)
     return tally.result(count)
 
 
@@ -1696,45 +1730,32 @@ def measure_icmp(host: str, nonce: str, count: int, interval: float, timeout: fl
     with sock:
         if is_raw:
             only_echo_replies(sock, is_v6, identifier)
-        end = None
-        while True:
-            now = time.monotonic()
-            due = tally.started + tally.sent * interval
-            if end is None and now >= due:
-                if tally.sent == count or tally.silent_for(timeout):
-                    end = now + timeout if tally.sent == count else now
-                    continue
-                sequence = next(_icmp_sequence) & 0xFFFF
-                probe_of[sequence] = tally.sent
-                tally.sent += 1
-                header = struct.pack("!BBHHH", request_type, 0, 0, identifier, sequence)
-                if not is_v6:
-                    checksum = _icmp_checksum(header + payload)
-                    header = struct.pack("!BBHHH", request_type, 0, checksum, identifier, sequence)
-                try:
-                    sock.sendto(header + payload, sockaddr)
-                except OSError as exc:
-                    tally.error(errno_name(exc.errno) or "OSError", describe_os_error(exc))
-                continue
-            if end is not None and (now >= end or len(answered) == tally.sent):
-                break
-            limit = due if end is None else end
-            if not select.select([sock], [], [], max(0.0, limit - now))[0]:
-                continue
-            received, address = sock.recvfrom(1 << 16)
+
+        def send(index: int) -> None:
+            sequence = next(_icmp_sequence) & 0xFFFF
+            probe_of[sequence] = index
+            header = struct.pack("!BBHHH", request_type, 0, 0, identifier, sequence)
+            if not is_v6:
+                checksum = _icmp_checksum(header + payload)
+                header = struct.pack("!BBHHH", request_type, 0, checksum, identifier, sequence)
+            sock.sendto(header + payload, sockaddr)
+
+        def take(received: bytes, address: Any) -> None:
             if is_raw and not is_v6:
                 message = received[(received[0] & 0x0F) * 4 :]
                 source = socket.inet_ntop(socket.AF_INET, received[12:16])
             else:
                 message, source = received, address[0]
             if len(message) < 8 or message[0] != reply_type or message[8:] != payload:
-                continue  # other ICMP traffic of this network namespace
+                return  # other ICMP traffic of this network namespace
             _, _, _, reply_id, reply_sequence = struct.unpack("!BBHHH", message[:8])
             index = probe_of.get(reply_sequence)
             if (is_raw and reply_id != identifier) or index is None or index in answered:
-                continue
+                return
             answered.add(index)
             tally.answer({"peer": normalize_ip(source), "server": None})
+
+        _paced(sock, tally, count, interval, timeout, send, take, lambda: len(answered) == count)
     try:
         result = tally.result(count)
     except RequestError as exc:
@@ -1803,6 +1824,33 @@ def measure_tcp(
                 tally.answer(reply, retransmitted=again + peer_again > 0)
         conn.sock.close()
 
+    def process(events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, _mask in events:
+            conn = key.data
+            if conn.index not in open_now:
+                continue
+            if not conn.request_sent:
+                code = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    finish(conn, errno_name(code) or "OSError", os.strerror(code))
+                    continue
+                try:
+                    conn.sock.send(line)  # one short line: the new socket's buffer takes it
+                except OSError as exc:
+                    finish(conn, errno_name(exc.errno) or "OSError", describe_os_error(exc))
+                    continue
+                conn.request_sent = True
+                selector.modify(conn.sock, selectors.EVENT_READ, conn)
+                continue
+            try:
+                chunk = conn.sock.recv(4096)
+            except OSError as exc:
+                finish(conn, errno_name(exc.errno) or "OSError", describe_os_error(exc))
+                continue
+            conn.received += chunk
+            if not chunk or b"\n" in conn.received or len(conn.received) > 4096:
+                finish(conn)
+
     with selector:
         while not stopped or open_now:
             now = time.monotonic()
@@ -1833,30 +1881,11 @@ def measure_tcp(
                 waits.append(tally.started + tally.sent * interval)
             if not waits:
                 continue
-            for key, _mask in selector.select(max(0.0, min(waits) - time.monotonic())):
-                conn = key.data
-                if not conn.request_sent:
-                    code = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if code:
-                        finish(conn, errno_name(code) or "OSError", os.strerror(code))
-                        continue
-                    try:
-                        conn.sock.send(line)  # one short line: the new socket's buffer takes it
-                    except OSError as exc:
-                        finish(conn, errno_name(exc.errno) or "OSError", describe_os_error(exc))
-                        continue
-                    conn.request_sent = True
-                    selector.modify(conn.sock, selectors.EVENT_READ, conn)
-                    continue
-                try:
-                    chunk = conn.sock.recv(4096)
-                except OSError as exc:
-                    finish(conn, errno_name(exc.errno) or "OSError", describe_os_error(exc))
-                    continue
-                conn.received += chunk
-                if not chunk or b"\n" in conn.received or len(conn.received) > 4096:
-                    finish(conn)
+            process(selector.select(max(0.0, min(waits) - time.monotonic())))
             now = time.monotonic()
+            if any(c.deadline <= now for c in open_now.values()):
+                # What is already there came in time, whenever this thread got the CPU back.
+                process(selector.select(0))
             for conn in [c for c in open_now.values() if c.deadline <= now]:
                 what = "no answer" if conn.request_sent else "connect timed out"
                 finish(conn, "ETIMEDOUT", f"{what} after {timeout}s")

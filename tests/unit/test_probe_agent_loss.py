@@ -134,6 +134,35 @@ def test_a_silent_destination_gets_no_more_probes_after_the_timeout(
     assert answer["seconds"] < 3
 
 
+def test_answers_queued_by_the_deadline_count_whenever_they_are_read() -> None:
+    """A measuring thread that waited for the CPU (or the GIL) past its deadline still takes
+    the answers that came in time: they are in its socket's queue, not lost."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ours,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as theirs,
+    ):
+        ours.bind(("127.0.0.1", 0))
+        theirs.bind(("127.0.0.1", 0))
+        ours.connect(theirs.getsockname())
+        theirs.connect(ours.getsockname())
+        taken: list[bytes] = []
+        tally = probe_agent.Tally("test")
+
+        def send(index: int) -> None:
+            if index == 49:  # every answer queued once the last probe is out
+                for answer in range(50):
+                    theirs.send(str(answer).encode())
+
+        def take(data: bytes, _address: object) -> None:
+            if not taken:  # the thread waits for the CPU past its deadline
+                threading.Event().wait(0.3)
+            taken.append(data)
+
+        probe_agent._paced(ours, tally, 50, 0.0001, 0.05, send, take, lambda: len(taken) == 50)
+    assert tally.sent == 50
+    assert sorted(int(t) for t in taken) == list(range(50))
+
+
 # --- fake listeners: retransmissions and answers that are not the agent's ----------------------
 
 
