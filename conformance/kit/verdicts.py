@@ -176,8 +176,9 @@ def loss_doubt(result: Exchange, max_loss: float) -> str | None:
         return None
     return (
         f"{loss.describe()}, above the {100 * max_loss:g} % --max-loss, but the destination's "
-        f"listener dropped {loss.endpoint_drops} probes itself (a full socket buffer or accept "
-        f"queue) in each of {loss.measurements} measurements: the network's share is unknown"
+        f"listener itself dropped {loss.endpoint_drops} datagrams or connections (a full socket "
+        f"buffer or accept queue) in each of {loss.measurements} measurements: the network's "
+        "share is unknown"
     )
 
 
