@@ -147,6 +147,7 @@ class Target(JSONData):
     min_tries: int = 0
     endpoints: tuple[str, ...] | None = None
     one_of_servers: tuple[str, ...] = ()
+    measure_loss: bool = True
 
     @property
     def key(self) -> str:
@@ -178,8 +179,9 @@ class Target(JSONData):
     @property
     def measures_loss(self) -> bool:
         """The exchange's loss is measured (`LOSS_PROBES` probes): every small exchange with
-        an agent; not full-size ones (about packet sizes), spreads or refusals."""
-        return self.kind == KIND_EXCHANGE and not self.full_size
+        an agent, unless its planner said no (``measure_loss``: a pod's loopback has no
+        network in between); not full-size ones (about packet sizes), spreads or refusals."""
+        return self.kind == KIND_EXCHANGE and not self.full_size and self.measure_loss
 
     @property
     def settled_by_one_try(self) -> bool:
