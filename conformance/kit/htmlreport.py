@@ -426,6 +426,8 @@ def _grid(members: Sequence[Matrix], failure_ids: Mapping[str, str], caption: st
             hover = f"{label} \u2192 {destination}, {what}: {status}"
             if cell is not None and cell.cause:
                 hover += f" \u2014 {cell.cause}"
+            elif cell is not None and cell.loss_ratio is not None:
+                hover += f" \u2014 {100 * cell.loss_ratio:.1f} % of probes lost"
             glyph = CELL_GLYPHS[status]
             target = failure_ids.get(cell.nodeid) if cell is not None else None
             inner = f'<a href="#{target}">{glyph}</a>' if target else glyph
@@ -433,7 +435,12 @@ def _grid(members: Sequence[Matrix], failure_ids: Mapping[str, str], caption: st
             cells.append(
                 f'<td class="nc-c nc-s-{_slug(status)}{diagonal}" data-status="{_e(status)}" '
                 f'data-source="{_e(source)}" data-destination="{_e(destination)}" '
-                f'title="{_e(hover)}">{inner}</td>'
+                + (
+                    f'data-loss-ratio="{cell.loss_ratio:.4f}" '
+                    if cell is not None and cell.loss_ratio is not None
+                    else ""
+                )
+                + f'title="{_e(hover)}">{inner}</td>'
             )
         body.append(f'<tr><th class="nc-rowh">{_e(label)}</th>{"".join(cells)}</tr>')
     note_html = f' <span class="nc-note">({_e(note)})</span>' if note else ""

@@ -103,6 +103,9 @@ class Cell(JSONData):
     status: str
     nodeid: str
     cause: str | None = None
+    #: The lost share of the worst measured exchange of the check at this place (0..1; None:
+    #: its loss was not measured).
+    loss_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ def build_matrices(
                     status=status,
                     nodeid=r.nodeid,
                     cause=cell_cause(r, status, flaky),
+                    loss_ratio=r.loss_ratio,
                 )
             )
         matrices.append(

@@ -171,6 +171,7 @@ def test_a_pass_with_lost_probes_is_lossy_in_the_rule_the_cells_and_the_terminal
     assert cell is not None
     assert cell.status == CELL_LOSSY
     assert cell.cause == "3 of 100 probes lost (3.0 %)"
+    assert cell.loss_ratio == 0.03  # the cell carries the ratio as data, as the item does
     assert not matrix.broken
     assert lossy_lines(results) == [
         "lossy: test_no_snat[udp-node-1->node-2] 3 of 100 probes lost (3.0 %)"
