@@ -317,7 +317,8 @@ class Loss(JSONData):
     errors: Mapping[str, int] = field(default_factory=dict)
     example: str | None = None
     #: What the destination's listener dropped itself meanwhile (datagrams its full socket
-    #: buffer refused, connections its full accept queue did); None: could not be read.
+    #: buffer refused, connections its full accept queue did); None: not read (no probe of
+    #: the destination was lost, so nothing to explain) or unreadable.
     endpoint_drops: int | None = None
     #: Measurements made: more than 1 when one lost probes while the destination dropped some.
     measurements: int = 1
@@ -772,6 +773,12 @@ class _State:
         return self.wants_loss and self.loss is None and self.error is None
 
     @property
+    def lost_probes(self) -> bool:
+        """The last loss measurement lost probes (or told nothing)."""
+        measured = loss_of(self.loss) if self.loss is not None else None
+        return measured is None or measured.lost > 0
+
+    @property
     def doubtful(self) -> bool:
         """The last measurement lost probes while the destination's listener dropped some:
         whose the loss was, the network's or the listener's, is unknown."""
@@ -1029,15 +1036,16 @@ def run_sweep(
 
     def measure(batch: list[_State], parallel: int) -> None:
         """One round of loss measurements (one batch per source), between two readings of
-        what each destination's listener dropped itself."""
-        ends = _by(batch, lambda s: s.target.destination)
-        before = read_drops(client, ends, workers)
+        what each destination's listener dropped itself (the second only where a measurement
+        lost probes: elsewhere there is nothing to explain)."""
+        before = read_drops(client, _by(batch, lambda s: s.target.destination), workers)
         in_parallel(
             _by((_Work(s, loss=True) for s in batch), lambda w: w.state.target.source),
             lambda own, endpoint, group: probe(own, endpoint, group, parallel),
             lambda w: w.state,
         )
-        after = read_drops(client, ends, workers)
+        lossy = [s for s in batch if s.lost_probes]
+        after = read_drops(client, _by(lossy, lambda s: s.target.destination), workers)
         for state in batch:
             end = state.target.destination
             state.endpoint_drops = drops_between(
