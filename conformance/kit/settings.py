@@ -224,9 +224,13 @@ def parse_run_lease(text: str) -> float:
 
 def parse_max_loss(text: str) -> float:
     """A percentage from 0 (no probe may be lost) to below 100 (``--max-loss``)."""
-    return _parse_number(
-        "--max-loss", text, float, lambda value: 0 <= value < 100, "a percentage in [0, 100)"
-    )
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise pytest.UsageError(f"--max-loss: {text!r} is not a percentage") from None
+    if not 0 <= value < 100:  # NaN fails too
+        raise pytest.UsageError(f"--max-loss: must be a percentage in [0, 100), got {text}")
+    return value
 
 
 def parse_probe_image(text: str) -> str:
