@@ -161,19 +161,20 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
             cross_node(NO_SNAT),
             cross_node(FULL_SIZE),
             on_node(CLUSTER_IP),
-            on_node(HAIRPIN),
             of_node(READINESS),
             cross_node(HOST_PORT_PODS),
             of_node(DNS_NAMES, "2|3"),
             of_node(DNS_HEADLESS, "2|3"),
         ),
         "pod <-> pod traffic between nodes is dropped: every cross-node pod pair, every protocol,"
-        " small and full-size; the cluster IP's other endpoints (spread, hairpin's connections"
-        " to them, readiness); a pod to another node's hostPort (DNAT to its pod); the lab's"
-        " DNS, a pod of node-1, from the other nodes",
+        " small and full-size; the cluster IP's other endpoints (spread, readiness); a pod to"
+        " another node's hostPort (DNAT to its pod); the lab's DNS, a pod of node-1, from the"
+        " other nodes",
         # A NodePort may send a connection to an endpoint on a third node (or from a node's own
-        # address to another node's endpoint): whether a try crosses, and is dropped, is chance.
-        may=either(NODE_PORT_PODS, NODE_PORT_HOSTS),
+        # address to another node's endpoint), and hairpin's connections may go to another
+        # node's endpoint: whether a try crosses, and is dropped, is chance (in the lab, most of
+        # a pod's connections to its own Service stay with itself: 34 to 37 of 39 in one run).
+        may=either(NODE_PORT_PODS, NODE_PORT_HOSTS, HAIRPIN),
     ),
     "sandbox-reset": Expectation(
         r"test_sandbox::test_sandbox_survives_container_restart\b",
@@ -213,14 +214,14 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
             cross_node(NO_SNAT, "1", "3"),
             cross_node(FULL_SIZE, "1", "3"),
             on_node(CLUSTER_IP, "1"),
-            on_node(HAIRPIN, "1"),
             of_node(READINESS, "1"),
         ),
         "pod traffic from node-1 to node-3 only (not in the old ring) is dropped: that one"
-        " direction, every protocol, small and full-size; node-1's cluster IP spreads (hairpin"
-        " included: every connection is judged) never reach node-3's endpoint",
-        # node-1's pods to node-1's NodePort: a try sent to node-3's endpoint is dropped.
-        may=same_node(NODE_PORT_PODS, "1"),
+        " direction, every protocol, small and full-size; node-1's cluster IP spreads never"
+        " reach node-3's endpoint",
+        # node-1's pods to node-1's NodePort, node-1's peer to its own Service (hairpin: every
+        # connection is judged): a try sent to node-3's endpoint is dropped, if one is.
+        may=either(same_node(NODE_PORT_PODS, "1"), on_node(HAIRPIN, "1")),
     ),
     "same-node-drop-last": Expectation(
         either(
