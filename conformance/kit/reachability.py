@@ -24,6 +24,7 @@ import json
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from time import monotonic
 from typing import Any, TypeVar
@@ -74,13 +75,13 @@ KIND_REFUSAL = "refusal"
 #: Connections a spread keeps open at once (inside one agent request).
 SPREAD_PARALLEL = 8
 #: Probes of one exchange's loss measurement (datagrams, echo requests or TCP connections),
-#: and seconds between their starts: a hundred probes in one second. With the default
+#: and seconds between their starts: a hundred probes in half a second. With the default
 #: ``--max-loss`` of 5 % an exchange fails from 6 lost on: a pair that loses 20 % of its
 #: packets (each probe's round trip lost with a chance of 20 % or more) passes with a chance
 #: of P(Binomial(100, 0.2) <= 5) = 1.9e-5, while a background loss of 0.5 % fails an exchange
 #: with a chance of P(Binomial(100, 0.005) >= 6) = 1.2e-5 (docs/architecture.md, "Loss").
 LOSS_PROBES = 100
-LOSS_INTERVAL = 0.01
+LOSS_INTERVAL = 0.005
 #: A loss measurement's TCP connections open at once: a connection whose SYN was lost waits a
 #: second for its retransmission, the others go on.
 LOSS_PARALLEL = 4
@@ -1034,11 +1035,15 @@ def run_sweep(
         for work, answer in zip(group, answers, strict=True):
             work.state.take(answer, loss=work.loss, where=endpoint)
 
-    def measure(batch: list[_State], parallel: int) -> None:
+    def measure(
+        batch: list[_State], parallel: int, before: Mapping[Endpoint, ProbeResponse] | None = None
+    ) -> None:
         """One round of loss measurements (one batch per source), between two readings of
-        what each destination's listener dropped itself (the second only where a measurement
-        lost probes: elsewhere there is nothing to explain)."""
-        before = read_drops(client, _by(batch, lambda s: s.target.destination), workers)
+        what each destination's listener dropped itself (the first one read here unless
+        given; the second only where a measurement lost probes: elsewhere there is nothing to
+        explain)."""
+        if before is None:
+            before = read_drops(client, _by(batch, lambda s: s.target.destination), workers)
         in_parallel(
             _by((_Work(s, loss=True) for s in batch), lambda w: w.state.target.source),
             lambda own, endpoint, group: probe(own, endpoint, group, parallel),
@@ -1116,23 +1121,29 @@ def run_sweep(
         itself,
     )
     probe_rounds(uncaptured)
-    # Exchanges through a Service, NodePort or hostPort are judged by what the client got.
-    in_parallel(
-        _by(
-            (s for s in uncaptured if s.error is None and s.target.asks_destination),
-            lambda s: s.target.destination,
-        ),
-        collect,
-        itself,
-    )
     for state in states:
         # An exchange never answered has its verdict; its loss would say nothing more.
         state.wants_loss = (
             loss_probes > 0 and state.target.measures_loss and bool(state.response.get("ok"))
         )
     measured = [s for s in states if s.measuring]
+    # The phase's records, and (its traffic done) what the measured destinations dropped
+    # themselves so far, at once.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        reading = reader.submit(
+            read_drops, client, _by(measured, lambda s: s.target.destination), workers
+        )
+        in_parallel(
+            _by(
+                (s for s in uncaptured if s.error is None and s.target.asks_destination),
+                lambda s: s.target.destination,
+            ),
+            collect,
+            itself,
+        )
+        dropped_before = reading.result()
     if measured:
-        measure(measured, PARALLEL_PROBES)
+        measure(measured, PARALLEL_PROBES, dropped_before)
     for _ in range(LOSS_REMEASURES):
         # Probes lost while the destination dropped some itself: measure again, calmer.
         doubtful = [s for s in measured if s.doubtful]
