@@ -317,9 +317,10 @@ class Loss(JSONData):
     retransmitted: int = 0
     errors: Mapping[str, int] = field(default_factory=dict)
     example: str | None = None
-    #: What the destination's listener dropped itself meanwhile (datagrams its full socket
-    #: buffer refused, connections its full accept queue did); None: not read (no probe of
-    #: the destination was lost, so nothing to explain) or unreadable.
+    #: What the ends dropped themselves meanwhile (datagrams a full socket buffer refused, at
+    #: the destination's listener or the measuring socket; connections the destination's full
+    #: accept queue did); None: not read (no probe was lost, so nothing to explain) or
+    #: unreadable.
     endpoint_drops: int | None = None
     #: Measurements made: more than 1 when one lost probes while the destination dropped some.
     measurements: int = 1
@@ -338,7 +339,7 @@ class Loss(JSONData):
         if self.example:
             text += f" (first: {self.example})"
         if self.endpoint_drops:
-            text += f"; the destination's listener itself dropped {self.endpoint_drops} meanwhile"
+            text += f"; the ends themselves dropped {self.endpoint_drops} meanwhile"
         if self.measurements > 1:
             text += f" (measurement {self.measurements})"
         return text
@@ -1053,9 +1054,11 @@ def run_sweep(
         after = read_drops(client, _by(lossy, lambda s: s.target.destination), workers)
         for state in batch:
             end = state.target.destination
-            state.endpoint_drops = drops_between(
-                before.get(end), after.get(end), state.target.proto
-            )
+            theirs = drops_between(before.get(end), after.get(end), state.target.proto)
+            # And what the measuring socket dropped itself (this end fell behind).
+            mine = (state.loss or {}).get("socket_drops")
+            known = [n for n in (theirs, mine) if isinstance(n, int)]
+            state.endpoint_drops = sum(known) if known else None
 
     def probe_rounds(phase: list[_State]) -> None:
         def one_round() -> list[_State]:

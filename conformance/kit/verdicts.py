@@ -168,17 +168,18 @@ def loss_problems(result: Exchange, max_loss: float) -> list[str]:
 
 
 def loss_doubt(result: Exchange, max_loss: float) -> str | None:
-    """Why a loss above ``max_loss`` is no verdict: the destination's listener dropped probes
-    itself while it was measured, every measurement (its socket buffer or accept queue was
-    full: a starved endpoint, not the network), so whose the loss was is unknown."""
+    """Why a loss above ``max_loss`` is no verdict: an end dropped probes itself while it was
+    measured, every measurement (the destination's listener or the measuring socket had a
+    full buffer, or the accept queue was full: a starved endpoint, not the network), so whose
+    the loss was is unknown."""
     loss = result.loss
     if loss is None or loss.ratio <= max_loss or not loss.endpoint_drops:
         return None
     return (
-        f"{loss.describe()}, above the {100 * max_loss:g} % --max-loss, but the destination's "
-        f"listener itself dropped {loss.endpoint_drops} datagrams or connections (a full socket "
-        f"buffer or accept queue) in each of {loss.measurements} measurements: the network's "
-        "share is unknown"
+        f"{loss.describe()}, above the {100 * max_loss:g} % --max-loss, but the ends themselves "
+        f"dropped {loss.endpoint_drops} datagrams or connections (a full socket buffer or "
+        f"accept queue) in each of {loss.measurements} measurements: the network's share is "
+        "unknown"
     )
 
 

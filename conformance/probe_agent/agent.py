@@ -87,6 +87,7 @@ MIN_PROBE_INTERVAL = 0.001
 DEFAULT_PROBE_PARALLEL = 8  # measured TCP connections open at once
 MAX_PROBE_PARALLEL = 64
 MAX_ERROR_EXAMPLES = 3
+SO_RXQ_OVFL = 40  # the drop count of a socket, delivered with each datagram
 SPREAD_SECONDS = MAX_TIMEOUT  # a spread starts no try after this long
 MAX_NAME_LENGTH = 253  # a DNS name to resolve
 MAX_CAPTURES = 32
@@ -1503,6 +1504,8 @@ class Tally:
         self.first: JSONDict = {}
         self.local = local
         self.started = time.monotonic()
+        #: What the measuring socket itself dropped (None: the kernel does not say).
+        self.socket_drops: int | None = None
 
     def error(self, kind: str, text: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -1539,6 +1542,7 @@ class Tally:
             "error_examples": self.examples,
             "peers": sorted(self.peers),
             "servers": self.servers,
+            "socket_drops": self.socket_drops,
             "local": self.local,
             "seconds": round(time.monotonic() - self.started, 3),
         }
@@ -1606,16 +1610,32 @@ def _paced(
     come (``take(data, address)``) until ``done()`` or ``timeout`` after the last probe; then
     take what is already queued: an answer that came in time but found this thread waiting
     for the CPU (or the GIL, behind a busy batch) is no lost probe. A receive error (an ICMP
-    error about an earlier datagram) is counted by its errno."""
+    error about an earlier datagram) is counted by its errno. What the socket itself dropped
+    (its buffer full: this end fell behind, not the network) is kept in ``tally.socket_drops``
+    (SO_RXQ_OVFL, as the kernel counts it with each datagram)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTENER_RECEIVE_BUFFER)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        tally.socket_drops = 0
+    except OSError:
+        pass  # unknown: tally.socket_drops stays None
+    ancillary_size = socket.CMSG_SPACE(4)
 
     def receive(flags: int = 0) -> bool:
         try:
-            data, address = sock.recvfrom(UDP_RECEIVE_BYTES, flags)
+            data, ancillary, _flags, address = sock.recvmsg(
+                UDP_RECEIVE_BYTES, ancillary_size, flags
+            )
         except BlockingIOError:
             return False
         except OSError as exc:
             tally.error(errno_name(exc.errno) or "OSError", describe_os_error(exc))
             return True
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                dropped = int(struct.unpack("=I", value[:4])[0])
+                tally.socket_drops = max(tally.socket_drops or 0, dropped)
         take(data, address)
         return True
 
@@ -1728,8 +1748,8 @@ def measure_icmp(host: str, nonce: str, count: int, interval: float, timeout: fl
     answered: set[int] = set()
     sock, is_raw = _open_icmp_socket(family)
     with sock:
-        if is_raw:
-            only_echo_replies(sock, is_v6, identifier)
+        # A raw socket without the filter still works, on its own (and records that it had none).
+        filtered = only_echo_replies(sock, is_v6, identifier) if is_raw else True
 
         def send(index: int) -> None:
             sequence = next(_icmp_sequence) & 0xFFFF
@@ -1759,9 +1779,11 @@ def measure_icmp(host: str, nonce: str, count: int, interval: float, timeout: fl
     try:
         result = tally.result(count)
     except RequestError as exc:
-        _as_echo_result(exc.details)
+        _as_echo_result(exc.details)["filtered"] = filtered
         raise
-    return _as_echo_result(result)
+    result = _as_echo_result(result)
+    result["filtered"] = filtered
+    return result
 
 
 def _as_echo_result(result: JSONDict) -> JSONDict:

@@ -69,10 +69,13 @@ def test_a_hundred_probes_on_loopback_lose_none(measuring_agent: RunningAgent, p
         0,
     )
     assert answer["errors"] == {}
+    if proto != "tcp":  # the measuring socket dropped nothing itself (SO_RXQ_OVFL)
+        assert answer["socket_drops"] == 0
     if proto == "icmp":
         # Echo replies name no server: where they came from instead.
         assert (answer["reply_from"], answer["replies_from"]) == ("127.0.0.1", ["127.0.0.1"])
         assert "servers" not in answer
+        assert answer["filtered"] is True  # root here: a raw socket, filtered by BPF
     else:
         assert answer["peers"] == ["127.0.0.1"]
         assert answer["servers"] == {"meter": 100}

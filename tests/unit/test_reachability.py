@@ -99,6 +99,8 @@ class FakeProbeClient(RecordingProbeClient):
     #: pod -> how many of its captures see nothing (a sniffer that fell behind)
     blind_captures: dict[str, int] = field(default_factory=dict)
     lost: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (src_pod, host) -> what a loss measurement's own socket says it dropped
+    socket_drops: dict[tuple[str, str], int] = field(default_factory=dict)
     #: pod -> UDP datagrams its listener drops itself during each loss round (then none)
     listener_drops: dict[str, list[int]] = field(default_factory=dict)
     _drops: dict[str, int] = field(default_factory=dict)
@@ -169,6 +171,7 @@ class FakeProbeClient(RecordingProbeClient):
                 with self._lock:
                     self.measured.append((pod, str(request["host"]), parallel))
                 measured = {"op": op, "count": sent, "sent": sent, "lost": lost}
+                measured["socket_drops"] = self.socket_drops.get(key, 0)
                 measured.update(answered=sent - lost, errors={"ETIMEDOUT": lost} if lost else {})
                 if lost == sent:
                     return {**measured, "ok": False, "errno": "ETIMEDOUT", "error": "none"}
@@ -593,6 +596,17 @@ def test_lost_probes_while_the_destination_dropped_some_are_measured_again_calme
     assert len(probes.measured) == 4
 
 
+def test_what_the_measuring_socket_dropped_itself_counts_as_an_ends_drop() -> None:
+    starved = ("probe-node-1", POD_IP["probe-node-2"])
+    probes = FakeProbeClient(lost={starved: 8}, socket_drops={starved: 12})
+    outcomes = run_sweep(probes, ring_targets(("icmp",)))  # type: ignore[arg-type]
+    (doubt,) = [o for o in outcomes if (o.target.source.pod, o.target.host) == starved]
+    assert doubt.exchange is not None
+    assert doubt.exchange.loss is not None
+    # ICMP: the destination's kernel answers (0), the measuring socket dropped 12 itself.
+    assert (doubt.exchange.loss.endpoint_drops, doubt.exchange.loss.measurements) == (12, 3)
+
+
 def test_a_listener_that_keeps_dropping_leaves_the_loss_unknown() -> None:
     starved = ("probe-node-1", POD_IP["probe-node-2"])
     probes = FakeProbeClient(lost={starved: 8}, listener_drops={"probe-node-2": [30, 30, 30]})
@@ -782,8 +796,10 @@ def test_the_sweep_against_the_real_agent(local_agents: dict[str, LocalAgent]) -
         assert outcome.exchange.peer_seen == "127.0.0.1"
         assert outcome.exchange.listener_peers == ("127.0.0.1",)
         # A hundred probes each: the listener reported every one's source, none was lost.
-        # Nothing lost: what the destination dropped itself needs no second reading.
-        assert outcome.exchange.loss == Loss(sent=LOSS_PROBES, lost=0, endpoint_drops=None)
+        # Nothing lost: what the destination dropped needs no second reading; the measuring
+        # UDP socket says what it dropped itself (nothing), TCP has no such count.
+        dropped = 0 if outcome.target.proto == "udp" else None
+        assert outcome.exchange.loss == Loss(sent=LOSS_PROBES, lost=0, endpoint_drops=dropped)
         assert outcome.exchange.peers_seen == ("127.0.0.1",)
         assert outcome.exchange.servers_seen == ("(unnamed)",)  # no POD_NAME here
         assert problems(outcome) == []

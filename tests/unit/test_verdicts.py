@@ -423,9 +423,7 @@ def test_a_loss_the_destination_may_have_dropped_itself_could_not_test() -> None
     doubtful = measured(target(), 9, endpoint_drops=40, measurements=3)
     with pytest.raises(CouldNotTest) as raised:
         judge([doubtful]).assert_rule(RULE)
-    assert "the destination's listener itself dropped 40 datagrams or connections" in str(
-        raised.value
-    )
+    assert "the ends themselves dropped 40 datagrams or connections" in str(raised.value)
     assert "in each of 3 measurements: the network's share is unknown" in str(raised.value)
     assert problems(doubtful) == []
     # Under the threshold the drops change nothing: a lossy pass.
