@@ -76,6 +76,25 @@ SNAT_CROSS_NODE = (
     # A cluster IP's spread reaches the other nodes' endpoints, which see the node's address.
     r"|test_services::test_cluster_ip\["
 )
+#: The checks ``lossy-pair`` breaks (node-2's pods lose 20 % of their packets to node-3's pods):
+#: both ordered pairs of node-2 and node-3 of test_no_snat, every protocol, and node-3's pods at
+#: node-2's hostPort (as the detection matrix states them); and those whose verdict the loss
+#: leaves to chance (``LOSSY_PAIR_MAY``).
+LOSSY_PAIR = (
+    rf"test_no_snat::test_no_snat\[{_FAMILY}(?:tcp|udp|icmp)-node-(?:2->node-3|3->node-2)\]"
+    rf"|test_hostport::test_host_port_from_pods\[{_FAMILY}(?:tcp|udp)-node-3->node-2\]"
+)
+LOSSY_PAIR_MAY = (
+    rf"test_full_size::test_full_size_packets\[{_FAMILY}(?:tcp|udp|icmp)-node-(?:2->node-3|3->node-2)\]"
+    rf"|test_services::test_(?:cluster_ip|hairpin)\[{_FAMILY}tcp-node-(?:2|3)\]"
+    rf"|test_services::test_node_port_from_pods\[{_FAMILY}tcp-node-(?:2->node-2|3->node-2)\]"
+)
+#: The checks ``service-resets`` breaks (30 % of new TCP connections to a Service reset): every
+#: TCP spread through a cluster IP (hairpin included) or a NodePort, from every node.
+SERVICE_RESETS = (
+    rf"test_services::test_(?:cluster_ip|hairpin)\[{_FAMILY}tcp-node-\d+\]"
+    rf"|test_services::test_node_port_from_(?:pods|hosts)\[{_FAMILY}tcp-node-\d+->node-\d+\]"
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,8 @@ class SoakCase:
     api_faults: tuple[str, ...] = ()
     faults: tuple[str, ...] = ()
     must_fail: str = ""
+    #: Checks whose verdict the fault leaves to chance: neither a false failure nor a false pass.
+    may_fail: str = ""
 
     def lab_case(self) -> LabCase:
         return LabCase(faults=self.faults, api_faults=self.api_faults)
@@ -112,6 +133,10 @@ CASES: tuple[SoakCase, ...] = (
         ("snat-cross-node",),
         SNAT_CROSS_NODE,
     ),
+    # Issue 21: loss that TCP retransmissions and UDP resends hide, and a Service resetting a
+    # share of its connections: caught every run, nothing else failed.
+    SoakCase("lossy-pair", (), ("lossy-pair",), LOSSY_PAIR, LOSSY_PAIR_MAY),
+    SoakCase("service-resets", (), ("service-resets",), SERVICE_RESETS),
 )
 
 
@@ -149,17 +174,24 @@ def judge(
     *,
     leftovers: Iterable[str] = (),
     seconds: float = 0.0,
+    may_fail: str = "",
 ) -> RunVerdict:
     """One run's verdict: every error is a could-not-test; a failed check is false unless it
-    matches ``must_fail``; a check matching ``must_fail`` that passed is a false pass."""
+    matches ``must_fail`` or ``may_fail``; a check matching ``must_fail`` that passed is a
+    false pass."""
     pattern = re.compile(must_fail) if must_fail else None
+    chance = re.compile(may_fail) if may_fail else None
     expected = [c for c in cases if pattern is not None and pattern.search(c.test_id)]
     return RunVerdict(
         exit_code=exit_code,
         checks=len(cases),
         could_not_test=tuple(c.test_id for c in cases if c.outcome == "error"),
         false_failures=tuple(
-            c.test_id for c in cases if c.outcome == "failed" and c not in expected
+            c.test_id
+            for c in cases
+            if c.outcome == "failed"
+            and c not in expected
+            and not (chance is not None and chance.search(c.test_id))
         ),
         false_passes=tuple(c.test_id for c in expected if c.outcome == "passed"),
         caught=sum(1 for c in expected if c.outcome == "failed"),
@@ -274,6 +306,7 @@ def soak_case(case: SoakCase, runs: int, out_dir: Path, stop: Callable[[], bool]
                     case.must_fail,
                     leftovers=left,
                     seconds=seconds,
+                    may_fail=case.may_fail,
                 )
                 found.runs.append(verdict)
                 say(

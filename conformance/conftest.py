@@ -240,6 +240,7 @@ def exchanges(
         sweep=reachability,
         user_properties=request.node.user_properties,
         strict=settings.strict,
+        max_loss=settings.max_loss_ratio,
     )
 
 

@@ -69,6 +69,7 @@ from conformance.kit.session import (
 from conformance.kit.settings import (
     ALLOWABLE_EXCLUSIONS,
     DEFAULT_EDGE_PORT,
+    DEFAULT_MAX_LOSS,
     DEFAULT_PROBE_IMAGE,
     DEFAULT_RUN_LEASE,
     IMAGE_PULL_POLICIES,
@@ -79,6 +80,7 @@ from conformance.kit.settings import (
     parse_external_host,
     parse_image_pull_policy,
     parse_ip_family,
+    parse_max_loss,
     parse_max_nodes,
     parse_node_selector,
     parse_pairs,
@@ -122,6 +124,7 @@ VALUE_OPTIONS = (
     "--pairs-seed",
     "--run-lease",
     "--external-host",
+    "--max-loss",
 )
 
 MARKERS = (
@@ -309,7 +312,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="an exchange that answers only on a retry fails its check (default: it passes "
-        "and is reported as flaky)",
+        "and is reported as flaky), and so does one that lost any probe (--max-loss 0)",
+    )
+    group.addoption(
+        "--max-loss",
+        dest="netconform_max_loss",
+        default=DEFAULT_MAX_LOSS,
+        type=parse_max_loss,
+        metavar="PERCENT",
+        help="an exchange losing more than this share of its probes fails its check; one "
+        f"losing less passes, reported as lossy (default: {DEFAULT_MAX_LOSS:g})",
     )
     group.addoption(
         "--pairs",

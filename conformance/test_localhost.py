@@ -46,6 +46,7 @@ def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] 
             host=LOOPBACK[family],
             port=probe.container(dst).port(proto),
             capture=False,
+            measure_loss=False,  # loopback: no network to lose packets on
         )
         for src, dst in DIRECTIONS
     ]

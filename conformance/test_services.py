@@ -2,14 +2,15 @@
 (kube-proxy's iptables or IPVS rules, or a CNI that replaces kube-proxy). The run's Service
 ``netconform-probes`` selects one peer probe per node; every node's probe pod is a client.
 
-- its cluster IP answers over TCP and UDP in every family it has, every endpoint answers
-  within a bounded number of connections, and sees the client pod's own IP;
-- a pod reaches itself through its own Service (hairpin);
+- its cluster IP answers every connection over TCP and UDP in every family it has, every
+  endpoint answers within a bounded number of connections, and sees the client pod's own IP;
+- a pod reaches itself through its own Service (hairpin), every connection answered;
 - endpoints follow readiness: a backend turned unready gets no new connection within a bound,
   and answers again once ready (`conformance.kit.readiness`);
-- a Service without endpoints refuses a TCP connection at once;
-- its NodePort answers at every tested node's InternalIP, from pods and from the host network
-  of other nodes.
+- a Service without endpoints refuses a TCP connection at once (within 2 s);
+- its NodePort answers every connection at every tested node's InternalIP, from pods and from
+  the host network of other nodes, from endpoints on other nodes too (externalTrafficPolicy
+  Cluster).
 
 The exchanges come from the run's reachability sweep (spreads of connections through the
 cluster IP, `conformance.kit.service_targets`) and are judged by `conformance.kit.verdicts`.
@@ -47,13 +48,19 @@ from conformance.kit.verdicts import ItemExchanges, assert_readiness_followed
 PROTOCOLS = ("tcp", "udp")
 
 CLUSTER_IP_RULE = (
-    "pods MUST reach a Service at its cluster IP: every ready endpoint answers, and sees the "
-    "client pod's own IP"
+    "pods MUST reach a Service at its cluster IP: every connection is answered, every ready "
+    "endpoint answers, and sees the client pod's own IP"
 )
 HAIRPIN_RULE = "a pod MUST reach itself through its own Service"
 READINESS_RULE = "a Service's endpoints MUST follow readiness"
 REFUSAL_RULE = "a Service without endpoints MUST refuse a connection at once"
-NODEPORT_RULE = "a NodePort Service MUST answer at every node's InternalIP"
+NODEPORT_RULE = (
+    "a NodePort Service MUST answer at every node's InternalIP, from its endpoints on every node"
+)
+NODEPORT_EXPECTED = (
+    "every connection answered by an endpoint of the Service, one of them on another node than "
+    "the one asked (externalTrafficPolicy Cluster)"
+)
 
 
 # --- the cluster IP ---------------------------------------------------------------------------
@@ -69,13 +76,14 @@ def cluster_ip_targets(
 
 @swept_by(cluster_ip_targets)
 def test_cluster_ip(proto: str, family: int, probe_node: str, exchanges: ItemExchanges) -> None:
-    """From a pod on every node, a Service's cluster IP MUST answer (tcp, udp, every family the
-    Service has), every ready endpoint (one on each node) MUST answer within a bounded number
-    of connections, and each MUST see the client pod's own IP (no SNAT)."""
+    """From a pod on every node, a Service's cluster IP MUST answer every connection (tcp,
+    udp, every family the Service has) from its endpoints, every ready endpoint (one on each
+    node) MUST answer within a bounded number of connections, and each MUST see the client
+    pod's own IP (no SNAT)."""
     exchanges.assert_rule(
         CLUSTER_IP_RULE,
-        expected=f"every endpoint of {SERVICE} answers at least once, seeing only the client "
-        "pod's own IP",
+        expected=f"every connection answered by an endpoint of {SERVICE}, every endpoint at "
+        "least once, seeing only the client pod's own IP",
     )
 
 
@@ -91,9 +99,11 @@ def hairpin_targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[
 @swept_by(hairpin_targets)
 def test_hairpin(proto: str, family: int, probe_node: str, exchanges: ItemExchanges) -> None:
     """A pod that is an endpoint of a Service MUST reach itself through the Service's cluster
-    IP (hairpin; tcp, udp), on every node."""
+    IP (hairpin; tcp, udp), on every node, every connection answered by an endpoint."""
     exchanges.assert_rule(
-        HAIRPIN_RULE, expected="the pod answers its own connection through the cluster IP"
+        HAIRPIN_RULE,
+        expected="every connection through the cluster IP answered by an endpoint, the pod "
+        "itself among them",
     )
 
 
@@ -108,9 +118,10 @@ def refusal_targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[
 @swept_by(refusal_targets)
 def test_no_endpoints_refused(family: int, probe_node: str, exchanges: ItemExchanges) -> None:
     """A TCP connection to a Service without any ready endpoint MUST be refused at once (a reset
-    or an ICMP unreachable), never left to time out, from a pod on every node."""
+    or an ICMP unreachable, within 2 s), never left to time out, from a pod on every node."""
     exchanges.assert_rule(
-        REFUSAL_RULE, expected="the connection is refused (ECONNREFUSED, EHOSTUNREACH...)"
+        REFUSAL_RULE,
+        expected="the connection is refused within 2 s (ECONNREFUSED, EHOSTUNREACH...)",
     )
 
 
@@ -154,9 +165,10 @@ def test_endpoints_follow_readiness(
 def test_node_port_from_pods(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:
-    """A NodePort Service MUST answer at the InternalIP of every node (tcp, udp) to a pod on
-    every node, its own included: some endpoint of the Service answers."""
-    exchanges.assert_rule(NODEPORT_RULE, expected="an endpoint of the Service answers")
+    """A NodePort Service MUST answer every connection at the InternalIP of every node (tcp,
+    udp) to a pod on every node, its own included, from its endpoints, those on other nodes
+    too (externalTrafficPolicy Cluster)."""
+    exchanges.assert_rule(NODEPORT_RULE, expected=NODEPORT_EXPECTED)
 
 
 @check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
@@ -164,6 +176,7 @@ def test_node_port_from_pods(
 def test_node_port_from_hosts(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:
-    """A NodePort Service MUST answer at the InternalIP of every node (tcp, udp) to the host
-    network of every other node: some endpoint of the Service answers."""
-    exchanges.assert_rule(NODEPORT_RULE, expected="an endpoint of the Service answers")
+    """A NodePort Service MUST answer every connection at the InternalIP of every node (tcp,
+    udp) to the host network of every other node, from its endpoints, those on other nodes
+    too (externalTrafficPolicy Cluster)."""
+    exchanges.assert_rule(NODEPORT_RULE, expected=NODEPORT_EXPECTED)

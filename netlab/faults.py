@@ -88,6 +88,13 @@ FAULTS: dict[str, str] = {
         "not a fault: kubelets have no clusterDNS and no cluster DNS runs; ClusterFirst pods "
         "get the node's own resolv.conf (as realk8s)"
     ),
+    "lossy-pair": (
+        "20 % of the packets from node-2's pods to node-3's pods (node-1's to node-2's on 2 "
+        "nodes) are dropped at random, one direction"
+    ),
+    "service-resets": (
+        "30 % of new TCP connections to a Service (cluster IP, NodePort) are reset, on every node"
+    ),
 }
 
 

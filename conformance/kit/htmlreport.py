@@ -20,6 +20,7 @@ from conformance.kit.families import FamilyPlan, family_name
 from conformance.kit.matrices import (
     CELL_FAILED,
     CELL_FLAKY,
+    CELL_LOSSY,
     CELL_NOT_CHECKED,
     CELL_PASSED,
     CELL_SKIPPED,
@@ -56,6 +57,7 @@ CELL_GLYPHS = {
     CELL_PASSED: "\u2713",
     CELL_FAILED: "\u2717",
     CELL_FLAKY: "~",
+    CELL_LOSSY: "%",
     CELL_UNTESTED: "!",
     CELL_SKIPPED: "\u2013",
     CELL_NOT_CHECKED: "",
@@ -128,6 +130,7 @@ table.nc-grid td a { color: inherit; text-decoration: none; display: block; }
 .nc-s-passed { background: #4caf50; color: #fff; }
 .nc-s-failed { background: #d32f2f; color: #fff; font-weight: bold; }
 .nc-s-flaky { background: #f2c94c; color: #1f2328; }
+.nc-s-lossy { background: #a5d6a7; color: #1f2328; font-weight: bold; }
 .nc-s-could-not-test { background: #ef8e00; color: #fff; font-weight: bold; }
 .nc-s-skipped { background: #c9ced4; color: #1f2328; }
 .nc-s-not-checked { background: #eef0f2; }
@@ -487,6 +490,8 @@ def _grid(members: Sequence[Matrix], failure_ids: Mapping[str, str], caption: st
             hover = f"{label} \u2192 {destination}, {what}: {status}"
             if cell is not None and cell.cause:
                 hover += f" \u2014 {cell.cause}"
+            elif cell is not None and cell.loss_ratio is not None:
+                hover += f" \u2014 {100 * cell.loss_ratio:.1f} % of probes lost"
             glyph = CELL_GLYPHS[status]
             target = failure_ids.get(cell.nodeid) if cell is not None else None
             inner = f'<a href="#{target}">{glyph}</a>' if target else glyph
@@ -494,7 +499,12 @@ def _grid(members: Sequence[Matrix], failure_ids: Mapping[str, str], caption: st
             cells.append(
                 f'<td class="nc-c nc-s-{_slug(status)}{diagonal}" data-status="{_e(status)}" '
                 f'data-source="{_e(source)}" data-destination="{_e(destination)}" '
-                f'title="{_e(hover)}">{inner}</td>'
+                + (
+                    f'data-loss-ratio="{cell.loss_ratio:.4f}" '
+                    if cell is not None and cell.loss_ratio is not None
+                    else ""
+                )
+                + f'title="{_e(hover)}">{inner}</td>'
             )
         body.append(f'<tr><th class="nc-rowh">{_e(label)}</th>{"".join(cells)}</tr>')
     note_html = f' <span class="nc-note">({_e(note)})</span>' if note else ""

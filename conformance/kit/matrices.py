@@ -1,7 +1,8 @@
 """Node-by-node matrices of the reachability rules: for each check, IP family and protocol, a
 source x destination grid of the tested nodes (same-node on the diagonal; a check whose sources
-are nodes' host networks draws them as host rows), each cell passed, failed, flaky, could not
-test, skipped or not checked, with the one-line cause of anything but a pass.
+are nodes' host networks draws them as host rows), each cell passed, failed, flaky, lossy
+(passed with some probes lost), could not test, skipped or not checked, with the one-line
+cause of anything but a pass.
 
 Pure: built from the run's `CheckResult`s (their ``netconform.*`` places); ``summary.json``
 carries them under ``matrices``, the HTML report draws them, and the terminal prints a text
@@ -21,6 +22,7 @@ from conformance.kit.serial import JSONData
 CELL_PASSED = "passed"
 CELL_FAILED = "failed"
 CELL_FLAKY = "flaky"
+CELL_LOSSY = "lossy"
 CELL_UNTESTED = "could not test"
 CELL_SKIPPED = "skipped"
 CELL_NOT_CHECKED = "not checked"
@@ -28,6 +30,7 @@ CELL_STATUSES = (
     CELL_FAILED,
     CELL_UNTESTED,
     CELL_FLAKY,
+    CELL_LOSSY,
     CELL_PASSED,
     CELL_SKIPPED,
     CELL_NOT_CHECKED,
@@ -37,6 +40,7 @@ CELL_SYMBOLS = {
     CELL_PASSED: ".",
     CELL_FAILED: "X",
     CELL_FLAKY: "~",
+    CELL_LOSSY: "%",
     CELL_UNTESTED: "!",
     CELL_SKIPPED: "s",
     CELL_NOT_CHECKED: " ",
@@ -67,10 +71,13 @@ _TROUBLE = (CELL_FAILED, CELL_UNTESTED)
 
 
 def cell_status(result: CheckResult, flaky: Mapping[str, str]) -> str:
-    """The cell a result draws: its outcome, a pass on retry as flaky."""
+    """The cell a result draws: its outcome, a pass on retry as flaky, a pass with lost probes
+    as lossy."""
     status = _OUTCOME_CELLS.get(result.outcome, CELL_UNTESTED)
     if status == CELL_PASSED and result.nodeid in flaky:
         return CELL_FLAKY
+    if status == CELL_PASSED and result.lossy:
+        return CELL_LOSSY
     return status
 
 
@@ -78,6 +85,8 @@ def cell_cause(result: CheckResult, status: str, flaky: Mapping[str, str]) -> st
     """The one-line cause of a cell that did not simply pass (None for a pass)."""
     if status == CELL_FLAKY:
         return one_line(flaky.get(result.nodeid, "passed only on a retry"))
+    if status == CELL_LOSSY:
+        return one_line(result.loss or f"{result.probes_lost} of {result.probes} probes lost")
     if status == CELL_SKIPPED:
         return one_line(result.reason or "skipped")
     if status in (CELL_FAILED, CELL_UNTESTED):
@@ -94,6 +103,9 @@ class Cell(JSONData):
     status: str
     nodeid: str
     cause: str | None = None
+    #: The lost share of the worst measured exchange of the check at this place (0..1; None:
+    #: its loss was not measured).
+    loss_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +255,7 @@ def build_matrices(
                     status=status,
                     nodeid=r.nodeid,
                     cause=cell_cause(r, status, flaky),
+                    loss_ratio=r.loss_ratio,
                 )
             )
         matrices.append(

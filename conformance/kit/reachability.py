@@ -11,7 +11,8 @@ probes every target at once:
    ``Timeouts.reach_attempts`` tries in all, with tenacity-bounded waits between rounds.
 
 Captures run on the destinations across both passes, and the listener records and captures
-are read back once at the end. The result (`Sweep`: each item's plan and each target's
+are read back once at the end. Then every pair exchange is measured: `LOSS_PROBES` datagrams,
+echoes or connections in one agent request, whose lost share is judged (``--max-loss``). The result (`Sweep`: each item's plan and each target's
 `Outcome`) is computed once per run (`conformance.kit.runstate.once`) and read back by xdist
 workers. What the outcomes mean is judged elsewhere, in one place for every check
 (`conformance.kit.verdicts`).
@@ -23,9 +24,10 @@ import json
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from tenacity import (
@@ -74,6 +76,22 @@ KIND_REFUSAL = "refusal"
 SPREAD_PARALLEL = 8
 #: Seconds a relayed exchange may take beyond its own timeout (the control connection).
 RELAY_MARGIN = 5.0
+#: Probes of one exchange's loss measurement (datagrams, echo requests or TCP connections),
+#: and seconds between their starts: a hundred probes in half a second. With the default
+#: ``--max-loss`` of 5 % an exchange fails from 6 lost on: a pair that loses 20 % of its
+#: packets (each probe's round trip lost with a chance of 20 % or more) passes with a chance
+#: of P(Binomial(100, 0.2) <= 5) = 1.9e-5, while a background loss of 0.5 % fails an exchange
+#: with a chance of P(Binomial(100, 0.005) >= 6) = 1.2e-5 (docs/architecture.md, "Loss").
+LOSS_PROBES = 100
+LOSS_INTERVAL = 0.005
+#: A loss measurement's TCP connections open at once: a connection whose SYN was lost waits a
+#: second for its retransmission, the others go on.
+LOSS_PARALLEL = 4
+#: A measurement that lost probes while its destination's listener dropped some itself (a full
+#: socket buffer, a full accept queue: the endpoint fell behind, not the network) is made
+#: again, up to this many times, with this many measurements per source at once.
+LOSS_REMEASURES = 2
+LOSS_CALM_PARALLEL = 4
 
 
 @dataclass(frozen=True)
@@ -109,6 +127,10 @@ class Target(JSONData):
     backend that is not ready). Such targets are judged from the client's side alone: the
     answers name their server (``destination`` then names the Service, or the node).
 
+    A spread makes at least ``min_tries`` connections, every one of which must be answered;
+    ``endpoints`` (when set) are the only pods that may answer it, and at least one of
+    ``one_of_servers`` must (a NodePort: an endpoint on another node than the one asked).
+
     ``relay``: (address, port) of an edge server's control listener (a host outside the
     cluster, ``agent.py serve --edge-control``): the source's agent hands it the request, so
     the exchange starts outside the cluster; an edge server that cannot be asked leaves the
@@ -131,6 +153,10 @@ class Target(JSONData):
     servers: tuple[str, ...] | None = None
     unwanted_servers: tuple[str, ...] = ()
     max_tries: int = 0
+    min_tries: int = 0
+    endpoints: tuple[str, ...] | None = None
+    one_of_servers: tuple[str, ...] = ()
+    measure_loss: bool = True
     relay: tuple[str, int] | None = None
 
     @property
@@ -152,13 +178,29 @@ class Target(JSONData):
             ends = self.servers
         else:
             ends = (self.destination.pod,) if self.destination.container else ()
-        return (self.source.pod, *ends, *self.unwanted_servers)
+        behind = (*(self.endpoints or ()), *self.one_of_servers, *self.unwanted_servers)
+        return tuple(dict.fromkeys((self.source.pod, *ends, *behind)))
 
     @property
     def asks_destination(self) -> bool:
         """The destination's agent is asked what it recorded (an exchange with one agent)."""
         return (
             self.kind == KIND_EXCHANGE and self.servers is None and bool(self.destination.container)
+        )
+
+    @property
+    def measures_loss(self) -> bool:
+        """The exchange's loss is measured (`LOSS_PROBES` probes): every small exchange with
+        an agent, unless its planner said no (``measure_loss``: a pod's loopback has no
+        network in between); not full-size ones (about packet sizes), spreads or refusals, nor
+        exchanges with the cluster's edge (no agent of ours at the far end to say what it
+        dropped itself, and the outside is not the pod network the loss rule is about)."""
+        return (
+            self.kind == KIND_EXCHANGE
+            and not self.full_size
+            and self.measure_loss
+            and self.relay is None
+            and bool(self.destination.container)
         )
 
     @property
@@ -172,7 +214,10 @@ class Target(JSONData):
         """``tcp``, or for full-size exchanges ``tcp transfer of 1048576 bytes``, ``udp
         datagram of the interface MTU (DF)``..."""
         if self.kind == KIND_SPREAD:
-            return f"{self.proto} spread of up to {self.max_tries} connections"
+            if self.min_tries >= self.max_tries:
+                return f"{self.proto} spread of {self.max_tries} connections"
+            at_least = f"{self.min_tries} to " if self.min_tries > 1 else "up to "
+            return f"{self.proto} spread of {at_least}{self.max_tries} connections"
         if self.kind == KIND_REFUSAL:
             return f"{self.proto} connection"
         if not self.full_size:
@@ -287,8 +332,67 @@ Planner = Callable[[Mapping[str, Any], ProbeMap], "Sequence[Target] | Unplanned"
 
 
 @dataclass(frozen=True)
+class Loss(JSONData):
+    """One exchange's loss measurement: probes sent, and lost (not answered; for TCP also
+    answered only after a segment was sent again), with how the failed ones failed."""
+
+    sent: int
+    lost: int
+    retransmitted: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
+    example: str | None = None
+    #: What the ends dropped themselves meanwhile (datagrams a full socket buffer refused, at
+    #: the destination's listener or the measuring socket; connections the destination's full
+    #: accept queue did); None: not read (no probe was lost, so nothing to explain) or
+    #: unreadable.
+    endpoint_drops: int | None = None
+    #: Measurements made: more than 1 when one lost probes while the destination dropped some.
+    measurements: int = 1
+
+    @property
+    def ratio(self) -> float:
+        return self.lost / self.sent if self.sent else 1.0
+
+    def describe(self) -> str:
+        """``3 of 100 probes lost (3.0 %)``, with the TCP retransmissions and errors."""
+        text = f"{self.lost} of {self.sent} probes lost ({100 * self.ratio:.1f} %)"
+        if self.retransmitted:
+            text += f", {self.retransmitted} answered only after a TCP retransmission"
+        if self.errors:
+            text += "; failed: " + ", ".join(f"{e} {n}" for e, n in sorted(self.errors.items()))
+        if self.example:
+            text += f" (first: {self.example})"
+        if self.endpoint_drops:
+            text += f"; the ends themselves dropped {self.endpoint_drops} meanwhile"
+        if self.measurements > 1:
+            text += f" (measurement {self.measurements})"
+        return text
+
+
+def loss_of(response: ProbeResponse) -> Loss | None:
+    """The `Loss` a measured connect or icmp response reports (None when it holds none: the
+    request itself could not run)."""
+    sent, lost = response.get("sent"), response.get("lost")
+    if not isinstance(sent, int) or not isinstance(lost, int) or sent <= 0:
+        return None
+    examples = response.get("error_examples") or []
+    return Loss(
+        sent=sent,
+        lost=lost,
+        retransmitted=int(response.get("retransmitted") or 0),
+        errors={str(k): int(v) for k, v in (response.get("errors") or {}).items()},
+        example=str(examples[0]) if examples else None,
+    )
+
+
+@dataclass(frozen=True)
 class Exchange(JSONData):
-    """What one probed exchange showed, from both ends."""
+    """What one probed exchange showed, from both ends, over every try and look.
+
+    Evidence only accumulates: the sources the destination reported (``peers_seen``), the
+    servers that answered and the answers that were not the destination agent's, from every
+    try, the loss measurement and the second look, stay; later tries and looks can only add.
+    """
 
     attempts: int
     client_response: ProbeResponse  # the last connect/icmp response
@@ -300,6 +404,13 @@ class Exchange(JSONData):
     #: Looks taken: 2 when the destination's capture or listener missed an answered exchange's
     #: packet and the exchange was sent again under a fresh capture (`run_sweep`).
     captures: int = 1
+    #: Sources the destination reported back in its answers (the listener's view).
+    peers_seen: tuple[str, ...] = ()
+    #: Pods that answered (their agents' names).
+    servers_seen: tuple[str, ...] = ()
+    #: Answers that were not the destination agent's answer to the probe.
+    wrong_answers: tuple[str, ...] = ()
+    loss: Loss | None = None
 
     @property
     def reached(self) -> bool:
@@ -320,6 +431,8 @@ class Exchange(JSONData):
         return (
             f"{'reached' if self.reached else 'NOT reached'} after {self.attempts} attempt(s); "
             f"client said {json.dumps(self.client_response, sort_keys=True)}"
+            + (f"; loss: {self.loss.describe()}" if self.loss is not None else "")
+            + (f"; wrong answers: {list(self.wrong_answers)}" if self.wrong_answers else "")
             + (
                 f"; listener recorded {list(self.listener_peers) or 'nothing'}"
                 if self.recorded
@@ -385,6 +498,19 @@ class Sweep(JSONData):
     def of_check(self, check: str) -> list[Outcome]:
         """Every outcome of ``check`` in the run."""
         return [o for o in self.outcomes.values() if o.target.check == check]
+
+    def loss_totals(self) -> dict[str, int]:
+        """Exchanges whose loss was measured, and their probes sent and lost."""
+        losses = [
+            o.exchange.loss
+            for o in self.outcomes.values()
+            if o.exchange is not None and o.exchange.loss is not None
+        ]
+        return {
+            "measured": len(losses),
+            "probes": sum(loss.sent for loss in losses),
+            "probes_lost": sum(loss.lost for loss in losses),
+        }
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -482,6 +608,8 @@ def probe_request(target: Target, nonce: str, timeout: float) -> dict[str, Any]:
             max_tries=target.max_tries,
             parallel=SPREAD_PARALLEL,
         )
+        if target.min_tries > 1:
+            request["min_tries"] = min(target.min_tries, target.max_tries)
         return request
     if target.proto == "icmp":
         request["op"] = "icmp"
@@ -491,6 +619,16 @@ def probe_request(target: Target, nonce: str, timeout: float) -> dict[str, Any]:
         request.update(op="connect", proto=target.proto, port=target.port)
     if target.full_size and target.proto in ("udp", "icmp"):
         request.update(size="mtu", df=True)
+    return request
+
+
+def loss_request(target: Target, nonce: str, timeout: float, probes: int) -> dict[str, Any]:
+    """The agent request measuring ``target``'s loss: ``probes`` datagrams, echo requests or
+    TCP connections `LOSS_INTERVAL` apart, each waiting ``timeout`` for its answer."""
+    request = probe_request(target, nonce, timeout)
+    request.update(count=probes, interval=LOSS_INTERVAL)
+    if target.proto == "tcp":
+        request["parallel"] = LOSS_PARALLEL
     return request
 
 
@@ -541,9 +679,12 @@ def exchange_of(
     records: Sequence[Mapping[str, Any]],
     packets: Sequence[Mapping[str, Any]] | None,
     capture_error: str | None,
+    answers: Iterable[ProbeResponse] = (),
 ) -> Exchange:
     """The `Exchange` from the client's last response and what the destination recorded for the
-    exchange's nonce (listener records; captured packets, None without a capture)."""
+    exchange's nonce (listener records; captured packets, None without a capture); ``answers``
+    are every response of the exchange (each try, the loss measurement), whose evidence is
+    kept whatever the last one says."""
     peers = {
         canonical_ip(r.get("peer")) or str(r.get("peer"))
         for r in records
@@ -554,6 +695,9 @@ def exchange_of(
         for p in packets or ()
         if canonical_ip(p.get("dst")) == canonical_ip(target.host)
     }
+    exchanged = [response, *answers] if target.kind == KIND_EXCHANGE else []
+    seen, servers, wrong = evidence_of(exchanged)
+    measured = [a for a in exchanged if a.get("count")]
     return Exchange(
         attempts=attempts,
         client_response=response,
@@ -562,6 +706,51 @@ def exchange_of(
         capture_error=capture_error,
         captured=packets is not None,
         recorded=target.asks_destination,
+        peers_seen=seen,
+        servers_seen=servers,
+        wrong_answers=wrong,
+        loss=loss_of(measured[-1]) if measured else None,
+    )
+
+
+def evidence_of(
+    responses: Iterable[ProbeResponse],
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """What agent responses say about who answered: the sources the destination reported, the
+    servers that answered, and answers that were not the destination agent's."""
+    peers: set[str] = set()
+    servers: set[str] = set()
+    wrong: list[str] = []
+    for response in responses:
+        for peer in [response.get("peer_seen"), *(response.get("peers") or ())]:
+            if peer:
+                peers.add(canonical_ip(peer) or str(peer))
+        named = [response.get("server"), *(response.get("servers") or {})]
+        servers.update(str(name) for name in named if name)
+        if response.get("wrong_answer"):
+            wrong.append(str(response.get("error")))
+        if response.get("wrong_answers"):
+            examples = [e for e in response.get("error_examples") or () if "answered" in str(e)]
+            wrong.append(
+                f"{response['wrong_answers']} of {response.get('sent')} probes answered by "
+                f"something other than the agent" + (f" ({examples[0]})" if examples else "")
+            )
+    return tuple(sorted(peers)), tuple(sorted(servers)), tuple(dict.fromkeys(wrong))
+
+
+def merge_looks(first: Exchange, second: Exchange) -> Exchange:
+    """One exchange from two looks: the first look's answer and tries, the evidence of both (a
+    source seen in either, a capture that worked in either, any wrong answer)."""
+    captures = [e for e in (first, second) if e.captured and e.capture_error is None]
+    return replace(
+        first,
+        listener_peers=tuple(sorted({*first.listener_peers, *second.listener_peers})),
+        captured_sources=tuple(sorted({*first.captured_sources, *second.captured_sources})),
+        capture_error=None if captures or not first.captured else first.capture_error,
+        captures=first.captures + second.captures,
+        peers_seen=tuple(sorted({*first.peers_seen, *second.peers_seen})),
+        servers_seen=tuple(sorted({*first.servers_seen, *second.servers_seen})),
+        wrong_answers=tuple(dict.fromkeys((*first.wrong_answers, *second.wrong_answers))),
     )
 
 
@@ -594,6 +783,18 @@ class _State:
     error: str | None = None
     exchange: Exchange | None = None
     own_addresses: tuple[str, ...] = ()
+    #: Every try's response, and the loss measurement's (evidence is kept from each).
+    answers: list[ProbeResponse] = field(default_factory=list)
+    loss: ProbeResponse | None = None
+    wants_loss: bool = False
+    #: Earlier loss measurements (their evidence counts, the last one's loss is judged), and
+    #: what the destination dropped itself during the last one.
+    earlier_losses: list[ProbeResponse] = field(default_factory=list)
+    endpoint_drops: int | None = None
+    #: What the destination recorded and captured for the nonce (`collect`).
+    records: list[Mapping[str, Any]] = field(default_factory=list)
+    packets: list[Mapping[str, Any]] | None = None
+    capture_error: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -603,19 +804,90 @@ class _State:
             return self.attempts == 0
         return not self.response.get("ok")
 
+    @property
+    def measuring(self) -> bool:
+        """The loss measurement is due: wanted, not made, and the target has a verdict to come."""
+        return self.wants_loss and self.loss is None and self.error is None
+
+    @property
+    def lost_probes(self) -> bool:
+        """The last loss measurement lost probes (or told nothing)."""
+        measured = loss_of(self.loss) if self.loss is not None else None
+        return measured is None or measured.lost > 0
+
+    @property
+    def doubtful(self) -> bool:
+        """The last measurement lost probes while the destination's listener dropped some:
+        whose the loss was, the network's or the listener's, is unknown."""
+        measured = loss_of(self.loss) if self.loss is not None else None
+        return bool(self.error is None and measured and measured.lost and self.endpoint_drops)
+
+    def measure_again(self) -> None:
+        if self.loss is not None:
+            self.earlier_losses.append(self.loss)
+        self.loss = None
+
     def allowed_sources(self) -> tuple[str, ...] | None:
         allowed = self.target.allowed_sources
         if allowed is None:
             return None
         return tuple(sorted(set(allowed) | set(self.own_addresses)))
 
+    def take(self, answer: ProbeResponse, *, loss: bool, where: Endpoint) -> None:
+        """One agent response for this target: a try, or its loss measurement."""
+        if loss:
+            self.loss = answer
+            if loss_of(answer) is None:
+                self.error = (
+                    f"measure the loss: agent answered {_error_text(answer)!r} "
+                    f"[pod {where.pod}, container {where.container}]"
+                )
+            return
+        self.attempts += 1
+        self.response = answer
+        self.answers.append(answer)
+        if self.attempts == 1 and not answer.get("ok"):
+            self.first_error = _error_text(answer)
 
-def _by(
-    states: Iterable[_State], key: Callable[[_State], Endpoint]
-) -> dict[Endpoint, list[_State]]:
-    groups: dict[Endpoint, list[_State]] = {}
-    for state in states:
-        groups.setdefault(key(state), []).append(state)
+    def build_exchange(self) -> Exchange:
+        exchange = exchange_of(
+            self.target,
+            attempts=self.attempts,
+            response=self.response,
+            records=self.records,
+            packets=self.packets if self.target.capture else None,
+            capture_error=self.capture_error if self.target.capture else None,
+            answers=[
+                *self.answers,
+                *self.earlier_losses,
+                *([self.loss] if self.loss is not None else []),
+            ],
+        )
+        if exchange.loss is None:
+            return exchange
+        loss = replace(
+            exchange.loss,
+            endpoint_drops=self.endpoint_drops,
+            measurements=len(self.earlier_losses) + 1,
+        )
+        return replace(exchange, loss=loss)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One request of a round: a try of ``state``'s target, or (``loss``) its measurement."""
+
+    state: _State
+    loss: bool = False
+
+
+T = TypeVar("T")
+
+
+def _by(items: Iterable[T], key: Callable[[T], Endpoint]) -> dict[Endpoint, list[T]]:
+    groups: dict[Endpoint, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
     return groups
 
 
@@ -633,6 +905,36 @@ def interface_addresses(answer: ProbeResponse) -> tuple[str, ...]:
         for text in interface.get("addresses", [])
     }
     return tuple(sorted(ip for ip in found if ip))
+
+
+def read_drops(
+    client: ProbeClient, ends: Mapping[Endpoint, Sequence[Any]], workers: int
+) -> dict[Endpoint, ProbeResponse]:
+    """What each destination agent's listeners dropped themselves so far (``drops``); a
+    container that cannot be asked, or an agent that cannot tell, is left out (unknown)."""
+    found: dict[Endpoint, ProbeResponse] = {}
+
+    def read(own: ProbeClient, endpoint: Endpoint, _group: Sequence[Any]) -> None:
+        (answer,) = own.call(endpoint.pod, endpoint.container, [{"op": "drops"}])
+        if answer.get("ok"):
+            found[endpoint] = answer
+
+    calls_in_parallel(client, ends, read, lambda _group, _exc: None, max_parallel=workers)
+    return found
+
+
+def drops_between(
+    before: ProbeResponse | None, after: ProbeResponse | None, proto: str
+) -> int | None:
+    """What a destination's ``proto`` listener dropped between two ``drops`` readings (ICMP:
+    0, the kernel answers echoes itself); None when either reading is missing."""
+    if proto == "icmp":
+        return 0
+    key = "udp" if proto == "udp" else "tcp_listen"
+    first, last = (before or {}).get(key), (after or {}).get(key)
+    if not isinstance(first, int) or not isinstance(last, int):
+        return None
+    return max(0, last - first)
 
 
 def _witness_missed(exchange: Exchange | None) -> bool:
@@ -653,15 +955,20 @@ def run_sweep(
     nonce_prefix: str | None = None,
     pods: Callable[[], Mapping[str, PodLife] | None] | None = None,
     recapture: bool = True,
+    loss_probes: int = LOSS_PROBES,
 ) -> list[Outcome]:
     """Probe every target: pass one (one try each), pass two (retries of the failed ones, up to
-    ``reach_attempts`` tries in all), then read back listener records and captures.
+    ``reach_attempts`` tries in all), then read back listener records and captures; and
+    measure the loss of every answered exchange that `Target.measures_loss` (``loss_probes``
+    probes; 0: none), in a round of its own (one batch per source) once the others ended.
 
     An exchange that was answered but is missing from the destination's capture or listener
-    records is sent once more (with ``recapture``) under fresh captures, and that second look is
-    the one judged (`Exchange.captures` says so): a sniffer or raw socket on a saturated node
-    drops packets when its socket buffer fills. Where another host answers in the
-    destination's place, the second look misses it too, and that is the verdict.
+    records is sent once more (with ``recapture``) under fresh captures, and what that second
+    look saw is added to the first (`merge_looks`, `Exchange.captures` counts the looks): a
+    sniffer or raw socket on a saturated node drops packets when its socket buffer fills, and
+    a NAT the first look saw must not be forgotten because the second was clean. Where
+    another host answers in the destination's place, the second look misses it too, and that
+    is the verdict.
 
     Agent calls go out one batch per container, ``max_parallel`` containers at a time, each
     through its own API client; inside a source's batch the agent runs `PARALLEL_PROBES`
@@ -684,14 +991,19 @@ def run_sweep(
     before = pods() if pods is not None else None
 
     def in_parallel(
-        groups: Mapping[Endpoint, list[_State]],
-        work: Callable[[ProbeClient, Endpoint, list[_State]], None],
+        groups: Mapping[Endpoint, list[T]],
+        work: Callable[[ProbeClient, Endpoint, list[T]], None],
+        state_of: Callable[[T], _State],
     ) -> None:
-        def could_not_ask(group: list[_State], exc: ProbeCallError) -> None:
-            for state in group:
+        def could_not_ask(group: list[T], exc: ProbeCallError) -> None:
+            for item in group:
+                state = state_of(item)
                 state.error = state.error or str(exc)
 
         calls_in_parallel(client, groups, work, could_not_ask, max_parallel=workers)
+
+    def itself(state: _State) -> _State:
+        return state
 
     # Before any traffic, one call per container: a node's own addresses where it is the source
     # of host-network exchanges (its stack may use any of them), and the capture watching every
@@ -736,30 +1048,60 @@ def run_sweep(
     in_parallel(
         {e: sources.get(e, []) + watched.get(e, []) for e in dict.fromkeys([*sources, *watched])},
         prepare,
+        itself,
     )
 
-    def probe(own: ProbeClient, endpoint: Endpoint, group: list[_State]) -> None:
-        requests = [probe_request(s.target, s.nonce, timeouts.probe) for s in group]
+    def probe(
+        own: ProbeClient, endpoint: Endpoint, group: list[_Work], parallel: int = PARALLEL_PROBES
+    ) -> None:
+        requests = [
+            loss_request(w.state.target, w.state.nonce, timeouts.probe, loss_probes)
+            if w.loss
+            else probe_request(w.state.target, w.state.nonce, timeouts.probe)
+            for w in group
+        ]
         # A spread is many connections in one request: its exec lasts as long as it may.
-        lasting = call_budget(requests, PARALLEL_PROBES) + timeouts.exec_overhead
+        lasting = call_budget(requests, parallel) + timeouts.exec_overhead
         answers = own.call(
             endpoint.pod,
             endpoint.container,
             requests,
-            parallel=PARALLEL_PROBES,
-            timeout=max(timeouts.exec_budget(len(requests), PARALLEL_PROBES), lasting),
+            parallel=parallel,
+            timeout=max(timeouts.exec_budget(len(requests), parallel), lasting),
         )
-        for state, answer in zip(group, answers, strict=True):
-            state.attempts += 1
-            state.response = answer
+        for work, answer in zip(group, answers, strict=True):
+            work.state.take(answer, loss=work.loss, where=endpoint)
             if answer.get("relay_error"):  # the edge server was not asked: no verdict
-                state.error = f"the edge server could not be asked: {answer['relay_error']}"
-            if state.attempts == 1 and not answer.get("ok"):
-                state.first_error = _error_text(answer)
+                work.state.error = f"the edge server could not be asked: {answer['relay_error']}"
+
+    def measure(
+        batch: list[_State], parallel: int, before: Mapping[Endpoint, ProbeResponse] | None = None
+    ) -> None:
+        """One round of loss measurements (one batch per source), between two readings of
+        what each destination's listener dropped itself (the first one read here unless
+        given; the second only where a measurement lost probes: elsewhere there is nothing to
+        explain)."""
+        if before is None:
+            before = read_drops(client, _by(batch, lambda s: s.target.destination), workers)
+        in_parallel(
+            _by((_Work(s, loss=True) for s in batch), lambda w: w.state.target.source),
+            lambda own, endpoint, group: probe(own, endpoint, group, parallel),
+            lambda w: w.state,
+        )
+        lossy = [s for s in batch if s.lost_probes]
+        after = read_drops(client, _by(lossy, lambda s: s.target.destination), workers)
+        for state in batch:
+            end = state.target.destination
+            theirs = drops_between(before.get(end), after.get(end), state.target.proto)
+            # And what the measuring socket dropped itself (this end fell behind).
+            mine = (state.loss or {}).get("socket_drops")
+            known = [n for n in (theirs, mine) if isinstance(n, int)]
+            state.endpoint_drops = sum(known) if known else None
 
     def probe_rounds(phase: list[_State]) -> None:
         def one_round() -> list[_State]:
-            in_parallel(_by((s for s in phase if s.pending), lambda s: s.target.source), probe)
+            work = [_Work(s) for s in phase if s.pending]
+            in_parallel(_by(work, lambda w: w.state.target.source), probe, lambda w: w.state)
             return [s for s in phase if s.pending]
 
         # Pass one is the first round; pass two the later ones, for what still fails.
@@ -799,51 +1141,75 @@ def run_sweep(
             else:
                 capture_error = str(answers[1].get("error"))
         for state in group:
-            state.exchange = exchange_of(
-                state.target,
-                attempts=state.attempts,
-                response=state.response,
-                records=records.get(state.nonce, []),
-                packets=packets.get(state.nonce, []) if state.target.capture else None,
-                capture_error=capture_error if state.target.capture else None,
-            )
+            state.records = list(records.get(state.nonce, []))
+            state.packets = list(packets.get(state.nonce, []))
+            state.capture_error = capture_error
 
     # Two phases: first the exchanges a capture watches, whose captures are then read (and so
     # stopped); only then the rest, 1 MiB transfers and full-size packets among them, whose
     # floods of small ACKs would otherwise crowd the sniffers' sockets and cost captured packets.
-    for phase in (
-        [s for s in states if s.target.capture and s.error is None],
-        [s for s in states if not s.target.capture and s.error is None],
-    ):
-        probe_rounds(phase)
+    # Then the loss measurements, in a round of their own: a hundred probes an exchange, which
+    # no sniffer should parse and no transfer or spread should compete with for the listeners.
+    captured = [s for s in states if s.target.capture and s.error is None]
+    uncaptured = [s for s in states if not s.target.capture and s.error is None]
+    probe_rounds(captured)
+    in_parallel(
+        _by(
+            (s for s in captured if s.error is None and s.target.asks_destination),
+            lambda s: s.target.destination,
+        ),
+        collect,
+        itself,
+    )
+    probe_rounds(uncaptured)
+    for state in states:
+        # An exchange never answered has its verdict; its loss would say nothing more.
+        state.wants_loss = (
+            loss_probes > 0 and state.target.measures_loss and bool(state.response.get("ok"))
+        )
+    measured = [s for s in states if s.measuring]
+    # The phase's records, and (its traffic done) what the measured destinations dropped
+    # themselves so far, at once.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        reading = reader.submit(
+            read_drops, client, _by(measured, lambda s: s.target.destination), workers
+        )
         in_parallel(
             _by(
-                (s for s in phase if s.error is None and s.target.asks_destination),
+                (s for s in uncaptured if s.error is None and s.target.asks_destination),
                 lambda s: s.target.destination,
             ),
             collect,
+            itself,
         )
-        # Exchanges through a Service, NodePort or hostPort are judged by what the client got.
-        for state in phase:
-            if state.error is None and not state.target.asks_destination:
-                state.exchange = exchange_of(
-                    state.target,
-                    attempts=state.attempts,
-                    response=state.response,
-                    records=[],
-                    packets=None,
-                    capture_error=None,
-                )
+        dropped_before = reading.result()
+    if measured:
+        measure(measured, PARALLEL_PROBES, dropped_before)
+    for _ in range(LOSS_REMEASURES):
+        # Probes lost while the destination dropped some itself: measure again, calmer.
+        doubtful = [s for s in measured if s.doubtful]
+        if not doubtful:
+            break
+        for state in doubtful:
+            state.measure_again()
+        measure(doubtful, LOSS_CALM_PARALLEL)
+    for state in states:
+        if state.error is None:
+            state.exchange = state.build_exchange()
     missed = [s for s in states if s.error is None and _witness_missed(s.exchange)]
     if recapture and missed:
         again = run_sweep(
-            client, [s.target for s in missed], max_parallel=max_parallel, recapture=False
+            client,
+            [s.target for s in missed],
+            max_parallel=max_parallel,
+            recapture=False,
+            loss_probes=0,
         )
         for state, second in zip(missed, again, strict=True):
             state.nonce = second.nonce
             state.error = second.error
-            if second.exchange is not None:
-                state.exchange = replace(second.exchange, captures=2)
+            if second.exchange is not None and state.exchange is not None:
+                state.exchange = merge_looks(state.exchange, second.exchange)
     after = pods() if pods is not None and before is not None else None
     if before is not None and after is not None:
         changed = changed_pods(before, after)

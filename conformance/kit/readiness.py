@@ -42,7 +42,7 @@ from conformance.kit.serial import JSONData
 from conformance.kit.service_targets import backends, facts_of, no_cluster_ip
 from conformance.kit.services import SERVICE, service_port_of, spread_tries
 from conformance.kit.settings import Timeouts
-from conformance.kit.verdicts import problems
+from conformance.kit.verdicts import flip_problems
 from conformance.kit.waiting import wait_on_list
 
 CHECK = "test_endpoints_follow_readiness"
@@ -256,7 +256,7 @@ def flip_readiness(
     finally:
         set_ready(True)  # whatever happened: the backend serves again
     slice_ready = slice_says(True)
-    ready = _rounds(agents, ready_targets, lambda o: not problems(o), bound, monotonic())
+    ready = _rounds(agents, ready_targets, lambda o: not flip_problems(o), bound, monotonic())
     # A client or backend taken away or restarted under the check: what the spreads saw is
     # no evidence about the data plane (a deleted backend answers nothing).
     lives_after = pod_lives(agents.core, namespace, timeouts) if lives_before else None

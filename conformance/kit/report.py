@@ -32,6 +32,12 @@ PLACE_KEYS = ("check", "family", "protocol", "source", "destination", "node", "s
 #: JUnit properties of a reachability check: network attempts made, and attempts lost.
 ATTEMPTS_PROPERTY = PLACE_PREFIX + "attempts"
 LOSSES_PROPERTY = PLACE_PREFIX + "losses"
+#: JUnit properties of a check whose loss was measured: probes sent and lost (over its
+#: exchanges), the worst exchange's lost share (0..1), and what each exchange lost.
+PROBES_PROPERTY = PLACE_PREFIX + "probes"
+PROBES_LOST_PROPERTY = PLACE_PREFIX + "probes_lost"
+LOSS_RATIO_PROPERTY = PLACE_PREFIX + "loss_ratio"
+LOSS_PROPERTY = PLACE_PREFIX + "loss"
 #: What the report says of a CNI it cannot recognise.
 CNI_UNKNOWN = "unknown"
 
@@ -50,6 +56,13 @@ EXIT_MEANINGS = {
 
 def _count(text: str | None) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
+
+
+def _ratio(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,17 @@ class CheckResult(JSONData):
     #: The source address a host outside the cluster saw (the edge checks): ``address``, and
     #: ``nat``: ``none`` (the pod's own IP), ``node`` (a node's address) or ``other``.
     source_seen: Mapping[str, str] | None = None
+    #: Probes of its loss measurement, sent and lost; the worst exchange's lost share (0..1),
+    #: and what each exchange lost (checks whose loss is measured).
+    probes: int | None = None
+    probes_lost: int | None = None
+    loss_ratio: float | None = None
+    loss: str | None = None
+
+    @property
+    def lossy(self) -> bool:
+        """Passed, though some of its probes were lost (fewer than ``--max-loss`` allows)."""
+        return self.outcome == "passed" and bool(self.probes_lost)
 
 
 @dataclass
@@ -219,6 +243,10 @@ class SummaryCollector:
                 losses=_count(test.properties.get("losses")),
                 reason=test.skip_reason if test.outcome == "skipped" else None,
                 source_seen=_source_seen(test.properties),
+                probes=_count(test.properties.get("probes")),
+                probes_lost=_count(test.properties.get("probes_lost")),
+                loss_ratio=_ratio(test.properties.get("loss_ratio")),
+                loss=test.properties.get("loss"),
             )
             for nodeid, test in self._tests.items()
         ]
@@ -246,6 +274,14 @@ def flaky_line(nodeid: str, reason: str) -> str:
     """The terminal summary line of a flaky test, e.g. ``flaky: test_no_snat[udp-node-1->node-2]
     passed on attempt 2 of 3 (first: ETIMEDOUT ...)``."""
     return f"flaky: {nodeid.rsplit('::', 1)[-1]} {reason}"
+
+
+def lossy_lines(results: Iterable[CheckResult]) -> list[str]:
+    """The terminal summary lines of the checks that passed with lost probes, e.g. ``lossy:
+    test_no_snat[udp-node-1->node-2] 2 of 100 probes lost (2.0 %)``."""
+    return [
+        f"lossy: {r.nodeid.rsplit('::', 1)[-1]} {r.loss or ''}".rstrip() for r in results if r.lossy
+    ]
 
 
 def count_outcomes(results: Iterable[CheckResult]) -> dict[str, int]:

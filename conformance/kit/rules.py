@@ -75,6 +75,8 @@ class RuleSummary(JSONData):
     counts: Mapping[str, int] = field(default_factory=dict)
     #: Checks that passed only on a retry.
     flaky: int = 0
+    #: Checks that passed with some probes lost (under ``--max-loss``).
+    lossy: int = 0
     #: Distinct reasons of the skipped checks.
     skip_reasons: tuple[str, ...] = ()
     #: Node IDs of the checks that failed (the rule is broken there) and that could not test.
@@ -100,7 +102,8 @@ class RuleSummary(JSONData):
             if self.counts.get(outcome, 0)
         ]
         text = ", ".join(parts) or "no checks"
-        return text + (f" ({self.flaky} flaky)" if self.flaky else "")
+        marks = [f"{n} {word}" for n, word in ((self.flaky, "flaky"), (self.lossy, "lossy")) if n]
+        return text + (f" ({', '.join(marks)})" if marks else "")
 
 
 def rule_status(counts: Mapping[str, int]) -> str:
@@ -177,6 +180,7 @@ def summarize_rules(
                 status=rule_status(counts),
                 counts={k: counts.get(k, 0) for k in (*OUTCOMES, "total")},
                 flaky=sum(1 for r in checked if r.outcome == "passed" and r.nodeid in flaky),
+                lossy=sum(1 for r in checked if r.lossy),
                 skip_reasons=tuple(dict.fromkeys(one_line(r.reason) for r in checked if r.reason)),
                 failed=tuple(r.nodeid for r in failed),
                 could_not_test=tuple(r.nodeid for r in checked if r.outcome == "error"),

@@ -147,6 +147,7 @@ def localhost_target(sandbox: Probe) -> Target:
         host="127.0.0.1",
         port=sandbox.container(KILLED).tcp_port,
         capture=False,
+        measure_loss=False,  # loopback: no network to lose packets on
     )
 
 

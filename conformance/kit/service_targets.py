@@ -24,7 +24,9 @@ from conformance.kit.services import (
     EMPTY_SERVICE,
     NODEPORT_SERVICE,
     SERVICE,
+    SPREAD_MIN_TRIES,
     ServiceFacts,
+    node_port_tries,
     service_port_of,
     spread_tries,
 )
@@ -49,10 +51,13 @@ def without_services(probe_map: ProbeMap) -> Unplanned | None:
     return None
 
 
-def backends(probe_map: ProbeMap, family: int) -> tuple[str, ...]:
-    """The Service's endpoints of IP version ``family``: every peer probe with such an address."""
+def backends(probe_map: ProbeMap, family: int, node: str | None = None) -> tuple[str, ...]:
+    """The Service's endpoints of IP version ``family``: every peer probe with such an address
+    (only those on ``node`` when given)."""
     return tuple(
-        p.name for p in probe_map.of_role(ROLE_PEER) if address_of_family(p.pod_ips, family)
+        p.name
+        for p in probe_map.of_role(ROLE_PEER)
+        if address_of_family(p.pod_ips, family) and node in (None, p.node)
     )
 
 
@@ -113,8 +118,9 @@ def cluster_ip_spread(
     check: str, params: Mapping[str, Any], probe_map: ProbeMap
 ) -> Sequence[Target] | Unplanned:
     """From the probe pod of ``probe_node`` to the Service's cluster IP of ``family``: connect
-    until every endpoint answered (a bounded number of tries); each endpoint must see the
-    client pod's own IP."""
+    until every endpoint answered (a bounded number of tries, at least `SPREAD_MIN_TRIES`),
+    every connection answered by an endpoint; each endpoint must see the client pod's own
+    IP."""
     planned = _through_cluster_ip(check, params, probe_map, SERVICE, ROLE_PROBE, params["proto"])
     if isinstance(planned, Unplanned):
         return planned
@@ -125,7 +131,9 @@ def cluster_ip_spread(
             target,
             allowed_sources=(own_ip,),
             servers=servers,
-            max_tries=spread_tries(len(servers), len(servers)),
+            endpoints=servers,
+            max_tries=max(SPREAD_MIN_TRIES, spread_tries(len(servers), len(servers))),
+            min_tries=SPREAD_MIN_TRIES,
         )
     ]
 
@@ -134,14 +142,23 @@ def hairpin_spread(
     check: str, params: Mapping[str, Any], probe_map: ProbeMap
 ) -> Sequence[Target] | Unplanned:
     """From the peer probe of ``probe_node`` (an endpoint of the Service) to the Service's
-    cluster IP: connect until the pod itself answered (kube-proxy may masquerade hairpin
-    traffic, so the source is not judged)."""
+    cluster IP: connect until the pod itself answered (at least `SPREAD_MIN_TRIES` times),
+    every connection answered by an endpoint (kube-proxy may masquerade hairpin traffic, so
+    the source is not judged)."""
     planned = _through_cluster_ip(check, params, probe_map, SERVICE, ROLE_PEER, params["proto"])
     if isinstance(planned, Unplanned):
         return planned
     target, _ = planned
-    endpoints = len(backends(probe_map, target.family))
-    return [replace(target, servers=(target.source.pod,), max_tries=spread_tries(endpoints, 1))]
+    endpoints = backends(probe_map, target.family)
+    return [
+        replace(
+            target,
+            servers=(target.source.pod,),
+            endpoints=endpoints,
+            max_tries=max(SPREAD_MIN_TRIES, spread_tries(len(endpoints), 1)),
+            min_tries=SPREAD_MIN_TRIES,
+        )
+    ]
 
 
 def refusal(
@@ -179,7 +196,12 @@ def node_port(
     check: str, params: Mapping[str, Any], probe_map: ProbeMap, source_kind: str
 ) -> Sequence[Target] | Unplanned:
     """From the probe pod (or the host network) of the pair's source node to the NodePort
-    Service at the destination node's InternalIP: some endpoint of the Service answers."""
+    Service at the destination node's InternalIP: a spread of `node_port_tries` connections,
+    every one answered by an endpoint of the Service, and at least one by an endpoint on
+    another node. That is what externalTrafficPolicy Cluster (the default) promises: a node
+    forwards NodePort traffic to the Service's ready endpoints on every node, not only its
+    own; a node answering only from local endpoints fails every item (that every endpoint
+    is in each node's Service rules is the cluster IP check's, from every node)."""
     if (missing := without_services(probe_map)) is not None:
         return missing
     facts = facts_of(probe_map)
@@ -189,19 +211,26 @@ def node_port(
     if isinstance(ends, Unplanned):
         return ends
     source, address = ends
-    proto, family = params["proto"], params["family"]
+    proto, family, dst = params["proto"], params["family"], params["node_pair"].dst
+    endpoints = backends(probe_map, family)
+    local = backends(probe_map, family, dst)
+    tries = node_port_tries(len(endpoints), len(local))
     return [
         Target(
             check=check,
             proto=proto,
             family=family,
             source=source,
-            destination=Endpoint(NODEPORT_SERVICE, "", params["node_pair"].dst),
+            destination=Endpoint(NODEPORT_SERVICE, "", dst),
             host=address,
             port=facts.node_ports[proto],
             capture=False,
-            kind=KIND_EXCHANGE,
-            servers=backends(probe_map, family),
+            kind=KIND_SPREAD,
+            servers=(),
+            endpoints=endpoints,
+            one_of_servers=tuple(e for e in endpoints if e not in local),
+            max_tries=tries,
+            min_tries=tries,
         )
     ]
 

@@ -46,6 +46,11 @@ HOST_PORT_RANGE = (20000, 29998)
 SPREAD_CONFIDENCE = math.log(1e6)
 #: The agent's bound on one spread's tries.
 MAX_SPREAD_TRIES = 4096
+#: Every connection of a spread must be answered; a spread makes at least this many, so that a
+#: Service failing a share of its new connections (the lab's ``service-resets`` fault: 30 %)
+#: fails every spread but for a chance below e^-`SPREAD_CONFIDENCE`: (1 - 0.3)^39 < 1e-6.
+FAILING_CONNECTIONS_SHARE = 0.3
+SPREAD_MIN_TRIES = math.ceil(SPREAD_CONFIDENCE / -math.log(1 - FAILING_CONNECTIONS_SHARE))
 
 
 @dataclass(frozen=True)
@@ -174,3 +179,14 @@ def spread_tries(backends: int, expected: int) -> int:
         return 1
     tries = math.ceil(backends * (math.log(expected) + SPREAD_CONFIDENCE))
     return max(1, min(MAX_SPREAD_TRIES, tries))
+
+
+def node_port_tries(backends: int, local: int) -> int:
+    """Connections through a NodePort so that, with ``local`` of the Service's ``backends``
+    endpoints on the node asked and a uniform random choice per connection, an endpoint on
+    another node answers but for a chance below e^-`SPREAD_CONFIDENCE` ((local/backends)^t),
+    and at least `SPREAD_MIN_TRIES` (every connection is judged)."""
+    if local <= 0 or local >= backends:
+        return SPREAD_MIN_TRIES
+    tries = math.ceil(SPREAD_CONFIDENCE / math.log(backends / local))
+    return max(SPREAD_MIN_TRIES, min(MAX_SPREAD_TRIES, tries))

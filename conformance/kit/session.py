@@ -53,6 +53,7 @@ from conformance.kit.report import (
     build_summary,
     exit_meaning,
     flaky_line,
+    lossy_lines,
     shorten,
     write_summary,
 )
@@ -300,6 +301,7 @@ class RunReporter:
         )
         flaky = self.collector.flaky()
         self.lines.extend(flaky_line(nodeid, flaky[nodeid]) for nodeid in sorted(flaky))
+        self.lines.extend(lossy_lines(results))
         deployment = deployment_of(record)
         summary = build_summary(
             results,
@@ -359,6 +361,8 @@ class RunReporter:
                 "attempts": sum(o.attempts for o in sweep.outcomes.values()),
                 "lost": sum(o.attempts - int(o.reached) for o in sweep.outcomes.values()),
                 "seconds": sweep.seconds,
+                **sweep.loss_totals(),
+                "max_loss": 100 * self.config.stash[SETTINGS_KEY].max_loss_ratio,
             }
         stale = read_value(self.run, STALE_SWEEP_RECORD, StaleSweep.from_dict)
         if stale is not None:  # --cleanup-stale: what it deleted, and why it kept the rest

@@ -35,6 +35,12 @@ DEFAULT_SECRET_NAMESPACE = "default"
 #: Seconds a run's lease on its namespace lasts unless renewed (``--run-lease``; see
 #: `conformance.kit.lease`): generous, as a busy API server may refuse a few renewals.
 DEFAULT_RUN_LEASE = 300.0
+#: ``--max-loss``: the percentage of an exchange's probes that may be lost before its pair
+#: fails. With `conformance.kit.reachability.LOSS_PROBES` probes (100) an exchange fails from 6
+#: lost on: a pair losing 20 % passes with a chance of 2e-5, and a background loss of 0.5 %
+#: (far above what healthy labs and clusters showed) fails one with a chance of 1e-5
+#: (docs/architecture.md, "Loss").
+DEFAULT_MAX_LOSS = 5.0
 
 #: ``--external-host ADDR`` without a port: the edge server's TCP and UDP listeners; its
 #: control listener is the port after (`ExternalHost.control_port`).
@@ -262,6 +268,17 @@ def parse_run_lease(text: str) -> float:
     )
 
 
+def parse_max_loss(text: str) -> float:
+    """A percentage from 0 (no probe may be lost) to below 100 (``--max-loss``)."""
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise pytest.UsageError(f"--max-loss: {text!r} is not a percentage") from None
+    if not 0 <= value < 100:  # NaN fails too
+        raise pytest.UsageError(f"--max-loss: must be a percentage in [0, 100), got {text}")
+    return value
+
+
 def parse_probe_image(text: str) -> str:
     """A non-empty image reference without whitespace."""
     if not text or any(ch.isspace() for ch in text):
@@ -426,6 +443,8 @@ class Settings:
     run_lease: float = DEFAULT_RUN_LEASE
     #: A pass on retry counts as broken (``--strict-reachability``).
     strict: bool = False
+    #: ``--max-loss``: percent of an exchange's probes that may be lost (see `max_loss_ratio`).
+    max_loss: float = DEFAULT_MAX_LOSS
     #: ``--pairs``: ``all``, ``auto`` or ``sample:K``; ``--pairs-seed`` (None: random per run).
     pairs: str = "auto"
     pairs_seed: int | None = None
@@ -450,6 +469,12 @@ class Settings:
         )
         return tuple(dict.fromkeys((*self.tolerate_taints, *extra)))
 
+    @property
+    def max_loss_ratio(self) -> float:
+        """The share of an exchange's probes that may be lost: ``--max-loss`` / 100, and 0
+        under ``--strict-reachability``."""
+        return 0.0 if self.strict else self.max_loss / 100
+
     @classmethod
     def from_config(cls, config: _ConfigLike) -> Settings:
         """Settings from a pytest config whose options the netconform plugin registered.
@@ -472,6 +497,7 @@ class Settings:
             cleanup_stale=bool(config.getoption("netconform_cleanup_stale")),
             run_lease=float(config.getoption("netconform_run_lease", DEFAULT_RUN_LEASE)),
             strict=bool(config.getoption("netconform_strict", False)),
+            max_loss=float(config.getoption("netconform_max_loss", DEFAULT_MAX_LOSS)),
             pairs=config.getoption("netconform_pairs", "auto"),
             pairs_seed=config.getoption("netconform_pairs_seed", None),
             tolerate_taints=tuple(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from conformance.kit.errors import ProbeCallError
+from conformance.kit.errors import CouldNotTest, ProbeCallError
 from conformance.kit.pairs import natural_key
 from conformance.kit.probe_client import ProbeResponse, canonical_ip
 from conformance.kit.reachability import (
@@ -29,9 +29,14 @@ from conformance.kit.reachability import (
 from conformance.kit.report import (
     ATTEMPTS_PROPERTY,
     FLAKY_PROPERTY,
+    LOSS_PROPERTY,
+    LOSS_RATIO_PROPERTY,
     LOSSES_PROPERTY,
+    PROBES_LOST_PROPERTY,
+    PROBES_PROPERTY,
     format_rule_failure,
 )
+from conformance.kit.settings import DEFAULT_MAX_LOSS
 
 if TYPE_CHECKING:
     from conformance.kit.readiness import ReadinessFlip
@@ -40,6 +45,13 @@ UserProperties = list[tuple[str, object]]
 #: How a connection is refused promptly: a TCP reset, or an ICMP unreachable (port, host or
 #: network) as kube-proxy's REJECT rules and kube-proxy replacements send.
 REFUSALS = frozenset({"ECONNREFUSED", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN"})
+#: "At once": a refusal later than this is not one. kube-proxy's REJECT and a reset come back
+#: within milliseconds, while a neighbour that never answers ARP (a cluster IP routed to a
+#: dead end) gives EHOSTUNREACH only after 3 s (3 solicitations 1 s apart); 2 s, as the
+#: upstream e2e's ``nc -w 2``, leaves a loaded node a second and more of scheduling delay.
+REFUSAL_SECONDS = 2.0
+#: The share of an exchange's probes that may be lost when the caller does not say.
+DEFAULT_MAX_LOSS_RATIO = DEFAULT_MAX_LOSS / 100
 
 
 def names_text(names: Sequence[str]) -> str:
@@ -63,9 +75,16 @@ def spread_text(response: ProbeResponse) -> str:
     return "; ".join(parts)
 
 
-def spread_problems(outcome: Outcome, result: Exchange) -> list[str]:
-    """A spread through a Service: every wanted server answered at least once, no unwanted
-    one answered, and (with allowed sources) every server saw only allowed sources."""
+def failed_connections(response: ProbeResponse) -> int:
+    """Connections of a spread that were not answered (refused, reset, timed out...)."""
+    return sum(int(n) for n in (response.get("errors") or {}).values())
+
+
+def spread_problems(outcome: Outcome, result: Exchange, explained: str | None = None) -> list[str]:
+    """A spread through a Service: every connection answered (unless ``explained``: something
+    the suite did, which the text names, explains failures), only by the Service's endpoints,
+    every wanted server at least once and one of ``one_of_servers``, no unwanted one, and (with
+    allowed sources) every server saw only allowed sources."""
     response = result.client_response
     target = outcome.target
     if not response.get("ok"):
@@ -73,10 +92,29 @@ def spread_problems(outcome: Outcome, result: Exchange) -> list[str]:
     counts = {str(k): int(v) for k, v in (response.get("servers") or {}).items()}
     tries = response.get("tries")
     found = []
+    failed = failed_connections(response)
+    if failed and explained is None:
+        found.append(
+            f"{failed} of {tries} connections failed, each a broken connection through "
+            f"{target.destination.pod} ({spread_text(response)})"
+        )
+    if target.endpoints is not None:
+        others = sorted(s for s in counts if s not in target.endpoints)
+        if others:
+            answered = sum(counts[s] for s in others)
+            found.append(
+                f"{names_text(others)}, not an endpoint of {target.destination.pod}, answered "
+                f"{answered} of {tries} connections ({spread_text(response)})"
+            )
     missing = [s for s in target.servers or () if not counts.get(s)]
     if missing:
         found.append(
             f"{names_text(missing)} never answered in {tries} connections ({spread_text(response)})"
+        )
+    if target.one_of_servers and not any(counts.get(s) for s in target.one_of_servers):
+        found.append(
+            f"none of {names_text(list(target.one_of_servers))} answered in {tries} connections "
+            f"({spread_text(response)})"
         )
     stale = [s for s in target.unwanted_servers if counts.get(s)]
     if stale:
@@ -95,55 +133,102 @@ def spread_problems(outcome: Outcome, result: Exchange) -> list[str]:
 
 
 def refusal_problems(result: Exchange) -> list[str]:
-    """A connection to a Service without endpoints: refused at once (`REFUSALS`), never
-    answered, never left to time out."""
+    """A connection to a Service without endpoints: refused at once (`REFUSALS`, within
+    `REFUSAL_SECONDS`), never answered, never left to time out. A refusal after seconds (an
+    EHOSTUNREACH once ARP gave up) breaks the rule: the client waited, as on a dead end."""
     response = result.client_response
     if response.get("ok"):
         return [
             f"{result.server or 'something'} answered, although the Service has no ready endpoint"
         ]
     errno = response.get("errno")
+    seconds = response.get("seconds")
     if errno in REFUSALS:
+        if not isinstance(seconds, (int, float)):
+            return [f"refused ({errno}), but the agent did not say how long it took"]
+        if seconds > REFUSAL_SECONDS:
+            return [
+                f"not refused at once: {errno} after {seconds:.1f}s (at once is within "
+                f"{REFUSAL_SECONDS:.0f}s; a refusal this late is a dead end, e.g. ARP giving up): "
+                f"{response.get('error')}"
+            ]
         return []
     if errno == "ETIMEDOUT":
         return [f"not refused: the connection timed out ({response.get('error')})"]
     return [f"not refused but {errno or 'failed'}: {response.get('error')}"]
 
 
-def problems(outcome: Outcome) -> list[str]:
+def loss_problems(result: Exchange, max_loss: float) -> list[str]:
+    """More of the exchange's probes lost than ``max_loss`` (a share, 0..1) allows, while the
+    destination's listener dropped none itself (see `loss_doubt`)."""
+    loss = result.loss
+    if loss is None or loss.ratio <= max_loss or loss_doubt(result, max_loss):
+        return []
+    return [f"lost more than the {100 * max_loss:g} % --max-loss allows: {loss.describe()}"]
+
+
+def loss_doubt(result: Exchange, max_loss: float) -> str | None:
+    """Why a loss above ``max_loss`` is no verdict: an end dropped probes itself while it was
+    measured, every measurement (the destination's listener or the measuring socket had a
+    full buffer, or the accept queue was full: a starved endpoint, not the network), so whose
+    the loss was is unknown."""
+    loss = result.loss
+    if loss is None or loss.ratio <= max_loss or not loss.endpoint_drops:
+        return None
+    return (
+        f"{loss.describe()}, above the {100 * max_loss:g} % --max-loss, but the ends themselves "
+        f"dropped {loss.endpoint_drops} datagrams or connections (a full socket buffer or "
+        f"accept queue) in each of {loss.measurements} measurements: the network's share is "
+        "unknown"
+    )
+
+
+def problems(
+    outcome: Outcome, max_loss: float = DEFAULT_MAX_LOSS_RATIO, *, explained: str | None = None
+) -> list[str]:
     """What breaks the rule in one exchange (empty: nothing found). An outcome whose agents
-    could not be asked has no problems: it has no verdict (see `ItemExchanges`)."""
+    could not be asked has no problems: it has no verdict (see `ItemExchanges`).
+
+    ``max_loss``: the share of a measured exchange's probes that may be lost. ``explained``:
+    what the suite did that explains a spread's failed connections (they are then no
+    problem)."""
     result = outcome.exchange
     if outcome.error is not None or result is None:
         return []
     if outcome.target.kind == KIND_SPREAD:
-        return spread_problems(outcome, result)
+        return spread_problems(outcome, result, explained)
     if outcome.target.kind == KIND_REFUSAL:
         return refusal_problems(result)
+    # Something other than the destination's agent answered, in any try or look.
+    wrong = [f"answered by something else: {text}" for text in result.wrong_answers]
     if not result.reached:
         error = result.client_response.get("error")
         if outcome.target.full_size:
             return [
-                f"not delivered intact after {result.attempts} attempt(s): {error}{sizes(outcome)}"
+                *wrong,
+                f"not delivered intact after {result.attempts} attempt(s): {error}{sizes(outcome)}",
             ]
-        return [f"no answer after {result.attempts} attempt(s): {error}"]
+        return [*wrong, f"no answer after {result.attempts} attempt(s): {error}"]
+    found = [*wrong, *loss_problems(result, max_loss)]
     servers = outcome.target.servers
-    if servers is not None and result.server not in servers:
-        return [
-            f"answered by {result.server or 'something that did not say who it is'}, "
-            f"not by {names_text(servers) if len(servers) < 4 else 'one of ' + str(list(servers))}"
-        ]
+    if servers is not None:
+        answered = sorted({*result.servers_seen, *([result.server] if result.server else [])})
+        others = [s for s in answered if s not in servers] or (
+            [] if result.server in servers else ["something that did not say who it is"]
+        )
+        if others:
+            expected = names_text(servers) if len(servers) < 4 else "one of " + str(list(servers))
+            found.append(f"answered by {names_text(others)}, not by {expected}")
     allowed = outcome.allowed_sources
     if allowed is None:
         if outcome.target.full_size and not result.listener_peers:
-            return [
+            found.append(
                 f"{outcome.target.destination.pod} recorded nothing although the sender saw an answer"
-            ]
-        return []
-    found = []
+            )
+        return found
     listener = set(result.listener_peers)
-    if outcome.target.proto != "icmp" and result.peer_seen:
-        listener.add(result.peer_seen)
+    if outcome.target.proto != "icmp":
+        listener.update(p for p in (result.peer_seen, *result.peers_seen) if p)
     if not listener:
         # Something answered at the address, but not the destination's agent: another pod
         # holds its IP, or a proxy answered.
@@ -263,7 +348,9 @@ class ItemExchanges:
     fails naming each broken exchange (expected versus observed, and the run's failed pairs of
     the check grouped by node), skips or fails for an item the planner left without traffic
     (`Unplanned`), and raises `ProbeCallError` (could not test) when an agent could not be
-    asked. Tries and losses, and a pass on retry, are recorded on the item.
+    asked, `CouldNotTest` when the item has no exchange at all. Tries and losses, the loss
+    measured and a pass on retry are recorded on the item. ``max_loss``: the share of an
+    exchange's probes that may be lost (``--max-loss``; 0 under ``--strict-reachability``).
     """
 
     outcomes: list[Outcome]
@@ -271,6 +358,7 @@ class ItemExchanges:
     sweep: Sweep
     user_properties: UserProperties
     strict: bool = False
+    max_loss: float = DEFAULT_MAX_LOSS_RATIO
 
     def _check(self) -> str:
         return self.outcomes[0].target.check if self.outcomes else ""
@@ -279,11 +367,21 @@ class ItemExchanges:
         """Pass, fail, skip or could-not-test, as the class says."""
         if self.unplanned is not None:
             judge_unplanned(rule, self.unplanned)
+        if not self.outcomes:
+            # Nothing was sent, so nothing held: never a pass.
+            raise CouldNotTest(f"{rule}: this item was planned no exchange, so nothing was checked")
         for outcome in self.outcomes:
             if outcome.error is not None:
                 raise ProbeCallError(f"{outcome.target.describe()}: {outcome.error}")
         self._record_tries()
-        broken = [(o, found) for o in self.outcomes if (found := problems(o))]
+        broken = [(o, found) for o in self.outcomes if (found := problems(o, self.max_loss))]
+        doubts = [
+            f"{o.target.describe()}: {doubt}"
+            for o in self.outcomes
+            if o.exchange is not None and (doubt := loss_doubt(o.exchange, self.max_loss))
+        ]
+        if doubts and not broken:
+            raise CouldNotTest("; ".join(doubts))
         flaky = [(o, text) for o in self.outcomes if (text := flaky_text(o))]
         if self.strict:
             broken += [
@@ -307,6 +405,29 @@ class ItemExchanges:
         lost = sum(o.attempts - (1 if o.reached else 0) for o in self.outcomes)
         self.user_properties.append((ATTEMPTS_PROPERTY, str(tries)))
         self.user_properties.append((LOSSES_PROPERTY, str(lost)))
+        measured = [
+            (o, o.exchange.loss)
+            for o in self.outcomes
+            if o.exchange is not None and o.exchange.loss is not None
+        ]
+        if not measured:
+            return
+        self.user_properties.append((PROBES_PROPERTY, str(sum(m.sent for _, m in measured))))
+        self.user_properties.append((PROBES_LOST_PROPERTY, str(sum(m.lost for _, m in measured))))
+        # The worst exchange's share: the one the verdict rests on.
+        worst = max(m.ratio for _, m in measured)
+        self.user_properties.append((LOSS_RATIO_PROPERTY, f"{worst:.4f}"))
+        self.user_properties.append(
+            (
+                LOSS_PROPERTY,
+                "; ".join(
+                    m.describe()
+                    if len(measured) == 1
+                    else f"{o.target.source.label} -> {o.target.destination.label}: {m.describe()}"
+                    for o, m in measured
+                ),
+            )
+        )
 
     def _failure(
         self, rule: str, broken: list[tuple[Outcome, list[str]]], expected: str | None
@@ -331,8 +452,12 @@ class ItemExchanges:
                 if allowed
                 else ""
             )
+        if any(o.target.measures_loss for o in self.outcomes):
+            expected += (
+                f"; at most {100 * self.max_loss:g} % of each exchange's probes lost (--max-loss)"
+            )
         check = self._check()
-        failed_in_run = [o for o in self.sweep.of_check(check) if problems(o)]
+        failed_in_run = [o for o in self.sweep.of_check(check) if problems(o, self.max_loss)]
         return format_rule_failure(
             rule,
             expected=expected,
@@ -348,6 +473,17 @@ class ItemExchanges:
         )
 
 
+#: What explains a connection failing while the readiness check turns a backend unready and
+#: ready again: the suite's own flip (a connection caught by the data plane's change).
+READINESS_FLIP = "the readiness flip"
+
+
+def flip_problems(outcome: Outcome) -> list[str]:
+    """`problems` of a spread made during the readiness flip, whose failed connections the
+    flip explains."""
+    return problems(outcome, explained=READINESS_FLIP)
+
+
 def readiness_problems(flip: ReadinessFlip, node: str, family: int) -> list[str]:
     """What breaks "endpoints follow readiness" as ``node``'s probe pod saw it over IPv
     ``family``: the EndpointSlice not following the backend's readiness, new connections still
@@ -361,18 +497,18 @@ def readiness_problems(flip: ReadinessFlip, node: str, family: int) -> list[str]
             f"the EndpointSlices still listed {flip.backend} as ready after it turned unready"
         )
     if followed.stopped_after is None:
-        seen = problems(followed.unready) if followed.unready is not None else []
+        seen = flip_problems(followed.unready) if followed.unready is not None else []
         found.append(
             f"new connections still reached the unready {flip.backend} in a round started "
             f"{flip.bound:.0f}s or more after its EndpointSlice changed "
             f"({followed.rounds_unready} rounds): " + "; ".join(seen)
         )
-    elif followed.unready is not None and problems(followed.unready):
-        found.append("while it was unready: " + "; ".join(problems(followed.unready)))
+    elif followed.unready is not None and flip_problems(followed.unready):
+        found.append("while it was unready: " + "; ".join(flip_problems(followed.unready)))
     if flip.slice_ready_after is None:
         found.append(f"the EndpointSlices did not list {flip.backend} as ready again")
     if followed.back_after is None:
-        seen = problems(followed.ready) if followed.ready is not None else []
+        seen = flip_problems(followed.ready) if followed.ready is not None else []
         found.append(
             f"{flip.backend} did not answer again, not even in a round started "
             f"{flip.bound:.0f}s or more after it turned ready ({followed.rounds_ready} rounds): "
@@ -395,12 +531,22 @@ def assert_readiness_followed(
         judge_unplanned(rule, followed.unplanned)
     if followed.error is not None:
         raise ProbeCallError(f"{node}: {followed.error}")
+    spreads = [o for o in (followed.unready, followed.ready) if o is not None]
+    failed = sum(
+        failed_connections(o.exchange.client_response) for o in spreads if o.exchange is not None
+    )
     user_properties.append(
         (
             "netconform.readiness",
             f"{flip.backend}: EndpointSlice not ready after {flip.slice_unready_after}s, "
             f"no new connection from {node} after {followed.stopped_after}s more; ready again "
-            f"after {flip.slice_ready_after}s, answering after {followed.back_after}s more",
+            f"after {flip.slice_ready_after}s, answering after {followed.back_after}s more"
+            + (
+                f"; {failed} connections of the deciding spreads failed, which "
+                f"{READINESS_FLIP} may explain"
+                if failed
+                else ""
+            ),
         )
     )
     found = readiness_problems(flip, node, family)

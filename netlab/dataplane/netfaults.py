@@ -26,6 +26,10 @@ Each fault breaks one rule of the network model and nothing else:
   directions, small ones and node-2's same-node traffic pass.
 - ``dns-blackhole``: every node drops DNS queries (UDP and TCP to port 53) from its own pods,
   wherever they go: the pods' resolver never answers; everything else passes.
+- ``lossy-pair``: on node-2 (node-1 on a 2-node lab), `LOSSY_PAIR_DROP` of the packets from
+  its pods to node-3's pods (node-2's) are dropped at random on their way out of ``eth0``
+  (iptables ``statistic --mode random``), every packet of every flow, one direction only:
+  requests that way and answers to flows node-3's pods start lose a fifth, nothing else.
 
 On IPv6 and dual-stack labs every fault is installed once per family (ip6tables for IPv6),
 so it breaks its rule for each family the lab has.
@@ -46,6 +50,9 @@ from netlab.spec import LabSpec, NodePlan
 log = logging.getLogger(__name__)
 
 ONE_WAY_PAIR_FAULT = "one-way-pair-drop"
+LOSSY_PAIR_FAULT = "lossy-pair"
+#: The share of the lossy pair's packets dropped: the loss the suite must catch every time.
+LOSSY_PAIR_DROP = 0.2
 SAME_NODE_LAST_FAULT = "same-node-drop-last"
 HOST_TO_REMOTE_FAULT = "host-to-remote-pods-blocked"
 PMTU_FAULT = "pmtu-blackhole"
@@ -63,6 +70,7 @@ NODE_NETWORK_FAULTS = frozenset(
         HOST_TO_REMOTE_FAULT,
         PMTU_FAULT,
         DNS_BLACKHOLE_FAULT,
+        LOSSY_PAIR_FAULT,
     }
 )
 RESTORE_COMMANDS = {4: "iptables-restore", 6: "ip6tables-restore"}
@@ -80,6 +88,14 @@ def one_way_pair(spec: LabSpec) -> tuple[NodePlan, NodePlan]:
     (1->2->3->1) never visits it."""
     plans = spec.node_plans()
     return plans[0], plans[min(2, len(plans) - 1)]
+
+
+def lossy_pair(spec: LabSpec) -> tuple[NodePlan, NodePlan]:
+    """(source, destination) nodes of ``lossy-pair``: node-2 and node-3 (node-1 and node-2 on
+    a 2-node lab). Not node-1, whose bridge carries the lab's cluster DNS: the pair's loss
+    stays off every check but the pair's own."""
+    plans = spec.node_plans()
+    return (plans[1], plans[2]) if len(plans) > 2 else (plans[0], plans[1])
 
 
 def second_node(spec: LabSpec) -> NodePlan:
@@ -149,6 +165,16 @@ def node_fault_rules(
             filter_ += [
                 f"-A FORWARD -s {source} -d {destination} -o {NODE_UPLINK} "
                 "-m conntrack --ctstate NEW -j DROP"
+                for source in own
+                for destination in ranges[destination_node.name]
+            ]
+    if LOSSY_PAIR_FAULT in faults:
+        source_node, destination_node = lossy_pair(spec)
+        if plan.name == source_node.name:
+            # Every packet, not only NEW ones: loss inside flows, as a bad link has it.
+            filter_ += [
+                f"-A FORWARD -s {source} -d {destination} -o {NODE_UPLINK} "
+                f"-m statistic --mode random --probability {LOSSY_PAIR_DROP} -j DROP"
                 for source in own
                 for destination in ranges[destination_node.name]
             ]

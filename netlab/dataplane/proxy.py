@@ -36,8 +36,10 @@ built-in chains and a route for the service range (via the fabric gateway, insid
 set once per node when the proxy starts.
 
 Faults that live here: ``stale-endpoints`` (endpoints that are not ready stay in the rules),
-``nodeport-missing-on-node`` (node-2 has no NodePort rules) and ``service-masquerade``
-(every connection to a cluster IP is masqueraded, so endpoints see a node address).
+``nodeport-missing-on-node`` (node-2 has no NodePort rules), ``service-masquerade``
+(every connection to a cluster IP is masqueraded, so endpoints see a node address) and
+``service-resets`` (`SERVICE_RESET_SHARE` of new TCP connections to a cluster IP are reset:
+the Service's chain sends them to a closed port of an endpoint, whose kernel resets them).
 """
 
 from __future__ import annotations
@@ -64,8 +66,14 @@ log = logging.getLogger(__name__)
 STALE_ENDPOINTS_FAULT = "stale-endpoints"
 NODEPORT_MISSING_FAULT = "nodeport-missing-on-node"
 SERVICE_MASQUERADE_FAULT = "service-masquerade"
+SERVICE_RESETS_FAULT = "service-resets"
+#: The share of new TCP connections to a cluster IP that ``service-resets`` resets.
+SERVICE_RESET_SHARE = 0.3
+CLOSED_PORT = 1  # tcpmux: nothing listens there in a pod, so its kernel answers a reset
 NODEPORT_MISSING_NODE = "node-2"
-PROXY_FAULTS = frozenset({STALE_ENDPOINTS_FAULT, NODEPORT_MISSING_FAULT, SERVICE_MASQUERADE_FAULT})
+PROXY_FAULTS = frozenset(
+    {STALE_ENDPOINTS_FAULT, NODEPORT_MISSING_FAULT, SERVICE_MASQUERADE_FAULT, SERVICE_RESETS_FAULT}
+)
 
 MASQ_MARK = "0x4000"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -295,6 +303,7 @@ def node_rules(
     stale = STALE_ENDPOINTS_FAULT in faults
     serve_node_ports = not (NODEPORT_MISSING_FAULT in faults and node == NODEPORT_MISSING_NODE)
     masquerade_all = SERVICE_MASQUERADE_FAULT in faults
+    resets = SERVICE_RESETS_FAULT in faults
     rules.add("nat", "KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
     rules.add("nat", "KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
     rules.add(
@@ -330,6 +339,8 @@ def node_rules(
                         service_chain,
                         f"! -s {cidr} {comment} {destination} -j KUBE-MARK-MASQ",
                     )
+            if resets and proto == "tcp":
+                _resets(rules, port, service_chain, cluster_endpoints[0])
             _spread(rules, port, service_chain, cluster_endpoints)
         if port.node_port is None or not serve_node_ports:
             continue
@@ -403,6 +414,26 @@ def node_rules(
             'rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS',
         )
     return rules
+
+
+def _resets(rules: NodeRules, port: ServicePort, chain: str, endpoint: Endpoint) -> None:
+    """``service-resets``: `SERVICE_RESET_SHARE` of the new connections of ``chain`` go to a
+    closed port of ``endpoint``, whose kernel resets them. A REJECT in the filter table would
+    answer from the DNATed address, which the client's socket ignores (and retransmits); this
+    reset is the connection's own reply, un-NATed to the cluster IP. Masqueraded when the
+    endpoint reaches itself, as kube-proxy's endpoint chains do, so the reset comes back
+    through the node."""
+    reset_chain = port.chain("RST")
+    comment = f'-m comment --comment "{port.service_port_name} reset fault"'
+    rules.add(
+        "nat",
+        chain,
+        f"{comment} -m statistic --mode random --probability {SERVICE_RESET_SHARE} "
+        f"-j {reset_chain}",
+    )
+    rules.add("nat", reset_chain, f"{comment} -s {_host_mask(endpoint.ip)} -j KUBE-MARK-MASQ")
+    host = f"[{endpoint.ip}]" if ":" in endpoint.ip else endpoint.ip
+    rules.add("nat", reset_chain, f"{comment} -p tcp -j DNAT --to-destination {host}:{CLOSED_PORT}")
 
 
 def _spread(rules: NodeRules, port: ServicePort, chain: str, endpoints: Sequence[Endpoint]) -> None:

@@ -86,6 +86,7 @@ TWO_NODE_FAULTS = (
     "edge-egress-blocked",
     "edge-nodeport-blocked",
     "edge-no-masquerade",
+    "lossy-pair",
 )
 ADDRESS_SETTLE_TIMEOUT = 5.0  # seconds for a node's IPv6 addresses to leave "tentative"
 

@@ -120,8 +120,10 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         " DNS, a pod of node-1, from the other nodes (a pod to another node's hostPort leaves"
         " masqueraded to its node's address, which the drop does not match)",
         # A NodePort may send a connection to an endpoint on a third node (or from a node's own
-        # address to another node's endpoint): whether a try crosses, and is dropped, is chance.
-        may=either(NODE_PORT_PODS, NODE_PORT_HOSTS),
+        # address to another node's endpoint), and hairpin's connections may go to another
+        # node's endpoint: whether a try crosses, and is dropped, is chance (in the lab, most of
+        # a pod's connections to its own Service stay with itself: 34 to 37 of 39 in one run).
+        may=either(NODE_PORT_PODS, NODE_PORT_HOSTS, HAIRPIN),
     ),
     "sandbox-reset": Expectation(
         r"test_sandbox::test_sandbox_survives_container_restart\b",
@@ -168,8 +170,9 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         "pod traffic from node-1 to node-3 only (not in the old ring) is dropped: that one"
         " direction, every protocol, small and full-size; node-1's cluster IP spreads never"
         " reach node-3's endpoint",
-        # node-1's pods to node-1's NodePort: a try sent to node-3's endpoint is dropped.
-        may=same_node(NODE_PORT_PODS, "1"),
+        # node-1's pods to node-1's NodePort, node-1's peer to its own Service (hairpin: every
+        # connection is judged): a try sent to node-3's endpoint is dropped, if one is.
+        may=either(same_node(NODE_PORT_PODS, "1"), on_node(HAIRPIN, "1")),
     ),
     "same-node-drop-last": Expectation(
         either(
@@ -286,6 +289,41 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         on_node(EDGE_NODE_PORT, "2"),
         "node-2 drops NodePort connections from outside the cluster: the outside host at"
         " node-2's NodePort, tcp and udp; pods and nodes still reach it",
+    ),
+    # Issue 21: loss measured and judged, every Service connection judged.
+    "lossy-pair": Expectation(
+        either(
+            cross_node(NO_SNAT, "2", "3"),
+            cross_node(NO_SNAT, "3", "2"),
+            cross_node(HOST_PORT_PODS, "3", "2"),
+        ),
+        "20 % of the packets from node-2's pods to node-3's pods are dropped: both ordered pairs"
+        " of node-2 and node-3, every protocol, lose more than 5 % of their 100 probes (requests"
+        " one way, answers and SYN-ACKs the other way); so do node-3's pods at node-2's hostPort"
+        " (DNAT to node-2's pod, which answers node-3's pod itself, unmasqueraded)",
+        # A TCP connection through a Service or a NodePort to an endpoint across the pair
+        # fails only when its SYN (or SYN-ACK) is lost three times in 5 s: chance. A 1 MiB
+        # transfer across the pair may stall on repeated losses.
+        may=either(
+            cross_node(FULL_SIZE, "2", "3"),
+            cross_node(FULL_SIZE, "3", "2"),
+            on_node(CLUSTER_IP, "2|3", proto="tcp"),
+            on_node(HAIRPIN, "2|3", proto="tcp"),
+            same_node(NODE_PORT_PODS, "2", proto="tcp"),
+            cross_node(NODE_PORT_PODS, "3", "2", proto="tcp"),
+        ),
+    ),
+    "service-resets": Expectation(
+        either(
+            on_node(CLUSTER_IP, proto="tcp"),
+            on_node(HAIRPIN, proto="tcp"),
+            cross_node(NODE_PORT_PODS, proto="tcp"),
+            same_node(NODE_PORT_PODS, proto="tcp"),
+            cross_node(NODE_PORT_HOSTS, proto="tcp"),
+        ),
+        "30 % of new TCP connections to a Service are reset: every TCP spread through a cluster"
+        " IP (hairpin included) or a NodePort, from every node (at least 39 connections each,"
+        " every one judged); the readiness check's failed connections are explained by its flip",
     ),
 }
 

@@ -14,7 +14,9 @@ import pytest
 from network_kit import LabPod, NetworkKit, Probe
 
 from netlab.dataplane.netfaults import (
+    LOSSY_PAIR_DROP,
     PMTU_BLACKHOLE_MTU,
+    lossy_pair,
     node_fault_rules,
     one_way_pair,
     second_node,
@@ -242,6 +244,8 @@ def rules_on(spec: LabSpec, version: int = 4) -> dict[str, list[str]]:
         pytest.param("same-node-drop-last", 1, "node-1", id="same-node-last-of-1"),
         pytest.param("host-to-remote-pods-blocked", 3, "node-2", id="host-to-remote"),
         pytest.param("pmtu-blackhole", 3, "node-2", id="pmtu"),
+        pytest.param("lossy-pair", 3, "node-2", id="lossy-pair-3-nodes"),
+        pytest.param("lossy-pair", 2, "node-1", id="lossy-pair-2-nodes"),
     ],
 )
 def test_mesh_fault_rules_sit_on_one_node(fault: str, nodes: int, carrier: str) -> None:
@@ -264,6 +268,23 @@ def test_one_way_pair_drop_targets_a_pair_the_ring_never_visits() -> None:
     )
     two = LabSpec(name="nbplan", nodes=2, faults=frozenset({"one-way-pair-drop"}))
     assert [plan.name for plan in one_way_pair(two)] == ["node-1", "node-2"]
+
+
+def test_lossy_pair_drops_a_fifth_of_one_directions_packets() -> None:
+    three = LabSpec(name="nbplan", nodes=3, ip_family="dual", faults=frozenset({"lossy-pair"}))
+    assert [plan.name for plan in lossy_pair(three)] == ["node-2", "node-3"]
+    (rule,) = rules_on(three)["node-2"]
+    # Every packet of every flow, not only new ones; out of node-2's uplink towards node-3's
+    # pods only: the way back and every other pair keep all their packets.
+    assert rule == (
+        "-A FORWARD -s 10.244.1.0/24 -d 10.244.2.0/24 -o eth0 "
+        f"-m statistic --mode random --probability {LOSSY_PAIR_DROP} -j DROP"
+    )
+    assert LOSSY_PAIR_DROP == 0.2
+    (rule6,) = rules_on(three, 6)["node-2"]
+    assert "--probability 0.2 -j DROP" in rule6
+    two = LabSpec(name="nbplan", nodes=2, faults=frozenset({"lossy-pair"}))
+    assert [plan.name for plan in lossy_pair(two)] == ["node-1", "node-2"]
 
 
 def test_pmtu_blackhole_drops_too_big_icmp_per_family() -> None:

@@ -174,6 +174,34 @@ def test_service_masquerade_fault_marks_every_cluster_ip_connection() -> None:
     assert any("! -s 10.244.0.0/16" in r for r in healthy["nat"])
 
 
+def test_service_resets_fault_resets_a_share_of_new_tcp_connections_to_cluster_ips() -> None:
+    healthy = rules_for([svc("web", ["10.96.5.5"])], [endpoint_slice("web", "IPv4", BACKENDS)])
+    faulty = rules_for(
+        [svc("web", ["10.96.5.5"])],
+        [endpoint_slice("web", "IPv4", BACKENDS)],
+        faults=frozenset({"service-resets"}),
+    )
+    [tcp] = [p for p in service_ports([svc("web", ["10.96.5.5"])], [], 4) if p.protocol == "TCP"]
+    svc_chain, reset_chain = tcp.chain("SVC"), tcp.chain("RST")
+    # TCP only (a reset is TCP's): 30 % of the Service's new connections go to a closed port of
+    # an endpoint, whose kernel resets them as the connection's own reply (a REJECT after the
+    # DNAT would answer from the endpoint's address, which the client ignores).
+    added = [r for r in faulty["nat"] if r not in healthy["nat"]]
+    assert added == [
+        f'-A {svc_chain} -m comment --comment "ns/web:tcp reset fault" -m statistic --mode '
+        f"random --probability 0.3 -j {reset_chain}",
+        f'-A {reset_chain} -m comment --comment "ns/web:tcp reset fault" -s 10.244.0.5/32 '
+        "-j KUBE-MARK-MASQ",
+        f'-A {reset_chain} -m comment --comment "ns/web:tcp reset fault" -p tcp -j DNAT '
+        "--to-destination 10.244.0.5:1",
+    ]
+    # Before the spread over the endpoints, after the masquerade of outside traffic.
+    chain_rules = [r for r in faulty["nat"] if r.startswith(f"-A {svc_chain} ")]
+    assert "KUBE-MARK-MASQ" in chain_rules[0]
+    assert reset_chain in chain_rules[1]
+    assert faulty["filter"] == healthy["filter"] == []
+
+
 def test_restore_document_flushes_declared_and_deletes_stale_chains() -> None:
     ports = service_ports([svc("web", ["10.96.5.5"])], [endpoint_slice("web", "IPv4", BACKENDS)], 4)
     rules = node_rules(ports, node="node-1", cluster_cidrs=["10.244.0.0/16"])

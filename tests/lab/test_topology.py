@@ -87,6 +87,7 @@ def test_ip_outside_node_cidr_moves_one_ipam_range_out_of_its_published_cidr() -
         pytest.param(("ip-outside-node-cidr",), 1, None, id="outside-on-1-node-fits"),
         pytest.param(("one-way-pair-drop",), 1, "at least 2 nodes", id="one-way-needs-2"),
         pytest.param(("one-way-pair-drop",), 2, None, id="one-way-on-2-nodes-fits"),
+        pytest.param(("lossy-pair",), 1, "at least 2 nodes", id="lossy-pair-needs-2"),
         pytest.param(("host-to-remote-pods-blocked",), 1, "at least 2 nodes", id="host-needs-2"),
         pytest.param(("pmtu-blackhole",), 1, "at least 2 nodes", id="pmtu-needs-2"),
         pytest.param(("same-node-drop-last",), 1, None, id="same-node-on-1-node-fits"),

@@ -195,6 +195,10 @@ def requests(target: FuzzTarget) -> st.SearchStrategy[dict[str, Any]]:
         "capture_id": st.text(max_size=10) | JUNK,
         "min_packets": st.integers() | JUNK,
         "parallel": st.integers(-2, 100) | JUNK,
+        # Measured requests: bounded here (40 probes 20 ms apart at most), the agent's own
+        # bounds checked with values far beyond them.
+        "count": st.integers(-5, 40) | st.sampled_from([1001, 2**40]) | JUNK,
+        "interval": st.floats(-1, 0.02) | st.sampled_from([0.0, 121.0]) | JUNK,
     }
     # No capture_start: it would sniff the machine's own interfaces.
     ops = st.sampled_from(

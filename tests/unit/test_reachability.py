@@ -29,10 +29,12 @@ from conformance.kit.pairs import NodePair
 from conformance.kit.probe_client import ProbeResponse
 from conformance.kit.probes import ProbeMap
 from conformance.kit.reachability import (
+    LOSS_PROBES,
     MARKER,
     Endpoint,
     Exchange,
     ItemPlan,
+    Loss,
     Outcome,
     Sweep,
     Target,
@@ -85,8 +87,10 @@ class FakeProbeClient(RecordingProbeClient):
     """Answers agent batches like a cluster would. ``failures[(src_pod, host)]`` is how many
     tries fail (ETIMEDOUT) before one is answered; ``snat_nodes``: traffic leaving these nodes
     shows the node's IP; ``broken``: (pod, container) whose exec fails; ``refuse_captures``:
-    pods whose agent answers capture_start with an error. Listeners and captures record every
-    exchange that arrived, by nonce."""
+    pods whose agent answers capture_start with an error; ``lost[(src_pod, host)]``: probes
+    a loss measurement loses (of its ``count``). Listeners and captures record every exchange
+    that arrived, by nonce; a loss measurement's requests are recorded as ``connect*`` and
+    ``icmp*``."""
 
     timeouts: Timeouts = TIMEOUTS
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -94,7 +98,15 @@ class FakeProbeClient(RecordingProbeClient):
     refuse_captures: frozenset[str] = frozenset()
     #: pod -> how many of its captures see nothing (a sniffer that fell behind)
     blind_captures: dict[str, int] = field(default_factory=dict)
+    lost: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (src_pod, host) -> what a loss measurement's own socket says it dropped
+    socket_drops: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: pod -> UDP datagrams its listener drops itself during each loss round (then none)
+    listener_drops: dict[str, list[int]] = field(default_factory=dict)
+    _drops: dict[str, int] = field(default_factory=dict)
     parallel: list[int | None] = field(default_factory=list)  # of every probing batch
+    #: (source pod, host, parallel of its batch) of every loss measurement
+    measured: list[tuple[str, str, int | None]] = field(default_factory=list)
     _tries: dict[tuple[str, str], int] = field(default_factory=dict)
     # destination pod -> what arrived there: {nonce, peer, proto}
     _arrived: dict[str, list[dict[str, str]]] = field(default_factory=dict)
@@ -108,12 +120,14 @@ class FakeProbeClient(RecordingProbeClient):
         parallel: int | None = None,
         timeout: float | None = None,
     ) -> list[ProbeResponse]:
-        self.record(pod, container, requests)
+        self.record(
+            pod, container, [{**r, "op": f"{r['op']}*"} if r.get("count") else r for r in requests]
+        )
         if requests and requests[0]["op"] in ("connect", "icmp"):
             self.parallel.append(parallel)
-        return [self._answer(pod, dict(r)) for r in requests]
+        return [self._answer(pod, dict(r), parallel) for r in requests]
 
-    def _answer(self, pod: str, request: dict[str, Any]) -> ProbeResponse:
+    def _answer(self, pod: str, request: dict[str, Any], parallel: int | None) -> ProbeResponse:
         op = request["op"]
         if op == "capture_start":
             if pod in self.refuse_captures:
@@ -129,6 +143,15 @@ class FakeProbeClient(RecordingProbeClient):
                     {"name": "cni0", "addresses": ["10.244.9.1/24"]},
                 ],
             }
+        if op == "drops":
+            # Read before and after each loss round: the count grows by the round's figure.
+            with self._lock:
+                count = self._drops.get(pod, 0)
+                self._drops[pod] = count + 1
+            rounds = self.listener_drops.get(pod, [])
+            done = count // 2 + count % 2  # rounds begun
+            dropped = sum(rounds[:done])
+            return {"ok": True, "op": op, "udp": dropped, "tcp_listen": 0}
         if op in ("connect", "icmp"):
             key = (pod, str(request["host"]))
             with self._lock:
@@ -143,6 +166,16 @@ class FakeProbeClient(RecordingProbeClient):
                 source = NODE_IP[node]
             else:
                 source = POD_IP[pod]
+            if request.get("count"):
+                sent, lost = int(request["count"]), self.lost.get(key, 0)
+                with self._lock:
+                    self.measured.append((pod, str(request["host"]), parallel))
+                measured = {"op": op, "count": sent, "sent": sent, "lost": lost}
+                measured["socket_drops"] = self.socket_drops.get(key, 0)
+                measured.update(answered=sent - lost, errors={"ETIMEDOUT": lost} if lost else {})
+                if lost == sent:
+                    return {**measured, "ok": False, "errno": "ETIMEDOUT", "error": "none"}
+                return {**measured, "ok": True, "peer_seen": source, "peers": [source]}
             arrival = {
                 "nonce": str(request["nonce"]),
                 "peer": source,
@@ -514,6 +547,95 @@ def test_a_capture_that_missed_an_answered_exchange_is_taken_again_once() -> Non
     assert captures_started(probes, "probe-node-3") == 1
 
 
+def test_loss_is_measured_after_the_captures_one_batch_per_source() -> None:
+    """Every pair exchange that answered gets one loss measurement of LOSS_PROBES probes, in
+    one batch per source, once the captures were read (no sniffer parses a hundred probes)."""
+    lossy = ("probe-node-2", POD_IP["probe-node-3"])
+    probes = FakeProbeClient(lost={lossy: 9})
+    outcomes = run_sweep(probes, ring_targets(("tcp", "udp")))  # type: ignore[arg-type]
+    measured = [(pod, ops) for pod, _c, ops in probes.calls if any("*" in op for op in ops)]
+    assert sorted((pod, len(ops)) for pod, ops in measured) == [
+        ("probe-node-1", 2),
+        ("probe-node-2", 2),
+        ("probe-node-3", 2),
+    ]
+    last_capture_read = max(i for i, c in enumerate(probes.calls) if "capture_result" in c[2])
+    first_measured = min(i for i, c in enumerate(probes.calls) if any("*" in op for op in c[2]))
+    assert first_measured > last_capture_read
+    for outcome in outcomes:
+        assert outcome.exchange is not None
+        loss = outcome.exchange.loss
+        assert loss is not None
+        assert loss.sent == LOSS_PROBES
+        if (outcome.target.source.pod, outcome.target.host) == lossy:
+            assert loss.lost == 9
+            assert problems(outcome) == [
+                "lost more than the 5 % --max-loss allows: 9 of 100 probes lost (9.0 %); "
+                "failed: ETIMEDOUT 9"
+            ]
+        else:
+            assert (loss.lost, problems(outcome)) == (0, [])
+    # What the sweep measured is in the run's totals.
+    assert sweep_of(outcomes).loss_totals() == {"measured": 6, "probes": 600, "probes_lost": 18}
+
+
+def test_lost_probes_while_the_destination_dropped_some_are_measured_again_calmer() -> None:
+    """A listener that fell behind (its socket buffer full) loses probes that the network
+    carried: such a measurement is made again with fewer at once; the last one is judged."""
+    starved = ("probe-node-1", POD_IP["probe-node-2"])
+    probes = FakeProbeClient(lost={starved: 8}, listener_drops={"probe-node-2": [30, 0]})
+    outcomes = run_sweep(probes, ring_targets(("udp",)))  # type: ignore[arg-type]
+    (again,) = [o for o in outcomes if (o.target.source.pod, o.target.host) == starved]
+    toward = [(pod, n) for pod, host, n in probes.measured if host == starved[1]]
+    assert toward == [("probe-node-1", 32), ("probe-node-1", 4)]  # then the calm round
+    assert again.exchange is not None
+    assert again.exchange.loss == Loss(
+        sent=100, lost=8, errors={"ETIMEDOUT": 8}, endpoint_drops=0, measurements=2
+    )
+    # Without drops at the destination nobody is measured twice.
+    assert len(probes.measured) == 4
+
+
+def test_what_the_measuring_socket_dropped_itself_counts_as_an_ends_drop() -> None:
+    starved = ("probe-node-1", POD_IP["probe-node-2"])
+    probes = FakeProbeClient(lost={starved: 8}, socket_drops={starved: 12})
+    outcomes = run_sweep(probes, ring_targets(("icmp",)))  # type: ignore[arg-type]
+    (doubt,) = [o for o in outcomes if (o.target.source.pod, o.target.host) == starved]
+    assert doubt.exchange is not None
+    assert doubt.exchange.loss is not None
+    # ICMP: the destination's kernel answers (0), the measuring socket dropped 12 itself.
+    assert (doubt.exchange.loss.endpoint_drops, doubt.exchange.loss.measurements) == (12, 3)
+
+
+def test_a_listener_that_keeps_dropping_leaves_the_loss_unknown() -> None:
+    starved = ("probe-node-1", POD_IP["probe-node-2"])
+    probes = FakeProbeClient(lost={starved: 8}, listener_drops={"probe-node-2": [30, 30, 30]})
+    outcomes = run_sweep(probes, ring_targets(("udp",)))  # type: ignore[arg-type]
+    (doubt,) = [o for o in outcomes if (o.target.source.pod, o.target.host) == starved]
+    assert doubt.exchange is not None
+    assert doubt.exchange.loss is not None
+    assert (doubt.exchange.loss.measurements, doubt.exchange.loss.endpoint_drops) == (3, 30)
+    assert problems(doubt) == []  # no verdict on the network: the item could not test
+
+
+def test_a_pair_that_never_answered_is_not_measured() -> None:
+    silent = ("probe-node-1", POD_IP["probe-node-2"])
+    probes = FakeProbeClient(failures={silent: 99})
+    outcomes = run_sweep(probes, ring_targets(("udp",)))  # type: ignore[arg-type]
+    (never,) = [o for o in outcomes if (o.target.source.pod, o.target.host) == silent]
+    assert never.exchange is not None
+    assert never.exchange.loss is None
+    assert problems(never) == ["no answer after 3 attempt(s): timed out"]
+    assert all(o.exchange and o.exchange.loss for o in outcomes if o is not never)
+
+
+def test_without_loss_probes_nothing_is_measured() -> None:
+    probes = FakeProbeClient()
+    outcomes = run_sweep(probes, ring_targets(("tcp",)), loss_probes=0)  # type: ignore[arg-type]
+    assert all(o.exchange and o.exchange.loss is None for o in outcomes)
+    assert not [c for c in probes.calls if any("*" in op for op in c[2])]
+
+
 def test_a_capture_that_misses_twice_is_a_verdict() -> None:
     probes = FakeProbeClient(blind_captures={"probe-node-2": 5})
     outcomes = run_sweep(probes, ring_targets(("tcp",)))  # type: ignore[arg-type]
@@ -673,4 +795,11 @@ def test_the_sweep_against_the_real_agent(local_agents: dict[str, LocalAgent]) -
         assert outcome.reached, outcome.describe()
         assert outcome.exchange.peer_seen == "127.0.0.1"
         assert outcome.exchange.listener_peers == ("127.0.0.1",)
+        # A hundred probes each: the listener reported every one's source, none was lost.
+        # Nothing lost: what the destination dropped needs no second reading; the measuring
+        # UDP socket says what it dropped itself (nothing), TCP has no such count.
+        dropped = 0 if outcome.target.proto == "udp" else None
+        assert outcome.exchange.loss == Loss(sent=LOSS_PROBES, lost=0, endpoint_drops=dropped)
+        assert outcome.exchange.peers_seen == ("127.0.0.1",)
+        assert outcome.exchange.servers_seen == ("(unnamed)",)  # no POD_NAME here
         assert problems(outcome) == []

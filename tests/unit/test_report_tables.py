@@ -15,6 +15,7 @@ from conformance.kit.families import FamilyPlan
 from conformance.kit.matrices import (
     CELL_FAILED,
     CELL_FLAKY,
+    CELL_LOSSY,
     CELL_NOT_CHECKED,
     CELL_PASSED,
     CELL_SKIPPED,
@@ -28,9 +29,14 @@ from conformance.kit.matrices import (
 from conformance.kit.nodes import CONTROL_PLANE, NOT_READY, Exclusion
 from conformance.kit.report import (
     CNI_UNKNOWN,
+    LOSS_PROPERTY,
+    LOSS_RATIO_PROPERTY,
+    PROBES_LOST_PROPERTY,
+    PROBES_PROPERTY,
     CheckResult,
     SummaryCollector,
     exit_meaning,
+    lossy_lines,
     read_failure,
 )
 from conformance.kit.rules import (
@@ -141,6 +147,44 @@ def test_flaky_passes_are_counted_on_the_rule() -> None:
     assert rule.status == RULE_HELD
     assert rule.flaky == 1
     assert rule.counts_text() == "2 passed (1 flaky)"
+
+
+def test_a_pass_with_lost_probes_is_lossy_in_the_rule_the_cells_and_the_terminal() -> None:
+    """Lost probes under --max-loss pass, and say so wherever the pass is shown."""
+    collector = SummaryCollector()
+    nodeid = "conformance/test_no_snat.py::test_no_snat[udp-node-1->node-2]"
+    properties = {
+        "netconform.check": "test_no_snat",
+        "netconform.protocol": "udp",
+        "netconform.family": "ipv4",
+        "netconform.source": "node-1",
+        "netconform.destination": "node-2",
+        PROBES_PROPERTY: "100",
+        PROBES_LOST_PROPERTY: "3",
+        LOSS_RATIO_PROPERTY: "0.0300",
+        LOSS_PROPERTY: "3 of 100 probes lost (3.0 %)",
+    }
+    collector.record_phase(nodeid, "call", "passed", 0.1, rule="r", properties=properties)
+    clean = pair("test_no_snat", "udp", "node-2", "node-1")
+    (lossy, *_) = results = [*collector.results(), clean]
+    assert (lossy.probes, lossy.probes_lost, lossy.loss_ratio) == (100, 3, 0.03)
+    assert lossy.lossy
+    assert not clean.lossy
+    (rule,) = summarize_rules(results)
+    assert (rule.status, rule.lossy) == (RULE_HELD, 1)
+    assert rule.counts_text() == "2 passed (1 lossy)"
+    (matrix,) = build_matrices(results, {}, ("node-1", "node-2"))
+    cell = matrix.cell("node-1", "node-2")
+    assert cell is not None
+    assert cell.status == CELL_LOSSY
+    assert cell.cause == "3 of 100 probes lost (3.0 %)"
+    assert cell.loss_ratio == 0.03  # the cell carries the ratio as data, as the item does
+    assert not matrix.broken
+    assert lossy_lines(results) == [
+        "lossy: test_no_snat[udp-node-1->node-2] 3 of 100 probes lost (3.0 %)"
+    ]
+    failed = CheckResult.from_dict({**lossy.to_dict(), "outcome": "failed"})
+    assert not failed.lossy  # a failure is a failure, lost probes or not
 
 
 def test_terminal_rule_lines_and_verdict() -> None:
@@ -408,7 +452,7 @@ def test_text_grids_of_broken_rules_identical_protocols_printed_once() -> None:
         "  2 node-2               X  .  X",
         "  3 node-3               X  X  .",
     ]
-    assert lines[5].startswith("  legend: X failed  ! could not test  ~ flaky  . passed")
+    assert lines[5].startswith("  legend: X failed  ! could not test  ~ flaky  % lossy  . passed")
     assert len(lines) == 6  # the held rule (node-to-pod) prints nothing
 
 

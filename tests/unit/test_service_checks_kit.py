@@ -57,18 +57,26 @@ from conformance.kit.service_targets import (
 )
 from conformance.kit.services import (
     EMPTY_SERVICE,
+    FAILING_CONNECTIONS_SHARE,
     HEADLESS_SERVICE,
     NODEPORT_SERVICE,
     SERVICE,
     SPREAD_CONFIDENCE,
+    SPREAD_MIN_TRIES,
     ServiceFacts,
+    node_port_tries,
     service_environment,
     service_names,
     service_objects,
     spread_tries,
 )
 from conformance.kit.settings import Timeouts
-from conformance.kit.verdicts import assert_readiness_followed, problems, readiness_problems
+from conformance.kit.verdicts import (
+    assert_readiness_followed,
+    flip_problems,
+    problems,
+    readiness_problems,
+)
 
 K8S_VERSION = "1.31.0"
 NODES = ("node-1", "node-2", "node-3")
@@ -224,10 +232,13 @@ def test_cluster_ip_spread_expects_every_backend_and_the_clients_own_ip() -> Non
     assert target.servers == ("peer-node-1", "peer-node-2", "peer-node-3")
     assert target.allowed_sources == (probe_map.get("probe", "node-2").pod_ips[0],)
     assert target.source == Endpoint("probe-node-2", "a", "node-2")
-    assert target.max_tries == spread_tries(3, 3)
+    assert target.endpoints == target.servers  # only they may answer
+    # Every connection is judged: at least SPREAD_MIN_TRIES of them, whatever answered first.
+    assert (target.min_tries, target.max_tries) == (SPREAD_MIN_TRIES, spread_tries(3, 3))
     request = probe_request(target, "nc-1", 5.0)
     assert request["op"] == "spread"
     assert request["expect_servers"] == ["peer-node-1", "peer-node-2", "peer-node-3"]
+    assert request["min_tries"] == SPREAD_MIN_TRIES
     assert (
         "no IPv6 cluster IP"
         in cluster_ip_spread(
@@ -242,6 +253,8 @@ def test_hairpin_refusal_and_missing_services() -> None:
     (hairpin,) = hairpin_spread("test_hairpin", params, probe_map)
     assert hairpin.source.pod == "peer-node-3"
     assert hairpin.servers == ("peer-node-3",)
+    assert hairpin.endpoints == ("peer-node-1", "peer-node-2", "peer-node-3")
+    assert hairpin.min_tries == SPREAD_MIN_TRIES <= hairpin.max_tries
     assert hairpin.allowed_sources is None
     (refused,) = refusal("test_no_endpoints_refused", params, probe_map)
     assert (refused.kind, refused.host, refused.port) == (KIND_REFUSAL, "10.96.0.13", 80)
@@ -254,9 +267,16 @@ def test_node_port_and_host_port_targets() -> None:
     probe_map = service_map()
     params = {"proto": "udp", "family": 4, "node_pair": NodePair("node-1", "node-3")}
     (from_pod,) = node_port("c", params, probe_map, FROM_POD)
-    assert (from_pod.host, from_pod.port, from_pod.kind) == ("172.18.0.4", 30081, KIND_EXCHANGE)
-    assert from_pod.servers == ("peer-node-1", "peer-node-2", "peer-node-3")
+    assert (from_pod.host, from_pod.port, from_pod.kind) == ("172.18.0.4", 30081, KIND_SPREAD)
+    # externalTrafficPolicy Cluster: every connection answered by an endpoint, at least one of
+    # them on another node than node-3, whose NodePort is asked.
+    assert from_pod.servers == ()
+    assert from_pod.endpoints == ("peer-node-1", "peer-node-2", "peer-node-3")
+    assert from_pod.one_of_servers == ("peer-node-1", "peer-node-2")
+    assert from_pod.min_tries == from_pod.max_tries == node_port_tries(3, 1)
+    assert probe_request(from_pod, "nc-1", 5.0)["expect_servers"] == []  # every try is made
     assert from_pod.destination == Endpoint(NODEPORT_SERVICE, "", "node-3")
+    assert set(from_pod.pods) == {"probe-node-1", "peer-node-1", "peer-node-2", "peer-node-3"}
     (from_host,) = node_port("c", params, probe_map, FROM_HOST)
     assert from_host.source.pod == "hostprobe-node-1"
     (hostport,) = host_port("c", params, probe_map, FROM_POD)
@@ -316,7 +336,7 @@ def test_a_spread_holds_when_every_endpoint_answered_seeing_the_client() -> None
         "tries": 5,
         "servers": {"peer-node-1": 3, "peer-node-2": 2},
         "peers": {"peer-node-1": ["10.244.0.2"], "peer-node-2": ["10.244.0.2"]},
-        "errors": {"ETIMEDOUT": 1},
+        "errors": {},
     }
     assert problems(outcome_of(spread_target(), answered, ("10.244.0.2",))) == []
     masqueraded = {
@@ -328,8 +348,60 @@ def test_a_spread_holds_when_every_endpoint_answered_seeing_the_client() -> None
     ]
     missing = {**answered, "servers": {"peer-node-1": 5}}
     (found,) = problems(outcome_of(spread_target(), missing))
-    assert found.startswith("peer-node-2 never answered in 5 connections (answered: peer-node-1 5;")
-    assert "failed: ETIMEDOUT 1" in found
+    assert found == "peer-node-2 never answered in 5 connections (answered: peer-node-1 5)"
+
+
+def test_every_connection_of_a_spread_is_judged() -> None:
+    """A connection through a cluster IP, hairpin or NodePort that failed is a broken rule,
+    even when every endpoint answered the others; only the readiness flip explains one."""
+    reset = {
+        "tries": 40,
+        "servers": {"peer-node-1": 20, "peer-node-2": 8},
+        "errors": {"ECONNREFUSED": 12},
+        "error_examples": ["tcp 10.96.0.12 port 80: connection refused"],
+    }
+    (found,) = problems(outcome_of(spread_target(), reset))
+    assert found.startswith("12 of 40 connections failed, each a broken connection through ")
+    assert "failed: ECONNREFUSED 12 (first: tcp 10.96.0.12 port 80: connection refused)" in found
+    assert problems(outcome_of(spread_target(), reset), explained="the readiness flip") == []
+    assert flip_problems(outcome_of(spread_target(), reset)) == []
+
+
+def test_only_the_services_endpoints_may_answer_a_spread() -> None:
+    target = spread_target(endpoints=("peer-node-1", "peer-node-2"))
+    stray = {"tries": 40, "servers": {"peer-node-1": 20, "peer-node-2": 19, "intruder": 1}}
+    assert problems(outcome_of(target, stray)) == [
+        "intruder, not an endpoint of netconform-probes, answered 1 of 40 connections "
+        "(answered: intruder 1, peer-node-1 20, peer-node-2 19)"
+    ]
+
+
+def test_a_node_port_answering_only_from_local_endpoints_fails_every_time() -> None:
+    """externalTrafficPolicy Cluster: the node asked forwards to endpoints on other nodes too;
+    one answering only from its own endpoint fails, whatever the chance."""
+    target = spread_target(
+        servers=(),
+        endpoints=("peer-node-1", "peer-node-2", "peer-node-3"),
+        one_of_servers=("peer-node-1", "peer-node-2"),
+        destination=Endpoint(NODEPORT_SERVICE, "", "node-3"),
+        min_tries=40,
+    )
+    local_only = {"tries": 40, "servers": {"peer-node-3": 40}}
+    assert problems(outcome_of(target, local_only)) == [
+        "none of peer-node-1 and peer-node-2 answered in 40 connections (answered: peer-node-3 40)"
+    ]
+    cluster = {"tries": 40, "servers": {"peer-node-3": 14, "peer-node-1": 26}}
+    assert problems(outcome_of(target, cluster)) == []
+    assert node_port_tries(3, 1) == SPREAD_MIN_TRIES  # (1/3)^40 is far below 1e-6
+    assert node_port_tries(2, 1) == SPREAD_MIN_TRIES
+    assert node_port_tries(100, 99) > SPREAD_MIN_TRIES  # (99/100)^t < 1e-6 needs t >= 1375
+    assert (99 / 100) ** node_port_tries(100, 99) < 1e-6
+
+
+def test_the_spread_minimum_catches_a_service_resetting_30_percent() -> None:
+    assert SPREAD_MIN_TRIES == 39
+    assert (1 - FAILING_CONNECTIONS_SHARE) ** SPREAD_MIN_TRIES < 1e-6
+    assert (1 - FAILING_CONNECTIONS_SHARE) ** (SPREAD_MIN_TRIES - 1) >= 1e-6
 
 
 def test_a_spread_fails_when_an_unready_endpoint_answers() -> None:
@@ -346,8 +418,20 @@ def test_a_spread_fails_when_an_unready_endpoint_answers() -> None:
 @pytest.mark.parametrize(
     ("response", "found"),
     [
-        ({"ok": False, "errno": "ECONNREFUSED", "error": "refused"}, []),
-        ({"ok": False, "errno": "EHOSTUNREACH", "error": "unreachable"}, []),
+        ({"ok": False, "errno": "ECONNREFUSED", "error": "refused", "seconds": 0.004}, []),
+        ({"ok": False, "errno": "EHOSTUNREACH", "error": "unreachable", "seconds": 1.9}, []),
+        # After 3 s of ARP: refused, but not at once.
+        (
+            {"ok": False, "errno": "EHOSTUNREACH", "error": "No route to host", "seconds": 3.07},
+            [
+                "not refused at once: EHOSTUNREACH after 3.1s (at once is within 2s; a "
+                "refusal this late is a dead end, e.g. ARP giving up): No route to host"
+            ],
+        ),
+        (
+            {"ok": False, "errno": "ECONNREFUSED", "error": "refused"},
+            ["refused (ECONNREFUSED), but the agent did not say how long it took"],
+        ),
         (
             {"ok": False, "errno": "ETIMEDOUT", "error": "connect timed out after 5.0s"},
             ["not refused: the connection timed out (connect timed out after 5.0s)"],

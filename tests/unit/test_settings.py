@@ -20,6 +20,7 @@ from conformance.kit.settings import (
     check_pull_secrets,
     parse_image_pull_policy,
     parse_ip_family,
+    parse_max_loss,
     parse_max_nodes,
     parse_node_selector,
     parse_probe_timeout,
@@ -119,6 +120,23 @@ def test_scalar_parsers() -> None:
     ]:
         with pytest.raises(pytest.UsageError):
             parser(bad)
+
+
+def test_max_loss_is_a_percentage_and_strict_means_none() -> None:
+    assert parse_max_loss("5") == 5.0
+    assert parse_max_loss("2.5%") == 2.5
+    assert parse_max_loss("0") == 0.0
+    for bad, complaint in (
+        ("100", "must be a percentage in [0, 100)"),
+        ("-1", "must be a percentage in [0, 100)"),
+        ("nan", "must be a percentage in [0, 100)"),
+        ("lots", "'lots' is not a percentage"),
+    ):
+        with pytest.raises(pytest.UsageError, match=re.escape(f"--max-loss: {complaint}")):
+            parse_max_loss(bad)
+    assert settings().max_loss_ratio == 0.05
+    assert settings(max_loss=2.0).max_loss_ratio == 0.02
+    assert settings(max_loss=2.0, strict=True).max_loss_ratio == 0.0
 
 
 def test_taint_toleration_parses() -> None:

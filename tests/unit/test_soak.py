@@ -64,6 +64,40 @@ def test_under_a_data_plane_fault_its_checks_must_not_pass() -> None:
     assert not soak.judge(untested, 0, soak.SNAT_CROSS_NODE).honest
 
 
+def test_the_issue_21_patterns_name_exactly_the_matrix_checks() -> None:
+    lossy = re.compile(soak.LOSSY_PAIR)
+    for pair in ("2->node-3", "3->node-2"):
+        for proto in ("tcp", "udp", "icmp", "ipv6-udp"):
+            assert lossy.search(f"test_no_snat::test_no_snat[{proto}-node-{pair}]")
+    for other in ("1->node-3", "2->node-2", "3->node-1"):
+        assert not lossy.search(f"test_no_snat::test_no_snat[tcp-node-{other}]")
+    assert not lossy.search("test_full_size::test_full_size_packets[tcp-node-2->node-3]")
+    assert lossy.search("test_hostport::test_host_port_from_pods[udp-node-3->node-2]")
+    assert not lossy.search("test_hostport::test_host_port_from_pods[udp-node-2->node-3]")
+    chance = re.compile(soak.LOSSY_PAIR_MAY)
+    assert chance.search("test_full_size::test_full_size_packets[tcp-node-2->node-3]")
+    assert chance.search("test_services::test_cluster_ip[tcp-node-3]")
+    assert not chance.search("test_services::test_cluster_ip[udp-node-3]")
+    assert not chance.search("test_services::test_cluster_ip[tcp-node-1]")
+    resets = re.compile(soak.SERVICE_RESETS)
+    assert resets.search("test_services::test_hairpin[tcp-node-1]")
+    assert resets.search("test_services::test_cluster_ip[ipv6-tcp-node-3]")
+    assert not resets.search("test_services::test_cluster_ip[udp-node-3]")
+    assert resets.search("test_services::test_node_port_from_hosts[tcp-node-1->node-2]")
+    assert not resets.search("test_services::test_node_port_from_pods[udp-node-1->node-1]")
+
+
+def test_a_failure_the_fault_leaves_to_chance_is_not_false() -> None:
+    run = [
+        CaseResult("test_no_snat::test_no_snat[udp-node-2->node-3]", "failed"),
+        CaseResult("test_services::test_cluster_ip[tcp-node-2]", "failed"),
+        CaseResult("test_services::test_cluster_ip[tcp-node-1]", "failed"),
+    ]
+    verdict = soak.judge(run, 1, soak.LOSSY_PAIR, may_fail=soak.LOSSY_PAIR_MAY)
+    assert verdict.false_failures == ("test_services::test_cluster_ip[tcp-node-1]",)
+    assert verdict.caught == 1
+
+
 def test_leftovers_make_a_run_dishonest() -> None:
     assert not soak.judge(HEALTHY, 0, leftovers=["namespace/netconform-x"]).honest
 

@@ -6,13 +6,35 @@ failed pairs, a skip, or could-not-test, with tries, losses and passes on retry 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import pytest
 
 from conformance.kit.errors import CouldNotTest, ProbeCallError
-from conformance.kit.reachability import Endpoint, Exchange, Outcome, Sweep, Target, Unplanned
-from conformance.kit.report import ATTEMPTS_PROPERTY, FLAKY_PROPERTY, LOSSES_PROPERTY
+from conformance.kit.reachability import (
+    LOSS_PROBES,
+    Endpoint,
+    Exchange,
+    Loss,
+    Outcome,
+    Sweep,
+    Target,
+    Unplanned,
+    evidence_of,
+    exchange_of,
+    merge_looks,
+)
+from conformance.kit.report import (
+    ATTEMPTS_PROPERTY,
+    FLAKY_PROPERTY,
+    LOSS_PROPERTY,
+    LOSS_RATIO_PROPERTY,
+    LOSSES_PROPERTY,
+    PROBES_LOST_PROPERTY,
+    PROBES_PROPERTY,
+)
+from conformance.kit.settings import DEFAULT_MAX_LOSS
 from conformance.kit.verdicts import ItemExchanges, flaky_text, problems
 
 POD_IP = {"node-1": "10.244.0.2", "node-2": "10.244.1.2", "node-3": "10.244.2.2"}
@@ -203,6 +225,7 @@ def judge(
     unplanned: Unplanned | None = None,
     run: list[Outcome] | None = None,
     strict: bool = False,
+    max_loss: float = DEFAULT_MAX_LOSS / 100,
 ) -> ItemExchanges:
     everything = run if run is not None else outcomes
     return ItemExchanges(
@@ -211,6 +234,7 @@ def judge(
         sweep=Sweep(outcomes={o.target.key: o for o in everything}),
         user_properties=[],
         strict=strict,
+        max_loss=max_loss,
     )
 
 
@@ -323,3 +347,179 @@ def test_attempts_and_losses_count_every_try() -> None:
         item.assert_rule(RULE)
     # 1 + 3 + 3 tries; lost: none, the two before the answer, and all three.
     assert item.user_properties == [(ATTEMPTS_PROPERTY, "7"), (LOSSES_PROPERTY, "5")]
+
+
+# --- loss ---------------------------------------------------------------------------------------
+
+
+def measured(planned: Target, lost: int, sent: int = LOSS_PROBES, **fields: Any) -> Outcome:
+    """An outcome of ``planned`` that held, whose loss measurement lost ``lost`` of ``sent``."""
+    held = outcome(planned)
+    assert held.exchange is not None
+    loss = Loss(sent=sent, lost=lost, errors={"ETIMEDOUT": lost} if lost else {}, **fields)
+    return dataclasses.replace(held, exchange=dataclasses.replace(held.exchange, loss=loss))
+
+
+def binomial_at_most(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def test_the_default_threshold_fails_20_percent_loss_and_keeps_healthy_pairs() -> None:
+    """The statistics behind the defaults (docs/architecture.md, "Loss"): with 100 probes and
+    --max-loss 5, an exchange fails from 6 lost on."""
+    allowed = math.floor(LOSS_PROBES * DEFAULT_MAX_LOSS / 100)
+    assert allowed == 5
+    # A pair losing 20 % of its packets passes with a chance below 2e-5 per exchange...
+    assert binomial_at_most(allowed, LOSS_PROBES, 0.20) < 2e-5
+    # ...while a background loss of 0.5 % fails an exchange with a chance below 2e-5.
+    assert 1 - binomial_at_most(allowed, LOSS_PROBES, 0.005) < 2e-5
+    ratio = DEFAULT_MAX_LOSS / 100
+    assert problems(measured(target(), allowed), ratio) == []
+    (found,) = problems(measured(target(), allowed + 1), ratio)
+    assert found == (
+        "lost more than the 5 % --max-loss allows: 6 of 100 probes lost (6.0 %); failed: "
+        "ETIMEDOUT 6"
+    )
+
+
+def test_a_lossy_pass_records_its_loss_and_strict_fails_any_loss() -> None:
+    item = judge([measured(target(), 3)])
+    item.assert_rule(RULE)
+    properties = dict(item.user_properties)
+    assert properties[PROBES_PROPERTY] == "100"
+    assert properties[PROBES_LOST_PROPERTY] == "3"
+    assert properties[LOSS_RATIO_PROPERTY] == "0.0300"
+    assert properties[LOSS_PROPERTY] == "3 of 100 probes lost (3.0 %); failed: ETIMEDOUT 3"
+    strict = judge([measured(target(), 1)], max_loss=0.0)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        strict.assert_rule(RULE)
+    text = str(failed.value)
+    assert "lost more than the 0 % --max-loss allows: 1 of 100 probes lost (1.0 %)" in text
+    assert "at most 0 % of each exchange's probes lost (--max-loss)" in text
+    assert judge([measured(target(), 0)], max_loss=0.0).assert_rule(RULE) is None
+
+
+def test_the_worst_exchange_decides_and_is_the_items_ratio() -> None:
+    host_pair = [measured(target("node-1", "node-2"), 8), measured(target("node-1", "node-3"), 0)]
+    item = judge(host_pair, max_loss=0.05)
+    with pytest.raises(pytest.fail.Exception):
+        item.assert_rule(RULE)
+    properties = dict(item.user_properties)
+    assert (properties[PROBES_PROPERTY], properties[PROBES_LOST_PROPERTY]) == ("200", "8")
+    assert properties[LOSS_RATIO_PROPERTY] == "0.0800"
+    assert properties[LOSS_PROPERTY].startswith("probe-node-1/a -> probe-node-2/a: 8 of 100")
+
+
+def test_tcp_loss_counts_connections_answered_after_a_retransmission() -> None:
+    tcp = measured(target(), 7, retransmitted=7)
+    (found,) = problems(tcp, 0.05)
+    assert "7 of 100 probes lost (7.0 %), 7 answered only after a TCP retransmission" in found
+
+
+def test_a_loss_the_destination_may_have_dropped_itself_could_not_test() -> None:
+    """Probes lost while the destination's listener dropped some itself, measurement after
+    measurement: whose loss it is cannot be told, so no verdict; beside a broken exchange the
+    item still fails."""
+    doubtful = measured(target(), 9, endpoint_drops=40, measurements=3)
+    with pytest.raises(CouldNotTest) as raised:
+        judge([doubtful]).assert_rule(RULE)
+    assert "the ends themselves dropped 40 datagrams or connections" in str(raised.value)
+    assert "in each of 3 measurements: the network's share is unknown" in str(raised.value)
+    assert problems(doubtful) == []
+    # Under the threshold the drops change nothing: a lossy pass.
+    judge([measured(target(), 2, endpoint_drops=40)]).assert_rule(RULE)
+    natted = outcome(target("node-1", "node-3"), listener=(NODE_IP["node-1"],))
+    with pytest.raises(pytest.fail.Exception):
+        judge([doubtful, natted]).assert_rule(RULE)
+
+
+def test_an_item_with_no_exchange_could_not_test() -> None:
+    """Nothing sent, nothing held: never a pass."""
+    item = judge([])
+    with pytest.raises(CouldNotTest, match="planned no exchange, so nothing was checked"):
+        item.assert_rule(RULE)
+
+
+# --- evidence accumulates -----------------------------------------------------------------------
+
+
+def test_a_nat_seen_in_the_first_look_is_not_forgotten_by_a_clean_second() -> None:
+    natted = NODE_IP["node-1"]
+    first = outcome(target(), listener=(natted,), captured=())
+    second = outcome(target())
+    assert first.exchange is not None
+    assert second.exchange is not None
+    merged = merge_looks(first.exchange, second.exchange)
+    assert merged.captures == 2
+    assert set(merged.listener_peers) == {natted, POD_IP["node-1"]}
+    found = problems(dataclasses.replace(first, exchange=merged))
+    assert found == [f"listener saw source ['{POD_IP['node-1']}', '{natted}']"]
+    # And the other way round: a NAT the second look's capture saw fails the exchange too.
+    caught_later = outcome(target(), captured=(natted,))
+    assert caught_later.exchange is not None
+    merged = merge_looks(second.exchange, caught_later.exchange)
+    assert problems(dataclasses.replace(second, exchange=merged)) == [
+        f"capture in probe-node-2 saw source ['{POD_IP['node-1']}', '{natted}']"
+    ]
+
+
+def test_a_capture_that_worked_in_either_look_counts() -> None:
+    failed_capture = outcome(target(), captured=(), capture_error="sniffer died")
+    fine = outcome(target())
+    assert failed_capture.exchange is not None
+    assert fine.exchange is not None
+    merged = merge_looks(failed_capture.exchange, fine.exchange)
+    assert merged.capture_error is None
+    assert problems(dataclasses.replace(failed_capture, exchange=merged)) == []
+    both_failed = merge_looks(failed_capture.exchange, failed_capture.exchange)
+    assert both_failed.capture_error == "sniffer died"
+
+
+def test_a_nat_or_wrong_answer_in_any_try_fails_the_exchange() -> None:
+    natted = NODE_IP["node-1"]
+    own = POD_IP["node-1"]
+    planned = target()
+    tries = [
+        {"ok": False, "op": "connect", "wrong_answer": True, "error": "tcp x answered b'HTTP'"},
+        {"ok": True, "op": "connect", "peer_seen": own},
+    ]
+    loss = {"ok": True, "op": "connect", "count": 100, "sent": 100, "lost": 0}
+    loss["peers"] = [own, natted]  # one probe of the hundred was NATed
+    exchange = exchange_of(
+        planned,
+        attempts=2,
+        response=tries[-1],
+        records=[{"proto": "tcp", "peer": own}],
+        packets=[{"src": own, "dst": planned.host}],
+        capture_error=None,
+        answers=[*tries, loss],
+    )
+    assert exchange.loss == Loss(sent=100, lost=0)
+    assert exchange.peers_seen == (own, natted)
+    found = problems(Outcome(planned, "nc-1", 2, exchange, allowed_sources=(own,)))
+    assert found == [
+        "answered by something else: tcp x answered b'HTTP'",
+        f"listener saw source ['{own}', '{natted}']",
+    ]
+
+
+def test_every_server_that_answered_any_probe_is_judged() -> None:
+    hostport = dataclasses.replace(target(), servers=("hostport-node-2",), allowed_sources=None)
+    answers = [
+        {"ok": True, "server": "hostport-node-2"},
+        {"ok": True, "count": 100, "sent": 100, "lost": 0, "servers": {"hostport-node-2": 99}},
+    ]
+    answers[1]["servers"]["someone-else"] = 1  # type: ignore[index]
+    exchange = exchange_of(
+        hostport,
+        attempts=1,
+        response=answers[0],
+        records=[],
+        packets=None,
+        capture_error=None,
+        answers=answers,
+    )
+    assert problems(Outcome(hostport, "nc-1", 1, exchange)) == [
+        "answered by someone-else, not by hostport-node-2"
+    ]
+    assert evidence_of(answers)[1] == ("hostport-node-2", "someone-else")
