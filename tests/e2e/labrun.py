@@ -54,14 +54,18 @@ class LabCase:
     api_faults: tuple[str, ...] = ()
     #: OCI image archives the lab imports (``netlab up --image``); not part of the case's ID.
     images: tuple[Path, ...] = ()
+    #: False: the lab serves NetworkPolicies but enforces none (``netlab up --no-network-policy``).
+    network_policy: bool = True
 
     @property
     def id(self) -> str:
         """Test ID: ``healthy``, ``snat-cross-node``, ``a+b``; ``-ipv6``/``-dual`` when not IPv4;
-        the suite's options after ``-with-`` (``-with-ip-family-dual``); API faults after
-        ``@`` (``healthy@throttle=0.1``)."""
+        ``-no-network-policy`` when the lab enforces none; the suite's options after ``-with-``
+        (``-with-ip-family-dual``); API faults after ``@`` (``healthy@throttle=0.1``)."""
         name = "+".join(self.faults) or "healthy"
         name = name if self.family == "ipv4" else f"{name}-{self.family}"
+        if not self.network_policy:
+            name += "-no-network-policy"
         if self.suite_args:
             name += "-with-" + "-".join(arg.lstrip("-") for arg in self.suite_args)
         return f"{name}@{'+'.join(self.api_faults)}" if self.api_faults else name
@@ -72,6 +76,8 @@ class LabCase:
         name = " + ".join(f"`{fault}`" for fault in self.faults) or "healthy (no fault)"
         if self.family != "ipv4":
             name = f"{name}, {self.family}"
+        if not self.network_policy:
+            name = f"{name}, no NetworkPolicy enforcement"
         return f"{name} (suite: `{' '.join(self.suite_args)}`)" if self.suite_args else name
 
 
@@ -126,6 +132,7 @@ def running_lab(case: LabCase) -> Iterator[tuple[str, Path]]:
     fault_args += ["--ip-family", case.family]
     fault_args += [arg for fault in case.api_faults for arg in ("--api-fault", fault)]
     fault_args += [arg for image in case.images for arg in ("--image", str(image))]
+    fault_args += [] if case.network_policy else ["--no-network-policy"]
     try:
         up = subprocess.run(
             [*NETLAB, "up", "--nodes", "3", "--name", name, *fault_args],

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,17 @@ GRANULAR_POD_CHECKS = (
 # client-go 1.28 sends protobuf by default; the lab decodes JSON and YAML only (and answers a
 # protobuf body with 415, from which client-go does not fall back: that is for CBOR only).
 JSON_CONTENT = "--kube-api-content-type=application/json"
+
+
+# Characters with a meaning in Go's RE2 syntax (ginkgo's --ginkgo.focus and --ginkgo.skip).
+_RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def focus_regex(names: Iterable[str]) -> str:
+    """A ginkgo focus matching the specs of these full names (as the JUnit report gives them),
+    each written literally."""
+    escaped = ("".join("\\" + c if c in _RE2_SPECIAL else c for c in name) for name in names)
+    return "|".join(sorted(escaped))
 
 
 class PeerError(RuntimeError):
