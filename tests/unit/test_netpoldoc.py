@@ -97,3 +97,23 @@ def test_the_document_lists_every_spec_with_both_verdicts() -> None:
     )
     assert "2026-12-04 00:00 UTC" in doc
     assert SCTP not in doc
+
+
+def test_a_run_cut_short_by_the_suite_timeout_judges_only_what_finished() -> None:
+    cut = NetpolRun(
+        lab="healthy (no fault), no NetworkPolicy enforcement",
+        peer=PeerRun(
+            returncode=1,
+            seconds=3630.0,
+            output="",
+            specs=(SpecResult(DENY, "timedout", 900.0), SpecResult(API, "passed", 2.0)),
+        ),
+        boot_seconds=None,
+        load_before=None,
+        load_after=None,
+        cut_short="ginkgo's 3600 s suite timeout",
+    )
+    assert failed_without_enforcement(cut) == []
+    doc = render_netpol_doc(cut, cut, {})
+    assert "booted in (not recorded)" in doc
+    assert "- cut short: ginkgo's 3600 s suite timeout" in doc
