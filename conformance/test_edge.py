@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import NoReturn
 
 import pytest
 from kubernetes import client
@@ -51,11 +50,6 @@ EGRESS_RULE = (
 NODEPORT_RULE = (
     "a NodePort Service MUST answer at every node's InternalIP to a host outside the cluster"
 )
-
-
-def could_not_test(reason: str) -> NoReturn:
-    """A setup error with ``reason`` (no verdict on the network), never a pass or a failure."""
-    pytest.fail(f"COULD NOT TEST: {reason}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +90,7 @@ def edge_run(
             run_info, external_hosts, request.session.items, probe_map, probe_client, pods=pods
         )
     except CouldNotTest as exc:
-        could_not_test(f"edge pass: {exc}")
+        raise CouldNotTest(f"edge pass: {exc}") from exc
 
 
 @pytest.fixture
@@ -110,10 +104,10 @@ def edge_exchanges(
     error (could not test) when the pass could not make them."""
     nodeid = request.node.nodeid
     if nodeid in edge_run.no_verdict:
-        could_not_test(edge_run.no_verdict[nodeid])
+        raise CouldNotTest(edge_run.no_verdict[nodeid])
     plan = edge_run.sweep.items.get(nodeid)
     if plan is None:
-        could_not_test(f"the run's edge pass planned nothing for {nodeid}")
+        raise CouldNotTest(f"the run's edge pass planned nothing for {nodeid}")
     return ItemExchanges(
         outcomes=[edge_run.sweep.outcomes[key] for key in plan.keys],
         unplanned=plan.unplanned,
