@@ -531,7 +531,7 @@ def test_faults_fail_exactly_the_checks_of_their_rules(case: LabCase, matrix: Ma
     assert not errors, f"{label}: checks errored: {errors}\n{run.output[-6000:]}"
     caught = bool(run.ids("failed"))
     assert caught, f"{label}: the suite caught nothing:\n{run.output[-3000:]}"
-    off = unexpected_verdicts(run, *expected_patterns(faults))
+    off = unexpected_verdicts(run.cases, *expected_patterns(faults))
     why = "; ".join(f"{f}: {EXPECTED_FAILURES[f].why}" for f in faults)
     assert not off, f"{label}: verdicts off the expectation ({why}):\n  " + "\n  ".join(off)
     assert (run.returncode, run.exitstatus) == (FAULT_EXIT, FAULT_EXIT), (
