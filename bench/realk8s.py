@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.sections import MarkedSection
 from bench.stats import Spread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ SECTION_BEGIN = (
     "<!-- realk8s:begin (written by ./run.sh bench --real-k8s; kept by the benchmark) -->"
 )
 SECTION_END = "<!-- realk8s:end -->"
+SECTION = MarkedSection(SECTION_BEGIN, SECTION_END)
 
 
 def say(message: str) -> None:
@@ -207,19 +209,12 @@ def render_section(found: Sequence[Measurement], facts: Mapping[str, Any]) -> st
 
 def with_section(document: str, section: str) -> str:
     """``document`` with its genuine-cluster section replaced (appended when it has none)."""
-    if SECTION_BEGIN in document and SECTION_END in document:
-        head, rest = document.split(SECTION_BEGIN, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        return head.rstrip("\n") + "\n" + section + tail
-    return document.rstrip("\n") + "\n" + section
+    return SECTION.replaced(document, section)
 
 
 def section_of(document: str) -> str:
     """The genuine-cluster section of ``document`` (empty when none), for the benchmark to keep."""
-    if SECTION_BEGIN not in document or SECTION_END not in document:
-        return ""
-    body = document.split(SECTION_BEGIN, 1)[1].split(SECTION_END, 1)[0]
-    return f"\n{SECTION_BEGIN}{body}{SECTION_END}\n"
+    return SECTION.found_in(document)
 
 
 def write(found: Sequence[Measurement], facts: Mapping[str, Any], out: Path) -> None:

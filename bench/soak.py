@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.sections import MarkedSection
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
@@ -63,6 +65,7 @@ from urllib3.exceptions import HTTPError  # noqa: E402
 PROBE_SELECTOR = "app.kubernetes.io/name=netconform-probe"
 SECTION_BEGIN = "<!-- soak:begin (written by ./run.sh bench --soak; kept by the benchmark) -->"
 SECTION_END = "<!-- soak:end -->"
+SECTION = MarkedSection(SECTION_BEGIN, SECTION_END)
 DEADLINE = 3 * 3600.0
 PARALLEL = 3  # labs at once: the 2-core CI machine's sweet spot (as the detection matrix)
 LEFTOVER_GRACE = 60.0  # seconds for a run's deleted namespace to finish terminating
@@ -385,20 +388,13 @@ def render_section(results: Sequence[CaseRuns], runs: int, facts: dict[str, Any]
 
 
 def with_section(document: str, section: str) -> str:
-    """``document`` with its soak section replaced by ``section`` (appended when it has none)."""
-    if SECTION_BEGIN in document and SECTION_END in document:
-        head, rest = document.split(SECTION_BEGIN, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        return head + section + tail
-    return document.rstrip("\n") + "\n\n" + section
+    """``document`` with its soak section replaced (appended when it has none)."""
+    return SECTION.replaced(document, section)
 
 
 def section_of(document: str) -> str:
-    """The soak section of ``document`` (empty when it has none), for the benchmark to keep."""
-    if SECTION_BEGIN not in document or SECTION_END not in document:
-        return ""
-    body = document.split(SECTION_BEGIN, 1)[1].split(SECTION_END, 1)[0]
-    return f"\n{SECTION_BEGIN}{body}{SECTION_END}\n"
+    """The soak section of ``document`` (empty when none), for the benchmark to keep."""
+    return SECTION.found_in(document)
 
 
 # --- main ------------------------------------------------------------------------------------

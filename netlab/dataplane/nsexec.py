@@ -174,14 +174,16 @@ def remove_netns(netns: str) -> bool:
     return True
 
 
+def write_sysctls_here(values: dict[str, str]) -> None:
+    """Set sysctls (dotted names, e.g. ``net.ipv4.ip_forward``) in the calling thread's
+    network namespace."""
+    for name, value in values.items():
+        Path("/proc/sys", *name.split(".")).write_text(value)
+
+
 def write_sysctls(netns: str, values: dict[str, str]) -> None:
     """Set sysctls (dotted names, e.g. ``net.ipv4.ip_forward``) inside ``netns``."""
-
-    def write_all() -> None:
-        for name, value in values.items():
-            Path("/proc/sys", *name.split(".")).write_text(value)
-
-    in_netns_thread(netns, write_all)
+    in_netns_thread(netns, lambda: write_sysctls_here(values))
 
 
 def read_sysctl(netns: str, name: str) -> str:

@@ -37,12 +37,14 @@ from netlab.dataplane.nsexec import (
     netns_path,
     popen_in_netns,
     remove_netns,
+    write_sysctls,
 )
 from netlab.dataplane.topology import (
     FABRIC_BRIDGE,
     NO_DAD_SYSCTLS,
     NODE_UPLINK,
     TopologyError,
+    interface_index,
     node_addresses,
 )
 from netlab.spec import LabSpec
@@ -95,7 +97,7 @@ def build_outside(spec: LabSpec) -> None:
     nothing: on failure the namespace is removed again."""
     create_netns(spec.outside_netns)
     try:
-        in_netns_thread(spec.outside_netns, lambda: _write_sysctls_here(NO_DAD_SYSCTLS))
+        write_sysctls(spec.outside_netns, NO_DAD_SYSCTLS)
         in_netns_thread(spec.fabric_netns, lambda: _plug_into_fabric_here(spec))
         in_netns_thread(spec.outside_netns, lambda: _configure_here(spec))
     except BaseException:
@@ -111,18 +113,6 @@ def destroy_outside(spec: LabSpec) -> None:
     remove_netns(spec.outside_netns)
 
 
-def _write_sysctls_here(values: dict[str, str]) -> None:
-    for name, value in values.items():
-        Path("/proc/sys", *name.split(".")).write_text(value)
-
-
-def _index(ipr: IPRoute, ifname: str) -> int:
-    indexes: list[int] = ipr.link_lookup(ifname=ifname)
-    if not indexes:
-        raise TopologyError(f"interface {ifname} vanished while building the outside host")
-    return indexes[0]
-
-
 def _plug_into_fabric_here(spec: LabSpec) -> None:
     """Runs on a thread inside the fabric namespace."""
     outside_fd = os.open(netns_path(spec.outside_netns), os.O_RDONLY)
@@ -134,8 +124,8 @@ def _plug_into_fabric_here(spec: LabSpec) -> None:
                 kind="veth",
                 peer={"ifname": NODE_UPLINK, "net_ns_fd": outside_fd},
             )
-            port = _index(fabric, FABRIC_PORT)
-            fabric.link("set", index=port, master=_index(fabric, FABRIC_BRIDGE))
+            port = interface_index(fabric, FABRIC_PORT)
+            fabric.link("set", index=port, master=interface_index(fabric, FABRIC_BRIDGE))
             fabric.link("set", index=port, state="up")
     finally:
         os.close(outside_fd)
@@ -147,8 +137,8 @@ def _configure_here(spec: LabSpec) -> None:
     from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
     with IPRoute() as outside:
-        outside.link("set", index=_index(outside, "lo"), state="up")
-        uplink = _index(outside, NODE_UPLINK)
+        outside.link("set", index=interface_index(outside, "lo"), state="up")
+        uplink = interface_index(outside, NODE_UPLINK)
         fabrics = {4: spec.fabric_cidr, 6: spec.fabric_cidr_v6}
         for address in spec.outside_addresses:
             version = ipaddress.ip_address(address).version

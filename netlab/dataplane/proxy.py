@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import logging
 import time
@@ -56,7 +55,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from netlab.dataplane.nsexec import communicate_within, in_netns_thread, nsenter_argv
+from netlab.dataplane.nsexec import in_netns_thread
+from netlab.dataplane.rulesync import RuleSync, feed_rules
 from netlab.dataplane.topology import NODE_UPLINK
 from netlab.spec import LabSpec, NodePlan, ip_version
 
@@ -79,7 +79,6 @@ MASQ_MARK = "0x4000"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 RESTORE_COMMANDS = {4: "iptables-restore", 6: "ip6tables-restore"}
 RESTORE_TIMEOUT = 30.0  # seconds for one iptables-restore (it may wait for the xtables lock)
-WRITERS_AT_ONCE = 8  # iptables-restore processes running at once across the lab's nodes
 # Chains every node has, per table; the per-Service ones come and go.
 FIXED_CHAINS = {
     "nat": ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"),
@@ -487,23 +486,8 @@ class ProxyError(RuntimeError):
 
 async def restore(netns: str, version: int, document: str) -> None:
     """Run ``iptables-restore --noflush`` (ip6tables for IPv6) in ``netns`` with ``document``."""
-    argv = nsenter_argv(netns, [RESTORE_COMMANDS[version], "--noflush", "--wait"])
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, errors = await communicate_within(process, RESTORE_TIMEOUT, document.encode())
-    except TimeoutError:
-        raise ProxyError(f"{argv[3]} in {netns} timed out after {RESTORE_TIMEOUT} s") from None
-    if process.returncode != 0:
-        detail = errors.decode(errors="replace").strip().splitlines()
-        raise ProxyError(
-            f"{argv[3]} in {netns} exited {process.returncode}: "
-            f"{detail[-1] if detail else 'no output'}"
-        )
+    command = [RESTORE_COMMANDS[version], "--noflush", "--wait"]
+    await feed_rules(netns, command, document, RESTORE_TIMEOUT, ProxyError)
 
 
 def _add_service_routes(spec: LabSpec, plan: NodePlan) -> None:
@@ -520,37 +504,25 @@ def _add_service_routes(spec: LabSpec, plan: NodePlan) -> None:
     in_netns_thread(plan.netns, add_here)
 
 
-@dataclass
-class SyncFigures:
-    """What the proxy's syncs cost: count, last and worst duration (seconds), writes made."""
-
-    syncs: int = 0
-    last_seconds: float = 0.0
-    max_seconds: float = 0.0
-    writes: int = 0
-
-
-class ServiceProxy:
+class ServiceProxy(RuleSync[tuple[str, int], NodeRules]):
     """kube-proxy for every node of a lab: ``start`` installs the jumps and routes, then
     every ``notify`` leads to a sync (coalesced while one runs) of all nodes' rules from
     ``read_state()`` (the Services and EndpointSlices)."""
+
+    error = ProxyError
+    what = "proxy"
 
     def __init__(
         self,
         spec: LabSpec,
         read_state: Callable[[], tuple[Sequence[JSONDict], Sequence[JSONDict]]],
     ) -> None:
+        super().__init__()
         self.spec = spec
         self.read_state = read_state
         self.plans = spec.node_plans()
-        self.figures = SyncFigures()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._written: dict[tuple[str, int], str] = {}  # (node, family) -> last document
         self._chains: dict[tuple[str, int], dict[str, set[str]]] = {}
-        self._synced = asyncio.Condition()
-        self._generation = 0  # notifications seen
-        self._applied = 0  # the notification generation the rules reflect
 
     async def start(self) -> None:
         """Jumps and routes on every node, the first sync, then follow ``notify``."""
@@ -566,38 +538,11 @@ class ServiceProxy:
             )
         )
         await self.sync()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def notify(self) -> None:
-        """Services or EndpointSlices changed: sync soon."""
-        self._generation += 1
-        self._wake.set()
-
-    async def synced(self, timeout: float) -> None:
-        """Wait until the rules reflect every change notified so far."""
-        wanted = self._generation
-        async with asyncio.timeout(timeout), self._synced:
-            await self._synced.wait_for(lambda: self._applied >= wanted)
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.sync()
-            except ProxyError as error:  # logged; the next change tries again
-                log.error("proxy sync failed: %s", error)
+        self.follow()
 
     async def sync(self) -> None:
         """Write every node's rules (those that changed) from the current state."""
-        generation = self._generation
+        generation = self.generation()
         started = time.monotonic()
         services, slices = self.read_state()
         documents: dict[tuple[str, int], tuple[NodeRules, str]] = {}
@@ -613,33 +558,19 @@ class ServiceProxy:
                 if self._written.get(key) != document:
                     documents[key] = (rules, document)
         netns = {plan.name: plan.netns for plan in self.plans}
-        gate = asyncio.Semaphore(WRITERS_AT_ONCE)
 
         async def write(key: tuple[str, int], document: str) -> None:
-            async with gate:
-                await restore(netns[key[0]], key[1], document)
+            await restore(netns[key[0]], key[1], document)
 
-        outcomes = await asyncio.gather(
-            *(write(key, document) for key, (_, document) in documents.items()),
-            return_exceptions=True,
-        )
-        failures = []
-        for (key, (rules, document)), outcome in zip(documents.items(), outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+        def written(key: tuple[str, int], rules: NodeRules | None) -> None:
+            if rules is None:
                 self._written.pop(key, None)
-                failures.append(outcome)
-                continue
-            self._written[key] = document
+                return
+            self._written[key] = documents[key][1]
             self._chains[key] = {table: set(chains) for table, chains in rules.chains.items()}
-        elapsed = time.monotonic() - started
-        self.figures.syncs += 1
-        self.figures.writes += len(documents) - len(failures)
-        self.figures.last_seconds = elapsed
-        self.figures.max_seconds = max(self.figures.max_seconds, elapsed)
-        if failures:
-            raise ProxyError(str(failures[0]))
-        async with self._synced:
-            self._applied = max(self._applied, generation)
-            self._synced.notify_all()
+
+        await self.write_changed(generation, started, documents, write, written)
         if documents:
-            log.debug("proxy: %d rule sets written in %.3f s", len(documents), elapsed)
+            log.debug(
+                "proxy: %d rule sets written in %.3f s", len(documents), self.figures.last_seconds
+            )

@@ -36,6 +36,8 @@ from netlab.dataplane.nsexec import (
     netns_exists,
     netns_path,
     remove_netns,
+    write_sysctls,
+    write_sysctls_here,
 )
 from netlab.spec import LabSpec, LabSpecError, NodePlan
 
@@ -260,7 +262,8 @@ def topology_netns_names(spec: LabSpec) -> list[str]:
     return [spec.fabric_netns, *(plan.netns for plan in spec.node_plans())]
 
 
-def _interface_index(ipr: IPRoute, ifname: str) -> int:
+def interface_index(ipr: IPRoute, ifname: str) -> int:
+    """The index of ``ifname`` in the namespace ``ipr`` speaks for."""
     indexes: list[int] = ipr.link_lookup(ifname=ifname)
     if not indexes:
         raise TopologyError(f"interface {ifname} vanished while building the lab")
@@ -269,11 +272,6 @@ def _interface_index(ipr: IPRoute, ifname: str) -> int:
 
 def _build_fabric(spec: LabSpec) -> None:
     in_netns_thread(spec.fabric_netns, lambda: _build_fabric_here(spec))
-
-
-def _write_sysctls_here(values: dict[str, str]) -> None:
-    for name, value in values.items():
-        Path("/proc/sys", *name.split(".")).write_text(value)
 
 
 def _add_address(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
@@ -286,11 +284,11 @@ def _add_address(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None
 
 def _build_fabric_here(spec: LabSpec) -> None:
     """Runs on a thread inside the fabric namespace (so IPRoute() talks to it, no fork)."""
-    _write_sysctls_here(NO_DAD_SYSCTLS)
+    write_sysctls_here(NO_DAD_SYSCTLS)
     with IPRoute() as fabric:
-        fabric.link("set", index=_interface_index(fabric, "lo"), state="up")
+        fabric.link("set", index=interface_index(fabric, "lo"), state="up")
         fabric.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
-        bridge = _interface_index(fabric, FABRIC_BRIDGE)
+        bridge = interface_index(fabric, FABRIC_BRIDGE)
         for version, gateway in zip(spec.families, spec.fabric_gateways, strict=True):
             _add_address(fabric, bridge, gateway, _fabric_network(spec, version).prefixlen)
         fabric.link("set", index=bridge, state="up")
@@ -306,14 +304,14 @@ def _build_fabric_here(spec: LabSpec) -> None:
                 )
             finally:
                 os.close(node_fd)
-            port = _interface_index(fabric, plan.name)
+            port = interface_index(fabric, plan.name)
             fabric.link("set", index=port, master=bridge)
             fabric.link("set", index=port, state="up")
 
 
 def _prepare_node(plan: NodePlan) -> None:
     """Node sysctls, written before the fabric makes the node's eth0 (so it inherits no-DAD)."""
-    in_netns_thread(plan.netns, lambda: _write_sysctls_here(NODE_SYSCTLS))
+    write_sysctls(plan.netns, NODE_SYSCTLS)
 
 
 def _build_node(spec: LabSpec, plan: NodePlan) -> None:
@@ -339,8 +337,8 @@ def _unsettled_addresses(ipr: IPRoute, index: int) -> list[str]:
 def _build_node_here(spec: LabSpec, plan: NodePlan) -> None:
     """Runs on a thread inside the node's namespace (its sysctls were set by _prepare_node)."""
     with IPRoute() as node:
-        node.link("set", index=_interface_index(node, "lo"), state="up")
-        uplink = _interface_index(node, NODE_UPLINK)
+        node.link("set", index=interface_index(node, "lo"), state="up")
+        uplink = interface_index(node, NODE_UPLINK)
         for address in node_addresses(plan):
             prefix = _fabric_network(spec, _version(address)).prefixlen
             _add_address(node, uplink, address, prefix)

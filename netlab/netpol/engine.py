@@ -25,15 +25,12 @@ the rules).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from netlab.dataplane.nsexec import communicate_within, nsenter_argv
+from netlab.dataplane.rulesync import RuleSync, feed_rules
 from netlab.netpol.compiler import NodeRuleSet, compile_node, transaction
 from netlab.netpol.model import PolicyInputs, Workload, parse_policy, workload_of
 from netlab.spec import LabSpec
@@ -45,7 +42,6 @@ LABELS_NOT_FOLLOWED_FAULT = "netpol-labels-not-followed"
 DELETED_POLICY_FAULT = "netpol-deleted-policy-enforced"
 ENGINE_FAULTS = frozenset({LABELS_NOT_FOLLOWED_FAULT, DELETED_POLICY_FAULT})
 NFT_TIMEOUT = 30.0  # seconds for one nft -f
-WRITERS_AT_ONCE = 8
 
 # (NetworkPolicies, Pods, Namespaces) as the store has them.
 State = tuple[Sequence[JSONDict], Sequence[JSONDict], Sequence[JSONDict]]
@@ -57,32 +53,7 @@ class PolicyEngineError(RuntimeError):
 
 async def nft_apply(netns: str, document: str) -> None:
     """``nft -f -`` in ``netns``: one atomic transaction."""
-    argv = nsenter_argv(netns, ["nft", "-f", "-"])
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, errors = await communicate_within(process, NFT_TIMEOUT, document.encode())
-    except TimeoutError:
-        raise PolicyEngineError(f"nft in {netns} timed out after {NFT_TIMEOUT} s") from None
-    if process.returncode != 0:
-        detail = errors.decode(errors="replace").strip().splitlines()
-        raise PolicyEngineError(
-            f"nft in {netns} exited {process.returncode}: {' | '.join(detail[:4]) or 'no output'}"
-        )
-
-
-@dataclass
-class SyncFigures:
-    """What the engine's syncs cost: count, last and worst duration (seconds), node writes."""
-
-    syncs: int = 0
-    last_seconds: float = 0.0
-    max_seconds: float = 0.0
-    writes: int = 0
+    await feed_rules(netns, ["nft", "-f", "-"], document, NFT_TIMEOUT, PolicyEngineError)
 
 
 class InputBuilder:
@@ -141,10 +112,13 @@ class InputBuilder:
         )
 
 
-class PolicyEngine:
+class PolicyEngine(RuleSync[str, NodeRuleSet]):
     """NetworkPolicy enforcement on every node of a lab: ``start`` writes each node's table,
     then every ``notify`` leads to a sync (coalesced while one runs) from ``read_state()``;
     ``extra_workloads()`` adds lab endpoints that stand for pods (the cluster DNS)."""
+
+    error = PolicyEngineError
+    what = "network policy"
 
     def __init__(
         self,
@@ -152,58 +126,26 @@ class PolicyEngine:
         read_state: Callable[[], State],
         extra_workloads: Callable[[], Sequence[Workload]] = lambda: (),
     ) -> None:
+        super().__init__()
         self.spec = spec
         self.read_state = read_state
         self.extra_workloads = extra_workloads
         self.plans = spec.node_plans()
-        self.figures = SyncFigures()
         self.inputs = InputBuilder(spec.faults)
         self._written: dict[str, NodeRuleSet] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._synced = asyncio.Condition()
-        self._generation = 0
-        self._applied = 0
 
     async def start(self) -> None:
         """The first sync (each node's table replaced whole), then follow ``notify``."""
         await self.sync()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def notify(self) -> None:
-        """Policies, pods or namespaces changed: sync soon."""
-        self._generation += 1
-        self._wake.set()
-
-    async def synced(self, timeout: float) -> None:
-        """Wait until every node's rules reflect every change notified so far."""
-        wanted = self._generation
-        async with asyncio.timeout(timeout), self._synced:
-            await self._synced.wait_for(lambda: self._applied >= wanted)
+        self.follow()
 
     def rule_sets(self) -> dict[str, NodeRuleSet]:
         """What each node has now (node name -> its rules)."""
         return dict(self._written)
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.sync()
-            except PolicyEngineError as error:  # logged; the next change tries again
-                log.error("network policy sync failed: %s", error)
-
     async def sync(self) -> None:
         """Compile every node from the current state and write the nodes that changed."""
-        generation = self._generation
+        generation = self.generation()
         started = time.monotonic()
         inputs = self.inputs.build(self.read_state(), self.extra_workloads())
         wanted: dict[str, tuple[NodeRuleSet, str]] = {}
@@ -215,38 +157,21 @@ class PolicyEngine:
                 if document:
                     wanted[plan.name] = (rules, document)
         netns = {plan.name: plan.netns for plan in self.plans}
-        gate = asyncio.Semaphore(WRITERS_AT_ONCE)
 
         async def write(node: str, document: str) -> None:
-            async with gate:
-                await nft_apply(netns[node], document)
+            await nft_apply(netns[node], document)
 
-        outcomes = await asyncio.gather(
-            *(write(node, document) for node, (_, document) in wanted.items()),
-            return_exceptions=True,
-        )
-        failures: list[BaseException] = []
-        for (node, (rules, _)), outcome in zip(wanted.items(), outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                # Unknown state: the next sync replaces the node's table whole.
+        def written(node: str, rules: NodeRuleSet | None) -> None:
+            if rules is None:  # unknown state: the next sync replaces the node's table whole
                 self._written.pop(node, None)
-                failures.append(outcome)
             else:
                 self._written[node] = rules
-        elapsed = time.monotonic() - started
-        self.figures.syncs += 1
-        self.figures.writes += len(wanted) - len(failures)
-        self.figures.last_seconds = elapsed
-        self.figures.max_seconds = max(self.figures.max_seconds, elapsed)
-        if failures:
-            raise PolicyEngineError(str(failures[0]))
-        async with self._synced:
-            self._applied = max(self._applied, generation)
-            self._synced.notify_all()
+
+        await self.write_changed(generation, started, wanted, write, written)
         if wanted:
             log.info(
                 "network policy: %d node(s) written in %.3f s (%s)",
                 len(wanted),
-                elapsed,
+                self.figures.last_seconds,
                 ", ".join(sorted(wanted)),
             )
