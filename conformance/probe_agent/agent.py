@@ -27,13 +27,14 @@ starts one.
 Every response holds ``ok`` and ``op``; when ``ok`` is false it holds ``error`` (text for a
 person) and, when the failure came from the kernel, ``errno`` (its name, e.g. ``ETIMEDOUT``).
 
-The modules, from the entry down (each imports only modules below it):
+The modules, from the entry down (`MODULES`; at run time each imports only modules after
+it, a unit test keeps it so):
 
 - ``serve``: the command line and the serve process (listeners, control sockets, SIGTERM);
 - ``control``: batches on the control socket;
 - ``dispatch``: the `Agent`, one request to one response by op;
 - ``edge``: the edge server's control listener, and ``relay`` to it;
-- ``captures``, ``files``, ``measured``, ``services``, ``exchanges``, ``listeners``: the ops'
+- ``captures``, ``files``, ``measured``, ``services``, ``listeners``, ``exchanges``: the ops'
   work, by concern;
 - ``netinfo``: addresses, interfaces, routes, MTUs;
 - ``protocol``: bounds, request fields, nonces, deterministic content, a call's time budget
@@ -58,6 +59,21 @@ if TYPE_CHECKING:
 #: The package name of the agent's modules when this file runs as a script from a directory
 #: of plain files (a pod's ConfigMap mount, a copy on the edge server's host).
 SHIPPED_PACKAGE = "netconform_agent"
+#: The agent's modules beside this file, from the entry down.
+MODULES = (
+    "serve",
+    "control",
+    "dispatch",
+    "edge",
+    "captures",
+    "files",
+    "measured",
+    "services",
+    "listeners",
+    "exchanges",
+    "netinfo",
+    "protocol",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

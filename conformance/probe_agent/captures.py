@@ -22,7 +22,7 @@ from .protocol import (
     MAX_PACKETS_PER_CAPTURE,
     MAX_PACKETS_PER_PREFIX_CAPTURE,
     RequestError,
-    _shown,
+    brief,
     find_nonce,
     log,
 )
@@ -153,7 +153,7 @@ class CaptureBook:
                 socket.if_nametoindex(iface)
             except OSError as exc:
                 raise RequestError(
-                    f"no interface {_shown(iface)} in this network namespace"
+                    f"no interface {brief(iface)} in this network namespace"
                 ) from exc
             interfaces = iface
         scapy = self._load_scapy()
@@ -242,7 +242,7 @@ class CaptureBook:
         capture.mark_finished()
         self._stop(capture)
         thread = getattr(sniffer, "thread", None)
-        where = _shown(capture.iface)
+        where = brief(capture.iface)
         if thread is not None and not thread.is_alive():
             error = getattr(sniffer, "exception", None) or "see the agent log"
             raise CaptureStartError(
@@ -268,7 +268,7 @@ class CaptureBook:
         with self._lock:
             capture = self._captures.get(capture_id)
         if capture is None:
-            raise RequestError(f"unknown capture_id {_shown(capture_id)}")
+            raise RequestError(f"unknown capture_id {brief(capture_id)}")
         if expect and not capture.by_prefix:
             raise RequestError("field 'expect_nonces' needs a capture started with nonce_prefix")
         for nonce in expect:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
     PacketRow = tuple[str, str | None, str | None, str | None, str]
 
-from .listeners import _accept_loop
+from .listeners import accept_loop
 from .protocol import (
     CONTROL_READ_SECONDS,
     MAX_BATCH_REQUESTS,
@@ -31,7 +31,7 @@ from .protocol import (
     MAX_CONTROL_CLIENTS,
     MAX_PARALLEL,
     RequestError,
-    _shown,
+    brief,
     describe_os_error,
     field_int,
     log,
@@ -136,7 +136,7 @@ def answer_batch(agent: Agent | EdgeControl, data: bytes) -> bytes:
         try:
             body = json.loads(data.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
-            raise RequestError(f"batch is not JSON: {_shown(str(exc), 200)}") from exc
+            raise RequestError(f"batch is not JSON: {brief(str(exc), 200)}") from exc
         requests, parallel = batch_requests(body)
     except RequestError as exc:
         # "refused": the batch as a whole, not one of its requests (the client exits 2).
@@ -191,4 +191,4 @@ def serve_control(sock: socket.socket, agent: Agent | EdgeControl, stop: threadi
         finally:
             slots.release()
 
-    _accept_loop(sock, stop, slots, "control", lambda conn, _address: (conn,), handle)
+    accept_loop(sock, stop, slots, "control", lambda conn, _address: (conn,), handle)

@@ -40,9 +40,7 @@ from .protocol import (
     MAX_TRANSFER_BYTES,
     RELAY_TIMEOUT,
     RequestError,
-    _one_line_traceback,
-    _plain,
-    _shown,
+    brief,
     describe_os_error,
     errno_name,
     field_bool,
@@ -58,6 +56,8 @@ from .protocol import (
     field_str,
     is_valid_nonce,
     log,
+    one_line_traceback,
+    printable,
 )
 from .services import (
     FAMILIES,
@@ -126,7 +126,7 @@ class Agent:
             handler = self._ops.get(op) if op is not None else None
             if handler is None:
                 raise RequestError(
-                    f"unknown op {_shown(request.get('op'))}; known ops: "
+                    f"unknown op {brief(request.get('op'))}; known ops: "
                     f"{', '.join(sorted(self._ops))}"
                 )
             response.update(handler(request))
@@ -140,7 +140,7 @@ class Agent:
             if exc.errno is not None:
                 response["errno"] = errno_name(exc.errno)
         except Exception as exc:  # a bug in the agent must not take the serve process down
-            log(_one_line_traceback())
+            log(one_line_traceback())
             response = {"ok": False, "op": op, "error": f"agent bug: {type(exc).__name__}: {exc}"}
         elapsed_ms = (time.monotonic() - started) * 1000
         summary = _request_summary(request)
@@ -320,14 +320,14 @@ class Agent:
     def op_set_ready(self, request: JSONDict) -> JSONDict:
         ready = request.get("ready")
         if not isinstance(ready, bool):
-            raise RequestError(f"field 'ready' must be true or false, got {_shown(ready)}")
+            raise RequestError(f"field 'ready' must be true or false, got {brief(ready)}")
         self.ready = ready
         return {"ready": ready}
 
     def op_relay(self, request: JSONDict) -> JSONDict:
         inner = request.get("request")
         if not isinstance(inner, dict):
-            raise RequestError(f"field 'request' must be one request object, got {_shown(inner)}")
+            raise RequestError(f"field 'request' must be one request object, got {brief(inner)}")
         if inner.get("op") == "relay":
             raise RequestError("a relayed request cannot be a relay itself")
         return relay(
@@ -342,7 +342,7 @@ def _request_summary(request: object) -> str:
     if not isinstance(request, dict):
         return ""
     shown = [
-        f"{key}={_plain(request[key], 60)}"
+        f"{key}={printable(request[key], 60)}"
         for key in (
             "proto",
             "host",
@@ -369,7 +369,7 @@ def _request_summary(request: object) -> str:
 
 def _response_summary(response: JSONDict) -> str:
     if not response["ok"]:
-        return f"FAILED {_plain(response.get('error'), 300)}"
+        return f"FAILED {printable(response.get('error'), 300)}"
     shown = [
         f"{key}={response[key]}"
         for key in (

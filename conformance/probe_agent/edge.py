@@ -27,7 +27,7 @@ from .protocol import (
     MAX_BATCH_RESPONSE_BYTES,
     MAX_CONTROL_CLIENTS,
     RequestError,
-    _shown,
+    brief,
     describe_os_error,
     errno_name,
     log,
@@ -86,7 +86,7 @@ class EdgeControl:
         """Why ``request`` is not served here (None: it is)."""
         op = request.get("op") if isinstance(request, dict) else None
         if op not in EDGE_OPS:
-            return f"the edge server takes only {', '.join(EDGE_OPS)}, not {_shown(op)}"
+            return f"the edge server takes only {', '.join(EDGE_OPS)}, not {brief(op)}"
         if op != "connect":
             return None
         assert isinstance(request, dict)
@@ -94,7 +94,7 @@ class EdgeControl:
         try:
             address = ipaddress.ip_address(str(host))
         except ValueError:
-            return f"the edge server connects to IP addresses only, not {_shown(host)}"
+            return f"the edge server connects to IP addresses only, not {brief(host)}"
         if not any(address in network for network in self.allowed):
             shown = ", ".join(str(network) for network in self.allowed)
             return f"{address} is outside the edge server's --allow-connect ({shown})"
@@ -108,7 +108,7 @@ class EdgeControl:
         if why is None:
             return self.agent.handle(request)
         op = request.get("op") if isinstance(request, dict) else None
-        log(f"edge control refused {_shown(op)}: {why}")
+        log(f"edge control refused {brief(op)}: {why}")
         return {
             "ok": False,
             "op": op if isinstance(op, str) else None,
@@ -162,7 +162,7 @@ def relay(host: str, port: int, request: JSONDict, timeout: float) -> JSONDict:
             "relay_error": f"{where}: {text}",
         }
     if not isinstance(answer, dict):
-        text = f"{where} answered {_shown(answer)}, not a response"
+        text = f"{where} answered {brief(answer)}, not a response"
         return {"ok": False, "error": text, "relay_error": text}
     if answer.get("edge_refused"):
         text = f"{where} refused: {answer.get('error')}"

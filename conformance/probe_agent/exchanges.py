@@ -38,18 +38,18 @@ from .netinfo import (
     TCPI_TOTAL_RETRANS_OFFSET,
     TIOCOUTQ,
     SizedPacket,
-    _route_lookup,
     normalize_ip,
     path_mtu,
     resolve,
     route_interface,
+    route_lookup,
     set_dont_fragment,
 )
 from .protocol import (
     TRANSFER_MAGIC,
     UDP_RESEND_INTERVAL,
     RequestError,
-    _shown,
+    brief,
     errno_name,
     iter_deterministic_chunks,
 )
@@ -77,7 +77,7 @@ def _read_line(sock: socket.socket, deadline: float) -> bytes:
     return data
 
 
-def _parse_listener_reply(data: bytes, nonce: str, where: str) -> JSONDict:
+def parse_listener_reply(data: bytes, nonce: str, where: str) -> JSONDict:
     """The listener's JSON answer line; ``RequestError`` unless it is for ``nonce``."""
     try:
         reply = json.loads(data.split(b"\n", 1)[0].decode())
@@ -89,13 +89,13 @@ def _parse_listener_reply(data: bytes, nonce: str, where: str) -> JSONDict:
         ) from exc
     if not isinstance(reply, dict) or reply.get("nonce") != nonce:
         raise RequestError(
-            f"{where} answered {_shown(reply)}, expected nonce {nonce!r}",
+            f"{where} answered {brief(reply)}, expected nonce {nonce!r}",
             None,
             {"wrong_answer": True},
         )
     if not isinstance(reply.get("peer"), str):
         raise RequestError(
-            f"{where} answered {_shown(reply)} without a peer", None, {"wrong_answer": True}
+            f"{where} answered {brief(reply)} without a peer", None, {"wrong_answer": True}
         )
     return reply
 
@@ -112,7 +112,7 @@ def connect_tcp(host: str, port: int, nonce: str, timeout: float) -> JSONDict:
             raise RequestError(f"{where}: connect timed out after {timeout}s", "ETIMEDOUT") from exc
         local = normalize_ip(sock.getsockname()[0])
         sock.sendall(nonce.encode() + b"\n")
-        reply = _parse_listener_reply(_read_line(sock, deadline), nonce, where)
+        reply = parse_listener_reply(_read_line(sock, deadline), nonce, where)
     return {"peer_seen": reply["peer"], "local": local, "server": reply.get("server")}
 
 
@@ -166,7 +166,7 @@ def connect_udp(
                         raise _too_big(where, packet, df, pmtu, "reported by the path") from exc
                     raise
                 try:
-                    reply = _parse_listener_reply(data, nonce, where)
+                    reply = parse_listener_reply(data, nonce, where)
                 except RequestError:
                     continue  # a late answer to someone else's nonce
                 if packet is None:
@@ -256,7 +256,7 @@ def transfer(host: str, port: int, nonce: str, size: int, timeout: float) -> JSO
                     sent += count
                     view = view[count:]
             details["bytes_sent"] = sent
-            reply = _parse_listener_reply(_read_line(sock, deadline), nonce, where)
+            reply = parse_listener_reply(_read_line(sock, deadline), nonce, where)
         except (socket.timeout, RequestError) as exc:  # noqa: UP041
             if isinstance(exc, RequestError) and exc.errno_name != "ETIMEDOUT":
                 exc.details.update(details)
@@ -297,7 +297,7 @@ def transfer(host: str, port: int, nonce: str, size: int, timeout: float) -> JSO
     return result
 
 
-def _icmp_checksum(data: bytes) -> int:
+def icmp_checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
     words: tuple[int, ...] = struct.unpack(f"!{len(data) // 2}H", data)
@@ -307,7 +307,7 @@ def _icmp_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-_icmp_sequence = itertools.count(1)
+icmp_sequence = itertools.count(1)
 # Not the pid: two containers of a pod share the network namespace, and each may be PID 1.
 _ICMP_IDENTIFIER = int.from_bytes(os.urandom(2), "big")
 
@@ -326,7 +326,7 @@ def readable_until(sock: socket.socket, deadline: float, bound: int) -> Iterator
         yield
 
 
-def _open_icmp_socket(family: socket.AddressFamily) -> tuple[socket.socket, bool]:
+def open_icmp_socket(family: socket.AddressFamily) -> tuple[socket.socket, bool]:
     """A raw ICMP socket, or an unprivileged ping socket when NET_RAW is missing."""
     proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
     try:
@@ -378,14 +378,14 @@ def send_icmp_echo(
     where = f"icmp {host}"
     packet = SizedPacket(nonce, size, family, sockaddr[0], 8) if size is not None else None
     identifier = _ICMP_IDENTIFIER
-    sequence = next(_icmp_sequence) & 0xFFFF
+    sequence = next(icmp_sequence) & 0xFFFF
     payload = packet.payload if packet is not None else nonce.encode()
     header = struct.pack("!BBHHH", request_type, 0, 0, identifier, sequence)
     if not is_v6:  # the kernel computes ICMPv6 checksums itself
-        checksum = _icmp_checksum(header + payload)
+        checksum = icmp_checksum(header + payload)
         header = struct.pack("!BBHHH", request_type, 0, checksum, identifier, sequence)
     deadline = time.monotonic() + timeout
-    sock, is_raw = _open_icmp_socket(family)
+    sock, is_raw = open_icmp_socket(family)
     with sock:
         if df:
             set_dont_fragment(sock, family)
@@ -393,7 +393,7 @@ def send_icmp_echo(
             sock.sendto(header + payload, sockaddr)
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:
-                learned = _route_lookup(str(sockaddr[0]).split("%", 1)[0])[1]
+                learned = route_lookup(str(sockaddr[0]).split("%", 1)[0])[1]
                 raise _too_big(where, packet, df, learned, "on send") from exc
             raise
         for _reply in readable_until(sock, deadline, 10000):  # other ICMP traffic arrives too

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
     PacketRow = tuple[str, str | None, str | None, str | None, str]
 
-from .protocol import FILE_CHUNK, RequestError, _shown, iter_deterministic_chunks
+from .protocol import FILE_CHUNK, RequestError, brief, iter_deterministic_chunks
 
 # --------------------------------------------------------------------------------------------
 # Files, only inside the agent's data directories.
@@ -38,12 +38,12 @@ class DataDirectories:
             )
         if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
             raise RequestError(
-                f"path {_shown(path)} must be absolute, without '..' components", "EACCES"
+                f"path {brief(path)} must be absolute, without '..' components", "EACCES"
             )
         if for_write:
             parent, name = os.path.split(path)
             if not name:
-                raise RequestError(f"path {_shown(path)} names no file", "EACCES")
+                raise RequestError(f"path {brief(path)} names no file", "EACCES")
             resolved = os.path.join(os.path.realpath(parent), name)
         else:
             resolved = os.path.realpath(path)
@@ -51,7 +51,7 @@ class DataDirectories:
             if resolved != root and os.path.commonpath([resolved, root]) == root:
                 return resolved
         raise RequestError(
-            f"path {_shown(path)} (really {_shown(resolved)}) is outside the agent's data "
+            f"path {brief(path)} (really {brief(resolved)}) is outside the agent's data "
             f"directories {self.roots}",
             "EACCES",
         )
@@ -87,7 +87,7 @@ class DataDirectories:
         descriptor = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with os.fdopen(descriptor, "rb") as source:
             if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                raise RequestError(f"{_shown(path)} is not a regular file", "EINVAL")
+                raise RequestError(f"{brief(path)} is not a regular file", "EINVAL")
             digest = hashlib.sha256()
             size = 0
             for chunk in iter(lambda: source.read(FILE_CHUNK), b""):

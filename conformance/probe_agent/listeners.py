@@ -38,12 +38,12 @@ from .protocol import (
     TRANSFER_MAX_SECONDS,
     UDP_RECEIVE_BYTES,
     RequestError,
-    _plain,
-    _shown,
+    brief,
     describe_os_error,
     find_nonce,
     is_valid_nonce,
     log,
+    printable,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def _wait_or_stop(stop: threading.Event, seconds: float) -> None:
     stop.wait(seconds)
 
 
-def _accept_loop(
+def accept_loop(
     sock: socket.socket,
     stop: threading.Event,
     slots: threading.BoundedSemaphore,
@@ -205,7 +205,7 @@ def serve_tcp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
                 # One log line per record, not per probe: a loss measurement's hundred
                 # probes must not wait on the container log.
                 if not nonce or book.add(nonce, "tcp", peer):
-                    log(f"listener tcp nonce={_plain(nonce) if nonce else '-'} peer={peer}")
+                    log(f"listener tcp nonce={printable(nonce) if nonce else '-'} peer={peer}")
                 # Our SYN-ACKs (and anything else) sent again so far: the client's probe of a
                 # measured request counts a lost SYN-ACK by it.
                 extra = {"retrans": tcp_retransmissions(conn)}
@@ -215,7 +215,7 @@ def serve_tcp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
         finally:
             slots.release()
 
-    _accept_loop(
+    accept_loop(
         sock,
         stop,
         slots,
@@ -229,7 +229,7 @@ def _parse_transfer_header(line: bytes) -> tuple[str, int]:
     """``NETCONFORM-TRANSFER <nonce> <size>`` (a nonce holds no spaces: never a nonce line)."""
     fields = line.decode("utf-8", "replace").split(" ")
     if len(fields) != 3 or not is_valid_nonce(fields[1]) or not fields[2].isdigit():
-        raise RequestError(f"bad transfer header {_shown(line)}")
+        raise RequestError(f"bad transfer header {brief(line)}")
     size = int(fields[2])
     if size > MAX_TRANSFER_BYTES:
         raise RequestError(f"transfer of {size} bytes; at most {MAX_TRANSFER_BYTES}")
@@ -324,7 +324,7 @@ def serve_udp(sock: socket.socket, book: RecordBook, stop: threading.Event) -> N
         _iface, mtu = INTERFACES.holding(local)
         if new:  # one log line per record: the log must not hold up the next datagram
             log(
-                f"listener udp nonce={_plain(nonce) if nonce else '-'} peer={peer} bytes={len(data)}"
+                f"listener udp nonce={printable(nonce) if nonce else '-'} peer={peer} bytes={len(data)}"
             )
         extra = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mtu": mtu}
         reply = _listener_reply(nonce, peer, extra)

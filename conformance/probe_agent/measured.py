@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     PacketRow = tuple[str, str | None, str | None, str | None, str]
 
 from .exchanges import (
-    _icmp_checksum,
-    _icmp_sequence,
-    _open_icmp_socket,
-    _parse_listener_reply,
+    icmp_checksum,
+    icmp_sequence,
+    open_icmp_socket,
+    parse_listener_reply,
     tcp_retransmissions,
 )
 from .netinfo import (
@@ -253,7 +253,7 @@ def measure_udp(
 
         def take(data: bytes, _address: Any) -> None:
             try:
-                reply = _parse_listener_reply(data, nonce, tally.where)
+                reply = parse_listener_reply(data, nonce, tally.where)
             except RequestError as exc:
                 if data.startswith(b"{"):
                     return  # a late answer to another socket's nonce
@@ -316,17 +316,17 @@ def measure_icmp(host: str, nonce: str, count: int, interval: float, timeout: fl
     identifier = int.from_bytes(os.urandom(2), "big")
     probe_of: dict[int, int] = {}
     answered: set[int] = set()
-    sock, is_raw = _open_icmp_socket(family)
+    sock, is_raw = open_icmp_socket(family)
     with sock:
         # A raw socket without the filter still works, on its own (and records that it had none).
         filtered = only_echo_replies(sock, is_v6, identifier) if is_raw else True
 
         def send(index: int) -> None:
-            sequence = next(_icmp_sequence) & 0xFFFF
+            sequence = next(icmp_sequence) & 0xFFFF
             probe_of[sequence] = index
             header = struct.pack("!BBHHH", request_type, 0, 0, identifier, sequence)
             if not is_v6:
-                checksum = _icmp_checksum(header + payload)
+                checksum = icmp_checksum(header + payload)
                 header = struct.pack("!BBHHH", request_type, 0, checksum, identifier, sequence)
             sock.sendto(header + payload, sockaddr)
 
@@ -405,7 +405,7 @@ def measure_tcp(
             tally.error("EPROTO", f"{tally.where}: closed by the listener without an answer")
         else:
             try:
-                reply = _parse_listener_reply(conn.received, nonce, tally.where)
+                reply = parse_listener_reply(conn.received, nonce, tally.where)
             except RequestError as exc:
                 tally.wrong += 1
                 tally.error("EPROTO", str(exc))

@@ -25,7 +25,7 @@ from .protocol import (
     INTERFACE_CACHE_SECONDS,
     MAX_IP_PACKET,
     RequestError,
-    _shown,
+    brief,
     describe_os_error,
     deterministic_bytes,
     log,
@@ -102,7 +102,7 @@ def family_of(host: str) -> socket.AddressFamily:
     try:
         parsed = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError as exc:
-        raise RequestError(f"field 'host' must be an IP address, got {_shown(host)}") from exc
+        raise RequestError(f"field 'host' must be an IP address, got {brief(host)}") from exc
     return socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
 
 
@@ -113,9 +113,9 @@ def resolve(host: str, port: int, socktype: int) -> tuple[socket.AddressFamily, 
         lookup_type = socket.SOCK_DGRAM if socktype == socket.SOCK_RAW else socktype
         infos = socket.getaddrinfo(host, port, 0, lookup_type)
     except (socket.gaierror, UnicodeError, ValueError) as exc:
-        raise RequestError(f"cannot resolve {_shown(host)}: {exc}", "EAI_NONAME") from exc
+        raise RequestError(f"cannot resolve {brief(host)}: {exc}", "EAI_NONAME") from exc
     if not infos:
-        raise RequestError(f"cannot resolve {_shown(host)}: no address", "EAI_NONAME")
+        raise RequestError(f"cannot resolve {brief(host)}: no address", "EAI_NONAME")
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
 
@@ -304,7 +304,7 @@ class InterfaceCache:
 INTERFACES = InterfaceCache()
 
 
-def _route_lookup(address: str) -> tuple[int | None, int | None]:
+def route_lookup(address: str) -> tuple[int | None, int | None]:
     """The kernel's route to ``address`` (RTM_GETROUTE): output interface index, and the path
     MTU it learned (a "fragmentation needed" it believed), if any."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -326,7 +326,7 @@ def _route_lookup(address: str) -> tuple[int | None, int | None]:
 
 def _route_output_index(address: str) -> int | None:
     """The output interface index of the kernel's route to ``address``."""
-    return _route_lookup(address)[0]
+    return route_lookup(address)[0]
 
 
 def route_interface(address: str) -> tuple[str | None, int | None]:
@@ -396,7 +396,7 @@ def path_mtu(sock: socket.socket, family: socket.AddressFamily) -> int | None:
         pass
     # After an ICMP error the socket's route is stale (ENOTCONN): ask the routing table.
     try:
-        return _route_lookup(str(sock.getpeername()[0]).split("%", 1)[0])[1]
+        return route_lookup(str(sock.getpeername()[0]).split("%", 1)[0])[1]
     except (OSError, ValueError):
         return None
 

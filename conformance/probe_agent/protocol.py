@@ -147,7 +147,7 @@ def field_number(request: JSONDict, name: str, default: float, low: float, high:
     value = request.get(name, default)
     # bool is an int in Python; "timeout": true is a client bug, not 1 second.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(f"field {name!r} must be a number, got {_shown(value)}")
+        raise RequestError(f"field {name!r} must be a number, got {brief(value)}")
     if not low <= value <= high:
         raise RequestError(f"field {name!r} must be between {low} and {high}, got {value}")
     return float(value)
@@ -158,7 +158,7 @@ def field_int(request: JSONDict, name: str, default: int | None, low: int, high:
     if value is None:
         raise RequestError(f"missing field {name!r}")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"field {name!r} must be an integer, got {_shown(value)}")
+        raise RequestError(f"field {name!r} must be an integer, got {brief(value)}")
     if not low <= value <= high:
         raise RequestError(f"field {name!r} must be between {low} and {high}, got {value}")
     return value
@@ -167,14 +167,14 @@ def field_int(request: JSONDict, name: str, default: int | None, low: int, high:
 def field_bool(request: JSONDict, name: str, default: bool) -> bool:
     value = request.get(name, default)
     if not isinstance(value, bool):
-        raise RequestError(f"field {name!r} must be true or false, got {_shown(value)}")
+        raise RequestError(f"field {name!r} must be true or false, got {brief(value)}")
     return value
 
 
 def field_proto(request: JSONDict) -> str:
     proto = field_str(request, "proto")
     if proto not in ("tcp", "udp"):
-        raise RequestError(f"field 'proto' must be 'tcp' or 'udp', got {_shown(proto)}")
+        raise RequestError(f"field 'proto' must be 'tcp' or 'udp', got {brief(proto)}")
     return proto
 
 
@@ -233,7 +233,7 @@ def field_expect_nonces(request: JSONDict, prefix: str | None) -> list[str]:
     for nonce in value:
         if not is_valid_nonce(nonce) or not nonce.startswith(prefix):
             raise RequestError(
-                f"field 'expect_nonces' holds {_shown(nonce)}, not a nonce starting with {prefix!r}"
+                f"field 'expect_nonces' holds {brief(nonce)}, not a nonce starting with {prefix!r}"
             )
     return list(dict.fromkeys(value))
 
@@ -246,7 +246,7 @@ def field_packet_size(request: JSONDict) -> int | str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IP_PACKET:
         raise RequestError(
             f"field 'size' must be \"mtu\" or an IP packet size 1..{MAX_IP_PACKET}, "
-            f"got {_shown(value)}"
+            f"got {brief(value)}"
         )
     return value
 
@@ -268,17 +268,17 @@ def field_probes(request: JSONDict) -> tuple[int, float]:
 def field_seed(request: JSONDict) -> str:
     seed = request.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, (str, int)):
-        raise RequestError(f"field 'seed' must be a string or an integer, got {_shown(seed)}")
+        raise RequestError(f"field 'seed' must be a string or an integer, got {brief(seed)}")
     return str(seed)
 
 
-def _shown(value: object, limit: int = 80) -> str:
+def brief(value: object, limit: int = 80) -> str:
     """A request value for an error text, never longer than ``limit``."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _plain(value: object, limit: int = 80) -> str:
+def printable(value: object, limit: int = 80) -> str:
     """A value for a log line: printable text as it is, anything else as its repr (one line,
     whatever a peer sent), never longer than ``limit``."""
     text = value if isinstance(value, str) and value.isprintable() else repr(value)
@@ -317,7 +317,7 @@ def find_nonce(data: bytes, prefix: bytes) -> str | None:
     return None if start < 0 else nonce_token_at(data, start)
 
 
-def _one_line_traceback() -> str:
+def one_line_traceback() -> str:
     return traceback.format_exc().rstrip().replace("\n", " | ")
 
 

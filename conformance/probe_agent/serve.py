@@ -39,9 +39,9 @@ from .protocol import (
     DEFAULT_TCP_PORT,
     DEFAULT_UDP_PORT,
     RequestError,
-    _one_line_traceback,
     describe_os_error,
     log,
+    one_line_traceback,
 )
 
 
@@ -174,6 +174,6 @@ def _guarded(target: Callable[..., None], args: tuple[Any, ...], stop: threading
             target(*args)
             return
         except Exception:
-            log(f"{target.__name__} crashed (restart {restart + 1}): " + _one_line_traceback())
+            log(f"{target.__name__} crashed (restart {restart + 1}): " + one_line_traceback())
         if stop.wait(min(0.1 * (restart + 1), 2.0)):
             return

@@ -26,6 +26,7 @@ import pytest
 from polling import eventually
 
 from conformance.probe_agent import AGENT_DIRECTORY, AGENT_FILE, agent_files
+from conformance.probe_agent import agent as agent_entry
 from conformance.probe_agent import client as agent_client
 from conformance.probe_agent import netinfo as agent_netinfo
 from conformance.probe_agent import protocol as agent_protocol
@@ -862,3 +863,19 @@ def test_netns_capture_without_traffic_returns_no_packets(netns_pair: NamespaceP
         {"op": "capture_result", "capture_id": start["capture_id"], "wait": 0.5}
     )
     assert result["packets"] == []
+
+
+def test_the_agent_modules_read_from_the_entry_down() -> None:
+    """At import time each module imports only modules after it in `MODULES` (type-only
+    imports aside), and the shipped files are exactly the entry, the modules and the client."""
+    shipped = {path.stem for path in SHIPPED}
+    assert shipped == {"__init__", "agent", "client", *agent_entry.MODULES}
+    for place, name in enumerate(agent_entry.MODULES):
+        tree = ast.parse((AGENT_DIRECTORY / f"{name}.py").read_text())
+        siblings = {
+            node.module.split(".")[0]
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+        later = set(agent_entry.MODULES[place + 1 :])
+        assert siblings <= later, f"{name} imports {sorted(siblings - later)}, not after it"
