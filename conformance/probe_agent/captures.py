@@ -9,13 +9,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .netinfo import IP_PROTOCOL_NAMES
 from .protocol import (
     MAX_CAPTURES,
@@ -26,6 +19,13 @@ from .protocol import (
     find_nonce,
     log,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    JSONDict = dict[str, Any]
+    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
+    PacketRow = tuple[str, str | None, str | None, str | None, str]
 
 CAPTURE_MAX_PACKET_BYTES = 600  # bulk transfers and full-size packets never reach Python
 # Only packets that can carry a nonce reach Python: TCP segments with data (PSH: a line the
@@ -38,9 +38,6 @@ CAPTURE_FILTER = (
     " or (ip6 and ((ip6[6] == 6 and ip6[53] & 8 != 0) or ip6[6] == 17"
     " or (ip6[6] == 58 and (ip6[40] == 128 or ip6[40] == 129)))))"
 )
-
-# --------------------------------------------------------------------------------------------
-# Packet captures (scapy, imported on first use).
 
 
 class CaptureStartError(RequestError):

@@ -11,16 +11,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from .dispatch import Agent
-    from .edge import EdgeControl
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .listeners import accept_loop
 from .protocol import (
     CONTROL_READ_SECONDS,
@@ -36,6 +26,14 @@ from .protocol import (
     field_int,
     log,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .dispatch import Agent
+    from .edge import EdgeControl
+
+    JSONDict = dict[str, Any]
 
 # --------------------------------------------------------------------------------------------
 # Batches: a list (one request after another) or {"parallel": N, "requests": [...]}.
@@ -143,6 +141,10 @@ def answer_batch(agent: Agent | EdgeControl, data: bytes) -> bytes:
         refusal = {"ok": False, "op": None, "error": str(exc), "refused": True}
         return json.dumps([refusal]).encode() + b"\n"
     return run_batch(agent, requests, parallel)
+
+
+# --------------------------------------------------------------------------------------------
+# The control socket (unix, per container; the edge server's TCP listeners take the same).
 
 
 def _socket_answers(path: str) -> bool:

@@ -10,15 +10,6 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from .listeners import RecordBook
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .captures import CaptureBook
 from .edge import relay
 from .exchanges import connect_tcp, connect_udp, send_icmp_echo, transfer
@@ -70,8 +61,12 @@ from .services import (
     try_bind,
 )
 
-# --------------------------------------------------------------------------------------------
-# The serve process.
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .listeners import RecordBook
+
+    JSONDict = dict[str, Any]
 
 
 class Agent:

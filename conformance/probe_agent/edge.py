@@ -12,15 +12,6 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from .dispatch import Agent
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .netinfo import resolve
 from .protocol import (
     EDGE_OPS,
@@ -32,6 +23,13 @@ from .protocol import (
     errno_name,
     log,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .dispatch import Agent
+
+    JSONDict = dict[str, Any]
 
 # --------------------------------------------------------------------------------------------
 # The edge server: this agent on a host outside the cluster (``serve --edge-control``). Pods

@@ -17,13 +17,6 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .netinfo import (
     ICMP_DEST_UNREACH,
     ICMP_ECHO_REPLY,
@@ -54,8 +47,10 @@ from .protocol import (
     iter_deterministic_chunks,
 )
 
-# --------------------------------------------------------------------------------------------
-# Client-side network operations (run inside the serve process on request).
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    JSONDict = dict[str, Any]
 
 
 def _read_line(sock: socket.socket, deadline: float) -> bytes:

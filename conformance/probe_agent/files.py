@@ -9,17 +9,12 @@ import stat
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .protocol import FILE_CHUNK, RequestError, brief, iter_deterministic_chunks
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
-from .protocol import FILE_CHUNK, RequestError, brief, iter_deterministic_chunks
-
-# --------------------------------------------------------------------------------------------
-# Files, only inside the agent's data directories.
 
 
 class DataDirectories:

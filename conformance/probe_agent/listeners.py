@@ -15,13 +15,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .exchanges import tcp_retransmissions
 from .netinfo import ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST, INTERFACES, IP_PKTINFO, normalize_ip
 from .protocol import (
@@ -45,6 +38,11 @@ from .protocol import (
     log,
     printable,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    JSONDict = dict[str, Any]
 
 # --------------------------------------------------------------------------------------------
 # Records of what the listeners saw.
@@ -380,7 +378,7 @@ def _start_handler(target: Callable[..., None], args: tuple[Any, ...]) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Serving.
+# Opening the listeners' sockets.
 
 
 def _bind_listener(family: socket.AddressFamily, kind: int, port: int) -> socket.socket:

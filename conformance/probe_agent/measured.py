@@ -15,13 +15,6 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .exchanges import (
     icmp_checksum,
     icmp_sequence,
@@ -48,6 +41,11 @@ from .protocol import (
     errno_name,
 )
 from .services import UNNAMED_SERVER
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    JSONDict = dict[str, Any]
 
 # --------------------------------------------------------------------------------------------
 # Measured probes: ``count`` datagrams, echoes or connections in one request, so that the

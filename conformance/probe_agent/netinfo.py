@@ -16,11 +16,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .protocol import (
     INTERFACE_CACHE_SECONDS,
     MAX_IP_PACKET,
@@ -30,6 +25,9 @@ from .protocol import (
     deterministic_bytes,
     log,
 )
+
+if TYPE_CHECKING:
+    JSONDict = dict[str, Any]
 
 # Linux constants the socket module does not export on every Python version.
 IP_PKTINFO = 8
@@ -78,9 +76,6 @@ ICMPV6_PACKET_TOO_BIG = 2
 ICMPV6_ECHO_REQUEST = 128
 ICMPV6_ECHO_REPLY = 129
 IP_PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
-
-# --------------------------------------------------------------------------------------------
-# Addresses, interfaces, routes, MTUs.
 
 
 def normalize_ip(text: str) -> str:

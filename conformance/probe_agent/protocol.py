@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
 
 
 DEFAULT_SOCKET = "/tmp/netconform-agent.sock"
@@ -322,7 +320,7 @@ def one_line_traceback() -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Client side of the control socket (`call`, `ping`).
+# The time a ``call`` may take: the kit gives each exec this budget (`call_budget`).
 
 
 # Which ops spend their `timeout` / `wait` inside the serve process before answering.

@@ -15,13 +15,6 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .control import open_control_socket, serve_control
 from .dispatch import Agent
 from .edge import EdgeControl, host_port_text, open_edge_control, parse_host_port, parse_networks
@@ -44,8 +37,12 @@ from .protocol import (
     one_line_traceback,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) and serve; the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.edge_control and not args.allow_connect:

@@ -11,13 +11,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    JSONDict = dict[str, Any]
-    # (proto, src, dst, iface, nonce) of one captured packet, strings interned.
-    PacketRow = tuple[str, str | None, str | None, str | None, str]
-
 from .exchanges import connect_tcp, connect_udp
 from .netinfo import family_of, normalize_ip
 from .protocol import (
@@ -30,8 +23,10 @@ from .protocol import (
     field_str,
 )
 
-# --------------------------------------------------------------------------------------------
-# Services: spreads over a virtual IP, names through the pod's resolver, the environment.
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    JSONDict = dict[str, Any]
 
 UNNAMED_SERVER = "(unnamed)"  # a listener whose agent has no POD_NAME
 
