@@ -53,7 +53,7 @@ from conformance.kit.serial import JSONData
 from conformance.kit.service_targets import backends, facts_of, without_services
 from conformance.kit.services import NODEPORT_SERVICE
 from conformance.kit.settings import DEFAULT_EDGE_PORT, ExternalHost
-from conformance.probe_agent import AGENT_FILE
+from conformance.probe_agent import AGENT_DIRECTORY
 
 #: The marker an edge check carries; its argument is the check's planner.
 MARKER = "edge_planned_by"
@@ -444,8 +444,9 @@ def edge_server_instructions(allow: Sequence[str], hosts: Sequence[ExternalHost]
     """What to run where, for people: copy the agent, start it, name the host."""
     port = hosts[0].port if hosts else DEFAULT_EDGE_PORT
     return (
-        f"on a host outside the cluster, copy {AGENT_FILE} there (python3 3.8 or newer, standard "
-        f"library only) and run `{edge_server_command(allow, hosts)}` (ADDR: the host's address "
+        f"on a host outside the cluster, copy the directory {AGENT_DIRECTORY} there (the agent's "
+        f"modules; python3 3.8 or newer, standard library only) and run in it "
+        f"`{edge_server_command(allow, hosts)}` (ADDR: the host's address "
         f"the pods reach; TCP and UDP port {port} and TCP port {port + 1} must accept the pods, "
         f"and the host must reach the nodes' NodePorts); then name it with --external-host "
         f"{str(hosts[0]) if hosts else 'ADDR'}"

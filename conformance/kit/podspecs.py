@@ -22,7 +22,7 @@ from conformance.kit.probes import (
 )
 from conformance.kit.services import BACKEND_LABEL, BACKEND_VALUE
 from conformance.kit.settings import Settings
-from conformance.probe_agent import agent_source, client_source
+from conformance.probe_agent import agent_files
 
 AGENT_CONFIGMAP = "netconform-agent"
 AGENT_KEY = "agent.py"
@@ -53,7 +53,8 @@ TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 
 
 def agent_configmap(namespace: str, run_id: str) -> client.V1ConfigMap:
-    """ConfigMap ``netconform-agent`` holding ``agent.py`` and its ``client.py``."""
+    """ConfigMap ``netconform-agent``: the agent's files (``agent.py``, the modules it imports
+    from its own directory, its ``client.py``), one key each, mounted together at `AGENT_DIR`."""
     return client.V1ConfigMap(
         api_version="v1",
         kind="ConfigMap",
@@ -62,7 +63,7 @@ def agent_configmap(namespace: str, run_id: str) -> client.V1ConfigMap:
             namespace=namespace,
             labels={MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: run_id},
         ),
-        data={AGENT_KEY: agent_source(), CLIENT_KEY: client_source()},
+        data=agent_files(),
     )
 
 
@@ -465,8 +466,7 @@ _MANIFEST_HEADER = """\
 #   kubectl create namespace {namespace}
 #   kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=privileged
 #   kubectl -n {namespace} create configmap {configmap} \\
-#       --from-file={key}=conformance/probe_agent/agent.py \\
-#       --from-file={client_key}=conformance/probe_agent/client.py
+#       --from-file=conformance/probe_agent/
 #   kubectl apply -f manifests/{file}
 """
 
@@ -483,8 +483,6 @@ def render_manifest(role: str, settings: Settings | None = None) -> str:
         node=MANIFEST_NODE,
         namespace=MANIFEST_NAMESPACE,
         configmap=AGENT_CONFIGMAP,
-        key=AGENT_KEY,
-        client_key=CLIENT_KEY,
         file=MANIFEST_FILES[role],
     )
     body: str = yaml.safe_dump(to_manifest(pod), sort_keys=False, default_flow_style=False)

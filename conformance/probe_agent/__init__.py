@@ -1,18 +1,20 @@
-"""The probe agent: the one program run inside every probe container (``agent.py``), and its
-client (``client.py``: ``call`` and ``ping``, which every exec and startup probe runs).
+"""The probe agent: the program run inside every probe container (``agent.py`` and the modules
+beside it), and its client (``client.py``: ``call`` and ``ping``, which every exec and startup
+probe runs).
 
 It is not part of the kit: it runs on the probe image's own ``python3`` (3.8 or newer), imports
 only the standard library at import time (scapy lazily, for captures) and nothing of ours. The
-kit ships its source to the pods in a ConfigMap (`agent_source`), and takes from here the pure
-pieces of the protocol it must agree with: the digest of deterministic content
-(`expected_sha256`), the default budget of a ``call`` (`call_budget`) and the agent's bounds.
+kit ships this directory's files to the pods in a ConfigMap, one key per file (`agent_files`),
+and takes from `protocol` alone the pieces it must agree with: the digest of deterministic
+content (`expected_sha256`), the default budget of a ``call`` (`call_budget`) and the agent's
+bounds. Importing this package imports only that module.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from conformance.probe_agent.agent import (
+from .protocol import (
     MAX_BATCH_REQUESTS,
     MAX_CONTROL_BYTES,
     MAX_PACKETS_PER_PREFIX_CAPTURE,
@@ -23,6 +25,7 @@ from conformance.probe_agent.agent import (
 )
 
 __all__ = [
+    "AGENT_DIRECTORY",
     "AGENT_FILE",
     "CLIENT_FILE",
     "MAX_BATCH_REQUESTS",
@@ -30,23 +33,22 @@ __all__ = [
     "MAX_PACKETS_PER_PREFIX_CAPTURE",
     "MAX_PARALLEL",
     "MAX_TRANSFER_BYTES",
-    "agent_source",
+    "agent_files",
     "call_budget",
-    "client_source",
     "expected_sha256",
 ]
 
-#: The agent program, shipped as the ConfigMap key ``agent.py``.
-AGENT_FILE = Path(__file__).with_name("agent.py")
-#: Its client, shipped beside it as the ConfigMap key ``client.py``.
-CLIENT_FILE = Path(__file__).with_name("client.py")
+#: The agent's directory: every ``*.py`` file in it is shipped (``kubectl create configmap
+#: --from-file=`` this directory makes the same ConfigMap).
+AGENT_DIRECTORY = Path(__file__).parent
+#: The agent's entry point (``python3 agent.py serve ...``), in that directory.
+AGENT_FILE = AGENT_DIRECTORY / "agent.py"
+#: Its client, beside it.
+CLIENT_FILE = AGENT_DIRECTORY / "client.py"
 
 
-def agent_source() -> str:
-    """The agent program's source text."""
-    return AGENT_FILE.read_text()
-
-
-def client_source() -> str:
-    """The agent client's source text."""
-    return CLIENT_FILE.read_text()
+def agent_files() -> dict[str, str]:
+    """The shipped files, by name (one ConfigMap key each): the directory's ``*.py`` files.
+    ``__init__.py`` goes along, harmless: run from a plain directory, the agent never imports
+    it (see `agent._package`)."""
+    return {path.name: path.read_text() for path in sorted(AGENT_DIRECTORY.glob("*.py"))}

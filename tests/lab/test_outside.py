@@ -16,7 +16,7 @@ from network_kit import LabPod, NetworkKit, Probe
 from pyroute2 import IPRoute
 from test_safety import lab_addresses_in, root_namespace_view
 
-from conformance.probe_agent.agent import relay
+from conformance.probe_agent.edge import relay
 from netlab.dataplane.cleanup import lab_netns_names, process_alive, sweep
 from netlab.dataplane.egress import apply_egress
 from netlab.dataplane.nsexec import in_netns_thread

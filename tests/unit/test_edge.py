@@ -407,7 +407,8 @@ def test_the_printed_server_command_starts_the_agent_as_the_edge_server() -> Non
     unnamed = edge_server_instructions(["172.18.0.2"])
     assert "--edge-control ADDR:18081 --allow-connect 172.18.0.2" in unnamed
     assert unnamed.endswith("then name it with --external-host ADDR")
-    assert "conformance/probe_agent/agent.py" in unnamed
+    assert "copy the directory " in unnamed
+    assert "conformance/probe_agent there" in unnamed
 
 
 def test_the_source_seen_travels_from_the_properties_to_a_valid_summary() -> None:

@@ -5,6 +5,8 @@ the images a run pulls, the agent's ConfigMap, and ``manifests/`` kept equal to 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kube_objects import make_node
+from polling import eventually
 
 from conformance.kit import podspecs, probes
 from conformance.kit.nodes import select_nodes
@@ -21,6 +24,7 @@ from conformance.kit.settings import (
     parse_pull_secret,
     parse_taint_toleration,
 )
+from conformance.probe_agent import AGENT_DIRECTORY
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33"
@@ -155,10 +159,60 @@ def test_unknown_role_is_refused() -> None:
 def test_agent_configmap_carries_the_agent() -> None:
     cm = podspecs.agent_configmap("ns", "r")
     assert cm.data is not None
+    shipped = {path.name: path.read_text() for path in AGENT_DIRECTORY.glob("*.py")}
+    # `kubectl create configmap --from-file=conformance/probe_agent/` (manifests/) makes the same.
+    assert cm.data == shipped
+    assert {"agent.py", "client.py", "protocol.py", "serve.py"} <= set(cm.data)
     assert cm.data["agent.py"].startswith("#!/usr/bin/env python3")
-    assert cm.data["agent.py"] == (ROOT / "conformance/probe_agent/agent.py").read_text()
-    assert cm.data["client.py"] == (ROOT / "conformance/probe_agent/client.py").read_text()
+    # A ConfigMap holds at most 1 MiB; leave the agent room to grow, but not unnoticed.
+    size = sum(len(key) + len(text.encode()) for key, text in cm.data.items())
+    assert size < 512 << 10, f"the agent's ConfigMap holds {size} bytes"
     kubernetes_validate.validate(podspecs.to_manifest(cm), K8S_VERSION, strict=True)
+
+
+def test_agent_configmap_runs_from_its_mount(tmp_path: Path) -> None:
+    """``python3 <mount>/agent.py serve`` in a directory holding exactly the ConfigMap's files
+    (isolated: no repository, no site path, not even the script's directory on sys.path)
+    serves, and the client beside it calls it."""
+    cm = podspecs.agent_configmap("ns", "r")
+    assert cm.data is not None
+    mount = tmp_path / "netconform"
+    mount.mkdir()
+    for key, text in cm.data.items():
+        (mount / key).write_text(text)
+    control = tmp_path / "agent.sock"
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    agent = [python, "-I", str(mount / podspecs.AGENT_KEY), "serve", "--socket", str(control)]
+    client = [python, "-I", str(mount / podspecs.CLIENT_KEY)]
+    with (tmp_path / "agent.log").open("wb") as log:
+        serve = subprocess.Popen(
+            [*agent, "--tcp-port", "0", "--udp-port", "0"], stderr=log, cwd=tmp_path
+        )
+    try:
+
+        def answers() -> bool:
+            assert serve.poll() is None, (tmp_path / "agent.log").read_text()
+            ping = [*client, "ping", "--socket", str(control)]
+            return subprocess.run(ping, timeout=20, check=False).returncode == 0
+
+        assert eventually(answers, 20), (tmp_path / "agent.log").read_text()
+        batch = [{"op": "info"}, {"op": "no_such_op"}]
+        done = subprocess.run(
+            [*client, "call", "--socket", str(control)],
+            input=json.dumps(batch),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        info, unknown = json.loads(done.stdout)
+        assert info["ok"], info
+        assert info["ports"]["tcp"] > 0, info
+        assert not unknown["ok"], unknown
+        assert "unknown op" in unknown["error"], unknown
+    finally:
+        serve.terminate()
+        assert serve.wait(timeout=10) == 0, (tmp_path / "agent.log").read_text()
 
 
 @pytest.mark.parametrize(("role", "filename"), sorted(podspecs.MANIFEST_FILES.items()))

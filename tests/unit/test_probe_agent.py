@@ -25,10 +25,14 @@ from typing import Any
 import pytest
 from polling import eventually
 
-from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import AGENT_DIRECTORY, AGENT_FILE, agent_files
+from conformance.probe_agent import agent as agent_entry
 from conformance.probe_agent import client as agent_client
+from conformance.probe_agent import netinfo as agent_netinfo
+from conformance.probe_agent import protocol as agent_protocol
+from conformance.probe_agent import services as agent_services
 
-AGENT = Path(probe_agent.__file__).resolve()
+AGENT = AGENT_FILE.resolve()
 CLIENT = Path(agent_client.__file__).resolve()
 # Lab pods run the agent with the image's python3 (Debian's, with python3-scapy); use it for
 # the namespace tests when it is there, so both interpreters are exercised.
@@ -183,11 +187,11 @@ OLDEST_PYTHON = "3.8"
 VERMIN = Path(sys.executable).with_name("vermin")
 
 
-def run_vermin(path: Path) -> subprocess.CompletedProcess[str]:
+def run_vermin(*paths: Path) -> subprocess.CompletedProcess[str]:
     if not VERMIN.exists():
         pytest.fail("vermin is missing: install the dev extra (.venv/bin/pip install -e .[dev])")
     return subprocess.run(
-        [str(VERMIN), "--no-tips", "--violations", f"-t={OLDEST_PYTHON}-", str(path)],
+        [str(VERMIN), "--no-tips", "--violations", f"-t={OLDEST_PYTHON}-", *map(str, paths)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -195,22 +199,36 @@ def run_vermin(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("program", [AGENT, CLIENT], ids=lambda path: path.name)
-def test_agent_runs_on_the_oldest_python_it_promises(program: Path) -> None:
-    """vermin knows library APIs (``str.removeprefix`` is 3.9), not only grammar."""
-    done = run_vermin(program)
+#: Every file shipped to the pods (the ConfigMap's keys): the agent's modules and its client.
+SHIPPED = [AGENT_DIRECTORY / name for name in agent_files()]
+
+
+def write_shipped_files(directory: Path) -> Path:
+    """The ConfigMap's files written into ``directory``, as its mount holds them; the agent's
+    entry point there."""
+    for name, text in agent_files().items():
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o644)
+    return directory / AGENT.name
+
+
+def test_agent_runs_on_the_oldest_python_it_promises() -> None:
+    """vermin knows library APIs (``str.removeprefix`` is 3.9), not only grammar; it checks
+    every shipped file."""
+    assert {AGENT, CLIENT, AGENT_DIRECTORY / "protocol.py"} <= set(SHIPPED)
+    done = run_vermin(*SHIPPED)
     assert done.returncode == 0, (
-        f"{program.name} needs a newer Python than {OLDEST_PYTHON}:\n{done.stdout}"
+        f"the agent needs a newer Python than {OLDEST_PYTHON}:\n{done.stdout}"
     )
     assert f"The oldest Python it supports is {OLDEST_PYTHON}" in AGENT.read_text()
     assert f"**{OLDEST_PYTHON} or newer**" in CLIENT.read_text()
 
 
 def test_the_client_and_the_agent_share_their_bounds_and_socket() -> None:
-    assert agent_client.MAX_CONTROL_BYTES == probe_agent.MAX_CONTROL_BYTES
-    assert agent_client.MAX_BATCH_RESPONSE_BYTES == probe_agent.MAX_BATCH_RESPONSE_BYTES
-    assert agent_client.DEFAULT_SOCKET == probe_agent.DEFAULT_SOCKET
-    assert agent_client.DEFAULT_CALL_TIMEOUT >= probe_agent.MAX_CAPTURE_SECONDS
+    assert agent_client.MAX_CONTROL_BYTES == agent_protocol.MAX_CONTROL_BYTES
+    assert agent_client.MAX_BATCH_RESPONSE_BYTES == agent_protocol.MAX_BATCH_RESPONSE_BYTES
+    assert agent_client.DEFAULT_SOCKET == agent_protocol.DEFAULT_SOCKET
+    assert agent_client.DEFAULT_CALL_TIMEOUT >= agent_protocol.MAX_CAPTURE_SECONDS
 
 
 def test_vermin_catches_a_newer_api(tmp_path: Path) -> None:
@@ -222,25 +240,57 @@ def test_vermin_catches_a_newer_api(tmp_path: Path) -> None:
     assert "removeprefix" in done.stdout
 
 
-def test_agent_is_stdlib_only_and_parses_as_python_3_8() -> None:
-    source = AGENT.read_text()
+@pytest.mark.parametrize("module", SHIPPED, ids=lambda path: path.name)
+def test_agent_is_stdlib_only_and_parses_as_python_3_8(module: Path) -> None:
+    """Imports at import time name the standard library only (scapy is imported inside the
+    first capture); siblings are imported relatively (they are a package in the repository
+    and a plain directory in a pod)."""
+    source = module.read_text()
     tree = ast.parse(source, feature_version=(3, 8))
     top_level: set[str] = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
             top_level.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             top_level.add(node.module.split(".")[0])
     assert top_level <= set(sys.stdlib_module_names) | {"__future__"}, top_level
     assert "from __future__ import annotations" in source
+    docstring = ast.get_docstring(tree)
+    assert docstring, f"{module.name} says its job in its docstring"
+
+
+def test_the_client_imports_none_of_the_agent() -> None:
+    """Every exec starts the client: it stays one small file."""
+    tree = ast.parse(CLIENT.read_text())
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+
+
+def test_the_kit_imports_only_the_protocol() -> None:
+    """The kit (and so the suite) loads the agent's protocol, not the program."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import conformance.kit as kit\n"
+        "for module in pkgutil.walk_packages(kit.__path__, 'conformance.kit.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "print(sorted(name for name in sys.modules if name.startswith('conformance.probe_agent')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(done.stdout.replace("'", '"')) == [
+        "conformance.probe_agent",
+        "conformance.probe_agent.protocol",
+    ]
 
 
 def test_deterministic_bytes_match_expected_digest() -> None:
     for size in (0, 1, 65536, 65537, 200_001):
-        data = probe_agent.deterministic_bytes("seed-1", size)
+        data = agent_protocol.deterministic_bytes("seed-1", size)
         assert len(data) == size
-        assert hashlib.sha256(data).hexdigest() == probe_agent.expected_sha256("seed-1", size)
-    assert probe_agent.deterministic_bytes("a", 64) != probe_agent.deterministic_bytes("b", 64)
+        assert hashlib.sha256(data).hexdigest() == agent_protocol.expected_sha256("seed-1", size)
+    assert agent_protocol.deterministic_bytes("a", 64) != agent_protocol.deterministic_bytes(
+        "b", 64
+    )
 
 
 def test_call_without_serve_process_exits_non_zero(tmp_path: Path) -> None:
@@ -321,7 +371,7 @@ def test_info(loopback_agent: RunningAgent) -> None:
     assert info["pid"] == loopback_agent.process.pid
     assert info["netns"] == os.readlink("/proc/self/ns/net")
     # The namespace's cookie (never reused, unlike the inode): this process's own namespace.
-    assert info["netns_cookie"] == probe_agent.netns_cookie()
+    assert info["netns_cookie"] == agent_services.netns_cookie()
     assert isinstance(info["netns_cookie"], int)
     assert info["hostname"] == socket.gethostname()
     assert info["env"]["POD_NAME"] == "lo-a"
@@ -342,8 +392,8 @@ def test_addresses_include_loopback(loopback_agent: RunningAgent) -> None:
 
 def test_proc_fallback_agrees_with_netlink() -> None:
     # The fallback sees only the primary IPv4 address of an interface, every IPv6 one.
-    netlink = {e["name"]: e for e in probe_agent.interfaces_from_netlink()}
-    proc = {e["name"]: e for e in probe_agent.interfaces_from_proc()}
+    netlink = {e["name"]: e for e in agent_netinfo.interfaces_from_netlink()}
+    proc = {e["name"]: e for e in agent_netinfo.interfaces_from_proc()}
     assert set(netlink) == set(proc)
     for name, entry in proc.items():
         assert (entry["index"], entry["mac"], entry["mtu"]) == (
@@ -479,7 +529,7 @@ def test_write_and_read_file_hashes(
 ) -> None:
     path = str(workdir / "shared-file")
     written = loopback_agent.ok({"op": "write_file", "path": path, "size": 300_000, "seed": 7})
-    expected = probe_agent.expected_sha256("7", 300_000)
+    expected = agent_protocol.expected_sha256("7", 300_000)
     assert written["sha256"] == expected
     assert written["size"] == 300_000
     read = second_loopback_agent.ok({"op": "read_file", "path": path})
@@ -610,9 +660,7 @@ def test_without_net_raw_tcp_udp_still_work_and_icmp_capture_fail_clearly(
     """Pod security may drop NET_RAW: the agent must still serve, and say why ICMP fails."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the agent as an unprivileged user")
-    agent_path = unprivileged_dir / "agent.py"
-    shutil.copyfile(AGENT, agent_path)  # as the ConfigMap mount would hold it
-    agent_path.chmod(0o644)
+    agent_path = write_shipped_files(unprivileged_dir)
     tcp_port, udp_port = free_port_pair()
     agent = start_agent(
         unprivileged_dir,
@@ -731,7 +779,7 @@ def test_netns_addresses_match_ip_addr(netns_pair: NamespacePair) -> None:
     )
     info_a, info_b = netns_pair.a.ok({"op": "info"}), netns_pair.b.ok({"op": "info"})
     assert len({info_a["netns"], info_b["netns"], os.readlink("/proc/self/ns/net")}) == 3
-    assert len({info_a["netns_cookie"], info_b["netns_cookie"], probe_agent.netns_cookie()}) == 3
+    assert len({info_a["netns_cookie"], info_b["netns_cookie"], agent_services.netns_cookie()}) == 3
 
 
 @pytest.mark.parametrize(
@@ -815,3 +863,19 @@ def test_netns_capture_without_traffic_returns_no_packets(netns_pair: NamespaceP
         {"op": "capture_result", "capture_id": start["capture_id"], "wait": 0.5}
     )
     assert result["packets"] == []
+
+
+def test_the_agent_modules_read_from_the_entry_down() -> None:
+    """At import time each module imports only modules after it in `MODULES` (type-only
+    imports aside), and the shipped files are exactly the entry, the modules and the client."""
+    shipped = {path.stem for path in SHIPPED}
+    assert shipped == {"__init__", "agent", "client", *agent_entry.MODULES}
+    for place, name in enumerate(agent_entry.MODULES):
+        tree = ast.parse((AGENT_DIRECTORY / f"{name}.py").read_text())
+        siblings = {
+            node.module.split(".")[0]
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+        later = set(agent_entry.MODULES[place + 1 :])
+        assert siblings <= later, f"{name} imports {sorted(siblings - later)}, not after it"

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 from polling import eventually
 
-from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import AGENT_FILE
 from conformance.probe_agent import client as agent_client
+from conformance.probe_agent import edge as agent_edge
+from conformance.probe_agent import protocol as agent_protocol
 
-AGENT = Path(probe_agent.__file__).resolve()
+AGENT = AGENT_FILE.resolve()
 Response = dict[str, Any]
 
 
@@ -226,7 +228,7 @@ def test_edge_control_needs_allow_connect(tmp_path: Path) -> None:
     ],
 )
 def test_host_port_parsing(text: str, expected: tuple[str, int]) -> None:
-    assert probe_agent.parse_host_port(text) == expected
+    assert agent_edge.parse_host_port(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -234,9 +236,9 @@ def test_host_port_parsing(text: str, expected: tuple[str, int]) -> None:
 )
 def test_host_port_parsing_refuses(text: str) -> None:
     with pytest.raises(ValueError, match=r"ADDR:PORT|not an IP address|brackets"):
-        probe_agent.parse_host_port(text)
+        agent_edge.parse_host_port(text)
 
 
 def test_relay_budget_covers_the_relayed_request() -> None:
-    assert probe_agent.request_wait({"op": "relay", "timeout": 12}) == 12
-    assert probe_agent.request_wait({"op": "relay"}) == probe_agent.RELAY_TIMEOUT
+    assert agent_protocol.request_wait({"op": "relay", "timeout": 12}) == 12
+    assert agent_protocol.request_wait({"op": "relay"}) == agent_protocol.RELAY_TIMEOUT

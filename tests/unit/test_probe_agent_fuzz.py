@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from test_probe_agent import CLIENT, RunningAgent, nonce, start_agent
 
-from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import protocol as agent_protocol
 
 #: How far VmRSS may grow over the figure taken after warm-up (json of a 1 MiB batch, thread
 #: stacks of slow clients, Python's allocator keeping freed arenas).
@@ -256,7 +256,7 @@ def test_control_socket_takes_malformed_and_oversized_bytes(target: FuzzTarget) 
         assert_answer_is_a_response_list(control_exchange(target.agent.socket_path, data))
 
     check()
-    limit = probe_agent.MAX_CONTROL_BYTES
+    limit = agent_protocol.MAX_CONTROL_BYTES
     for data, reason in (
         (b"[" + b'{"op": "info"},' * (limit // 15) + b"{}]", "larger than"),
         (b"[" * 200_000 + b"]" * 200_000, "not JSON"),  # nesting deeper than the parser goes
@@ -380,7 +380,7 @@ def test_slow_tcp_clients_are_cut_and_do_not_block_others(target: FuzzTarget) ->
             client.setblocking(False)
             slow.append(client)
         assert_still_serving(target)
-        deadline = time.monotonic() + probe_agent.LISTENER_READ_TIMEOUT + 5
+        deadline = time.monotonic() + agent_protocol.LISTENER_READ_TIMEOUT + 5
         next_byte = time.monotonic()
         while len(cut) < len(slow) and time.monotonic() < deadline:
             if time.monotonic() >= next_byte:  # one byte a second from every open client

@@ -31,7 +31,9 @@ from test_probe_agent import (
 )
 from test_probe_agent_services import round_robin
 
-from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import listeners as agent_listeners
+from conformance.probe_agent import measured as agent_measured
+from conformance.probe_agent import protocol as agent_protocol
 
 LOSS_FIELDS = ("count", "sent", "answered", "lost", "errors", "error_examples", "seconds")
 
@@ -104,7 +106,7 @@ def test_the_listener_records_a_nonce_once_however_many_probes_carry_it(
 
 
 def test_the_record_book_keeps_each_record_once_and_drops_the_least_recently_seen() -> None:
-    book = probe_agent.RecordBook(limit=3)
+    book = agent_listeners.RecordBook(limit=3)
     for name in ("a", "b", "a", "c", "a", "d"):
         book.add(name, "udp", "10.0.0.1")
     # "a" was seen again after "b": "b" is the one dropped for "d".
@@ -149,7 +151,7 @@ def test_answers_queued_by_the_deadline_count_whenever_they_are_read() -> None:
         ours.connect(theirs.getsockname())
         theirs.connect(ours.getsockname())
         taken: list[bytes] = []
-        tally = probe_agent.Tally("test")
+        tally = agent_measured.Tally("test")
 
         def send(index: int) -> None:
             if index == 49:  # every answer queued once the last probe is out
@@ -161,7 +163,7 @@ def test_answers_queued_by_the_deadline_count_whenever_they_are_read() -> None:
                 threading.Event().wait(0.3)
             taken.append(data)
 
-        probe_agent._paced(ours, tally, 50, 0.0001, 0.05, send, take, lambda: len(taken) == 50)
+        agent_measured._paced(ours, tally, 50, 0.0001, 0.05, send, take, lambda: len(taken) == 50)
     assert tally.sent == 50
     assert sorted(int(t) for t in taken) == list(range(50))
 
@@ -279,8 +281,8 @@ def test_drops_reads_the_listeners_own_drop_counters(
         "   3: 00000000000000000000000000000000:1F91 00000000000000000000000000000000:0000 07 "
         "00000000:00000000 00:00000000 00000000     0        0 387953 2 0000000012345678 4\n"
     )
-    assert probe_agent.udp_socket_drops(8081, (str(udp), str(udp6))) == 21
-    assert probe_agent.udp_socket_drops(8081, (str(tmp_path / "none"),)) is None
+    assert agent_measured.udp_socket_drops(8081, (str(udp), str(udp6))) == 21
+    assert agent_measured.udp_socket_drops(8081, (str(tmp_path / "none"),)) is None
     netstat = tmp_path / "netstat"
     netstat.write_text(
         "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPLostRetransmit\n"
@@ -288,8 +290,8 @@ def test_drops_reads_the_listeners_own_drop_counters(
         "IpExt: InNoRoutes\n"
         "IpExt: 0\n"
     )
-    assert probe_agent.listen_drops(str(netstat)) == 5
-    assert probe_agent.listen_drops(str(tmp_path / "none")) is None
+    assert agent_measured.listen_drops(str(netstat)) == 5
+    assert agent_measured.listen_drops(str(tmp_path / "none")) is None
 
 
 # --- fields, budget, timing, spreads ---------------------------------------------------------
@@ -317,9 +319,9 @@ def test_measured_requests_refuse_bad_fields(
 
 def test_a_measured_requests_budget_covers_its_probes() -> None:
     request = {"op": "connect", "timeout": 5, "count": 100, "interval": 0.01}
-    assert probe_agent.request_wait(request) == pytest.approx(6.0)
-    assert probe_agent.request_wait({"op": "icmp", "timeout": 2, "count": 1}) == 2.0
-    assert probe_agent.request_wait({"op": "icmp", "count": "x"}) == 3.0
+    assert agent_protocol.request_wait(request) == pytest.approx(6.0)
+    assert agent_protocol.request_wait({"op": "icmp", "timeout": 2, "count": 1}) == 2.0
+    assert agent_protocol.request_wait({"op": "icmp", "count": "x"}) == 3.0
 
 
 def test_a_plain_connect_says_how_long_it_took(measuring_agent: RunningAgent) -> None:

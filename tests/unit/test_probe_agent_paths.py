@@ -37,7 +37,8 @@ from test_probe_agent import (
     start_agent,
 )
 
-from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import netinfo as agent_netinfo
+from conformance.probe_agent import protocol as agent_protocol
 
 A4, R4A, R4B, B4 = "198.51.100.1", "198.51.100.254", "203.0.113.254", "203.0.113.2"
 A6, R6A, R6B, B6 = "fd00:7e:1::1", "fd00:7e:1::fe", "fd00:7e:2::fe", "fd00:7e:2::2"
@@ -343,9 +344,9 @@ def test_sized_packet_layout() -> None:
     """Nonce line first, then deterministic padding up to the IP size asked for."""
     import socket
 
-    packet = probe_agent.SizedPacket("nc-1", 200, socket.AF_INET, "127.0.0.1", 8)
+    packet = agent_netinfo.SizedPacket("nc-1", 200, socket.AF_INET, "127.0.0.1", 8)
     assert packet.size == 200
     assert len(packet.payload) == 200 - 28
     assert packet.payload.startswith(b"nc-1\n")
-    assert packet.payload[5:] == probe_agent.deterministic_bytes("nc-1", 200 - 28 - 5)
+    assert packet.payload[5:] == agent_protocol.deterministic_bytes("nc-1", 200 - 28 - 5)
     assert packet.iface == "lo"

@@ -22,8 +22,11 @@ from pathlib import Path
 import pytest
 from test_probe_agent import AGENT, CLIENT, RunningAgent, free_port_pair, nonce, start_agent
 
-from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import captures as agent_captures
 from conformance.probe_agent import client as agent_client
+from conformance.probe_agent import control as agent_control
+from conformance.probe_agent import listeners as agent_listeners
+from conformance.probe_agent import protocol as agent_protocol
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,7 @@ def test_two_agents_on_port_zero_get_different_ports(workdir: Path, agent: Runni
 
 def test_port_zero_retries_when_ipv6_loses_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """The race: IPv4 got port P, something took P for IPv6 before we did; pick again."""
-    real_bind = probe_agent._bind_listener
+    real_bind = agent_listeners._bind_listener
     refused: list[int] = []
 
     def bind_losing_first_ipv6(family: socket.AddressFamily, kind: int, port: int) -> socket.socket:
@@ -101,8 +104,8 @@ def test_port_zero_retries_when_ipv6_loses_the_port(monkeypatch: pytest.MonkeyPa
             raise OSError(errno.EADDRINUSE, "taken by a racing process")
         return real_bind(family, kind, port)
 
-    monkeypatch.setattr(probe_agent, "_bind_listener", bind_losing_first_ipv6)
-    sockets = probe_agent.open_proto_listeners("tcp", 0)
+    monkeypatch.setattr(agent_listeners, "_bind_listener", bind_losing_first_ipv6)
+    sockets = agent_listeners.open_proto_listeners("tcp", 0)
     try:
         assert refused, "the IPv6 bind was tried"
         ports = {sock.getsockname()[1] for sock in sockets}
@@ -115,7 +118,7 @@ def test_port_zero_retries_when_ipv6_loses_the_port(monkeypatch: pytest.MonkeyPa
 
 
 def test_port_zero_gives_up_after_bounded_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_bind = probe_agent._bind_listener
+    real_bind = agent_listeners._bind_listener
     tries: list[int] = []
 
     def ipv6_always_taken(family: socket.AddressFamily, kind: int, port: int) -> socket.socket:
@@ -124,11 +127,11 @@ def test_port_zero_gives_up_after_bounded_attempts(monkeypatch: pytest.MonkeyPat
             raise OSError(errno.EADDRINUSE, "taken")
         return real_bind(family, kind, port)
 
-    monkeypatch.setattr(probe_agent, "_bind_listener", ipv6_always_taken)
+    monkeypatch.setattr(agent_listeners, "_bind_listener", ipv6_always_taken)
     with pytest.raises(OSError, match=r"EADDRINUSE|taken") as raised:
-        probe_agent.open_proto_listeners("udp", 0)
+        agent_listeners.open_proto_listeners("udp", 0)
     assert raised.value.errno == errno.EADDRINUSE
-    assert len(tries) == probe_agent.EPHEMERAL_BIND_ATTEMPTS
+    assert len(tries) == agent_protocol.EPHEMERAL_BIND_ATTEMPTS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,13 +141,13 @@ def test_port_zero_gives_up_after_bounded_attempts(monkeypatch: pytest.MonkeyPat
 def test_call_budget_formula() -> None:
     waits = [{"op": "connect", "timeout": 3}] * 8 + [{"op": "seen", "wait": 10}]
     total = 8 * 3 + 10
-    assert probe_agent.call_budget(waits) == 10 + total
-    assert probe_agent.call_budget(waits, 1) == 10 + total
-    assert probe_agent.call_budget(waits, 4) == pytest.approx(10 + total / 4 + 0.75 * 10)
-    assert probe_agent.call_budget(waits, 64) == pytest.approx(10 + total / 64 + 63 / 64 * 10)
-    assert probe_agent.call_budget([{"op": "info"}], 8) == 10
-    assert probe_agent.call_budget([], 8) == 10
-    assert probe_agent.call_budget([{"op": "capture_start"}] * 2, 2) == pytest.approx(10 + 15)
+    assert agent_protocol.call_budget(waits) == 10 + total
+    assert agent_protocol.call_budget(waits, 1) == 10 + total
+    assert agent_protocol.call_budget(waits, 4) == pytest.approx(10 + total / 4 + 0.75 * 10)
+    assert agent_protocol.call_budget(waits, 64) == pytest.approx(10 + total / 64 + 63 / 64 * 10)
+    assert agent_protocol.call_budget([{"op": "info"}], 8) == 10
+    assert agent_protocol.call_budget([], 8) == 10
+    assert agent_protocol.call_budget([{"op": "capture_start"}] * 2, 2) == pytest.approx(10 + 15)
 
 
 def test_parallel_batch_answers_in_request_order(agent: RunningAgent) -> None:
@@ -219,8 +222,8 @@ def test_call_cli_takes_a_parallel_batch(agent: RunningAgent) -> None:
         ({"parallel": True, "requests": []}, "'parallel' must be an integer"),
         ({"parallel": 2, "requests": {"op": "info"}}, "'requests' of a batch must be a list"),
         (
-            {"parallel": 2, "requests": [{"op": "info"}] * (probe_agent.MAX_BATCH_REQUESTS + 1)},
-            f"at most {probe_agent.MAX_BATCH_REQUESTS} requests",
+            {"parallel": 2, "requests": [{"op": "info"}] * (agent_protocol.MAX_BATCH_REQUESTS + 1)},
+            f"at most {agent_protocol.MAX_BATCH_REQUESTS} requests",
         ),
     ],
 )
@@ -240,7 +243,7 @@ def test_bad_batches_are_refused_whole(agent: RunningAgent, body: object, reason
 
 
 def test_responses_beyond_the_batch_byte_bound_are_dropped_not_grown() -> None:
-    encoder = probe_agent.ResponseBytes(limit=100)
+    encoder = agent_control.ResponseBytes(limit=100)
     first = encoder.encode({"ok": True, "op": "info", "text": "x" * 50})
     second = encoder.encode({"ok": True, "op": "info", "text": "y" * 50})
     assert json.loads(first)["ok"] is True
@@ -325,14 +328,14 @@ def test_bad_prefix_requests(agent: RunningAgent, request_body: object, error_pa
 
 def test_nonce_tokens_end_where_json_and_lines_end() -> None:
     reply = b'{"nonce": "nc-run1-00ab", "peer": "10.0.0.1"}'
-    assert probe_agent.find_nonce(reply, b"nc-run1-") == "nc-run1-00ab"
-    assert probe_agent.find_nonce(b"nc-run1-7f\n\x00padding", b"nc-run1-") == "nc-run1-7f"
-    assert probe_agent.find_nonce(b"nothing here", b"nc-") is None
-    assert probe_agent.find_nonce(b"nc-" + b"a" * 300, b"nc-") == "nc-" + "a" * 125
+    assert agent_protocol.find_nonce(reply, b"nc-run1-") == "nc-run1-00ab"
+    assert agent_protocol.find_nonce(b"nc-run1-7f\n\x00padding", b"nc-run1-") == "nc-run1-7f"
+    assert agent_protocol.find_nonce(b"nothing here", b"nc-") is None
+    assert agent_protocol.find_nonce(b"nc-" + b"a" * 300, b"nc-") == "nc-" + "a" * 125
 
 
 def test_record_book_by_prefix_reads_icmp_payloads() -> None:
-    book = probe_agent.RecordBook(limit=3)
+    book = agent_listeners.RecordBook(limit=3)
     book.add("nc-r-1", "tcp", "10.0.0.1")
     book.add_payload(b"nc-r-2\n" + bytes(200), "icmp", "10.0.0.2")
     book.add("other-3", "udp", "10.0.0.3")
@@ -348,16 +351,16 @@ def test_record_book_by_prefix_reads_icmp_payloads() -> None:
 
 
 def test_capture_keeps_a_bounded_number_of_packets() -> None:
-    capture = probe_agent.Capture("cap-1", "nc-", True, "lo")
+    capture = agent_captures.Capture("cap-1", "nc-", True, "lo")
     row = ("udp", "10.0.0.1", "10.0.0.2", "eth0", "nc-1")
-    for _ in range(probe_agent.MAX_PACKETS_PER_PREFIX_CAPTURE + 5):
+    for _ in range(agent_protocol.MAX_PACKETS_PER_PREFIX_CAPTURE + 5):
         capture.add(row)
-    assert len(capture.packets) == probe_agent.MAX_PACKETS_PER_PREFIX_CAPTURE
+    assert len(capture.packets) == agent_protocol.MAX_PACKETS_PER_PREFIX_CAPTURE
     assert capture.dropped == 5
-    exact = probe_agent.Capture("cap-2", "nc-1", False, "lo")
-    for _ in range(probe_agent.MAX_PACKETS_PER_CAPTURE + 1):
+    exact = agent_captures.Capture("cap-2", "nc-1", False, "lo")
+    for _ in range(agent_protocol.MAX_PACKETS_PER_CAPTURE + 1):
         exact.add(row)
-    assert (len(exact.packets), exact.dropped) == (probe_agent.MAX_PACKETS_PER_CAPTURE, 1)
+    assert (len(exact.packets), exact.dropped) == (agent_protocol.MAX_PACKETS_PER_CAPTURE, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +371,7 @@ def test_files_inside_the_data_directory(agent: RunningAgent, data_dir: Path) ->
     path = data_dir / "sub" / "file.bin"
     path.parent.mkdir()
     written = agent.ok({"op": "write_file", "path": str(path), "size": 70_000, "seed": "s1"})
-    assert written["sha256"] == probe_agent.expected_sha256("s1", 70_000)
+    assert written["sha256"] == agent_protocol.expected_sha256("s1", 70_000)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == written["sha256"]
     read = agent.ok({"op": "read_file", "path": str(path)})
     assert (read["sha256"], read["size"]) == (written["sha256"], 70_000)
@@ -445,7 +448,7 @@ def test_transfer_of_one_mebibyte(agent: RunningAgent) -> None:
             "timeout": 20,
         }
     )
-    expected = probe_agent.expected_sha256(value, size)
+    expected = agent_protocol.expected_sha256(value, size)
     assert result["bytes_sent"] == result["bytes_received"] == size
     assert result["sha256_expected"] == result["sha256_received"] == expected
     assert result["peer_seen"] == "127.0.0.1"
@@ -572,7 +575,7 @@ def test_sized_udp_and_icmp_to_the_loopback_mtu(agent: RunningAgent, host: str) 
 
 
 def test_call_stdin_is_bounded(agent: RunningAgent) -> None:
-    huge = b"[" + b'{"op": "info"},' * (probe_agent.MAX_CONTROL_BYTES // 10) + b'{"op": "info"}]'
+    huge = b"[" + b'{"op": "info"},' * (agent_protocol.MAX_CONTROL_BYTES // 10) + b'{"op": "info"}]'
     done = subprocess.run(
         [sys.executable, str(CLIENT), "call", "--socket", str(agent.socket_path)],
         input=huge,
@@ -657,7 +660,7 @@ def test_capture_without_a_kernel_filter_applies_the_same_test_in_python(
         raise ImportError("libpcap is not available")
 
     monkeypatch.setattr(scapy.arch.common, "compile_filter", no_libpcap)
-    captures = probe_agent.CaptureBook()
+    captures = agent_captures.CaptureBook()
     prefix = f"{nonce()}-"
     start = captures.start(None, prefix, "lo", 20)
     assert captures._load_scapy()["filter"] is None

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from test_probe_agent import RunningAgent, free_port_pair, nonce, start_agent
 
-from conformance.probe_agent import agent as probe_agent
+from conformance.probe_agent import protocol as agent_protocol
+from conformance.probe_agent import services as agent_services
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_spread_counts_failed_tries_by_errno(backends: tuple[RunningAgent, Runni
     ("fields", "error"),
     [
         ({"max_tries": 0}, "'max_tries' must be between 1"),
-        ({"max_tries": probe_agent.MAX_SPREAD_TRIES + 1}, "'max_tries' must be between 1"),
+        ({"max_tries": agent_protocol.MAX_SPREAD_TRIES + 1}, "'max_tries' must be between 1"),
         ({"parallel": 33}, "'parallel' must be between 1 and 32"),
         ({"expect_servers": "backend-1"}, "'expect_servers' must be a list"),
         ({"expect_servers": [""]}, "'expect_servers' must be a list"),
@@ -186,11 +187,11 @@ def test_spread_refuses_bad_fields(
 
 def test_spread_budget_covers_its_waves_and_is_bounded() -> None:
     request = {"op": "spread", "timeout": 2, "max_tries": 10, "parallel": 4}
-    assert probe_agent.request_wait(request) == 6.0  # 3 waves of 2 s
+    assert agent_protocol.request_wait(request) == 6.0  # 3 waves of 2 s
     huge = {"op": "spread", "timeout": 5, "max_tries": 4096, "parallel": 1}
-    assert probe_agent.request_wait(huge) == probe_agent.SPREAD_SECONDS + 5
-    assert probe_agent.request_wait({"op": "spread", "max_tries": "x"}) == 0.0
-    assert probe_agent.call_budget([request], 1) == probe_agent.CALL_MARGIN + 6.0
+    assert agent_protocol.request_wait(huge) == agent_protocol.SPREAD_SECONDS + 5
+    assert agent_protocol.request_wait({"op": "spread", "max_tries": "x"}) == 0.0
+    assert agent_protocol.call_budget([request], 1) == agent_protocol.CALL_MARGIN + 6.0
 
 
 # --- env, set_ready and the readiness ping ------------------------------------------------------
@@ -351,9 +352,9 @@ def test_resolv_conf_as_kubelet_writes_it(tmp_path: Path) -> None:
         "# written by kubelet\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\n"
         "nameserver 10.96.0.10\noptions ndots:5\n"
     )
-    assert probe_agent.read_resolv_conf(str(path)) == {
+    assert agent_services.read_resolv_conf(str(path)) == {
         "nameservers": ["10.96.0.10"],
         "search": ["ns1.svc.cluster.local", "svc.cluster.local", "cluster.local"],
         "options": ["ndots:5"],
     }
-    assert probe_agent.read_resolv_conf(str(tmp_path / "missing")) is None
+    assert agent_services.read_resolv_conf(str(tmp_path / "missing")) is None
