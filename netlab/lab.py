@@ -42,7 +42,17 @@ from netlab.dataplane.topology import (
     node_infos,
     plan_ipam_ranges,
 )
-from netlab.spec import STATE_ROOT, LabSpec, LabSpecError
+from netlab.spec import (
+    FAILED_FILE,
+    INFO_FILE,
+    KUBECONFIG_FILE,
+    LOG_FILE,
+    PID_FILE,
+    READY_FILE,
+    STATE_ROOT,
+    LabSpec,
+    LabSpecError,
+)
 
 if TYPE_CHECKING:
     from netlab.api.server import ApiServer
@@ -52,14 +62,6 @@ if TYPE_CHECKING:
     from netlab.netpol.engine import PolicyEngine
 
 log = logging.getLogger("netlab.lab")
-
-# Files in the state dir that the CLI and `netlab down` read.
-PID_FILE = "daemon.pid"
-READY_FILE = "ready"
-FAILED_FILE = "failed"
-LOG_FILE = "lab.log"
-INFO_FILE = "info.json"
-KUBECONFIG_FILE = "kubeconfig"
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 KUBELET_CLOSE_TIMEOUT = 60.0  # seconds for one kubelet to stop its pods; the sweep follows anyway
