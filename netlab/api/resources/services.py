@@ -22,7 +22,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from netlab.api.controllers.bootstrap import Bootstrap
 from netlab.api.errors import ApiError, invalid
+from netlab.api.resources.strategy import Strategy
 from netlab.api.store import Store
 from netlab.spec import LabSpec, ip_version
 
@@ -616,3 +618,23 @@ def _immutable_cluster_ips(spec: JSONDict, old: JSONDict) -> list[JSONDict]:
                 )
             ]
     return []
+
+
+class ServiceStrategy(Strategy):
+    """Services: defaults, validation and allocation by the ``ServiceRegistry``; a deleted
+    ``default/kubernetes`` is put back by the bootstrap controller."""
+
+    returns_deleted_object = True
+
+    def __init__(self, registry: ServiceRegistry, bootstrap: Bootstrap) -> None:
+        self.registry = registry
+        self.bootstrap = bootstrap
+
+    def prepare_for_create(self, obj: JSONDict) -> JSONDict:
+        return self.registry.create(obj)
+
+    def validate_update(self, obj: JSONDict, existing: JSONDict) -> JSONDict:
+        return self.registry.update(obj, existing)
+
+    def after_delete(self, namespace: str, name: str) -> None:
+        self.bootstrap.service_removed(namespace, name)

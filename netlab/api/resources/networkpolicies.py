@@ -23,6 +23,7 @@ from typing import Any
 
 from netlab.api.errors import invalid
 from netlab.api.meta import DNS1123_SUBDOMAIN, SUBDOMAIN_MSG
+from netlab.api.resources.strategy import Strategy
 
 JSONDict = dict[str, Any]
 
@@ -320,3 +321,16 @@ def admit(policy: JSONDict) -> JSONDict:
     if causes:
         raise invalid("NetworkPolicy", name, causes, GROUP)
     return policy
+
+
+class NetworkPolicyStrategy(Strategy):
+    """Defaults at decoding (before validation), then the networking/v1 validation."""
+
+    def decode(self, obj: JSONDict) -> None:
+        apply_defaults(obj)
+
+    def prepare_for_create(self, obj: JSONDict) -> JSONDict:
+        return admit(obj)
+
+    def validate_update(self, obj: JSONDict, existing: JSONDict) -> JSONDict:
+        return admit(obj)
