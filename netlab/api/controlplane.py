@@ -39,9 +39,7 @@ class ControlPlane:
         self.tasks = BackgroundTasks()
         self.events = EventRecorder(store)
         self.nodes = NodeRegistry(store)
-        self.pods = PodLifecycle(
-            store, self.tasks, self.nodes, Scheduler(store, self.events), self.events
-        )
+        self.pods = PodLifecycle(self.tasks, self.nodes, Scheduler(store, self.events))
         self.namespaces = NamespaceFinalizer(store, self.tasks, self.pods)
         self.service_accounts = ServiceAccountController(store, self.switch)
         self.endpoint_slices = EndpointSliceController(store)

@@ -26,19 +26,13 @@ CONTROL_PLANE_CONDITIONS = ("PodScheduled", "DisruptionTarget")
 class PodLifecycle:
     """Every pod from creation to removal; the one place that talks to kubelets about pods."""
 
-    def __init__(
-        self,
-        store: Store,
-        tasks: BackgroundTasks,
-        nodes: NodeRegistry,
-        scheduler: Scheduler,
-        events: EventRecorder,
-    ) -> None:
-        self.store = store
+    def __init__(self, tasks: BackgroundTasks, nodes: NodeRegistry, scheduler: Scheduler) -> None:
         self.tasks = tasks
         self.nodes = nodes
         self.scheduler = scheduler
-        self.events = events
+        # The scheduler's store and recorder: one of each in a cluster.
+        self.store: Store = scheduler.store
+        self.events: EventRecorder = scheduler.events
         self.on_created: list[Callable[[JSONDict], None]] = []
         self._uids: dict[str, tuple[str, str]] = {}  # pod uid -> (namespace, name)
 
