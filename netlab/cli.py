@@ -32,15 +32,18 @@ from netlab.dataplane.cleanup import lab_netns_names, process_alive, process_sta
 from netlab.dataplane.outside import external_host_values
 from netlab.dataplane.topology import check_topology_faults
 from netlab.faults import describe_faults
-from netlab.lab import (
+from netlab.lab import default_kubeconfig
+from netlab.spec import (
     FAILED_FILE,
     INFO_FILE,
+    IP_FAMILIES,
     LOG_FILE,
     PID_FILE,
     READY_FILE,
-    default_kubeconfig,
+    STATE_ROOT,
+    LabSpec,
+    LabSpecError,
 )
-from netlab.spec import IP_FAMILIES, STATE_ROOT, LabSpec, LabSpecError
 
 CNI_PLUGIN_DIR = Path("/usr/lib/cni")
 REQUIRED_CNI_PLUGINS = ("bridge", "host-local", "loopback")

@@ -42,7 +42,17 @@ from netlab.dataplane.topology import (
     node_infos,
     plan_ipam_ranges,
 )
-from netlab.spec import STATE_ROOT, LabSpec, LabSpecError
+from netlab.spec import (
+    FAILED_FILE,
+    INFO_FILE,
+    KUBECONFIG_FILE,
+    LOG_FILE,
+    PID_FILE,
+    READY_FILE,
+    STATE_ROOT,
+    LabSpec,
+    LabSpecError,
+)
 
 if TYPE_CHECKING:
     from netlab.api.server import ApiServer
@@ -52,14 +62,6 @@ if TYPE_CHECKING:
     from netlab.netpol.engine import PolicyEngine
 
 log = logging.getLogger("netlab.lab")
-
-# Files in the state dir that the CLI and `netlab down` read.
-PID_FILE = "daemon.pid"
-READY_FILE = "ready"
-FAILED_FILE = "failed"
-LOG_FILE = "lab.log"
-INFO_FILE = "info.json"
-KUBECONFIG_FILE = "kubeconfig"
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 KUBELET_CLOSE_TIMEOUT = 60.0  # seconds for one kubelet to stop its pods; the sweep follows anyway
@@ -196,7 +198,7 @@ class Lab:
         await proxy.start()
         self.proxy = proxy
         self._stack.push_async_callback(proxy.stop)
-        api.cluster.follow(("services", "endpointslices"), proxy.notify)
+        api.control.follow(("services", "endpointslices"), proxy.notify)
         first = self.kubelets[0]
         if NO_CLUSTER_DNS_FAULT in self.spec.faults:
             log.info("services: proxy on %d nodes, no cluster DNS", len(self.kubelets))
@@ -206,10 +208,10 @@ class Lab:
             addresses = await dns.start()
             self.dns = dns
             self._stack.push_async_callback(dns.stop)
-            api.cluster.follow(("services", "endpointslices"), dns.refresh)
+            api.control.follow(("services", "endpointslices"), dns.refresh)
             name = dns_service_name(self.spec)
-            api.cluster.publish("services", kube_dns_service(cluster_dns_address(self.spec), name))
-            api.cluster.publish(
+            api.control.publish("services", kube_dns_service(cluster_dns_address(self.spec), name))
+            api.control.publish(
                 "endpointslices", kube_dns_endpoint_slice(addresses[0], first.node.name, name)
             )
             log.info(
@@ -251,7 +253,7 @@ class Lab:
         await engine.start()
         self.policy_engine = engine
         self._stack.push_async_callback(engine.stop)
-        self.api.cluster.follow(("networkpolicies", "pods", "namespaces"), engine.notify)
+        self.api.control.follow(("networkpolicies", "pods", "namespaces"), engine.notify)
         log.info("network policy: enforced on %d nodes (nftables)", len(self.kubelets))
 
     async def _stop_control_plane(self) -> None:

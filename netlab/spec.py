@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 STATE_ROOT = Path("/run/netlab")
+
+# Files in a lab's state dir (STATE_ROOT/NAME): the daemon writes them; the CLI,
+# `netlab down` and `netlab api-faults` read them.
+PID_FILE = "daemon.pid"
+READY_FILE = "ready"
+FAILED_FILE = "failed"
+LOG_FILE = "lab.log"
+INFO_FILE = "info.json"
+KUBECONFIG_FILE = "kubeconfig"
 LAB_NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?$")
 # `netlab up --ip-family`: which families pods, nodes and services get (dual: IPv4 primary).
 IP_FAMILIES: dict[str, tuple[int, ...]] = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}

@@ -26,6 +26,7 @@ from aiohttp import web
 from netlab.api.errors import ApiError
 from netlab.api.faults import ApiFaultError, FaultSwitch, describe_api_faults, parse_api_faults
 from netlab.api.request import NOT_FOUND, read_body
+from netlab.spec import INFO_FILE
 
 log = logging.getLogger("netlab.api.faults")
 
@@ -128,8 +129,6 @@ def command_api_faults(args: argparse.Namespace) -> int:
     except ApiFaultError as error:
         _say(str(error))
         return 2
-    from netlab.lab import INFO_FILE  # here: the API server itself never needs the daemon
-
     try:
         info = json.loads((Path(args.state_root) / args.name / INFO_FILE).read_text())
     except (OSError, ValueError):

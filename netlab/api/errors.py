@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -110,3 +112,28 @@ def invalid(kind: str, name: str, causes: list[JSONDict], group: str = "") -> Ap
 
 def bad_request(message: str) -> ApiError:
     return ApiError(400, message)
+
+
+# Field errors (k8s.io/apimachinery's field.Error) as the causes of a 422 Invalid.
+
+
+def field_cause(field: str, message: str, reason: str = "FieldValueInvalid") -> dict[str, Any]:
+    return {"reason": reason, "message": message, "field": field}
+
+
+def field_value(value: Any) -> str:
+    """A bad value as field.Error prints it: strings quoted, numbers bare."""
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def field_invalid(field: str, value: Any, detail: str) -> dict[str, Any]:
+    return field_cause(field, f"Invalid value: {field_value(value)}: {detail}")
+
+
+def field_not_supported(field: str, value: Any, supported: Iterable[str]) -> dict[str, Any]:
+    listing = ", ".join(json.dumps(s) for s in supported)
+    return field_cause(
+        field,
+        f"Unsupported value: {field_value(value)}: supported values: {listing}",
+        "FieldValueNotSupported",
+    )

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from netlab.api.cluster import Cluster
+from netlab.api.cluster.nodes import NodeRegistry
 from netlab.api.containers import node_of, resolve_container
 from netlab.api.errors import ApiError
 from netlab.api.faults import ApiFaults
@@ -240,7 +240,7 @@ class ExecSession(ChannelSession):
 
 
 async def serve_exec(
-    request: web.Request, cluster: Cluster, pod: JSONDict, faults: ApiFaults | None = None
+    request: web.Request, nodes: NodeRegistry, pod: JSONDict, faults: ApiFaults | None = None
 ) -> web.StreamResponse:
     faults = faults or ApiFaults()
     command = request.query.getall("command", [])
@@ -255,8 +255,8 @@ async def serve_exec(
         raise ApiError(
             400, f"cannot exec into a container in a completed pod; current phase is {phase}"
         )
-    agent = cluster.agents.get(node_of(pod, container))
-    if agent is None:
+    kubelet = nodes.kubelet_of(node_of(pod, container))
+    if kubelet is None:
         raise ApiError(
             400,
             f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to start: ContainerCreating',
@@ -265,7 +265,7 @@ async def serve_exec(
     upgrade = request.headers.get("Upgrade", "").lower()
     if upgrade == SPDY_UPGRADE.lower():
         return await _serve_spdy(
-            request, agent, pod, container, list(command), stdin, stdout, stderr, tty
+            request, kubelet, pod, container, list(command), stdin, stdout, stderr, tty
         )
     # Checked after the request itself, so that kubectl's SPDY fallback (taken whenever the
     # WebSocket upgrade fails) still shows the real reason above.
@@ -289,7 +289,7 @@ async def serve_exec(
         await ws.close()
         return ws
     try:
-        process = await agent.exec(
+        process = await kubelet.exec(
             pod["metadata"]["uid"], container, list(command), stdin=stdin, tty=tty
         )
     except (RuntimeError_, OSError) as error:  # e.g. no such executable in the container
@@ -308,7 +308,7 @@ async def serve_exec(
 
 async def _serve_spdy(
     request: web.Request,
-    agent: KubeletAPI,
+    kubelet: KubeletAPI,
     pod: JSONDict,
     container: str,
     command: list[str],
@@ -378,7 +378,7 @@ async def _serve_spdy(
             await session.send(ERROR, json.dumps(internal_error(too_long)).encode())
             return response
         try:
-            process = await agent.exec(
+            process = await kubelet.exec(
                 pod["metadata"]["uid"], container, command, stdin=stdin, tty=tty
             )
         except (RuntimeError_, OSError) as error:

@@ -9,7 +9,7 @@ path and how many such requests came before it; a namespace's name), so the same
 same requests give the same faults, however other requests interleave.
 
 This module only parses and describes; the server applies the faults (``netlab.api.injector``,
-``netlab.api.serviceaccounts``, ``netlab.api.eviction``, ``netlab.api.server``).
+``netlab.api.controllers.serviceaccounts``, ``netlab.api.controllers.eviction``, ``netlab.api.server``).
 """
 
 from __future__ import annotations

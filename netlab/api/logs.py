@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from netlab.api.cluster import Cluster
+from netlab.api.cluster.nodes import NodeRegistry
 from netlab.api.containers import node_of, resolve_container
 from netlab.api.errors import ApiError
 from netlab.api.request import bool_param, int_param
@@ -15,7 +15,9 @@ from netlab.contract import ContainerNotFound, PodNotFound, RuntimeError_
 JSONDict = dict[str, Any]
 
 
-async def serve_logs(request: web.Request, cluster: Cluster, pod: JSONDict) -> web.StreamResponse:
+async def serve_logs(
+    request: web.Request, nodes: NodeRegistry, pod: JSONDict
+) -> web.StreamResponse:
     container = resolve_container(pod, request.query.get("container"))
     follow = bool_param(request, "follow")
     previous = bool_param(request, "previous")
@@ -27,13 +29,13 @@ async def serve_logs(request: web.Request, cluster: Cluster, pod: JSONDict) -> w
             422,
             f'PodLogOptions "{pod["metadata"]["name"]}" is invalid: tailLines: Invalid value: {tail}: must be greater than or equal to 0',
         )
-    agent = cluster.agents.get(node_of(pod, container))
-    if agent is None:
+    kubelet = nodes.kubelet_of(node_of(pod, container))
+    if kubelet is None:
         raise ApiError(
             400,
             f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to start: ContainerCreating',
         )
-    chunks = agent.logs(
+    chunks = kubelet.logs(
         pod["metadata"]["uid"], container, follow=follow, tail_lines=tail, previous=previous
     )
     iterator = chunks.__aiter__()

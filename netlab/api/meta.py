@@ -6,6 +6,7 @@ import re
 import secrets
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -70,3 +71,14 @@ def age(timestamp: str | None) -> str:
     if hours < 48:
         return f"{hours}h"
     return f"{hours // 24}d"
+
+
+def set_pod_condition(status: dict[str, Any], condition: dict[str, Any]) -> None:
+    """Put ``condition`` into a pod status, replacing one of its type (PodScheduled first, as
+    the scheduler writes it; others last)."""
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != condition["type"]]
+    status["conditions"] = (
+        [condition, *conditions]
+        if condition["type"] == "PodScheduled"
+        else [*conditions, condition]
+    )

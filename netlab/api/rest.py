@@ -1,17 +1,18 @@
-"""The CRUD surface of core/v1: list, watch, get, create, update, patch, delete,
-deletecollection, and the status subresource."""
+"""The generic verbs of every served resource: list, watch, get, create, update, patch,
+delete, deletecollection, and the status subresource. What differs between resources is asked
+of the resource's strategy (``netlab.api.resources``), as kube-apiserver's generic registry
+asks a rest strategy; nothing here names a resource."""
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from netlab.api import admission, networkpolicies
-from netlab.api.cluster import Cluster
+from netlab.api import admission
 from netlab.api.discovery import RESOURCES
 from netlab.api.encode import dumps
 from netlab.api.errors import ApiError, already_exists, not_found
@@ -33,9 +34,9 @@ from netlab.api.request import (
     int_param,
     read_body,
 )
+from netlab.api.resources.strategy import Strategy
 from netlab.api.selectors import match_all, matcher, parse_field_selector, parse_label_selector
-from netlab.api.serviceaccounts import admit_pod
-from netlab.api.store import TooOld
+from netlab.api.store import Store, TooOld
 from netlab.api.tables import table, wants_table
 from netlab.api.watch import WatchStream
 
@@ -51,7 +52,6 @@ _SERVER_META = (
     "selfLink",
     "managedFields",
 )
-_UNDELETABLE = ("default", "kube-system", "kube-public")
 
 
 def respond(obj: JSONDict, status: int = 200, warnings: list[str] | None = None) -> web.Response:
@@ -77,11 +77,14 @@ def _include(request: web.Request) -> str:
 
 
 class Rest:
-    """Handlers for one Target at a time; ``bookmark_interval`` is how often watches bookmark."""
+    """Handlers for one Target at a time, over ``store``, with each resource's rules from
+    ``strategies``; ``bookmark_interval`` is how often watches bookmark."""
 
-    def __init__(self, cluster: Cluster, bookmark_interval: float = 60.0) -> None:
-        self.cluster = cluster
-        self.store = cluster.store
+    def __init__(
+        self, store: Store, strategies: Mapping[str, Strategy], bookmark_interval: float = 60.0
+    ) -> None:
+        self.store = store
+        self.strategies = strategies
         self.bookmark_interval = bookmark_interval
 
     # helpers
@@ -91,7 +94,8 @@ class Rest:
     def _api_version(self, target: Target) -> str:
         return RESOURCES[target.resource].api_version
 
-    def _existing(self, target: Target) -> JSONDict:
+    def existing(self, target: Target) -> JSONDict:
+        """The object ``target`` names (404 NotFound when there is none)."""
         assert target.name is not None
         obj = self.store.get(target.resource, target.namespace or "", target.name)
         if obj is None:
@@ -232,6 +236,7 @@ class Rest:
 
     async def create(self, request: web.Request, target: Target) -> web.Response:
         kind = self._kind(target)
+        strategy = self.strategies[target.resource]
         self._allowed(target, "create")
         body = await read_body(request, kind=kind)
         if not isinstance(body, dict):
@@ -258,13 +263,9 @@ class Rest:
                     "the namespace of the provided object does not match the namespace sent on the request",
                 )
             meta["namespace"] = target.namespace
-        if target.resource == "networkpolicies":
-            networkpolicies.apply_defaults(obj)  # at decoding, before any validation
+        strategy.decode(obj)
         admission.validate(
-            kind,
-            obj,
-            label_name=target.resource == "namespaces",
-            group=RESOURCES[target.resource].group,
+            kind, obj, label_name=strategy.name_is_label, group=RESOURCES[target.resource].group
         )
         if target.namespace is not None:
             ns = self._namespace_must_exist(target.namespace)
@@ -285,11 +286,7 @@ class Rest:
                         ],
                     },
                 )
-        if target.resource == "pods":
-            admit_pod(self.store, target.namespace or "", obj, requested_name)
-            admission.check_pod_security(
-                self.store.get("namespaces", "", target.namespace or ""), obj, requested_name
-            )
+        strategy.admit(obj, target.namespace or "", requested_name)
         if self.store.get(target.resource, target.namespace or "", name) is not None:
             raise already_exists(target.resource, name, RESOURCES[target.resource].group)
         for key in _SERVER_META:
@@ -297,23 +294,11 @@ class Rest:
         meta["uid"] = new_uid()
         meta["creationTimestamp"] = now_rfc3339()
         obj["kind"], obj["apiVersion"] = kind, self._api_version(target)
-        if target.resource == "pods":
-            obj = admission.default_pod(obj)
-        elif target.resource == "services":
-            obj = self.cluster.services.create(obj)  # defaults, validation, allocation
-        elif target.resource == "networkpolicies":
-            obj = networkpolicies.admit(obj)
-        elif target.resource == "namespaces":
-            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
-            obj["spec"] = {"finalizers": ["kubernetes"]}
-            obj["status"] = {"phase": "Active"}
+        obj = strategy.prepare_for_create(obj)
         if request.query.get("dryRun"):
             return respond(obj, 201, warnings)
         stored = self.store.put(target.resource, obj, created=True)
-        if target.resource == "pods":
-            self.cluster.pod_created(stored)
-        elif target.resource == "namespaces":
-            self.cluster.namespace_created(name)
+        strategy.after_create(stored)
         return respond(stored, 201, warnings)
 
     def _check_type(self, obj: JSONDict, target: Target) -> None:
@@ -336,23 +321,22 @@ class Rest:
             parse_field_selector(request.query.get("fieldSelector"), target.resource),
         )
         grace = await self._grace(request)
+        strategy = self.strategies[target.resource]
         deleted = []
         for obj in sorted(
             self.store.list(target.resource, target.namespace), key=lambda o: o["metadata"]["name"]
         ):
             if not match(obj):
                 continue
-            if target.resource == "pods":
-                deleted.append(self.cluster.delete_pod(obj, grace))
-            else:
-                gone = self.store.remove(
-                    target.resource, obj["metadata"]["namespace"], obj["metadata"]["name"]
-                )
-                if gone is not None:
-                    deleted.append(gone)
-                    self.cluster.object_removed(
-                        target.resource, obj["metadata"]["namespace"], obj["metadata"]["name"]
-                    )
+            marked = strategy.delete(obj, grace)
+            if marked is not None:
+                deleted.append(marked)
+                continue
+            namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+            gone = self.store.remove(target.resource, namespace, name)
+            if gone is not None:
+                deleted.append(gone)
+                strategy.after_delete(namespace, name)
         return respond(
             {
                 "kind": f"{self._kind(target)}List",
@@ -370,7 +354,7 @@ class Rest:
             since = int_param(request, "resourceVersion") or None
             timeout = int_param(request, "timeoutSeconds")
             return await self._watch(request, target, match, None, since, timeout, False, False)
-        obj = self._existing(target)
+        obj = self.existing(target)
         if wants_table(request.headers.get("Accept", "")):
             return respond(
                 table(target.resource, [obj], obj["metadata"]["resourceVersion"], _include(request))
@@ -386,14 +370,14 @@ class Rest:
             raise ApiError(
                 400, f"the object provided is unrecognized (must be of type {kind}): not an object"
             )
-        return self._replace(request, target, copy.deepcopy(body), self._existing(target))
+        return self._replace(request, target, copy.deepcopy(body), self.existing(target))
 
     async def patch(self, request: web.Request, target: Target) -> web.Response:
         kind = self._kind(target)
         if target.subresource != "status":
             self._allowed(target, "patch")
         body = await read_body(request, kind=kind, accepted=PATCH_TYPES)
-        existing = self._existing(target)
+        existing = self.existing(target)
         patched = apply_patch(request.content_type or "", copy.deepcopy(existing), body)
         if not isinstance(patched, dict):
             raise ApiError(
@@ -412,6 +396,7 @@ class Rest:
     ) -> web.Response:
         """Shared tail of PUT and PATCH: checks, keeps server-owned fields, stores."""
         kind = self._kind(target)
+        strategy = self.strategies[target.resource]
         obj = admission.drop_nulls(obj)
         self._check_type(obj, target)
         warnings = admission.check_fields(kind, obj, field_validation(request))
@@ -440,69 +425,22 @@ class Rest:
             else:
                 meta.pop(key, None)
         obj["kind"], obj["apiVersion"] = kind, self._api_version(target)
-        if target.subresource == "status":
+        status_only = target.subresource == "status"
+        if status_only:
             obj = {**existing, "status": obj.get("status", {})}
         else:
             if "status" in existing:
                 obj["status"] = existing["status"]
-            if target.resource == "pods":
-                obj = self._pod_spec_update(obj, existing)
-            if target.resource == "namespaces":
-                obj["spec"] = existing.get("spec", {})
-                # The namespace strategy sets it on every update too: it cannot be removed.
-                meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = target.name
-            if target.resource == "networkpolicies":
-                networkpolicies.apply_defaults(obj)
+            obj = strategy.prepare_for_update(obj, existing)
+            strategy.decode(obj)
         admission.validate(
-            kind,
-            obj,
-            label_name=target.resource == "namespaces",
-            group=RESOURCES[target.resource].group,
+            kind, obj, label_name=strategy.name_is_label, group=RESOURCES[target.resource].group
         )
-        if target.resource == "services" and target.subresource != "status":
-            obj = self.cluster.services.update(obj, existing)
-        if target.resource == "networkpolicies":
-            obj = networkpolicies.admit(obj)
+        if not status_only:
+            obj = strategy.validate_update(obj, existing)
         if request.query.get("dryRun"):
             return respond(obj, 200, warnings)
         return respond(self.store.put(target.resource, obj, created=False), 200, warnings)
-
-    def _pod_spec_update(self, pod: JSONDict, existing: JSONDict) -> JSONDict:
-        """Only images, activeDeadlineSeconds and added tolerations may change in a pod spec."""
-        defaulted = admission.default_pod(pod)
-        defaulted["status"] = existing.get("status", {})
-        new_spec = copy.deepcopy(defaulted.get("spec", {}))
-        old_spec = copy.deepcopy(existing.get("spec", {}))
-        for spec in (new_spec, old_spec):
-            for group in ("containers", "initContainers"):
-                for container in spec.get(group) or []:
-                    container.pop("image", None)
-            spec.pop("activeDeadlineSeconds", None)
-            spec.pop("tolerations", None)
-        if not new_spec.get("nodeName"):
-            new_spec["nodeName"] = old_spec.get("nodeName")
-            defaulted["spec"]["nodeName"] = old_spec.get("nodeName")
-        if {k: v for k, v in new_spec.items() if v is not None} != {
-            k: v for k, v in old_spec.items() if v is not None
-        }:
-            raise ApiError(
-                422,
-                f'Pod "{pod["metadata"]["name"]}" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)',
-                details={
-                    "name": pod["metadata"]["name"],
-                    "kind": "Pod",
-                    "causes": [
-                        {
-                            "reason": "FieldValueForbidden",
-                            "message": "Forbidden: pod updates may not change fields other than the image",
-                            "field": "spec",
-                        }
-                    ],
-                },
-            )
-        if not defaulted["spec"].get("nodeName"):
-            defaulted["spec"].pop("nodeName", None)
-        return defaulted
 
     async def _grace(self, request: web.Request) -> int | None:
         options = await read_body(request, kind="DeleteOptions", required=False)
@@ -523,22 +461,15 @@ class Rest:
         assert target.name is not None
         self._allowed(target, "delete")
         grace = await self._grace(request)
-        obj = self._existing(target)
-        if target.resource == "pods":
-            return respond(self.cluster.delete_pod(obj, grace))
-        if target.resource == "namespaces":
-            if target.name in _UNDELETABLE:
-                raise ApiError(
-                    403,
-                    f'namespaces "{target.name}" is forbidden: this namespace may not be deleted',
-                    "Forbidden",
-                    {"name": target.name, "kind": "namespaces"},
-                )
-            return respond(self.cluster.delete_namespace(obj))
+        obj = self.existing(target)
+        strategy = self.strategies[target.resource]
+        marked = strategy.delete(obj, grace)
+        if marked is not None:
+            return respond(marked)
         gone = self.store.remove(target.resource, target.namespace or "", target.name)
-        self.cluster.object_removed(target.resource, target.namespace or "", target.name)
-        if target.resource == "services" and gone is not None:
-            return respond(gone)  # the service registry's ReturnDeletedObject
+        strategy.after_delete(target.namespace or "", target.name)
+        if strategy.returns_deleted_object and gone is not None:
+            return respond(gone)
         return respond(
             {
                 "kind": "Status",

@@ -1,5 +1,5 @@
 """The lab's Kubernetes API server: aiohttp app, auth, routing, and the ``ApiServer`` facade
-that netlab/lab.py and the node agents use."""
+that netlab/lab.py and the kubelets use."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from netlab.api import discovery
 from netlab.api.admin import ADMIN_PREFIX, serve_admin
-from netlab.api.cluster import Cluster
+from netlab.api.controlplane import ControlPlane
 from netlab.api.errors import ApiError, status_object
-from netlab.api.eviction import DisruptionScheduler, serve_eviction
+from netlab.api.eviction import serve_eviction
 from netlab.api.execs import serve_exec
 from netlab.api.faults import ApiFaults, FaultSwitch, parse_api_faults
 from netlab.api.injector import FaultInjector
@@ -128,11 +128,9 @@ class ApiServer:
         self.store = Store(history_limit)
         # API faults: from the spec (`netlab up --api-fault`) unless given; switchable later.
         self.faults = FaultSwitch(api_faults or parse_api_faults(spec.api_faults))
-        self.cluster = Cluster(self.store, spec, self.faults)
-        self.rest = Rest(self.cluster, bookmark_interval)
+        self.control = ControlPlane(self.store, spec, self.faults)
+        self.rest = Rest(self.store, self.control.resources, bookmark_interval)
         self.injector = FaultInjector(self.faults, exempt=_exempt_from_faults)
-        self.disruptions = DisruptionScheduler(self.cluster, self.faults)
-        self.cluster.on_pod_created.append(self.disruptions.pod_created)
         self.faults.subscribe(self._faults_changed)
         self._tls = tls
         self._cert: ServingCert | None = None
@@ -163,14 +161,14 @@ class ApiServer:
             raise RuntimeError("ApiServer is not started")
         return self._url
 
-    def register_node(self, agent: KubeletAPI) -> None:
-        self.cluster.register_node(agent)
+    def register_node(self, kubelet: KubeletAPI) -> None:
+        self.control.register_node(kubelet)
 
     def pod_status_changed(self, uid: str, status: JSONDict) -> None:
-        self.cluster.pod_status_changed(uid, status)
+        self.control.pods.status_changed(uid, status)
 
     def record_event(self, uid: str, type_: str, reason: str, message: str) -> None:
-        self.cluster.record_pod_event(uid, type_, reason, message)
+        self.control.pods.record_event(uid, type_, reason, message)
 
     def services_in(self, namespace: str) -> list[JSONDict]:
         """A namespace's Services (the kubelets' service environment)."""
@@ -190,7 +188,7 @@ class ApiServer:
                 if self._tls:
                     self._cert = await make_serving_cert(self._host, self.spec.state_dir / TLS_DIR)
                 ca = self._cert.pem.decode() if self._cert is not None else None
-                self.cluster.start_controllers(ca)
+                self.control.start_controllers(ca)
                 await self._listen()
         except BaseException:
             await self.stop()  # nothing half-started is left behind (port, certificate)
@@ -298,13 +296,13 @@ class ApiServer:
             self._restarts = None
         async with self._listening:
             pass  # a restart under way sees the stop and ends first
-        self.disruptions.stop()
+        self.control.disruptions.stop()
         self.store.close_watchers()
         for task in list(self._inflight):
             task.cancel()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=STOP_TIMEOUT)
-        await self.cluster.stop()
+        await self.control.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -401,12 +399,12 @@ class ApiServer:
         if kind in ("namespaces/status", "nodes/status"):
             return {"GET": lambda r: rest.get(r, base)}
         if kind == "pods/log":
-            return {"GET": lambda r: serve_logs(r, self.cluster, rest._existing(base))}
+            return {"GET": lambda r: serve_logs(r, self.control.nodes, rest.existing(base))}
         if kind == "pods/exec":
             exec_handler: Handler = lambda r: serve_exec(  # noqa: E731
-                r, self.cluster, rest._existing(base), self.faults.current
+                r, self.control.nodes, rest.existing(base), self.faults.current
             )
             return {"GET": exec_handler, "POST": exec_handler}
         if kind == "pods/eviction":
-            return {"POST": lambda r: serve_eviction(r, self.cluster, rest._existing(base))}
+            return {"POST": lambda r: serve_eviction(r, self.control.pods, rest.existing(base))}
         raise ApiError(404, NOT_FOUND, details={})

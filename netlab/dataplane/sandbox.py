@@ -158,7 +158,7 @@ class PodSandbox:
     @staticmethod
     async def _make_netns(name: str) -> None:
         if netns_exists(name):
-            # A leftover of the same uid (a crashed agent): take it over cleanly.
+            # A leftover of the same uid (a crashed kubelet): take it over cleanly.
             await asyncio.to_thread(pyroute2_netns.remove, name)
         await asyncio.to_thread(pyroute2_netns.create, name)
 

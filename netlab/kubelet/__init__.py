@@ -5,6 +5,8 @@
 - ``containers.py``: pod spec to ``ContainerConfig`` (env, downward API, capabilities,
   mounts) and the pod's /etc files (``kuberuntime``);
 - ``volumes.py``: emptyDir and configMap volumes on disk;
+- ``errors.py``: ``ContainerConfigError``, a container spec the kubelet cannot run (both
+  builders raise it);
 - ``prober.py``: readiness and liveness probes;
 - ``status.py``: phase, conditions, container states, the IPs the API is told;
 - ``logs.py``: container logs;

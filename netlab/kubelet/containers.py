@@ -26,22 +26,13 @@ from netlab.dataplane.runtime import (
     bind,
     known_capabilities,
 )
+from netlab.kubelet.errors import ContainerConfigError
 from netlab.spec import LabSpec
 
 if TYPE_CHECKING:
     from netlab.kubelet.volumes import PodVolumes
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-class ContainerConfigError(ValueError):
-    """A container spec this kubelet cannot run; ``reason`` is the kubelet waiting reason
-    (``CreateContainerConfigError``, ``CreateContainerError``)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 # --- /etc files --------------------------------------------------------------------------------

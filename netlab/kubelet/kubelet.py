@@ -40,13 +40,13 @@ from netlab.dataplane.sandbox import PodSandbox
 from netlab.kubelet.containers import (
     MISSING_CLUSTER_DNS,
     NO_CLUSTER_DNS_FAULT,
-    ContainerConfigError,
     PodContext,
     container_config,
     service_environment,
     wants_cluster_dns,
     write_etc_files,
 )
+from netlab.kubelet.errors import ContainerConfigError
 from netlab.kubelet.hostports import host_port_conflict
 from netlab.kubelet.logs import container_logs
 from netlab.kubelet.pods import ContainerRecord, PodRecord, pod_dir

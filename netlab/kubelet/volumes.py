@@ -13,7 +13,7 @@ from typing import Any
 
 from netlab.contract import ConfigMapLookup
 from netlab.dataplane.runtime import mount_points_under, mount_tmpfs, unmount
-from netlab.kubelet.containers import ContainerConfigError
+from netlab.kubelet.errors import ContainerConfigError
 from netlab.spec import LabSpec
 
 UNSHARED_EMPTYDIR_FAULT = "unshared-emptydir"

@@ -6,5 +6,5 @@
   transactions, and runnable on a packet for tests;
 - ``engine.py``: ``PolicyEngine``, which keeps every node's table in step with the API.
 
-The API side (defaults, validation, serving) is ``netlab.api.networkpolicies``.
+The API side (defaults, validation, serving) is ``netlab.api.resources.networkpolicies``.
 """

@@ -34,7 +34,7 @@ from conftest import LiveServer, new_watch, scratch_namespace, serving, until, w
 from netlab import cli
 from netlab.api.execs import DEFAULT_PATH
 from netlab.api.faults import parse_api_faults
-from netlab.lab import INFO_FILE
+from netlab.spec import INFO_FILE
 
 HEALTHY = ("sa-delay=0",)
 Switch = Callable[..., None]

@@ -22,7 +22,7 @@ from test_api_kubectl import kubectl
 
 from conftest import LiveServer, new_watch, scratch_namespace, until
 from netlab.api.errors import ApiError
-from netlab.api.services import ServiceRegistry, ip_band, node_port_band
+from netlab.api.resources.services import ServiceRegistry, ip_band, node_port_band
 from netlab.api.store import Store
 from netlab.spec import LabSpec
 

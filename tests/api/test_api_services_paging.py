@@ -17,7 +17,8 @@ from aiohttp.test_utils import make_mocked_request
 from test_api_client import pod_body, wait_ready
 
 from conftest import LiveServer, new_watch
-from netlab.api.cluster import kubernetes_service, node_object
+from netlab.api.cluster.nodes import node_object
+from netlab.api.controllers.bootstrap import kubernetes_service
 from netlab.api.errors import ApiError
 from netlab.api.paging import decode_continue, encode_continue
 from netlab.api.request import Target

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netlab.api.networkpolicies import apply_defaults, spec_causes
+from netlab.api.resources.networkpolicies import apply_defaults, spec_causes
 from netlab.faults import FAULTS
 from netlab.netpol.compiler import (
     COMPILER_FAULTS,

@@ -1,9 +1,15 @@
-"""Picking a node for a pod: Ready, nodeSelector, NoSchedule/NoExecute taints; least pods."""
+"""Scheduling: picking a node for a pod (Ready, nodeSelector, NoSchedule/NoExecute taints;
+least pods) and binding the pod to it."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
+
+from netlab.api.cluster.events import EventRecorder
+from netlab.api.meta import now_rfc3339, set_pod_condition
+from netlab.api.store import Store
 
 JSONDict = dict[str, Any]
 
@@ -71,3 +77,63 @@ def pick_node(
             len(nodes)
         ),
     )
+
+
+class Scheduler:
+    """The default scheduler's binding: picks a node (``pick_node``), writes spec.nodeName and
+    the PodScheduled condition, and records Scheduled or FailedScheduling as it does."""
+
+    def __init__(self, store: Store, events: EventRecorder) -> None:
+        self.store = store
+        self.events = events
+
+    def bind(self, pod: JSONDict) -> JSONDict | None:
+        """``pod`` bound to a node (already bound: marked PodScheduled if it was not), or None
+        while no node fits (PodScheduled False, Unschedulable)."""
+        meta = pod["metadata"]
+        if pod["spec"].get("nodeName"):
+            if any(c.get("type") == "PodScheduled" for c in pod["status"].get("conditions") or []):
+                return pod
+            pod = copy.deepcopy(pod)
+            set_pod_condition(pod["status"], _scheduled())
+            return self.store.put("pods", pod, created=False)
+        counts: dict[str, int] = {}
+        for other in self.store.list("pods"):
+            bound = other["spec"].get("nodeName")
+            if bound:
+                counts[bound] = counts.get(bound, 0) + 1
+        node_name, why = pick_node(pod, self.store.list("nodes"), counts)
+        pod = copy.deepcopy(pod)
+        scheduled = _scheduled()
+        if node_name is None:
+            scheduled.update(status="False", reason="Unschedulable", message=why)
+            already = any(
+                c.get("reason") == "Unschedulable" for c in pod["status"].get("conditions") or []
+            )
+            set_pod_condition(pod["status"], scheduled)
+            self.store.put("pods", pod, created=False)
+            if not already:
+                self.events.record(
+                    pod, "Warning", "FailedScheduling", why, component="default-scheduler"
+                )
+            return None
+        pod["spec"]["nodeName"] = node_name
+        set_pod_condition(pod["status"], scheduled)
+        pod = self.store.put("pods", pod, created=False)
+        self.events.record(
+            pod,
+            "Normal",
+            "Scheduled",
+            f"Successfully assigned {meta['namespace']}/{meta['name']} to {node_name}",
+            component="default-scheduler",
+        )
+        return pod
+
+
+def _scheduled() -> JSONDict:
+    return {
+        "type": "PodScheduled",
+        "status": "True",
+        "lastProbeTime": None,
+        "lastTransitionTime": now_rfc3339(),
+    }

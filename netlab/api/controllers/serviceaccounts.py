@@ -1,15 +1,14 @@
-"""ServiceAccounts as a real cluster has them: kube-controller-manager makes each namespace's
-`default` ServiceAccount a little after the namespace (and again if it is deleted), and the
-ServiceAccount admission plugin refuses a pod whose ServiceAccount does not exist yet."""
+"""The ServiceAccount controller as a real cluster has it: kube-controller-manager makes each
+namespace's `default` ServiceAccount a little after the namespace (and again if it is deleted).
+The admission plugin that refuses a pod whose ServiceAccount does not exist yet is
+``netlab.api.resources.pods``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
-from netlab.api.errors import ApiError
 from netlab.api.faults import FaultSwitch
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.store import Store
@@ -18,7 +17,6 @@ JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 
 DEFAULT_ACCOUNT = "default"
-MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 
 
 def service_account_object(namespace: str, name: str = DEFAULT_ACCOUNT) -> JSONDict:
@@ -33,30 +31,6 @@ def service_account_object(namespace: str, name: str = DEFAULT_ACCOUNT) -> JSOND
             "creationTimestamp": now_rfc3339(),
         },
     }
-
-
-def admit_pod(store: Store, namespace: str, pod: JSONDict, requested_name: str) -> None:
-    """403 Forbidden, in the ServiceAccount admission plugin's words, when the pod's
-    ServiceAccount does not exist. ``requested_name`` is the name as the client gave it
-    (its generateName when it gave none): admission runs before names are generated."""
-    meta = pod.get("metadata") or {}
-    if MIRROR_POD_ANNOTATION in (meta.get("annotations") or {}):
-        return
-    spec = pod.get("spec") or {}
-    account = str(spec.get("serviceAccountName") or spec.get("serviceAccount") or DEFAULT_ACCOUNT)
-    if store.get("serviceaccounts", namespace, account) is not None:
-        return
-    name = requested_name or "Unknown"
-    cause = (
-        f"error looking up service account {namespace}/{account}: "
-        f"serviceaccount {json.dumps(account)} not found"
-    )
-    raise ApiError(
-        403,
-        f"pods {json.dumps(name)} is forbidden: {cause}",
-        "Forbidden",
-        {"name": name, "kind": "pods"},
-    )
 
 
 class ServiceAccountController:

@@ -22,7 +22,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from netlab.api.errors import ApiError, invalid
+from netlab.api.controllers.bootstrap import Bootstrap
+from netlab.api.errors import (
+    ApiError,
+    field_cause,
+    field_not_supported,
+    invalid,
+)
+from netlab.api.resources.strategy import Strategy
 from netlab.api.store import Store
 from netlab.spec import LabSpec, ip_version
 
@@ -46,24 +53,6 @@ def family_name(version: int) -> str:
 def go_string_slice(values: Iterable[str]) -> str:
     """A []string as Go's %#v prints it in field errors: []string{"a", "b"}."""
     return "[]string{" + ", ".join(json.dumps(v) for v in values) + "}"
-
-
-def _cause(field: str, message: str, reason: str = "FieldValueInvalid") -> JSONDict:
-    return {"reason": reason, "message": message, "field": field}
-
-
-def _invalid_value(value: Any) -> str:
-    """A value as field.Invalid prints it: strings quoted, numbers bare."""
-    return json.dumps(value) if isinstance(value, str) else str(value)
-
-
-def _not_supported(field: str, value: Any, supported: Iterable[str]) -> JSONDict:
-    listing = ", ".join(json.dumps(s) for s in supported)
-    return _cause(
-        field,
-        f"Unsupported value: {_invalid_value(value)}: supported values: {listing}",
-        "FieldValueNotSupported",
-    )
 
 
 def is_headless(service: JSONDict) -> bool:
@@ -236,7 +225,7 @@ class ServiceRegistry:
         if policy == "SingleStack":
             if len(cluster_ips) == 2:
                 causes.append(
-                    _cause(
+                    field_cause(
                         "spec.ipFamilyPolicy",
                         f"Invalid value: {json.dumps(policy)}: must be 'RequireDualStack' or "
                         "'PreferDualStack' when multiple cluster IPs are specified",
@@ -244,7 +233,7 @@ class ServiceRegistry:
                 )
             if len(families) == 2:
                 causes.append(
-                    _cause(
+                    field_cause(
                         "spec.ipFamilyPolicy",
                         f"Invalid value: {json.dumps(policy)}: must be 'RequireDualStack' or "
                         "'PreferDualStack' when multiple IP families are specified",
@@ -257,7 +246,7 @@ class ServiceRegistry:
             if index >= len(families):
                 if family not in self.ranges:
                     causes.append(
-                        _cause(
+                        field_cause(
                             f"spec.clusterIPs[{index}]",
                             f"Invalid value: {go_string_slice(cluster_ips)}: "
                             f"{family} is not configured on this cluster",
@@ -275,7 +264,7 @@ class ServiceRegistry:
             return
         if policy == "RequireDualStack" and len(self.ranges) < 2:
             causes.append(
-                _cause(
+                field_cause(
                     "spec.ipFamilyPolicy",
                     f"Invalid value: {json.dumps(policy)}: "
                     "this cluster is not configured for dual-stack services",
@@ -284,7 +273,7 @@ class ServiceRegistry:
         for index, family in enumerate(families):
             if family not in self.ranges:
                 causes.append(
-                    _cause(
+                    field_cause(
                         f"spec.ipFamilies[{index}]",
                         f"Invalid value: {json.dumps(family)}: not configured on this cluster",
                     )
@@ -342,7 +331,7 @@ class ServiceRegistry:
                     "Service",
                     name,
                     [
-                        _cause(
+                        field_cause(
                             "spec.clusterIPs",
                             f"Invalid value: {listed}: failed to allocate IP {asked}: {problem}",
                         )
@@ -414,7 +403,11 @@ class ServiceRegistry:
             raise invalid(
                 "Service",
                 name,
-                [_cause(f"spec.ports[{index}].nodePort", f"Invalid value: {requested}: {problem}")],
+                [
+                    field_cause(
+                        f"spec.ports[{index}].nodePort", f"Invalid value: {requested}: {problem}"
+                    )
+                ],
             )
 
 
@@ -470,43 +463,47 @@ def validate_spec(spec: JSONDict) -> list[JSONDict]:
     causes: list[JSONDict] = []
     service_type = spec.get("type")
     if service_type not in SERVICE_TYPES:
-        causes.append(_not_supported("spec.type", service_type, SERVICE_TYPES))
+        causes.append(field_not_supported("spec.type", service_type, SERVICE_TYPES))
     ports = spec.get("ports") or []
     headless = spec.get("clusterIP") == CLUSTER_IP_NONE
     if not ports and not headless and service_type != "ExternalName":
-        causes.append(_cause("spec.ports", "Required value", "FieldValueRequired"))
+        causes.append(field_cause("spec.ports", "Required value", "FieldValueRequired"))
     if service_type == "ExternalName" and not spec.get("externalName"):
-        causes.append(_cause("spec.externalName", "Required value", "FieldValueRequired"))
+        causes.append(field_cause("spec.externalName", "Required value", "FieldValueRequired"))
     names: set[str] = set()
     for index, port in enumerate(ports):
         where = f"spec.ports[{index}]"
         name = str(port.get("name") or "")
         if len(ports) > 1 and not name:
-            causes.append(_cause(f"{where}.name", "Required value", "FieldValueRequired"))
+            causes.append(field_cause(f"{where}.name", "Required value", "FieldValueRequired"))
         elif name in names:
             causes.append(
-                _cause(
+                field_cause(
                     f"{where}.name", f"Duplicate value: {json.dumps(name)}", "FieldValueDuplicate"
                 )
             )
         names.add(name)
         number = port.get("port")
         if not isinstance(number, int) or not 1 <= number <= 65535:
-            causes.append(_cause(f"{where}.port", f"Invalid value: {number}: {_PORT_NUMBER}"))
+            causes.append(field_cause(f"{where}.port", f"Invalid value: {number}: {_PORT_NUMBER}"))
         protocol = port.get("protocol")
         if protocol not in PROTOCOLS:
-            causes.append(_not_supported(f"{where}.protocol", protocol, PROTOCOLS))
+            causes.append(field_not_supported(f"{where}.protocol", protocol, PROTOCOLS))
         target = port.get("targetPort")
         if isinstance(target, int) and not 1 <= target <= 65535:
-            causes.append(_cause(f"{where}.targetPort", f"Invalid value: {target}: {_PORT_NUMBER}"))
+            causes.append(
+                field_cause(f"{where}.targetPort", f"Invalid value: {target}: {_PORT_NUMBER}")
+            )
         elif isinstance(target, str):
             for problem in _port_name_problems(target):
                 causes.append(
-                    _cause(f"{where}.targetPort", f"Invalid value: {json.dumps(target)}: {problem}")
+                    field_cause(
+                        f"{where}.targetPort", f"Invalid value: {json.dumps(target)}: {problem}"
+                    )
                 )
         if port.get("nodePort") and service_type == "ClusterIP":
             causes.append(
-                _cause(
+                field_cause(
                     f"{where}.nodePort",
                     "Forbidden: may not be used when `type` is 'ClusterIP'",
                     "FieldValueForbidden",
@@ -518,16 +515,18 @@ def validate_spec(spec: JSONDict) -> list[JSONDict]:
         ("internalTrafficPolicy", TRAFFIC_POLICIES),
     ):
         if key in spec and spec[key] not in allowed:
-            causes.append(_not_supported(f"spec.{key}", spec[key], allowed))
+            causes.append(field_not_supported(f"spec.{key}", spec[key], allowed))
     if spec.get("sessionAffinity") not in ("None", "ClientIP"):
         causes.append(
-            _not_supported(
+            field_not_supported(
                 "spec.sessionAffinity", spec.get("sessionAffinity"), ("ClientIP", "None")
             )
         )
     for index, family in enumerate(spec.get("ipFamilies") or []):
         if family not in ("IPv4", "IPv6"):
-            causes.append(_not_supported(f"spec.ipFamilies[{index}]", family, ("IPv4", "IPv6")))
+            causes.append(
+                field_not_supported(f"spec.ipFamilies[{index}]", family, ("IPv4", "IPv6"))
+            )
     causes += _cluster_ip_causes(spec)
     return causes
 
@@ -540,7 +539,7 @@ def _cluster_ip_causes(spec: JSONDict) -> list[JSONDict]:
     primary = spec.get("clusterIP")
     if primary and cluster_ips and primary != cluster_ips[0]:
         causes.append(
-            _cause(
+            field_cause(
                 "spec.clusterIPs",
                 f"Invalid value: {go_string_slice(cluster_ips)}: "
                 "first value must match `clusterIP`",
@@ -548,14 +547,14 @@ def _cluster_ip_causes(spec: JSONDict) -> list[JSONDict]:
         )
     if len(cluster_ips) > 2:
         causes.append(
-            _cause(
+            field_cause(
                 "spec.clusterIPs",
                 f"Invalid value: {go_string_slice(cluster_ips)}: may only hold up to 2 values",
             )
         )
     if spec.get("type") == "ExternalName" and (primary or cluster_ips):
         causes.append(
-            _cause(
+            field_cause(
                 "spec.clusterIPs",
                 "Forbidden: may not be set for ExternalName services",
                 "FieldValueForbidden",
@@ -568,7 +567,7 @@ def _cluster_ip_causes(spec: JSONDict) -> list[JSONDict]:
         version = ip_version(address)
         if version is None:
             causes.append(
-                _cause(
+                field_cause(
                     f"spec.clusterIPs[{index}]",
                     f"Invalid value: {json.dumps(address)}: {_VALID_IP}",
                 )
@@ -577,7 +576,7 @@ def _cluster_ip_causes(spec: JSONDict) -> list[JSONDict]:
         versions.append(version)
     if len(versions) == 2 and versions[0] == versions[1]:
         causes.append(
-            _cause(
+            field_cause(
                 "spec.clusterIPs[1]",
                 f"Invalid value: {go_string_slice(cluster_ips)}: "
                 "may specify no more than one IP for each IP family",
@@ -589,7 +588,7 @@ def _cluster_ip_causes(spec: JSONDict) -> list[JSONDict]:
             version = ip_version(address)
             if version is not None and family_name(version) != families[index]:
                 causes.append(
-                    _cause(
+                    field_cause(
                         f"spec.clusterIPs[{index}]",
                         f"Invalid value: {json.dumps(address)}: expected an {families[index]} "
                         f"value as indicated by `ipFamilies[{index}]`",
@@ -610,9 +609,29 @@ def _immutable_cluster_ips(spec: JSONDict, old: JSONDict) -> list[JSONDict]:
     for index, address in enumerate(old_ips[: len(new_ips)]):
         if address != new_ips[index]:
             return [
-                _cause(
+                field_cause(
                     f"spec.clusterIPs[{index}]",
                     f"Invalid value: {go_string_slice(new_ips)}: may not change once set",
                 )
             ]
     return []
+
+
+class ServiceStrategy(Strategy):
+    """Services: defaults, validation and allocation by the ``ServiceRegistry``; a deleted
+    ``default/kubernetes`` is put back by the bootstrap controller."""
+
+    returns_deleted_object = True
+
+    def __init__(self, registry: ServiceRegistry, bootstrap: Bootstrap) -> None:
+        self.registry = registry
+        self.bootstrap = bootstrap
+
+    def prepare_for_create(self, obj: JSONDict) -> JSONDict:
+        return self.registry.create(obj)
+
+    def validate_update(self, obj: JSONDict, existing: JSONDict) -> JSONDict:
+        return self.registry.update(obj, existing)
+
+    def after_delete(self, namespace: str, name: str) -> None:
+        self.bootstrap.service_removed(namespace, name)

@@ -21,8 +21,14 @@ import json
 import re
 from typing import Any
 
-from netlab.api.errors import invalid
+from netlab.api.errors import (
+    field_cause,
+    field_invalid,
+    field_not_supported,
+    invalid,
+)
 from netlab.api.meta import DNS1123_SUBDOMAIN, SUBDOMAIN_MSG
+from netlab.api.resources.strategy import Strategy
 
 JSONDict = dict[str, Any]
 
@@ -45,28 +51,6 @@ _LABEL_VALUE_MSG = (
     f"'my_value',  or '12345', regex used for validation is '{_LABEL_VALUE}')"
 )
 _PORT_NUMBER = "must be between 1 and 65535, inclusive"
-
-
-def _cause(field: str, message: str, reason: str = "FieldValueInvalid") -> JSONDict:
-    return {"reason": reason, "message": message, "field": field}
-
-
-def _value(value: Any) -> str:
-    """A bad value as field.Error prints it: strings quoted, numbers bare."""
-    return json.dumps(value) if isinstance(value, str) else str(value)
-
-
-def _invalid(field: str, value: Any, detail: str) -> JSONDict:
-    return _cause(field, f"Invalid value: {_value(value)}: {detail}")
-
-
-def _not_supported(field: str, value: Any, supported: tuple[str, ...]) -> JSONDict:
-    listing = ", ".join(json.dumps(s) for s in supported)
-    return _cause(
-        field,
-        f"Unsupported value: {_value(value)}: supported values: {listing}",
-        "FieldValueNotSupported",
-    )
 
 
 # --- defaults ---------------------------------------------------------------------------------
@@ -152,8 +136,8 @@ def selector_causes(selector: Any, path: str) -> list[JSONDict]:
     causes: list[JSONDict] = []
     labels_path = f"{path}.matchLabels"
     for key, value in (selector.get("matchLabels") or {}).items():
-        causes += [_invalid(labels_path, key, p) for p in qualified_name_problems(str(key))]
-        causes += [_invalid(labels_path, value, p) for p in label_value_problems(str(value))]
+        causes += [field_invalid(labels_path, key, p) for p in qualified_name_problems(str(key))]
+        causes += [field_invalid(labels_path, value, p) for p in label_value_problems(str(value))]
     for index, requirement in enumerate(selector.get("matchExpressions") or []):
         where = f"{path}.matchExpressions[{index}]"
         operator = requirement.get("operator")
@@ -161,7 +145,7 @@ def selector_causes(selector: Any, path: str) -> list[JSONDict]:
         if operator in ("In", "NotIn"):
             if not values:
                 causes.append(
-                    _cause(
+                    field_cause(
                         f"{where}.values",
                         "Required value: must be specified when `operator` is 'In' or 'NotIn'",
                         "FieldValueRequired",
@@ -170,7 +154,7 @@ def selector_causes(selector: Any, path: str) -> list[JSONDict]:
         elif operator in ("Exists", "DoesNotExist"):
             if values:
                 causes.append(
-                    _cause(
+                    field_cause(
                         f"{where}.values",
                         "Forbidden: may not be specified when `operator` is 'Exists' or "
                         "'DoesNotExist'",
@@ -178,12 +162,14 @@ def selector_causes(selector: Any, path: str) -> list[JSONDict]:
                     )
                 )
         else:
-            causes.append(_invalid(f"{where}.operator", operator, "not a valid selector operator"))
+            causes.append(
+                field_invalid(f"{where}.operator", operator, "not a valid selector operator")
+            )
         key = str(requirement.get("key", ""))
-        causes += [_invalid(f"{where}.key", key, p) for p in qualified_name_problems(key)]
+        causes += [field_invalid(f"{where}.key", key, p) for p in qualified_name_problems(key)]
         for value_index, value in enumerate(values):
             causes += [
-                _invalid(f"{where}.values[{value_index}]", value, p)
+                field_invalid(f"{where}.values[{value_index}]", value, p)
                 for p in label_value_problems(str(value))
             ]
     return causes
@@ -194,34 +180,38 @@ def port_causes(port: JSONDict, path: str) -> list[JSONDict]:
     causes: list[JSONDict] = []
     protocol = port.get("protocol")
     if protocol is not None and protocol not in PROTOCOLS:
-        causes.append(_not_supported(f"{path}.protocol", protocol, PROTOCOLS))
+        causes.append(field_not_supported(f"{path}.protocol", protocol, PROTOCOLS))
     number = port.get("port")
     end_port = port.get("endPort")
     if number is None:
         if end_port is not None:
             causes.append(
-                _invalid(
+                field_invalid(
                     f"{path}.endPort", end_port, "may not be specified when `port` is not specified"
                 )
             )
     elif isinstance(number, int):
         if not 1 <= number <= 65535:
-            causes.append(_invalid(f"{path}.port", number, _PORT_NUMBER))
+            causes.append(field_invalid(f"{path}.port", number, _PORT_NUMBER))
         if end_port is not None:
             if end_port < number:
                 causes.append(
-                    _invalid(f"{path}.endPort", end_port, "must be greater than or equal to `port`")
+                    field_invalid(
+                        f"{path}.endPort", end_port, "must be greater than or equal to `port`"
+                    )
                 )
             if not 1 <= end_port <= 65535:
-                causes.append(_invalid(f"{path}.endPort", end_port, _PORT_NUMBER))
+                causes.append(field_invalid(f"{path}.endPort", end_port, _PORT_NUMBER))
     else:
         if end_port is not None:
             causes.append(
-                _invalid(
+                field_invalid(
                     f"{path}.endPort", end_port, "may not be specified when `port` is non-numeric"
                 )
             )
-        causes += [_invalid(f"{path}.port", number, p) for p in port_name_problems(str(number))]
+        causes += [
+            field_invalid(f"{path}.port", number, p) for p in port_name_problems(str(number))
+        ]
     return causes
 
 
@@ -240,23 +230,23 @@ def ip_block_causes(block: JSONDict, path: str) -> list[JSONDict]:
     subset of cidr (the first invalid except ends the checks)."""
     cidr_text = block.get("cidr") or ""
     if not cidr_text:
-        return [_cause(f"{path}.cidr", "Required value", "FieldValueRequired")]
+        return [field_cause(f"{path}.cidr", "Required value", "FieldValueRequired")]
     cidr = _cidr(cidr_text)
     if cidr is None:
-        return [_invalid(f"{path}.cidr", cidr_text, "not a valid CIDR")]
+        return [field_invalid(f"{path}.cidr", cidr_text, "not a valid CIDR")]
     causes: list[JSONDict] = []
     for index, text in enumerate(block.get("except") or []):
         where = f"{path}.except[{index}]"
         cut = _cidr(text)
         if cut is None:
-            causes.append(_invalid(where, text, "not a valid CIDR"))
+            causes.append(field_invalid(where, text, "not a valid CIDR"))
             return causes
         if (
             cut.version != cidr.version
             or cut.network_address not in cidr
             or cidr.prefixlen >= cut.prefixlen
         ):
-            causes.append(_invalid(where, text, "must be a strict subset of `cidr`"))
+            causes.append(field_invalid(where, text, "must be a strict subset of `cidr`"))
     return causes
 
 
@@ -272,10 +262,12 @@ def peer_causes(peer: JSONDict, path: str) -> list[JSONDict]:
         given += 1
         causes += ip_block_causes(peer["ipBlock"], f"{path}.ipBlock")
     if given == 0:
-        causes.append(_cause(path, "Required value: must specify a peer", "FieldValueRequired"))
+        causes.append(
+            field_cause(path, "Required value: must specify a peer", "FieldValueRequired")
+        )
     elif given > 1 and peer.get("ipBlock") is not None:
         causes.append(
-            _cause(
+            field_cause(
                 path,
                 "Forbidden: may not specify both ipBlock and another peer",
                 "FieldValueForbidden",
@@ -298,7 +290,7 @@ def spec_causes(spec: JSONDict) -> list[JSONDict]:
     if len(types) > len(POLICY_TYPES):
         listed = ", ".join(json.dumps(t) for t in types)
         causes.append(
-            _cause(
+            field_cause(
                 "spec.policyTypes",
                 f"Invalid value: []networking.PolicyType{{{listed}}}: "
                 "may not specify more than two policyTypes",
@@ -307,7 +299,9 @@ def spec_causes(spec: JSONDict) -> list[JSONDict]:
         return causes
     for index, policy_type in enumerate(types):
         if policy_type not in POLICY_TYPES:
-            causes.append(_not_supported(f"spec.policyTypes[{index}]", policy_type, POLICY_TYPES))
+            causes.append(
+                field_not_supported(f"spec.policyTypes[{index}]", policy_type, POLICY_TYPES)
+            )
     return causes
 
 
@@ -320,3 +314,16 @@ def admit(policy: JSONDict) -> JSONDict:
     if causes:
         raise invalid("NetworkPolicy", name, causes, GROUP)
     return policy
+
+
+class NetworkPolicyStrategy(Strategy):
+    """Defaults at decoding (before validation), then the networking/v1 validation."""
+
+    def decode(self, obj: JSONDict) -> None:
+        apply_defaults(obj)
+
+    def prepare_for_create(self, obj: JSONDict) -> JSONDict:
+        return admit(obj)
+
+    def validate_update(self, obj: JSONDict, existing: JSONDict) -> JSONDict:
+        return admit(obj)

@@ -1,0 +1,147 @@
+"""netlab's layout as docs/architecture.md tells it: no import circle, the API server's layers
+(HTTP over the generic verbs over the resources' rules over the control plane) imported only
+downwards, and the module table listing every module."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NETLAB = ROOT / "netlab"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """netlab module -> the netlab modules it imports (anywhere in the file, also under
+    TYPE_CHECKING or inside a function: each is an edge of a circle)."""
+    paths = {module_name(p): p for p in NETLAB.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for target in targets:
+                while target and target not in paths:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_circles_are_found() -> None:
+    # Guards the check below from passing on a finder that finds nothing.
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_netlab_has_no_import_circle() -> None:
+    found = circles(import_graph())
+    assert not found, f"import circles in netlab: {found}"
+
+
+# Each API layer may import only the layers after it in this list (and what is outside them).
+API_LAYERS = (
+    ("netlab.api.server", "netlab.api.eviction", "netlab.api.execs", "netlab.api.logs"),
+    ("netlab.api.rest",),
+    ("netlab.api.controlplane",),
+    ("netlab.api.resources",),
+    ("netlab.api.controllers",),
+    ("netlab.api.cluster",),
+)
+
+
+def _layer(module: str) -> int | None:
+    for position, prefixes in enumerate(API_LAYERS):
+        if any(module == p or module.startswith(f"{p}.") for p in prefixes):
+            return position
+    return None
+
+
+def test_api_layers_import_only_downwards() -> None:
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if (mine := _layer(module)) is not None
+        and (theirs := _layer(target)) is not None
+        and theirs < mine
+    )
+    assert not upward, f"netlab.api layers imported upwards: {upward}"
+
+
+def documented_modules() -> set[str]:
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc[doc.index("## netlab/") :]
+    return set(re.findall(r"^\| `([^`]+)` \|", section, re.MULTILINE))
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        str(p.relative_to(NETLAB))
+        if p.name != "__init__.py"
+        else f"{p.parent.relative_to(NETLAB)}/"
+        for p in NETLAB.rglob("*.py")
+        if p.parent != NETLAB or p.name != "__init__.py"
+    ),
+)
+def test_architecture_lists_the_module(path: str) -> None:
+    assert path in documented_modules(), (
+        f"docs/architecture.md's netlab module table has no row for `{path}`"
+    )
