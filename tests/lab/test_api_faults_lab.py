@@ -179,7 +179,8 @@ def test_api_server_restart(healthy: FaultyLab) -> None:
     after = healthy.core.create_namespaced_config_map(namespace, {"metadata": {"name": "after"}})
     assert int(after.metadata.resource_version) > before  # resourceVersions go on
     listed = healthy.core.list_namespaced_config_map(namespace)
-    assert [cm.metadata.name for cm in listed.items] == ["after", "kept"]
+    # kube-root-ca.crt: published in every namespace, as kube-controller-manager does.
+    assert [cm.metadata.name for cm in listed.items] == ["after", "kept", "kube-root-ca.crt"]
 
 
 def test_rbac_denials(healthy: FaultyLab) -> None:
