@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from test_api_client import pod_body, wait_ready
+from live_api import LiveServer, new_watch, pod_body, wait_ready
 
-from conftest import LiveServer, new_watch
 from netlab.api.cluster import kubernetes_service, node_object
 from netlab.api.errors import ApiError
 from netlab.api.paging import decode_continue, encode_continue
