@@ -32,12 +32,11 @@ from aiohttp.test_utils import make_mocked_request
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "api"))
-sys.path.insert(0, str(ROOT / "tests" / "support"))  # what the API tests' conftest imports
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the API tests' fake nodes
 
 from fake_agent import FakeAgent  # noqa: E402
+from live_api import fake_nodes  # noqa: E402
 
-from conftest import _nodes  # noqa: E402  (test fixtures' node set)
 from netlab.api.request import Target  # noqa: E402
 from netlab.api.server import ApiServer  # noqa: E402
 from netlab.spec import LabSpec  # noqa: E402
@@ -81,7 +80,7 @@ async def run(args: argparse.Namespace) -> None:
     spec = LabSpec(name="bench", nodes=3, state_root=state, api_faults=("sa-delay=0",))
     server = ApiServer(spec)
     agents = [
-        FakeAgent(info, server.pod_status_changed, server.record_event) for info in _nodes(spec)
+        FakeAgent(info, server.pod_status_changed, server.record_event) for info in fake_nodes(spec)
     ]
     url = await server.start()
     for agent in agents:

@@ -461,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.soak is not None:
         if os.geteuid() != 0:
             parser.error("the soak boots labs: run it as root")
-        from bench import soak  # imports the lab runner of tests/e2e: only when asked for
+        from bench import soak  # imports the lab runner of tests/support: only when asked for
 
         return soak.run(args.soak, out=args.out, deadline=args.deadline, facts=machine_facts())
     modes = [m for m in args.modes.split(",") if m]

@@ -38,10 +38,9 @@ from bench.sections import MarkedSection
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "tests" / "support"))  # what labrun shares with other tests
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # labrun and what it shares with tests
 
-import labrun  # noqa: E402  (tests/e2e: the one way a lab runs the suite)
+import labrun  # noqa: E402  (tests/support: the one way a lab runs the suite)
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from labrun import (  # noqa: E402
     NETLAB,

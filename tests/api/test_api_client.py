@@ -9,51 +9,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-
-from conftest import LiveServer, new_watch, scratch_namespace, watch_until
-
-
-def pod_body(
-    name: str, *, labels: dict[str, str] | None = None, containers: int = 1, **spec: object
-) -> dict[str, object]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels or {}},
-        "spec": {
-            "containers": [
-                {
-                    "name": "main" if i == 0 else f"side{i}",
-                    "image": "busybox:1.36",
-                    "command": ["sleep", "3600"],
-                }
-                for i in range(containers)
-            ],
-            **spec,
-        },
-    }
+from live_api import LiveServer, new_watch, pod_body, scratch_namespace, wait_ready, watch_until
 
 
 @pytest.fixture
 def ns(live: LiveServer) -> Iterator[str]:
     with scratch_namespace(live, "t") as name:
         yield name
-
-
-def wait_ready(live: LiveServer, ns: str, name: str) -> Any:
-    def ready(events: list[Any]) -> bool:
-        conditions = events[-1]["object"].status.conditions or []
-        return any(c.type == "Ready" and c.status == "True" for c in conditions)
-
-    events = watch_until(
-        live.core.list_namespaced_pod,
-        ns,
-        field_selector=f"metadata.name={name}",
-        timeout_seconds=10,
-        until=ready,
-        missing=f"pod {ns}/{name} never became Ready",
-    )
-    return events[-1]["object"]
 
 
 def test_initial_namespaces_and_nodes(live: LiveServer) -> None:

@@ -13,9 +13,7 @@ from fake_agent import log_text
 from kube_access import pod_exec
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from test_api_client import pod_body, wait_ready
-
-from conftest import LiveServer
+from live_api import LiveServer, pod_body, wait_ready
 
 V4 = {"sec-websocket-protocol": "v4.channel.k8s.io"}
 

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_api_client import pod_body, wait_ready
+from live_api import LiveServer, pod_body, wait_ready
 
-from conftest import LiveServer
 from netlab.api import execs
 from netlab.api.spdy import (
     FLAG_FIN,

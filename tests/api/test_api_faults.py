@@ -28,9 +28,17 @@ import websocket
 from kube_access import pod_exec
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from test_api_client import pod_body, wait_ready
+from live_api import (
+    LiveServer,
+    new_watch,
+    pod_body,
+    scratch_namespace,
+    serving,
+    until,
+    wait_ready,
+    watch_until,
+)
 
-from conftest import LiveServer, new_watch, scratch_namespace, serving, until, watch_until
 from netlab import cli
 from netlab.api.execs import DEFAULT_PATH
 from netlab.api.faults import parse_api_faults

@@ -13,9 +13,7 @@ import pytest
 import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_api_client import pod_body, wait_ready
-
-from conftest import LiveServer
+from live_api import LiveServer, pod_body, wait_ready
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import yaml
+from live_api import LiveServer
 
-from conftest import LiveServer
 from netlab.api.kubeadm import cluster_configuration
 from netlab.spec import LabSpec
 

@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from live_api import KUBECTL, LiveServer, kubectl
 
-from conftest import LiveServer
-
-KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
-
-
-def kubectl(
-    live: LiveServer, *args: str, stdin: str | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    assert KUBECTL is not None
-    result = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(live.kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}", pytrace=False
-        )
-    return result
 
 
 POD_YAML = """

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiohttp
 from fake_agent import FakeAgent
+from live_api import fake_nodes
 
-from conftest import _nodes
 from netlab.api.server import ApiServer
 from netlab.spec import LabSpec
 
@@ -18,7 +18,7 @@ from netlab.spec import LabSpec
 async def _stop_with_open_streams(state_root: Path) -> tuple[float, int]:
     spec = LabSpec(name="stop", nodes=1, state_root=state_root)
     server = ApiServer(spec)
-    agent = FakeAgent(_nodes(spec)[0], server.pod_status_changed, server.record_event)
+    agent = FakeAgent(fake_nodes(spec)[0], server.pod_status_changed, server.record_event)
     server.register_node(agent)
     url = await server.start()
     ctx = ssl.create_default_context(cafile=str(server.ca_path))

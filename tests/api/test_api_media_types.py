@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-
-from conftest import LiveServer
+from live_api import LiveServer
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 UNKNOWN_FORMAT = "the body of the request was in an unknown format - accepted media types include: "

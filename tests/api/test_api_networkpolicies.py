@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from test_api_kubectl import kubectl
-
-from conftest import LiveServer, scratch_namespace, watch_until
+from live_api import LiveServer, kubectl, scratch_namespace, watch_until
 
 KUBECTL = shutil.which("kubectl")
 BASE = "/apis/networking.k8s.io/v1"

@@ -8,9 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from test_api_client import pod_body, wait_ready
-
-from conftest import LiveServer
+from live_api import LiveServer, pod_body, wait_ready
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from conftest import LiveServer, until
+from live_api import LiveServer, until
 
 ROOT_CA = "kube-root-ca.crt"
 DESCRIPTION = (

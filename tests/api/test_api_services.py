@@ -17,10 +17,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from test_api_client import pod_body, wait_ready
-from test_api_kubectl import kubectl
+from live_api import LiveServer, kubectl, new_watch, pod_body, scratch_namespace, until, wait_ready
 
-from conftest import LiveServer, new_watch, scratch_namespace, until
 from netlab.api.errors import ApiError
 from netlab.api.resources.services import ServiceRegistry, ip_band, node_port_band
 from netlab.api.store import Store

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from test_api_client import pod_body, wait_ready
+from live_api import LiveServer, new_watch, pod_body, wait_ready
 
-from conftest import LiveServer, new_watch
 from netlab.api.cluster.nodes import node_object
 from netlab.api.controllers.bootstrap import kubernetes_service
 from netlab.api.errors import ApiError

@@ -9,9 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from test_api_client import pod_body, wait_ready
-
-from conftest import LiveServer
+from live_api import LiveServer, pod_body, wait_ready
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 

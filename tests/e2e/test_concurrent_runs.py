@@ -9,15 +9,13 @@ Labs are named ``$NETLAB_TEST_LAB_PREFIX`` (default ``tm``) + 6 hex digits, as e
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from concurrent_runs import three_runs_and_a_killed_one
 from labrun import LabCase, running_lab
 
-if os.geteuid() != 0:
-    pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 
 
 def test_three_runs_at_once_and_a_killed_run_swept_after_its_lease(tmp_path: Path) -> None:

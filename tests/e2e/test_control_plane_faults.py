@@ -13,7 +13,6 @@ many runs of the same cases.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -26,8 +25,7 @@ from labrun import LabCase, LabError, SuiteRun, run_on_lab
 
 from bench.soak import PROBE_SELECTOR, SNAT_CROSS_NODE, judge, lab_residue
 
-if os.geteuid() != 0:
-    pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 
 POOL_SIZE = 3
 

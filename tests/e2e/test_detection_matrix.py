@@ -51,8 +51,7 @@ from verdict_patterns import (
 )
 from verdict_patterns import PROTO as _PROTO
 
-if os.geteuid() != 0:
-    pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 
 POOL_SIZE = 3  # labs booted and tested at once: the 2-core CI machine's sweet spot
 DOC_VARIABLE = "NETCONFORM_MATRIX_DOC"

@@ -35,14 +35,13 @@ from conformance.kit.settings import Timeouts
 from netlab.api.requestinfo import request_info
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parents[1] / "support"  # the plugins loaded with -p
 LAB_PREFIX = os.environ.get("NETLAB_TEST_LAB_PREFIX", "ti")
 SUITE_TIMEOUT = 600
 #: A refused pod must end the run long before the probes' Ready deadline would.
 REFUSED_RUN_BOUND = Timeouts().pods_ready / 2
 
-if os.geteuid() != 0:
-    pytest.skip("lab tests create network namespaces: run them as root", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 
 
 @dataclass(frozen=True)
@@ -78,14 +77,14 @@ def run_suite(
     plugin: str | None = None,
     env: dict[str, str] | None = None,
 ) -> SuiteRun:
-    """The suite from an empty folder, as a user runs it, with ``plugin`` (a module of this
-    folder) loaded into it."""
+    """The suite from an empty folder, as a user runs it, with ``plugin`` (a module of
+    tests/support) loaded into it."""
     workdir.mkdir(parents=True, exist_ok=True)
     environ = {**os.environ, **(env or {})}
     extra = []
     if plugin:
         environ["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(HERE), environ.get("PYTHONPATH")])
+            filter(None, [str(SUPPORT), environ.get("PYTHONPATH")])
         )
         extra = ["-p", plugin]
     started = time.monotonic()

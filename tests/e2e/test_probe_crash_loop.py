@@ -10,7 +10,6 @@ lab is named ``$NETLAB_TEST_LAB_PREFIX`` (default ``tm``) + 6 hex digits.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -30,8 +29,7 @@ from conformance.kit.podspecs import agent_configmap, pod_spec
 from conformance.kit.probes import ROLE_PEER, Probe, ProbeContainer
 from conformance.kit.settings import DEFAULT_PROBE_IMAGE, Settings
 
-if os.geteuid() != 0:
-    pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 
 #: The readiness wait the suite would otherwise sit out.
 PODS_READY = 300.0

@@ -28,8 +28,7 @@ from labrun import LabCase, run_on_lab
 
 from conformance.kit.report import summary_schema
 
-if os.geteuid() != 0:
-    pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:
     pytest.skip(

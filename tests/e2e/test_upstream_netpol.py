@@ -47,8 +47,7 @@ from peer import (
     unpack_peer,
 )
 
-if os.geteuid() != 0:
-    pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 TARBALL = peer_tarball()
 if TARBALL is None:
     pytest.skip(

@@ -14,7 +14,6 @@ and checked empty whatever happened. The lab is named ``$NETLAB_TEST_LAB_PREFIX`
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -30,8 +29,7 @@ from peer import (
     unpack_peer,
 )
 
-if os.geteuid() != 0:
-    pytest.skip("netlab needs root (network namespaces, runc)", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 TARBALL = peer_tarball()
 if TARBALL is None:
     pytest.skip(

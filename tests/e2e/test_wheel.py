@@ -33,8 +33,7 @@ INSTALL_TIMEOUT = 600
 SUITE_TIMEOUT = 600
 TEST_ID = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)", re.MULTILINE)
 
-if os.geteuid() != 0:
-    pytest.skip("the wheel is tested against a lab: run as root", allow_module_level=True)
+pytestmark = pytest.mark.needs_lab
 
 
 def run(args: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:

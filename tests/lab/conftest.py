@@ -1,45 +1,23 @@
-"""Shared fixtures for the lab tests (root only): unique lab names, a leak detector, the network
-kit of small pods and probes (``network_kit.py``) and built lab topologies.
-
-Lab names made here start with ``ta`` (or ``$NETLAB_TEST_LAB_PREFIX``, two letters) so that
-other engineers' concurrent lab tests (other prefixes) never collide with these.
+"""Shared fixtures for the lab tests (root only: every module here is marked ``needs_lab``):
+unique lab names with a leak detector (``tests/support/lab_names.py``), the network kit of
+small pods and probes (``network_kit.py``), built lab topologies and a probe agent in each of
+two namespaces (``netns_pair``).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from agent_namespaces import AGENT_PYTHONS, NamespacePair, namespace_pair
+from lab_names import LAB_OF_NETNS, leftovers, new_lab_name
 from network_kit import NetworkKit
-from pyroute2 import netns as pyroute2_netns
 
 from netlab.dataplane.cleanup import sweep
 from netlab.dataplane.netfaults import apply_lab_faults
 from netlab.dataplane.topology import build_topology, destroy_topology
-from netlab.spec import STATE_ROOT, LabSpec
-
-TEST_LAB_PREFIX = os.environ.get("NETLAB_TEST_LAB_PREFIX", "ta")
-LAB_OF_NETNS = re.compile(r"^netlab-(.+)-(fabric|outside|node-[0-9]+|pod-.+)$")
-
-if os.geteuid() != 0:
-    pytest.skip("lab tests create network namespaces: run them as root", allow_module_level=True)
-
-
-def new_lab_name() -> str:
-    """``ta`` + 6 random characters: unique per call, valid, and never a prefix clash."""
-    return TEST_LAB_PREFIX + secrets.token_hex(3)
-
-
-def leftovers(lab_prefix: str, state_root: Path = STATE_ROOT) -> list[str]:
-    """Namespaces and state dirs of every lab whose name starts with ``lab_prefix``."""
-    found = [name for name in pyroute2_netns.listnetns() if name.startswith(f"netlab-{lab_prefix}")]
-    if state_root.is_dir():
-        found += [str(path) for path in state_root.iterdir() if path.name.startswith(lab_prefix)]
-    return sorted(found)
+from netlab.spec import LabSpec
 
 
 @pytest.fixture(autouse=True)
@@ -103,3 +81,13 @@ def built_lab(network_kit: NetworkKit) -> Iterator[Callable[[LabSpec], LabSpec]]
         for spec in built:
             destroy_topology(spec)
             sweep(spec.name, spec.state_root)
+
+
+@pytest.fixture(scope="module", params=AGENT_PYTHONS)
+def netns_pair(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[NamespacePair]:
+    """Two namespaces joined by a veth pair, a probe agent in each, run by each interpreter a
+    probe image may have (``tests/support/agent_namespaces.py``)."""
+    with namespace_pair(tmp_path_factory.mktemp("agent"), request.param) as pair:
+        yield pair

@@ -19,10 +19,11 @@ import websocket
 from kube_access import kube_api, pod_exec
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+from lab_names import leftovers, new_lab_name
 from netlab_commands import booted_lab, netlab
 from polling import until
 
-from conftest import leftovers, new_lab_name
+pytestmark = pytest.mark.needs_lab
 
 READY_TIMEOUT = 60
 

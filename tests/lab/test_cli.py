@@ -23,6 +23,8 @@ from netlab.dataplane.topology import Topology
 from netlab.faults import FAULTS
 from netlab.spec import STATE_ROOT, LabSpec
 
+pytestmark = pytest.mark.needs_lab
+
 CONTROL_PLANE_MODULES = ("netlab.api.server", "netlab.kubelet")
 MISSING_CONTROL_PLANE = [
     name for name in CONTROL_PLANE_MODULES if importlib.util.find_spec(name) is None

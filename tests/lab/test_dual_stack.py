@@ -15,14 +15,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
-from kubelet_fixtures import NEEDS_ROOT, KubeletHarness, lab_name, lab_network, make_pod, sleeper
+from kubelet_fixtures import NEEDS_RUNTIME, KubeletHarness, lab_name, lab_network, make_pod, sleeper
 
 from netlab.contract import JSONDict
 from netlab.dataplane.topology import node_infos, plan_ipam_ranges
 from netlab.kubelet import Kubelet
 from netlab.spec import LabSpec
 
-pytestmark = NEEDS_ROOT
+pytestmark = [pytest.mark.needs_lab, NEEDS_RUNTIME]
 
 LISTEN_PORT = 8080
 # Answers each TCP connection with the peer address it saw, on every address of both families.

@@ -10,11 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kube_access import kube_api
 from kubernetes import client
 from netlab_commands import booted_lab
 from oci import layer, oci_archive
 from polling import until
+
+pytestmark = pytest.mark.needs_lab
 
 IMAGE = "example.test/netlab/greeter:1"
 SCRIPT = b'#!/bin/sh\necho "$GREETING from $(pwd) with $(cat /greeter/note)"\nexec sleep 3600\n'

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from kubelet_fixtures import (
-    NEEDS_ROOT,
+    NEEDS_RUNTIME,
     SLEEP_UNTIL_TERM,
     KubeletHarness,
     container_status,
@@ -34,7 +34,7 @@ from netlab.contract import ContainerNotFound, ContainerNotRunning, JSONDict, Po
 from netlab.dataplane.cleanup import sweep
 from netlab.spec import LabSpec
 
-pytestmark = NEEDS_ROOT
+pytestmark = [pytest.mark.needs_lab, NEEDS_RUNTIME]
 
 ADDRESSES = (
     "import socket,fcntl,struct,array,os;"

@@ -26,6 +26,8 @@ from netlab.dataplane.nsexec import run_in_netns
 from netlab.dataplane.topology import plan_ipam_ranges
 from netlab.spec import LabSpec, NodePlan
 
+pytestmark = pytest.mark.needs_lab
+
 POD_MTU = 1500  # the pods' eth0 (and the CNI bridge's); only pmtu-blackhole shrinks an uplink
 SMALL_KINDS = ("tcp", "udp", "icmp")
 FULL_SIZE_KINDS = ("tcp-bulk", "udp-full", "icmp-full")

@@ -28,6 +28,8 @@ from polling import until
 from netlab.dataplane.cleanup import sweep
 from netlab.dataplane.nsexec import run_in_netns
 
+pytestmark = pytest.mark.needs_lab
+
 
 def ns_of(key: str) -> str:
     return key.split("/")[0]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from network_kit import LabPod, NetworkKit, Probe
 from pyroute2 import IPRoute
-from test_safety import lab_addresses_in, root_namespace_view
+from root_view import lab_addresses_in, root_namespace_view
 
 from conformance.probe_agent.edge import relay
 from netlab.dataplane.cleanup import lab_netns_names, process_alive, sweep
@@ -29,6 +29,8 @@ from netlab.dataplane.outside import (
 )
 from netlab.dataplane.topology import plan_ipam_ranges
 from netlab.spec import LabSpec, NodePlan
+
+pytestmark = pytest.mark.needs_lab
 
 
 def node_ip(plan: NodePlan, version: int) -> str:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kubelet_fixtures import NEEDS_ROOT, lab_name, lab_network, leftovers
+import pytest
+from kubelet_fixtures import NEEDS_RUNTIME, lab_name, lab_network, leftovers
 from pyroute2 import IPRoute
 from tenacity import AsyncRetrying, stop_after_delay, wait_fixed
 
@@ -25,6 +26,8 @@ from netlab.dataplane.runtime import (
 from netlab.dataplane.sandbox import PodSandbox
 from netlab.kubelet.containers import capabilities_for, expand_references
 from netlab.spec import LabSpec
+
+pytestmark = pytest.mark.needs_lab
 
 # --- pure ------------------------------------------------------------------------------------
 
@@ -102,7 +105,7 @@ def first_node_runtime(spec: LabSpec) -> Iterator[tuple[NodeCNI, ContainerRuntim
         runtime.close()
 
 
-@NEEDS_ROOT
+@NEEDS_RUNTIME
 def test_cni_add_then_del_releases_the_lease_and_root_netns_is_untouched() -> None:
     spec = LabSpec(name=lab_name(), nodes=1)
     before = root_links()
@@ -119,7 +122,7 @@ def test_cni_add_then_del_releases_the_lease_and_root_netns_is_untouched() -> No
         assert leftovers(spec).empty(), leftovers(spec)
 
 
-@NEEDS_ROOT
+@NEEDS_RUNTIME
 def test_duplicate_pod_ip_fault_hands_out_the_same_address_twice() -> None:
     spec = LabSpec(name=lab_name(), nodes=1, faults=frozenset({"duplicate-pod-ip"}))
 
@@ -142,7 +145,7 @@ def test_duplicate_pod_ip_fault_hands_out_the_same_address_twice() -> None:
         assert leftovers(spec).empty(), leftovers(spec)
 
 
-@NEEDS_ROOT
+@NEEDS_RUNTIME
 def test_runc_container_exit_code_exec_and_start_error() -> None:
     spec = LabSpec(name=lab_name(), nodes=1)
 

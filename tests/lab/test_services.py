@@ -15,6 +15,8 @@ from services_kit import observe, observe_readiness, rule_update_latency, servic
 
 from netlab.dataplane.cleanup import sweep
 
+pytestmark = pytest.mark.needs_lab
+
 # The behaviour each fault must break (every other one holds).
 FAULT_BREAKS = {
     "no-hairpin": {"hairpin"},

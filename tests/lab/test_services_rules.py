@@ -25,6 +25,8 @@ from netlab.kubelet.containers import resolv_conf, service_environment, wants_cl
 from netlab.kubelet.hostports import REJECT_MESSAGE, host_port_conflict
 from netlab.spec import LabSpec
 
+pytestmark = pytest.mark.needs_lab
+
 JSONDict = dict[str, Any]
 
 

@@ -29,6 +29,8 @@ from netlab.dataplane.topology import (
 )
 from netlab.spec import LabSpec, LabSpecError, NodePlan
 
+pytestmark = pytest.mark.needs_lab
+
 if TYPE_CHECKING:
     from network_kit import LabPod, NetworkKit
 

@@ -36,7 +36,10 @@ FIXTURE, WHY = locate()
 if FIXTURE is None:
     pytest.skip(f"genuine-cluster tier: {WHY}", allow_module_level=True)
 
-pytestmark = pytest.mark.realk8s
+pytestmark = [
+    pytest.mark.realk8s,
+    pytest.mark.needs_root("the genuine Kubernetes fixture brings its cluster up as root"),
+]
 
 #: The first case must start while every kubelet is younger than the probe period that once
 #: made a young kubelet's start jitter cost a minute (60 s): it is the case that proves it gone.

@@ -70,8 +70,6 @@ def locate() -> tuple[Fixture | None, str]:
     missing = [name for name in SCRIPTS if not (directory / name).is_file()]
     if missing:
         return None, f"the fixture at {where} lacks {', '.join(missing)} {hint}"
-    if os.geteuid() != 0:
-        return None, f"the genuine Kubernetes fixture at {where} needs root"
     return Fixture(directory), ""
 
 

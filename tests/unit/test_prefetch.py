@@ -9,17 +9,23 @@ item runs its own steps; the prefetch runs once per run.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_items import FakeItem, item
-from recording_agents import RecordingProbeClient
+from fake_items import item
+from fake_probes import NO_PROBES, FakeProbeClient
+from prefetch_checks import (
+    check_info,
+    check_unmarked,
+    check_volume,
+    info_items,
+    volume_items,
+    volume_planner,
+)
 
 from conformance.kit.errors import CouldNotTest, PrefetchError
 from conformance.kit.prefetch import (
@@ -34,81 +40,8 @@ from conformance.kit.prefetch import (
     prefetched_by,
     run_prefetch,
 )
-from conformance.kit.probe_client import ProbeResponse
 from conformance.kit.probes import ProbeMap
 from conformance.kit.runstate import RunInfo
-
-
-@dataclass
-class FakeProbeClient(RecordingProbeClient):
-    """Each pod has one shared volume (a dict, as an emptyDir); ``broken``: (pod, container)
-    whose exec fails; ``barrier``: every call waits there (a concurrency test)."""
-
-    files: dict[tuple[str, str], str] = field(default_factory=dict)  # (pod, path) -> sha256
-
-    def call(
-        self, pod: str, container: str, requests: Sequence[Mapping[str, Any]]
-    ) -> list[ProbeResponse]:
-        self.record(pod, container, requests)
-        return [self._answer(pod, container, r) for r in requests]
-
-    def _answer(self, pod: str, container: str, request: Mapping[str, Any]) -> ProbeResponse:
-        op = request["op"]
-        if op == "write_file":
-            digest = hashlib.sha256(str(request["seed"]).encode()).hexdigest()
-            with self._lock:
-                self.files[(pod, str(request["name"]))] = digest
-            return {"ok": True, "op": op, "sha256": digest}
-        if op == "read_file":
-            found = self.files.get((pod, str(request["name"])))
-            if found is None:
-                return {"ok": False, "op": op, "errno": "ENOENT"}
-            return {"ok": True, "op": op, "sha256": found}
-        return {"ok": True, "op": op, "container": container}
-
-
-PODS = ("probe-node-1", "probe-node-2", "probe-node-3")
-NO_PROBES = ProbeMap(namespace="ns", probes=())
-
-
-def volume_planner(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
-    """As test_shared_volumes plans: write in the writer (stage 0), read in the reader (1)."""
-    pod, writer, reader = params["pod"], params["writer"], params["reader"]
-    name = f"f-{nonce}"
-    return [
-        Step("write", pod, writer, {"op": "write_file", "name": name, "seed": nonce}, stage=0),
-        Step("read", pod, reader, {"op": "read_file", "name": name}, stage=1),
-    ]
-
-
-def info_planner(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:
-    return [Step(f"{c}.info", params["pod"], c, {"op": "info"}) for c in ("a", "b")]
-
-
-@prefetched_by(volume_planner)
-def check_volume(pod: str, writer: str, reader: str) -> None:
-    """A stand-in for a check function."""
-
-
-@prefetched_by(info_planner)
-def check_info(pod: str) -> None:
-    """A stand-in for a check function."""
-
-
-def check_unmarked(pod: str) -> None:
-    """Not prefetched."""
-
-
-def volume_items() -> list[FakeItem]:
-    return [
-        item(f"test_v.py::check_volume[{w}->{r}-{pod}]", check_volume, pod=pod, writer=w, reader=r)
-        for pod in PODS
-        for w, r in (("a", "b"), ("b", "a"))
-    ]
-
-
-def info_items() -> list[FakeItem]:
-    return [item(f"test_i.py::check_info[{pod}]", check_info, pod=pod) for pod in PODS]
 
 
 def test_the_planner_travels_on_the_marker() -> None:

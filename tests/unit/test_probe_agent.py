@@ -1,7 +1,6 @@
-"""The probe agent, run for real: as a subprocess on loopback, and in two network namespaces
-this module creates (``netlab-td-*``, a veth pair made directly between them, removed after).
-
-Traffic goes only to loopback or to addresses inside those namespaces.
+"""The probe agent, run for real as a subprocess on loopback, without root (traffic goes only to
+loopback). Where it needs root, without NET_RAW and in network namespaces:
+``tests/lab/test_probe_agent_netns.py``.
 """
 
 from __future__ import annotations
@@ -10,173 +9,28 @@ import ast
 import hashlib
 import json
 import os
-import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from polling import eventually
+from running_agents import (
+    AGENT,
+    CLIENT,
+    NEEDS_NET_RAW,
+    RunningAgent,
+    free_port_pair,
+    nonce,
+    start_agent,
+)
 
-from conformance.probe_agent import AGENT_DIRECTORY, AGENT_FILE, agent_files
-from conformance.probe_agent import agent as agent_entry
+from conformance.probe_agent import AGENT_DIRECTORY, agent_files
 from conformance.probe_agent import client as agent_client
 from conformance.probe_agent import netinfo as agent_netinfo
 from conformance.probe_agent import protocol as agent_protocol
 from conformance.probe_agent import services as agent_services
-
-AGENT = AGENT_FILE.resolve()
-CLIENT = Path(agent_client.__file__).resolve()
-# Lab pods run the agent with the image's python3 (Debian's, with python3-scapy); use it for
-# the namespace tests when it is there, so both interpreters are exercised.
-IMAGE_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-
-Response = dict[str, Any]
-
-
-def nonce() -> str:
-    return f"nc-{secrets.token_hex(6)}"
-
-
-@dataclass
-class RunningAgent:
-    """A ``serve`` process and how to talk to it through ``client.py call``."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    socket_path: Path
-    log_path: Path
-    python: str
-    tcp_port: int
-    udp_port: int
-    agent_path: Path = AGENT
-
-    def call(self, *requests: object, timeout: float = 30.0) -> list[Response]:
-        """One batch through the control socket, in process (the `call` CLI has its own tests,
-        and a Python start per request would dominate this module's runtime)."""
-        try:
-            responses = agent_client.send_requests(str(self.socket_path), requests, timeout)
-        except OSError as exc:
-            pytest.fail(f"agent {self.name} did not answer: {exc}\n{self.log()}")
-        assert len(responses) == len(requests)
-        return responses
-
-    def call_cli(self, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [self.python, str(CLIENT), "call", "--socket", str(self.socket_path)],
-            input=stdin,
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-
-    def one(self, request: object) -> Response:
-        (response,) = self.call(request)
-        return response
-
-    def ok(self, request: object) -> Response:
-        response = self.one(request)
-        assert response["ok"], f"{request} -> {response}\n{self.log()}"
-        return response
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def ping(self) -> bool:
-        try:
-            (info,) = agent_client.send_requests(str(self.socket_path), [{"op": "info"}], 1.0)
-        except OSError:
-            return False
-        return bool(info.get("ok"))
-
-    def ping_cli(self) -> int:
-        done = subprocess.run(
-            [self.python, str(CLIENT), "ping", "--socket", str(self.socket_path)],
-            capture_output=True,
-            timeout=20,
-            check=False,
-        )
-        return done.returncode
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait(timeout=5)
-
-
-def start_agent(
-    workdir: Path,
-    name: str,
-    *,
-    tcp_port: int,
-    udp_port: int,
-    netns: str | None = None,
-    python: str = sys.executable,
-    agent_path: Path = AGENT,
-    prefix: Sequence[str] = (),
-    data_dirs: Sequence[Path] = (),
-) -> RunningAgent:
-    """Start ``serve`` and wait (bounded) until ``ping`` answers; ports 0 are replaced by the
-    ports the agent picked (``info``'s ``ports``)."""
-    socket_path = workdir / f"{name}.sock"
-    log_path = workdir / f"{name}.log"
-    command = [
-        *prefix,
-        python,
-        str(agent_path),
-        "serve",
-        "--tcp-port",
-        str(tcp_port),
-        "--udp-port",
-        str(udp_port),
-        "--socket",
-        str(socket_path),
-    ]
-    for directory in data_dirs:
-        command += ["--data-dir", str(directory)]
-    if netns is not None:
-        command = ["nsenter", f"--net=/run/netns/{netns}", *command]
-    env = {**os.environ, "POD_NAME": name, "POD_NAMESPACE": "netconform-test", "NODE_NAME": "n1"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
-    agent = RunningAgent(
-        name, process, socket_path, log_path, python, tcp_port, udp_port, agent_path
-    )
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"agent {name} exited with {process.returncode}:\n{agent.log()}")
-        return agent.ping()
-
-    if not eventually(answers, 15):
-        agent.stop()
-        pytest.fail(f"agent {name} never answered ping:\n{agent.log()}")
-    ports = agent.ok({"op": "info"})["ports"]
-    agent.tcp_port, agent.udp_port = ports["tcp"], ports["udp"]
-    return agent
-
-
-def free_port_pair() -> tuple[int, int]:
-    """A TCP port and a UDP port free on every address right now (loopback agent only)."""
-    ports: list[int] = []
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET6, kind) as probe:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            probe.bind(("::", 0))
-            ports.append(probe.getsockname()[1])
-    return ports[0], ports[1]
-
 
 # ---------------------------------------------------------------------------------------------
 # Static properties of the shipped file.
@@ -201,15 +55,6 @@ def run_vermin(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 #: Every file shipped to the pods (the ConfigMap's keys): the agent's modules and its client.
 SHIPPED = [AGENT_DIRECTORY / name for name in agent_files()]
-
-
-def write_shipped_files(directory: Path) -> Path:
-    """The ConfigMap's files written into ``directory``, as its mount holds them; the agent's
-    entry point there."""
-    for name, text in agent_files().items():
-        (directory / name).write_text(text)
-        (directory / name).chmod(0o644)
-    return directory / AGENT.name
 
 
 def test_agent_runs_on_the_oldest_python_it_promises() -> None:
@@ -465,6 +310,7 @@ def test_ipv6_loopback_connect(loopback_agent: RunningAgent) -> None:
     ]
 
 
+@NEEDS_NET_RAW
 def test_icmp_echo_to_loopback_is_recorded(loopback_agent: RunningAgent) -> None:
     value = nonce()
     echo, seen = loopback_agent.call(
@@ -643,239 +489,3 @@ def test_sigterm_stops_serve_and_removes_socket(workdir: Path) -> None:
     assert agent.stop() == 0
     assert not agent.socket_path.exists()
     assert "signal 15: stopping" in agent.log()
-
-
-@pytest.fixture
-def unprivileged_dir() -> Iterator[Path]:
-    """A directory an unprivileged user can reach (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="netconform-noraw-"))
-    path.chmod(0o777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_without_net_raw_tcp_udp_still_work_and_icmp_capture_fail_clearly(
-    unprivileged_dir: Path,
-) -> None:
-    """Pod security may drop NET_RAW: the agent must still serve, and say why ICMP fails."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the agent as an unprivileged user")
-    agent_path = write_shipped_files(unprivileged_dir)
-    tcp_port, udp_port = free_port_pair()
-    agent = start_agent(
-        unprivileged_dir,
-        "noraw",
-        tcp_port=tcp_port,
-        udp_port=udp_port,
-        python=IMAGE_PYTHON,
-        agent_path=agent_path,
-        prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
-    )
-    try:
-        value = nonce()
-        info, tcp, echo, capture, seen = agent.call(
-            {"op": "info"},
-            {
-                "op": "connect",
-                "proto": "tcp",
-                "host": "127.0.0.1",
-                "port": tcp_port,
-                "nonce": value,
-            },
-            {"op": "icmp", "host": "127.0.0.1", "nonce": value, "timeout": 1},
-            {"op": "capture_start", "nonce": value, "iface": "lo", "timeout": 5},
-            {"op": "seen", "nonce": value},
-        )
-        assert info["listeners"]["icmp"] == []
-        assert tcp["peer_seen"] == "127.0.0.1"
-        # Ping sockets may be allowed for every group by net.ipv4.ping_group_range.
-        assert echo["ok"] or "NET_RAW" in echo["error"], echo
-        assert capture["ok"] is False
-        assert "NET_RAW" in capture["error"]
-        assert seen["records"] == [{"proto": "tcp", "peer": "127.0.0.1", "nonce": value}]
-        assert agent.ok({"op": "info"})["pid"] == info["pid"]
-    finally:
-        agent.stop()
-
-
-# ---------------------------------------------------------------------------------------------
-# Two network namespaces joined by a veth pair: real source addresses, ICMP, captures.
-
-ADDR_A, ADDR_B = "198.51.100.1", "198.51.100.2"
-ADDR6_A, ADDR6_B = "fd00:7d::1", "fd00:7d::2"
-
-
-def ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=True)
-
-
-@dataclass
-class NamespacePair:
-    a: RunningAgent
-    b: RunningAgent
-    ns_a: str
-    ns_b: str
-    veth_a: str
-    veth_b: str
-
-
-# Probe images ship different scapy releases: Debian's python3 (scapy 2.5, what lab pods run)
-# and the project's own interpreter (the newest scapy, whose AsyncSniffer API changed).
-AGENT_PYTHONS = sorted({IMAGE_PYTHON, sys.executable})
-
-
-@pytest.fixture(scope="module", params=AGENT_PYTHONS)
-def netns_pair(workdir: Path, request: pytest.FixtureRequest) -> Iterator[NamespacePair]:
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
-        pytest.skip("needs root, iproute2 and nsenter to create network namespaces")
-    suffix = secrets.token_hex(3)
-    ns_a, ns_b = f"netlab-td-a-{suffix}", f"netlab-td-b-{suffix}"
-    veth_a, veth_b = f"tda{suffix}", f"tdb{suffix}"
-    created: list[str] = []
-    agents: list[RunningAgent] = []
-    try:
-        for name in (ns_a, ns_b):
-            ip("netns", "add", name)
-            created.append(name)
-        # The pair is made inside ns_a with its peer placed in ns_b: never in the root namespace.
-        ip("-n", ns_a, "link", "add", veth_a, "type", "veth", "peer", "name", veth_b, "netns", ns_b)
-        for ns, veth, v4, v6 in ((ns_a, veth_a, ADDR_A, ADDR6_A), (ns_b, veth_b, ADDR_B, ADDR6_B)):
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", veth)
-            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", veth, "nodad")
-            ip("-n", ns, "link", "set", veth, "up")
-        for ns, name in ((ns_a, "ns-a"), (ns_b, "ns-b")):
-            agents.append(
-                start_agent(
-                    workdir, name, tcp_port=8080, udp_port=8081, netns=ns, python=request.param
-                )
-            )
-        yield NamespacePair(agents[0], agents[1], ns_a, ns_b, veth_a, veth_b)
-    finally:
-        for agent in agents:
-            agent.stop()
-        for name in created:
-            subprocess.run(
-                ["ip", "netns", "del", name], capture_output=True, timeout=20, check=False
-            )
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
-        assert suffix not in left.stdout, f"namespaces left behind: {left.stdout}"
-
-
-def test_netns_addresses_match_ip_addr(netns_pair: NamespacePair) -> None:
-    interfaces = netns_pair.b.ok({"op": "addresses"})["interfaces"]
-    observed = {(e["name"], a) for e in interfaces for a in e["addresses"]}
-    shown = json.loads(ip("-n", netns_pair.ns_b, "-j", "addr", "show").stdout)
-    expected = {
-        (link["ifname"], f"{addr['local']}/{addr['prefixlen']}")
-        for link in shown
-        for addr in link.get("addr_info", [])
-    }
-    assert observed == expected
-    veth = next(e for e in interfaces if e["name"] == netns_pair.veth_b)
-    assert (
-        veth["mac"]
-        == next(link for link in shown if link["ifname"] == netns_pair.veth_b)["address"]
-    )
-    info_a, info_b = netns_pair.a.ok({"op": "info"}), netns_pair.b.ok({"op": "info"})
-    assert len({info_a["netns"], info_b["netns"], os.readlink("/proc/self/ns/net")}) == 3
-    assert len({info_a["netns_cookie"], info_b["netns_cookie"], agent_services.netns_cookie()}) == 3
-
-
-@pytest.mark.parametrize(
-    ("proto", "src", "dst"),
-    [
-        ("tcp", ADDR_A, ADDR_B),
-        ("udp", ADDR_A, ADDR_B),
-        ("tcp", ADDR6_A, ADDR6_B),
-        ("udp", ADDR6_A, ADDR6_B),
-    ],
-)
-def test_netns_connect_sees_the_senders_address(
-    netns_pair: NamespacePair, proto: str, src: str, dst: str
-) -> None:
-    value = nonce()
-    port = 8080 if proto == "tcp" else 8081
-    sent = netns_pair.a.ok(
-        {"op": "connect", "proto": proto, "host": dst, "port": port, "nonce": value, "timeout": 3}
-    )
-    assert (sent["peer_seen"], sent["local"]) == (src, src)
-    assert netns_pair.b.ok({"op": "seen", "nonce": value, "wait": 2})["records"] == [
-        {"proto": proto, "peer": src, "nonce": value}
-    ]
-
-
-@pytest.mark.parametrize(
-    ("proto", "src", "dst"), [("icmp", ADDR_A, ADDR_B), ("icmpv6", ADDR6_A, ADDR6_B)]
-)
-def test_netns_icmp_echo_is_recorded(
-    netns_pair: NamespacePair, proto: str, src: str, dst: str
-) -> None:
-    value = nonce()
-    echo = netns_pair.a.ok({"op": "icmp", "host": dst, "nonce": value, "timeout": 3})
-    assert echo["reply_from"] == dst
-    assert netns_pair.b.ok({"op": "seen", "nonce": value, "wait": 2})["records"] == [
-        {"proto": proto, "peer": src, "nonce": value}
-    ]
-
-
-def test_netns_capture_matches_udp_and_icmp_nonces(netns_pair: NamespacePair) -> None:
-    udp_nonce, icmp_nonce, icmp6_nonce = nonce(), nonce(), nonce()
-    starts = netns_pair.b.call(
-        {"op": "capture_start", "nonce": udp_nonce, "timeout": 15},  # default: the pod's interface
-        {"op": "capture_start", "nonce": icmp_nonce, "iface": netns_pair.veth_b, "timeout": 15},
-        {"op": "capture_start", "nonce": icmp6_nonce, "iface": "any", "timeout": 15},
-    )
-    assert all(start["ok"] for start in starts), starts
-    udp_id, icmp_id, icmp6_id = (start["capture_id"] for start in starts)
-    sent = netns_pair.a.call(
-        {"op": "connect", "proto": "udp", "host": ADDR_B, "port": 8081, "nonce": udp_nonce},
-        {"op": "icmp", "host": ADDR_B, "nonce": icmp_nonce},
-        {"op": "icmp", "host": ADDR6_B, "nonce": icmp6_nonce},
-    )
-    assert all(response["ok"] for response in sent), sent
-    udp, icmp, icmp6, again = netns_pair.b.call(
-        {"op": "capture_result", "capture_id": udp_id, "wait": 5, "min_packets": 2},
-        {"op": "capture_result", "capture_id": icmp_id, "wait": 5, "min_packets": 2},
-        {"op": "capture_result", "capture_id": icmp6_id, "wait": 5, "min_packets": 2},
-        {"op": "capture_result", "capture_id": udp_id, "wait": 0},
-    )
-    veth = netns_pair.veth_b
-    # The datagram in, and the listener's answer (which echoes the nonce) out.
-    udp_in = {"proto": "udp", "src": ADDR_A, "dst": ADDR_B, "iface": veth, "nonce": udp_nonce}
-    udp_out = {"proto": "udp", "src": ADDR_B, "dst": ADDR_A, "iface": veth, "nonce": udp_nonce}
-    assert udp_in in udp["packets"]
-    assert udp_out in udp["packets"]
-    echo_in = {"proto": "icmp", "src": ADDR_A, "dst": ADDR_B, "iface": veth, "nonce": icmp_nonce}
-    echo_out = {"proto": "icmp", "src": ADDR_B, "dst": ADDR_A, "iface": veth, "nonce": icmp_nonce}
-    assert echo_in in icmp["packets"]
-    assert echo_out in icmp["packets"]
-    echo6 = {"proto": "icmpv6", "src": ADDR6_A, "dst": ADDR6_B, "iface": veth, "nonce": icmp6_nonce}
-    assert echo6 in icmp6["packets"]
-    assert udp["dropped"] == 0
-    assert again["packets"] == udp["packets"], "a finished capture keeps its packets"
-    assert all(packet["proto"] == "udp" for packet in udp["packets"])
-
-
-def test_netns_capture_without_traffic_returns_no_packets(netns_pair: NamespacePair) -> None:
-    start = netns_pair.b.ok({"op": "capture_start", "nonce": nonce(), "timeout": 5})
-    result = netns_pair.b.ok(
-        {"op": "capture_result", "capture_id": start["capture_id"], "wait": 0.5}
-    )
-    assert result["packets"] == []
-
-
-def test_the_agent_modules_read_from_the_entry_down() -> None:
-    """At import time each module imports only modules after it in `MODULES` (type-only
-    imports aside), and the shipped files are exactly the entry, the modules and the client."""
-    shipped = {path.stem for path in SHIPPED}
-    assert shipped == {"__init__", "agent", "client", *agent_entry.MODULES}
-    for place, name in enumerate(agent_entry.MODULES):
-        tree = ast.parse((AGENT_DIRECTORY / f"{name}.py").read_text())
-        siblings = {
-            node.module.split(".")[0]
-            for node in tree.body
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
-        }
-        later = set(agent_entry.MODULES[place + 1 :])
-        assert siblings <= later, f"{name} imports {sorted(siblings - later)}, not after it"

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from running_agents import CLIENT, RunningAgent, nonce, start_agent
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
-from test_probe_agent import CLIENT, RunningAgent, nonce, start_agent
 
 from conformance.probe_agent import protocol as agent_protocol
 

@@ -4,15 +4,13 @@ that are not the agent's counted as wrong; the listener records a nonce once how
 probes carry it; a plain ``connect`` says how long it took; a spread makes ``min_tries``.
 
 Real agents on loopback, fake listeners (a socket in the test) where an answer must be wrong
-or carry a retransmission; and, as root, real loss: iptables ``statistic`` drops inside a pair
-of private network namespaces (never the machine's own)."""
+or carry a retransmission. Real loss (root: iptables ``statistic`` drops inside a pair of
+private network namespaces) is in ``tests/lab/test_probe_agent_netns.py``."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -20,16 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_probe_agent import (
-    NamespacePair,
+from running_agents import (
+    NEEDS_NET_RAW,
     RunningAgent,
     free_port_pair,
-    netns_pair,  # noqa: F401  (the module-scoped fixture, reused here)
     nonce,
+    round_robin,
     start_agent,
-    workdir,  # noqa: F401
 )
-from test_probe_agent_services import round_robin
 
 from conformance.probe_agent import listeners as agent_listeners
 from conformance.probe_agent import measured as agent_measured
@@ -39,7 +35,13 @@ LOSS_FIELDS = ("count", "sent", "answered", "lost", "errors", "error_examples", 
 
 
 @pytest.fixture(scope="module")
-def measuring_agent(workdir: Path) -> Iterator[RunningAgent]:  # noqa: F811
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Unix socket paths are limited to 108 bytes: keep them short.
+    return tmp_path_factory.mktemp("agent")
+
+
+@pytest.fixture(scope="module")
+def measuring_agent(workdir: Path) -> Iterator[RunningAgent]:
     tcp_port, udp_port = free_port_pair()
     agent = start_agent(workdir, "meter", tcp_port=tcp_port, udp_port=udp_port)
     yield agent
@@ -58,7 +60,7 @@ def measured(agent: RunningAgent, proto: str, port: int | None, **fields: Any) -
 # --- every probe counted --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("proto", ["tcp", "udp", "icmp"])
+@pytest.mark.parametrize("proto", ["tcp", "udp", pytest.param("icmp", marks=NEEDS_NET_RAW)])
 def test_a_hundred_probes_on_loopback_lose_none(measuring_agent: RunningAgent, proto: str) -> None:
     port = measuring_agent.tcp_port if proto == "tcp" else measuring_agent.udp_port
     answer = measured(measuring_agent, proto, port, count=100, interval=0.002)
@@ -334,7 +336,7 @@ def test_a_plain_connect_says_how_long_it_took(measuring_agent: RunningAgent) ->
     assert 0 <= answered["seconds"] < 1
 
 
-def test_a_spread_makes_at_least_min_tries(workdir: Path) -> None:  # noqa: F811
+def test_a_spread_makes_at_least_min_tries(workdir: Path) -> None:
     tcp_port, udp_port = free_port_pair()
     backend = start_agent(workdir, "backend-min", tcp_port=tcp_port, udp_port=udp_port)
     try:
@@ -359,71 +361,3 @@ def test_a_spread_makes_at_least_min_tries(workdir: Path) -> None:  # noqa: F811
     assert judged["tries"] == 12  # ... but not before min_tries
     assert capped["tries"] == 30  # max_tries bounds it
     assert judged["servers"] == {"backend-min": 12}
-
-
-# --- real loss inside a pair of private network namespaces ----------------------------------
-
-
-@contextmanager
-def dropping(namespace: str, rule: str) -> Iterator[None]:
-    """An iptables rule inside ``namespace`` (never the machine's own), removed on exit."""
-    if shutil.which("iptables") is None:
-        pytest.skip("needs iptables")
-    base = ["ip", "netns", "exec", namespace, "iptables"]
-    subprocess.run([*base, "-A", *rule.split()], check=True, capture_output=True, timeout=20)
-    try:
-        yield
-    finally:
-        subprocess.run([*base, "-D", *rule.split()], check=True, capture_output=True, timeout=20)
-
-
-def test_netns_half_of_the_datagrams_dropped_is_half_lost(
-    netns_pair: NamespacePair,  # noqa: F811
-) -> None:
-    rule = "INPUT -p udp --dport 8081 -m statistic --mode random --probability 0.5 -j DROP"
-    with dropping(netns_pair.ns_b, rule):
-        answer = netns_pair.a.one(
-            {
-                "op": "connect",
-                "proto": "udp",
-                "host": "198.51.100.2",
-                "port": 8081,
-                "nonce": nonce(),
-                "count": 100,
-                "interval": 0.002,
-                "timeout": 1,
-            }
-        )
-    # Binomial(100, 0.5) lies outside [25, 75] with a chance below 1e-6.
-    assert answer["ok"], answer
-    assert 25 <= answer["lost"] <= 75, answer
-    assert answer["answered"] + answer["lost"] == answer["sent"] == 100
-
-
-def test_netns_a_lost_syn_ack_counts_the_connection_lost(
-    netns_pair: NamespacePair,  # noqa: F811
-) -> None:
-    """TCP hides a lost packet by sending it again: a dropped SYN-ACK (the listener's side
-    sends it again, or the client its SYN) still counts."""
-    rule = (
-        "OUTPUT -p tcp --sport 8080 --tcp-flags SYN,ACK SYN,ACK "
-        "-m statistic --mode random --probability 0.5 -j DROP"
-    )
-    with dropping(netns_pair.ns_b, rule):
-        answer = netns_pair.a.one(
-            {
-                "op": "connect",
-                "proto": "tcp",
-                "host": "198.51.100.2",
-                "port": 8080,
-                "nonce": nonce(),
-                "count": 20,
-                "interval": 0.01,
-                "timeout": 8,
-                "parallel": 20,
-            },
-        )
-    assert answer["ok"], answer
-    # Each connection loses its first SYN-ACK with a chance of 1/2: none of 20 is 1e-6.
-    assert answer["retransmitted"] >= 1, answer
-    assert answer["lost"] == answer["retransmitted"] + answer["sent"] - answer["answered"]

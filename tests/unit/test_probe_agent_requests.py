@@ -20,7 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_probe_agent import AGENT, CLIENT, RunningAgent, free_port_pair, nonce, start_agent
+from running_agents import (
+    AGENT,
+    CLIENT,
+    NEEDS_NET_RAW,
+    RunningAgent,
+    free_port_pair,
+    nonce,
+    start_agent,
+)
 
 from conformance.probe_agent import captures as agent_captures
 from conformance.probe_agent import client as agent_client
@@ -276,6 +284,7 @@ def test_figures_100_connects_parallel_and_sequential(agent: RunningAgent) -> No
 # Listener records by nonce prefix.
 
 
+@NEEDS_NET_RAW
 def test_seen_by_prefix_waits_for_expected_nonces(agent: RunningAgent) -> None:
     prefix = f"{nonce()}-"
     mine = [f"{prefix}{i:02x}" for i in range(3)]
@@ -549,6 +558,7 @@ def test_transfer_to_a_closed_port_is_refused(agent: RunningAgent) -> None:
     assert (response["ok"], response["errno"]) == (False, "ECONNREFUSED")
 
 
+@NEEDS_NET_RAW
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_sized_udp_and_icmp_to_the_loopback_mtu(agent: RunningAgent, host: str) -> None:
     if host == "::1" and not ipv6_on_loopback():
@@ -645,32 +655,3 @@ def test_agent_serves_on_the_oldest_python(workdir: Path, data_dir: Path) -> Non
         assert responses[1]["missing"] == []
     finally:
         assert old.stop() == 0, old.log()
-
-
-def test_capture_without_a_kernel_filter_applies_the_same_test_in_python(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Where libpcap cannot compile the BPF filter, small packets still match and full-size
-    ones are still left out, in Python (a capture on lo, traffic to 127.0.0.1 only)."""
-    if os.geteuid() != 0:
-        pytest.skip("capturing needs root (NET_RAW)")
-    import scapy.arch.common
-
-    def no_libpcap(*_args: object, **_kwargs: object) -> None:
-        raise ImportError("libpcap is not available")
-
-    monkeypatch.setattr(scapy.arch.common, "compile_filter", no_libpcap)
-    captures = agent_captures.CaptureBook()
-    prefix = f"{nonce()}-"
-    start = captures.start(None, prefix, "lo", 20)
-    assert captures._load_scapy()["filter"] is None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
-        sink.bind(("127.0.0.1", 0))
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            sender.sendto(f"{prefix}small\n".encode(), sink.getsockname())
-            sender.sendto(f"{prefix}large\n".encode() + bytes(2000), sink.getsockname())
-            sender.sendto(f"{prefix}last\n".encode(), sink.getsockname())
-    result = captures.result(start["capture_id"], 10, 1, [f"{prefix}small", f"{prefix}last"])
-    assert result["missing"] == []
-    assert {packet["nonce"] for packet in result["packets"]} == {f"{prefix}small", f"{prefix}last"}
-    assert all(packet["proto"] == "udp" for packet in result["packets"])

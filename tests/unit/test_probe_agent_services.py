@@ -1,20 +1,16 @@
 """The probe agent's Service operations (issue 16): listener replies naming their server,
 ``spread`` over a virtual address, ``resolve`` through the pod's own resolver, ``env`` and
-``set_ready`` with the readiness ``ping``. Real agents on loopback; the resolver tests run the
-agent in private network and mount namespaces (its own /etc/hosts and /etc/resolv.conf, a DNS
-server on its own loopback that never answers), so no lookup leaves the test."""
+``set_ready`` with the readiness ``ping``. Real agents on loopback; ``resolve`` through a
+resolver needs private namespaces (root): ``tests/lab/test_probe_agent_resolver.py``."""
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_probe_agent import RunningAgent, free_port_pair, nonce, start_agent
+from running_agents import RunningAgent, free_port_pair, nonce, round_robin, start_agent
 
 from conformance.probe_agent import protocol as agent_protocol
 from conformance.probe_agent import services as agent_services
@@ -40,44 +36,6 @@ def backends(workdir: Path) -> Iterator[tuple[RunningAgent, RunningAgent]]:
     """Two agents, as the endpoints of one Service."""
     with agent_named(workdir, "backend-1") as one, agent_named(workdir, "backend-2") as two:
         yield one, two
-
-
-@contextmanager
-def round_robin(ports: list[int]) -> Iterator[int]:
-    """A TCP forwarder on 127.0.0.1 sending each new connection to the next of ``ports`` (a
-    Service's virtual address in miniature); yields its port."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-    turn = iter(range(1 << 30))
-
-    def pipe(source: socket.socket, sink: socket.socket) -> None:
-        with suppress(OSError):
-            while data := source.recv(4096):
-                sink.sendall(data)
-        with suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            backend = socket.create_connection(("127.0.0.1", ports[next(turn) % len(ports)]))
-            for a, b in ((client, backend), (backend, client)):
-                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
 
 
 def spread_request(port: int, expect: list[str], **fields: object) -> dict[str, object]:
@@ -245,79 +203,7 @@ def test_set_ready_flips_what_the_readiness_ping_says(
     assert "'ready' must be true or false" in bad["error"]
 
 
-# --- resolve, in private namespaces ------------------------------------------------------------
-
-HOSTS = "127.0.0.1 localhost\n::1 localhost\n10.96.0.42 netconform-probes.test\n"
-HOSTS_V6 = "fd00:10:96::2a netconform-probes.test\n"
-# The resolver asks a DNS server on the namespace's own loopback that never answers.
-RESOLV = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
-SILENT_DNS = (
-    "import socket\n"
-    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-    "s.bind(('127.0.0.1', 53))\n"
-    "while True:\n"
-    "    s.recv(512)\n"
-)
-SETUP = (
-    "resolv=$0; hosts=$1; silent=$2; shift 2; ip link set lo up && "
-    'mount --bind "$resolv" /etc/resolv.conf && mount --bind "$hosts" /etc/hosts && '
-    '{ python3 -c "$silent" & } && '
-    # The agent starts once the DNS server listens (0035: port 53 in /proc/net/udp).
-    "until grep -q ':0035 ' /proc/net/udp; do sleep 0.05; done; "
-    'exec "$@"'
-)
-
-
-@pytest.fixture(scope="module")
-def resolver_agent(workdir: Path) -> Iterator[RunningAgent]:
-    if os.geteuid() != 0:
-        pytest.skip("private mount and network namespaces need root")
-    hosts, resolv = workdir / "hosts", workdir / "resolv.conf"
-    hosts.write_text(HOSTS + HOSTS_V6)
-    resolv.write_text(RESOLV)
-    tcp_port, udp_port = free_port_pair()
-    # A PID namespace too: when the agent (its PID 1) ends, the kernel ends the DNS server.
-    prefix = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "sh", "-c", SETUP]
-    agent = start_agent(
-        workdir,
-        "resolver",
-        tcp_port=tcp_port,
-        udp_port=udp_port,
-        prefix=[*prefix, str(resolv), str(hosts), SILENT_DNS],
-    )
-    yield agent
-    agent.stop()
-
-
-@pytest.mark.parametrize(
-    ("family", "addresses"),
-    [(4, ["10.96.0.42"]), (6, ["fd00:10:96::2a"]), (0, ["10.96.0.42", "fd00:10:96::2a"])],
-)
-def test_resolve_answers_the_families_addresses(
-    resolver_agent: RunningAgent, family: int, addresses: list[str]
-) -> None:
-    answer = resolver_agent.ok(
-        {"op": "resolve", "name": "netconform-probes.test", "family": family}
-    )
-    assert answer["addresses"] == addresses
-    assert answer["name"] == "netconform-probes.test"
-    assert answer["family"] == family
-
-
-def test_resolve_names_a_resolver_that_never_answers(resolver_agent: RunningAgent) -> None:
-    answer = resolver_agent.one(
-        {"op": "resolve", "name": "unknown.test", "family": 4, "timeout": 0.3}
-    )
-    assert answer["ok"] is False, answer
-    assert answer["errno"] == "ETIMEDOUT", answer
-    assert "no answer from the resolver within 0.3s" in answer["error"]
-
-
-def test_resolve_gives_the_resolvers_error(resolver_agent: RunningAgent) -> None:
-    answer = resolver_agent.one({"op": "resolve", "name": "unknown.test", "family": 4})
-    assert answer["ok"] is False, answer
-    assert answer["errno"].startswith("EAI_"), answer
-    assert "resolve unknown.test (IPv4)" in answer["error"]
+# --- resolve ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -336,14 +222,6 @@ def test_resolve_refuses_bad_fields(
     answer = one.one({"op": "resolve", "name": "localhost", **fields})
     assert answer["ok"] is False, answer
     assert error in answer["error"]
-
-
-def test_info_reports_the_resolver_configuration(resolver_agent: RunningAgent) -> None:
-    assert resolver_agent.ok({"op": "info"})["resolver"] == {
-        "nameservers": ["127.0.0.1"],
-        "search": [],
-        "options": ["timeout:1", "attempts:1"],
-    }
 
 
 def test_resolv_conf_as_kubelet_writes_it(tmp_path: Path) -> None:

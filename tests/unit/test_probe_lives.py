@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from test_prefetch import NO_PROBES, info_items, volume_items
-from test_prefetch import PODS as PREFETCH_PODS
-from test_prefetch import FakeProbeClient as PrefetchClient
-from test_reachability import FakeProbeClient, ring_targets
+from fake_probes import NO_PROBES, FakeProbeClient, ring_targets
+from prefetch_checks import PODS as PREFETCH_PODS
+from prefetch_checks import info_items, volume_items
 
 from conformance.kit.deploy import PodLife, blame_removal, changed_pods
 from conformance.kit.prefetch import plan_for_items as plan_prefetch
@@ -83,7 +82,7 @@ def test_a_sweep_that_cannot_look_at_the_pods_judges_as_before() -> None:
 def test_prefetched_items_on_a_pod_that_changed_name_it_as_the_cause() -> None:
     pods = {p: PodLife(f"uid-{p}", {"a": 0, "b": 0}) for p in PREFETCH_PODS}
     looks: list[Mapping[str, PodLife]] = [pods, {p: v for p, v in pods.items() if p != PODS_GONE}]
-    client = PrefetchClient(broken=frozenset({(PODS_GONE, "a")}))  # its exec fails, too
+    client = FakeProbeClient(broken=frozenset({(PODS_GONE, "a")}))  # its exec fails, too
     plans = plan_prefetch(volume_items(), NO_PROBES, "r")
     answers = {a.nodeid: a for a in run_prefetch(client, plans, pods=lambda: looks.pop(0))}  # type: ignore[arg-type]
     failed = {n: a.error for n, a in answers.items() if a.error is not None}
@@ -149,7 +148,7 @@ def test_a_prefetched_answer_resting_on_a_pod_that_went_names_it_as_the_cause() 
     resting = replace(
         plans[0], steps=tuple(replace(s, rests_on=(backend,)) for s in plans[0].steps)
     )
-    answers = run_prefetch(PrefetchClient(), [resting, *plans[1:]], pods=lambda: looks.pop(0))  # type: ignore[arg-type]
+    answers = run_prefetch(FakeProbeClient(), [resting, *plans[1:]], pods=lambda: looks.pop(0))  # type: ignore[arg-type]
     assert [a.error for a in answers] == [
         f"probe pod {backend} was deleted or evicted meanwhile (during the prefetch)",
         *[None] * (len(plans) - 1),

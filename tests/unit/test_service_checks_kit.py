@@ -17,8 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes import client
 from local_agents import LocalProbeClient
-from test_probe_agent import RunningAgent, free_port_pair, start_agent
-from test_probe_agent_services import round_robin
+from running_agents import RunningAgent, free_port_pair, round_robin, start_agent
 
 from conformance.kit import probe_client, readiness
 from conformance.kit.deploy import PodLife

@@ -8,7 +8,7 @@ import re
 
 from bench import soak
 
-CaseResult = soak.CaseResult  # tests/e2e/labrun.py's, which bench.soak puts on the path
+CaseResult = soak.CaseResult  # tests/support/labrun.py's, which bench.soak puts on the path
 
 HEALTHY = [
     CaseResult("test_no_snat::test_no_snat[tcp-node-1->node-2]", "passed"),

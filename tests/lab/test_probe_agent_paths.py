@@ -18,7 +18,6 @@ Traffic goes only to addresses inside these namespaces.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -27,18 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from agent_namespaces import AGENT_PYTHONS
 from polling import eventually
-from test_probe_agent import (
-    AGENT_PYTHONS,
-    IMAGE_PYTHON,
-    Response,
-    RunningAgent,
-    nonce,
-    start_agent,
-)
+from running_agents import IMAGE_PYTHON, Response, RunningAgent, nonce, start_agent
 
 from conformance.probe_agent import netinfo as agent_netinfo
 from conformance.probe_agent import protocol as agent_protocol
+
+pytestmark = pytest.mark.needs_lab
 
 A4, R4A, R4B, B4 = "198.51.100.1", "198.51.100.254", "203.0.113.254", "203.0.113.2"
 A6, R6A, R6B, B6 = "fd00:7e:1::1", "fd00:7e:1::fe", "fd00:7e:2::fe", "fd00:7e:2::2"
@@ -105,8 +100,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def routed(workdir: Path, request: pytest.FixtureRequest) -> Iterator[RoutedPath]:
     scenario, python = request.param
-    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "nsenter", "iptables")):
-        pytest.skip("needs root, iproute2, nsenter and iptables to build namespaces")
+    if not all(shutil.which(tool) for tool in ("ip", "nsenter", "iptables")):
+        pytest.skip("needs iproute2, nsenter and iptables to build namespaces")
     suffix = secrets.token_hex(2)
     names = {role: f"netlab-tm-{role}-{suffix}" for role in ("a", "r", "b")}
     created: list[str] = []

@@ -26,9 +26,10 @@ from netlab.dataplane.topology import build_topology, destroy_topology, node_inf
 from netlab.kubelet import Kubelet
 from netlab.spec import LabSpec
 
-NEEDS_ROOT = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("runc") is None or not Path("/usr/lib/cni/bridge").exists(),
-    reason="pod runtime tests need root, runc and the CNI plugins in /usr/lib/cni",
+#: Pod runtime tests run containers: besides root (``needs_lab``), runc and the CNI plugins.
+NEEDS_RUNTIME = pytest.mark.skipif(
+    shutil.which("runc") is None or not Path("/usr/lib/cni/bridge").exists(),
+    reason="pod runtime tests need runc and the CNI plugins in /usr/lib/cni",
 )
 STATUS_TIMEOUT = 20.0  # seconds for one awaited pod status change
 
