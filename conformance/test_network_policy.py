@@ -43,7 +43,6 @@ pytestmark = pytest.mark.netpol
 #: JUnit properties (and ``summary.json``): the scenario, and its judged tables as JSON.
 SCENARIO_PROPERTY = "netconform.netpol_scenario"
 TABLES_PROPERTY = "netconform.netpol_tables"
-ENFORCED_PROPERTY = "netconform.netpol_enforced"
 
 
 def _worker(config: pytest.Config) -> str:
@@ -92,7 +91,7 @@ def netpol_enforcement(netpol_model: ModelDeployment) -> Enforcement:
 
 
 def test_network_policy_enforced(
-    netpol_enforcement: Enforcement, settings: Settings, record_property: object
+    netpol_enforcement: Enforcement, settings: Settings, request: pytest.FixtureRequest
 ) -> None:
     """The cluster MUST enforce NetworkPolicy on every node: a default-deny ingress policy in
     each namespace of the model closes every cell between its pods within the bound.
@@ -101,7 +100,7 @@ def test_network_policy_enforced(
     "NetworkPolicy not enforced by this cluster" (exit 0), unless ``--require-network-policy``
     (then this check fails)."""
     table = netpol_enforcement.table
-    _record(record_property, [table])
+    _record(request, [table])
     if not netpol_enforcement.enforced:
         if settings.require_network_policy:
             pytest.fail(f"{netpol_enforcement.reason} (--require-network-policy)", pytrace=False)
@@ -122,7 +121,7 @@ def test_network_policy(
     scenario: Scenario,
     netpol_enforcement: Enforcement,
     netpol_model: ModelDeployment,
-    record_property: object,
+    request: pytest.FixtureRequest,
 ) -> None:
     """NetworkPolicies MUST be enforced as the API defines them, on every node and in both
     directions: every cell of the scenario's truth table (source pod -> destination pod,
@@ -134,7 +133,7 @@ def test_network_policy(
     with scenario_changes(netpol_model, scenario):
         for step in scenario.steps:
             tables.append(run_step(netpol_model, scenario, step))
-    _record(record_property, tables, scenario)
+    _record(request, tables, scenario)
     if any(t.wrong for t in tables):
         pytest.fail(
             failure_text(
@@ -147,9 +146,10 @@ def test_network_policy(
 
 
 def _record(
-    record_property: object, tables: list[TableResult], scenario: Scenario | None = None
+    request: pytest.FixtureRequest, tables: list[TableResult], scenario: Scenario | None = None
 ) -> None:
-    assert callable(record_property)
+    """The judged tables on the JUnit item (and from there in ``summary.json``)."""
+    properties = request.node.user_properties
     if scenario is not None:
-        record_property(SCENARIO_PROPERTY, scenario.id)
-    record_property(TABLES_PROPERTY, json.dumps(table_property(tables), separators=(",", ":")))
+        properties.append((SCENARIO_PROPERTY, scenario.id))
+    properties.append((TABLES_PROPERTY, json.dumps(table_property(tables), separators=(",", ":"))))

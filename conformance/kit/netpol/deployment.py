@@ -465,19 +465,18 @@ def settle(
     """Sweep until the clients' view equals ``expected`` or ``bound`` seconds after
     ``started`` (when the API answered the step's last change) passed; then the last sweep's
     unanswered cells are checked against the destinations' records. ``seconds``: from
-    ``started`` to the start of the first sweep that saw the expected table (the bound when
-    none did)."""
+    ``started`` to the end of the first sweep that saw the expected table, so the step was in
+    force within it (the bound or more when no sweep saw it)."""
     cells = list(expected)
     last: dict[str, Any] = {}
 
     def one_sweep() -> bool:
-        begun = monotonic()
         observed, prefix = sweep(deployment, cells, records=False)
-        last.update(observed=observed, prefix=prefix, begun=begun)
+        last.update(observed=observed, prefix=prefix, ended=monotonic())
         return client_view_matches(expected, observed)
 
     matched = bool(until_true(bound)(one_sweep))
-    seconds = (last["begun"] - started) if matched else max(bound, monotonic() - started)
+    seconds = (last["ended"] - started) if matched else max(bound, monotonic() - started)
     observed = last["observed"]
     _records_for(deployment, observed, cells, last["prefix"])
     return judge_table(

@@ -69,8 +69,8 @@ class CellResult(JSONData):
 @dataclass(frozen=True)
 class TableResult(JSONData):
     """One step of a scenario, judged: its cells (wrong ones first), how long the step took to
-    settle (``seconds``: from the API's answer until the observed table equalled the expected
-    one, or the whole bound when it never did) and the bound."""
+    settle (``seconds``: from the API's answer until the end of the first sweep that saw the
+    expected table, or the whole bound when none did) and the bound."""
 
     scenario: str
     step: str
