@@ -180,7 +180,7 @@ def failure_text(rule: str, policies: Sequence[str], tables: Sequence[TableResul
         counts = table.counts()
         lines.append(
             f"step {table.step!r}: {counts['wrong']} of {counts['cells']} cells wrong "
-            f"(observed {table.seconds:.1f} s, bound {table.bound:.0f} s):"
+            f"(as seen {table.seconds:.1f} s after the change; bound {table.bound:.0f} s):"
         )
         lines += [f"  {cell.line()}" for cell in wrong[:CELLS_LISTED]]
         if len(wrong) > CELLS_LISTED:
