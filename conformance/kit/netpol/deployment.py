@@ -522,9 +522,8 @@ class Enforcement:
     def reason(self) -> str:
         counts = self.table.counts()
         return (
-            "NetworkPolicy not enforced by this cluster: a default-deny ingress policy in each "
-            f"of the model's namespaces left all {counts['cells']} cells between its pods on "
-            f"every node open after {self.seconds:.0f} s"
+            f"NetworkPolicy not enforced by this cluster (default deny left all "
+            f"{counts['cells']} cells open on every node for {self.seconds:.0f} s)"
         )
 
 
