@@ -249,3 +249,40 @@ def test_the_property_carries_counts_timing_and_every_cell() -> None:
     assert len(cells) == 144
     assert cells[0]["observed"] == "open"
     assert cells[0]["expected_allowed"] is False
+
+
+# --- the reports -------------------------------------------------------------------------------
+
+
+def test_the_tables_travel_from_the_junit_property_to_the_summary_and_the_html() -> None:
+    import json as json_
+
+    import jsonschema
+    from report_runs import summary_of
+
+    from conformance.kit.htmlreport import render_page
+    from conformance.kit.report import SummaryCollector, summary_schema
+
+    _, table = _judged({"y/b -> x/a tcp/8080 IPv4": OPEN})
+    nodeid = "conformance/test_network_policy.py::test_network_policy[default-deny-ingress]"
+    collector = SummaryCollector()
+    value = json_.dumps(table_property([table]))
+    collector.record_phase(
+        nodeid,
+        "call",
+        "failed",
+        2.0,
+        message="default-deny-ingress: ...",
+        rule="NetworkPolicies MUST be enforced",
+        properties={"netconform.netpol_tables": value},
+    )
+    (result,) = collector.results()
+    assert result.truth_tables is not None
+    assert result.truth_tables[0]["wrong"] == 1
+    summary = summary_of([result], NODES, exitstatus=1)
+    jsonschema.Draft202012Validator(summary_schema()).validate(json_.loads(json_.dumps(summary)))
+    page = render_page(summary)
+    assert "NetworkPolicy truth tables" in page
+    assert "step applied: 1 of 144 cells wrong" in page
+    assert page.count('class="nc-tt-wrong"') == 1
+    assert "y/b (node-2) -&gt; x/a (node-1): expected denied, observed open" in page
