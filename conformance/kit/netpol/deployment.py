@@ -67,8 +67,13 @@ ENFORCE_BOUND = 10.0
 #: Seconds the enforcement canary waits for its first denied cell before it calls the
 #: cluster not enforcing.
 CANARY_BOUND = 15.0
-#: A probe's own deadline: a cell without an answer by then counts as not answered.
+#: A probe's own deadline in a sweep: a cell without an answer by then counts as not answered.
 PROBE_TIMEOUT = 1.0
+#: An allowed cell must be reachable eventually, a denied one consistently unreachable: an
+#: allowed cell still unanswered when its step settled is tried this many times more, each
+#: with `RETRY_TIMEOUT` (a busy node may answer a datagram late), before it counts as closed.
+RETRIES = 2
+RETRY_TIMEOUT = 3.0
 #: Agent requests of one source at once (every cell of a source in one exec).
 PARALLEL_REQUESTS = 64
 #: Source pods asked at once.
@@ -341,7 +346,11 @@ def scenario_changes(deployment: ModelDeployment, scenario: Scenario) -> Iterato
 
 
 def sweep(
-    deployment: ModelDeployment, cells: Sequence[Cell], *, records: bool
+    deployment: ModelDeployment,
+    cells: Sequence[Cell],
+    *,
+    records: bool,
+    timeout: float = PROBE_TIMEOUT,
 ) -> tuple[Observed, str]:
     """Every cell probed once: one exec per source pod (its cells at once), then, with
     ``records``, one ``seen`` per destination container of the cells left unanswered. Returns
@@ -369,7 +378,7 @@ def sweep(
                     "host": destination.ip(cell.probe.family),
                     "port": cell.probe.port,
                     "nonce": nonces[cell],
-                    "timeout": PROBE_TIMEOUT,
+                    "timeout": timeout,
                 }
             )
         try:
@@ -478,10 +487,26 @@ def settle(
     matched = bool(until_true(bound)(one_sweep))
     seconds = (last["ended"] - started) if matched else max(bound, monotonic() - started)
     observed = last["observed"]
+    _retry_allowed(deployment, expected, observed)
     _records_for(deployment, observed, cells, last["prefix"])
     return judge_table(
         scenario, step, deployment.model, expected, observed, seconds=seconds, bound=bound
     )
+
+
+def _retry_allowed(
+    deployment: ModelDeployment, expected: Mapping[Cell, bool], observed: Observed
+) -> None:
+    """Allowed cells left unanswered are tried `RETRIES` times more, with `RETRY_TIMEOUT`;
+    those that answer are open (denied cells are never retried: one answer is enough)."""
+    for _ in range(RETRIES):
+        again = [c for c, allowed in expected.items() if allowed and observed[c][0] != OPEN]
+        if not again:
+            return
+        retried, _prefix = sweep(deployment, again, records=False, timeout=RETRY_TIMEOUT)
+        for cell, (state, error) in retried.items():
+            if state == OPEN:
+                observed[cell] = (state, error)
 
 
 def _records_for(
@@ -555,7 +580,12 @@ def enforcement_canary(deployment: ModelDeployment) -> Enforcement:
         def any_closed() -> bool:
             observed, _ = sweep(deployment, cells, records=False)
             closed["seconds"] = monotonic() - started
-            return any(state != OPEN for state, _ in observed.values())
+            shut = [cell for cell, (state, _) in observed.items() if state != OPEN]
+            if not shut:
+                return False
+            # A busy node may answer late: a cell counts as closed only if it stays so.
+            again, _ = sweep(deployment, shut, records=False, timeout=RETRY_TIMEOUT)
+            return any(state != OPEN for state, _ in again.values())
 
         found = bool(until_true(CANARY_BOUND)(any_closed))
         if not found:
