@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 VENV_BIN = Path(sys.executable).parent
 NETLAB = [sys.executable, "-m", "netlab"]
-LAB_PREFIX = "hb"
+#: Lab names start with this ($NETCONFORM_BENCH_LAB_PREFIX: runs sharing a machine keep apart).
+LAB_PREFIX = os.environ.get("NETCONFORM_BENCH_LAB_PREFIX", "hb")
 BENCH_NAMESPACE = "netbench"
 
 # Deadlines (seconds). A healthy 3-node run takes about two minutes; see README.
