@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 VENV_BIN = Path(sys.executable).parent
 NETLAB = [sys.executable, "-m", "netlab"]
-LAB_PREFIX = "hb"
+#: Lab names start with this ($NETCONFORM_BENCH_LAB_PREFIX: runs sharing a machine keep apart).
+LAB_PREFIX = os.environ.get("NETCONFORM_BENCH_LAB_PREFIX", "hb")
 BENCH_NAMESPACE = "netbench"
 
 # Deadlines (seconds). A healthy 3-node run takes about two minutes; see README.
@@ -53,7 +54,13 @@ IDLE_WINDOW = 10.0  # seconds of an empty lab's CPU use, measured after boot
 DEADLINE = 3 * 3600.0  # the whole run, whatever the node counts
 INTERRUPT_GRACE = 60  # for pytest to clean its namespace after Ctrl-C
 
-SUITE_MODES: dict[str, list[str]] = {"serial": [], "n4": ["-n", "4"]}
+#: The suite's modes; the NetworkPolicy family is measured apart (``--netpol``: bench/netpol.py),
+#: so the suite rows stay comparable with the runs before it existed.
+SUITE_MODES: dict[str, list[str]] = {
+    "serial": ["-m", "not netpol"],
+    "n4": ["-n", "4", "-m", "not netpol"],
+    "netpol": ["-m", "netpol"],
+}
 
 
 def say(message: str) -> None:
@@ -392,6 +399,13 @@ def soak_section(document: str) -> str:
     return section_of(document)
 
 
+def netpol_section(document: str) -> str:
+    """The NetworkPolicy family's section of ``results.md`` (bench/netpol.py), empty when none."""
+    from bench.netpol import section_of
+
+    return section_of(document)
+
+
 def realk8s_section(document: str) -> str:
     """The genuine cluster's section of ``results.md`` (bench/realk8s.py), empty when none."""
     from bench.realk8s import section_of
@@ -405,7 +419,7 @@ def write_outputs(results: dict[str, Any], out: Path, *, plot: bool) -> None:
     # The soak's (--soak N) and the genuine cluster's (--real-k8s) sections stay: they are
     # written by their own runs.
     text = document.read_text() if document.exists() else ""
-    kept = soak_section(text) + realk8s_section(text)
+    kept = soak_section(text) + realk8s_section(text) + netpol_section(text)
     document.write_text(render_markdown(results) + kept)
     if plot and results["runs"]:
         from bench.plot import plot_wall_time
@@ -449,7 +463,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         " kubelets, serial and -n 2 (bench/realk8s.py)",
     )
     parser.add_argument(
-        "--runs", type=int, default=3, help="with --real-k8s: fresh clusters per mode (default 3)"
+        "--netpol",
+        action="store_true",
+        help="instead: the NetworkPolicy family alone (-m netpol), serial, --runs times on one"
+        " 3-node lab (bench/netpol.py)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="with --real-k8s: fresh clusters per mode; with --netpol: runs (default 3)",
     )
     args = parser.parse_args(argv)
     if args.real_k8s:
@@ -458,6 +481,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import realk8s  # imports tests/support: only when asked for
 
         return realk8s.run(args.runs, out=args.out, facts=machine_facts())
+    if args.netpol:
+        if os.geteuid() != 0:
+            parser.error("the benchmark boots a lab: run it as root")
+        from bench import netpol
+
+        return netpol.run(args.runs, out=args.out, facts=machine_facts())
     if args.soak is not None:
         if os.geteuid() != 0:
             parser.error("the soak boots labs: run it as root")

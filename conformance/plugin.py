@@ -137,6 +137,8 @@ MARKERS = (
     "planner(params, probe_map) gives one item's targets",
     "prefetched_by(planner): the check's agent requests come from the run's prefetch; "
     "planner(params, probe_map, nonce) gives one item's steps",
+    "netpol: the NetworkPolicy family (conformance/test_network_policy.py); "
+    '-m "not netpol" leaves it out',
     "edge_planned_by(planner): the check's exchanges come from the run's edge pass (traffic "
     "with the --external-host); planner(params, probe_map, host) gives one item's targets",
 )
@@ -277,6 +279,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="leave the run namespace and its probes in place for debugging",
+    )
+    group.addoption(
+        "--require-network-policy",
+        dest="netconform_require_network_policy",
+        action="store_true",
+        default=False,
+        help="a cluster that enforces no NetworkPolicy fails the run (exit 1); by default it "
+        "gets the one verdict 'NetworkPolicy not enforced by this cluster' and exits 0",
     )
     group.addoption(
         "--ip-family",

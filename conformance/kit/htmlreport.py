@@ -131,6 +131,13 @@ table.nc-grid td a { color: inherit; text-decoration: none; display: block; }
 .nc-s-failed { background: #d32f2f; color: #fff; font-weight: bold; }
 .nc-s-flaky { background: #f2c94c; color: #1f2328; }
 .nc-s-lossy { background: #a5d6a7; color: #1f2328; font-weight: bold; }
+.nc-tt table { border-collapse: collapse; margin: 4px 12px 8px 0; display: inline-table; }
+.nc-tt td, .nc-tt th { border: 1px solid #d8dee4; padding: 1px 5px; text-align: center;
+  font-family: monospace; font-size: 12px; }
+.nc-tt-open { background: #c8e6c9; }
+.nc-tt-blocked { background: #eceff1; }
+.nc-tt-reached { background: #ffe0b2; }
+.nc-tt-wrong { background: #c62828; color: #fff; font-weight: bold; }
 .nc-s-could-not-test { background: #ef8e00; color: #fff; font-weight: bold; }
 .nc-s-skipped { background: #c9ced4; color: #1f2328; }
 .nc-s-not-checked { background: #eef0f2; }
@@ -671,6 +678,7 @@ def render_block(
         + _cluster(data)
         + f'<div class="nc-row">{_rule_table(data)}{_glance(data, anchors)}</div>'
         + _all_matrices(data, anchors)
+        + _truth_tables(data)
         + _failures(data, anchors)
         + _dump(data, dump_href)
         + "</div>"
@@ -681,6 +689,72 @@ def pytest_html_block(summary: Mapping[str, Any], *, dump_href: str | None = Non
     """`render_block` for pytest-html's summary prefix: also moves the runner's environment
     table below the block."""
     return render_block(summary, dump_href=dump_href, extra_style=PYTEST_HTML_LAYOUT)
+
+
+TRUTH_SYMBOLS = {"open": "O", "blocked": ".", "reached": "R"}
+
+
+def _truth_grid(cells: Sequence[Mapping[str, Any]]) -> str:
+    """One probe's cells as a grid: sources in rows, destinations in columns; a wrong cell
+    red, its hover saying expected against observed."""
+    pods = sorted({str(c["source"]) for c in cells} | {str(c["destination"]) for c in cells})
+    by_pair = {(str(c["source"]), str(c["destination"])): c for c in cells}
+    head = "".join(f"<th>{_e(p)}</th>" for p in pods)
+    rows = []
+    for source in pods:
+        tds = []
+        for destination in pods:
+            cell = by_pair.get((source, destination))
+            if cell is None:
+                tds.append("<td>-</td>")
+                continue
+            observed = str(cell["observed"])
+            want = "allowed" if cell["expected_allowed"] else "denied"
+            wrong = observed != ("open" if cell["expected_allowed"] else "blocked")
+            css = "nc-tt-wrong" if wrong else f"nc-tt-{observed}"
+            hover = (
+                f"{source} ({cell['source_node']}) -> {destination} ({cell['destination_node']}): "
+                f"expected {want}, observed {observed}"
+            )
+            tds.append(
+                f'<td class="{css}"{_title_attribute(hover)}>{TRUTH_SYMBOLS.get(observed, "?")}'
+                f"{'!' if wrong else ''}</td>"
+            )
+        rows.append(f"<tr><th>{_e(source)}</th>{''.join(tds)}</tr>")
+    return f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _truth_tables(data: ReportData) -> str:
+    """The NetworkPolicy family: a table per scenario step, per probe (protocol, port,
+    family), observed cells with the wrong ones red; steps with wrong cells open."""
+    parts = []
+    for test in data.tests:
+        for table in test.truth_tables or ():
+            cells = list(table.get("cells_detail") or ())
+            by_probe: dict[str, list[Mapping[str, Any]]] = {}
+            for cell in cells:
+                key = f"{cell['proto']}/{cell['port']} IPv{cell['family']}"
+                by_probe.setdefault(key, []).append(cell)
+            wrong = int(table.get("wrong", 0))
+            grids = "".join(
+                f"<div><b>{_e(key)}</b><br>{_truth_grid(group)}</div>"
+                for key, group in by_probe.items()
+            )
+            summary = (
+                f"{_e(test.nodeid.rsplit('::', 1)[-1])} step {_e(table.get('step'))}: "
+                f"{wrong} of {int(table.get('cells', 0))} cells wrong; in force within "
+                f"{float(table.get('seconds', 0)):.1f} s (bound {float(table.get('bound', 0)):.0f} s)"
+            )
+            parts.append(
+                f"<details{' open' if wrong else ''}><summary>{summary}</summary>{grids}</details>"
+            )
+    if not parts:
+        return ""
+    return (
+        '<section class="nc-tt"><h2>NetworkPolicy truth tables</h2><p>Rows: source pods; '
+        "columns: destination pods. O open, . blocked, R reached the destination without an "
+        "answer back; red: not what the policies say.</p>" + "".join(parts) + "</section>"
+    )
 
 
 def _checks(data: ReportData) -> str:

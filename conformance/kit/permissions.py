@@ -52,6 +52,7 @@ _IPPOOLS = (
 )
 _SERVICE_RANGE = "test_node_pod_cidrs_outside_service_range and the report's service range"
 _POD_RANGES = "the podCIDR checks (Cilium's and Calico's per-node pod ranges)"
+_NETPOL = "the NetworkPolicy family (test_network_policy)"
 _SERVICE_CHECKS = "the Service checks (test_services, test_hostport, test_dns)"
 
 PERMISSIONS: tuple[Permission, ...] = (
@@ -173,6 +174,14 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("list", "ippools", "crd.projectcalico.org", needed_by=_IPPOOLS),
     Permission("list", "ippools", "projectcalico.org", needed_by=_IPPOOLS),
     # Report facts.
+    # The NetworkPolicy family (conformance/test_network_policy.py): its scenarios' policies
+    # in its own namespaces (replaced by read and update; removed one by one and all at once
+    # after each scenario), and the pod labels its updates change.
+    *(
+        Permission(verb, "networkpolicies", "networking.k8s.io", needed_by=_NETPOL)
+        for verb in ("create", "get", "update", "delete", "deletecollection")
+    ),
+    Permission("patch", "pods", needed_by=f"{_NETPOL} (a pod's labels changed)"),
     Permission("list", "daemonsets", "apps", needed_by="the report's CNI detection"),
     Permission("get", "/version/", needed_by="the report's server version"),
 )

@@ -136,6 +136,9 @@ class CheckResult(JSONData):
     probes_lost: int | None = None
     loss_ratio: float | None = None
     loss: str | None = None
+    #: The NetworkPolicy family: each judged step of the check's scenario (its cells, expected
+    #: against observed, and how long it took to be in force); None for other checks.
+    truth_tables: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def lossy(self) -> bool:
@@ -247,6 +250,7 @@ class SummaryCollector:
                 probes_lost=_count(test.properties.get("probes_lost")),
                 loss_ratio=_ratio(test.properties.get("loss_ratio")),
                 loss=test.properties.get("loss"),
+                truth_tables=_truth_tables(test.properties),
             )
             for nodeid, test in self._tests.items()
         ]
@@ -268,6 +272,19 @@ def _source_seen(properties: Mapping[str, str]) -> dict[str, str] | None:
     if "source_seen" not in properties:
         return None
     return {"address": properties["source_seen"], "nat": properties.get("source_nat", "")}
+
+
+def _truth_tables(properties: Mapping[str, str]) -> tuple[Mapping[str, Any], ...] | None:
+    """The ``truth_tables`` of a NetworkPolicy check, from its ``netconform.netpol_tables``
+    property (JSON; None without it)."""
+    raw = properties.get("netpol_tables")
+    if raw is None:
+        return None
+    try:
+        tables = json.loads(raw)
+    except ValueError:
+        return None
+    return tuple(t for t in tables if isinstance(t, dict)) if isinstance(tables, list) else None
 
 
 def flaky_line(nodeid: str, reason: str) -> str:

@@ -456,6 +456,8 @@ class Settings:
     allow_excluded: tuple[str, ...] = ()
     #: ``--external-host``: the outside host's addresses (or names), one per family at most.
     external_hosts: tuple[ExternalHost, ...] = ()
+    #: ``--require-network-policy``: a cluster enforcing no NetworkPolicy fails the run.
+    require_network_policy: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     @property
@@ -518,6 +520,9 @@ class Settings:
             ),
             external_hosts=check_external_hosts(
                 config.getoption("netconform_external_hosts", None) or ()
+            ),
+            require_network_policy=bool(
+                config.getoption("netconform_require_network_policy", False)
             ),
             timeouts=Timeouts.for_probe_timeout(probe_timeout),
         )

@@ -11,13 +11,15 @@ also writes the matrix document from the run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from labrun import LabCase, LabError, SuiteRun, leftover_namespaces, run_on_lab, unexpected_verdicts
@@ -50,6 +52,8 @@ from verdict_patterns import (
     to_node,
 )
 from verdict_patterns import PROTO as _PROTO
+
+from conformance.kit.netpol.scenarios import scenario_ids
 
 pytestmark = pytest.mark.needs_lab
 
@@ -380,12 +384,148 @@ FAMILY_FAULT_CASES: tuple[LabCase, ...] = (
     LabCase(("family-missing-on-node",), "dual", ("--ip-family", "dual")),
 )
 DUAL_ONLY_FAULTS = frozenset({"family-missing-on-node"})
-FAULT_CASES: tuple[LabCase, ...] = (
-    *(LabCase((fault,)) for fault in EXPECTED_FAILURES if fault not in DUAL_ONLY_FAULTS),
-    *(LabCase(pair) for pair in COMBINATIONS),
-    *FAMILY_FAULT_CASES,
+#: The NetworkPolicy family is proven by its own cases (NETPOL_FAULT_CASES): the data-plane
+#: faults above would break its cells too (a blackholed pair is closed whatever the policies
+#: say), so their labs run the rest of the suite.
+WITHOUT_NETPOL = "not netpol"
+FAULT_CASES: tuple[LabCase, ...] = tuple(
+    replace(case, marker=WITHOUT_NETPOL)
+    for case in (
+        *(LabCase((fault,)) for fault in EXPECTED_FAILURES if fault not in DUAL_ONLY_FAULTS),
+        *(LabCase(pair) for pair in COMBINATIONS),
+        *FAMILY_FAULT_CASES,
+    )
 )
-CASES: tuple[LabCase, ...] = (*HEALTHY_CASES, *VARIANT_CASES, *FAULT_CASES)
+
+# The NetworkPolicy faults of the lab (issue 24): the family alone (-m netpol) on each, which must
+# fail exactly the scenarios below, and in them only cells the fault explains.
+NETPOL_CHECK = "test_network_policy::test_network_policy"
+NETPOL_CANARY = "test_network_policy::test_network_policy_enforced"
+NOT_ENFORCED = "NetworkPolicy not enforced by this cluster"
+Cell = Mapping[str, Any]
+
+
+def _wrong(cell: Cell) -> bool:
+    return bool(cell["observed"] != ("open" if cell["expected_allowed"] else "blocked"))
+
+
+def _opened(cell: Cell) -> bool:
+    """Denied by the policies, yet delivered: answered (open), or recorded by the destination
+    without an answer reaching the client in time (reached; a busy node answers late)."""
+    return not cell["expected_allowed"] and cell["observed"] != "blocked"
+
+
+def _closed(cell: Cell) -> bool:
+    """Allowed by the policies, yet not answered."""
+    return bool(cell["expected_allowed"]) and cell["observed"] != "open"
+
+
+def _ns(pod: object) -> str:
+    return str(pod).split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class NetpolExpectation:
+    """The scenarios a NetworkPolicy fault must fail (and only they; ``canary``: the
+    enforcement canary too), what every wrong cell of theirs must be, and why."""
+
+    scenarios: tuple[str, ...]
+    cells: Callable[[Cell], bool]
+    why: str
+    canary: bool = False
+
+
+NETPOL_FAILURES: dict[str, NetpolExpectation] = {
+    "netpol-ignored-on-node": NetpolExpectation(
+        (
+            "default-deny-ingress",
+            "default-deny-egress",
+            "match-expressions",
+            "named-ports",
+            "port-range",
+            "egress-to-cidr",
+            "replies-allowed",
+            "policy-updated",
+            "policy-deleted",
+            "pod-labels-changed",
+            "namespace-labels-changed",
+        ),
+        lambda c: _opened(c) and "node-2" in (c["source_node"], c["destination_node"]),
+        "node-2 isolates nothing: every denied cell into (ingress) or out of (egress) node-2's"
+        " pods opens, the canary's too; scenarios isolating only pod a (node-1) hold",
+        canary=True,
+    ),
+    "netpol-egress-ignored": NetpolExpectation(
+        ("default-deny-egress", "egress-to-cidr", "policy-types-default", "replies-allowed"),
+        lambda c: _opened(c) and _ns(c["source"]) == "x",
+        "no pod is isolated for egress: every scenario with egress rules opens cells out of x",
+    ),
+    "netpol-named-ports-unresolved": NetpolExpectation(
+        ("named-ports",),
+        lambda c: _closed(c) and c["port"] == 8081 and _ns(c["destination"]) == "x",
+        "named ports match nothing: port 8081 into x, named in the policy, stays closed",
+    ),
+    "netpol-except-ignored": NetpolExpectation(
+        ("ip-block-except",),
+        lambda c: _opened(c) and (c["source"], c["destination"]) == ("y/b", "x/a"),
+        "ipBlock except ignored: the excepted pod y/b reaches x/a",
+    ),
+    "netpol-namespace-selector-as-pod-selector": NetpolExpectation(
+        (
+            "namespace-selector",
+            "peer-selectors-and",
+            "peers-or",
+            "match-expressions",
+            "replies-allowed",
+            "policy-updated",
+            "namespace-labels-changed",
+        ),
+        lambda c: _closed(c) and _ns(c["source"]) != _ns(c["destination"]),
+        "a namespaceSelector is matched against pod labels of the policy's namespace: every"
+        " cell a namespaceSelector allows from another namespace stays closed",
+    ),
+    "netpol-peer-and-as-or": NetpolExpectation(
+        ("peer-selectors-and", "match-expressions"),
+        lambda c: _opened(c) and _ns(c["destination"]) == "x",
+        "a peer's two selectors ORed: pods matching only one of them reach x",
+    ),
+    "netpol-labels-not-followed": NetpolExpectation(
+        ("pod-labels-changed", "namespace-labels-changed"),
+        lambda c: _closed(c) and _ns(c["destination"]) == "x",
+        "labels kept as first seen: the newly labelled pod (namespace) stays closed out of x",
+    ),
+    "netpol-deleted-policy-enforced": NetpolExpectation(
+        tuple(scenario_ids()),
+        lambda c: True,
+        "deleted policies stay enforced: the canary's default deny in x, y and z outlives it and"
+        " every scenario's policies outlive theirs (allow-all-union's allow-all too), so every"
+        " scenario sees cells closed by stale denials and opened by stale allowances",
+    ),
+    "netpol-replies-dropped": NetpolExpectation(
+        tuple(s for s in scenario_ids() if s != "allow-all-union"),
+        lambda c: _closed(c) and c["observed"] == ("reached" if c["proto"] == "udp" else "blocked"),
+        "replies judged as new connections: every allowed cell whose reply enters (leaves) a pod"
+        " isolated for ingress (egress) and not allowed that way gets no answer; the"
+        " destination's record tells the reply path: a UDP request was delivered (reached), a"
+        " TCP SYN-ACK lost leaves the connection unopened (blocked); only the allow-all union"
+        " holds",
+    ),
+}
+NETPOL_FAULT_CASES: tuple[LabCase, ...] = tuple(
+    LabCase((fault,), marker="netpol") for fault in NETPOL_FAILURES
+)
+# A lab serving NetworkPolicies but enforcing none: one verdict, exit 0; exit 1 when required.
+NOT_ENFORCED_CASES: tuple[LabCase, ...] = (
+    LabCase(network_policy=False, marker="netpol"),
+    LabCase(network_policy=False, marker="netpol", suite_args=("--require-network-policy",)),
+)
+CASES: tuple[LabCase, ...] = (
+    *HEALTHY_CASES,
+    *VARIANT_CASES,
+    *FAULT_CASES,
+    *NETPOL_FAULT_CASES,
+    *NOT_ENFORCED_CASES,
+)
 #: What the pytest process exits with (docs/exit-codes.md): every rule held on a healthy lab,
 #: a broken rule under a data-plane fault.
 HEALTHY_EXIT = 0
@@ -538,3 +678,66 @@ def test_faults_fail_exactly_the_checks_of_their_rules(case: LabCase, matrix: Ma
         f"summary says {run.exitstatus}\n{run.output[-3000:]}"
     )
     assert run.leftovers == [], f"{label}: the run left objects behind: {run.leftovers}"
+
+
+def truth_tables(run: SuiteRun) -> dict[str, list[Mapping[str, Any]]]:
+    """Test ID -> its judged tables, from the run's ``summary.json``."""
+    summary = json.loads((run.report_dir / "summary.json").read_text())
+    return {
+        str(test["nodeid"]).rsplit("/", 1)[-1].replace(".py::", "::"): list(
+            test.get("truth_tables") or ()
+        )
+        for test in summary["tests"]
+    }
+
+
+@pytest.mark.parametrize("case", NETPOL_FAULT_CASES, ids=case_id)
+def test_netpol_faults_fail_exactly_their_scenarios_and_cells(
+    case: LabCase, matrix: Matrix
+) -> None:
+    try:
+        run = matrix.result(case)
+    except LabError as error:
+        pytest.fail(f"{case.id}: {error}", pytrace=False)
+    expectation = NETPOL_FAILURES[case.faults[0]]
+    print(
+        f"{case.id}: boot {run.boot_seconds:.0f} s, suite {run.suite_seconds:.0f} s, {run.ran} ran"
+    )
+    assert not run.ids("error"), f"{case.id}: errored {run.ids('error')}\n{run.output[-6000:]}"
+    want = sorted(
+        [f"{NETPOL_CHECK}[{s}]" for s in expectation.scenarios]
+        + ([NETPOL_CANARY] if expectation.canary else [])
+    )
+    assert sorted(run.ids("failed")) == want, (
+        f"{case.id} ({expectation.why}): failed {sorted(run.ids('failed'))}, expected {want}"
+        f"\n{run.output[-3000:]}"
+    )
+    off = [
+        f"{test} step {table['step']}: {cell}"
+        for test, tables in truth_tables(run).items()
+        for table in tables
+        for cell in table["cells_detail"]
+        if _wrong(cell) and not expectation.cells(cell)
+    ]
+    assert not off, f"{case.id} ({expectation.why}): cells off the expectation:\n  " + (
+        "\n  ".join(off[:40])
+    )
+    assert (run.returncode, run.exitstatus) == (FAULT_EXIT, FAULT_EXIT), run.output[-3000:]
+    assert run.leftovers == [], f"{case.id}: the run left objects behind: {run.leftovers}"
+
+
+@pytest.mark.parametrize("case", NOT_ENFORCED_CASES, ids=case_id)
+def test_netpol_not_enforced_gets_one_verdict(case: LabCase, matrix: Matrix) -> None:
+    run = matrix.result(case)
+    required = "--require-network-policy" in case.suite_args
+    print(f"{case.id}: boot {run.boot_seconds:.0f} s, suite {run.suite_seconds:.0f} s")
+    assert not run.ids("error"), f"{case.id}: errored {run.ids('error')}\n{run.output[-6000:]}"
+    assert run.ids("failed") == ([NETPOL_CANARY] if required else []), run.output[-3000:]
+    skipped = [c for c in run.cases if c.outcome == "skipped"]
+    assert len(skipped) == len(run.cases) - (1 if required else 0), run.output[-3000:]
+    assert all(c.message.startswith(NOT_ENFORCED) for c in skipped), [c.message for c in skipped]
+    verdict = next(line for line in run.output.splitlines() if line.startswith("verdict: "))
+    assert NOT_ENFORCED in verdict, verdict
+    code = FAULT_EXIT if required else HEALTHY_EXIT
+    assert (run.returncode, run.exitstatus) == (code, code), run.output[-3000:]
+    assert run.leftovers == [], f"{case.id}: the run left objects behind: {run.leftovers}"

@@ -56,6 +56,8 @@ class LabCase:
     images: tuple[Path, ...] = ()
     #: False: the lab serves NetworkPolicies but enforces none (``netlab up --no-network-policy``).
     network_policy: bool = True
+    #: The suite's ``-m`` selection on this lab ("" for every check); not part of the case's ID.
+    marker: str = ""
 
     @property
     def id(self) -> str:
@@ -190,8 +192,9 @@ def run_on_lab(case: LabCase, report_dir: Path, *extra: str) -> SuiteRun:
     with running_lab(case) as (name, kubeconfig):
         booted = time.monotonic()
         outside = external_host_args(name)
+        marker = ("-m", case.marker) if case.marker else ()
         cases, properties, output, returncode = run_suite_process(
-            kubeconfig, report_dir, *outside, *case.suite_args, *extra
+            kubeconfig, report_dir, *outside, *marker, *case.suite_args, *extra
         )
         done = time.monotonic()
         left = cluster_leftovers(kubeconfig)
