@@ -7,8 +7,8 @@ there and how).
   address of); the source the host saw is reported, not judged: NAT is allowed at the edge;
 - the run's NodePort Service answers the outside host at every node's InternalIP.
 
-The exchanges come from the run's edge pass (`conformance.kit.edge`) and are judged by
-`conformance.kit.verdicts`, as every reachability check is.
+The exchanges come from the run's edge pass (`conformance.kit.exchanges.edge`) and are judged by
+`conformance.kit.verdicts.judge`, as every reachability check is.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from typing import NoReturn
 import pytest
 from kubernetes import client
 
-from conformance.kit.cases import check_places
-from conformance.kit.deploy import PodLife, pod_lives
-from conformance.kit.discovery import Discovery
-from conformance.kit.edge import (
+from conformance.kit.base.errors import CouldNotTest
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.base.settings import ExternalHost, Settings
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.exchanges.edge import (
     SOURCE_NAT_PROPERTY,
     SOURCE_SEEN_PROPERTY,
     EdgeRun,
@@ -34,13 +35,12 @@ from conformance.kit.edge import (
     node_port_from_outside,
     pod_to_outside,
 )
-from conformance.kit.errors import CouldNotTest
-from conformance.kit.probe_client import ProbeClient
-from conformance.kit.probes import ROLE_PROBE, ProbeMap
-from conformance.kit.runstate import RunInfo
-from conformance.kit.service_deployment import internal_ips
-from conformance.kit.settings import ExternalHost, Settings
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.probes.client import ProbeClient
+from conformance.kit.probes.lives import PodLife, pod_lives
+from conformance.kit.probes.model import ROLE_PROBE, ProbeMap
+from conformance.kit.probes.service_deployment import internal_ips
+from conformance.kit.run.cases import check_places
+from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 

@@ -2,8 +2,8 @@
 the source pod's own IP. Checked twice per exchange: by the destination's listener (the peer
 address of the connection or datagram) and by a packet capture inside the destination pod.
 
-The exchanges come from the run's reachability sweep (`conformance.kit.reachability`) and are
-judged by `conformance.kit.verdicts`; each test item holds one ordered pair of nodes, and every
+The exchanges come from the run's reachability sweep (`conformance.kit.exchanges.reachability`) and are
+judged by `conformance.kit.verdicts.judge`; each test item holds one ordered pair of nodes, and every
 ordered pair is checked (same-node: the node's probe pod to its peer pod)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from conformance.kit.pairs import NodePair
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import Target, Unplanned, pod_to_pod, swept_by
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.reachability import Target, Unplanned, pod_to_pod, swept_by
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 

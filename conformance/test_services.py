@@ -6,14 +6,14 @@
   endpoint answers within a bounded number of connections, and sees the client pod's own IP;
 - a pod reaches itself through its own Service (hairpin), every connection answered;
 - endpoints follow readiness: a backend turned unready gets no new connection within a bound,
-  and answers again once ready (`conformance.kit.readiness`);
+  and answers again once ready (`conformance.kit.exchanges.readiness`);
 - a Service without endpoints refuses a TCP connection at once (within 2 s);
 - its NodePort answers every connection at every tested node's InternalIP, from pods and from
   the host network of other nodes, from endpoints on other nodes too (externalTrafficPolicy
   Cluster).
 
 The exchanges come from the run's reachability sweep (spreads of connections through the
-cluster IP, `conformance.kit.service_targets`) and are judged by `conformance.kit.verdicts`.
+cluster IP, `conformance.kit.exchanges.service_targets`) and are judged by `conformance.kit.verdicts.judge`.
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from conformance.kit.cases import PAIRS_CROSS_NODE, check_places
-from conformance.kit.discovery import Discovery
-from conformance.kit.pairs import NodePair
-from conformance.kit.prefetch import ItemAnswers
-from conformance.kit.probe_client import ProbeClient
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import Sweep, Target, Unplanned, swept_by
-from conformance.kit.readiness import ReadinessFlip, flip_readiness_once
-from conformance.kit.runstate import RunInfo
-from conformance.kit.service_targets import (
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.flip_outcome import ReadinessFlip
+from conformance.kit.exchanges.prefetch import ItemAnswers
+from conformance.kit.exchanges.reachability import Sweep, Target, Unplanned, swept_by
+from conformance.kit.exchanges.readiness import flip_readiness_once
+from conformance.kit.exchanges.service_targets import (
     FROM_HOST,
     FROM_POD,
     cluster_ip_spread,
@@ -42,8 +40,15 @@ from conformance.kit.service_targets import (
     node_port,
     refusal,
 )
-from conformance.kit.services import SERVICE
-from conformance.kit.verdicts import ItemExchanges, assert_readiness_followed
+from conformance.kit.probes.client import ProbeClient
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.probes.services import SERVICE
+from conformance.kit.run.cases import PAIRS_CROSS_NODE, check_places
+from conformance.kit.verdicts.judge import (
+    ItemExchanges,
+    assert_readiness_followed,
+    flip_answered,
+)
 
 PROTOCOLS = ("tcp", "udp")
 
@@ -141,7 +146,12 @@ def readiness_flip(
     """The run's readiness flip, after the sweep and the prefetch (which must see every
     backend ready); a `CouldNotTest` when it could not be made."""
     return flip_readiness_once(
-        run_info, probe_map, probe_client, client.DiscoveryV1Api(api_client), discovery.families
+        run_info,
+        probe_map,
+        probe_client,
+        client.DiscoveryV1Api(api_client),
+        discovery.families,
+        answered=flip_answered,
     )
 
 
@@ -160,7 +170,7 @@ def test_endpoints_follow_readiness(
 
 
 # The planners: the source node's probe pod, or its host network, to the destination node's
-# InternalIP at the NodePort (`conformance.kit.service_targets.node_port`).
+# InternalIP at the NodePort (`conformance.kit.exchanges.service_targets.node_port`).
 @swept_by(partial(node_port, "test_node_port_from_pods", source_kind=FROM_POD))
 def test_node_port_from_pods(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges

@@ -1,4 +1,4 @@
-"""`conformance.kit.deploy` without a cluster: reading pod states (Ready, restarts, causes that
+"""`conformance.kit.probes.deploy` without a cluster: reading pod states (Ready, restarts, causes that
 will not recover), explaining a probe that never came up, waiting on pods, copying pull
 secrets, and `deploy_once`: one deployment per run, shared by every process, never retried."""
 
@@ -18,17 +18,14 @@ from kube_objects import pod_with
 from kubernetes import client
 from report_runs import DEPLOYED_FACTS
 
-from conformance.kit import deploy, waiting
-from conformance.kit.errors import CouldNotTest, ProbeDeploymentError
-from conformance.kit.podspecs import to_manifest
-from conformance.kit.probes import ProbeMap, planned_probes
-from conformance.kit.runstate import FAILED, RunInfo, peek
-from conformance.kit.session import run_properties
-from conformance.kit.settings import (
-    Settings,
-    Timeouts,
-    parse_pull_secret,
-)
+from conformance.kit.base.errors import CouldNotTest, ProbeDeploymentError
+from conformance.kit.base.runstate import FAILED, RunInfo, peek
+from conformance.kit.base.settings import Settings, Timeouts, parse_pull_secret
+from conformance.kit.cluster import waiting
+from conformance.kit.probes import deploy, lives
+from conformance.kit.probes.model import ProbeMap, planned_probes
+from conformance.kit.probes.podspecs import to_manifest
+from conformance.kit.run.session import run_properties
 
 K8S_VERSION = "1.33"
 
@@ -56,10 +53,10 @@ def run_info(tmp_path: Path) -> RunInfo:
 
 
 def test_pod_state_helpers() -> None:
-    assert deploy.pod_ready(pod_with(ready=True))
-    assert not deploy.pod_ready(pod_with())
-    assert deploy.restart_count(pod_with(), "a") == 2
-    assert deploy.restart_count(pod_with(), "zz") == 0
+    assert lives.pod_ready(pod_with(ready=True))
+    assert not lives.pod_ready(pod_with())
+    assert lives.restart_count(pod_with(), "a") == 2
+    assert lives.restart_count(pod_with(), "zz") == 0
     assert deploy.fatal_reason(pod_with("ImagePullBackOff")) is None  # may still recover
     assert "InvalidImageName" in (deploy.fatal_reason(pod_with("InvalidImageName")) or "")
     assert "Failed" in (deploy.fatal_reason(pod_with(phase="Failed")) or "")

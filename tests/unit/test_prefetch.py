@@ -1,4 +1,4 @@
-"""`conformance.kit.prefetch` without a cluster: fake probe clients answer the batches.
+"""`conformance.kit.exchanges.prefetch` without a cluster: fake probe clients answer the batches.
 
 Checked: a check's planner travels on its ``prefetched_by`` marker; stages run in order (a
 later stage sees the earlier one's writes); one batch per container per stage; the batches of
@@ -21,8 +21,9 @@ import pytest
 from fake_items import FakeItem, item
 from recording_agents import RecordingProbeClient
 
-from conformance.kit.errors import CouldNotTest, PrefetchError
-from conformance.kit.prefetch import (
+from conformance.kit.base.errors import CouldNotTest, PrefetchError
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.exchanges.prefetch import (
     MARKER,
     ItemAnswers,
     Step,
@@ -34,9 +35,8 @@ from conformance.kit.prefetch import (
     prefetched_by,
     run_prefetch,
 )
-from conformance.kit.probe_client import ProbeResponse
-from conformance.kit.probes import ProbeMap
-from conformance.kit.runstate import RunInfo
+from conformance.kit.probes.client import ProbeResponse
+from conformance.kit.probes.model import ProbeMap
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`conformance.kit.reachability` without a cluster: fake probe clients answer the batched calls.
+"""`conformance.kit.exchanges.reachability` without a cluster: fake probe clients answer the batched calls.
 
 Checked: a check's planner travels on its ``swept_by`` marker and is read from the item with
 ``get_closest_marker`` (placeholder cases are not planned); pass one is one batch per source
@@ -24,11 +24,11 @@ from kubernetes import client
 from local_agents import LocalAgent, LocalProbeClient
 from recording_agents import RecordingProbeClient
 
-from conformance.kit.errors import SweepError
-from conformance.kit.pairs import NodePair
-from conformance.kit.probe_client import ProbeResponse
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import (
+from conformance.kit.base.errors import SweepError
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.reachability import (
     LOSS_PROBES,
     MARKER,
     Endpoint,
@@ -47,9 +47,9 @@ from conformance.kit.reachability import (
     sweep_once,
     swept_by,
 )
-from conformance.kit.runstate import RunInfo
-from conformance.kit.settings import Timeouts
-from conformance.kit.verdicts import failure_summary, flaky_text, problems
+from conformance.kit.probes.client import ProbeResponse
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.verdicts.judge import failure_summary, flaky_text, problems
 
 pytest_plugins = ["pytester"]
 
@@ -295,7 +295,7 @@ def test_plan_for_items_plans_each_item_once_in_collection_order() -> None:
 
 SWEPT_MODULE = """
 import pytest
-from conformance.kit.reachability import Endpoint, Target, Unplanned, swept_by
+from conformance.kit.exchanges.reachability import Endpoint, Target, Unplanned, swept_by
 
 def planner(params, probe_map):
     if params["proto"] == "sctp":
