@@ -27,7 +27,6 @@ from conformance.kit.cluster.inventory import list_nodes
 from conformance.kit.cluster.namespace import (
     STALE_SWEEP_RECORD,
     create_namespace,
-    dump_namespace,
     sweep_stale,
     wait_for_default_service_account,
 )
@@ -44,7 +43,7 @@ from conformance.kit.probes.service_deployment import (
     finish_service_probes,
     start_hostport_probes,
 )
-from conformance.kit.run.session import DUMP_KEY, RUN_KEY, SETTINGS_KEY
+from conformance.kit.run.session import RUN_KEY, SETTINGS_KEY
 from conformance.kit.verdicts.judge import ItemExchanges
 from conformance.plugin import discovery_for
 
@@ -141,7 +140,6 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
 
 @pytest.fixture(scope="session")
 def deployment(
-    pytestconfig: pytest.Config,
     settings: Settings,
     run_info: RunInfo,
     api_client: client.ApiClient,
@@ -195,9 +193,6 @@ def deployment(
         raise CouldNotTest(
             f"probe deployment in namespace {run_info.namespace} failed: {exc}"
         ) from exc
-    pytestconfig.stash[DUMP_KEY] = lambda: dump_namespace(
-        core, run_info.namespace, settings.timeouts
-    )
     return found
 
 

@@ -25,7 +25,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from conformance.kit.base.errors import CouldNotTest
-from conformance.kit.base.runstate import RunInfo, once
+from conformance.kit.base.runstate import RunInfo, once_data
 from conformance.kit.base.settings import (
     ALLOWABLE_EXCLUSIONS,
     DEFAULT_EDGE_PORT,
@@ -52,8 +52,7 @@ from conformance.kit.base.settings import (
     parse_taint_toleration,
 )
 from conformance.kit.cluster.api import describe_api_error
-from conformance.kit.cluster.discovery import RECORD as DISCOVERY_RECORD
-from conformance.kit.cluster.discovery import Discovery, discover
+from conformance.kit.cluster.discovery import DISCOVERY_RECORD, Discovery, discover
 from conformance.kit.cluster.namespace import namespace_name, new_run_id
 from conformance.kit.cluster.pairs import AUTO_SAMPLE_ABOVE, AUTO_SAMPLE_SIZE, PairPlan
 from conformance.kit.probes.podspecs import images_to_pull
@@ -467,13 +466,12 @@ def discovery_for(config: pytest.Config) -> Discovery:
     collect a conformance check; xdist workers read it back, so they parametrize alike)."""
     found = config.stash.get(DISCOVERY_KEY, None)
     if found is None:
-        found = once(
+        found = once_data(
             config.stash[RUN_KEY],
             DISCOVERY_RECORD,
             lambda: discover(config.stash[SETTINGS_KEY]),
-            encode=Discovery.to_dict,
-            decode=Discovery.from_dict,
-            error=CouldNotTest,
+            Discovery,
+            CouldNotTest,
         )
         config.stash[DISCOVERY_KEY] = found
     return found

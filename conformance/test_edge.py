@@ -14,7 +14,6 @@ The exchanges come from the run's edge pass (`conformance.kit.exchanges.edge`) a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import NoReturn
 
 import pytest
@@ -123,7 +122,7 @@ def edge_exchanges(
     )
 
 
-@edge_planned_by(partial(pod_to_outside, "test_pod_reaches_external_host"))
+@edge_planned_by(pod_to_outside)
 def test_pod_reaches_external_host(
     external_hosts: tuple[ExternalHost, ...],
     proto: str,
@@ -155,7 +154,7 @@ def test_pod_reaches_external_host(
 
 
 @check_places(protocols=("tcp", "udp"))
-@edge_planned_by(partial(node_port_from_outside, "test_node_port_from_external_host"))
+@edge_planned_by(node_port_from_outside)
 def test_node_port_from_external_host(
     external_hosts: tuple[ExternalHost, ...],
     proto: str,

@@ -11,14 +11,11 @@ reports."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from conformance.kit.cluster.pairs import NodePair
 from conformance.kit.exchanges.reachability import (
     TRANSFER_BYTES,
-    Target,
-    Unplanned,
+    Params,
+    Planned,
     pod_to_pod,
     swept_by,
 )
@@ -33,10 +30,10 @@ RULE = (
 )
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The probe pod of the source node to the probe pod of the destination node (the peer pod
     on the same node), with full-size packets."""
-    return pod_to_pod("test_full_size_packets", params, probe_map, full_size=True)
+    return pod_to_pod(check, params, probe_map, full_size=True)
 
 
 @swept_by(targets)

@@ -8,11 +8,8 @@ it sits on an interface of the node's network namespace (seen by the hostNetwork
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from conformance.kit.cluster.pairs import NodePair
-from conformance.kit.exchanges.reachability import Target, Unplanned, host_to_pods, swept_by
+from conformance.kit.exchanges.reachability import Params, Planned, host_to_pods, swept_by
 from conformance.kit.probes.model import ProbeMap
 from conformance.kit.run.cases import PAIRS_CROSS_NODE
 from conformance.kit.verdicts.judge import ItemExchanges
@@ -28,10 +25,10 @@ RULE = (
 )
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The source node's hostNetwork probe to each pod-network probe of the destination node."""
     pair = params["node_pair"]
-    return host_to_pods("test_host_to_pod", params, probe_map, pair.src, pair.dst)
+    return host_to_pods(check, params, probe_map, pair.src, pair.dst)
 
 
 @swept_by(targets)

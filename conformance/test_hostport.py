@@ -38,7 +38,7 @@ CONFLICT_RULE = "two pods asking for the same hostPort MUST never both run on on
 
 # The planners: the source node's probe pod, or its host network, to the destination node's
 # InternalIP at its hostPort (`conformance.kit.exchanges.service_targets.host_port`).
-@swept_by(partial(host_port, "test_host_port_from_pods", source_kind=FROM_POD))
+@swept_by(partial(host_port, source_kind=FROM_POD))
 def test_host_port_from_pods(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:
@@ -48,7 +48,7 @@ def test_host_port_from_pods(
 
 
 @check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
-@swept_by(partial(host_port, "test_host_port_from_hosts", source_kind=FROM_HOST))
+@swept_by(partial(host_port, source_kind=FROM_HOST))
 def test_host_port_from_hosts(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:

@@ -7,13 +7,20 @@ with its retries); the interface and port-space requests from the staged prefetc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from conformance.kit.exchanges.prefetch import ItemAnswers, Step, prefetched_by
-from conformance.kit.exchanges.reachability import Endpoint, Target, Unplanned, swept_by
+from conformance.kit.exchanges.reachability import (
+    Endpoint,
+    Params,
+    Planned,
+    Target,
+    Unplanned,
+    swept_by,
+)
 from conformance.kit.probes.client import address_of_family, require_ok
 from conformance.kit.probes.model import ROLE_PROBE, ProbeMap
 from conformance.kit.verdicts.failures import format_rule_failure
@@ -26,7 +33,7 @@ DIRECTIONS = (("a", "b"), ("b", "a"))
 CONTAINERS = ("a", "b")
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """Both directions between the probe pod's containers over the family's loopback address
     (none for IPv6 when the pod has no IPv6 address and the run does not require IPv6: where
     it does, ::1 is checked all the same, and the missing address fails the required-family
@@ -38,7 +45,7 @@ def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] 
         return Unplanned(f"{probe.describe()} has no IPv6 address")
     return [
         Target(
-            check="test_localhost_between_containers",
+            check=check,
             proto=proto,
             family=family,
             source=Endpoint(probe.name, src, node),

@@ -8,11 +8,8 @@ ordered pair is checked (same-node: the node's probe pod to its peer pod)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from conformance.kit.cluster.pairs import NodePair
-from conformance.kit.exchanges.reachability import Target, Unplanned, pod_to_pod, swept_by
+from conformance.kit.exchanges.reachability import Params, Planned, pod_to_pod, swept_by
 from conformance.kit.probes.model import ProbeMap
 from conformance.kit.verdicts.judge import ItemExchanges
 
@@ -21,11 +18,11 @@ PROTOCOLS = ("tcp", "udp", "icmp")
 RULE = "pods on any node MUST reach pods on every node without NAT (the source IP is preserved)"
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The probe pod of the source node to the probe pod of the destination node (the peer pod
     on the same node); the source pod's own IP is the only source allowed, at the listener and
     in the capture."""
-    return pod_to_pod("test_no_snat", params, probe_map)
+    return pod_to_pod(check, params, probe_map)
 
 
 @swept_by(targets)

@@ -33,7 +33,9 @@ def sandbox_restarts(
 ) -> dict[str, SandboxRestart]:
     """Every node's sandbox pod, before and after one of its containers restarted (a
     `CouldNotTest` when the restarts could not be made)."""
-    return restart_sandboxes_once(run_info, probe_map, probe_client, core)
+    return restart_sandboxes_once(
+        run_info, test_sandbox_survives_container_restart.__name__, probe_map, probe_client, core
+    )
 
 
 @pytest.mark.disruptive

@@ -18,9 +18,7 @@ cluster IP, `conformance.kit.exchanges.service_targets`) and are judged by `conf
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -30,8 +28,8 @@ from conformance.kit.cluster.discovery import Discovery
 from conformance.kit.cluster.pairs import NodePair
 from conformance.kit.exchanges.flip_outcome import ReadinessFlip
 from conformance.kit.exchanges.prefetch import ItemAnswers
-from conformance.kit.exchanges.reachability import Sweep, Target, Unplanned, swept_by
-from conformance.kit.exchanges.readiness import flip_readiness_once
+from conformance.kit.exchanges.reachability import Params, Planned, Sweep, swept_by
+from conformance.kit.exchanges.readiness import flip_readiness, flip_readiness_once
 from conformance.kit.exchanges.service_targets import (
     FROM_HOST,
     FROM_POD,
@@ -71,12 +69,10 @@ NODEPORT_EXPECTED = (
 # --- the cluster IP ---------------------------------------------------------------------------
 
 
-def cluster_ip_targets(
-    params: Mapping[str, Any], probe_map: ProbeMap
-) -> Sequence[Target] | Unplanned:
+def cluster_ip_targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The node's probe pod to the Service's cluster IP: connections until every endpoint
     answered; the client pod's own IP the only source allowed."""
-    return cluster_ip_spread("test_cluster_ip", params, probe_map)
+    return cluster_ip_spread(check, params, probe_map)
 
 
 @swept_by(cluster_ip_targets)
@@ -95,10 +91,10 @@ def test_cluster_ip(proto: str, family: int, probe_node: str, exchanges: ItemExc
 # --- hairpin ----------------------------------------------------------------------------------
 
 
-def hairpin_targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def hairpin_targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The node's peer probe (an endpoint) to its own Service's cluster IP, until it answered
     itself."""
-    return hairpin_spread("test_hairpin", params, probe_map)
+    return hairpin_spread(check, params, probe_map)
 
 
 @swept_by(hairpin_targets)
@@ -115,9 +111,9 @@ def test_hairpin(proto: str, family: int, probe_node: str, exchanges: ItemExchan
 # --- no endpoints -----------------------------------------------------------------------------
 
 
-def refusal_targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def refusal_targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The node's probe pod to the cluster IP of a Service whose selector matches no pod."""
-    return refusal("test_no_endpoints_refused", params, probe_map)
+    return refusal(check, params, probe_map)
 
 
 @swept_by(refusal_targets)
@@ -147,11 +143,15 @@ def readiness_flip(
     backend ready); a `CouldNotTest` when it could not be made."""
     return flip_readiness_once(
         run_info,
-        probe_map,
-        probe_client,
-        client.DiscoveryV1Api(api_client),
-        discovery.families,
-        answered=flip_answered,
+        partial(
+            flip_readiness,
+            probe_map,
+            probe_client,
+            client.DiscoveryV1Api(api_client),
+            discovery.families,
+            answered=flip_answered,
+            check=test_endpoints_follow_readiness.__name__,
+        ),
     )
 
 
@@ -171,7 +171,7 @@ def test_endpoints_follow_readiness(
 
 # The planners: the source node's probe pod, or its host network, to the destination node's
 # InternalIP at the NodePort (`conformance.kit.exchanges.service_targets.node_port`).
-@swept_by(partial(node_port, "test_node_port_from_pods", source_kind=FROM_POD))
+@swept_by(partial(node_port, source_kind=FROM_POD))
 def test_node_port_from_pods(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:
@@ -182,7 +182,7 @@ def test_node_port_from_pods(
 
 
 @check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
-@swept_by(partial(node_port, "test_node_port_from_hosts", source_kind=FROM_HOST))
+@swept_by(partial(node_port, source_kind=FROM_HOST))
 def test_node_port_from_hosts(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:

@@ -305,7 +305,7 @@ def test_deploy_once_shares_the_result(tmp_path: Path) -> None:
     assert calls == [1]
     assert len(results) == 4
     assert all(r == deploy.Deployment(probes=sample_map(), cluster=DEPLOYED_FACTS) for r in results)
-    record = peek(run, deploy.RECORD)
+    record = peek(run, deploy.DEPLOYMENT_RECORD)
     assert record is not None
     assert record.status == "done"
     properties = dict(run_properties(run, record))
@@ -315,7 +315,7 @@ def test_deploy_once_shares_the_result(tmp_path: Path) -> None:
 
 def test_failed_deployment_is_not_retried(tmp_path: Path) -> None:
     run = run_info(tmp_path)
-    assert peek(run, deploy.RECORD) is None  # nothing started: no namespace to clean up
+    assert peek(run, deploy.DEPLOYMENT_RECORD) is None  # nothing started: no namespace to clean up
 
     def broken() -> deploy.Deployment:
         raise ProbeDeploymentError("probe-n1: ImagePullBackOff")
@@ -325,7 +325,7 @@ def test_failed_deployment_is_not_retried(tmp_path: Path) -> None:
     with pytest.raises(ProbeDeploymentError, match="ImagePullBackOff") as again:
         deploy.deploy_once(run, lambda: pytest.fail("must not deploy again"))
     assert isinstance(again.value, CouldNotTest)
-    record = peek(run, deploy.RECORD)
+    record = peek(run, deploy.DEPLOYMENT_RECORD)
     assert record is not None
     assert record.status == FAILED
     properties = dict(run_properties(run, record))

@@ -356,15 +356,14 @@ class Item:
 
 
 def test_items_are_planned_skipped_or_left_without_a_verdict() -> None:
-    from functools import partial
 
     host = outside_host("192.0.2.10", relay=False)
     items = [
-        Item("t::a[tcp-node-1]", partial(pod_to_outside, "a"), params("tcp", 4, "node-1")),
-        Item("t::a[tcp-node-1]again", partial(pod_to_outside, "a"), params("tcp", 4, "node-1")),
-        Item("t::a[ipv6-tcp-node-1]", partial(pod_to_outside, "a"), params("tcp", 6, "node-1")),
-        Item("t::n[tcp-node-2]", partial(node_port_from_outside, "n"), params("tcp", 4, "node-2")),
-        Item("t::a[placeholder]", partial(pod_to_outside, "a"), {"proto": None}),
+        Item("t::a[tcp-node-1]", pod_to_outside, params("tcp", 4, "node-1")),
+        Item("t::a[tcp-node-1]again", pod_to_outside, params("tcp", 4, "node-1")),
+        Item("t::a[ipv6-tcp-node-1]", pod_to_outside, params("tcp", 6, "node-1")),
+        Item("t::n[tcp-node-2]", node_port_from_outside, params("tcp", 4, "node-2")),
+        Item("t::a[placeholder]", pod_to_outside, {"proto": None}),
     ]
     plans, no_verdict, targets = plan_edge_items(items, probe_map(), host)
     assert sorted(plans) == ["t::a[ipv6-tcp-node-1]", "t::a[tcp-node-1]", "t::a[tcp-node-1]again"]

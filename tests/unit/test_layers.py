@@ -1,15 +1,22 @@
-"""The code's layers, beyond what `lint-imports` (pyproject.toml, run by ./run.sh test) checks:
-no import circle between modules anywhere in conformance/ and netlab/, no kit module importing a
-suite module, and the kit's longest import chain. Import graphs from grimp (import-linter's own
-graph library); imports under ``TYPE_CHECKING`` count: a circle through a type hint is one a
-reader has to untangle too."""
+"""The code's layers: import-linter's contracts (pyproject.toml ``[tool.importlinter]``: the
+kit's packages in order, fixtures and plugin above the kit, the probe agent below it,
+``conformance`` never importing ``netlab``), and what they cannot say: no import circle between
+modules anywhere in conformance/ and netlab/, no kit module importing a suite module, and the
+kit's longest import chain. Import graphs from grimp (import-linter's own graph library);
+imports under ``TYPE_CHECKING`` count: a circle through a type hint is one a reader has to
+untangle too."""
 
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
+from pathlib import Path
 
 import grimp
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: netlab's circles on main when this test was written, cut by the "labapi" work (issue 23
 #: item 6): tolerated until it merges, then this set is emptied. A circle not listed fails.
@@ -76,6 +83,14 @@ def cycles(graph: grimp.ImportGraph, package: str) -> list[frozenset[str]]:
                 if len(component) > 1:
                     found.append(frozenset(component))
     return found
+
+
+def test_import_linter_contracts_are_kept() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run(
+        [str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_cycle_finder_finds_a_circle() -> None:

@@ -26,12 +26,10 @@ from conformance.kit.base.settings import Timeouts
 from conformance.kit.cluster.discovery import Discovery
 from conformance.kit.cluster.families import FamilyPlan
 from conformance.kit.cluster.pairs import PairPlan
-from conformance.kit.exchanges.prefetch import MARKER as PREFETCH_MARKER
+from conformance.kit.exchanges.prefetch import PREFETCH_MARKER, run_prefetch
 from conformance.kit.exchanges.prefetch import plan_for_items as plan_prefetch
-from conformance.kit.exchanges.prefetch import run_prefetch
-from conformance.kit.exchanges.reachability import MARKER as SWEEP_MARKER
+from conformance.kit.exchanges.reachability import SWEEP_MARKER, run_sweep
 from conformance.kit.exchanges.reachability import plan_for_items as plan_sweep
-from conformance.kit.exchanges.reachability import run_sweep
 from conformance.kit.probes.client import MAX_PAYLOAD_BYTES, ExecResult
 from conformance.kit.probes.model import ProbeMap, planned_probes
 from conformance.kit.run.cases import PAIRS_ALL, plan_cases

@@ -24,7 +24,7 @@ from recording_agents import RecordingProbeClient
 from conformance.kit.base.errors import CouldNotTest, PrefetchError
 from conformance.kit.base.runstate import RunInfo
 from conformance.kit.exchanges.prefetch import (
-    MARKER,
+    PREFETCH_MARKER,
     ItemAnswers,
     Step,
     answers_for_item,
@@ -113,10 +113,12 @@ def info_items() -> list[FakeItem]:
 
 def test_the_planner_travels_on_the_marker() -> None:
     mark = check_volume.pytestmark[0]  # type: ignore[attr-defined]
-    assert (mark.name, mark.args) == (MARKER, (volume_planner,))
+    assert (mark.name, mark.args) == (PREFETCH_MARKER, (volume_planner,))
     first = volume_items()[0]
     plan = plan_item(first, NO_PROBES, "run-1")
-    assert first.asked == [MARKER]  # read with get_closest_marker, as pytest's items answer
+    assert first.asked == [
+        PREFETCH_MARKER
+    ]  # read with get_closest_marker, as pytest's items answer
     assert plan is not None
     assert [s.name for s in plan.steps] == ["write", "read"]
 
@@ -228,7 +230,7 @@ def test_an_unplanned_item_runs_its_own_steps() -> None:
         ("a", ("write_file",)),
         ("b", ("read_file",)),
     ]
-    with pytest.raises(ValueError, match=f"carries no {MARKER} marker"):
+    with pytest.raises(ValueError, match=f"carries no {PREFETCH_MARKER} marker"):
         answers_for_item({}, item("t::u", check_unmarked), NO_PROBES, probes, "r")  # type: ignore[arg-type]
 
 

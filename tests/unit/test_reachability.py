@@ -30,7 +30,7 @@ from conformance.kit.base.settings import Timeouts
 from conformance.kit.cluster.pairs import NodePair
 from conformance.kit.exchanges.reachability import (
     LOSS_PROBES,
-    MARKER,
+    SWEEP_MARKER,
     Endpoint,
     Exchange,
     ItemPlan,
@@ -223,8 +223,11 @@ def sweep_of(outcomes: list[Outcome]) -> Sweep:
 # --- the planner marker ------------------------------------------------------------------------
 
 
-def ring_planner(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def ring_planner(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
     """One ring pair's target; node-9 has no probes (not applicable)."""
+    assert check == "check_ring"  # the item's test function, named nowhere else
     pair: NodePair = params["node_pair"]
     if pair.src == "node-9":
         return Unplanned("node-9 carries no probe")
@@ -255,10 +258,10 @@ def ring_items(protos: Sequence[str] = ("tcp", "udp", "icmp")) -> list[FakeItem]
 
 def test_the_planner_travels_on_the_marker() -> None:
     mark = check_ring.pytestmark[0]  # type: ignore[attr-defined]
-    assert (mark.name, mark.args) == (MARKER, (ring_planner,))
+    assert (mark.name, mark.args) == (SWEEP_MARKER, (ring_planner,))
     swept = ring_items(("tcp",))[0]
     assert planner_of(swept) is ring_planner
-    assert swept.asked == [MARKER]  # read with get_closest_marker, as pytest's items answer
+    assert swept.asked == [SWEEP_MARKER]  # read with get_closest_marker, as pytest's items answer
     assert planner_of(item("t.py::check_unswept[tcp]", check_unswept, proto="tcp")) is None
     assert planner_of(object()) is None  # not an item at all
 
@@ -297,13 +300,13 @@ SWEPT_MODULE = """
 import pytest
 from conformance.kit.exchanges.reachability import Endpoint, Target, Unplanned, swept_by
 
-def planner(params, probe_map):
+def planner(check, params, probe_map):
     if params["proto"] == "sctp":
         return Unplanned("no sctp here")
     src = params["src"]
     return [
         Target(
-            check="test_pair",
+            check=check,
             proto=params["proto"],
             family=4,
             source=Endpoint("probe-" + src, "a", src),
@@ -765,7 +768,7 @@ def test_an_item_the_sweep_did_not_plan_is_swept_on_its_own() -> None:
     assert outcome.target == ring_target("udp", RING[0])
     assert len(probe_batches(probes)) == 1
     unswept = item("t.py::u[tcp]", check_unswept, proto="tcp")
-    with pytest.raises(ValueError, match=f"carries no {MARKER} marker"):
+    with pytest.raises(ValueError, match=f"carries no {SWEEP_MARKER} marker"):
         outcomes_for_item(Sweep(), unswept, NO_PROBES, probes)  # type: ignore[arg-type]
 
 

@@ -15,12 +15,10 @@ from report_runs import DEPLOYED_FACTS
 from conformance.kit.base.errors import ClusterError, CouldNotTest
 from conformance.kit.base.runstate import DONE, FAILED, STARTED, Record, RunInfo, once, peek
 from conformance.kit.base.settings import Settings
-from conformance.kit.cluster.discovery import RECORD as DISCOVERY_RECORD
-from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.discovery import DISCOVERY_RECORD, Discovery
 from conformance.kit.cluster.families import FamilyPlan
 from conformance.kit.cluster.nodes import NETWORK_NOT_READY, WINDOWS, Exclusion
-from conformance.kit.probes.deploy import RECORD as DEPLOYMENT_RECORD
-from conformance.kit.probes.deploy import Deployment
+from conformance.kit.probes.deploy import DEPLOYMENT_RECORD, Deployment
 from conformance.kit.probes.model import ProbeMap
 from conformance.kit.run import session
 from conformance.kit.verdicts.failures import ACCOUNTS_FOR_PROPERTY, UNTESTED_PROPERTY

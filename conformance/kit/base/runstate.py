@@ -23,6 +23,7 @@ from conformance.kit.base.errors import CouldNotTest
 from conformance.kit.base.jsondata import JSONData
 
 T = TypeVar("T")
+D = TypeVar("D", bound=JSONData)
 
 STARTED = "started"
 DONE = "done"
@@ -124,6 +125,18 @@ def once(
             raise
         write(run, name, encode(result))
         return result
+
+
+def once_data(
+    run: RunInfo,
+    name: str,
+    compute: Callable[[], D],
+    kind: type[D],
+    error: Callable[[str], CouldNotTest],
+) -> D:
+    """`once` for one `JSONData` value: written with its ``to_dict``, read back with
+    ``kind.from_dict``."""
+    return once(run, name, compute, encode=kind.to_dict, decode=kind.from_dict, error=error)
 
 
 def read_value(run: RunInfo, name: str, decode: Callable[[Any], T]) -> T | None:

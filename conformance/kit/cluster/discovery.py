@@ -49,7 +49,7 @@ from conformance.kit.cluster.pairs import natural_key
 from conformance.kit.cluster.waiting import wait_on_list
 
 #: The run-state record of the discovery (`conformance.kit.base.runstate`).
-RECORD = "discovery"
+DISCOVERY_RECORD = "discovery"
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,6 @@ NETWORK_NOT_READY = "network-not-ready"
 CORDONED = "cordoned"
 NOSCHEDULE = "noschedule"
 
-#: Kinds that are the user's narrowing whatever ``--allow-excluded`` says. Control-plane nodes
-#: are left out by default as kubeadm and kind taint them to keep workloads off, and as the
-#: README's CI recipe documents; the summary says so.
-USER_KINDS = frozenset({BY_NAME, NOT_SELECTED, BEYOND_MAX, CONTROL_PLANE})
 #: Kinds the node network check judges: such a node fails ``test_node_network_ready`` (or, when
 #: its kubelet stopped reporting, could not test there) instead of going unnamed.
 READINESS_KINDS = frozenset({NETWORK_NOT_READY, NOT_READY})
@@ -55,7 +51,6 @@ NETWORK_TAINT_KEYS = ("node.kubernetes.io/network-unavailable", "node.kubernetes
 #: message:...``, pkg/kubelet/kubelet.go updateRuntimeUp).
 NETWORK_NOT_READY_MARKS = ("NetworkReady=false", "NetworkPluginNotReady", "network not ready")
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
-CONTROL_PLANE_LABELS = CONTROL_PLANE_TAINT_KEYS  # the same keys serve as labels and taints
 
 
 def _name(node: client.V1Node) -> str:
@@ -139,16 +134,6 @@ def node_os(node: client.V1Node) -> str:
         return str(labels["kubernetes.io/os"])
     info = node.status.node_info if node.status else None
     return str(info.operating_system) if info and info.operating_system else "linux"
-
-
-def is_control_plane(node: client.V1Node) -> bool:
-    labels = _labels(node)
-    return any(label in labels for label in CONTROL_PLANE_LABELS)
-
-
-def blocking_taints(node: client.V1Node) -> list[str]:
-    """Taints that keep ordinary pods off the node (NoSchedule, NoExecute), as ``key:effect``."""
-    return [f"{t.key}:{t.effect}" for t in _taints(node) if t.effect in BLOCKING_TAINT_EFFECTS]
 
 
 def untolerated_taints(

@@ -8,8 +8,8 @@ host's kernel answers their ICMP echoes); for traffic that must start outside th
 probe pod relays one request at a time to its control listener (`Target.relay`). The suite
 never talks to the outside host itself, only to the Kubernetes API, as everywhere else.
 
-A check declares its exchanges with ``@edge_planned_by(planner)``: ``planner(params,
-probe_map, host)`` gives one test item's `Target`s, `Unplanned` (not applicable here, or a
+A check declares its exchanges with ``@edge_planned_by(planner)``: ``planner(check,
+params, probe_map, host)`` gives one test item's `Target`s, `Unplanned` (not applicable here, or a
 rule broken before any traffic) or `NoVerdict` (could not test). Once per run (any process,
 `conformance.kit.base.runstate.once`) the edge pass
 
@@ -35,7 +35,7 @@ import pytest
 
 from conformance.kit.base.errors import ProbeCallError, SweepError
 from conformance.kit.base.jsondata import JSONData
-from conformance.kit.base.runstate import RunInfo, once
+from conformance.kit.base.runstate import RunInfo, once_data
 from conformance.kit.base.settings import DEFAULT_EDGE_PORT, ExternalHost
 from conformance.kit.exchanges.reachability import (
     Endpoint,
@@ -43,6 +43,7 @@ from conformance.kit.exchanges.reachability import (
     Sweep,
     Target,
     Unplanned,
+    check_name,
     run_sweep,
     target_text,
     without_address,
@@ -56,9 +57,9 @@ from conformance.kit.probes.services import NODEPORT_SERVICE
 from conformance.probe_agent import AGENT_FILE
 
 #: The marker an edge check carries; its argument is the check's planner.
-MARKER = "edge_planned_by"
+EDGE_MARKER = "edge_planned_by"
 #: The run-state record of the edge pass.
-RECORD = "edge"
+EDGE_RECORD = "edge"
 #: Agent calls at once while looking for a relay (one per node).
 MAX_PARALLEL_CALLS = 16
 #: Where the edge server's own control socket goes on the outside host.
@@ -140,9 +141,10 @@ class EdgeHost(JSONData):
         )
 
 
-#: ``planner(params, probe_map, host)``: one edge item's targets.
+#: ``planner(check, params, probe_map, host)``: one edge item's targets (``check``: the item's
+#: test function's name, `conformance.kit.exchanges.reachability.check_name`).
 Planner = Callable[
-    [Mapping[str, Any], ProbeMap, EdgeHost], "Sequence[Target] | Unplanned | NoVerdict"
+    [str, Mapping[str, Any], ProbeMap, EdgeHost], "Sequence[Target] | Unplanned | NoVerdict"
 ]
 
 
@@ -328,7 +330,7 @@ def _with_relay(outside: EdgeAddress, relay: Endpoint | None, error: str | None)
 def planner_of(item: Any) -> Planner | None:
     """The planner an item's ``edge_planned_by`` marker names (None: not an edge check)."""
     get_marker = getattr(item, "get_closest_marker", None)
-    marker = get_marker(MARKER) if get_marker is not None else None
+    marker = get_marker(EDGE_MARKER) if get_marker is not None else None
     if marker is None or not marker.args:
         return None
     planner: Planner = marker.args[0]
@@ -351,7 +353,7 @@ def plan_edge_items(
         if any(value is None for value in callspec.params.values()):
             continue
         nodeid = str(item.nodeid)
-        planned = planner(callspec.params, probe_map, host)
+        planned = planner(check_name(item), callspec.params, probe_map, host)
         if isinstance(planned, NoVerdict):
             no_verdict[nodeid] = planned.reason
         elif isinstance(planned, Unplanned):
@@ -398,13 +400,12 @@ def edge_pass_once(
 ) -> EdgeRun:
     """`edge_pass` on the first call in the whole run (any process); later calls read it back.
     A pass that failed is not repeated: every later caller gets the same `SweepError`."""
-    return once(
+    return once_data(
         run,
-        RECORD,
+        EDGE_RECORD,
         lambda: edge_pass(given, items, probe_map, client, pods=pods),
-        encode=EdgeRun.to_dict,
-        decode=EdgeRun.from_dict,
-        error=lambda cause: SweepError(f"the edge pass failed: {cause}"),
+        EdgeRun,
+        lambda cause: SweepError(f"the edge pass failed: {cause}"),
     )
 
 

@@ -32,11 +32,11 @@ from conformance.kit.probes.model import ProbeMap
 from conformance.kit.probes.parallel import in_parallel
 
 #: The marker a check carries when its agent requests come from the prefetch.
-MARKER = "prefetched_by"
+PREFETCH_MARKER = "prefetched_by"
 #: Concurrent agent calls of a stage (one per container).
 MAX_PARALLEL_CALLS = 16
 #: The run-state record of the prefetch.
-RECORD = "prefetch"
+PREFETCH_RECORD = "prefetch"
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ Planner = Callable[[Mapping[str, Any], ProbeMap, str], list[Step]]
 
 
 @dataclass(frozen=True)
-class ItemPlan(JSONData):
+class PrefetchPlan(JSONData):
     """A test item's nonce and steps (step names unique within the item)."""
 
     nodeid: str
@@ -102,12 +102,12 @@ def item_nonce(run_id: str, nodeid: str) -> str:
     return f"nc-{digest[:16]}"
 
 
-def plan_item(item: Any, probe_map: ProbeMap, run_id: str) -> ItemPlan | None:
+def plan_item(item: Any, probe_map: ProbeMap, run_id: str) -> PrefetchPlan | None:
     """The plan of one test item (read duck-typed: ``nodeid``, ``get_closest_marker``, optional
     ``callspec.params``); None when it carries no ``prefetched_by`` marker or is a placeholder
     (a parameter is None: cluster unavailable, not applicable)."""
     get_marker = getattr(item, "get_closest_marker", None)
-    marker = get_marker(MARKER) if get_marker is not None else None
+    marker = get_marker(PREFETCH_MARKER) if get_marker is not None else None
     if marker is None or not marker.args:
         return None
     planner: Planner = marker.args[0]
@@ -121,13 +121,13 @@ def plan_item(item: Any, probe_map: ProbeMap, run_id: str) -> ItemPlan | None:
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ValueError(f"{nodeid}: step names repeat: {names}")
-    return ItemPlan(nodeid=nodeid, nonce=nonce, steps=steps)
+    return PrefetchPlan(nodeid=nodeid, nonce=nonce, steps=steps)
 
 
-def plan_for_items(items: Iterable[Any], probe_map: ProbeMap, run_id: str) -> list[ItemPlan]:
+def plan_for_items(items: Iterable[Any], probe_map: ProbeMap, run_id: str) -> list[PrefetchPlan]:
     """The plans of every collected item carrying a ``prefetched_by`` marker, in collection
     order (an item collected twice is planned once)."""
-    plans: dict[str, ItemPlan] = {}
+    plans: dict[str, PrefetchPlan] = {}
     for item in items:
         plan = plan_item(item, probe_map, run_id)
         if plan is not None:
@@ -137,7 +137,7 @@ def plan_for_items(items: Iterable[Any], probe_map: ProbeMap, run_id: str) -> li
 
 def run_prefetch(
     agents: ProbeClient,
-    plans: Sequence[ItemPlan],
+    plans: Sequence[PrefetchPlan],
     *,
     max_parallel: int = MAX_PARALLEL_CALLS,
     pods: Callable[[], Mapping[str, PodLife] | None] | None = None,
@@ -211,7 +211,7 @@ def prefetch_once(
     later caller gets the same `PrefetchError`. ``pods``: see `run_prefetch`."""
     answers = once(
         run,
-        RECORD,
+        PREFETCH_RECORD,
         lambda: run_prefetch(client, plan_for_items(items, probe_map, run.run_id), pods=pods),
         encode=lambda found: [a.to_dict() for a in found],
         decode=lambda raw: [ItemAnswers.from_dict(a) for a in raw],
@@ -233,7 +233,7 @@ def answers_for_item(
     if found is None:
         plan = plan_item(item, probe_map, run_id)
         if plan is None:
-            raise ValueError(f"{item.nodeid} carries no {MARKER} marker")
+            raise ValueError(f"{item.nodeid} carries no {PREFETCH_MARKER} marker")
         (found,) = run_prefetch(client, [plan])
     if found.error is not None:
         raise PrefetchError(found.error)

@@ -1,9 +1,10 @@
 """Traffic for the pair checks: one two-pass reachability sweep per run, shared by the items.
 
 A check declares its exchanges with the marker ``@pytest.mark.swept_by(planner)``:
-``planner(params, probe_map)`` turns one test item's parameters into the `Target`s it needs
-(or `Unplanned` with the reason it has none). The sweep plans every selected item once, then
-probes every target at once:
+``planner(check, params, probe_map)`` turns one test item's parameters into the `Target`s it
+needs (or `Unplanned` with the reason it has none); ``check`` is the item's test function's
+name (`check_name`), so a check's name is written once, where it is defined. The sweep
+plans every selected item once, then probes every target at once:
 
 1. pass one, breadth-first: one try per target, every source container's targets in one agent
    ``call`` batch, the batches of all source containers concurrently (bounded thread pool);
@@ -40,7 +41,7 @@ from tenacity import (
 
 from conformance.kit.base.errors import ProbeCallError, SweepError
 from conformance.kit.base.jsondata import JSONData
-from conformance.kit.base.runstate import RunInfo, once
+from conformance.kit.base.runstate import RunInfo, once_data
 from conformance.kit.base.settings import Timeouts
 from conformance.kit.probes.client import (
     ProbeClient,
@@ -55,7 +56,7 @@ from conformance.kit.probes.parallel import in_parallel as calls_in_parallel
 from conformance.probe_agent import call_budget
 
 #: The marker a check carries when its exchanges come from the sweep.
-MARKER = "swept_by"
+SWEEP_MARKER = "swept_by"
 #: Concurrent agent calls of a sweep (one per source or destination container).
 MAX_PARALLEL_CALLS = 16
 #: Exchanges one source container runs at once (inside one agent call).
@@ -63,7 +64,7 @@ PARALLEL_PROBES = 32
 #: The agent bounds one capture at this many seconds.
 MAX_CAPTURE_SECONDS = 300.0
 #: The run-state record of the sweep.
-RECORD = "reachability"
+SWEEP_RECORD = "reachability"
 #: Bytes of a full-size TCP transfer (`Target.full_size`).
 TRANSFER_BYTES = 1 << 20
 #: Kinds of exchange (`Target.kind`): one exchange with an agent's listener (through its own
@@ -327,8 +328,20 @@ def host_to_pods(
     return planned
 
 
-#: ``planner(params, probe_map)``: the targets of one test item from its parameters.
-Planner = Callable[[Mapping[str, Any], ProbeMap], "Sequence[Target] | Unplanned"]
+#: A test item's parameters (its ``callspec.params``), as planners read them.
+Params = Mapping[str, Any]
+#: What a planner gives for one item: its targets, or why it has none.
+Planned = Sequence[Target] | Unplanned
+#: ``planner(check, params, probe_map)``: the targets of one test item from its check's name
+#: (`check_name`) and its parameters.
+Planner = Callable[[str, Params, ProbeMap], Planned]
+
+
+def check_name(item: Any) -> str:
+    """The check an item belongs to: its test function's name without parameters
+    (``test_no_snat`` for ``conformance/test_no_snat.py::test_no_snat[udp-node-1->node-3]``)."""
+    name = getattr(item, "originalname", None)
+    return str(name) if name else str(item.nodeid).rsplit("::", 1)[-1].split("[", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -528,7 +541,7 @@ def planner_of(item: Any) -> Planner | None:
     """The planner an item's ``swept_by`` marker names (None when it has no such marker).
     Items are read duck-typed, so plain objects do in unit tests."""
     get_marker = getattr(item, "get_closest_marker", None)
-    marker = get_marker(MARKER) if get_marker is not None else None
+    marker = get_marker(SWEEP_MARKER) if get_marker is not None else None
     if marker is None or not marker.args:
         return None
     planner: Planner = marker.args[0]
@@ -545,7 +558,7 @@ def plan_item(item: Any, probe_map: ProbeMap) -> tuple[ItemPlan, list[Target]] |
     params = callspec.params
     if any(value is None for value in params.values()):
         return None
-    planned = planner(params, probe_map)
+    planned = planner(check_name(item), params, probe_map)
     nodeid = str(item.nodeid)
     if isinstance(planned, Unplanned):
         return ItemPlan(nodeid, unplanned=planned), []
@@ -1258,13 +1271,12 @@ def sweep_once(
             seconds=round(monotonic() - started, 3),
         )
 
-    return once(
+    return once_data(
         run,
-        RECORD,
+        SWEEP_RECORD,
         compute,
-        encode=Sweep.to_dict,
-        decode=Sweep.from_dict,
-        error=lambda cause: SweepError(f"the reachability sweep failed: {cause}"),
+        Sweep,
+        lambda cause: SweepError(f"the reachability sweep failed: {cause}"),
     )
 
 
@@ -1277,7 +1289,7 @@ def outcomes_for_item(
     if plan is None:
         found = plan_item(item, probe_map)
         if found is None:
-            raise ValueError(f"{item.nodeid} carries no {MARKER} marker")
+            raise ValueError(f"{item.nodeid} carries no {SWEEP_MARKER} marker")
         plan, targets = found
         extra = {o.target.key: o for o in run_sweep(client, targets)}
         sweep = Sweep(items={plan.nodeid: plan}, outcomes={**sweep.outcomes, **extra})

@@ -24,7 +24,7 @@ from kubernetes import client
 from tenacity import Retrying, retry_if_result, wait_fixed
 
 from conformance.kit.base.errors import ProbeCallError, ProbeDeploymentError
-from conformance.kit.base.runstate import RunInfo, once
+from conformance.kit.base.runstate import RunInfo, once_data
 from conformance.kit.base.settings import Timeouts
 from conformance.kit.cluster.waiting import wait_on_list
 from conformance.kit.exchanges.flip_outcome import Followed, ReadinessFlip
@@ -43,8 +43,7 @@ from conformance.kit.probes.lives import blame_removal, changed_pods, pod_lives,
 from conformance.kit.probes.model import ROLE_PEER, ROLE_PROBE, Probe, ProbeMap
 from conformance.kit.probes.services import SERVICE, service_port_of, spread_tries
 
-CHECK = "test_endpoints_follow_readiness"
-RECORD = "readiness"
+READINESS_RECORD = "readiness"
 #: The label EndpointSlices carry with their Service's name.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 #: Seconds between two rounds of spreads.
@@ -140,11 +139,13 @@ def flip_readiness(
     discovery: client.DiscoveryV1Api,
     families: Sequence[int],
     answered: Callable[[Outcome], bool],
+    check: str,
 ) -> ReadinessFlip:
     """Turn the readiness target unready, follow it from every node, turn it ready again,
     follow it again (see the module's docstring). The backend is made ready again whatever
     happens. ``answered``: whether a spread made once the backend is ready again saw it
-    answer (the judge's `conformance.kit.verdicts.judge.flip_answered`)."""
+    answer (the judge's `conformance.kit.verdicts.judge.flip_answered`); ``check``: the name of
+    the check the spreads are for."""
     timeouts: Timeouts = agents.timeouts
     namespace = probe_map.namespace
     facts = facts_of(probe_map)
@@ -172,10 +173,10 @@ def flip_readiness(
                 others = [b for b in everyone if b != target.name]
                 tries = spread_tries(len(everyone), len(everyone))
                 unready_targets[key] = _spread(
-                    CHECK, source, family, vip, others, [target.name], tries
+                    check, source, family, vip, others, [target.name], tries
                 )
                 ready_targets[key] = _spread(
-                    CHECK, source, family, vip, [target.name], [], spread_tries(len(everyone), 1)
+                    check, source, family, vip, [target.name], [], spread_tries(len(everyone), 1)
                 )
 
     def set_ready(ready: bool) -> None:
@@ -267,21 +268,14 @@ def _stale(outcome: Outcome) -> bool:
     return any(counts.get(s) for s in outcome.target.unwanted_servers)
 
 
-def flip_readiness_once(
-    run: RunInfo,
-    probe_map: ProbeMap,
-    agents: ProbeClient,
-    discovery: client.DiscoveryV1Api,
-    families: Sequence[int],
-    answered: Callable[[Outcome], bool],
-) -> ReadinessFlip:
-    """`flip_readiness` once in the whole run (xdist workers read the result back); a failure
-    is not repeated: later callers get the same `ProbeCallError`."""
-    return once(
+def flip_readiness_once(run: RunInfo, flip: Callable[[], ReadinessFlip]) -> ReadinessFlip:
+    """``flip`` (`flip_readiness` with its arguments) once in the whole run (xdist workers
+    read the result back); a failure is not repeated: later callers get the same
+    `ProbeCallError`."""
+    return once_data(
         run,
-        RECORD,
-        lambda: flip_readiness(probe_map, agents, discovery, families, answered),
-        encode=ReadinessFlip.to_dict,
-        decode=ReadinessFlip.from_dict,
-        error=lambda cause: ProbeCallError(f"the readiness flip failed: {cause}"),
+        READINESS_RECORD,
+        flip,
+        ReadinessFlip,
+        lambda cause: ProbeCallError(f"the readiness flip failed: {cause}"),
     )

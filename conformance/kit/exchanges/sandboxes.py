@@ -42,8 +42,7 @@ from conformance.kit.probes.podspecs import ping_command
 
 KILLED = "b"
 SURVIVOR = "a"
-CHECK = "test_sandbox_survives_container_restart"
-RECORD = "sandboxes"
+SANDBOXES_RECORD = "sandboxes"
 # The agent handles SIGTERM (and exits), so this works for a PID 1 too.
 KILL_SCRIPT = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGTERM)"
 
@@ -136,11 +135,11 @@ def sandbox_changes(restart: SandboxRestart) -> list[str]:
     return found
 
 
-def localhost_target(sandbox: Probe) -> Target:
+def localhost_target(check: str, sandbox: Probe) -> Target:
     """The exchange that must work again after the restart: TCP over 127.0.0.1 from the
     surviving container to the restarted one."""
     return Target(
-        check=CHECK,
+        check=check,
         proto="tcp",
         family=4,
         source=Endpoint(sandbox.name, SURVIVOR, sandbox.node),
@@ -153,10 +152,10 @@ def localhost_target(sandbox: Probe) -> Target:
 
 
 def restart_sandboxes(
-    probe_map: ProbeMap, probe_client: ProbeClient, core: client.CoreV1Api
+    check: str, probe_map: ProbeMap, probe_client: ProbeClient, core: client.CoreV1Api
 ) -> dict[str, SandboxRestart]:
     """Kill `KILLED` in every sandbox pod at once, wait until all run again and their agents
-    answer, and look."""
+    answer, and look (``check``: the name of the check the localhost exchanges are for)."""
     timeouts = probe_client.timeouts
     namespace = probe_map.namespace
     sandboxes = {p.name: p for p in probe_map.of_role(ROLE_SANDBOX)}
@@ -275,7 +274,7 @@ def restart_sandboxes(
         o.target.source.pod: o
         for o in run_sweep(
             probe_client,
-            [localhost_target(sandboxes[name]) for name in after],
+            [localhost_target(check, sandboxes[name]) for name in after],
             pods=lambda: pod_lives(core, namespace, timeouts),
         )
     }
@@ -306,14 +305,18 @@ def name_vanished(errors: Mapping[str, str], lives: Mapping[str, PodLife] | None
 
 
 def restart_sandboxes_once(
-    run: RunInfo, probe_map: ProbeMap, probe_client: ProbeClient, core: client.CoreV1Api
+    run: RunInfo,
+    check: str,
+    probe_map: ProbeMap,
+    probe_client: ProbeClient,
+    core: client.CoreV1Api,
 ) -> dict[str, SandboxRestart]:
     """`restart_sandboxes` once in the whole run (xdist workers read the result back); a
     failure is not repeated: later callers get the same `ProbeDeploymentError`."""
     return once(
         run,
-        RECORD,
-        lambda: restart_sandboxes(probe_map, probe_client, core),
+        SANDBOXES_RECORD,
+        lambda: restart_sandboxes(check, probe_map, probe_client, core),
         encode=lambda found: {node: r.to_dict() for node, r in found.items()},
         decode=lambda raw: {node: SandboxRestart.from_dict(r) for node, r in raw.items()},
         error=lambda cause: ProbeDeploymentError(f"the sandbox restarts failed: {cause}"),

@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from conformance.kit.base.errors import ClusterError, ProbeCallError, ProbeDeploymentError
 from conformance.kit.base.jsondata import JSONData
-from conformance.kit.base.runstate import RunInfo, once
+from conformance.kit.base.runstate import RunInfo, once_data
 from conformance.kit.base.settings import Settings, Timeouts
 from conformance.kit.cluster.api import call_api, describe_api_error, name_of
 from conformance.kit.cluster.facts import ClusterFacts
@@ -408,7 +408,7 @@ def learn_ephemeral_ports(client_: ProbeClient, probes: Sequence[Probe]) -> list
 # --- one deployment per run, shared by xdist workers -------------------------------------------
 
 #: The run-state record of the deployment.
-RECORD = "deployment"
+DEPLOYMENT_RECORD = "deployment"
 
 
 @dataclass(frozen=True)
@@ -429,11 +429,10 @@ def deploy_once(run: RunInfo, deploy: Callable[[], Deployment]) -> Deployment:
     A failed (or interrupted) deployment is not retried: every later caller gets the same
     `ProbeDeploymentError`, so each test needing probes errors with the real cause.
     """
-    return once(
+    return once_data(
         run,
-        RECORD,
+        DEPLOYMENT_RECORD,
         deploy,
-        encode=Deployment.to_dict,
-        decode=Deployment.from_dict,
-        error=ProbeDeploymentError,
+        Deployment,
+        ProbeDeploymentError,
     )

@@ -27,8 +27,7 @@ from conformance.kit.base.errors import ClusterError
 from conformance.kit.base.runstate import FAILED, Record, RunInfo, peek, read_value
 from conformance.kit.base.settings import Settings
 from conformance.kit.cluster.api import describe_api_error, make_api_client
-from conformance.kit.cluster.discovery import RECORD as DISCOVERY_RECORD
-from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.discovery import DISCOVERY_RECORD, Discovery
 from conformance.kit.cluster.lease import LeaseKeeper
 from conformance.kit.cluster.namespace import (
     STALE_SWEEP_RECORD,
@@ -38,10 +37,8 @@ from conformance.kit.cluster.namespace import (
 )
 from conformance.kit.cluster.nodes import Exclusion, unaccounted
 from conformance.kit.cluster.pairs import plan_node_pairs
-from conformance.kit.exchanges.reachability import RECORD as SWEEP_RECORD
-from conformance.kit.exchanges.reachability import Sweep
-from conformance.kit.probes.deploy import RECORD as DEPLOYMENT_RECORD
-from conformance.kit.probes.deploy import Deployment
+from conformance.kit.exchanges.reachability import SWEEP_RECORD, Sweep
+from conformance.kit.probes.deploy import DEPLOYMENT_RECORD, Deployment
 from conformance.kit.reporting.html import pytest_html_block
 from conformance.kit.reporting.matrices import build_matrices, text_matrices
 from conformance.kit.reporting.results import (
@@ -66,7 +63,6 @@ from conformance.kit.verdicts.failures import (
 SETTINGS_KEY = pytest.StashKey[Settings]()
 RUN_KEY = pytest.StashKey[RunInfo]()
 DISCOVERY_KEY = pytest.StashKey[Discovery]()
-DUMP_KEY = pytest.StashKey[Callable[[], str]]()  # set once probes exist (see conftest)
 
 WORKERINPUT_KEY = "netconform_run"
 RULE_PROPERTY = "rule"
