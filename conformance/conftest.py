@@ -182,7 +182,9 @@ def deployment(
             core, probes, services, hostports[0], run_info.run_id, settings
         )
         seconds = round(monotonic() - started, 3)
-        facts = cluster_facts(api_client, list_nodes(core, timeouts), discovery, settings)
+        facts = cluster_facts(
+            api_client, list_nodes(core, timeouts), discovery, settings, run_info.namespace
+        )
         return Deployment(
             probes=probes, cluster=facts, stale_namespaces_deleted=swept, seconds=seconds
         )

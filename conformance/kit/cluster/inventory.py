@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -133,21 +132,6 @@ def declared_service_cidrs(api: client.ApiClient, timeouts: Timeouts) -> tuple[s
             timeouts=timeouts,
         )
     except ApiException:  # 404: not served
-        return ()
-    cidrs: list[str] = []
-    for item in listed.items or []:
-        cidrs.extend(str(c) for c in (item.spec.cidrs if item.spec else None) or [])
-    return tuple(sorted(set(cidrs)))
-
-
-def service_cidrs(api: client.ApiClient, timeouts: Timeouts) -> tuple[str, ...]:
-    """The service ranges from the ServiceCIDR API (networking.k8s.io/v1, Kubernetes 1.33+);
-    empty when the cluster does not serve it or we may not read it."""
-    try:
-        listed = client.NetworkingV1Api(api).list_service_cidr(
-            _request_timeout=timeouts.api_request
-        )
-    except (ApiException, urllib3.exceptions.HTTPError, AttributeError):
         return ()
     cidrs: list[str] = []
     for item in listed.items or []:

@@ -18,7 +18,8 @@ from kubernetes.client.exceptions import ApiException
 from conformance.kit.base.errors import ClusterError
 from conformance.kit.base.settings import Settings, Timeouts
 from conformance.kit.cluster.api import describe_api_error, name_of
-from conformance.kit.cluster.inventory import node_pod_cidrs, service_cidrs
+from conformance.kit.cluster.inventory import node_pod_cidrs
+from conformance.kit.cluster.ipranges import ServiceRangeFinder
 
 if TYPE_CHECKING:  # discovery builds on this module
     from conformance.kit.cluster.discovery import Discovery
@@ -92,8 +93,11 @@ def cluster_facts(
     nodes: Sequence[client.V1Node],
     discovery: Discovery,
     settings: Settings,
+    namespace: str,
 ) -> ClusterFacts:
-    """Facts about the cluster under test for the report."""
+    """Facts about the cluster under test for the report. The Service range comes from the
+    same finder as the podCIDR check's (`ServiceRangeFinder`: ServiceCIDRs, kubeadm-config,
+    the kube-apiserver flag, a dry-run Service in ``namespace``), per tested family."""
     try:
         version = client.VersionApi(api).get_code(_request_timeout=settings.timeouts.api_request)
         server_version = str(version.git_version)
@@ -101,7 +105,8 @@ def cluster_facts(
         server_version = f"unknown ({describe_api_error(exc)})"
     by_name = {name_of(n): n for n in nodes}
     probed = [by_name[n] for n in discovery.nodes if n in by_name]
-    services = service_cidrs(api, settings.timeouts)
+    finder = ServiceRangeFinder(api, namespace, settings.timeouts)
+    services = [c for f in discovery.families for c in finder.range_of(f).cidrs]
     cni, cni_evidence = detect_cni(api, settings.timeouts)
     return ClusterFacts(
         server_version=server_version,
