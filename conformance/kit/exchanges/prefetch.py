@@ -136,7 +136,7 @@ def plan_for_items(items: Iterable[Any], probe_map: ProbeMap, run_id: str) -> li
 
 
 def run_prefetch(
-    agents: ProbeClient,
+    probe_client: ProbeClient,
     plans: Sequence[PrefetchPlan],
     *,
     max_parallel: int = MAX_PARALLEL_CALLS,
@@ -175,7 +175,7 @@ def run_prefetch(
             for step in plan.steps:
                 if step.stage == stage:
                     batches.setdefault((step.pod, step.container), []).append((plan.nodeid, step))
-        in_parallel(agents, batches, send, could_not_ask, max_parallel=max_parallel)
+        in_parallel(probe_client, batches, send, could_not_ask, max_parallel=max_parallel)
     after = pods() if pods is not None and before is not None else None
     if before is not None and after is not None:
         changed = changed_pods(before, after)

@@ -91,7 +91,7 @@ def _spread(
 
 
 def _rounds(
-    agents: ProbeClient,
+    probe_client: ProbeClient,
     targets: Mapping[tuple[str, int], Target],
     done: Callable[[Outcome], bool],
     bound: float,
@@ -110,7 +110,7 @@ def _rounds(
     def one_round() -> bool:
         round_started[0] = monotonic()
         by_key = {t.key: k for k, t in pending.items()}
-        for outcome in run_sweep(agents, list(pending.values())):
+        for outcome in run_sweep(probe_client, list(pending.values())):
             key = by_key[outcome.target.key]
             rounds = found[key][2] + 1
             if outcome.error is not None:
@@ -135,7 +135,7 @@ def _rounds(
 
 def flip_readiness(
     probe_map: ProbeMap,
-    agents: ProbeClient,
+    probe_client: ProbeClient,
     discovery: client.DiscoveryV1Api,
     families: Sequence[int],
     answered: Callable[[Outcome], bool],
@@ -146,7 +146,7 @@ def flip_readiness(
     happens. ``answered``: whether a spread made once the backend is ready again saw it
     answer (the judge's `conformance.kit.verdicts.judge.flip_answered`); ``check``: the name of
     the check the spreads are for."""
-    timeouts: Timeouts = agents.timeouts
+    timeouts: Timeouts = probe_client.timeouts
     namespace = probe_map.namespace
     facts = facts_of(probe_map)
     target = next((p for p in probe_map.of_role(ROLE_PEER) if p.readiness_target), None)
@@ -182,14 +182,14 @@ def flip_readiness(
     def set_ready(ready: bool) -> None:
         try:
             require_ok(
-                agents.call_one(target.name, agent, {"op": "set_ready", "ready": ready}),
+                probe_client.call_one(target.name, agent, {"op": "set_ready", "ready": ready}),
                 pod=target.name,
                 container=agent,
                 what=f"set_ready {ready}",
             )
         except ProbeCallError as exc:
             blamed = blame_removal(
-                target.name, str(exc), pod_lives(agents.core, namespace, timeouts)
+                target.name, str(exc), pod_lives(probe_client.core, namespace, timeouts)
             )
             if blamed is None:
                 raise
@@ -208,19 +208,21 @@ def flip_readiness(
         )
         return round(monotonic() - started, 2) if found is not None else None
 
-    lives_before = pod_lives(agents.core, namespace, timeouts)
+    lives_before = pod_lives(probe_client.core, namespace, timeouts)
     try:
         set_ready(False)
         slice_unready = slice_says(False)
         # Measured from the slice's change, or from its deadline when it never changed.
-        unready = _rounds(agents, unready_targets, lambda o: not _stale(o), bound, monotonic())
+        unready = _rounds(
+            probe_client, unready_targets, lambda o: not _stale(o), bound, monotonic()
+        )
     finally:
         set_ready(True)  # whatever happened: the backend serves again
     slice_ready = slice_says(True)
-    ready = _rounds(agents, ready_targets, answered, bound, monotonic())
+    ready = _rounds(probe_client, ready_targets, answered, bound, monotonic())
     # A client or backend taken away or restarted under the check: what the spreads saw is
     # no evidence about the data plane (a deleted backend answers nothing).
-    lives_after = pod_lives(agents.core, namespace, timeouts) if lives_before else None
+    lives_after = pod_lives(probe_client.core, namespace, timeouts) if lives_before else None
     changed = changed_pods(lives_before, lives_after) if lives_before and lives_after else {}
     followed = []
     for source in probe_map.of_role(ROLE_PROBE):

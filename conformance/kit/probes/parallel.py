@@ -19,7 +19,7 @@ V = TypeVar("V")
 
 
 def in_parallel(
-    agents: ProbeClient,
+    probe_client: ProbeClient,
     groups: Mapping[K, V],
     work: Callable[[ProbeClient, K, V], None],
     on_error: Callable[[V, ProbeCallError], None],
@@ -36,7 +36,7 @@ def in_parallel(
 
     def run(key: K) -> None:
         group = groups[key]
-        own = agents.for_thread()
+        own = probe_client.for_thread()
         try:
             work(own, key, group)
         except ProbeCallError as exc:

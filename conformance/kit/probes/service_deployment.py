@@ -318,7 +318,7 @@ def start_clash(
 
 
 def read_resolvers(
-    agents: ProbeClient, probe_map: ProbeMap, nodes: Sequence[str]
+    probe_client: ProbeClient, probe_map: ProbeMap, nodes: Sequence[str]
 ) -> dict[str, NodeResolvers]:
     """Node -> the resolvers kubelet wrote there (`conformance.kit.cluster.resolvers`): every node's
     ClusterFirst probe pod's, and the node's own (its Default-policy hostNetwork probe's) where
@@ -344,7 +344,7 @@ def read_resolvers(
         found[probe.node] = NodeResolvers(pod_name=probe.name, error=str(exc))
 
     pods = {node: probe_map.get(ROLE_PROBE, node) for node in nodes}
-    in_parallel(agents, pods, read_pod, pod_unreadable, max_parallel=RESOLVER_READS)
+    in_parallel(probe_client, pods, read_pod, pod_unreadable, max_parallel=RESOLVER_READS)
     hosts = {
         node: probe_map.get(ROLE_HOSTPROBE, node)
         for node in nodes
@@ -357,7 +357,7 @@ def read_resolvers(
     def node_unreadable(probe: Probe, exc: ProbeCallError) -> None:
         found[probe.node] = replace(found[probe.node], node_pod_name=probe.name, error=str(exc))
 
-    in_parallel(agents, hosts, read_node, node_unreadable, max_parallel=RESOLVER_READS)
+    in_parallel(probe_client, hosts, read_node, node_unreadable, max_parallel=RESOLVER_READS)
     return found
 
 
