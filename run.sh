@@ -119,6 +119,8 @@ project_tests() {
   "$VENV/bin/ruff" check .
   "$VENV/bin/ruff" format --check .
   "$VENV/bin/mypy"
+  # The layers of the code (pyproject.toml [tool.importlinter]; tests/unit/test_layers.py the rest).
+  "$VENV/bin/lint-imports" --no-cache
   # The slowest steps are listed at the end, so a CI log shows where the minutes go.
   "$VENV/bin/pytest" tests --durations=20 "$@"
 }

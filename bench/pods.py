@@ -17,7 +17,7 @@ from kubernetes import client
 from kubernetes.stream import stream
 
 from bench.stats import Spread
-from conformance.kit.cluster import labels_of, name_of, resource_version_of, watch_events
+from conformance.kit.cluster.api import labels_of, name_of, resource_version_of, watch_events
 
 CREATE_THREADS = 16  # as many creates in flight as the suite's deploy_probes uses
 EXEC_METHOD = "kubernetes.stream.stream (official Python client, websocket exec, as the suite)"

@@ -31,10 +31,10 @@ from kubernetes import client, config
 from bench.memory import TreeSampler, tree_cpu_seconds
 from bench.pods import EXEC_METHOD, delete_wave, exec_round_trips, plain_pod, run_wave
 from bench.stats import MODES, Spread, parse_api_bench, read_junit, render_markdown, write_json
-from conformance.kit.cluster import name_of
-from conformance.kit.namespace import wait_for_default_service_account
-from conformance.kit.probes import deployed_pod_count
-from conformance.kit.settings import Timeouts
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.api import name_of
+from conformance.kit.cluster.namespace import wait_for_default_service_account
+from conformance.kit.probes.model import deployed_pod_count
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"

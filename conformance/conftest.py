@@ -2,7 +2,7 @@
 and each test item's own results from the run's sweep and prefetch.
 
 The probes are deployed once per run (whichever process needs them first, xdist workers
-included; see `conformance.kit.runstate.once`) and deleted by the controller at the end. A
+included; see `conformance.kit.base.runstate.once`) and deleted by the controller at the end. A
 cluster that cannot be read, or probes that cannot be deployed, make every test that needs
 them a setup error carrying the cause (a `CouldNotTest`, reported as could not test by the
 plugin): never a pass, never a network failure.
@@ -18,31 +18,33 @@ from typing import Any, Protocol, TypeVar
 import pytest
 from kubernetes import client
 
-from conformance.kit.cluster import cluster_facts, list_nodes, make_api_client
-from conformance.kit.deploy import Deployment, PodLife, deploy_once, deploy_probes, pod_lives
-from conformance.kit.discovery import Discovery
-from conformance.kit.errors import CouldNotTest
-from conformance.kit.namespace import (
+from conformance.kit.base.errors import CouldNotTest
+from conformance.kit.base.runstate import RunInfo, write
+from conformance.kit.base.settings import Settings, Timeouts
+from conformance.kit.cluster.api import make_api_client
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.inventory import list_nodes
+from conformance.kit.cluster.namespace import (
     STALE_SWEEP_RECORD,
     create_namespace,
-    dump_namespace,
     sweep_stale,
     wait_for_default_service_account,
 )
-from conformance.kit.prefetch import ItemAnswers, answers_for_item, prefetch_once
-from conformance.kit.probe_client import ProbeClient
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import Sweep, outcomes_for_item, sweep_once
-from conformance.kit.runstate import RunInfo, write
-from conformance.kit.service_deployment import (
+from conformance.kit.cluster.survey import cluster_facts
+from conformance.kit.exchanges.prefetch import ItemAnswers, answers_for_item, prefetch_once
+from conformance.kit.exchanges.reachability import Sweep, outcomes_for_item, sweep_once
+from conformance.kit.probes.client import ProbeClient
+from conformance.kit.probes.deploy import Deployment, deploy_once, deploy_probes
+from conformance.kit.probes.lives import PodLife, pod_lives
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.probes.service_deployment import (
     HostPortProbes,
     create_services,
     finish_service_probes,
     start_hostport_probes,
 )
-from conformance.kit.session import DUMP_KEY, RUN_KEY, SETTINGS_KEY
-from conformance.kit.settings import Settings, Timeouts
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.run.session import RUN_KEY, SETTINGS_KEY
+from conformance.kit.verdicts.judge import ItemExchanges
 from conformance.plugin import discovery_for
 
 T = TypeVar("T")
@@ -138,7 +140,6 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
 
 @pytest.fixture(scope="session")
 def deployment(
-    pytestconfig: pytest.Config,
     settings: Settings,
     run_info: RunInfo,
     api_client: client.ApiClient,
@@ -156,7 +157,7 @@ def deployment(
             write(run_info, STALE_SWEEP_RECORD, stale.to_dict())  # the reporter says what and why
             swept = stale.deleted
             started = monotonic()
-        # Leased from the start; the controller renews it (`conformance.kit.session.LeaseRenewer`).
+        # Leased from the start; the controller renews it (`conformance.kit.run.session.LeaseRenewer`).
         create_namespace(
             core, run_info.namespace, run_info.run_id, timeouts, lease_seconds=settings.run_lease
         )
@@ -181,7 +182,9 @@ def deployment(
             core, probes, services, hostports[0], run_info.run_id, settings
         )
         seconds = round(monotonic() - started, 3)
-        facts = cluster_facts(api_client, list_nodes(core, timeouts), discovery, settings)
+        facts = cluster_facts(
+            api_client, list_nodes(core, timeouts), discovery, settings, run_info.namespace
+        )
         return Deployment(
             probes=probes, cluster=facts, stale_namespaces_deleted=swept, seconds=seconds
         )
@@ -192,9 +195,6 @@ def deployment(
         raise CouldNotTest(
             f"probe deployment in namespace {run_info.namespace} failed: {exc}"
         ) from exc
-    pytestconfig.stash[DUMP_KEY] = lambda: dump_namespace(
-        core, run_info.namespace, settings.timeouts
-    )
     return found
 
 

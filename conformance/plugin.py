@@ -1,6 +1,6 @@
 """pytest hooks of k8s-netconform: options, markers, parametrization from the discovered nodes,
 and report hooks. The work lives in ``conformance.kit`` (the run's session in
-`conformance.kit.session`); fixtures live in ``conformance/conftest.py``.
+`conformance.kit.run.session`); fixtures live in ``conformance/conftest.py``.
 
 Nothing here touches a cluster unless a conformance test is collected: nodes are discovered in
 ``pytest_generate_tests`` of a conformance test, probes are deployed by the first test that
@@ -24,49 +24,9 @@ import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit.cases import (
-    PAIRS_ALL,
-    pair_plan,
-    place_attribute,
-    place_properties,
-    plan_cases,
-)
-from conformance.kit.cluster import describe_api_error
-from conformance.kit.discovery import RECORD as DISCOVERY_RECORD
-from conformance.kit.discovery import Discovery, discover
-from conformance.kit.errors import CouldNotTest
-from conformance.kit.namespace import namespace_name, new_run_id
-from conformance.kit.pairs import AUTO_SAMPLE_ABOVE, AUTO_SAMPLE_SIZE, PairPlan
-from conformance.kit.podspecs import images_to_pull
-from conformance.kit.report import (
-    ACCOUNTS_FOR_PROPERTY,
-    UNTESTED_PROPERTY,
-    could_not_test_text,
-    rule_from_docstring,
-)
-from conformance.kit.runstate import RunInfo, once
-from conformance.kit.selection import (
-    SUITE_DIR,
-    given_plugins,
-    nothing_collected_hint,
-    rerun,
-    rerun_args,
-    suite_module_id,
-)
-from conformance.kit.session import (
-    DISCOVERY_KEY,
-    RULE_PROPERTY,
-    RUN_KEY,
-    SETTINGS_KEY,
-    WORKERINPUT_KEY,
-    ExitGate,
-    LeaseRenewer,
-    RunReporter,
-    XdistController,
-    is_worker,
-    recorded_discovery,
-)
-from conformance.kit.settings import (
+from conformance.kit.base.errors import CouldNotTest
+from conformance.kit.base.runstate import RunInfo, once_data
+from conformance.kit.base.settings import (
     ALLOWABLE_EXCLUSIONS,
     DEFAULT_EDGE_PORT,
     DEFAULT_MAX_LOSS,
@@ -91,6 +51,45 @@ from conformance.kit.settings import (
     parse_run_lease,
     parse_taint_toleration,
 )
+from conformance.kit.cluster.api import describe_api_error
+from conformance.kit.cluster.discovery import DISCOVERY_RECORD, Discovery, discover
+from conformance.kit.cluster.namespace import namespace_name, new_run_id
+from conformance.kit.cluster.pairs import AUTO_SAMPLE_ABOVE, AUTO_SAMPLE_SIZE, PairPlan
+from conformance.kit.probes.podspecs import images_to_pull
+from conformance.kit.run.cases import (
+    PAIRS_ALL,
+    pair_plan,
+    place_attribute,
+    place_properties,
+    plan_cases,
+)
+from conformance.kit.run.invocation import (
+    SUITE_DIR,
+    given_plugins,
+    nothing_collected_hint,
+    rerun,
+    rerun_args,
+    suite_module_id,
+)
+from conformance.kit.run.session import (
+    DISCOVERY_KEY,
+    RULE_PROPERTY,
+    RUN_KEY,
+    SETTINGS_KEY,
+    WORKERINPUT_KEY,
+    ExitGate,
+    LeaseRenewer,
+    RunReporter,
+    XdistController,
+    is_worker,
+    recorded_discovery,
+)
+from conformance.kit.verdicts.failures import (
+    ACCOUNTS_FOR_PROPERTY,
+    UNTESTED_PROPERTY,
+    could_not_test_text,
+    rule_from_docstring,
+)
 
 #: Errors that leave a check without a verdict on the network: the suite's own `CouldNotTest`
 #: and an API call the cluster refused or dropped outside the kit's retries.
@@ -106,7 +105,7 @@ SUITE_REQUESTS = (
     ("netconform_context", "--context"),
 )
 #: Our options that take a value: written as two words, pytest's early rootdir search takes
-#: the value for a test path (see `conformance.kit.selection`).
+#: the value for a test path (see `conformance.kit.run.invocation`).
 VALUE_OPTIONS = (
     "--kubeconfig",
     "--context",
@@ -374,7 +373,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     """Before anything is configured: run pytest again when an option value written as a
-    separate word misled its rootdir search (`conformance.kit.selection`); then
+    separate word misled its rootdir search (`conformance.kit.run.invocation`); then
     ``--list-images``: print the images, one per line and nothing else, and stop before any
     session (so before any cluster access)."""
     if not is_worker(config) and not (config.option.help or config.option.version):
@@ -477,13 +476,12 @@ def discovery_for(config: pytest.Config) -> Discovery:
     collect a conformance check; xdist workers read it back, so they parametrize alike)."""
     found = config.stash.get(DISCOVERY_KEY, None)
     if found is None:
-        found = once(
+        found = once_data(
             config.stash[RUN_KEY],
             DISCOVERY_RECORD,
             lambda: discover(config.stash[SETTINGS_KEY]),
-            encode=Discovery.to_dict,
-            decode=Discovery.from_dict,
-            error=CouldNotTest,
+            Discovery,
+            CouldNotTest,
         )
         config.stash[DISCOVERY_KEY] = found
     return found

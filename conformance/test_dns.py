@@ -10,7 +10,7 @@ existed when the pod started.
 The lookups run in the pods (the agent's ``resolve``, through the nameservers and search list
 kubelet wrote into the pod's resolv.conf, whatever the DNS Service is called) and come from the
 run's prefetch. A resolver that does not answer fails. The DNS checks skip only where kubelet
-configures no cluster DNS on any tested node (`conformance.kit.resolvers`)."""
+configures no cluster DNS on any tested node (`conformance.kit.cluster.resolvers`)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,8 @@ from typing import Any
 
 import pytest
 
-from conformance.kit.errors import CouldNotTest
-from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
-from conformance.kit.probe_client import address_of_family
-from conformance.kit.probes import ROLE_PEER, ROLE_PROBE, ProbeMap
-from conformance.kit.report import format_rule_failure
-from conformance.kit.resolvers import (
+from conformance.kit.base.errors import CouldNotTest
+from conformance.kit.cluster.resolvers import (
     DNS_BROKEN,
     DNS_SKIP,
     DNS_TEST,
@@ -32,14 +28,18 @@ from conformance.kit.resolvers import (
     DNSPlan,
     plan_dns,
 )
-from conformance.kit.service_targets import facts_of
-from conformance.kit.services import (
+from conformance.kit.exchanges.prefetch import ItemAnswers, Step, prefetched_by
+from conformance.kit.exchanges.service_targets import facts_of
+from conformance.kit.probes.client import address_of_family
+from conformance.kit.probes.model import ROLE_PEER, ROLE_PROBE, ProbeMap
+from conformance.kit.probes.services import (
     HEADLESS_SERVICE,
     SERVICE,
     env_name,
     service_environment,
     service_names,
 )
+from conformance.kit.verdicts.failures import format_rule_failure
 
 #: Seconds one lookup may take in the pod (the resolver's own retries included).
 RESOLVE_TIMEOUT = 5.0

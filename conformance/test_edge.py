@@ -7,22 +7,22 @@ there and how).
   address of); the source the host saw is reported, not judged: NAT is allowed at the edge;
 - the run's NodePort Service answers the outside host at every node's InternalIP.
 
-The exchanges come from the run's edge pass (`conformance.kit.edge`) and are judged by
-`conformance.kit.verdicts`, as every reachability check is.
+The exchanges come from the run's edge pass (`conformance.kit.exchanges.edge`) and are judged by
+`conformance.kit.verdicts.judge`, as every reachability check is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 
 import pytest
 from kubernetes import client
 
-from conformance.kit.cases import check_places
-from conformance.kit.deploy import PodLife, pod_lives
-from conformance.kit.discovery import Discovery
-from conformance.kit.edge import (
+from conformance.kit.base.errors import CouldNotTest
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.base.settings import ExternalHost, Settings
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.exchanges.edge import (
     SOURCE_NAT_PROPERTY,
     SOURCE_SEEN_PROPERTY,
     EdgeRun,
@@ -33,13 +33,12 @@ from conformance.kit.edge import (
     node_port_from_outside,
     pod_to_outside,
 )
-from conformance.kit.errors import CouldNotTest
-from conformance.kit.probe_client import ProbeClient
-from conformance.kit.probes import ROLE_PROBE, ProbeMap
-from conformance.kit.runstate import RunInfo
-from conformance.kit.service_deployment import internal_ips
-from conformance.kit.settings import ExternalHost, Settings
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.probes.client import ProbeClient
+from conformance.kit.probes.lives import PodLife, pod_lives
+from conformance.kit.probes.model import ROLE_PROBE, ProbeMap
+from conformance.kit.probes.service_deployment import internal_ips
+from conformance.kit.run.cases import check_places
+from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 
@@ -117,7 +116,7 @@ def edge_exchanges(
     )
 
 
-@edge_planned_by(partial(pod_to_outside, "test_pod_reaches_external_host"))
+@edge_planned_by(pod_to_outside)
 def test_pod_reaches_external_host(
     external_hosts: tuple[ExternalHost, ...],
     proto: str,
@@ -149,7 +148,7 @@ def test_pod_reaches_external_host(
 
 
 @check_places(protocols=("tcp", "udp"))
-@edge_planned_by(partial(node_port_from_outside, "test_node_port_from_external_host"))
+@edge_planned_by(node_port_from_outside)
 def test_node_port_from_external_host(
     external_hosts: tuple[ExternalHost, ...],
     proto: str,

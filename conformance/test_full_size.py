@@ -5,19 +5,22 @@ nodes, same-node included: a TCP transfer of 1 MiB arrives complete and byte-ide
 the probe timeout, and a UDP datagram and an ICMP echo as large as the source interface's MTU,
 sent with Don't Fragment, arrive intact.
 
-The exchanges come from the run's reachability sweep (`conformance.kit.reachability`) and are
-judged by `conformance.kit.verdicts`; a failure gives the sizes tried and the MTUs each side
+The exchanges come from the run's reachability sweep (`conformance.kit.exchanges.reachability`) and are
+judged by `conformance.kit.verdicts.judge`; a failure gives the sizes tried and the MTUs each side
 reports."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from conformance.kit.pairs import NodePair
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import TRANSFER_BYTES, Target, Unplanned, pod_to_pod, swept_by
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.reachability import (
+    TRANSFER_BYTES,
+    Params,
+    Planned,
+    pod_to_pod,
+    swept_by,
+)
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 
@@ -27,10 +30,10 @@ RULE = (
 )
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The probe pod of the source node to the probe pod of the destination node (the peer pod
     on the same node), with full-size packets."""
-    return pod_to_pod("test_full_size_packets", params, probe_map, full_size=True)
+    return pod_to_pod(check, params, probe_map, full_size=True)
 
 
 @swept_by(targets)

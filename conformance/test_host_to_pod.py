@@ -2,20 +2,17 @@
 the hostNetwork probe of every node reaches the pod-network probes of every other node, which
 see an address of the source node. (Its own node's pods: `test_node_to_pod`.)
 
-The exchanges come from the run's reachability sweep (`conformance.kit.reachability`) and are
-judged by `conformance.kit.verdicts`: a source is the node's when its Node object lists it or
+The exchanges come from the run's reachability sweep (`conformance.kit.exchanges.reachability`) and are
+judged by `conformance.kit.verdicts.judge`: a source is the node's when its Node object lists it or
 it sits on an interface of the node's network namespace (seen by the hostNetwork probe)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from conformance.kit.cases import PAIRS_CROSS_NODE
-from conformance.kit.pairs import NodePair
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import Target, Unplanned, host_to_pods, swept_by
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.reachability import Params, Planned, host_to_pods, swept_by
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.run.cases import PAIRS_CROSS_NODE
+from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 PAIRS = PAIRS_CROSS_NODE
@@ -28,10 +25,10 @@ RULE = (
 )
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The source node's hostNetwork probe to each pod-network probe of the destination node."""
     pair = params["node_pair"]
-    return host_to_pods("test_host_to_pod", params, probe_map, pair.src, pair.dst)
+    return host_to_pods(check, params, probe_map, pair.src, pair.dst)
 
 
 @swept_by(targets)

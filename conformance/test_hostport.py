@@ -1,13 +1,13 @@
 """hostPort: a container port mapped to a port of its node (the network model's two-container
 example maps a container's port 80 to the node's port 80). Every node runs a hostPort probe
 whose agent's TCP and UDP ports are mapped to host ports H and H + 1 (chosen per run,
-`conformance.kit.service_deployment`); it must answer at its node's InternalIP from pods on
+`conformance.kit.probes.service_deployment`); it must answer at its node's InternalIP from pods on
 every node and from the host network of every other node. And kubelet must keep a node's host
 ports to one pod: a second pod asking for H on the same node never runs beside the first (judged
-by `conformance.kit.port_conflict`; a holder gone before the verdict is could-not-test).
+by `conformance.kit.exchanges.port_conflict`; a holder gone before the verdict is could-not-test).
 
-The exchanges come from the run's reachability sweep (`conformance.kit.service_targets`) and
-are judged by `conformance.kit.verdicts`: the answer must come from the node's hostPort probe.
+The exchanges come from the run's reachability sweep (`conformance.kit.exchanges.service_targets`) and
+are judged by `conformance.kit.verdicts.judge`: the answer must come from the node's hostPort probe.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ from functools import partial
 import pytest
 from kubernetes import client
 
-from conformance.kit.cases import PAIRS_CROSS_NODE, check_places
-from conformance.kit.cluster import call_api, name_of
-from conformance.kit.errors import ProbeGoneError
-from conformance.kit.namespace import describe_pod
-from conformance.kit.pairs import NodePair
-from conformance.kit.port_conflict import BROKEN, UNKNOWN, judge_port_conflict
-from conformance.kit.probes import ROLE_HOSTPORT, ProbeMap
-from conformance.kit.reachability import swept_by
-from conformance.kit.report import format_rule_failure
-from conformance.kit.service_targets import FROM_HOST, FROM_POD, facts_of, host_port
-from conformance.kit.settings import Timeouts
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.base.errors import ProbeGoneError
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.api import call_api, name_of
+from conformance.kit.cluster.inventory import describe_pod
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.port_conflict import BROKEN, UNKNOWN, judge_port_conflict
+from conformance.kit.exchanges.reachability import swept_by
+from conformance.kit.exchanges.service_targets import FROM_HOST, FROM_POD, facts_of, host_port
+from conformance.kit.probes.model import ROLE_HOSTPORT, ProbeMap
+from conformance.kit.run.cases import PAIRS_CROSS_NODE, check_places
+from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp")
 
@@ -37,8 +37,8 @@ CONFLICT_RULE = "two pods asking for the same hostPort MUST never both run on on
 
 
 # The planners: the source node's probe pod, or its host network, to the destination node's
-# InternalIP at its hostPort (`conformance.kit.service_targets.host_port`).
-@swept_by(partial(host_port, "test_host_port_from_pods", source_kind=FROM_POD))
+# InternalIP at its hostPort (`conformance.kit.exchanges.service_targets.host_port`).
+@swept_by(partial(host_port, source_kind=FROM_POD))
 def test_host_port_from_pods(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:
@@ -48,7 +48,7 @@ def test_host_port_from_pods(
 
 
 @check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
-@swept_by(partial(host_port, "test_host_port_from_hosts", source_kind=FROM_HOST))
+@swept_by(partial(host_port, source_kind=FROM_HOST))
 def test_host_port_from_hosts(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:

@@ -1,23 +1,30 @@
 """Containers within a pod share its network namespace: they reach each other over localhost,
 see the same interfaces and addresses, and share one port space.
 
-The localhost exchanges come from the run's reachability sweep (`conformance.kit.reachability`,
+The localhost exchanges come from the run's reachability sweep (`conformance.kit.exchanges.reachability`,
 with its retries); the interface and port-space requests from the staged prefetch
-(`conformance.kit.prefetch`)."""
+(`conformance.kit.exchanges.prefetch`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
-from conformance.kit.probe_client import address_of_family, require_ok
-from conformance.kit.probes import ROLE_PROBE, ProbeMap
-from conformance.kit.reachability import Endpoint, Target, Unplanned, swept_by
-from conformance.kit.report import format_rule_failure
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.exchanges.prefetch import ItemAnswers, Step, prefetched_by
+from conformance.kit.exchanges.reachability import (
+    Endpoint,
+    Params,
+    Planned,
+    Target,
+    Unplanned,
+    swept_by,
+)
+from conformance.kit.probes.client import address_of_family, require_ok
+from conformance.kit.probes.model import ROLE_PROBE, ProbeMap
+from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp")
 # The families come from the cluster (IPv4-only: 127.0.0.1; IPv6: ::1; dual: both).
@@ -26,7 +33,7 @@ DIRECTIONS = (("a", "b"), ("b", "a"))
 CONTAINERS = ("a", "b")
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """Both directions between the probe pod's containers over the family's loopback address
     (none for IPv6 when the pod has no IPv6 address and the run does not require IPv6: where
     it does, ::1 is checked all the same, and the missing address fails the required-family
@@ -38,7 +45,7 @@ def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] 
         return Unplanned(f"{probe.describe()} has no IPv6 address")
     return [
         Target(
-            check="test_localhost_between_containers",
+            check=check,
             proto=proto,
             family=family,
             source=Endpoint(probe.name, src, node),

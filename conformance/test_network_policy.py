@@ -21,8 +21,10 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from conformance.kit.cluster import make_api_client
-from conformance.kit.discovery import Discovery
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.base.settings import Settings
+from conformance.kit.cluster.api import make_api_client
+from conformance.kit.cluster.discovery import Discovery
 from conformance.kit.netpol.deployment import (
     Enforcement,
     ModelDeployment,
@@ -35,8 +37,6 @@ from conformance.kit.netpol.deployment import (
 )
 from conformance.kit.netpol.judge import TableResult, failure_text, table_property
 from conformance.kit.netpol.scenarios import SCENARIOS, Scenario, policy_texts
-from conformance.kit.runstate import RunInfo
-from conformance.kit.settings import Settings
 
 pytestmark = pytest.mark.netpol
 

@@ -2,30 +2,27 @@
 the source pod's own IP. Checked twice per exchange: by the destination's listener (the peer
 address of the connection or datagram) and by a packet capture inside the destination pod.
 
-The exchanges come from the run's reachability sweep (`conformance.kit.reachability`) and are
-judged by `conformance.kit.verdicts`; each test item holds one ordered pair of nodes, and every
+The exchanges come from the run's reachability sweep (`conformance.kit.exchanges.reachability`) and are
+judged by `conformance.kit.verdicts.judge`; each test item holds one ordered pair of nodes, and every
 ordered pair is checked (same-node: the node's probe pod to its peer pod)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from conformance.kit.pairs import NodePair
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import Target, Unplanned, pod_to_pod, swept_by
-from conformance.kit.verdicts import ItemExchanges
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.reachability import Params, Planned, pod_to_pod, swept_by
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 
 RULE = "pods on any node MUST reach pods on every node without NAT (the source IP is preserved)"
 
 
-def targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The probe pod of the source node to the probe pod of the destination node (the peer pod
     on the same node); the source pod's own IP is the only source allowed, at the listener and
     in the capture."""
-    return pod_to_pod("test_no_snat", params, probe_map)
+    return pod_to_pod(check, params, probe_map)
 
 
 @swept_by(targets)

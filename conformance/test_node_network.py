@@ -10,16 +10,16 @@ import time
 import pytest
 from kubernetes import client
 
-from conformance.kit.discovery import Discovery, network_wait, node_network_settled
-from conformance.kit.errors import CouldNotTest
-from conformance.kit.nodes import (
+from conformance.kit.base.errors import CouldNotTest
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.discovery import Discovery, network_wait, node_network_settled
+from conformance.kit.cluster.nodes import (
     NETWORK_NOT_READY,
     describe_ready,
     network_evidence,
     node_is_ready,
 )
-from conformance.kit.report import format_rule_failure
-from conformance.kit.settings import Timeouts
+from conformance.kit.verdicts.failures import format_rule_failure
 
 RULE = "every node's network MUST be ready"
 #: A node the run left out because its network is not ready is accounted for by this check's

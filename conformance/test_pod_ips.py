@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from conformance.kit.cidrs import (
+from conformance.kit.base.errors import ClusterError, CouldNotTest
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.api import name_of
+from conformance.kit.cluster.cidrs import (
     NodeCIDRs,
     PodAddress,
     PodIPOutsideNodeCIDRs,
@@ -26,28 +29,21 @@ from conformance.kit.cidrs import (
     pod_cidr_skip_reason,
     pods_of_family,
 )
-from conformance.kit.cluster import (
-    detect_pool_ipam,
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.inventory import (
     list_nodes,
     list_pods_all_namespaces,
-    name_of,
     node_ip_addresses,
     node_pod_cidrs,
     pod_ips,
     service_cluster_ips,
 )
-from conformance.kit.discovery import Discovery
-from conformance.kit.errors import ClusterError, CouldNotTest
-from conformance.kit.ipranges import (
-    SOURCE_NODE,
-    ServiceRangeFinder,
-    find_node_pod_ranges,
-)
-from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
-from conformance.kit.probe_client import address_of_family, require_ok
-from conformance.kit.probes import ROLE_HOSTPROBE, ROLE_PROBE, ProbeMap
-from conformance.kit.report import format_rule_failure
-from conformance.kit.settings import Timeouts
+from conformance.kit.cluster.ipranges import SOURCE_NODE, ServiceRangeFinder, find_node_pod_ranges
+from conformance.kit.cluster.survey import detect_pool_ipam
+from conformance.kit.exchanges.prefetch import ItemAnswers, Step, prefetched_by
+from conformance.kit.probes.client import address_of_family, require_ok
+from conformance.kit.probes.model import ROLE_HOSTPROBE, ROLE_PROBE, ProbeMap
+from conformance.kit.verdicts.failures import format_rule_failure
 
 # Completed pods keep status.podIP after their IP went back to the pool: not live addresses.
 FINISHED_PHASES = ("Succeeded", "Failed")

@@ -1,7 +1,7 @@
 """The pod sandbox outlives its containers: when one container restarts, the pod keeps its
 network namespace, so its IP and localhost between its containers survive. Checked on every
 node: each node's sandbox pod loses a container (all nodes at once, see
-`conformance.kit.sandboxes`); the restarted container must be back in the same network
+`conformance.kit.exchanges.sandboxes`); the restarted container must be back in the same network
 namespace (not merely one with the same IP), beside the other container, which must not have
 been restarted with it."""
 
@@ -10,19 +10,19 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from conformance.kit.errors import ProbeCallError
-from conformance.kit.probe_client import ProbeClient
-from conformance.kit.probes import ProbeMap
-from conformance.kit.report import format_rule_failure
-from conformance.kit.runstate import RunInfo
-from conformance.kit.sandboxes import (
+from conformance.kit.base.errors import ProbeCallError
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.exchanges.sandboxes import (
     KILLED,
     SURVIVOR,
     SandboxRestart,
     restart_sandboxes_once,
     sandbox_changes,
 )
-from conformance.kit.verdicts import problems
+from conformance.kit.probes.client import ProbeClient
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.judge import problems
 
 RULE = "a pod MUST keep its IP and network namespace across a container restart"
 
@@ -33,7 +33,9 @@ def sandbox_restarts(
 ) -> dict[str, SandboxRestart]:
     """Every node's sandbox pod, before and after one of its containers restarted (a
     `CouldNotTest` when the restarts could not be made)."""
-    return restart_sandboxes_once(run_info, probe_map, probe_client, core)
+    return restart_sandboxes_once(
+        run_info, test_sandbox_survives_container_restart.__name__, probe_map, probe_client, core
+    )
 
 
 @pytest.mark.disruptive

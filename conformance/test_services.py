@@ -6,35 +6,31 @@
   endpoint answers within a bounded number of connections, and sees the client pod's own IP;
 - a pod reaches itself through its own Service (hairpin), every connection answered;
 - endpoints follow readiness: a backend turned unready gets no new connection within a bound,
-  and answers again once ready (`conformance.kit.readiness`);
+  and answers again once ready (`conformance.kit.exchanges.readiness`);
 - a Service without endpoints refuses a TCP connection at once (within 2 s);
 - its NodePort answers every connection at every tested node's InternalIP, from pods and from
   the host network of other nodes, from endpoints on other nodes too (externalTrafficPolicy
   Cluster).
 
 The exchanges come from the run's reachability sweep (spreads of connections through the
-cluster IP, `conformance.kit.service_targets`) and are judged by `conformance.kit.verdicts`.
+cluster IP, `conformance.kit.exchanges.service_targets`) and are judged by `conformance.kit.verdicts.judge`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
 
 import pytest
 from kubernetes import client
 
-from conformance.kit.cases import PAIRS_CROSS_NODE, check_places
-from conformance.kit.discovery import Discovery
-from conformance.kit.pairs import NodePair
-from conformance.kit.prefetch import ItemAnswers
-from conformance.kit.probe_client import ProbeClient
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import Sweep, Target, Unplanned, swept_by
-from conformance.kit.readiness import ReadinessFlip, flip_readiness_once
-from conformance.kit.runstate import RunInfo
-from conformance.kit.service_targets import (
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.flip_outcome import ReadinessFlip
+from conformance.kit.exchanges.prefetch import ItemAnswers
+from conformance.kit.exchanges.reachability import Params, Planned, Sweep, swept_by
+from conformance.kit.exchanges.readiness import flip_readiness, flip_readiness_once
+from conformance.kit.exchanges.service_targets import (
     FROM_HOST,
     FROM_POD,
     cluster_ip_spread,
@@ -42,8 +38,15 @@ from conformance.kit.service_targets import (
     node_port,
     refusal,
 )
-from conformance.kit.services import SERVICE
-from conformance.kit.verdicts import ItemExchanges, assert_readiness_followed
+from conformance.kit.probes.client import ProbeClient
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.probes.services import SERVICE
+from conformance.kit.run.cases import PAIRS_CROSS_NODE, check_places
+from conformance.kit.verdicts.judge import (
+    ItemExchanges,
+    assert_readiness_followed,
+    flip_answered,
+)
 
 PROTOCOLS = ("tcp", "udp")
 
@@ -66,12 +69,10 @@ NODEPORT_EXPECTED = (
 # --- the cluster IP ---------------------------------------------------------------------------
 
 
-def cluster_ip_targets(
-    params: Mapping[str, Any], probe_map: ProbeMap
-) -> Sequence[Target] | Unplanned:
+def cluster_ip_targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The node's probe pod to the Service's cluster IP: connections until every endpoint
     answered; the client pod's own IP the only source allowed."""
-    return cluster_ip_spread("test_cluster_ip", params, probe_map)
+    return cluster_ip_spread(check, params, probe_map)
 
 
 @swept_by(cluster_ip_targets)
@@ -90,10 +91,10 @@ def test_cluster_ip(proto: str, family: int, probe_node: str, exchanges: ItemExc
 # --- hairpin ----------------------------------------------------------------------------------
 
 
-def hairpin_targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def hairpin_targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The node's peer probe (an endpoint) to its own Service's cluster IP, until it answered
     itself."""
-    return hairpin_spread("test_hairpin", params, probe_map)
+    return hairpin_spread(check, params, probe_map)
 
 
 @swept_by(hairpin_targets)
@@ -110,9 +111,9 @@ def test_hairpin(proto: str, family: int, probe_node: str, exchanges: ItemExchan
 # --- no endpoints -----------------------------------------------------------------------------
 
 
-def refusal_targets(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def refusal_targets(check: str, params: Params, probe_map: ProbeMap) -> Planned:
     """The node's probe pod to the cluster IP of a Service whose selector matches no pod."""
-    return refusal("test_no_endpoints_refused", params, probe_map)
+    return refusal(check, params, probe_map)
 
 
 @swept_by(refusal_targets)
@@ -141,7 +142,16 @@ def readiness_flip(
     """The run's readiness flip, after the sweep and the prefetch (which must see every
     backend ready); a `CouldNotTest` when it could not be made."""
     return flip_readiness_once(
-        run_info, probe_map, probe_client, client.DiscoveryV1Api(api_client), discovery.families
+        run_info,
+        partial(
+            flip_readiness,
+            probe_map,
+            probe_client,
+            client.DiscoveryV1Api(api_client),
+            discovery.families,
+            answered=flip_answered,
+            check=test_endpoints_follow_readiness.__name__,
+        ),
     )
 
 
@@ -160,8 +170,8 @@ def test_endpoints_follow_readiness(
 
 
 # The planners: the source node's probe pod, or its host network, to the destination node's
-# InternalIP at the NodePort (`conformance.kit.service_targets.node_port`).
-@swept_by(partial(node_port, "test_node_port_from_pods", source_kind=FROM_POD))
+# InternalIP at the NodePort (`conformance.kit.exchanges.service_targets.node_port`).
+@swept_by(partial(node_port, source_kind=FROM_POD))
 def test_node_port_from_pods(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:
@@ -172,7 +182,7 @@ def test_node_port_from_pods(
 
 
 @check_places(pairs=PAIRS_CROSS_NODE, source_kind=FROM_HOST)
-@swept_by(partial(node_port, "test_node_port_from_hosts", source_kind=FROM_HOST))
+@swept_by(partial(node_port, source_kind=FROM_HOST))
 def test_node_port_from_hosts(
     proto: str, family: int, node_pair: NodePair, exchanges: ItemExchanges
 ) -> None:

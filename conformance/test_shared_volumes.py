@@ -1,7 +1,7 @@
 """Containers of one pod share its volumes: an emptyDir (disk and medium Memory) mounted at
 different paths in each container holds the same files for both.
 
-The agent requests come from the run's staged prefetch (`conformance.kit.prefetch`): every
+The agent requests come from the run's staged prefetch (`conformance.kit.exchanges.prefetch`): every
 write in stage 0, every read in stage 1, one batch per container per stage."""
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
-from conformance.kit.podspecs import (
+from conformance.kit.exchanges.prefetch import ItemAnswers, Step, prefetched_by
+from conformance.kit.probes.client import require_ok
+from conformance.kit.probes.model import ROLE_PROBE, ProbeMap
+from conformance.kit.probes.podspecs import (
     MEMORY_VOLUME,
     MOUNT_PATHS,
     SCRATCH_VOLUME,
     SEED_CONTENT,
     SEED_FILE,
 )
-from conformance.kit.prefetch import ItemAnswers, Step, prefetched_by
-from conformance.kit.probe_client import require_ok
-from conformance.kit.probes import ROLE_PROBE, ProbeMap
-from conformance.kit.report import format_rule_failure
+from conformance.kit.verdicts.failures import format_rule_failure
 
 SIZE = 1 << 20  # 1 MiB
 CONTAINERS = ("a", "b")

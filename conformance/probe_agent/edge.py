@@ -27,9 +27,19 @@ from .protocol import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .dispatch import Agent
+    from typing import Protocol
 
     JSONDict = dict[str, Any]
+
+    class Agent(Protocol):
+        """What the edge control listener needs of the agent (``dispatch.Agent``): its ports,
+        the edge flag and one request answered (a Protocol here: dispatch imports this module
+        for ``relay``)."""
+
+        edge: JSONDict | None
+        ports: JSONDict
+
+        def handle(self, request: object) -> JSONDict: ...
 
 # --------------------------------------------------------------------------------------------
 # The edge server: this agent on a host outside the cluster (``serve --edge-control``). Pods

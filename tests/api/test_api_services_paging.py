@@ -140,8 +140,8 @@ def test_node_addresses_every_family_primary_first(tmp_path: Path) -> None:
 def test_a_node_whose_network_is_not_ready_reads_as_kubelet_and_the_controller_write_it() -> None:
     from kubernetes import client
 
-    from conformance.kit.nodes import NETWORK_NOT_READY, exclusion_of, network_evidence
-    from conformance.kit.settings import Settings
+    from conformance.kit.base.settings import Settings
+    from conformance.kit.cluster.nodes import NETWORK_NOT_READY, exclusion_of, network_evidence
     from netlab.dataplane.topology import NETWORK_NOT_READY_ERROR
 
     info = NodeInfo(

@@ -25,13 +25,8 @@ import pytest
 import yaml
 from netlab_commands import booted_lab, netlab
 
-from conformance.kit.permissions import (
-    Grant,
-    Permission,
-    needed,
-    rbac_grants,
-)
-from conformance.kit.settings import Timeouts
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.permissions import Grant, Permission, needed, rbac_grants
 from netlab.api.requestinfo import request_info
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ words, instead of waiting out the readiness timeout (300 s) to report only "not 
 
 On a 3-node lab, the kit deploys a probe pod whose two agents are told the same fixed ports: the
 second cannot bind (``serve cannot start: EADDRINUSE``), exits, is restarted with back-off, and
-`conformance.kit.deploy.wait_for_pods` gives up once it crash-loops, with that line from the
+`conformance.kit.probes.deploy.wait_for_pods` gives up once it crash-loops, with that line from the
 container (its termination message where the kubelet keeps one, else its previous log). The
 lab is named ``$NETLAB_TEST_LAB_PREFIX`` (default ``tm``) + 6 hex digits.
 """
@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 from labrun import LabCase, running_lab
 
-from conformance.kit import deploy
-from conformance.kit.errors import ProbeDeploymentError
-from conformance.kit.namespace import (
+from conformance.kit.base.errors import ProbeDeploymentError
+from conformance.kit.base.settings import DEFAULT_PROBE_IMAGE, Settings
+from conformance.kit.cluster.namespace import (
     create_namespace,
     delete_namespace,
     namespace_name,
     new_run_id,
     wait_for_default_service_account,
 )
-from conformance.kit.podspecs import agent_configmap, pod_spec
-from conformance.kit.probes import ROLE_PEER, Probe, ProbeContainer
-from conformance.kit.settings import DEFAULT_PROBE_IMAGE, Settings
+from conformance.kit.probes import deploy
+from conformance.kit.probes.model import ROLE_PEER, Probe, ProbeContainer
+from conformance.kit.probes.podspecs import agent_configmap, pod_spec
 
 pytestmark = pytest.mark.needs_lab
 

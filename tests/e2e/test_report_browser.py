@@ -26,7 +26,7 @@ import labrun
 import pytest
 from labrun import LabCase, run_on_lab
 
-from conformance.kit.report import summary_schema
+from conformance.kit.reporting.results import summary_schema
 
 pytestmark = pytest.mark.needs_lab
 CHROMIUM = shutil.which("chromium")
@@ -244,7 +244,7 @@ def test_the_command_draws_the_same_from_the_kept_summary(
         [
             sys.executable,
             "-m",
-            "conformance.kit.report_command",
+            "conformance.kit.reporting.command",
             str(report.directory / "summary.json"),
             "-o",
             str(page),

@@ -12,11 +12,11 @@ from typing import Any
 
 from recording_agents import RecordingProbeClient
 
-from conformance.kit.pairs import NodePair
-from conformance.kit.probe_client import ProbeResponse
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import Endpoint, Target
-from conformance.kit.settings import Timeouts
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.reachability import Endpoint, Target
+from conformance.kit.probes.client import ProbeResponse
+from conformance.kit.probes.model import ProbeMap
 
 NODES = ("node-1", "node-2", "node-3")
 # A ring over the three nodes: every node once a source and once a destination.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tenacity import Retrying, stop_after_delay, wait_fixed
 
-from conformance.kit.probe_client import ExecResult, ProbeClient
+from conformance.kit.probes.client import ExecResult, ProbeClient
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "conformance" / "probe_agent" / "agent.py"

@@ -9,8 +9,8 @@ from typing import Any
 
 from fake_items import FakeItem, item
 
-from conformance.kit.prefetch import Step, prefetched_by
-from conformance.kit.probes import ProbeMap
+from conformance.kit.exchanges.prefetch import Step, prefetched_by
+from conformance.kit.probes.model import ProbeMap
 
 PODS = ("probe-node-1", "probe-node-2", "probe-node-3")
 

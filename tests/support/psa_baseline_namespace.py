@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.kit import namespace
+from conformance.kit.cluster import namespace
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.kit.errors import ProbeExecError
+from conformance.kit.base.errors import ProbeExecError
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Runs made up for the report's unit tests: check results with the places the plugin records,
-and whole summaries as `conformance.kit.session.RunReporter` writes them; and the facts of a
+and whole summaries as `conformance.kit.run.session.RunReporter` writes them; and the facts of a
 small cluster as a deployment records them (`DEPLOYED_FACTS`)."""
 
 from __future__ import annotations
@@ -8,18 +8,14 @@ from collections.abc import Sequence
 from html.parser import HTMLParser
 from typing import Any
 
-from conformance.kit.families import FamilyPlan
-from conformance.kit.matrices import build_matrices
-from conformance.kit.nodes import Exclusion
-from conformance.kit.report import (
-    CheckResult,
-    ClusterFacts,
-    build_summary,
-    exit_meaning,
-    format_rule_failure,
-)
-from conformance.kit.rules import Coverage, summarize_rules, verdict
-from conformance.kit.settings import DEFAULT_PROBE_IMAGE
+from conformance.kit.base.settings import DEFAULT_PROBE_IMAGE
+from conformance.kit.cluster.facts import ClusterFacts
+from conformance.kit.cluster.families import FamilyPlan
+from conformance.kit.cluster.nodes import Exclusion
+from conformance.kit.reporting.matrices import build_matrices
+from conformance.kit.reporting.results import CheckResult, build_summary, exit_meaning
+from conformance.kit.reporting.rules import Coverage, summarize_rules, verdict
+from conformance.kit.verdicts.failures import format_rule_failure
 
 NO_SNAT_RULE = "A pod MUST reach a pod on every node without NAT."
 NODE_TO_POD_RULE = "The host network of a node MUST reach every pod on that node."

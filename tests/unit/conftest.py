@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from local_agents import LocalAgent, serving_agents
 
-from conformance.kit import probe_client
+from conformance.kit.probes import client as probe_client
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit import cidrs, cluster
-from conformance.kit.cidrs import (
+from conformance.kit.base.errors import ClusterError
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster import cidrs
+from conformance.kit.cluster import survey as cluster
+from conformance.kit.cluster.cidrs import (
     CIDRParseError,
     NodeCIDRs,
     PodAddress,
@@ -26,7 +29,6 @@ from conformance.kit.cidrs import (
     parse_cidr_list,
     pod_cidr_skip_reason,
 )
-from conformance.kit.settings import Timeouts
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -370,7 +372,7 @@ def test_a_forbidden_pool_list_without_pools_elsewhere_is_could_not_test(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # RBAC refusing the list leaves open whether Calico IPAM runs: never read as "absent".
-    with pytest.raises(cluster.ClusterError, match=r"list ippools\.crd\.projectcalico\.org"):
+    with pytest.raises(ClusterError, match=r"list ippools\.crd\.projectcalico\.org"):
         detect(monkeypatch, {V1_POOLS: ApiException(status=403)})
 
 

@@ -1,4 +1,4 @@
-"""`conformance.kit.cluster` and `conformance.kit.discovery`: the facts read off a node and its
+"""`conformance.kit.cluster.inventory` and `conformance.kit.cluster.discovery`: the facts read off a node and its
 pods, the `Discovery` handed between the run's processes, and how long a node's network is
 given to turn ready."""
 
@@ -10,11 +10,13 @@ import pytest
 from kube_objects import make_node
 from kubernetes import client
 
-from conformance.kit import cluster, discovery
-from conformance.kit.discovery import Discovery, network_wait
-from conformance.kit.errors import ClusterError
-from conformance.kit.families import FamilyPlan
-from conformance.kit.nodes import (
+from conformance.kit.base.errors import ClusterError
+from conformance.kit.base.settings import Settings
+from conformance.kit.cluster import discovery
+from conformance.kit.cluster import inventory as cluster
+from conformance.kit.cluster.discovery import Discovery, network_wait
+from conformance.kit.cluster.families import FamilyPlan
+from conformance.kit.cluster.nodes import (
     CORDONED,
     NETWORK_NOT_READY,
     NOEXECUTE,
@@ -22,7 +24,6 @@ from conformance.kit.nodes import (
     Exclusion,
     select_nodes,
 )
-from conformance.kit.settings import Settings
 
 
 def test_selection_keeps_the_node_object_name_never_a_hostname() -> None:

@@ -1,4 +1,4 @@
-"""`conformance.kit.deploy` without a cluster: reading pod states (Ready, restarts, causes that
+"""`conformance.kit.probes.deploy` without a cluster: reading pod states (Ready, restarts, causes that
 will not recover), explaining a probe that never came up, waiting on pods, copying pull
 secrets, and `deploy_once`: one deployment per run, shared by every process, never retried."""
 
@@ -18,17 +18,14 @@ from kube_objects import pod_with
 from kubernetes import client
 from report_runs import DEPLOYED_FACTS
 
-from conformance.kit import deploy, waiting
-from conformance.kit.errors import CouldNotTest, ProbeDeploymentError
-from conformance.kit.podspecs import to_manifest
-from conformance.kit.probes import ProbeMap, planned_probes
-from conformance.kit.runstate import FAILED, RunInfo, peek
-from conformance.kit.session import run_properties
-from conformance.kit.settings import (
-    Settings,
-    Timeouts,
-    parse_pull_secret,
-)
+from conformance.kit.base.errors import CouldNotTest, ProbeDeploymentError
+from conformance.kit.base.runstate import FAILED, RunInfo, peek
+from conformance.kit.base.settings import Settings, Timeouts, parse_pull_secret
+from conformance.kit.cluster import waiting
+from conformance.kit.probes import deploy, lives
+from conformance.kit.probes.model import ProbeMap, planned_probes
+from conformance.kit.probes.podspecs import to_manifest
+from conformance.kit.run.session import run_properties
 
 K8S_VERSION = "1.33"
 
@@ -56,10 +53,10 @@ def run_info(tmp_path: Path) -> RunInfo:
 
 
 def test_pod_state_helpers() -> None:
-    assert deploy.pod_ready(pod_with(ready=True))
-    assert not deploy.pod_ready(pod_with())
-    assert deploy.restart_count(pod_with(), "a") == 2
-    assert deploy.restart_count(pod_with(), "zz") == 0
+    assert lives.pod_ready(pod_with(ready=True))
+    assert not lives.pod_ready(pod_with())
+    assert lives.restart_count(pod_with(), "a") == 2
+    assert lives.restart_count(pod_with(), "zz") == 0
     assert deploy.fatal_reason(pod_with("ImagePullBackOff")) is None  # may still recover
     assert "InvalidImageName" in (deploy.fatal_reason(pod_with("InvalidImageName")) or "")
     assert "Failed" in (deploy.fatal_reason(pod_with(phase="Failed")) or "")
@@ -308,7 +305,7 @@ def test_deploy_once_shares_the_result(tmp_path: Path) -> None:
     assert calls == [1]
     assert len(results) == 4
     assert all(r == deploy.Deployment(probes=sample_map(), cluster=DEPLOYED_FACTS) for r in results)
-    record = peek(run, deploy.RECORD)
+    record = peek(run, deploy.DEPLOYMENT_RECORD)
     assert record is not None
     assert record.status == "done"
     properties = dict(run_properties(run, record))
@@ -318,7 +315,7 @@ def test_deploy_once_shares_the_result(tmp_path: Path) -> None:
 
 def test_failed_deployment_is_not_retried(tmp_path: Path) -> None:
     run = run_info(tmp_path)
-    assert peek(run, deploy.RECORD) is None  # nothing started: no namespace to clean up
+    assert peek(run, deploy.DEPLOYMENT_RECORD) is None  # nothing started: no namespace to clean up
 
     def broken() -> deploy.Deployment:
         raise ProbeDeploymentError("probe-n1: ImagePullBackOff")
@@ -328,7 +325,7 @@ def test_failed_deployment_is_not_retried(tmp_path: Path) -> None:
     with pytest.raises(ProbeDeploymentError, match="ImagePullBackOff") as again:
         deploy.deploy_once(run, lambda: pytest.fail("must not deploy again"))
     assert isinstance(again.value, CouldNotTest)
-    record = peek(run, deploy.RECORD)
+    record = peek(run, deploy.DEPLOYMENT_RECORD)
     assert record is not None
     assert record.status == FAILED
     properties = dict(run_properties(run, record))

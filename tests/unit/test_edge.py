@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 from local_agents import OfflineProbeClient
 
-from conformance.kit.edge import (
+from conformance.kit.base.settings import (
+    DEFAULT_EDGE_PORT,
+    ExternalHost,
+    Timeouts,
+    check_external_hosts,
+    parse_external_host,
+)
+from conformance.kit.exchanges.edge import (
     NAT_NODE,
     NAT_NONE,
     NAT_OTHER,
@@ -32,18 +39,11 @@ from conformance.kit.edge import (
     pod_to_outside,
     resolve_outside,
 )
-from conformance.kit.probe_client import ExecResult
-from conformance.kit.probes import ROLE_PEER, ROLE_PROBE, Probe, ProbeContainer, ProbeMap
-from conformance.kit.reachability import Endpoint, Target, Unplanned, probe_request
-from conformance.kit.services import NODEPORT_SERVICE, ServiceFacts
-from conformance.kit.settings import (
-    DEFAULT_EDGE_PORT,
-    ExternalHost,
-    Timeouts,
-    check_external_hosts,
-    parse_external_host,
-)
-from conformance.kit.verdicts import failure_summary
+from conformance.kit.exchanges.reachability import Endpoint, Target, Unplanned, probe_request
+from conformance.kit.probes.client import ExecResult
+from conformance.kit.probes.model import ROLE_PEER, ROLE_PROBE, Probe, ProbeContainer, ProbeMap
+from conformance.kit.probes.services import NODEPORT_SERVICE, ServiceFacts
+from conformance.kit.verdicts.judge import failure_summary
 
 # --- --external-host ---------------------------------------------------------------------------
 
@@ -323,7 +323,7 @@ def test_the_nodeport_from_outside_is_relayed_to_every_node_s_internal_ip() -> N
 
 
 def _failed(target: Target) -> Any:
-    from conformance.kit.reachability import Outcome
+    from conformance.kit.exchanges.reachability import Outcome
 
     return Outcome(target=target, nonce="nc-3")
 
@@ -356,15 +356,14 @@ class Item:
 
 
 def test_items_are_planned_skipped_or_left_without_a_verdict() -> None:
-    from functools import partial
 
     host = outside_host("192.0.2.10", relay=False)
     items = [
-        Item("t::a[tcp-node-1]", partial(pod_to_outside, "a"), params("tcp", 4, "node-1")),
-        Item("t::a[tcp-node-1]again", partial(pod_to_outside, "a"), params("tcp", 4, "node-1")),
-        Item("t::a[ipv6-tcp-node-1]", partial(pod_to_outside, "a"), params("tcp", 6, "node-1")),
-        Item("t::n[tcp-node-2]", partial(node_port_from_outside, "n"), params("tcp", 4, "node-2")),
-        Item("t::a[placeholder]", partial(pod_to_outside, "a"), {"proto": None}),
+        Item("t::a[tcp-node-1]", pod_to_outside, params("tcp", 4, "node-1")),
+        Item("t::a[tcp-node-1]again", pod_to_outside, params("tcp", 4, "node-1")),
+        Item("t::a[ipv6-tcp-node-1]", pod_to_outside, params("tcp", 6, "node-1")),
+        Item("t::n[tcp-node-2]", node_port_from_outside, params("tcp", 4, "node-2")),
+        Item("t::a[placeholder]", pod_to_outside, {"proto": None}),
     ]
     plans, no_verdict, targets = plan_edge_items(items, probe_map(), host)
     assert sorted(plans) == ["t::a[ipv6-tcp-node-1]", "t::a[tcp-node-1]", "t::a[tcp-node-1]again"]
@@ -414,7 +413,7 @@ def test_the_printed_server_command_starts_the_agent_as_the_edge_server() -> Non
 def test_the_source_seen_travels_from_the_properties_to_a_valid_summary() -> None:
     import jsonschema
 
-    from conformance.kit.report import SummaryCollector, build_summary, summary_schema
+    from conformance.kit.reporting.results import SummaryCollector, build_summary, summary_schema
 
     collector = SummaryCollector()
     egress = "conformance/test_edge.py::test_pod_reaches_external_host[tcp-node-2]"

@@ -8,8 +8,8 @@ import shlex
 
 import pytest
 
-from conformance.kit.edge import edge_server_command
-from conformance.kit.settings import ExternalHost
+from conformance.kit.base.settings import ExternalHost
+from conformance.kit.exchanges.edge import edge_server_command
 from netlab.dataplane.cleanup import NETNS_SUFFIX
 from netlab.dataplane.egress import MASQUERADE_COMMENT, egress_rules
 from netlab.dataplane.outside import edge_server_argv, external_host_values

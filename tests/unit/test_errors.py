@@ -1,4 +1,4 @@
-"""`conformance.kit.errors`: one root for "could not test". Every error the kit raises when a
+"""`conformance.kit.base.errors`: one root for "could not test". Every error the kit raises when a
 check cannot be made is a `CouldNotTest` defined in that one module, and the plugin reports
 any of them, raised by a check, as an error (``COULD NOT TEST: ...``, exit 2), never as a
 broken rule."""
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.kit import errors
-from conformance.kit.errors import CouldNotTest, ProbeCallError, ProbeExecError
-from conformance.kit.session import EXIT_COULD_NOT_TEST
+from conformance.kit.base import errors
+from conformance.kit.base.errors import CouldNotTest, ProbeCallError, ProbeExecError
+from conformance.kit.run.session import EXIT_COULD_NOT_TEST
 
 pytest_plugins = ["pytester"]
 
@@ -69,7 +69,7 @@ def test_the_kit_defines_its_errors_in_one_module() -> None:
     unexplained = {
         name: where for name, where in elsewhere.items() if name not in NOT_COULD_NOT_TEST
     }
-    assert not unexplained, f"exceptions belong in conformance/kit/errors.py: {unexplained}"
+    assert not unexplained, f"exceptions belong in conformance/kit/base/errors.py: {unexplained}"
 
 
 def test_probe_call_errors_name_the_container_and_keep_the_stderr_tail() -> None:
@@ -88,7 +88,7 @@ def test_probe_call_errors_name_the_container_and_keep_the_stderr_tail() -> None
 
 CHECKS = """
 import pytest
-from conformance.kit import errors
+from conformance.kit.base import errors
 
 COULD_NOT_TEST = sorted(
     name for name, cls in vars(errors).items()
@@ -130,7 +130,7 @@ import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit.errors import ProbeDeploymentError
+from conformance.kit.base.errors import ProbeDeploymentError
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""`conformance.kit.families`: a family the cluster declares is required under
+"""`conformance.kit.cluster.families`: a family the cluster declares is required under
 ``--ip-family auto``; an explicit ``--ip-family`` narrows on purpose and says so."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.kit.families import (
+from conformance.kit.cluster.families import (
     SOURCE_KUBERNETES_SERVICE,
     SOURCE_POD_CIDRS,
     SOURCE_SERVICE_CIDRS,

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from conformance.kit import podspecs, probes
-from conformance.kit.settings import Settings
+from conformance.kit.base.settings import Settings
+from conformance.kit.probes import model as probes
+from conformance.kit.probes import podspecs
 from netlab.api.admission import check_pod_security
 from netlab.api.errors import ApiError
 

@@ -1,5 +1,5 @@
 """Least privilege, written down: ``manifests/rbac.yaml`` grants exactly the table of
-`conformance.kit.permissions` (tests/e2e/test_install_permissions.py checks a real run's
+`conformance.kit.cluster.permissions` (tests/e2e/test_install_permissions.py checks a real run's
 requests against it), the README's section names every rule, and a 403 says which permission
 is missing and what needs it."""
 
@@ -12,8 +12,8 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit.cluster import describe_api_error
-from conformance.kit.permissions import (
+from conformance.kit.cluster.api import describe_api_error
+from conformance.kit.cluster.permissions import (
     CLUSTER,
     PERMISSIONS,
     Permission,

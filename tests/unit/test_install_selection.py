@@ -1,4 +1,4 @@
-"""How a user asks for the suite (conformance/kit/selection.py, README "Install"): the cluster
+"""How a user asks for the suite (conformance/kit/run/invocation.py, README "Install"): the cluster
 options or ``--netconform`` with no test paths run the installed suite with IDs
 ``conformance/test_*.py::...`` and the working directory as rootdir, both spellings of
 ``--kubeconfig``; test paths are honoured as given; a run that collects nothing says how to
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import conformance.plugin as plugin
-from conformance.kit import selection
-from conformance.kit.discovery import Discovery
-from conformance.kit.families import FamilyPlan
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.families import FamilyPlan
+from conformance.kit.run import invocation as selection
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.usefixtures("kubernetes_client_fully_imported", "no_ambient_cluster")

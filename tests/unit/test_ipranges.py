@@ -1,4 +1,4 @@
-"""`conformance.kit.ipranges`: each source of the service range and of per-node pod ranges, read
+"""`conformance.kit.cluster.ipranges`: each source of the service range and of per-node pod ranges, read
 from objects as clusters serve them (recorded shapes), the order the sources are asked in, and
 what a source that does not answer says."""
 
@@ -11,9 +11,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit import ipranges
-from conformance.kit.cidrs import CIDRParseError, NodeCIDRs
-from conformance.kit.settings import Timeouts
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster import ipranges
+from conformance.kit.cluster.cidrs import CIDRParseError, NodeCIDRs
 
 QUICK = Timeouts(api_retry=0.5)
 

@@ -1,4 +1,4 @@
-"""`conformance.kit.lease` and the ``--cleanup-stale`` sweep of `conformance.kit.namespace`: the
+"""`conformance.kit.cluster.lease` and the ``--cleanup-stale`` sweep of `conformance.kit.cluster.namespace`: the
 lease annotations and their expiry, the keeper that renews them from a thread (only once the
 run deployed, counting failures), and which suite namespaces a sweep deletes or keeps, and why.
 """
@@ -13,8 +13,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit import lease, namespace
-from conformance.kit.settings import Settings, Timeouts, parse_run_lease
+from conformance.kit.base.settings import Settings, Timeouts, parse_run_lease
+from conformance.kit.cluster import labels, lease, namespace
 
 pytest_plugins = ["pytester"]
 
@@ -33,7 +33,7 @@ def suite_namespace(
     return client.V1Namespace(
         metadata=client.V1ObjectMeta(
             name=name,
-            labels={namespace.MANAGED_BY_LABEL: namespace.MANAGED_BY, namespace.RUN_LABEL: run},
+            labels={labels.MANAGED_BY_LABEL: labels.MANAGED_BY, labels.RUN_LABEL: run},
             annotations=annotations,
             creation_timestamp=created,
         ),
@@ -266,7 +266,7 @@ def test_a_sweep_that_cannot_list_says_why_and_lets_the_run_go_on() -> None:
 def test_the_controller_renews_the_lease_the_option_asks_for(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
-        from conformance.kit.session import SETTINGS_KEY
+        from conformance.kit.run.session import SETTINGS_KEY
 
         def test_lease(pytestconfig):
             assert pytestconfig.stash[SETTINGS_KEY].run_lease == 45.0

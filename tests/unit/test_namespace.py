@@ -1,4 +1,4 @@
-"""`conformance.kit.namespace`: run ids and namespace names (DNS labels, distinct per call),
+"""`conformance.kit.cluster.namespace`: run ids and namespace names (DNS labels, distinct per call),
 the namespace's labels (managed-by, run, pod-security privileged), validated against the
 Kubernetes schema, and the one-line pod description of namespace dumps."""
 
@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kube_objects import pod_with
 
-from conformance.kit import namespace
-from conformance.kit.podspecs import to_manifest
+from conformance.kit.cluster import inventory, namespace
+from conformance.kit.probes.podspecs import to_manifest
 
 K8S_VERSION = "1.33"
 
@@ -39,7 +39,7 @@ def test_namespace_names_differ_and_are_labelled() -> None:
 
 
 def test_pod_description_for_dumps() -> None:
-    text = namespace.describe_pod(pod_with("ErrImagePull"))
+    text = inventory.describe_pod(pod_with("ErrImagePull"))
     assert text.startswith("pod probe-n1 node=n1 phase=Pending")
     assert "container a: waiting (ErrImagePull: details)" in text
     assert "restarts=2" in text

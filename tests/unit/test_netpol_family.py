@@ -260,8 +260,8 @@ def test_the_tables_travel_from_the_junit_property_to_the_summary_and_the_html()
     import jsonschema
     from report_runs import summary_of
 
-    from conformance.kit.htmlreport import render_page
-    from conformance.kit.report import SummaryCollector, summary_schema
+    from conformance.kit.reporting.html import render_page
+    from conformance.kit.reporting.results import SummaryCollector, summary_schema
 
     _, table = _judged({"y/b -> x/a tcp/8080 IPv4": OPEN})
     nodeid = "conformance/test_network_policy.py::test_network_policy[default-deny-ingress]"

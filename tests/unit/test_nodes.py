@@ -1,4 +1,4 @@
-"""`conformance.kit.nodes`: which nodes a run tests, why each other node is left out (the
+"""`conformance.kit.cluster.nodes`: which nodes a run tests, why each other node is left out (the
 user's narrowing or the suite's own judgement), what says a node's network is not ready, and
 which exclusions make a run exit 2."""
 
@@ -10,8 +10,7 @@ import pytest
 from kube_objects import CP_TAINT, make_node
 from kubernetes import client
 
-from conformance.kit import nodes
-from conformance.kit.settings import (
+from conformance.kit.base.settings import (
     ALLOWABLE_EXCLUSIONS,
     Settings,
     parse_allow_excluded,
@@ -19,6 +18,7 @@ from conformance.kit.settings import (
     parse_node_selector,
     parse_taint_toleration,
 )
+from conformance.kit.cluster import nodes
 
 #: The Ready condition kubelet writes when the runtime's network plugin is not ready
 #: (pkg/kubelet/nodestatus/setters.go ReadyCondition, pkg/kubelet/kubelet.go updateRuntimeUp).

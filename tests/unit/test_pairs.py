@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.kit.cases import PAIRS_ALL, PAIRS_CROSS_NODE, pair_plan, plan_pairs
-from conformance.kit.pairs import (
+from conformance.kit.cluster.pairs import (
     AUTO_SAMPLE_ABOVE,
     AUTO_SAMPLE_SIZE,
     NodePair,
@@ -22,6 +21,7 @@ from conformance.kit.pairs import (
     plan_node_pairs,
     plan_same_node_pairs,
 )
+from conformance.kit.run.cases import PAIRS_ALL, PAIRS_CROSS_NODE, pair_plan, plan_pairs
 
 node_name_lists = st.lists(
     st.text(alphabet="abcxyz-0123456789", min_size=1, max_size=8), max_size=40

@@ -22,19 +22,17 @@ import pytest
 from fake_items import FakeItem, item
 from local_agents import OfflineProbeClient
 
-from conformance.kit.cases import PAIRS_ALL, plan_cases
-from conformance.kit.discovery import Discovery
-from conformance.kit.families import FamilyPlan
-from conformance.kit.pairs import PairPlan
-from conformance.kit.prefetch import MARKER as PREFETCH_MARKER
-from conformance.kit.prefetch import plan_for_items as plan_prefetch
-from conformance.kit.prefetch import run_prefetch
-from conformance.kit.probe_client import MAX_PAYLOAD_BYTES, ExecResult
-from conformance.kit.probes import ProbeMap, planned_probes
-from conformance.kit.reachability import MARKER as SWEEP_MARKER
-from conformance.kit.reachability import plan_for_items as plan_sweep
-from conformance.kit.reachability import run_sweep
-from conformance.kit.settings import Timeouts
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.families import FamilyPlan
+from conformance.kit.cluster.pairs import PairPlan
+from conformance.kit.exchanges.prefetch import PREFETCH_MARKER, run_prefetch
+from conformance.kit.exchanges.prefetch import plan_for_items as plan_prefetch
+from conformance.kit.exchanges.reachability import SWEEP_MARKER, run_sweep
+from conformance.kit.exchanges.reachability import plan_for_items as plan_sweep
+from conformance.kit.probes.client import MAX_PAYLOAD_BYTES, ExecResult
+from conformance.kit.probes.model import ProbeMap, planned_probes
+from conformance.kit.run.cases import PAIRS_ALL, plan_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = 100

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import conformance.plugin as plugin
-from conformance.kit import session
-from conformance.kit.nodes import WINDOWS, Exclusion
-from conformance.kit.settings import DEFAULT_PROBE_IMAGE, Timeouts
+from conformance.kit.base.settings import DEFAULT_PROBE_IMAGE, Timeouts
+from conformance.kit.cluster.nodes import WINDOWS, Exclusion
+from conformance.kit.run import session
 
 pytest_plugins = ["pytester"]
 
@@ -52,7 +52,7 @@ def unreachable_kubeconfig(path: Path) -> Path:
 
 
 SETTINGS_PROBE = """
-from conformance.kit.session import SETTINGS_KEY
+from conformance.kit.run.session import SETTINGS_KEY
 
 def test_settings(pytestconfig):
     s = pytestconfig.stash[SETTINGS_KEY]
@@ -176,7 +176,7 @@ def pytest_addoption(parser):
     pytester.syspathinsert()
     pytester.makepyfile(
         test_shared="""
-from conformance.kit.session import SETTINGS_KEY
+from conformance.kit.run.session import SETTINGS_KEY
 
 def test_shared(pytestconfig):
     assert pytestconfig.getoption("kube_config") == "/shared/kubeconfig"
@@ -255,8 +255,8 @@ def test_missing_kubeconfig_is_errors_under_xdist(pytester: pytest.Pytester) -> 
 def test_conformance_test_ids_and_rule_docstrings(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.kit.discovery import Discovery
-    from conformance.kit.families import FamilyPlan
+    from conformance.kit.cluster.discovery import Discovery
+    from conformance.kit.cluster.families import FamilyPlan
 
     monkeypatch.setattr(
         plugin,
@@ -291,8 +291,8 @@ def test_conformance_test_ids_and_rule_docstrings(
 def test_dual_stack_ids_carry_the_family(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.kit.discovery import Discovery
-    from conformance.kit.families import FamilyPlan
+    from conformance.kit.cluster.discovery import Discovery
+    from conformance.kit.cluster.families import FamilyPlan
 
     monkeypatch.setattr(
         plugin,
@@ -312,8 +312,8 @@ def test_dual_stack_ids_carry_the_family(
 def test_single_node_skips_cross_node_pairs_only(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.kit.discovery import Discovery
-    from conformance.kit.families import FamilyPlan
+    from conformance.kit.cluster.discovery import Discovery
+    from conformance.kit.cluster.families import FamilyPlan
 
     monkeypatch.setattr(
         plugin,
@@ -342,8 +342,8 @@ def test_markers_are_registered_with_their_meaning(pytester: pytest.Pytester) ->
 def test_repeatable_options_reach_the_settings(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
-from conformance.kit.session import SETTINGS_KEY
-from conformance.kit.settings import PullSecret, TaintToleration
+from conformance.kit.run.session import SETTINGS_KEY
+from conformance.kit.base.settings import PullSecret, TaintToleration
 
 def test_settings(pytestconfig):
     s = pytestconfig.stash[SETTINGS_KEY]
@@ -389,7 +389,7 @@ def forbid_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         raise AssertionError("the cluster must not be touched")
 
     monkeypatch.setattr(plugin, "discover", forbidden)
-    monkeypatch.setattr("conformance.kit.cluster.make_api_client", forbidden)
+    monkeypatch.setattr("conformance.kit.cluster.api.make_api_client", forbidden)
     return touched
 
 
@@ -416,7 +416,7 @@ def test_list_images_prints_only_the_images(
 def test_node_cidr_marker_is_registered_and_deselects_one_check(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conformance.kit.discovery import Discovery
+    from conformance.kit.cluster.discovery import Discovery
 
     monkeypatch.setattr(plugin, "discover", lambda settings: Discovery(nodes=("n1", "n2")))
     markers = pytester.runpytest("--markers").stdout.str()
@@ -466,8 +466,8 @@ NODE_ONLY_CHECKS = "test_node_pod_cidrs_disjoint or test_node_addresses_outside_
 def fake_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """Discovery of two nodes (one more left out), a node list chosen per test, and a kubeconfig
     whose server (a closed port on 127.0.0.1) refuses everything else."""
-    from conformance.kit.discovery import Discovery
-    from conformance.kit.families import FamilyPlan
+    from conformance.kit.cluster.discovery import Discovery
+    from conformance.kit.cluster.families import FamilyPlan
 
     # Through sys.modules: an earlier in-process run may have dropped the module from it
     # while the package attribute still points at the old copy.

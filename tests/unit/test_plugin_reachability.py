@@ -11,9 +11,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import conformance.plugin as plugin
-from conformance.kit.discovery import Discovery
-from conformance.kit.families import FamilyPlan
-from conformance.kit.report import FLAKY_PROPERTY
+from conformance.kit.cluster.discovery import Discovery
+from conformance.kit.cluster.families import FamilyPlan
+from conformance.kit.verdicts.failures import FLAKY_PROPERTY
 
 pytest_plugins = ["pytester"]
 

@@ -1,4 +1,4 @@
-"""`conformance.kit.podspecs`: the probe pod objects (serialized and validated against the
+"""`conformance.kit.probes.podspecs`: the probe pod objects (serialized and validated against the
 Kubernetes schema), their shared volumes, the tolerations and pull secrets the options allow,
 the images a run pulls, the agent's ConfigMap, and ``manifests/`` kept equal to the specs."""
 
@@ -16,14 +16,15 @@ import yaml
 from kube_objects import make_node
 from polling import eventually
 
-from conformance.kit import podspecs, probes
-from conformance.kit.nodes import select_nodes
-from conformance.kit.settings import (
+from conformance.kit.base.settings import (
     DEFAULT_PROBE_IMAGE,
     Settings,
     parse_pull_secret,
     parse_taint_toleration,
 )
+from conformance.kit.cluster.nodes import select_nodes
+from conformance.kit.probes import layout, podspecs
+from conformance.kit.probes import model as probes
 from conformance.probe_agent import AGENT_DIRECTORY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ def test_pod_specs_serialize_and_validate(role: str) -> None:
 def test_each_container_has_its_own_agent_socket() -> None:
     spec = spec_of(probe_of(probes.ROLE_PROBE))
     sockets = [c["command"][c["command"].index("--socket") + 1] for c in spec["containers"]]
-    assert sockets == [podspecs.agent_socket("a"), podspecs.agent_socket("b")]
+    assert sockets == [layout.agent_socket("a"), layout.agent_socket("b")]
     assert len(set(sockets)) == 2
 
 
@@ -219,6 +220,6 @@ def test_agent_configmap_runs_from_its_mount(tmp_path: Path) -> None:
 def test_manifests_match_the_specs(role: str, filename: str) -> None:
     path = ROOT / "manifests" / filename
     assert path.read_text() == podspecs.render_manifest(role), (
-        f"{path} is stale: regenerate it from conformance.kit.podspecs.render_manifest"
+        f"{path} is stale: regenerate it from conformance.kit.probes.podspecs.render_manifest"
     )
     kubernetes_validate.validate(yaml.safe_load(path.read_text()), K8S_VERSION, strict=True)

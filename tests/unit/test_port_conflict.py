@@ -1,4 +1,4 @@
-"""The hostPort conflict check's judge (`conformance.kit.port_conflict`): kubelet refusing the
+"""The hostPort conflict check's judge (`conformance.kit.exchanges.port_conflict`): kubelet refusing the
 clash pod, or keeping it from running while the holder runs, holds; both running, or their
 container lives overlapping, is broken; a holder gone or stopped while the clash pod ran or was
 undecided is could-not-test, never a pass."""
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from kubernetes import client
 
-from conformance.kit.port_conflict import BROKEN, HELD, UNKNOWN, judge_port_conflict
+from conformance.kit.exchanges.port_conflict import BROKEN, HELD, UNKNOWN, judge_port_conflict
 
 HOLDER = "hostport-n1"
 

@@ -1,4 +1,4 @@
-"""`conformance.kit.prefetch` without a cluster: fake probe clients answer the batches.
+"""`conformance.kit.exchanges.prefetch` without a cluster: fake probe clients answer the batches.
 
 Checked: a check's planner travels on its ``prefetched_by`` marker; stages run in order (a
 later stage sees the earlier one's writes); one batch per container per stage; the batches of
@@ -27,9 +27,10 @@ from prefetch_checks import (
     volume_planner,
 )
 
-from conformance.kit.errors import CouldNotTest, PrefetchError
-from conformance.kit.prefetch import (
-    MARKER,
+from conformance.kit.base.errors import CouldNotTest, PrefetchError
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.exchanges.prefetch import (
+    PREFETCH_MARKER,
     ItemAnswers,
     Step,
     answers_for_item,
@@ -40,16 +41,17 @@ from conformance.kit.prefetch import (
     prefetched_by,
     run_prefetch,
 )
-from conformance.kit.probes import ProbeMap
-from conformance.kit.runstate import RunInfo
+from conformance.kit.probes.model import ProbeMap
 
 
 def test_the_planner_travels_on_the_marker() -> None:
     mark = check_volume.pytestmark[0]  # type: ignore[attr-defined]
-    assert (mark.name, mark.args) == (MARKER, (volume_planner,))
+    assert (mark.name, mark.args) == (PREFETCH_MARKER, (volume_planner,))
     first = volume_items()[0]
     plan = plan_item(first, NO_PROBES, "run-1")
-    assert first.asked == [MARKER]  # read with get_closest_marker, as pytest's items answer
+    assert first.asked == [
+        PREFETCH_MARKER
+    ]  # read with get_closest_marker, as pytest's items answer
     assert plan is not None
     assert [s.name for s in plan.steps] == ["write", "read"]
 
@@ -161,7 +163,7 @@ def test_an_unplanned_item_runs_its_own_steps() -> None:
         ("a", ("write_file",)),
         ("b", ("read_file",)),
     ]
-    with pytest.raises(ValueError, match=f"carries no {MARKER} marker"):
+    with pytest.raises(ValueError, match=f"carries no {PREFETCH_MARKER} marker"):
         answers_for_item({}, item("t::u", check_unmarked), NO_PROBES, probes, "r")  # type: ignore[arg-type]
 
 

@@ -1,4 +1,4 @@
-"""`conformance.kit.probe_client` without a cluster: the exec protocol (stdin closed on v5, the
+"""`conformance.kit.probes.client` without a cluster: the exec protocol (stdin closed on v5, the
 payload as an argument before), the ``call`` batch (one list, or ``parallel`` lanes), batches
 split by payload size with answers kept in order, typed errors, the helpers on addresses, and
 the client against the real agent served by local processes."""
@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 from kubernetes import client
 from local_agents import LocalAgent, LocalProbeClient
 
-from conformance.kit import probe_client
-from conformance.kit.errors import (
+from conformance.kit.base.errors import (
     CouldNotTest,
     ProbeCallError,
     ProbeExecError,
     ProbeProtocolError,
 )
-from conformance.kit.probe_client import ProbeClient
-from conformance.kit.settings import Timeouts
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.probes import client as probe_client
+from conformance.kit.probes.client import ProbeClient
 
 # --- the exec stream -------------------------------------------------------------------------
 

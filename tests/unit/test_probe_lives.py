@@ -1,4 +1,4 @@
-"""Probes that change under a run: `conformance.kit.deploy.changed_pods` names a probe pod that
+"""Probes that change under a run: `conformance.kit.probes.lives.changed_pods` names a probe pod that
 was deleted, evicted, replaced or restarted between two looks; the reachability sweep turns
 every exchange with such a pod into "could not test" instead of a verdict, and the prefetch
 names the change as the cause of its items' errors."""
@@ -12,11 +12,11 @@ from fake_probes import NO_PROBES, FakeProbeClient, ring_targets
 from prefetch_checks import PODS as PREFETCH_PODS
 from prefetch_checks import info_items, volume_items
 
-from conformance.kit.deploy import PodLife, blame_removal, changed_pods
-from conformance.kit.prefetch import plan_for_items as plan_prefetch
-from conformance.kit.prefetch import run_prefetch
-from conformance.kit.reachability import Endpoint, run_sweep
-from conformance.kit.sandboxes import name_vanished
+from conformance.kit.exchanges.prefetch import plan_for_items as plan_prefetch
+from conformance.kit.exchanges.prefetch import run_prefetch
+from conformance.kit.exchanges.reachability import Endpoint, run_sweep
+from conformance.kit.exchanges.sandboxes import name_vanished
+from conformance.kit.probes.lives import PodLife, blame_removal, changed_pods
 
 PODS_GONE = "probe-node-2"
 

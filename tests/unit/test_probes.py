@@ -1,4 +1,4 @@
-"""`conformance.kit.probes`: the probe model. Which probes a run plans on its nodes, their
+"""`conformance.kit.probes.model`: the probe model. Which probes a run plans on its nodes, their
 containers and ports, and the `ProbeMap` shared between processes as JSON."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.kit import probes
+from conformance.kit.probes import model as probes
 
 
 def sample_map() -> probes.ProbeMap:

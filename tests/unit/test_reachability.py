@@ -1,4 +1,4 @@
-"""`conformance.kit.reachability` without a cluster: fake probe clients answer the batched calls.
+"""`conformance.kit.exchanges.reachability` without a cluster: fake probe clients answer the batched calls.
 
 Checked: a check's planner travels on its ``swept_by`` marker and is read from the item with
 ``get_closest_marker`` (placeholder cases are not planned); pass one is one batch per source
@@ -33,12 +33,13 @@ from fake_probes import (
 from kubernetes import client
 from local_agents import LocalAgent, LocalProbeClient
 
-from conformance.kit.errors import SweepError
-from conformance.kit.pairs import NodePair
-from conformance.kit.probes import ProbeMap
-from conformance.kit.reachability import (
+from conformance.kit.base.errors import SweepError
+from conformance.kit.base.runstate import RunInfo
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.exchanges.reachability import (
     LOSS_PROBES,
-    MARKER,
+    SWEEP_MARKER,
     Endpoint,
     Exchange,
     ItemPlan,
@@ -55,9 +56,8 @@ from conformance.kit.reachability import (
     sweep_once,
     swept_by,
 )
-from conformance.kit.runstate import RunInfo
-from conformance.kit.settings import Timeouts
-from conformance.kit.verdicts import failure_summary, flaky_text, problems
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.verdicts.judge import failure_summary, flaky_text, problems
 
 pytest_plugins = ["pytester"]
 
@@ -74,8 +74,11 @@ def sweep_of(outcomes: list[Outcome]) -> Sweep:
 # --- the planner marker ------------------------------------------------------------------------
 
 
-def ring_planner(params: Mapping[str, Any], probe_map: ProbeMap) -> Sequence[Target] | Unplanned:
+def ring_planner(
+    check: str, params: Mapping[str, Any], probe_map: ProbeMap
+) -> Sequence[Target] | Unplanned:
     """One ring pair's target; node-9 has no probes (not applicable)."""
+    assert check == "check_ring"  # the item's test function, named nowhere else
     pair: NodePair = params["node_pair"]
     if pair.src == "node-9":
         return Unplanned("node-9 carries no probe")
@@ -106,10 +109,10 @@ def ring_items(protos: Sequence[str] = ("tcp", "udp", "icmp")) -> list[FakeItem]
 
 def test_the_planner_travels_on_the_marker() -> None:
     mark = check_ring.pytestmark[0]  # type: ignore[attr-defined]
-    assert (mark.name, mark.args) == (MARKER, (ring_planner,))
+    assert (mark.name, mark.args) == (SWEEP_MARKER, (ring_planner,))
     swept = ring_items(("tcp",))[0]
     assert planner_of(swept) is ring_planner
-    assert swept.asked == [MARKER]  # read with get_closest_marker, as pytest's items answer
+    assert swept.asked == [SWEEP_MARKER]  # read with get_closest_marker, as pytest's items answer
     assert planner_of(item("t.py::check_unswept[tcp]", check_unswept, proto="tcp")) is None
     assert planner_of(object()) is None  # not an item at all
 
@@ -146,15 +149,15 @@ def test_plan_for_items_plans_each_item_once_in_collection_order() -> None:
 
 SWEPT_MODULE = """
 import pytest
-from conformance.kit.reachability import Endpoint, Target, Unplanned, swept_by
+from conformance.kit.exchanges.reachability import Endpoint, Target, Unplanned, swept_by
 
-def planner(params, probe_map):
+def planner(check, params, probe_map):
     if params["proto"] == "sctp":
         return Unplanned("no sctp here")
     src = params["src"]
     return [
         Target(
-            check="test_pair",
+            check=check,
             proto=params["proto"],
             family=4,
             source=Endpoint("probe-" + src, "a", src),
@@ -616,7 +619,7 @@ def test_an_item_the_sweep_did_not_plan_is_swept_on_its_own() -> None:
     assert outcome.target == ring_target("udp", RING[0])
     assert len(probe_batches(probes)) == 1
     unswept = item("t.py::u[tcp]", check_unswept, proto="tcp")
-    with pytest.raises(ValueError, match=f"carries no {MARKER} marker"):
+    with pytest.raises(ValueError, match=f"carries no {SWEEP_MARKER} marker"):
         outcomes_for_item(Sweep(), unswept, NO_PROBES, probes)  # type: ignore[arg-type]
 
 

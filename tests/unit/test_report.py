@@ -7,21 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from conformance.kit.report import (
-    FLAKY_PROPERTY,
+from conformance.kit.cluster.facts import ClusterFacts
+from conformance.kit.reporting.results import (
     OUTCOMES,
     CheckResult,
-    ClusterFacts,
     SummaryCollector,
     build_summary,
     count_outcomes,
     flaky_line,
-    format_rule_failure,
     phase_outcome,
-    pod_label,
-    rule_from_docstring,
     shorten,
     write_summary,
+)
+from conformance.kit.verdicts.failures import (
+    FLAKY_PROPERTY,
+    format_rule_failure,
+    pod_label,
+    rule_from_docstring,
 )
 
 FACTS = ClusterFacts(

@@ -1,4 +1,4 @@
-"""The HTML report drawn from a run's summary (`conformance.kit.htmlreport`), the summary's JSON
+"""The HTML report drawn from a run's summary (`conformance.kit.reporting.html`), the summary's JSON
 Schema, and the ``netconform-report`` command that re-renders a kept summary."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import jsonschema
 import pytest
 from report_runs import Elements, pair, run_results, summary_of
 
-from conformance.kit.htmlreport import (
+from conformance.kit.cluster.namespace import StaleSweep
+from conformance.kit.cluster.nodes import WINDOWS, Exclusion
+from conformance.kit.reporting.command import main
+from conformance.kit.reporting.html import (
     PYTEST_HTML_LAYOUT,
     pytest_html_block,
     render_block,
     render_page,
 )
-from conformance.kit.namespace import StaleSweep
-from conformance.kit.nodes import WINDOWS, Exclusion
-from conformance.kit.report import SUMMARY_SCHEMA, CheckResult, summary_schema
-from conformance.kit.report_command import main
+from conformance.kit.reporting.results import SUMMARY_SCHEMA, CheckResult, summary_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ("node-1", "node-2", "node-3")
@@ -60,7 +60,7 @@ def test_the_schema_is_valid_and_ships_in_the_package() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "summary.schema.json" in project["tool"]["setuptools"]["package-data"]["conformance"]
     assert project["project"]["scripts"]["netconform-report"] == (
-        "conformance.kit.report_command:main"
+        "conformance.kit.reporting.command:main"
     )
 
 

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 from report_runs import Elements
 
-from conformance.kit.report import summary_schema
+from conformance.kit.reporting.results import summary_schema
 
 pytest_plugins = ["pytester"]
 

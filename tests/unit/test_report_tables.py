@@ -1,5 +1,5 @@
 """The rule table and the node-by-node matrices of a run, and their terminal lines: built from
-check results alone (`conformance.kit.rules`, `conformance.kit.matrices`)."""
+check results alone (`conformance.kit.reporting.rules`, `conformance.kit.reporting.matrices`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from report_runs import NO_SNAT_RULE, node_check, pair, run_results
 
-from conformance.kit.cni import recognise_cni
-from conformance.kit.families import FamilyPlan
-from conformance.kit.matrices import (
+from conformance.kit.cluster.families import FamilyPlan
+from conformance.kit.cluster.nodes import CONTROL_PLANE, NOT_READY, Exclusion
+from conformance.kit.cluster.survey import recognise_cni
+from conformance.kit.reporting.matrices import (
     CELL_FAILED,
     CELL_FLAKY,
     CELL_LOSSY,
@@ -26,20 +27,14 @@ from conformance.kit.matrices import (
     merged_title,
     text_matrices,
 )
-from conformance.kit.nodes import CONTROL_PLANE, NOT_READY, Exclusion
-from conformance.kit.report import (
+from conformance.kit.reporting.results import (
     CNI_UNKNOWN,
-    LOSS_PROPERTY,
-    LOSS_RATIO_PROPERTY,
-    PROBES_LOST_PROPERTY,
-    PROBES_PROPERTY,
     CheckResult,
     SummaryCollector,
     exit_meaning,
     lossy_lines,
-    read_failure,
 )
-from conformance.kit.rules import (
+from conformance.kit.reporting.rules import (
     RULE_BROKEN,
     RULE_HELD,
     RULE_SKIPPED,
@@ -52,6 +47,13 @@ from conformance.kit.rules import (
     rule_status,
     summarize_rules,
     verdict,
+)
+from conformance.kit.verdicts.failures import (
+    LOSS_PROPERTY,
+    LOSS_RATIO_PROPERTY,
+    PROBES_LOST_PROPERTY,
+    PROBES_PROPERTY,
+    read_failure,
 )
 
 NODES = ("node-1", "node-2", "node-3")

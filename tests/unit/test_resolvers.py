@@ -1,4 +1,4 @@
-"""The DNS checks follow the pods' own resolver (`conformance.kit.resolvers`): tested through
+"""The DNS checks follow the pods' own resolver (`conformance.kit.cluster.resolvers`): tested through
 whatever nameserver kubelet wrote, whatever the DNS Service is called; skipped only when kubelet
 configures no cluster DNS on any node (it then gives ClusterFirst pods the node's own
 resolv.conf, `pkg/kubelet/network/dns/dns.go`); a node without one among nodes with one is
@@ -15,9 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from recording_agents import RecordingProbeClient
 
-from conformance.kit.probe_client import ProbeResponse
-from conformance.kit.probes import ProbeMap, planned_probes
-from conformance.kit.resolvers import (
+from conformance.kit.cluster.resolvers import (
     CLUSTER_FIRST,
     CLUSTER_NO_DOMAIN,
     DNS_BROKEN,
@@ -32,7 +30,9 @@ from conformance.kit.resolvers import (
     kubelet_dns,
     plan_dns,
 )
-from conformance.kit.service_deployment import read_resolvers
+from conformance.kit.probes.client import ProbeResponse
+from conformance.kit.probes.model import ProbeMap, planned_probes
+from conformance.kit.probes.service_deployment import read_resolvers
 
 NS = "netconform-r1-abc"
 # kubelet with clusterDNS 10.96.0.10 and clusterDomain example.org (ClusterFirst pods).

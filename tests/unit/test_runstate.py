@@ -1,4 +1,4 @@
-"""`conformance.kit.runstate`: the run's shared records. ``once`` computes in one process of the
+"""`conformance.kit.base.runstate`: the run's shared records. ``once`` computes in one process of the
 whole run while the others wait on the run's lock and read what it wrote; a failure is recorded
 and handed to later callers as the caller's own could-not-test error; a process that died
 midway leaves a record that says so (and no lock held)."""
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from conformance.kit import runstate
-from conformance.kit.errors import CouldNotTest, PrefetchError, SweepError
-from conformance.kit.runstate import RunInfo, once
+from conformance.kit.base import runstate
+from conformance.kit.base.errors import CouldNotTest, PrefetchError, SweepError
+from conformance.kit.base.runstate import RunInfo, once
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "thing"
@@ -39,8 +39,8 @@ RACER = """
 import json, sys
 from pathlib import Path
 from tenacity import Retrying, stop_after_delay, wait_fixed
-from conformance.kit.errors import SweepError
-from conformance.kit.runstate import RunInfo, once
+from conformance.kit.base.errors import SweepError
+from conformance.kit.base.runstate import RunInfo, once
 
 shared, me, racers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 run = RunInfo(run_id="r", namespace="ns", shared_dir=shared)
@@ -184,8 +184,8 @@ def test_an_interrupt_or_a_silent_exception_is_recorded_too(
 
 DIES_MIDWAY = """
 import os, sys
-from conformance.kit.errors import SweepError
-from conformance.kit.runstate import RunInfo, once
+from conformance.kit.base.errors import SweepError
+from conformance.kit.base.runstate import RunInfo, once
 
 run = RunInfo(run_id="r", namespace="ns", shared_dir=sys.argv[1])
 once(run, "thing", lambda: os._exit(3), encode=lambda v: v, decode=lambda v: v, error=SweepError)

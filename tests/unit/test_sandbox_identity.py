@@ -1,4 +1,4 @@
-"""The sandbox check compares the sandbox itself (`conformance.kit.sandboxes.sandbox_changes`):
+"""The sandbox check compares the sandbox itself (`conformance.kit.exchanges.sandboxes.sandbox_changes`):
 the IPs, the restarted container's network namespace (by the kernel's cookie where there is
 one, else the inode), the two containers sharing it, and the other container's restart count.
 A runtime that makes a new namespace on a container restart and gets the same IP back is caught;
@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from conformance.kit.errors import CouldNotTest
-from conformance.kit.sandboxes import NetnsId, SandboxRestart, sandbox_changes
+from conformance.kit.base.errors import CouldNotTest
+from conformance.kit.exchanges.sandboxes import NetnsId, SandboxRestart, sandbox_changes
 
 OLD = NetnsId("net:[4026532001]", 4351)
 KEPT = SandboxRestart(

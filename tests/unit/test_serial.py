@@ -1,4 +1,4 @@
-"""`conformance.kit.serial.JSONData`: one idiom for the kit's dataclasses. ``to_dict`` is ready
+"""`conformance.kit.base.jsondata.JSONData`: one idiom for the kit's dataclasses. ``to_dict`` is ready
 for ``json.dumps`` (tuples as lists, nested data as mappings) and ``from_dict`` of its JSON
 gives the object back, whatever the nesting: optionals, tuples of data, mappings of data,
 plain JSON values; missing fields take their defaults."""
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.kit.reachability import (
+from conformance.kit.base.jsondata import JSONData
+from conformance.kit.exchanges.reachability import (
     Endpoint,
     Exchange,
     ItemPlan,
@@ -23,7 +24,6 @@ from conformance.kit.reachability import (
     Target,
     Unplanned,
 )
-from conformance.kit.serial import JSONData
 
 
 @dataclass(frozen=True)

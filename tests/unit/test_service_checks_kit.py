@@ -1,6 +1,6 @@
 """The Service checks' kit (issue 16): the Service model and kubelet's rules
-(`conformance.kit.services`), the exchanges the checks plan (`conformance.kit.service_targets`),
-how they are judged (`conformance.kit.verdicts`: spreads, refusals, "server S answered",
+(`conformance.kit.probes.services`), the exchanges the checks plan (`conformance.kit.exchanges.service_targets`),
+how they are judged (`conformance.kit.verdicts.judge`: spreads, refusals, "server S answered",
 readiness), and the sweep running them against real agents on loopback."""
 
 from __future__ import annotations
@@ -19,19 +19,12 @@ from kubernetes import client
 from local_agents import LocalProbeClient
 from running_agents import RunningAgent, free_port_pair, round_robin, start_agent
 
-from conformance.kit import probe_client, readiness
-from conformance.kit.deploy import PodLife
-from conformance.kit.pairs import NodePair
-from conformance.kit.podspecs import READINESS_PERIOD_FLIPPED, to_manifest
-from conformance.kit.probes import (
-    ROLE_HOSTPORT,
-    ROLE_PEER,
-    Probe,
-    ProbeMap,
-    hostport_probe,
-    planned_probes,
-)
-from conformance.kit.reachability import (
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster.pairs import NodePair
+from conformance.kit.cluster.resolvers import cluster_domain_from_search
+from conformance.kit.exchanges import readiness
+from conformance.kit.exchanges.flip_outcome import Followed, ReadinessFlip
+from conformance.kit.exchanges.reachability import (
     KIND_EXCHANGE,
     KIND_REFUSAL,
     KIND_SPREAD,
@@ -43,9 +36,8 @@ from conformance.kit.reachability import (
     probe_request,
     run_sweep,
 )
-from conformance.kit.readiness import Followed, ReadinessFlip, endpoint_ready
-from conformance.kit.resolvers import cluster_domain_from_search
-from conformance.kit.service_targets import (
+from conformance.kit.exchanges.readiness import endpoint_ready
+from conformance.kit.exchanges.service_targets import (
     FROM_HOST,
     FROM_POD,
     cluster_ip_spread,
@@ -54,7 +46,18 @@ from conformance.kit.service_targets import (
     node_port,
     refusal,
 )
-from conformance.kit.services import (
+from conformance.kit.probes import client as probe_client
+from conformance.kit.probes.lives import PodLife
+from conformance.kit.probes.model import (
+    ROLE_HOSTPORT,
+    ROLE_PEER,
+    Probe,
+    ProbeMap,
+    hostport_probe,
+    planned_probes,
+)
+from conformance.kit.probes.podspecs import READINESS_PERIOD_FLIPPED, to_manifest
+from conformance.kit.probes.services import (
     EMPTY_SERVICE,
     FAILING_CONNECTIONS_SHARE,
     HEADLESS_SERVICE,
@@ -69,8 +72,7 @@ from conformance.kit.services import (
     service_objects,
     spread_tries,
 )
-from conformance.kit.settings import Timeouts
-from conformance.kit.verdicts import (
+from conformance.kit.verdicts.judge import (
     assert_readiness_followed,
     flip_problems,
     problems,
@@ -101,8 +103,8 @@ def test_service_objects_are_valid_and_select_the_backends() -> None:
 
 
 def test_peer_probes_are_the_backends_and_the_first_one_flips_readiness() -> None:
-    from conformance.kit.podspecs import pod_spec
-    from conformance.kit.settings import Settings
+    from conformance.kit.base.settings import Settings
+    from conformance.kit.probes.podspecs import pod_spec
 
     settings = Settings(kubeconfig=None, context=None)
     peers = [p for p in planned_probes(list(NODES)) if p.role == ROLE_PEER]
@@ -117,8 +119,8 @@ def test_peer_probes_are_the_backends_and_the_first_one_flips_readiness() -> Non
 
 
 def test_hostport_probe_names_and_ports() -> None:
-    from conformance.kit.podspecs import hostport_pod
-    from conformance.kit.settings import Settings
+    from conformance.kit.base.settings import Settings
+    from conformance.kit.probes.podspecs import hostport_pod
 
     assert hostport_probe("node-1").name == "hostport-node-1"
     assert hostport_probe("node-1", 2).name == "hostport-node-1-2"
@@ -662,7 +664,12 @@ def test_a_backend_taken_away_under_the_sweep_makes_its_spreads_could_not_test(
 
 def test_checks_from_host_networks_say_so_beside_checks_from_pods() -> None:
     from conformance import test_hostport, test_services
-    from conformance.kit.cases import PAIRS_ALL, PAIRS_CROSS_NODE, place_attribute, place_properties
+    from conformance.kit.run.cases import (
+        PAIRS_ALL,
+        PAIRS_CROSS_NODE,
+        place_attribute,
+        place_properties,
+    )
 
     for module, from_hosts, from_pods in (
         (

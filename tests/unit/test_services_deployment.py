@@ -1,4 +1,4 @@
-"""The Service checks' deployment (`conformance.kit.service_deployment`) against a fake API:
+"""The Service checks' deployment (`conformance.kit.probes.service_deployment`) against a fake API:
 the Services and what the cluster made of them, a cluster refusing NodePorts, the host port
 choice, and a hostPort probe refused for a port conflict getting another port."""
 
@@ -14,16 +14,16 @@ from hypothesis import strategies as st
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit import service_deployment as sd
-from conformance.kit.errors import ProbeDeploymentError
-from conformance.kit.services import (
+from conformance.kit.base.errors import ProbeDeploymentError
+from conformance.kit.base.settings import Settings, Timeouts
+from conformance.kit.probes import service_deployment as sd
+from conformance.kit.probes.services import (
     EMPTY_SERVICE,
     HEADLESS_SERVICE,
     HOST_PORT_RANGE,
     NODEPORT_SERVICE,
     SERVICE,
 )
-from conformance.kit.settings import Settings, Timeouts
 
 NODES = ("node-1", "node-2")
 

@@ -1,4 +1,4 @@
-"""`conformance.kit.session` without a cluster: the run's JUnit properties from its deployment
+"""`conformance.kit.run.session` without a cluster: the run's JUnit properties from its deployment
 record, the end of the run (summary written whatever happened; namespace dumped and deleted
 only when a deployment started; cleanup problems reported, never raised), the discovery and
 run identity handed between processes, and the exit gate (2 could not test, 1 rule broken)."""
@@ -12,18 +12,16 @@ from typing import Any
 import pytest
 from report_runs import DEPLOYED_FACTS
 
-from conformance.kit import session
-from conformance.kit.deploy import RECORD as DEPLOYMENT_RECORD
-from conformance.kit.deploy import Deployment
-from conformance.kit.discovery import RECORD as DISCOVERY_RECORD
-from conformance.kit.discovery import Discovery
-from conformance.kit.errors import ClusterError, CouldNotTest
-from conformance.kit.families import FamilyPlan
-from conformance.kit.nodes import NETWORK_NOT_READY, WINDOWS, Exclusion
-from conformance.kit.probes import ProbeMap
-from conformance.kit.report import ACCOUNTS_FOR_PROPERTY, UNTESTED_PROPERTY
-from conformance.kit.runstate import DONE, FAILED, STARTED, Record, RunInfo, once, peek
-from conformance.kit.settings import Settings
+from conformance.kit.base.errors import ClusterError, CouldNotTest
+from conformance.kit.base.runstate import DONE, FAILED, STARTED, Record, RunInfo, once, peek
+from conformance.kit.base.settings import Settings
+from conformance.kit.cluster.discovery import DISCOVERY_RECORD, Discovery
+from conformance.kit.cluster.families import FamilyPlan
+from conformance.kit.cluster.nodes import NETWORK_NOT_READY, WINDOWS, Exclusion
+from conformance.kit.probes.deploy import DEPLOYMENT_RECORD, Deployment
+from conformance.kit.probes.model import ProbeMap
+from conformance.kit.run import session
+from conformance.kit.verdicts.failures import ACCOUNTS_FOR_PROPERTY, UNTESTED_PROPERTY
 
 pytest_plugins = ["pytester"]
 

@@ -1,4 +1,4 @@
-"""`conformance.kit.settings`: the frozen Timeouts and Settings, and the option parsers (each a
+"""`conformance.kit.base.settings`: the frozen Timeouts and Settings, and the option parsers (each a
 ``type=`` callable raising ``pytest.UsageError``): node selector, scalars, kubeconfig
 resolution, taint tolerations and pull secrets."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conformance.kit.settings import (
+from conformance.kit.base.settings import (
     DEFAULT_PROBE_IMAGE,
     PullSecret,
     Settings,
@@ -62,7 +62,7 @@ def test_exec_budget_counts_rounds_of_parallel_attempts(
 
 
 def test_every_timeout_is_documented() -> None:
-    source = (ROOT / "conformance/kit/settings.py").read_text()
+    source = (ROOT / "conformance/kit/base/settings.py").read_text()
     for item in dataclasses.fields(Timeouts):
         assert re.search(rf"#: .*\n    {item.name}:", source), f"Timeouts.{item.name} undocumented"
 

@@ -1,4 +1,4 @@
-"""`conformance.kit.verdicts`: one place judges every reachability exchange. `problems` for
+"""`conformance.kit.verdicts.judge`: one place judges every reachability exchange. `problems` for
 each way an exchange breaks the rule (or has no verdict), and `ItemExchanges.assert_rule`
 turning an item's outcomes into a pass, a failure naming the broken exchanges and the run's
 failed pairs, a skip, or could-not-test, with tries, losses and passes on retry recorded."""
@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from conformance.kit.errors import CouldNotTest, ProbeCallError
-from conformance.kit.reachability import (
+from conformance.kit.base.errors import CouldNotTest, ProbeCallError
+from conformance.kit.base.settings import DEFAULT_MAX_LOSS
+from conformance.kit.exchanges.reachability import (
     LOSS_PROBES,
     Endpoint,
     Exchange,
@@ -25,7 +26,7 @@ from conformance.kit.reachability import (
     exchange_of,
     merge_looks,
 )
-from conformance.kit.report import (
+from conformance.kit.verdicts.failures import (
     ATTEMPTS_PROPERTY,
     FLAKY_PROPERTY,
     LOSS_PROPERTY,
@@ -34,8 +35,7 @@ from conformance.kit.report import (
     PROBES_LOST_PROPERTY,
     PROBES_PROPERTY,
 )
-from conformance.kit.settings import DEFAULT_MAX_LOSS
-from conformance.kit.verdicts import ItemExchanges, flaky_text, problems
+from conformance.kit.verdicts.judge import ItemExchanges, flaky_text, problems
 
 POD_IP = {"node-1": "10.244.0.2", "node-2": "10.244.1.2", "node-3": "10.244.2.2"}
 NODE_IP = {"node-1": "192.168.77.1", "node-2": "192.168.77.2", "node-3": "192.168.77.3"}

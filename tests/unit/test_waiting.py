@@ -1,4 +1,4 @@
-"""`conformance.kit.waiting.wait_on_list`: list, watch from there, and list and watch again when
+"""`conformance.kit.cluster.waiting.wait_on_list`: list, watch from there, and list and watch again when
 the watch ends or breaks (cut connection, 410 Gone, 429/5xx) until the condition or the
 deadline; a refusal that will not change (403) is an error at once."""
 
@@ -14,9 +14,9 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conformance.kit import waiting
-from conformance.kit.errors import ClusterError
-from conformance.kit.settings import Timeouts
+from conformance.kit.base.errors import ClusterError
+from conformance.kit.base.settings import Timeouts
+from conformance.kit.cluster import waiting
 
 QUICK = Timeouts(api_retry=0.5)
 

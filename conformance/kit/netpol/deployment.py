@@ -22,11 +22,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_none
 
-from conformance.kit.cluster import call_api, pod_ips
-from conformance.kit.deploy import copy_pull_secrets, wait_for_pods
-from conformance.kit.errors import ClusterError, CouldNotTest, ProbeCallError
-from conformance.kit.lease import LeaseKeeper
-from conformance.kit.namespace import (
+from conformance.kit.base.errors import ClusterError, CouldNotTest, ProbeCallError
+from conformance.kit.base.settings import Settings
+from conformance.kit.cluster.api import call_api
+from conformance.kit.cluster.inventory import pod_ips
+from conformance.kit.cluster.lease import LeaseKeeper
+from conformance.kit.cluster.namespace import (
     delete_namespace,
     namespace_manifest,
     namespace_name,
@@ -55,11 +56,11 @@ from conformance.kit.netpol.scenarios import (
     Scenario,
     Step,
 )
-from conformance.kit.podspecs import agent_configmap, agent_container, pod_spec
-from conformance.kit.probe_client import ExecProtocol, ProbeClient
-from conformance.kit.probes import Probe as AgentProbe
-from conformance.kit.probes import ProbeContainer
-from conformance.kit.settings import Settings
+from conformance.kit.probes.client import ExecProtocol, ProbeClient
+from conformance.kit.probes.deploy import copy_pull_secrets, wait_for_pods
+from conformance.kit.probes.model import Probe as AgentProbe
+from conformance.kit.probes.model import ProbeContainer
+from conformance.kit.probes.podspecs import agent_configmap, agent_container, pod_spec
 
 ROLE_NETPOL = "netpol"
 #: Seconds a step's table may take to equal the expected one (policies, labels followed).

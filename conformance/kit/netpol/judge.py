@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from conformance.kit.base.jsondata import JSONData
 from conformance.kit.netpol.model import Cell, Model, Probe
-from conformance.kit.serial import JSONData
 
 OPEN = "open"
 BLOCKED = "blocked"

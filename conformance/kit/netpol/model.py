@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from conformance.kit.serial import JSONData
+from conformance.kit.base.jsondata import JSONData
 
 NAMESPACES = ("x", "y", "z")
 LETTERS = ("a", "b", "c")
