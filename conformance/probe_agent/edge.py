@@ -26,7 +26,6 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
     from typing import Protocol
 
     JSONDict = dict[str, Any]
