@@ -183,8 +183,8 @@ def test_agent_configmap_runs_from_its_mount(tmp_path: Path) -> None:
         (mount / key).write_text(text)
     control = tmp_path / "agent.sock"
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    agent = [python, "-I", str(mount / podspecs.AGENT_KEY), "serve", "--socket", str(control)]
-    client = [python, "-I", str(mount / podspecs.CLIENT_KEY)]
+    agent = [python, "-I", str(mount / layout.AGENT_KEY), "serve", "--socket", str(control)]
+    client = [python, "-I", str(mount / layout.CLIENT_KEY)]
     with (tmp_path / "agent.log").open("wb") as log:
         serve = subprocess.Popen(
             [*agent, "--tcp-port", "0", "--udp-port", "0"], stderr=log, cwd=tmp_path
