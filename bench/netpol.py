@@ -115,16 +115,6 @@ def render_section(found: Sequence[Mapping[str, Any]], facts: Mapping[str, Any])
     return "\n".join(lines)
 
 
-def with_section(document: str, section: str) -> str:
-    """``document`` with its family section replaced (appended when it has none)."""
-    return SECTION.replaced(document, section)
-
-
-def section_of(document: str) -> str:
-    """The family's section of ``document`` (empty when none), for the benchmark to keep."""
-    return SECTION.found_in(document)
-
-
 def write(found: Sequence[Mapping[str, Any]], facts: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "netpol.json").write_text(
@@ -132,5 +122,5 @@ def write(found: Sequence[Mapping[str, Any]], facts: Mapping[str, Any], out: Pat
     )
     document = out / "results.md"
     text = document.read_text() if document.exists() else ""
-    document.write_text(with_section(text, render_section(found, facts)))
+    document.write_text(SECTION.replaced(text, render_section(found, facts)))
     say(f"wrote {out / 'netpol.json'} and the section of {document}")

@@ -207,16 +207,6 @@ def render_section(found: Sequence[Measurement], facts: Mapping[str, Any]) -> st
     return "\n".join(lines)
 
 
-def with_section(document: str, section: str) -> str:
-    """``document`` with its genuine-cluster section replaced (appended when it has none)."""
-    return SECTION.replaced(document, section)
-
-
-def section_of(document: str) -> str:
-    """The genuine-cluster section of ``document`` (empty when none), for the benchmark to keep."""
-    return SECTION.found_in(document)
-
-
 def write(found: Sequence[Measurement], facts: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "realk8s.json").write_text(
@@ -234,5 +224,5 @@ def write(found: Sequence[Measurement], facts: Mapping[str, Any], out: Path) -> 
     document = out / "results.md"
     previous = document.read_text() if document.exists() else "# Benchmark results\n"
     section = render_section(found, facts)
-    document.write_text(with_section(previous, section))
+    document.write_text(SECTION.replaced(previous, section))
     print(section, flush=True)

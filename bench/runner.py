@@ -392,25 +392,12 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def soak_section(document: str) -> str:
-    """The soak's section of ``results.md`` (bench/soak.py), empty when there is none."""
-    from bench.soak import section_of
+def kept_sections(document: str) -> str:
+    """The sections of ``results.md`` other runs write (the soak, the genuine cluster, the
+    NetworkPolicy family), each empty when there is none."""
+    from bench import netpol, realk8s, soak
 
-    return section_of(document)
-
-
-def netpol_section(document: str) -> str:
-    """The NetworkPolicy family's section of ``results.md`` (bench/netpol.py), empty when none."""
-    from bench.netpol import section_of
-
-    return section_of(document)
-
-
-def realk8s_section(document: str) -> str:
-    """The genuine cluster's section of ``results.md`` (bench/realk8s.py), empty when none."""
-    from bench.realk8s import section_of
-
-    return section_of(document)
+    return "".join(module.SECTION.found_in(document) for module in (soak, realk8s, netpol))
 
 
 def write_outputs(results: dict[str, Any], out: Path, *, plot: bool) -> None:
@@ -419,7 +406,7 @@ def write_outputs(results: dict[str, Any], out: Path, *, plot: bool) -> None:
     # The soak's (--soak N) and the genuine cluster's (--real-k8s) sections stay: they are
     # written by their own runs.
     text = document.read_text() if document.exists() else ""
-    kept = soak_section(text) + realk8s_section(text) + netpol_section(text)
+    kept = kept_sections(text)
     document.write_text(render_markdown(results) + kept)
     if plot and results["runs"]:
         from bench.plot import plot_wall_time

@@ -386,16 +386,6 @@ def render_section(results: Sequence[CaseRuns], runs: int, facts: dict[str, Any]
     return "\n".join(lines)
 
 
-def with_section(document: str, section: str) -> str:
-    """``document`` with its soak section replaced (appended when it has none)."""
-    return SECTION.replaced(document, section)
-
-
-def section_of(document: str) -> str:
-    """The soak section of ``document`` (empty when none), for the benchmark to keep."""
-    return SECTION.found_in(document)
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -436,7 +426,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     document = out / "results.md"
     previous = document.read_text() if document.exists() else "# Benchmarks\n"
-    document.write_text(with_section(previous, render_section(results, runs, facts)))
+    document.write_text(SECTION.replaced(previous, render_section(results, runs, facts)))
     (out / "soak.json").write_text(
         json.dumps(
             {

@@ -37,24 +37,16 @@ from netpoldoc import (
 )
 from peer import (
     JSON_CONTENT,
-    PEER_TARBALL,
-    REALK8S,
     Peer,
     agnhost_archive,
     focus_regex,
-    peer_tarball,
+    peer_tarball_or_skip,
     run_peer,
     unpack_peer,
 )
 
 pytestmark = pytest.mark.needs_lab
-TARBALL = peer_tarball()
-if TARBALL is None:
-    pytest.skip(
-        f"the upstream network e2e peer is not at {REALK8S / PEER_TARBALL} "
-        "(the genuine-cluster fixture; set NETCONFORM_REALK8S to its directory)",
-        allow_module_level=True,
-    )
+TARBALL = peer_tarball_or_skip()
 
 MODE_VARIABLE = "NETCONFORM_UPSTREAM_NETPOL"
 DOC_VARIABLE = "NETCONFORM_UPSTREAM_NETPOL_DOC"
@@ -107,7 +99,6 @@ class PeerKit:
 
 @pytest.fixture(scope="module")
 def peer_kit(tmp_path_factory: pytest.TempPathFactory) -> PeerKit:
-    assert TARBALL is not None
     workdir = tmp_path_factory.mktemp("upstream-netpol")
     peer = unpack_peer(TARBALL, workdir / "peer")
     return PeerKit(peer, agnhost_archive(peer, workdir / "image"))

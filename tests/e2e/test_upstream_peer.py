@@ -21,22 +21,14 @@ import pytest
 from labrun import LabCase, running_lab
 from peer import (
     GRANULAR_POD_CHECKS,
-    PEER_TARBALL,
-    REALK8S,
     agnhost_archive,
-    peer_tarball,
+    peer_tarball_or_skip,
     run_peer,
     unpack_peer,
 )
 
 pytestmark = pytest.mark.needs_lab
-TARBALL = peer_tarball()
-if TARBALL is None:
-    pytest.skip(
-        f"the upstream network e2e peer is not at {REALK8S / PEER_TARBALL} "
-        "(the genuine-cluster fixture; set NETCONFORM_REALK8S to its directory)",
-        allow_module_level=True,
-    )
+TARBALL = peer_tarball_or_skip()
 
 PEER_TIMEOUT = 300  # ginkgo's own suite timeout; the genuine cluster needs 70 s, a lab ~70 s
 # The four specs, by the names ginkgo reports.
@@ -51,7 +43,6 @@ EXPECTED = {
 
 def test_upstream_pod_granular_checks_pass_against_a_lab(tmp_path: Path) -> None:
     """MUST: the four upstream pod Granular Checks pass against a healthy 3-node lab."""
-    assert TARBALL is not None
     peer = unpack_peer(TARBALL, tmp_path / "peer")
     archive = agnhost_archive(peer, tmp_path / "image")
     started = time.monotonic()

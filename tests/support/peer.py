@@ -103,6 +103,21 @@ def peer_tarball(realk8s: Path = REALK8S) -> Path | None:
     return path if path.is_file() else None
 
 
+def peer_tarball_or_skip() -> Path:
+    """The fixture's tarball; where it is absent, the calling test module skips, saying where
+    it looked and how to point at the fixture."""
+    import pytest
+
+    tarball = peer_tarball()
+    if tarball is None:
+        pytest.skip(
+            f"the upstream network e2e peer is not at {REALK8S / PEER_TARBALL} "
+            "(the genuine-cluster fixture; set NETCONFORM_REALK8S to its directory)",
+            allow_module_level=True,
+        )
+    return tarball
+
+
 def _expected_sha256(realk8s: Path, name: str) -> str:
     for line in (realk8s / "SHA256SUMS").read_text().splitlines():
         digest, _, listed = line.partition("  ")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.netpol import (
+    SECTION,
     SECTION_BEGIN,
     SECTION_END,
     render_section,
-    section_of,
     step_seconds,
-    with_section,
 )
 
 RUNS = [
@@ -32,12 +31,12 @@ def test_the_section_states_the_figures_and_the_target() -> None:
 
 def test_the_section_replaces_its_old_self_and_is_kept(tmp_path: Path) -> None:
     document = "# Benchmark results\n\nrows\n"
-    once = with_section(document, render_section(RUNS, FACTS))
-    twice = with_section(once, render_section(RUNS[:1], FACTS))
+    once = SECTION.replaced(document, render_section(RUNS, FACTS))
+    twice = SECTION.replaced(once, render_section(RUNS[:1], FACTS))
     assert twice.count(SECTION_BEGIN) == 1
     assert "| 1 | 74.0 / 74.0 s" in twice
-    assert section_of(twice).strip() == render_section(RUNS[:1], FACTS).strip()
-    assert section_of(document) == ""
+    assert SECTION.found_in(twice).strip() == render_section(RUNS[:1], FACTS).strip()
+    assert SECTION.found_in(document) == ""
 
 
 def test_step_seconds_come_from_the_scenarios_only() -> None:

@@ -191,9 +191,9 @@ def test_the_bench_section_is_replaced_in_place_and_keeps_the_rest() -> None:
     assert "| serial | young | 2 | 20.0 s (18.0-22.0) | 6.5 s (6.0-7.0) | 0 | 204 |" in section
     assert "| 3-node suite, serial, young kubelets (#22) | <= 20 s | 20.0 s | met |" in section
     document = "# Benchmark results\n\nnetlab table\n\n<!-- soak:begin x -->soak<!-- soak:end -->\n"
-    once = bench_realk8s.with_section(document, section)
+    once = bench_realk8s.SECTION.replaced(document, section)
     assert "netlab table" in once
     assert "soak<!-- soak:end -->" in once
-    twice = bench_realk8s.with_section(once, section.replace("20.0 s", "19.0 s"))
+    twice = bench_realk8s.SECTION.replaced(once, section.replace("20.0 s", "19.0 s"))
     assert twice.count(bench_realk8s.SECTION_BEGIN) == 1
-    assert bench_realk8s.section_of(twice).strip().startswith(bench_realk8s.SECTION_BEGIN)
+    assert bench_realk8s.SECTION.found_in(twice).strip().startswith(bench_realk8s.SECTION_BEGIN)

@@ -115,13 +115,13 @@ def test_the_section_is_replaced_in_place_and_kept_by_the_benchmark() -> None:
     section = soak.render_section([runs], 1, facts)
     assert "| throttle | `throttle=0.1` | - | 1 | 1 x 0 | 0 / 0 | 0 | 0 | - | 0 | 20 s |" in section
     document = "# Benchmarks\n\n## Suite\n\ntable\n"
-    once = soak.with_section(document, section)
+    once = soak.SECTION.replaced(document, section)
     assert once.startswith(document.rstrip("\n"))
-    again = soak.with_section(once, section.replace("20 s", "21 s"))
+    again = soak.SECTION.replaced(once, section.replace("20 s", "21 s"))
     assert again.count(soak.SECTION_BEGIN) == 1
     assert "21 s |" in again
     assert "20 s |" not in again
-    kept = soak.section_of(again)
+    kept = soak.SECTION.found_in(again)
     assert kept.strip().startswith(soak.SECTION_BEGIN)
     assert "## Soak under control-plane faults" in kept
-    assert soak.section_of(document) == ""
+    assert soak.SECTION.found_in(document) == ""
