@@ -57,10 +57,10 @@ from conformance.kit.netpol.scenarios import (
     Step,
 )
 from conformance.kit.probes.client import ExecProtocol, ProbeClient
-from conformance.kit.probes.deploy import copy_pull_secrets, wait_for_pods
+from conformance.kit.probes.deploy import provide_agent, wait_for_pods
 from conformance.kit.probes.model import Probe as AgentProbe
 from conformance.kit.probes.model import ProbeContainer
-from conformance.kit.probes.podspecs import agent_configmap, agent_container, pod_spec
+from conformance.kit.probes.podspecs import agent_container, pod_spec
 
 ROLE_NETPOL = "netpol"
 #: Seconds a step's table may take to equal the expected one (policies, labels followed).
@@ -161,14 +161,7 @@ def deploy_model(
     planned = plan_model(names, nodes, families)
     for name in names.values():
         wait_for_default_service_account(core, name, timeouts)
-        call_api(
-            f"create configmap in {name}",
-            core.create_namespaced_config_map,
-            name,
-            agent_configmap(name, run_id),
-            timeouts=timeouts,
-        )
-        copy_pull_secrets(core, name, run_id, settings)
+        provide_agent(core, name, run_id, settings)
 
     def create(pod: ModelPod) -> None:
         namespace = names[pod.namespace]

@@ -37,6 +37,19 @@ CRASH_LOOP_RESTARTS = 2
 LAST_WORDS_LINES = 20
 
 
+def provide_agent(core: client.CoreV1Api, namespace: str, run_id: str, settings: Settings) -> None:
+    """What probe pods in ``namespace`` need before they are created: the agent's ConfigMap and
+    the ``--image-pull-secret`` Secrets."""
+    call_api(
+        f"create configmap {AGENT_CONFIGMAP} in {namespace}",
+        core.create_namespaced_config_map,
+        namespace,
+        agent_configmap(namespace, run_id),
+        timeouts=settings.timeouts,
+    )
+    copy_pull_secrets(core, namespace, run_id, settings)
+
+
 def copy_pull_secrets(
     core: client.CoreV1Api, namespace: str, run_id: str, settings: Settings
 ) -> None:
@@ -293,14 +306,7 @@ def deploy_probes(
     timeouts = settings.timeouts
     if not nodes:
         raise ProbeDeploymentError("no nodes selected for probes")
-    call_api(
-        f"create configmap {AGENT_CONFIGMAP} in {namespace}",
-        core.create_namespaced_config_map,
-        namespace,
-        agent_configmap(namespace, run_id),
-        timeouts=timeouts,
-    )
-    copy_pull_secrets(core, namespace, run_id, settings)
+    provide_agent(core, namespace, run_id, settings)
     planned = planned_probes(nodes)
 
     def create(probe: Probe) -> str | None:
