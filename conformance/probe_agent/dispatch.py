@@ -34,14 +34,12 @@ from .protocol import (
     brief,
     describe_os_error,
     errno_name,
-    field_bool,
     field_expect_nonces,
     field_int,
     field_nonce,
     field_nonce_or_prefix,
     field_number,
-    field_packet_size,
-    field_probes,
+    field_packet,
     field_proto,
     field_seed,
     field_str,
@@ -179,12 +177,8 @@ class Agent:
         port = field_int(request, "port", None, 1, 65535)
         nonce = field_nonce(request)
         timeout = field_number(request, "timeout", 3.0, 0.05, MAX_TIMEOUT)
-        size = field_packet_size(request)
-        df = field_bool(request, "df", False)
-        count, interval = field_probes(request)
+        size, df, count, interval = field_packet(request)
         if count > 1:
-            if size is not None or df:
-                raise RequestError("fields 'size' and 'df' do not go with 'count'")
             if proto == "udp":
                 return measure_udp(host, port, nonce, count, interval, timeout)
             parallel = field_int(request, "parallel", DEFAULT_PROBE_PARALLEL, 1, MAX_PROBE_PARALLEL)
@@ -214,12 +208,8 @@ class Agent:
         host = field_str(request, "host")
         nonce = field_nonce(request)
         timeout = field_number(request, "timeout", 3.0, 0.05, MAX_TIMEOUT)
-        size = field_packet_size(request)
-        df = field_bool(request, "df", False)
-        count, interval = field_probes(request)
+        size, df, count, interval = field_packet(request)
         if count > 1:
-            if size is not None or df:
-                raise RequestError("fields 'size' and 'df' do not go with 'count'")
             return measure_icmp(host, nonce, count, interval, timeout)
         return send_icmp_echo(host, nonce, timeout, size, df)
 

@@ -263,6 +263,17 @@ def field_probes(request: JSONDict) -> tuple[int, float]:
     return count, interval
 
 
+def field_packet(request: JSONDict) -> tuple[int | str | None, bool, int, float]:
+    """A probe's packet and its measurement: ``size``, ``df`` (Don't Fragment), ``count`` and
+    ``interval`` (`field_probes`); a measured request (count above 1) sends plain probes."""
+    size = field_packet_size(request)
+    df = field_bool(request, "df", False)
+    count, interval = field_probes(request)
+    if count > 1 and (size is not None or df):
+        raise RequestError("fields 'size' and 'df' do not go with 'count'")
+    return size, df, count, interval
+
+
 def field_seed(request: JSONDict) -> str:
     seed = request.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, (str, int)):

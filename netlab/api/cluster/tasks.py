@@ -27,6 +27,10 @@ class BackgroundTasks:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
+    def __bool__(self) -> bool:
+        """Some task is still running."""
+        return bool(self._tasks)
+
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()

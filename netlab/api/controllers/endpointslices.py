@@ -13,13 +13,13 @@ the kubelet's status reaches the API.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import ipaddress
 import logging
 from collections.abc import Iterable
 from typing import Any
 
+from netlab.api.cluster.tasks import BackgroundTasks
 from netlab.api.meta import generate_name, new_uid, now_rfc3339
 from netlab.api.store import Event, Store, Watcher
 
@@ -150,26 +150,20 @@ class EndpointSliceController:
         self.store = store
         self._dirty: set[Key] = set()
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks()
 
     def start(self) -> None:
         if self._tasks:
             return
-        loop = asyncio.get_running_loop()
         for resource in ("services", "pods"):
             # Subscribed now, not when the task first runs: no change made meanwhile is missed.
             watcher = self.store.watch(resource, None, None)
-            self._tasks.append(loop.create_task(self._follow(resource, watcher)))
-        self._tasks.append(loop.create_task(self._reconcile_forever()))
+            self._tasks.spawn(self._follow(resource, watcher))
+        self._tasks.spawn(self._reconcile_forever())
         self._mark_all()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._tasks.stop()
 
     def _mark(self, keys: Iterable[Key]) -> None:
         before = len(self._dirty)

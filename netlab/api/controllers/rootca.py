@@ -8,12 +8,11 @@ framework wait for it before they trust the API server from inside the cluster.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import logging
 from typing import Any
 
+from netlab.api.cluster.tasks import BackgroundTasks
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.store import Event, Store, Watcher
 
@@ -53,26 +52,20 @@ class RootCAPublisher:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._ca_pem = ""
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks()
 
     def start(self, ca_pem: str) -> None:
         if self._tasks:
             return
         self._ca_pem = ca_pem
-        loop = asyncio.get_running_loop()
         for resource in ("namespaces", "configmaps"):
             # Subscribed now, not when the task first runs: no change made meanwhile is missed.
             watcher = self.store.watch(resource, None, None)
-            self._tasks.append(loop.create_task(self._follow(resource, watcher)))
+            self._tasks.spawn(self._follow(resource, watcher))
         self._sync_all()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._tasks.stop()
 
     def _sync_all(self) -> None:
         for namespace in self.store.list("namespaces"):
