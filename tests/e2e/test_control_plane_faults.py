@@ -123,7 +123,9 @@ def test_verdicts_stay_honest_under_api_faults(case: FaultCase, labs: Labs) -> N
             assert "COULD NOT TEST" in check.message, f"{check.test_id}: {check.message}"
             if "evict" in case.id:  # the cause names the probe the control plane took away
                 assert re.search(r"evicted|deleted|gone", check.message), check.message
-                assert re.search(r"(probe|peer|hostprobe|sandbox)-\S+", check.message)
+                # A probe pod by name, or a NetworkPolicy model pod as namespace/pod (node).
+                pod = r"(probe|peer|hostprobe|sandbox)-\S+|\b[xyz]/[abc] \(node-\d+\)"
+                assert re.search(pod, check.message), check.message
     if case.id == "evict-sandbox":  # one node's sandbox went: only its check could not test
         lost = [test_id for test_id in verdict.could_not_test if "test_sandbox" in test_id]
         # Evicted before the probes were all up (a loaded machine): no probe check could run.

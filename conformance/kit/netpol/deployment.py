@@ -58,6 +58,7 @@ from conformance.kit.netpol.scenarios import (
 )
 from conformance.kit.probes.client import ExecProtocol, ProbeClient
 from conformance.kit.probes.deploy import provide_agent, wait_for_pods
+from conformance.kit.probes.lives import blame_removal, pod_lives
 from conformance.kit.probes.model import Probe as AgentProbe
 from conformance.kit.probes.model import ProbeContainer
 from conformance.kit.probes.podspecs import agent_container, pod_spec
@@ -127,6 +128,12 @@ class ModelDeployment:
     settings: Settings
     protocol: ExecProtocol = field(default_factory=ExecProtocol)
     keepers: list[LeaseKeeper] = field(default_factory=list)
+
+    def could_not_ask(self, short: str, pod: str, error: ProbeCallError) -> str:
+        """Why a model pod could not be asked: its eviction or deletion first, when that is
+        what happened (an exec into a stopped container says only that it failed)."""
+        lives = pod_lives(self.core, self.model.real(short), self.settings.timeouts)
+        return blame_removal(pod, str(error), lives) or str(error)
 
     def agents(self, short: str) -> ProbeClient:
         """A probe client of model namespace ``short`` with its own API client (threads)."""
@@ -378,8 +385,9 @@ def sweep(
         try:
             answers = agents.call(pod.name, CLIENT_CONTAINER, requests, parallel=PARALLEL_REQUESTS)
         except ProbeCallError as exc:
+            why = deployment.could_not_ask(pod.namespace, pod.name, exc)
             with lock:
-                failures.append(f"{source} ({pod.node}): {exc}")
+                failures.append(f"{source} ({pod.node}): {why}")
             return
         finally:
             agents.close()
@@ -421,8 +429,9 @@ def _add_records(
                 pod.name, container_name(place[1]), {"op": "seen", "nonce_prefix": prefix + "-"}
             )
         except ProbeCallError as exc:
+            why = deployment.could_not_ask(pod.namespace, pod.name, exc)
             with lock:
-                failures.append(f"{place[0]} ({pod.node}): {exc}")
+                failures.append(f"{place[0]} ({pod.node}): {why}")
             return
         finally:
             agents.close()
