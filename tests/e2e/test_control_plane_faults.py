@@ -54,7 +54,13 @@ CASES = (
     FaultCase("sa-delay", LabCase(api_faults=("sa-delay=3:5",)), exits=(0,)),
     FaultCase(
         "snat-cross-node+busy",
-        LabCase(faults=("snat-cross-node",), api_faults=(*BUSY, "cut-streams=0.1")),
+        # As in the detection matrix: a data-plane fault also breaks NetworkPolicy (a policy
+        # cannot match a source NATed to its node), which is not this case's question.
+        LabCase(
+            faults=("snat-cross-node",),
+            api_faults=(*BUSY, "cut-streams=0.1"),
+            marker="not netpol",
+        ),
         exits=(1, 2),
         must_fail=SNAT_CROSS_NODE,
     ),
