@@ -298,12 +298,12 @@ EXPECTED_FAILURES: dict[str, Expectation] = {
         either(
             cross_node(NO_SNAT, "2", "3"),
             cross_node(NO_SNAT, "3", "2"),
-            cross_node(HOST_PORT_PODS, "3", "2"),
         ),
         "20 % of the packets from node-2's pods to node-3's pods are dropped: both ordered pairs"
         " of node-2 and node-3, every protocol, lose more than 5 % of their 100 probes (requests"
-        " one way, answers and SYN-ACKs the other way); so do node-3's pods at node-2's hostPort"
-        " (DNAT to node-2's pod, which answers node-3's pod itself, unmasqueraded)",
+        " one way, answers and SYN-ACKs the other way); node-3's pods at node-2's hostPort are"
+        " not touched (nodes masquerade pod traffic leaving the pod network: node-2's pod"
+        " answers node-3's address, not a pod)",
         # A TCP connection through a Service or a NodePort to an endpoint across the pair
         # fails only when its SYN (or SYN-ACK) is lost three times in 5 s: chance. A 1 MiB
         # transfer across the pair may stall on repeated losses.
