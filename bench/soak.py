@@ -79,12 +79,10 @@ SNAT_CROSS_NODE = (
     r"|test_services::test_cluster_ip\["
 )
 #: The checks ``lossy-pair`` breaks (node-2's pods lose 20 % of their packets to node-3's pods):
-#: both ordered pairs of node-2 and node-3 of test_no_snat, every protocol, and node-3's pods at
-#: node-2's hostPort (as the detection matrix states them); and those whose verdict the loss
-#: leaves to chance (``LOSSY_PAIR_MAY``).
+#: both ordered pairs of node-2 and node-3 of test_no_snat, every protocol (as the detection
+#: matrix states them); and those whose verdict the loss leaves to chance (``LOSSY_PAIR_MAY``).
 LOSSY_PAIR = (
     rf"test_no_snat::test_no_snat\[{_FAMILY}(?:tcp|udp|icmp)-node-(?:2->node-3|3->node-2)\]"
-    rf"|test_hostport::test_host_port_from_pods\[{_FAMILY}(?:tcp|udp)-node-3->node-2\]"
 )
 LOSSY_PAIR_MAY = (
     rf"test_full_size::test_full_size_packets\[{_FAMILY}(?:tcp|udp|icmp)-node-(?:2->node-3|3->node-2)\]"
