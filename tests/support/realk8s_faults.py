@@ -20,6 +20,7 @@ from verdict_patterns import (
     CLUSTER_IP,
     FULL_SIZE,
     HAIRPIN,
+    HOST_PORT_PODS,
     HOST_TO_POD,
     NO_SNAT,
     NODE_PORT_PODS,
@@ -41,10 +42,6 @@ LOSS = 0.2
 #: Share of new connections to the Service port that are reset.
 RESETS = 0.3
 #: Why the loss and reset cases wait (the lead marks them ready once main has it).
-PENDING_LOSS = (
-    "issue 21 item 3 (loss measured and judged) is not on main yet: a pair losing 20 % "
-    "passes, marked flaky at most"
-)
 PENDING_SPREADS = (
     "issue 21 item 4 (Service spreads judge every connection) is not on main yet: a Service "
     "resetting 30 % of new connections passes"
@@ -238,18 +235,23 @@ FAULTS: tuple[NodeFault, ...] = (
         " statistic)",
         _lossy_pair,
         Expectation(
-            either(cross_node(NO_SNAT, "1", "3", proto="(?:udp|icmp)")),
-            "the lossy pair node-1 -> node-3 fails on the loss it measures (datagrams and"
-            " echoes); TCP hides loss in retransmits, and what else crosses the pair may fail",
+            either(cross_node(NO_SNAT, "1", "3"), cross_node(NO_SNAT, "3", "1")),
+            "the lossy pair fails on the loss it measures, both ordered pairs, every protocol"
+            " (requests one way, answers and SYN-ACKs the other); what else crosses the pair"
+            " may fail (a spread or a transfer stalls on repeated losses)",
             may=either(
-                cross_node(NO_SNAT, "1", "3"),
                 cross_node(FULL_SIZE, "1", "3"),
-                on_node(CLUSTER_IP, "1"),
-                of_node(READINESS, "1"),
-                same_node(NODE_PORT_PODS, "1"),
+                cross_node(FULL_SIZE, "3", "1"),
+                cross_node(HOST_PORT_PODS, "1", "3"),
+                cross_node(HOST_PORT_PODS, "3", "1"),
+                on_node(CLUSTER_IP, "1|3"),
+                on_node(HAIRPIN, "1|3"),
+                of_node(READINESS, "1|3"),
+                cross_node(NODE_PORT_PODS, "1|3", "1|3"),
+                same_node(NODE_PORT_PODS, "1|3"),
             ),
         ),
-        pending=PENDING_LOSS,
+        twin="lossy-pair",
     ),
     NodeFault(
         "service-resets-node-2",
