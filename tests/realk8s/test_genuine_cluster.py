@@ -238,7 +238,9 @@ def test_faults_fail_exactly_their_checks(
     with contextlib.ExitStack() as made:
         for fault in faults:
             made.enter_context(applied(genuine_cluster, fault, facts))
-        result = run_suite(genuine_cluster.kubeconfig, tmp_path)
+        # As the detection matrix's fault labs: a broken data plane also closes the NetworkPolicy
+        # canary's cells, which is not these faults' question.
+        result = run_suite(genuine_cluster.kubeconfig, tmp_path, "-m", "not netpol")
     must = [re.compile(f.expectation.pattern) for f in faults]
     may = [re.compile(f.expectation.may) for f in faults if f.expectation.may]
     failed = result.ids("failed")
