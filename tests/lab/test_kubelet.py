@@ -691,7 +691,7 @@ asyncio.run(main())
 
 def test_sigkilled_kubelet_leaves_only_what_the_sweep_removes() -> None:
     spec = lab()
-    fixtures = str(Path(__file__).parent)
+    fixtures = str(Path(__file__).parents[1] / "support")  # kubelet_fixtures
     script = KILLED_KUBELET.format(fixtures=fixtures, name=spec.name)
     with lab_network(spec):
         daemon = subprocess.Popen(
