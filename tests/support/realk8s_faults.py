@@ -213,6 +213,11 @@ FAULTS: tuple[NodeFault, ...] = (
         Expectation(
             cross_node(HOST_TO_POD, src="2"),
             "node-2's host network cannot reach other nodes' pods: its host-to-pod pairs only",
+            # Seen in both tier runs of 2026-12-05 under this fault (with the MTU blackhole):
+            # node-2's Service rules lag an endpoint (the readiness flip not followed; a spread
+            # from node-2 never reaching peer-node-3, every connection answered). Not pinned
+            # down: left to chance here, named in the closing note.
+            may=either(on_node(CLUSTER_IP, "2"), on_node(HAIRPIN, "2"), of_node(READINESS, "2")),
         ),
         twin="host-to-remote-pods-blocked",
     ),
