@@ -88,6 +88,18 @@ class Scenario:
     """One check: its id, the rule it proves (a MUST), the ports and protocols its cells probe,
     and its steps in order."""
 
+    def pods_named(self) -> tuple[str, ...]:
+        """The model pods its steps change by name (``x/c``): a cluster of fewer nodes than the
+        pod's position has no such pod."""
+        return tuple(
+            dict.fromkeys(
+                action.pod
+                for step in self.steps
+                for action in step.actions
+                if isinstance(action, LabelPod)
+            )
+        )
+
     id: str
     rule: str
     steps: tuple[Step, ...]
