@@ -4,11 +4,13 @@ its failure text."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from conformance.kit.netpol.deployment import undo_actions
+from conformance.kit.netpol.deployment import sweep, undo_actions
 from conformance.kit.netpol.judge import (
     BLOCKED,
     OPEN,
@@ -286,3 +288,62 @@ def test_the_tables_travel_from_the_junit_property_to_the_summary_and_the_html()
     assert "step applied: 1 of 144 cells wrong" in page
     assert page.count('class="nc-tt-wrong"') == 1
     assert "y/b (node-2) -&gt; x/a (node-1): expected denied, observed open" in page
+
+
+class CutOnceAgents:
+    """Model pods' agents where the stream of the first batch of ``cut_source`` breaks after
+    its probes went out while the change was not yet in force (every destination records
+    them); the batch sent again finds every cell closed. Records are kept per destination."""
+
+    def __init__(
+        self, model: Model, namespace: str, cut_source: str, records: dict[str, set[str]]
+    ) -> None:
+        self.model = model
+        self.namespace = namespace
+        self.cut_source = cut_source
+        self.records = records
+
+    def call(
+        self,
+        pod: str,
+        container: str,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        parallel: int | None = None,
+        renew: Callable[[Sequence[Mapping[str, Any]]], Sequence[Mapping[str, Any]]] | None = None,
+    ) -> list[dict[str, Any]]:
+        source = self._pod(pod)
+        by_ip = {ip: p for p in self.model.pods for ip in p.ips}
+        if source.key == self.cut_source:
+            for request in requests:  # the cut try: delivered, its answers lost with the stream
+                self.records.setdefault(by_ip[request["host"]].key, set()).add(request["nonce"])
+            requests = renew(requests) if renew else requests
+        return [{"ok": False, "errno": "ETIMEDOUT"} for _ in requests]
+
+    def call_one(self, pod: str, container: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        prefix = str(request["nonce_prefix"])
+        seen = [n for n in self.records.get(self._pod(pod).key, set()) if n.startswith(prefix)]
+        return {"ok": True, "records": [{"nonce": n} for n in seen]}
+
+    def close(self) -> None:
+        pass
+
+    def _pod(self, name: str) -> ModelPod:
+        return next(p for p in self.model.pods if (p.namespace, p.name) == (self.namespace, name))
+
+
+def test_a_try_cut_off_before_a_change_took_hold_is_not_taken_for_the_answered_try() -> None:
+    # An API server restarting cuts an exec; the batch is sent again seconds later. What the
+    # first try delivered must not turn the second try's denied cells into "reached".
+    model = deployed()
+    records: dict[str, set[str]] = {}
+    fake = SimpleNamespace(
+        model=model, agents=lambda namespace: CutOnceAgents(model, namespace, "y/a", records)
+    )
+    cells = model.cells(model.probes((PORTS[0],), ("tcp", "udp")))
+    found = sweep(fake, cells, records=True)  # type: ignore[arg-type]
+    from_cut = [c for c in cells if c.source == "y/a"]
+    assert sum(len(nonces) for nonces in records.values()) == len(from_cut)  # the cut try's
+    assert {found.observed[c][0] for c in cells} == {BLOCKED}
+    assert all(found.nonces[c].endswith(".1") for c in from_cut)
+    assert not any(found.nonces[c].endswith(".1") for c in cells if c.source != "y/a")

@@ -6,7 +6,7 @@ the client against the real agent served by local processes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -211,6 +211,38 @@ def test_call_splits_big_batches_and_keeps_the_answers_in_order(
     payloads = [s.stdin[0] for s in sent[:execs]]
     assert all(len(p) <= 400 for p in payloads)
     assert [r for p in payloads for r in json.loads(p)] == requests
+
+
+class BrokenStream(EchoStream):
+    """The batch went in, then the stream ended without an exit status (a cut connection)."""
+
+    def read_channel(self, channel: int, timeout: float = 0) -> str:
+        return ""
+
+
+def test_a_batch_cut_off_is_sent_again_renewed_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    requests = [{"op": "connect", "i": i, "nonce": f"n-{i}"} for i in range(3)]
+    streams: list[FakeStream] = [BrokenStream(), EchoStream(), BrokenStream(), EchoStream()]
+    sent = list(streams)
+    probes, _ = fake_client(monkeypatch, streams)
+
+    answers = probes.call("p", "a", requests)  # the same batch again: one more try
+    assert [a["i"] for a in answers] == [0, 1, 2]
+    assert json.loads(sent[1].stdin[0]) == json.loads(sent[0].stdin[0]) == requests
+
+    renewed: list[list[str]] = []
+
+    def renew(batch: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        renewed.append([str(r["nonce"]) for r in batch])
+        return [{**r, "nonce": f"{r['nonce']}.1"} for r in batch]
+
+    answers = probes.call("p", "a", requests, renew=renew)
+    assert [a["i"] for a in answers] == [0, 1, 2]
+    assert json.loads(sent[2].stdin[0]) == requests  # the first try as given
+    assert [r["nonce"] for r in json.loads(sent[3].stdin[0])] == ["n-0.1", "n-1.1", "n-2.1"]
+    assert renewed == [["n-0", "n-1", "n-2"]]  # once, for the one resend
 
 
 # --- payload splitting -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ The sweep's verdict per cell is `conformance.kit.netpol.judge`'s: ``open``, ``bl
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -346,25 +347,52 @@ def scenario_changes(deployment: ModelDeployment, scenario: Scenario) -> Iterato
 # --- the sweep -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep's findings: each cell's (state, the client's error), the nonce each cell's
+    answered try carried, and the prefix all the sweep's nonces share."""
+
+    observed: Observed
+    nonces: Mapping[Cell, str]
+    prefix: str
+
+
 def sweep(
     deployment: ModelDeployment,
     cells: Sequence[Cell],
     *,
     records: bool,
     timeout: float = PROBE_TIMEOUT,
-) -> tuple[Observed, str]:
+) -> Sweep:
     """Every cell probed once: one exec per source pod (its cells at once), then, with
-    ``records``, one ``seen`` per destination container of the cells left unanswered. Returns
-    each cell's (state, the client's error) and the sweep's nonce prefix."""
+    ``records``, one ``seen`` per destination container of the cells left unanswered.
+
+    A batch sent again after a broken stream gets fresh nonces: the cut try may have run
+    seconds earlier (an API server restarting), before a change was in force, and what its
+    probes left in the destinations' records is not this try's."""
     model = deployment.model
     prefix = f"np{secrets.token_hex(5)}"
     nonces = {cell: f"{prefix}-{index}" for index, cell in enumerate(cells)}
+    cell_of = {nonce: cell for cell, nonce in nonces.items()}
     by_source: dict[str, list[Cell]] = {}
     for cell in cells:
         by_source.setdefault(cell.source, []).append(cell)
     observed: Observed = {}
     lock = threading.Lock()
     failures: list[str] = []
+    resends = itertools.count(1)
+
+    def renew(batch: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        with lock:
+            resend = next(resends)
+            fresh: list[Mapping[str, Any]] = []
+            for request in batch:
+                cell = cell_of[str(request["nonce"])]
+                nonce = f"{nonces[cell]}.{resend}"
+                nonces[cell] = nonce
+                cell_of[nonce] = cell
+                fresh.append({**request, "nonce": nonce})
+            return fresh
 
     def ask(source: str) -> None:
         pod = model.pod(source)
@@ -383,7 +411,9 @@ def sweep(
                 }
             )
         try:
-            answers = agents.call(pod.name, CLIENT_CONTAINER, requests, parallel=PARALLEL_REQUESTS)
+            answers = agents.call(
+                pod.name, CLIENT_CONTAINER, requests, parallel=PARALLEL_REQUESTS, renew=renew
+            )
         except ProbeCallError as exc:
             why = deployment.could_not_ask(pod.namespace, pod.name, exc)
             with lock:
@@ -402,19 +432,16 @@ def sweep(
         list(pool.map(ask, list(by_source)))
     if failures:
         raise CouldNotTest("the model's source pods could not be asked: " + "; ".join(failures))
+    found = Sweep(observed, nonces, prefix)
     if records:
-        _add_records(deployment, observed, nonces, prefix)
-    return observed, prefix
+        _add_records(deployment, found)
+    return found
 
 
-def _add_records(
-    deployment: ModelDeployment,
-    observed: Observed,
-    nonces: Mapping[Cell, str],
-    prefix: str,
-) -> None:
+def _add_records(deployment: ModelDeployment, found: Sweep) -> None:
     """Unanswered cells whose nonce the destination's listener recorded become ``reached``."""
     model = deployment.model
+    observed, nonces, prefix = found.observed, found.nonces, found.prefix
     unanswered = [cell for cell, (state, _) in observed.items() if state != OPEN]
     places = sorted({(cell.destination, cell.probe.port) for cell in unanswered})
     recorded: set[str] = set()
@@ -483,15 +510,16 @@ def settle(
     last: dict[str, Any] = {}
 
     def one_sweep() -> bool:
-        observed, prefix = sweep(deployment, cells, records=False)
-        last.update(observed=observed, prefix=prefix, ended=monotonic())
-        return client_view_matches(expected, observed)
+        found = sweep(deployment, cells, records=False)
+        last.update(found=found, ended=monotonic())
+        return client_view_matches(expected, found.observed)
 
     matched = bool(until_true(bound)(one_sweep))
     seconds = (last["ended"] - started) if matched else max(bound, monotonic() - started)
-    observed = last["observed"]
+    found: Sweep = last["found"]
+    observed = found.observed
     _retry_allowed(deployment, expected, observed)
-    _records_for(deployment, observed, cells, last["prefix"])
+    _add_records(deployment, found)
     return judge_table(
         scenario, step, deployment.model, expected, observed, seconds=seconds, bound=bound
     )
@@ -506,17 +534,10 @@ def _retry_allowed(
         again = [c for c, allowed in expected.items() if allowed and observed[c][0] != OPEN]
         if not again:
             return
-        retried, _prefix = sweep(deployment, again, records=False, timeout=RETRY_TIMEOUT)
+        retried = sweep(deployment, again, records=False, timeout=RETRY_TIMEOUT).observed
         for cell, (state, error) in retried.items():
             if state == OPEN:
                 observed[cell] = (state, error)
-
-
-def _records_for(
-    deployment: ModelDeployment, observed: Observed, cells: Sequence[Cell], prefix: str
-) -> None:
-    nonces = {cell: f"{prefix}-{index}" for index, cell in enumerate(cells)}
-    _add_records(deployment, observed, nonces, prefix)
 
 
 def run_step(deployment: ModelDeployment, scenario: Scenario, step: Step) -> TableResult:
@@ -581,18 +602,18 @@ def enforcement_canary(deployment: ModelDeployment) -> Enforcement:
         closed: dict[str, Any] = {}
 
         def any_closed() -> bool:
-            observed, _ = sweep(deployment, cells, records=False)
+            observed = sweep(deployment, cells, records=False).observed
             closed["seconds"] = monotonic() - started
             shut = [cell for cell, (state, _) in observed.items() if state != OPEN]
             if not shut:
                 return False
             # A busy node may answer late: a cell counts as closed only if it stays so.
-            again, _ = sweep(deployment, shut, records=False, timeout=RETRY_TIMEOUT)
+            again = sweep(deployment, shut, records=False, timeout=RETRY_TIMEOUT).observed
             return any(state != OPEN for state, _ in again.values())
 
         found = bool(until_true(CANARY_BOUND)(any_closed))
         if not found:
-            observed, _ = sweep(deployment, cells, records=False)
+            observed = sweep(deployment, cells, records=False).observed
             table = judge_table(
                 "enforcement-canary",
                 "applied",

@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
@@ -313,6 +313,7 @@ class ProbeClient:
         *,
         parallel: int | None = None,
         timeout: float | None = None,
+        renew: Callable[[Sequence[Mapping[str, Any]]], Sequence[Mapping[str, Any]]] | None = None,
     ) -> list[ProbeResponse]:
         """Send ``requests`` to the agent in ``container``; the responses come back in order.
 
@@ -320,15 +321,20 @@ class ProbeClient:
         requests only: probes to many destinations); else one after another. Requests go in as
         few execs as the payload limit allows (`MAX_PAYLOAD_BYTES`), one after another. The
         default deadline of an exec allows its requests their probe and capture time.
+        ``renew``: what a batch becomes before it is sent again after a broken stream (for
+        requests whose traces must not be mistaken for the new try's: fresh nonces).
         """
         responses: list[ProbeResponse] = []
         for chunk in split_by_payload(requests, MAX_PAYLOAD_BYTES):
             # A broken stream leaves unknown whether the batch ran; every request the suite
             # sends may run twice (a probe is one more try, a capture result is asked again),
             # so the batch is sent again, within the API retry budget.
+            batch: Sequence[Mapping[str, Any]] = chunk
             for attempt in self._api_retries(retry_if_exception_type(ProbeStreamError)):
                 with attempt:
-                    answers = self._call_once(pod, container, chunk, parallel, timeout)
+                    if renew is not None and attempt.retry_state.attempt_number > 1:
+                        batch = renew(batch)
+                    answers = self._call_once(pod, container, batch, parallel, timeout)
             responses.extend(answers)
         return responses
 
