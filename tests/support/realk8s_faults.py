@@ -10,6 +10,7 @@ them in order and undoes them in reverse whatever happened, then checks the node
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -41,6 +42,8 @@ BLACKHOLE_MTU = 1400
 LOSS = 0.2
 #: Share of new connections to the Service port that are reset.
 RESETS = 0.3
+#: A port nothing listens on in a node's own network namespace (tcpmux: unused).
+CLOSED_PORT = 1
 
 
 @dataclass(frozen=True)
@@ -157,26 +160,15 @@ def _lossy_pair(facts: Facts) -> list[Step]:
 
 def _service_resets(facts: Facts) -> list[Step]:
     # New TCP connections from node-2's pods to a Service's port 80 (the suite's Service; the
-    # API server's is 443) reset at random: after kube-proxy's DNAT, matched on the address
-    # the client asked for.
-    service = (
-        "-p",
-        "tcp",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "NEW",
-        "--ctorigdst",
-        facts.service_cidr,
-        "--ctorigdstport",
-        "80",
-    )
+    # API server's is 443) sent at random, before kube-proxy's rules, to a closed port of the
+    # node's own bridge address, whose kernel resets them: as netlab's twin, which sends them
+    # to a closed port of an endpoint. (REJECT in FORWARD, after kube-proxy's DNAT, resets
+    # nothing a client notices: its SYN is sent again a second later and gets through.)
+    bridge_address = next(ipaddress.ip_network(facts.pod_cidrs[2]).hosts())
+    rule = ("-s", facts.pod_cidrs[2], "-d", facts.service_cidr, "-p", "tcp", "--dport", "80")
     random = ("-m", "statistic", "--mode", "random", "--probability", f"{RESETS}")
-    return [
-        iptables(
-            "filter", "FORWARD", *service, *random, "-j", "REJECT", "--reject-with", "tcp-reset"
-        )
-    ]
+    closed = ("-j", "DNAT", "--to-destination", f"{bridge_address}:{CLOSED_PORT}")
+    return [iptables("nat", "PREROUTING", *rule, *random, *closed)]
 
 
 FAULTS: tuple[NodeFault, ...] = (
@@ -263,7 +255,7 @@ FAULTS: tuple[NodeFault, ...] = (
         "service-resets-node-2",
         2,
         f"node-2 resets {RESETS:.0%} of its pods' new TCP connections to a Service's port 80"
-        " (iptables FORWARD, REJECT tcp-reset)",
+        " (iptables nat PREROUTING: DNAT to a closed port of the node's bridge address)",
         _service_resets,
         Expectation(
             either(on_node(CLUSTER_IP, "2", proto="tcp"), on_node(HAIRPIN, "2", proto="tcp")),
