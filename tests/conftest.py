@@ -5,6 +5,11 @@ the machine, and the one place that skips a test whose needs this run cannot mee
 ``needs_lab``: the test builds netlab's namespaces, links and runc containers, or boots whole
 labs; that needs root too. Both run as root (CI, ``./run.sh test``) and skip, saying so,
 otherwise; no test checks ``os.geteuid()`` itself (``tests/unit/test_tiers.py`` keeps it so).
+
+Under pytest-xdist (``./run.sh test`` runs ``-n 2 --dist loadgroup``) each test module is one
+unit of work (its module fixtures, labs included, are made once), the modules that run lab pools
+(`POOLED`) share one worker, one after the other, and the genuine-cluster tier is one unit (one
+cluster per machine): the pools keep one worker busy while the other runs the rest.
 """
 
 from __future__ import annotations
@@ -12,9 +17,20 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
+
+# No deadline per example: how long an example takes is a figure for benchmarks, and CI's
+# machine runs labs beside the unit tests (hypothesis's 200 ms default failed under load).
+settings.register_profile("netconform", deadline=None)
+settings.load_profile("netconform")
 
 NEEDS_ROOT = "needs_root"
 NEEDS_LAB = "needs_lab"
+#: Modules whose labs run in a bounded pool of their own: one worker runs them in turn.
+POOLED = ("tests/e2e/test_detection_matrix.py", "tests/e2e/test_control_plane_faults.py")
+POOLED_GROUP = "lab-pools"
+#: The genuine-cluster tier: one cluster on the machine at a time.
+REAL_CLUSTER_DIR = "tests/realk8s/"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,9 +59,20 @@ def unmet_need(item: pytest.Item, is_root: bool) -> str | None:
     return None
 
 
+def work_group(nodeid: str) -> str:
+    """The unit of work ``nodeid`` belongs to under ``--dist loadgroup`` (see above)."""
+    path = nodeid.split("::", 1)[0]
+    if path in POOLED:
+        return POOLED_GROUP
+    if path.startswith(REAL_CLUSTER_DIR):
+        return REAL_CLUSTER_DIR.rstrip("/")
+    return path
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     is_root = os.geteuid() == 0
     for item in items:
         reason = unmet_need(item, is_root)
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
+        item.add_marker(pytest.mark.xdist_group(work_group(item.nodeid)))

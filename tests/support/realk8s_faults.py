@@ -262,6 +262,7 @@ FAULTS: tuple[NodeFault, ...] = (
             "node-2's TCP spreads through the cluster IP, its hairpin included, see resets",
             may=of_node(READINESS, "2"),
         ),
+        twin="service-resets",
     ),
 )
 

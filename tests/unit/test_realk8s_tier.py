@@ -4,6 +4,7 @@ line saying why there is none), the faults' steps and patterns, the pages it wri
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from proof_docs import (
     render_tier,
     rule_verdicts,
 )
-from realk8s_faults import FAULTS, Facts
+from realk8s_faults import FAULTS, Facts, reconnect_to_api
 
 from bench import realk8s as bench_realk8s
 
@@ -65,6 +66,11 @@ def test_every_fault_undoes_each_step_and_names_nodes_of_the_cluster() -> None:
                 assert step.undo[:at] == step.apply[:at]
                 assert step.undo[at] == "-D"
                 assert step.undo[at + 1 :] == step.apply[at + 1 :]
+            elif step.apply[0] == "ss":
+                # Connections closed (their clients open new ones): nothing to undo.
+                assert step == reconnect_to_api()
+                assert step.apply[:2] == ("ss", "-K")
+                assert step.undo == ("true",)
             else:
                 assert step.apply[:4] == ("ip", "link", "set", "eth0")
                 assert step.undo == ("ip", "link", "set", "eth0", "mtu", "1500")
@@ -73,10 +79,27 @@ def test_every_fault_undoes_each_step_and_names_nodes_of_the_cluster() -> None:
             re.compile(fault.expectation.may)
 
 
-def test_the_fault_pending_on_issue_21_is_the_resets() -> None:
-    pending = {fault.name for fault in FAULTS if fault.pending}
-    assert pending == {"service-resets-node-2"}
-    assert all(fault.twin for fault in FAULTS if not fault.pending)
+def test_no_fault_is_pending_and_each_has_a_netlab_twin() -> None:
+    assert [fault.name for fault in FAULTS if fault.pending] == []
+    assert all(fault.twin for fault in FAULTS)
+
+
+def test_the_mtu_blackhole_reconnects_to_the_api_after_lowering_the_mtu() -> None:
+    # A connection keeps its MSS: closed before the MTU drops, it would reopen at 1500.
+    fault = next(f for f in FAULTS if f.name == "mtu-blackhole-node-2")
+    kinds = [step.apply[0] for step in fault.steps(FACTS)]
+    assert kinds.index("ss") == kinds.index("ip") + 1
+
+
+def test_the_resets_go_to_a_closed_port_before_kube_proxys_rules() -> None:
+    fault = next(f for f in FAULTS if f.name == "service-resets-node-2")
+    (step,) = fault.steps(FACTS)
+    assert step.apply[:7] == ("iptables", "-w", "-t", "nat", "-I", "PREROUTING", "-s")
+    assert step.apply[-3:] == ("DNAT", "--to-destination", f"{_bridge(FACTS.pod_cidrs[2])}:1")
+
+
+def _bridge(cidr: str) -> str:
+    return str(next(ipaddress.ip_network(cidr).hosts()))
 
 
 def test_the_one_way_drop_matches_only_its_pair() -> None:
