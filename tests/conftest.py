@@ -13,6 +13,9 @@ import os
 
 import pytest
 
+# The probe agent's tests (unit and lab) share its fixtures (tests/support/running_agents.py).
+pytest_plugins = ["running_agents"]
+
 NEEDS_ROOT = "needs_root"
 NEEDS_LAB = "needs_lab"
 

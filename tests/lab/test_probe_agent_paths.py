@@ -93,11 +93,6 @@ def build(scenario: str, suffix: str, names: dict[str, str]) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("agentpath")
-
-
-@pytest.fixture(scope="module")
 def routed(workdir: Path, request: pytest.FixtureRequest) -> Iterator[RoutedPath]:
     scenario, python = request.param
     if not all(shutil.which(tool) for tool in ("ip", "nsenter", "iptables")):

@@ -21,6 +21,7 @@ import pytest
 from running_agents import (
     NEEDS_NET_RAW,
     RunningAgent,
+    accepting,
     free_port_pair,
     nonce,
     round_robin,
@@ -32,12 +33,6 @@ from conformance.probe_agent import measured as agent_measured
 from conformance.probe_agent import protocol as agent_protocol
 
 LOSS_FIELDS = ("count", "sent", "answered", "lost", "errors", "error_examples", "seconds")
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Unix socket paths are limited to 108 bytes: keep them short.
-    return tmp_path_factory.mktemp("agent")
 
 
 @pytest.fixture(scope="module")
@@ -176,30 +171,16 @@ def test_answers_queued_by_the_deadline_count_whenever_they_are_read() -> None:
 @contextmanager
 def tcp_listener(reply: Callable[[bytes], bytes]) -> Iterator[int]:
     """A TCP listener on 127.0.0.1 answering each client's first line with ``reply(line)``."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                with suppress(OSError):
-                    line = conn.recv(4096).split(b"\n", 1)[0]
-                    conn.sendall(reply(line))
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            with suppress(OSError):
+                line = conn.recv(4096).split(b"\n", 1)[0]
+                conn.sendall(reply(line))
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()
+    with accepting(answer) as port:
+        yield port
 
 
 def test_a_connection_the_listener_retransmitted_for_counts_as_lost(
