@@ -173,6 +173,20 @@ def free_port_pair() -> tuple[int, int]:
     return ports[0], ports[1]
 
 
+def measure(
+    agent: RunningAgent, proto: str, port: int | None, host: str = "127.0.0.1", **fields: Any
+) -> Response:
+    """``agent``'s answer to one ``icmp`` request (``proto`` "icmp") or ``connect`` over
+    ``proto`` to ``host``:``port``, with a fresh nonce and a 2 s timeout unless ``fields`` say
+    otherwise (``count``: a loss measurement)."""
+    request: dict[str, Any] = {"host": host, "nonce": nonce(), "timeout": 2, **fields}
+    if proto == "icmp":
+        request["op"] = "icmp"
+    else:
+        request.update(op="connect", proto=proto, port=port)
+    return agent.one(request)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A module's directory for its agents' control sockets, logs and files (a fixture every
