@@ -97,7 +97,9 @@ def _kubernetes_service_spec(
     return svc.spec
 
 
-def _cluster_ips(spec: client.V1ServiceSpec) -> tuple[str, ...]:
+def cluster_ips_of(spec: client.V1ServiceSpec) -> tuple[str, ...]:
+    """A Service spec's cluster IPs (``clusterIPs``, else ``clusterIP``; not ``None``, the
+    headless Service's)."""
     ips = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
     return tuple(str(ip) for ip in ips if ip and ip != "None")
 
@@ -105,7 +107,7 @@ def _cluster_ips(spec: client.V1ServiceSpec) -> tuple[str, ...]:
 def service_cluster_ips(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
     """ClusterIPs of ``default/kubernetes``: addresses known to lie in the service range."""
     spec = _kubernetes_service_spec(core, timeouts)
-    return () if spec is None else _cluster_ips(spec)
+    return () if spec is None else cluster_ips_of(spec)
 
 
 def kubernetes_service_families(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
@@ -117,7 +119,7 @@ def kubernetes_service_families(core: client.CoreV1Api, timeouts: Timeouts) -> t
         return ()
     if spec.ip_families:
         return tuple(str(f) for f in spec.ip_families)
-    return _cluster_ips(spec)
+    return cluster_ips_of(spec)
 
 
 def declared_service_cidrs(api: client.ApiClient, timeouts: Timeouts) -> tuple[str, ...]:
