@@ -12,6 +12,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from netlab.contract import JSONDict
 from netlab.dataplane.cni import NodeCNI
 from netlab.dataplane.proxy import jump_rules_input, node_rules, service_ports
 from netlab.dns import (
@@ -26,8 +27,6 @@ from netlab.kubelet.hostports import REJECT_MESSAGE, host_port_conflict
 from netlab.spec import LabSpec
 
 pytestmark = pytest.mark.needs_lab
-
-JSONDict = dict[str, Any]
 
 
 def svc(name: str, ips: list[str], **spec: Any) -> JSONDict:
