@@ -15,6 +15,7 @@ from conformance.kit.base.errors import ClusterError, CouldNotTest
 from conformance.kit.base.settings import Timeouts
 from conformance.kit.cluster.api import name_of
 from conformance.kit.cluster.cidrs import (
+    Finding,
     NodeCIDRs,
     PodAddress,
     PodIPOutsideNodeCIDRs,
@@ -91,6 +92,12 @@ def fail(rule: str, expected: str, findings_text: str) -> None:
     pytest.fail(format_rule_failure(rule, expected=expected, observed=findings_text), pytrace=False)
 
 
+def fail_on_findings(findings: Sequence[Finding], rule: str, expected: str) -> None:
+    """Fail the check with ``findings`` (one line each) as what was observed, if there are any."""
+    if findings:
+        fail(rule, expected, describe_findings(findings))
+
+
 def test_required_family_on_every_pod_and_node(
     probe_map: ProbeMap, family: int, discovery: Discovery
 ) -> None:
@@ -126,12 +133,11 @@ def test_required_family_on_every_pod_and_node(
 def test_pod_ips_unique(core: client.CoreV1Api, timeouts: Timeouts, family: int) -> None:
     """Every pod IP in the cluster (all namespaces, hostNetwork pods excluded) MUST be unique."""
     duplicates = find_duplicate_pod_ips(pods_of_family(live_pod_addresses(core, timeouts), family))
-    if duplicates:
-        fail(
-            "every pod MUST have its own IP address",
-            "no IP held by two live pods",
-            describe_findings(duplicates),
-        )
+    fail_on_findings(
+        duplicates,
+        "every pod MUST have its own IP address",
+        "no IP held by two live pods",
+    )
 
 
 def outside_every_range(
@@ -211,23 +217,21 @@ def test_pod_ips_inside_node_pod_cidrs(
             f"{len(outside)} pod IP(s) lie outside the {ranges.source} of their node, but the "
             f"IPAM's own ranges could not be read: {'; '.join(ranges.unreadable)}"
         )
-    if outside:
-        fail(
-            "a pod's IP MUST come from its node's pod ranges",
-            f"every pod IP inside the pod ranges of the node it runs on ({ranges.source})",
-            describe_findings(outside),
-        )
+    fail_on_findings(
+        outside,
+        "a pod's IP MUST come from its node's pod ranges",
+        f"every pod IP inside the pod ranges of the node it runs on ({ranges.source})",
+    )
 
 
 def test_node_pod_cidrs_disjoint(nodes_with_pod_cidrs: list[NodeCIDRs]) -> None:
     """Nodes' podCIDRs MUST NOT overlap each other."""
     overlaps = find_overlapping_node_cidrs(nodes_with_pod_cidrs)
-    if overlaps:
-        fail(
-            "node pod ranges MUST be disjoint",
-            "no two nodes share pod addresses",
-            describe_findings(overlaps),
-        )
+    fail_on_findings(
+        overlaps,
+        "node pod ranges MUST be disjoint",
+        "no two nodes share pod addresses",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -267,23 +271,21 @@ def test_node_pod_cidrs_outside_service_range(
             )
             pytest.skip(f"IPv{family} service range unknown: {found.why_unknown()}{checked}")
     overlaps = find_cidrs_overlapping_service_range(nodes_with_pod_cidrs, ranges)
-    if overlaps:
-        fail(
-            "pod ranges MUST NOT overlap the service range",
-            f"node podCIDRs disjoint from {', '.join(ranges)} ({source})",
-            describe_findings(overlaps),
-        )
+    fail_on_findings(
+        overlaps,
+        "pod ranges MUST NOT overlap the service range",
+        f"node podCIDRs disjoint from {', '.join(ranges)} ({source})",
+    )
 
 
 def test_node_addresses_outside_pod_cidrs(nodes_with_pod_cidrs: list[NodeCIDRs]) -> None:
     """Node addresses MUST NOT lie inside any node's podCIDRs."""
     inside = find_node_addresses_in_pod_cidrs(nodes_with_pod_cidrs)
-    if inside:
-        fail(
-            "pod ranges MUST NOT contain node addresses",
-            "every node address outside every podCIDR",
-            describe_findings(inside),
-        )
+    fail_on_findings(
+        inside,
+        "pod ranges MUST NOT contain node addresses",
+        "every node address outside every podCIDR",
+    )
 
 
 def address_steps(params: Mapping[str, Any], probe_map: ProbeMap, nonce: str) -> list[Step]:

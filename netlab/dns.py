@@ -39,7 +39,6 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import dns.exception
 import dns.flags
@@ -50,6 +49,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from netlab.contract import JSONDict
 from netlab.dataplane.cni import NodeCNI
 from netlab.dataplane.nsexec import (
     create_netns,
@@ -60,7 +60,6 @@ from netlab.dataplane.nsexec import (
 )
 from netlab.spec import LabSpec
 
-JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 
 CLUSTER_DOMAIN = "cluster.local"

@@ -24,6 +24,9 @@ from hypothesis import settings
 settings.register_profile("netconform", deadline=None)
 settings.load_profile("netconform")
 
+# The probe agent's tests (unit and lab) share its fixtures (tests/support/running_agents.py).
+pytest_plugins = ["running_agents"]
+
 NEEDS_ROOT = "needs_root"
 NEEDS_LAB = "needs_lab"
 #: Modules whose labs run in a bounded pool of their own: one worker runs them in turn.

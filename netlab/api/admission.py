@@ -19,8 +19,7 @@ from referencing import Registry, Resource
 
 from netlab.api.errors import ApiError, invalid
 from netlab.api.meta import generate_name, name_problem
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 SCHEMA_VERSION = "1.31.0"  # kubernetes_validate ships v1.28 .. v1.37; we serve v1.31
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from netlab.api.errors import ApiError
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 
 def resolve_container(pod: JSONDict, requested: str | None) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from netlab.api.cluster.events import EventRecorder
 from netlab.api.cluster.nodes import NodeRegistry
@@ -23,10 +22,8 @@ from netlab.api.faults import FaultSwitch, parse_api_faults
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.resources.registry import Strategy, strategies
 from netlab.api.store import Store, Watcher
-from netlab.contract import KubeletAPI
+from netlab.contract import JSONDict, KubeletAPI
 from netlab.spec import LabSpec
-
-JSONDict = dict[str, Any]
 
 
 class ControlPlane:

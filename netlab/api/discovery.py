@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Any
 
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 GIT_VERSION = "v1.31.0-netlab"
 

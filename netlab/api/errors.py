@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 REASONS = {
     400: "BadRequest",

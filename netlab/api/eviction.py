@@ -12,8 +12,7 @@ from netlab.api.controllers.eviction import evict
 from netlab.api.errors import ApiError
 from netlab.api.request import read_body
 from netlab.api.rest import respond
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 EVICTION_VERSIONS = ("policy/v1", "policy/v1beta1")
 

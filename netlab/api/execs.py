@@ -30,9 +30,8 @@ from netlab.api.errors import ApiError
 from netlab.api.faults import ApiFaults
 from netlab.api.injector import STREAM_CUT, StreamCut, drop_connection
 from netlab.api.spdy import GOAWAY, RST_STREAM, SYN_STREAM, FrameParser, HeaderCodec, SpdyConnection
-from netlab.contract import ExecProcess, KubeletAPI, RuntimeError_
+from netlab.contract import ExecProcess, JSONDict, KubeletAPI, RuntimeError_
 
-JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 fault_log = logging.getLogger("netlab.api.faults")
 

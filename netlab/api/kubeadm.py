@@ -5,15 +5,12 @@ the conformance suite does."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
 from netlab.api.discovery import GIT_VERSION
 from netlab.api.meta import new_uid, now_rfc3339
+from netlab.contract import JSONDict
 from netlab.spec import LabSpec
-
-JSONDict = dict[str, Any]
 
 
 def cluster_configuration(spec: LabSpec) -> JSONDict:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from netlab.api.cluster.nodes import NodeRegistry
 from netlab.api.containers import node_of, resolve_container
 from netlab.api.errors import ApiError
 from netlab.api.request import bool_param, int_param
-from netlab.contract import ContainerNotFound, PodNotFound, RuntimeError_
-
-JSONDict = dict[str, Any]
+from netlab.contract import ContainerNotFound, JSONDict, PodNotFound, RuntimeError_
 
 
 async def serve_logs(

@@ -12,15 +12,12 @@ is the 503 kube-apiserver gives when it cannot reach the node.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from aiohttp import web
 
 from netlab.api.encode import dumps
 from netlab.api.errors import ApiError, not_found
 from netlab.api.store import Store
-
-JSONDict = dict[str, Any]
 
 KUBELET_PORT = 10250
 PROXY_PATH = re.compile(r"^/api/v1/nodes/(?P<name>[^/]+)/proxy(?P<path>/.*)?$")

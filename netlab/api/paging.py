@@ -15,13 +15,11 @@ import bisect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from netlab.api.errors import ApiError
 from netlab.api.selectors import match_all
 from netlab.api.store import Place
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 TOKEN_VERSION = "meta.k8s.io/v1"
 INCONSISTENT_RV = -1  # a token that continues from the newest state (after an Expired one)

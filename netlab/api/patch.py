@@ -7,8 +7,7 @@ import copy
 from typing import Any
 
 from netlab.api.errors import ApiError
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"

@@ -13,8 +13,6 @@ from netlab.api.encode import loads
 from netlab.api.errors import ApiError
 from netlab.api.negotiation import BODY_TYPES, check_body_type
 
-JSONDict = dict[str, Any]
-
 NOT_FOUND = "the server could not find the requested resource"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from aiohttp import web
 
@@ -39,8 +38,7 @@ from netlab.api.selectors import match_all, matcher, parse_field_selector, parse
 from netlab.api.store import Store, TooOld
 from netlab.api.tables import table, wants_table
 from netlab.api.watch import WatchStream
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 # Metadata only the server sets; a client's values are ignored on create.
 _SERVER_META = (

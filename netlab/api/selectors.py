@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netlab.api.errors import ApiError
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 _KEY = re.compile(r"^([a-z0-9A-Z.\-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

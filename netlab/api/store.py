@@ -11,11 +11,10 @@ import asyncio
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from netlab.api.encode import dumps
+from netlab.contract import JSONDict
 
-JSONDict = dict[str, Any]
 Key = tuple[str, str, str]  # (resource, namespace or "", name)
 Place = tuple[str, str]  # (namespace or "", name) within one resource
 

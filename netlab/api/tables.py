@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from netlab.api.meta import age
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 
 def _col(name: str, type_: str, description: str, priority: int = 0, fmt: str = "") -> JSONDict:

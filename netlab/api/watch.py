@@ -16,8 +16,8 @@ from netlab.api.errors import status_object
 from netlab.api.injector import StreamCut, drop_connection
 from netlab.api.store import Event, Store, TooOld
 from netlab.api.tables import table
+from netlab.contract import JSONDict
 
-JSONDict = dict[str, Any]
 log = logging.getLogger("netlab.api.faults")
 
 DEFAULT_TIMEOUT = 1800.0  # the real server's minimum request timeout, before jitter

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netlab.contract import JSONDict
 from netlab.dataplane.nsexec import communicate_within, netns_path
 from netlab.spec import LabSpec, NodePlan
 
@@ -43,8 +44,6 @@ HOSTPORT_UNMAPPED_FAULT = "hostport-unmapped"
 HOSTPORT_UNMAPPED_NODE = "node-2"  # whose network config lacks the portmap plugin
 # A new sandbox on a container restart asks host-local for the old IPs (its ``ips`` capability).
 SAME_IP_FAULT = "sandbox-reset-same-ip"
-
-JSONDict = dict[str, Any]
 
 
 class CNIError(RuntimeError):

@@ -51,16 +51,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyroute2 import IPRoute
 
+from netlab.contract import JSONDict
 from netlab.dataplane.nsexec import in_netns_thread
 from netlab.dataplane.rulesync import RuleSync, feed_rules
 from netlab.dataplane.topology import NODE_UPLINK
 from netlab.spec import LabSpec, NodePlan, ip_version
 
-JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 
 STALE_ENDPOINTS_FAULT = "stale-endpoints"

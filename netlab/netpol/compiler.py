@@ -180,14 +180,15 @@ class NftRule:
             words.append("ct state established,related")
         if self.neighbour_discovery:
             words.append(f"icmpv6 type {{ {', '.join(ND_TYPES)} }}")
-        if self.source:
-            words.append(f"{ip} saddr {self.source}")
-        if self.destination:
-            words.append(f"{ip} daddr {self.destination}")
-        if self.source_set:
-            words.append(f"{ip} saddr @{self.source_set}")
-        if self.destination_set:
-            words.append(f"{ip} daddr @{self.destination_set}")
+        # Address matches: a literal address, or a named set (@name).
+        for match, value in (
+            ("saddr ", self.source),
+            ("daddr ", self.destination),
+            ("saddr @", self.source_set),
+            ("daddr @", self.destination_set),
+        ):
+            if value:
+                words.append(f"{ip} {match}{value}")
         if self.protocol:
             words.append(f"meta l4proto {self.protocol}")
         if self.ports:

@@ -28,14 +28,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from netlab.contract import JSONDict
 from netlab.dataplane.rulesync import RuleSync, feed_rules
 from netlab.netpol.compiler import NodeRuleSet, compile_node, transaction
 from netlab.netpol.model import PolicyInputs, Workload, parse_policy, workload_of
 from netlab.spec import LabSpec
 
-JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 
 LABELS_NOT_FOLLOWED_FAULT = "netpol-labels-not-followed"

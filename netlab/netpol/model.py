@@ -32,9 +32,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 INGRESS = "Ingress"

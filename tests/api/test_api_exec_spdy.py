@@ -139,14 +139,16 @@ class RawSpdy:
         return frames
 
 
+def exec_path(running: tuple[str, str], query: str) -> str:
+    """The exec path of the ``running`` pod (namespace, name) with ``query``."""
+    ns, pod = running
+    return f"/api/v1/namespaces/{ns}/pods/{pod}/exec?{query}"
+
+
 def test_raw_frames_stdin_ping_status_fin_goaway(
     live: LiveServer, running: tuple[str, str]
 ) -> None:
-    ns, pod = running
-    client = RawSpdy(
-        live,
-        f"/api/v1/namespaces/{ns}/pods/{pod}/exec?command=cat&stdin=true&stdout=true&stderr=true",
-    )
+    client = RawSpdy(live, exec_path(running, "command=cat&stdin=true&stdout=true&stderr=true"))
     assert client.status == 101
     assert b"x-stream-protocol-version: v4.channel.k8s.io" in client.head.lower()
     for stream_id, kind in ((1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")):
@@ -173,9 +175,8 @@ def test_raw_frames_stdin_ping_status_fin_goaway(
 def test_a_failing_command_reports_its_exit_code(
     live: LiveServer, running: tuple[str, str]
 ) -> None:
-    ns, pod = running
     query = "command=sh&command=-c&command=exit%207&stdout=true"
-    client = RawSpdy(live, f"/api/v1/namespaces/{ns}/pods/{pod}/exec?{query}")
+    client = RawSpdy(live, exec_path(running, query))
     client.open(1, "error")
     client.open(3, "stdout")
     frames = client.frames()
@@ -188,10 +189,9 @@ def test_a_failing_command_reports_its_exit_code(
 def test_a_client_without_v4_is_refused_as_kubelet_refuses_it(
     live: LiveServer, running: tuple[str, str]
 ) -> None:
-    ns, pod = running
     client = RawSpdy(
         live,
-        f"/api/v1/namespaces/{ns}/pods/{pod}/exec?command=true&stdout=true",
+        exec_path(running, "command=true&stdout=true"),
         protocols=("v3.channel.k8s.io", "v2.channel.k8s.io"),
     )
     client.sock.close()

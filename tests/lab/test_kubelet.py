@@ -550,18 +550,24 @@ def test_split_netns_unshared_emptydir_wrong_ip_and_duplicate_ip_faults() -> Non
         run(scenario())
 
 
-def test_sandbox_reset_fault_gives_a_restarted_pod_a_new_ip() -> None:
-    spec = lab("sandbox-reset")
+async def start_restarting_pod(harness: KubeletHarness) -> tuple[str, JSONDict]:
+    """Start a pod whose container ``x`` exits with an error half a second after it starts;
+    its uid and its first status with an IP."""
     pod = make_pod(
         "resetting",
         [{"name": "x", "image": "i", "command": ["sh", "-c", "sleep 0.5; exit 1"]}],
     )
     uid = pod["metadata"]["uid"]
+    await harness.kubelet.start_pod(pod)
+    return uid, await harness.wait_status(uid, lambda s: "podIP" in s, "an IP")
+
+
+def test_sandbox_reset_fault_gives_a_restarted_pod_a_new_ip() -> None:
+    spec = lab("sandbox-reset")
 
     async def scenario() -> None:
         async with running_kubelet(spec) as harness:
-            await harness.kubelet.start_pod(pod)
-            first = await harness.wait_status(uid, lambda s: "podIP" in s, "an IP")
+            uid, first = await start_restarting_pod(harness)
             restarted = await harness.wait_status(
                 uid,
                 lambda s: (
@@ -581,16 +587,10 @@ def test_sandbox_reset_fault_gives_a_restarted_pod_a_new_ip() -> None:
 
 def test_sandbox_reset_same_ip_fault_gives_a_new_namespace_with_the_old_ip() -> None:
     spec = lab("sandbox-reset-same-ip")
-    pod = make_pod(
-        "resetting",
-        [{"name": "x", "image": "i", "command": ["sh", "-c", "sleep 0.5; exit 1"]}],
-    )
-    uid = pod["metadata"]["uid"]
 
     async def scenario() -> None:
         async with running_kubelet(spec) as harness:
-            await harness.kubelet.start_pod(pod)
-            first = await harness.wait_status(uid, lambda s: "podIP" in s, "an IP")
+            uid, first = await start_restarting_pod(harness)
             sandbox = harness.kubelet.pod_sandbox(uid)
             assert sandbox is not None
             namespace_before = os.stat(sandbox.net_path).st_ino

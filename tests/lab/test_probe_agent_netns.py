@@ -22,6 +22,7 @@ from agent_namespaces import ADDR6_A, ADDR6_B, ADDR_A, ADDR_B, NamespacePair, ip
 from running_agents import (
     IMAGE_PYTHON,
     free_port_pair,
+    measure,
     nonce,
     start_agent,
     write_shipped_files,
@@ -237,17 +238,8 @@ def test_netns_half_of_the_datagrams_dropped_is_half_lost(
 ) -> None:
     rule = "INPUT -p udp --dport 8081 -m statistic --mode random --probability 0.5 -j DROP"
     with dropping(netns_pair.ns_b, rule):
-        answer = netns_pair.a.one(
-            {
-                "op": "connect",
-                "proto": "udp",
-                "host": "198.51.100.2",
-                "port": 8081,
-                "nonce": nonce(),
-                "count": 100,
-                "interval": 0.002,
-                "timeout": 1,
-            }
+        answer = measure(
+            netns_pair.a, "udp", 8081, host=ADDR_B, count=100, interval=0.002, timeout=1
         )
     # Binomial(100, 0.5) lies outside [25, 75] with a chance below 1e-6.
     assert answer["ok"], answer
@@ -265,18 +257,8 @@ def test_netns_a_lost_syn_ack_counts_the_connection_lost(
         "-m statistic --mode random --probability 0.5 -j DROP"
     )
     with dropping(netns_pair.ns_b, rule):
-        answer = netns_pair.a.one(
-            {
-                "op": "connect",
-                "proto": "tcp",
-                "host": "198.51.100.2",
-                "port": 8080,
-                "nonce": nonce(),
-                "count": 20,
-                "interval": 0.01,
-                "timeout": 8,
-                "parallel": 20,
-            },
+        answer = measure(
+            netns_pair.a, "tcp", 8080, host=ADDR_B, count=20, interval=0.01, timeout=8, parallel=20
         )
     assert answer["ok"], answer
     # Each connection loses its first SYN-ACK with a chance of 1/2: none of 20 is 1e-6.

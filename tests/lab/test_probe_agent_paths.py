@@ -21,9 +21,10 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from agent_namespaces import AGENT_PYTHONS
@@ -93,11 +94,6 @@ def build(scenario: str, suffix: str, names: dict[str, str]) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("agentpath")
-
-
-@pytest.fixture(scope="module")
 def routed(workdir: Path, request: pytest.FixtureRequest) -> Iterator[RoutedPath]:
     scenario, python = request.param
     if not all(shutil.which(tool) for tool in ("ip", "nsenter", "iptables")):
@@ -150,10 +146,20 @@ def wait_until_settled(path: RoutedPath) -> None:
         pytest.fail(f"the {path.scenario} path never carried a small datagram both ways")
 
 
-def scenario(name: str, python: str = IMAGE_PYTHON) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize(
-        "routed", [pytest.param((name, python), id=f"{name}")], indirect=True
-    )
+Test = TypeVar("Test", bound=Callable[..., None])
+
+
+def scenario(name: str, python: str = IMAGE_PYTHON) -> Callable[[Test], Test]:
+    """Run the test on path scenario ``name`` (fixture ``routed``), once per address family
+    (``family``: source, destination, IP and ICMP/UDP header bytes)."""
+
+    def mark(test: Test) -> Test:
+        per_family = pytest.mark.parametrize("family", FAMILIES)(test)
+        return pytest.mark.parametrize(
+            "routed", [pytest.param((name, python), id=f"{name}")], indirect=True
+        )(per_family)
+
+    return mark
 
 
 def sized_probes(path: RoutedPath, dst: str, size: object = "mtu") -> list[dict[str, object]]:
@@ -195,7 +201,6 @@ def assert_timed_out(*responses: Response) -> None:
 
 
 @scenario("healthy")
-@pytest.mark.parametrize("family", FAMILIES)
 def test_healthy_path_carries_full_size_packets_intact(
     routed: RoutedPath, family: tuple[str, str, int]
 ) -> None:
@@ -277,7 +282,6 @@ def test_one_prefix_capture_serves_every_source_and_skips_bulk(routed: RoutedPat
 
 
 @scenario("blackhole")
-@pytest.mark.parametrize("family", FAMILIES)
 def test_path_mtu_blackhole_fails_full_size_probes_with_the_sizes(
     routed: RoutedPath, family: tuple[str, str, int]
 ) -> None:
@@ -300,7 +304,6 @@ def test_path_mtu_blackhole_fails_full_size_probes_with_the_sizes(
 
 
 @scenario("reported")
-@pytest.mark.parametrize("family", FAMILIES)
 def test_reported_fragmentation_needed_is_emsgsize_with_the_path_mtu(
     routed: RoutedPath, family: tuple[str, str, int]
 ) -> None:
@@ -320,7 +323,6 @@ def test_reported_fragmentation_needed_is_emsgsize_with_the_path_mtu(
 
 
 @scenario("mismatch")
-@pytest.mark.parametrize("family", FAMILIES)
 def test_peer_with_a_smaller_mtu_reports_it(
     routed: RoutedPath, family: tuple[str, str, int]
 ) -> None:

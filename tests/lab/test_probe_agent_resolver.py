@@ -13,11 +13,6 @@ from running_agents import RunningAgent, free_port_pair, start_agent
 pytestmark = pytest.mark.needs_lab
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("svc")
-
-
 # --- resolve, in private namespaces ------------------------------------------------------------
 
 HOSTS = "127.0.0.1 localhost\n::1 localhost\n10.96.0.42 netconform-probes.test\n"

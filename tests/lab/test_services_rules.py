@@ -12,6 +12,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from netlab.contract import JSONDict
 from netlab.dataplane.cni import NodeCNI
 from netlab.dataplane.proxy import jump_rules_input, node_rules, service_ports
 from netlab.dns import (
@@ -26,8 +27,6 @@ from netlab.kubelet.hostports import REJECT_MESSAGE, host_port_conflict
 from netlab.spec import LabSpec
 
 pytestmark = pytest.mark.needs_lab
-
-JSONDict = dict[str, Any]
 
 
 def svc(name: str, ips: list[str], **spec: Any) -> JSONDict:
@@ -163,13 +162,15 @@ def test_node_ports_and_their_faults() -> None:
     assert "statistic" not in svl[0]  # node-2's own endpoint only
 
 
+def web_rules_without_and_with(fault: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The rules for Service ``web`` (cluster IP 10.96.5.5, endpoints `BACKENDS`): healthy, then
+    under ``fault``."""
+    services, slices = [svc("web", ["10.96.5.5"])], [endpoint_slice("web", "IPv4", BACKENDS)]
+    return rules_for(services, slices), rules_for(services, slices, faults=frozenset({fault}))
+
+
 def test_service_masquerade_fault_marks_every_cluster_ip_connection() -> None:
-    healthy = rules_for([svc("web", ["10.96.5.5"])], [endpoint_slice("web", "IPv4", BACKENDS)])
-    faulty = rules_for(
-        [svc("web", ["10.96.5.5"])],
-        [endpoint_slice("web", "IPv4", BACKENDS)],
-        faults=frozenset({"service-masquerade"}),
-    )
+    healthy, faulty = web_rules_without_and_with("service-masquerade")
     marks = [r for r in faulty["nat"] if r.startswith("-A KUBE-SVC-") and "KUBE-MARK-MASQ" in r]
     assert marks
     assert not any("! -s" in r for r in marks)
@@ -177,12 +178,7 @@ def test_service_masquerade_fault_marks_every_cluster_ip_connection() -> None:
 
 
 def test_service_resets_fault_resets_a_share_of_new_tcp_connections_to_cluster_ips() -> None:
-    healthy = rules_for([svc("web", ["10.96.5.5"])], [endpoint_slice("web", "IPv4", BACKENDS)])
-    faulty = rules_for(
-        [svc("web", ["10.96.5.5"])],
-        [endpoint_slice("web", "IPv4", BACKENDS)],
-        faults=frozenset({"service-resets"}),
-    )
+    healthy, faulty = web_rules_without_and_with("service-resets")
     [tcp] = [p for p in service_ports([svc("web", ["10.96.5.5"])], [], 4) if p.protocol == "TCP"]
     svc_chain, reset_chain = tcp.chain("SVC"), tcp.chain("RST")
     # TCP only (a reset is TCP's): 30 % of the Service's new connections go to a closed port of

@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from typing import Any
 
 from netlab.contract import (
     ContainerNotFound,
     EventCallback,
     ExecProcess,
+    JSONDict,
     NodeInfo,
     PodNotFound,
     StatusCallback,
 )
 
-JSONDict = dict[str, Any]
 _ips = itertools.count(2)
 
 

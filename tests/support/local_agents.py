@@ -25,8 +25,9 @@ PROGRAMS = {"/netconform/agent.py": AGENT, "/netconform/client.py": CLIENT}
 
 class OfflineProbeClient(ProbeClient):
     """A `ProbeClient` whose exec opens no stream to any cluster: a subclass answers each exec
-    itself (`answer_exec`); everything above exec (batching, payload splits, retries, parsing)
-    is the real client's. It holds no API connection, so the one client serves every thread."""
+    itself (`answer_exec`, told the pod it went to); everything above exec (batching, payload
+    splits, retries, parsing) is the real client's. It holds no API connection, so the one
+    client serves every thread."""
 
     def exec(
         self,
@@ -37,9 +38,11 @@ class OfflineProbeClient(ProbeClient):
         timeout: float,
         stdin: str | None = None,
     ) -> ExecResult:
-        return self.answer_exec(list(command), stdin, timeout)
+        return self.answer_exec(pod, list(command), stdin, timeout)
 
-    def answer_exec(self, command: list[str], stdin: str | None, timeout: float) -> ExecResult:
+    def answer_exec(
+        self, pod: str, command: list[str], stdin: str | None, timeout: float
+    ) -> ExecResult:
         raise NotImplementedError
 
     def for_thread(self) -> ProbeClient:
@@ -52,7 +55,9 @@ class OfflineProbeClient(ProbeClient):
 class LocalProbeClient(OfflineProbeClient):
     """Runs the exec'd command here: ``python3 /netconform/client.py ...`` -> the file here."""
 
-    def answer_exec(self, command: list[str], stdin: str | None, timeout: float) -> ExecResult:
+    def answer_exec(
+        self, pod: str, command: list[str], stdin: str | None, timeout: float
+    ) -> ExecResult:
         argv = [sys.executable, str(PROGRAMS[command[1]]), *command[2:]]
         done = subprocess.run(
             argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False

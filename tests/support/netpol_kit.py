@@ -22,6 +22,7 @@ from typing import Any
 from kube_access import kube_api
 from kubernetes import client
 from netlab_commands import booted_lab
+from pod_servers import DUAL_STACK_LISTENER
 from polling import eventually, until
 
 from netlab.dataplane.nsexec import run_in_netns
@@ -32,24 +33,22 @@ PODS = {"a": "node-1", "b": "node-2", "c": "node-3"}
 ENFORCE_TIMEOUT = 10.0  # seconds a change may take to reach every node's rules (lab bound)
 
 # TCP and UDP on 80 and 81 on every address of both families; each answer is the pod's name.
-SERVER = r"""
+SERVER = (
+    r"""
 import os, signal, socket, threading
 signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
 NAME = os.environ["POD_NAME"].encode()
-def bound(kind, port):
-    s = socket.socket(socket.AF_INET6, kind)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", port))
-    return s
+"""
+    + DUAL_STACK_LISTENER
+    + r"""
 def tcp(port):
-    s = bound(socket.SOCK_STREAM, port); s.listen(64)
+    s = listener(socket.SOCK_STREAM, port); s.listen(64)
     while True:
         c, _ = s.accept()
         with c:
             c.sendall(NAME)
 def udp(port):
-    s = bound(socket.SOCK_DGRAM, port)
+    s = listener(socket.SOCK_DGRAM, port)
     while True:
         _, peer = s.recvfrom(512)
         s.sendto(NAME, peer)
@@ -58,6 +57,7 @@ for port in (80, 81):
     threading.Thread(target=udp, args=(port,), daemon=True).start()
 threading.Event().wait()
 """
+)
 
 # stdin: [[id, proto, host, port]] -> {id: answering pod name | "ERRNO"}; all at once, 1 s each
 # (UDP: two sends, 0.5 s apart).

@@ -126,6 +126,13 @@ def _expected_sha256(realk8s: Path, name: str) -> str:
     raise PeerError(f"{realk8s / 'SHA256SUMS'} lists no {name}")
 
 
+def _run_tool(argv: Sequence[str], what: str) -> None:
+    """Run a local tool (bounded in time); `PeerError` with the end of its stderr if it fails."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise PeerError(f"{what}: {done.stderr.strip()[-2000:]}")
+
+
 def unpack_peer(tarball: Path, destination: Path) -> Peer:
     """Check ``tarball`` against the fixture's SHA256SUMS and unpack it into ``destination``."""
     sha256 = hashlib.sha256()
@@ -136,15 +143,7 @@ def unpack_peer(tarball: Path, destination: Path) -> Peer:
     if sha256.hexdigest() != expected:
         raise PeerError(f"{tarball}: sha256 {sha256.hexdigest()}, SHA256SUMS says {expected}")
     destination.mkdir(parents=True, exist_ok=True)
-    unpacked = subprocess.run(
-        ["tar", "-xJf", str(tarball), "-C", str(destination)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if unpacked.returncode != 0:
-        raise PeerError(f"tar -xJf {tarball}: {unpacked.stderr.strip()}")
+    _run_tool(["tar", "-xJf", str(tarball), "-C", str(destination)], f"tar -xJf {tarball}")
     peer = Peer(destination / "netpeer.test", destination / "agnhost")
     for binary in (peer.netpeer, peer.agnhost):
         if not os.access(binary, os.X_OK):
@@ -159,7 +158,7 @@ def agnhost_archive(peer: Peer, workdir: Path, realk8s: Path = REALK8S) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(peer.agnhost, root / "agnhost")
     archive = workdir / "agnhost.tar"
-    packed = subprocess.run(
+    _run_tool(
         [
             sys.executable,
             str(realk8s / "mkimage.py"),
@@ -171,13 +170,8 @@ def agnhost_archive(peer: Peer, workdir: Path, realk8s: Path = REALK8S) -> Path:
             "--cmd",
             '["pause"]',
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        "mkimage.py",
     )
-    if packed.returncode != 0:
-        raise PeerError(f"mkimage.py: {packed.stderr.strip()[-2000:]}")
     return archive
 
 

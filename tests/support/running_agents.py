@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,33 +173,45 @@ def free_port_pair() -> tuple[int, int]:
     return ports[0], ports[1]
 
 
-@contextmanager
-def round_robin(ports: list[int]) -> Iterator[int]:
-    """A TCP forwarder on 127.0.0.1 sending each new connection to the next of ``ports`` (a
-    Service's virtual address in miniature); yields its port."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-    turn = iter(range(1 << 30))
+def measure(
+    agent: RunningAgent, proto: str, port: int | None, host: str = "127.0.0.1", **fields: Any
+) -> Response:
+    """``agent``'s answer to one ``icmp`` request (``proto`` "icmp") or ``connect`` over
+    ``proto`` to ``host``:``port``, with a fresh nonce and a 2 s timeout unless ``fields`` say
+    otherwise (``count``: a loss measurement)."""
+    request: dict[str, Any] = {"host": host, "nonce": nonce(), "timeout": 2, **fields}
+    if proto == "icmp":
+        request["op"] = "icmp"
+    else:
+        request.update(op="connect", proto=proto, port=port)
+    return agent.one(request)
 
-    def pipe(source: socket.socket, sink: socket.socket) -> None:
-        with suppress(OSError):
-            while data := source.recv(4096):
-                sink.sendall(data)
-        with suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A module's directory for its agents' control sockets, logs and files (a fixture every
+    tier gets: ``tests/conftest.py`` loads this module as a plugin)."""
+    # Unix socket paths are limited to 108 bytes: keep them short.
+    return tmp_path_factory.mktemp("agent")
+
+
+@contextmanager
+def accepting(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP listener on 127.0.0.1 handing each accepted connection to ``handle`` (in its
+    serving thread) until the block ends; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
 
     def serve() -> None:
-        listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                client, _ = listener.accept()
+                conn, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return
-            backend = socket.create_connection(("127.0.0.1", ports[next(turn) % len(ports)]))
-            for a, b in ((client, backend), (backend, client)):
-                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+            handle(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -209,6 +221,28 @@ def round_robin(ports: list[int]) -> Iterator[int]:
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+@contextmanager
+def round_robin(ports: list[int]) -> Iterator[int]:
+    """A TCP forwarder on 127.0.0.1 sending each new connection to the next of ``ports`` (a
+    Service's virtual address in miniature); yields its port."""
+    turn = iter(range(1 << 30))
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(4096):
+                sink.sendall(data)
+        with suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def forward(client: socket.socket) -> None:
+        backend = socket.create_connection(("127.0.0.1", ports[next(turn) % len(ports)]))
+        for a, b in ((client, backend), (backend, client)):
+            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    with accepting(forward) as port:
+        yield port
 
 
 def write_shipped_files(directory: Path) -> Path:

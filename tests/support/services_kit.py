@@ -22,6 +22,7 @@ from typing import Any
 from kube_access import kube_api, pod_exec
 from kubernetes import client
 from netlab_commands import booted_lab
+from pod_servers import DUAL_STACK_LISTENER
 from polling import eventually, until
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
@@ -35,19 +36,17 @@ BACKEND = {"netconform/backend": "true"}
 
 # Answers TCP (8080) and UDP (8081) on every address of both families with
 # {"server": POD_NAME, "peer": the address it saw}.
-SERVER = r"""
+SERVER = (
+    r"""
 import json, os, signal, socket, sys, threading
 signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
 NAME = os.environ.get("POD_NAME")
 def answer(peer):
     host = peer[0][7:] if peer[0].startswith("::ffff:") else peer[0]
     return (json.dumps({"server": NAME, "peer": host}) + "\n").encode()
-def listener(kind, port):
-    s = socket.socket(socket.AF_INET6, kind)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", port))
-    return s
+"""
+    + DUAL_STACK_LISTENER
+    + r"""
 def tcp():
     s = listener(socket.SOCK_STREAM, 8080)
     s.listen(64)
@@ -65,6 +64,7 @@ threading.Thread(target=udp, daemon=True).start()
 print("serving", flush=True)
 threading.Event().wait()
 """
+)
 
 # stdin: [{id, proto, host, port, tries, timeout}] -> {id: [{"server", "peer"} | {"error"}]};
 # each request's tries in order, every request at once.

@@ -140,14 +140,8 @@ class ScriptedAgents(OfflineProbeClient):
         self.answer = answer
         self.asked: list[tuple[str, dict[str, Any]]] = []
 
-    def exec(
-        self,
-        pod: str,
-        container: str,
-        command: Sequence[str],
-        *,
-        timeout: float,
-        stdin: str | None = None,
+    def answer_exec(
+        self, pod: str, command: list[str], stdin: str | None, timeout: float
     ) -> ExecResult:
         body = json.loads(stdin or "[]")
         requests = body["requests"] if isinstance(body, dict) else body

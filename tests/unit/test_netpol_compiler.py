@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netlab.api.resources.networkpolicies import apply_defaults, spec_causes
+from netlab.contract import JSONDict
 from netlab.faults import FAULTS
 from netlab.netpol.compiler import (
     COMPILER_FAULTS,
@@ -34,7 +35,6 @@ from netlab.netpol.model import (
     reference_allows,
 )
 
-JSONDict = dict[str, Any]
 NODES = ("node-1", "node-2", "node-3")
 NAMESPACES = ("x", "y", "z")
 PODS = ("a", "b", "c")

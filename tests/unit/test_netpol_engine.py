@@ -4,15 +4,13 @@ transaction, after a change, a no-op and a failed write (``nft`` replaced by a r
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
+from netlab.contract import JSONDict
 from netlab.netpol import engine as engine_module
 from netlab.netpol.engine import PolicyEngine, PolicyEngineError
 from netlab.spec import LabSpec
-
-JSONDict = dict[str, Any]
 
 
 def pod(name: str, node: str, ip: str) -> JSONDict:

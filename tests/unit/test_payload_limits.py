@@ -119,7 +119,9 @@ class MeasuringClient(OfflineProbeClient):
         self.payloads: list[int] = []
         self.largest_request = 0
 
-    def answer_exec(self, command: list[str], stdin: str | None, timeout: float) -> ExecResult:
+    def answer_exec(
+        self, pod: str, command: list[str], stdin: str | None, timeout: float
+    ) -> ExecResult:
         assert stdin is not None
         batch = json.loads(stdin)
         requests = batch["requests"] if isinstance(batch, dict) else batch

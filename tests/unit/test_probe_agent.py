@@ -188,12 +188,6 @@ def test_ping_wait_answers_once_a_late_serve_process_starts(tmp_path: Path) -> N
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Unix socket paths are limited to 108 bytes: keep them short.
-    return tmp_path_factory.mktemp("agent")
-
-
-@pytest.fixture(scope="module")
 def loopback_agent(workdir: Path) -> Iterator[RunningAgent]:
     tcp_port, udp_port = free_port_pair()
     agent = start_agent(workdir, "lo-a", tcp_port=tcp_port, udp_port=udp_port, data_dirs=[workdir])

@@ -15,13 +15,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 import pytest
 from running_agents import (
     NEEDS_NET_RAW,
     RunningAgent,
+    accepting,
     free_port_pair,
+    measure,
     nonce,
     round_robin,
     start_agent,
@@ -35,26 +36,11 @@ LOSS_FIELDS = ("count", "sent", "answered", "lost", "errors", "error_examples", 
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Unix socket paths are limited to 108 bytes: keep them short.
-    return tmp_path_factory.mktemp("agent")
-
-
-@pytest.fixture(scope="module")
 def measuring_agent(workdir: Path) -> Iterator[RunningAgent]:
     tcp_port, udp_port = free_port_pair()
     agent = start_agent(workdir, "meter", tcp_port=tcp_port, udp_port=udp_port)
     yield agent
     agent.stop()
-
-
-def measured(agent: RunningAgent, proto: str, port: int | None, **fields: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {"host": "127.0.0.1", "nonce": nonce(), "timeout": 2, **fields}
-    if proto == "icmp":
-        request["op"] = "icmp"
-    else:
-        request.update(op="connect", proto=proto, port=port)
-    return agent.one(request)
 
 
 # --- every probe counted --------------------------------------------------------------------
@@ -63,7 +49,7 @@ def measured(agent: RunningAgent, proto: str, port: int | None, **fields: Any) -
 @pytest.mark.parametrize("proto", ["tcp", "udp", pytest.param("icmp", marks=NEEDS_NET_RAW)])
 def test_a_hundred_probes_on_loopback_lose_none(measuring_agent: RunningAgent, proto: str) -> None:
     port = measuring_agent.tcp_port if proto == "tcp" else measuring_agent.udp_port
-    answer = measured(measuring_agent, proto, port, count=100, interval=0.002)
+    answer = measure(measuring_agent, proto, port, count=100, interval=0.002)
     assert answer["ok"], answer
     assert all(key in answer for key in LOSS_FIELDS), answer
     assert (answer["count"], answer["sent"], answer["answered"], answer["lost"]) == (
@@ -119,7 +105,7 @@ def test_the_record_book_keeps_each_record_once_and_drops_the_least_recently_see
 def test_refused_probes_are_all_lost_and_say_why(measuring_agent: RunningAgent) -> None:
     closed, closed_udp = free_port_pair()
     for proto, port in (("tcp", closed), ("udp", closed_udp)):
-        answer = measured(measuring_agent, proto, port, count=20, interval=0.002)
+        answer = measure(measuring_agent, proto, port, count=20, interval=0.002)
         assert answer["ok"] is False
         assert answer["errno"] == "ECONNREFUSED"
         assert (answer["sent"], answer["answered"], answer["lost"]) == (20, 0, 20)
@@ -131,7 +117,7 @@ def test_a_silent_destination_gets_no_more_probes_after_the_timeout(
 ) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))  # takes the datagrams, never answers
-        answer = measured(
+        answer = measure(
             measuring_agent, "udp", silent.getsockname()[1], count=200, interval=0.05, timeout=0.5
         )
     assert answer["ok"] is False
@@ -176,30 +162,16 @@ def test_answers_queued_by_the_deadline_count_whenever_they_are_read() -> None:
 @contextmanager
 def tcp_listener(reply: Callable[[bytes], bytes]) -> Iterator[int]:
     """A TCP listener on 127.0.0.1 answering each client's first line with ``reply(line)``."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                with suppress(OSError):
-                    line = conn.recv(4096).split(b"\n", 1)[0]
-                    conn.sendall(reply(line))
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            with suppress(OSError):
+                line = conn.recv(4096).split(b"\n", 1)[0]
+                conn.sendall(reply(line))
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()
+    with accepting(answer) as port:
+        yield port
 
 
 def test_a_connection_the_listener_retransmitted_for_counts_as_lost(
@@ -215,7 +187,7 @@ def test_a_connection_the_listener_retransmitted_for_counts_as_lost(
         return json.dumps(body).encode() + b"\n"
 
     with tcp_listener(reply) as port:
-        answer = measured(measuring_agent, "tcp", port, count=20, interval=0.002, parallel=1)
+        answer = measure(measuring_agent, "tcp", port, count=20, interval=0.002, parallel=1)
     assert answer["ok"], answer
     assert (answer["answered"], answer["retransmitted"], answer["lost"]) == (20, 5, 5)
 
@@ -224,13 +196,13 @@ def test_answers_that_are_not_the_agents_are_counted_wrong(
     measuring_agent: RunningAgent,
 ) -> None:
     with tcp_listener(lambda _line: b"HTTP/1.1 400 Bad Request\r\n\r\n") as port:
-        answer = measured(measuring_agent, "tcp", port, count=10, interval=0.002)
+        answer = measure(measuring_agent, "tcp", port, count=10, interval=0.002)
     assert answer["ok"] is False
     assert (answer["wrong_answers"], answer["lost"], answer["errno"]) == (10, 10, "EPROTO")
     assert "not the agent's JSON line" in answer["error_examples"][0]
     # A plain connect says so too, so that a later try's answer cannot hide it.
     with tcp_listener(lambda _line: b"HTTP/1.1 400 Bad Request\r\n\r\n") as port:
-        plain = measured(measuring_agent, "tcp", port)
+        plain = measure(measuring_agent, "tcp", port)
     assert plain["ok"] is False
     assert plain["wrong_answer"] is True
 
@@ -250,7 +222,7 @@ def test_a_udp_answer_that_is_not_the_agents_is_counted_wrong(
 
         thread = threading.Thread(target=answer_garbage, daemon=True)
         thread.start()
-        answer = measured(
+        answer = measure(
             measuring_agent, "udp", echo.getsockname()[1], count=5, interval=0.01, timeout=0.5
         )
         thread.join(timeout=5)
@@ -314,7 +286,7 @@ def test_drops_reads_the_listeners_own_drop_counters(
 def test_measured_requests_refuse_bad_fields(
     measuring_agent: RunningAgent, fields: dict[str, object], error: str
 ) -> None:
-    answer = measured(measuring_agent, "tcp", measuring_agent.tcp_port, **fields)
+    answer = measure(measuring_agent, "tcp", measuring_agent.tcp_port, **fields)
     assert answer["ok"] is False, answer
     assert error in answer["error"]
 
@@ -328,10 +300,10 @@ def test_a_measured_requests_budget_covers_its_probes() -> None:
 
 def test_a_plain_connect_says_how_long_it_took(measuring_agent: RunningAgent) -> None:
     closed, _ = free_port_pair()
-    refused = measured(measuring_agent, "tcp", closed)
+    refused = measure(measuring_agent, "tcp", closed)
     assert refused["errno"] == "ECONNREFUSED"
     assert 0 <= refused["seconds"] < 1
-    answered = measured(measuring_agent, "tcp", measuring_agent.tcp_port)
+    answered = measure(measuring_agent, "tcp", measuring_agent.tcp_port)
     assert answered["ok"]
     assert 0 <= answered["seconds"] < 1
 

@@ -38,12 +38,6 @@ from conformance.probe_agent import protocol as agent_protocol
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Unix socket paths are limited to 108 bytes: keep them short.
-    return tmp_path_factory.mktemp("agentreq")
-
-
-@pytest.fixture(scope="module")
 def data_dir(workdir: Path) -> Path:
     path = workdir / "data"
     path.mkdir()

@@ -16,11 +16,6 @@ from conformance.probe_agent import protocol as agent_protocol
 from conformance.probe_agent import services as agent_services
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("svc")
-
-
 @contextmanager
 def agent_named(workdir: Path, name: str) -> Iterator[RunningAgent]:
     tcp_port, udp_port = free_port_pair()

@@ -91,23 +91,18 @@ def run_phases(collector: SummaryCollector, nodeid: str, *phases: tuple[str, str
         collector.record_phase(nodeid, when, outcome, 0.5, message=message, rule="R MUST hold")
 
 
+def run_test(collector: SummaryCollector, nodeid: str, call: str, teardown: str = "passed") -> None:
+    """A test whose setup passed: its call's outcome, then its teardown's."""
+    run_phases(collector, nodeid, ("setup", "passed"), ("call", call), ("teardown", teardown))
+
+
 def test_collector_merges_phases() -> None:
     collector = SummaryCollector()
-    run_phases(
-        collector, "t::pass", ("setup", "passed"), ("call", "passed"), ("teardown", "passed")
-    )
-    run_phases(
-        collector, "t::fail", ("setup", "passed"), ("call", "failed"), ("teardown", "failed")
-    )
+    run_test(collector, "t::pass", "passed")
+    run_test(collector, "t::fail", "failed", "failed")
     run_phases(collector, "t::setup_error", ("setup", "failed"), ("teardown", "passed"))
     run_phases(collector, "t::skip", ("setup", "skipped"), ("teardown", "passed"))
-    run_phases(
-        collector,
-        "t::teardown_error",
-        ("setup", "passed"),
-        ("call", "passed"),
-        ("teardown", "failed"),
-    )
+    run_test(collector, "t::teardown_error", "passed", "failed")
     results = {r.nodeid: r for r in collector.results()}
     assert {nodeid: r.outcome for nodeid, r in results.items()} == {
         "t::pass": "passed",
@@ -131,15 +126,9 @@ def test_collector_merges_phases() -> None:
 
 def test_flaky_from_reruns_and_marks() -> None:
     collector = SummaryCollector()
-    run_phases(
-        collector, "t::rerun", ("setup", "passed"), ("call", "failed"), ("teardown", "passed")
-    )
-    run_phases(
-        collector, "t::rerun", ("setup", "passed"), ("call", "passed"), ("teardown", "passed")
-    )
-    run_phases(
-        collector, "t::steady", ("setup", "passed"), ("call", "passed"), ("teardown", "passed")
-    )
+    run_test(collector, "t::rerun", "failed")
+    run_test(collector, "t::rerun", "passed")
+    run_test(collector, "t::steady", "passed")
     collector.mark_flaky("t::steady", "reachable only on try 3 of 3")
     assert collector.flaky() == {
         "t::rerun": "call outcomes across reruns: failed, passed",

@@ -79,29 +79,11 @@ def pod_network_families(pods: Sequence[client.V1Pod]) -> tuple[int, ...]:
     return tuple(sorted(versions))
 
 
-def service_cluster_ips(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
-    """ClusterIPs of ``default/kubernetes``: addresses known to lie in the service range."""
-    try:
-        svc = call_api(
-            "read service default/kubernetes",
-            core.read_namespaced_service,
-            "kubernetes",
-            "default",
-            timeouts=timeouts,
-        )
-    except ApiException:
-        return ()
-    spec = svc.spec
-    if spec is None:
-        return ()
-    ips = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
-    return tuple(str(ip) for ip in ips if ip and ip != "None")
-
-
-def kubernetes_service_families(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
-    """The ``default/kubernetes`` Service's ``spec.ipFamilies`` (``IPv4``, ``IPv6``), else its
-    cluster IPs (clusters before ipFamilies); empty when the Service does not exist. A refusal
-    (403...) raises `ClusterError`: which families the cluster declares would be unknown."""
+def _kubernetes_service_spec(
+    core: client.CoreV1Api, timeouts: Timeouts
+) -> client.V1ServiceSpec | None:
+    """The ``default/kubernetes`` Service's spec; None when the Service (or its spec) does not
+    exist. A refusal (403...) raises `ClusterError`."""
     try:
         svc = call_api(
             "read service default/kubernetes",
@@ -111,14 +93,33 @@ def kubernetes_service_families(core: client.CoreV1Api, timeouts: Timeouts) -> t
             timeouts=timeouts,
         )
     except ApiException:  # 404: call_api re-raises it as it is
-        return ()
-    spec = svc.spec
+        return None
+    return svc.spec
+
+
+def cluster_ips_of(spec: client.V1ServiceSpec) -> tuple[str, ...]:
+    """A Service spec's cluster IPs (``clusterIPs``, else ``clusterIP``; not ``None``, the
+    headless Service's)."""
+    ips = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
+    return tuple(str(ip) for ip in ips if ip and ip != "None")
+
+
+def service_cluster_ips(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
+    """ClusterIPs of ``default/kubernetes``: addresses known to lie in the service range."""
+    spec = _kubernetes_service_spec(core, timeouts)
+    return () if spec is None else cluster_ips_of(spec)
+
+
+def kubernetes_service_families(core: client.CoreV1Api, timeouts: Timeouts) -> tuple[str, ...]:
+    """The ``default/kubernetes`` Service's ``spec.ipFamilies`` (``IPv4``, ``IPv6``), else its
+    cluster IPs (clusters before ipFamilies); empty when the Service does not exist. A refusal
+    (403...) raises `ClusterError`: which families the cluster declares would be unknown."""
+    spec = _kubernetes_service_spec(core, timeouts)
     if spec is None:
         return ()
     if spec.ip_families:
         return tuple(str(f) for f in spec.ip_families)
-    ips = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
-    return tuple(str(ip) for ip in ips if ip and ip != "None")
+    return cluster_ips_of(spec)
 
 
 def declared_service_cidrs(api: client.ApiClient, timeouts: Timeouts) -> tuple[str, ...]:

@@ -55,6 +55,14 @@ _POD_RANGES = "the podCIDR checks (Cilium's and Calico's per-node pod ranges)"
 _NETPOL = "the NetworkPolicy family (test_network_policy)"
 _SERVICE_CHECKS = "the Service checks (test_services, test_hostport, test_dns)"
 
+
+def _verbs(
+    verbs: Sequence[str], resource: str, group: str = "", *, needed_by: str
+) -> tuple[Permission, ...]:
+    """One rule per verb on ``resource``, all needed by the same run, option or check."""
+    return tuple(Permission(verb, resource, group, needed_by=needed_by) for verb in verbs)
+
+
 PERMISSIONS: tuple[Permission, ...] = (
     # Nodes: which nodes get probes, their addresses and podCIDRs.
     Permission("list", "nodes", needed_by=f"{EVERY_RUN} (node discovery) and the podCIDR checks"),
@@ -103,13 +111,8 @@ PERMISSIONS: tuple[Permission, ...] = (
         needed_by=f"{EVERY_RUN} (renewing the run namespace's lease, which --cleanup-stale in "
         "other runs respects)",
     ),
-    Permission(
-        "list",
-        "serviceaccounts",
-        needed_by=f"{EVERY_RUN} (waiting for the run namespace's default ServiceAccount)",
-    ),
-    Permission(
-        "watch",
+    *_verbs(
+        ("list", "watch"),
         "serviceaccounts",
         needed_by=f"{EVERY_RUN} (waiting for the run namespace's default ServiceAccount)",
     ),
@@ -155,14 +158,8 @@ PERMISSIONS: tuple[Permission, ...] = (
     ),
     # The readiness check (conformance/kit/exchanges/readiness.py): the EndpointSlice of a backend turned
     # unready.
-    Permission(
-        "list",
-        "endpointslices",
-        "discovery.k8s.io",
-        needed_by="test_endpoints_follow_readiness (the Service's EndpointSlices)",
-    ),
-    Permission(
-        "watch",
+    *_verbs(
+        ("list", "watch"),
         "endpointslices",
         "discovery.k8s.io",
         needed_by="test_endpoints_follow_readiness (the Service's EndpointSlices)",
@@ -177,9 +174,11 @@ PERMISSIONS: tuple[Permission, ...] = (
     # The NetworkPolicy family (conformance/test_network_policy.py): its scenarios' policies
     # in its own namespaces (replaced by read and update; removed one by one and all at once
     # after each scenario), and the pod labels its updates change.
-    *(
-        Permission(verb, "networkpolicies", "networking.k8s.io", needed_by=_NETPOL)
-        for verb in ("create", "get", "update", "delete", "deletecollection")
+    *_verbs(
+        ("create", "get", "update", "delete", "deletecollection"),
+        "networkpolicies",
+        "networking.k8s.io",
+        needed_by=_NETPOL,
     ),
     Permission("patch", "pods", needed_by=f"{_NETPOL} (a pod's labels changed)"),
     Permission("list", "daemonsets", "apps", needed_by="the report's CNI detection"),

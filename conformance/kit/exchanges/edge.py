@@ -44,6 +44,7 @@ from conformance.kit.exchanges.reachability import (
     Target,
     Unplanned,
     check_name,
+    marker_argument,
     run_sweep,
     target_text,
     without_address,
@@ -329,11 +330,7 @@ def _with_relay(outside: EdgeAddress, relay: Endpoint | None, error: str | None)
 
 def planner_of(item: Any) -> Planner | None:
     """The planner an item's ``edge_planned_by`` marker names (None: not an edge check)."""
-    get_marker = getattr(item, "get_closest_marker", None)
-    marker = get_marker(EDGE_MARKER) if get_marker is not None else None
-    if marker is None or not marker.args:
-        return None
-    planner: Planner = marker.args[0]
+    planner: Planner | None = marker_argument(item, EDGE_MARKER)
     return planner
 
 

@@ -537,14 +537,19 @@ def swept_by(planner: Planner) -> pytest.MarkDecorator:
     return pytest.mark.swept_by.with_args(planner)
 
 
-def planner_of(item: Any) -> Planner | None:
-    """The planner an item's ``swept_by`` marker names (None when it has no such marker).
-    Items are read duck-typed, so plain objects do in unit tests."""
+def marker_argument(item: Any, marker_name: str) -> Any:
+    """The first argument of an item's marker ``marker_name`` (None when it has no such marker,
+    or one without arguments). Items are read duck-typed, so plain objects do in unit tests."""
     get_marker = getattr(item, "get_closest_marker", None)
-    marker = get_marker(SWEEP_MARKER) if get_marker is not None else None
+    marker = get_marker(marker_name) if get_marker is not None else None
     if marker is None or not marker.args:
         return None
-    planner: Planner = marker.args[0]
+    return marker.args[0]
+
+
+def planner_of(item: Any) -> Planner | None:
+    """The planner an item's ``swept_by`` marker names (None when it has no such marker)."""
+    planner: Planner | None = marker_argument(item, SWEEP_MARKER)
     return planner
 
 

@@ -120,6 +120,21 @@ def _through_cluster_ip(
     return target, own_ip
 
 
+def _spread(
+    target: Target, servers: tuple[str, ...], *, endpoints: tuple[str, ...], **fields: Any
+) -> Target:
+    """``target`` as a spread: connections until each of ``servers`` answered, every one answered
+    by one of ``endpoints``; as many tries as `spread_tries` gives, at least `SPREAD_MIN_TRIES`."""
+    return replace(
+        target,
+        servers=servers,
+        endpoints=endpoints,
+        max_tries=max(SPREAD_MIN_TRIES, spread_tries(len(endpoints), len(servers))),
+        min_tries=SPREAD_MIN_TRIES,
+        **fields,
+    )
+
+
 def cluster_ip_spread(
     check: str, params: Mapping[str, Any], probe_map: ProbeMap
 ) -> Sequence[Target] | Unplanned:
@@ -132,16 +147,7 @@ def cluster_ip_spread(
         return planned
     target, own_ip = planned
     servers = backends(probe_map, target.family)
-    return [
-        replace(
-            target,
-            allowed_sources=(own_ip,),
-            servers=servers,
-            endpoints=servers,
-            max_tries=max(SPREAD_MIN_TRIES, spread_tries(len(servers), len(servers))),
-            min_tries=SPREAD_MIN_TRIES,
-        )
-    ]
+    return [_spread(target, servers, endpoints=servers, allowed_sources=(own_ip,))]
 
 
 def hairpin_spread(
@@ -156,15 +162,7 @@ def hairpin_spread(
         return planned
     target, _ = planned
     endpoints = backends(probe_map, target.family)
-    return [
-        replace(
-            target,
-            servers=(target.source.pod,),
-            endpoints=endpoints,
-            max_tries=max(SPREAD_MIN_TRIES, spread_tries(len(endpoints), 1)),
-            min_tries=SPREAD_MIN_TRIES,
-        )
-    ]
+    return [_spread(target, (target.source.pod,), endpoints=endpoints)]
 
 
 def refusal(

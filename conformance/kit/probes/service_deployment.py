@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from conformance.kit.base.errors import ClusterError, ProbeCallError, ProbeDeploymentError
 from conformance.kit.base.settings import Settings, Timeouts
 from conformance.kit.cluster.api import call_api, describe_api_error, name_of
-from conformance.kit.cluster.inventory import list_nodes, pod_ips
+from conformance.kit.cluster.inventory import cluster_ips_of, list_nodes, pod_ips
 from conformance.kit.cluster.labels import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL
 from conformance.kit.cluster.permissions import explain_forbidden
 from conformance.kit.cluster.resolvers import NodeResolvers, Resolver, needs_node_resolver
@@ -99,8 +99,7 @@ def create_services(
             node_port_skip = f"the API server refused a NodePort Service ({name}): {why}"
             continue
         spec = made.spec or client.V1ServiceSpec()
-        ips = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
-        cluster_ips[name] = tuple(ip for ip in ips if ip and ip != "None")
+        cluster_ips[name] = cluster_ips_of(spec)
         if name == NODEPORT_SERVICE:
             node_ports = {str(p.name): int(p.node_port) for p in spec.ports or [] if p.node_port}
     return ServiceFacts(

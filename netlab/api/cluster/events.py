@@ -4,12 +4,10 @@ the oldest dropped beyond a limit as the real event TTL would."""
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.store import Store
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 EVENT_LIMIT = 5_000  # oldest events are dropped beyond this, like the real event TTL
 

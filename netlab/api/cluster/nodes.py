@@ -4,14 +4,11 @@ object it registers, as kubelet's node status setters (pkg/kubelet/nodestatus) w
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from netlab.api.discovery import go_arch
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.store import Store
-from netlab.contract import KubeletAPI, NodeInfo
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict, KubeletAPI, NodeInfo
 
 #: The node lifecycle controller's taint of a node whose Ready condition is False.
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"

@@ -15,8 +15,8 @@ from netlab.api.cluster.nodes import NodeRegistry
 from netlab.api.cluster.scheduler import Scheduler
 from netlab.api.cluster.tasks import BackgroundTasks
 from netlab.api.store import Store
+from netlab.contract import JSONDict
 
-JSONDict = dict[str, Any]
 log = logging.getLogger("netlab.api.cluster")
 
 # Pod conditions the control plane sets, kept when a kubelet reports a status without them.

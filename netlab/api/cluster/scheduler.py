@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
 
 from netlab.api.cluster.events import EventRecorder
 from netlab.api.meta import now_rfc3339, set_pod_condition
 from netlab.api.store import Store
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 
 def tolerates(tolerations: list[JSONDict], taint: JSONDict) -> bool:

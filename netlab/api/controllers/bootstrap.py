@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from typing import Any
 
 from netlab.api.controllers.serviceaccounts import ServiceAccountController
 from netlab.api.kubeadm import kubeadm_config
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.store import Store
+from netlab.contract import JSONDict
 from netlab.spec import LabSpec
-
-JSONDict = dict[str, Any]
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 KUBERNETES_SERVICE_REPAIR_DELAY = 1.0  # seconds until a deleted default/kubernetes is back

@@ -17,13 +17,12 @@ import copy
 import ipaddress
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from netlab.api.cluster.tasks import BackgroundTasks
 from netlab.api.meta import generate_name, new_uid, now_rfc3339
 from netlab.api.store import Event, Store, Watcher
+from netlab.contract import JSONDict
 
-JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -8,15 +8,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from typing import Any
 
 from netlab.api.cluster.pods import PodLifecycle
 from netlab.api.faults import ApiFaults, FaultSwitch, PodDisruption, chance
 from netlab.api.meta import now_rfc3339, set_pod_condition
 from netlab.api.selectors import matcher, parse_label_selector
 from netlab.api.store import Store
+from netlab.contract import JSONDict
 
-JSONDict = dict[str, Any]
 log = logging.getLogger("netlab.api.faults")
 
 ARMED_LIMIT = 10_000

@@ -4,14 +4,12 @@ deleted gracefully, and once they are gone its other content and then the namesp
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from netlab.api.cluster.pods import PodLifecycle
 from netlab.api.cluster.tasks import BackgroundTasks
 from netlab.api.meta import now_rfc3339
 from netlab.api.store import Store
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 # What a namespace holds besides pods, removed once its pods are gone.
 NAMESPACED_CONTENT = (

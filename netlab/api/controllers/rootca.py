@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
 
 from netlab.api.cluster.tasks import BackgroundTasks
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.store import Event, Store, Watcher
+from netlab.contract import JSONDict
 
-JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 
 ROOT_CA_CONFIGMAP = "kube-root-ca.crt"

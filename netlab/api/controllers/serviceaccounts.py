@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from netlab.api.faults import FaultSwitch
 from netlab.api.meta import new_uid, now_rfc3339
 from netlab.api.store import Store
+from netlab.contract import JSONDict
 
-JSONDict = dict[str, Any]
 log = logging.getLogger(__name__)
 
 DEFAULT_ACCOUNT = "default"

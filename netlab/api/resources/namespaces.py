@@ -4,14 +4,11 @@ ServiceAccount controller and a delete the namespace finalizer."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from netlab.api.controllers.namespaces import NamespaceFinalizer
 from netlab.api.controllers.serviceaccounts import ServiceAccountController
 from netlab.api.errors import ApiError
 from netlab.api.resources.strategy import Strategy
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 UNDELETABLE = ("default", "kube-system", "kube-public")
 NAME_LABEL = "kubernetes.io/metadata.name"

@@ -29,8 +29,7 @@ from netlab.api.errors import (
 )
 from netlab.api.meta import DNS1123_SUBDOMAIN, SUBDOMAIN_MSG
 from netlab.api.resources.strategy import Strategy
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 GROUP = "networking.k8s.io"
 PROTOCOLS = ("TCP", "UDP", "SCTP")

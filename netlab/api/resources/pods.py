@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
 
 from netlab.api import admission
 from netlab.api.cluster.pods import PodLifecycle
@@ -14,8 +13,7 @@ from netlab.api.controllers.serviceaccounts import DEFAULT_ACCOUNT
 from netlab.api.errors import ApiError
 from netlab.api.resources.strategy import Strategy
 from netlab.api.store import Store
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 

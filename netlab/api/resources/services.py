@@ -20,7 +20,6 @@ import json
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from netlab.api.controllers.bootstrap import Bootstrap
 from netlab.api.errors import (
@@ -31,9 +30,9 @@ from netlab.api.errors import (
 )
 from netlab.api.resources.strategy import Strategy
 from netlab.api.store import Store
+from netlab.contract import JSONDict
 from netlab.spec import LabSpec, ip_version
 
-JSONDict = dict[str, Any]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NODE_PORT_RANGE = (30000, 32767)  # kube-apiserver's --service-node-port-range default

@@ -5,9 +5,7 @@ of its own."""
 
 from __future__ import annotations
 
-from typing import Any
-
-JSONDict = dict[str, Any]
+from netlab.contract import JSONDict
 
 
 class Strategy:
