@@ -4,7 +4,7 @@ its failure text."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -303,15 +303,9 @@ class CutOnceAgents:
         self.cut_source = cut_source
         self.records = records
 
-    def call(
-        self,
-        pod: str,
-        container: str,
-        requests: Sequence[Mapping[str, Any]],
-        *,
-        parallel: int | None = None,
-        renew: Callable[[Sequence[Mapping[str, Any]]], Sequence[Mapping[str, Any]]] | None = None,
-    ) -> list[dict[str, Any]]:
+    def call(self, pod: str, _: str, requests: Sequence[Mapping[str, Any]], **how: Any) -> Any:
+        """Answers every request unanswered; ``how["renew"]`` makes the batch sent again."""
+        renew = how.get("renew")
         source = self._pod(pod)
         by_ip = {ip: p for p in self.model.pods for ip in p.ips}
         if source.key == self.cut_source:
