@@ -17,16 +17,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import settings
 
-# No deadline per example: how long an example takes is a figure for benchmarks, and CI's
-# machine runs labs beside the unit tests (hypothesis's 200 ms default failed under load).
-settings.register_profile("netconform", deadline=None)
-settings.load_profile("netconform")
-
-# The probe agent's tests (unit and lab) share its fixtures (tests/support/running_agents.py).
-pytest_plugins = ["running_agents"]
-
+# pytest also loads this file when the suite runs from the checkout's root (its `test*` folders
+# are searched for conftests before the plugin picks the suite): it imports nothing from
+# tests/support and no test-only package.
 NEEDS_ROOT = "needs_root"
 NEEDS_LAB = "needs_lab"
 #: Modules whose labs run in a bounded pool of their own: one worker runs them in turn.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import hypothesis_profile  # noqa: F401  (no deadline per example)
 import pytest
 from live_api import LiveServer, serving
 

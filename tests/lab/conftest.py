@@ -13,6 +13,7 @@ import pytest
 from agent_namespaces import AGENT_PYTHONS, NamespacePair, namespace_pair
 from lab_names import LAB_OF_NETNS, leftovers, new_lab_name
 from network_kit import NetworkKit
+from running_agents import workdir  # noqa: F401  (the agent tests' shared fixture)
 
 from netlab.dataplane.cleanup import sweep
 from netlab.dataplane.netfaults import apply_lab_faults

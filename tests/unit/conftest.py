@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis_profile  # noqa: F401  (no deadline per example)
 import pytest
 from local_agents import LocalAgent, serving_agents
+from running_agents import workdir  # noqa: F401  (the agent tests' shared fixture)
 
 from conformance.kit.probes import client as probe_client
 

@@ -6,6 +6,8 @@ skip in ``tests/conftest.py`` do)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,38 @@ def test_the_root_check_finder_finds_root_checks(tmp_path: Path) -> None:
         "x = 0 == os.getuid()\n"
     )
     assert root_checks(sample) == [2, 5]
+
+
+def test_the_top_conftest_needs_nothing_but_pytest_and_the_standard_library() -> None:
+    # pytest loads tests/conftest.py when the suite runs from the checkout's root (the `test*`
+    # folders are searched for conftests first), where tests/support is not on the path: a
+    # plugin or import from there stopped every suite run of the tiers (exit 4).
+    top = TESTS / "conftest.py"
+    tree = ast.parse(top.read_text(), str(top))
+    assert not any(
+        isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "pytest_plugins" for t in node.targets)
+        for node in tree.body
+    )
+    allowed = {"__future__", "pytest", *sys.stdlib_module_names}
+    assert [m for _, m in imported_modules(top) if m not in allowed] == []
+
+
+def test_the_suite_runs_from_the_checkouts_root_with_a_real_kubeconfig_path(
+    tmp_path: Path,
+) -> None:
+    # The kubeconfig's path exists: pytest then searches conftests next to it and in the root's
+    # `test*` folders (a path that does not exist took another way, which hid the failure).
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--kubeconfig", str(kubeconfig), "-p", "no:cacheprovider"],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert "Error importing plugin" not in output
+    assert done.returncode not in (3, 4), output[-2000:]  # internal error, usage error
