@@ -86,7 +86,10 @@ from conformance.kit.run.session import (
 )
 from conformance.kit.verdicts.failures import (
     ACCOUNTS_FOR_PROPERTY,
+    FAILURE_ATTRIBUTE,
     UNTESTED_PROPERTY,
+    RuleBroken,
+    RuleFailure,
     could_not_test_text,
     rule_from_docstring,
 )
@@ -606,6 +609,12 @@ def pytest_runtest_makereport(
             report.when = "setup"
         report.longrepr = could_not_test_text(cause)
         report.user_properties.append((UNTESTED_PROPERTY, type(error).__name__))
+        untested = RuleFailure(rule=rule_of(item), observed=could_not_test_text(cause))
+        setattr(report, FAILURE_ATTRIBUTE, untested.to_dict())
+    elif report.failed and excinfo is not None and isinstance(excinfo.value, RuleBroken):
+        # The judge's verdict as data, on the report: plain JSON, so that it travels from an
+        # xdist worker with the report, and every output is drawn from it.
+        setattr(report, FAILURE_ATTRIBUTE, excinfo.value.failure.to_dict())
     if report.when == "call" or (report.when == "setup" and not report.passed):
         report.sections.append(("rule", rule_of(item)))
     # The run's pod states and events appear once per report (RunReporter), not per failure.

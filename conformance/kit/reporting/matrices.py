@@ -2,7 +2,7 @@
 source x destination grid of the tested nodes (same-node on the diagonal; a check whose sources
 are nodes' host networks draws them as host rows), each cell passed, failed, flaky, lossy
 (passed with some probes lost), could not test, skipped or not checked, with the one-line
-cause of anything but a pass.
+cause of anything but a pass (the judge's observation, from the check's `RuleFailure`).
 
 Pure: built from the run's `CheckResult`s (their ``netconform.*`` places); ``summary.json``
 carries them under ``matrices``, the HTML report draws them, and the terminal prints a text
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from conformance.kit.base.jsondata import JSONData
 from conformance.kit.cluster.pairs import natural_key
 from conformance.kit.reporting.results import CheckResult, check_of
-from conformance.kit.verdicts.failures import one_line, read_failure
+from conformance.kit.verdicts.failures import one_line
 
 CELL_PASSED = "passed"
 CELL_FAILED = "failed"
@@ -91,7 +91,7 @@ def cell_cause(result: CheckResult, status: str, flaky: Mapping[str, str]) -> st
     if status == CELL_SKIPPED:
         return one_line(result.reason or "skipped")
     if status in (CELL_FAILED, CELL_UNTESTED):
-        return one_line(read_failure(result.message).observed or status)
+        return one_line((result.failure.observed if result.failure else "") or status)
     return None
 
 

@@ -1,8 +1,9 @@
-"""What a run reports besides pass/fail: cluster facts, the JSON summary, rule failure text.
+"""What a run reports besides pass/fail: each check's result (its outcome, place, tries and
+its `RuleFailure`), the JSON summary, the exit codes' meanings.
 
 Pure apart from ``write_summary``. The plugin's hooks feed ``SummaryCollector`` one report per
-test phase (setup, call, teardown) and write the summary at the end of the session; the
-checks build their ``pytest.fail`` text with ``format_rule_failure``.
+test phase (setup, call, teardown), with the `RuleFailure` the judge attached to a failed one,
+and write the summary at the end of the session.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from conformance.kit.cluster.facts import ClusterFacts
 from conformance.kit.verdicts.failures import (
     PLACE_KEYS,
     PLACE_PREFIX,
+    RuleFailure,
+    first_line,
 )
 
 SUMMARY_SCHEMA = "netconform-summary/1"
@@ -90,6 +93,10 @@ class CheckResult(JSONData):
     #: The NetworkPolicy family: each judged step of the check's scenario (its cells, expected
     #: against observed, and how long it took to be in force); None for other checks.
     truth_tables: tuple[Mapping[str, Any], ...] | None = None
+    #: What the check found wrong, as the judge found it (expected versus observed, where);
+    #: for a check that could not test or stopped on an error, its cause as ``observed``.
+    #: None for a check that did not fail.
+    failure: RuleFailure | None = None
 
     @property
     def lossy(self) -> bool:
@@ -106,6 +113,7 @@ class _Merging:
     call_outcomes: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
     skip_reason: str | None = None
+    failure: RuleFailure | None = None
 
 
 def phase_outcome(when: str, outcome: str, *, wasxfail: bool = False) -> str:
@@ -144,9 +152,13 @@ class SummaryCollector:
         wasxfail: bool = False,
         properties: Mapping[str, object] | None = None,
         skip_reason: str | None = None,
+        failure: RuleFailure | None = None,
     ) -> None:
         """One ``TestReport`` (``report.when``, ``report.outcome``, ``report.duration``, and its
-        ``user_properties``; ``skip_reason`` for a skipped phase).
+        ``user_properties``; ``skip_reason`` for a skipped phase; ``failure``: the
+        `RuleFailure` the plugin attached to a failed phase). The test's failure is the first
+        one reported; a failed phase without one (an error that is no judgement) stands for
+        itself with its text's first line as what was observed.
 
         Never raises on an outcome it does not know (it runs inside a report hook): a rerun
         plugin's ``rerun`` counts as an attempt, anything else is kept as reported.
@@ -161,6 +173,8 @@ class SummaryCollector:
             test.skip_reason = test.skip_reason or skip_reason
         if message:
             test.messages.append(message if when == "call" else f"[{when}] {message}")
+            if test.failure is None:
+                test.failure = failure or RuleFailure(rule=test.rule, observed=first_line(message))
         if outcome == "rerun":
             test.call_outcomes.append("rerun")
             return
@@ -202,6 +216,7 @@ class SummaryCollector:
                 loss_ratio=_ratio(test.properties.get("loss_ratio")),
                 loss=test.properties.get("loss"),
                 truth_tables=_truth_tables(test.properties),
+                failure=test.failure,
             )
             for nodeid, test in self._tests.items()
         ]

@@ -1,13 +1,20 @@
-"""Failure text and the item properties a verdict carries: how a broken rule and a "could not
-test" are written (`format_rule_failure`, `could_not_test_text`), read back
-(`read_failure`), and the names of the JUnit properties (``netconform.*``) that place an item
-and record its tries and losses. Pure."""
+"""A verdict as data: the structured failure the judge produces (`RuleFailure`), the exception
+that carries it to pytest (`RuleBroken`, raised by `fail_rule`), the report attribute it
+travels on (`FAILURE_ATTRIBUTE`, also between xdist workers), how a "could not test" is worded
+(`could_not_test_text`), and the names of the JUnit properties (``netconform.*``) that place an
+item and record its tries and losses. Every output (terminal, JUnit, ``summary.json``, the
+matrices, the HTML) is drawn from the `RuleFailure`; nothing reads failure text back. Pure."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
+
+from _pytest.outcomes import Failed
+
+from conformance.kit.base.jsondata import JSONData
 
 #: JUnit property of a check that passed only on a retry; its value says how.
 FLAKY_PROPERTY = "netconform.flaky"
@@ -23,6 +30,9 @@ PROBES_PROPERTY = PLACE_PREFIX + "probes"
 PROBES_LOST_PROPERTY = PLACE_PREFIX + "probes_lost"
 LOSS_RATIO_PROPERTY = PLACE_PREFIX + "loss_ratio"
 LOSS_PROPERTY = PLACE_PREFIX + "loss"
+#: The attribute of a ``TestReport`` that carries its `RuleFailure` (as `RuleFailure.to_dict`,
+#: plain JSON, so it travels with the report from an xdist worker to the controller).
+FAILURE_ATTRIBUTE = "netconform_failure"
 
 
 def rule_from_docstring(doc: str | None) -> str:
@@ -39,7 +49,54 @@ def pod_label(namespace: str, name: str, node: str | None = None) -> str:
     return f"{namespace}/{name}{where}"
 
 
-def format_rule_failure(
+@dataclass(frozen=True)
+class RuleFailure(JSONData):
+    """What a check found wrong, as the judge found it: the rule, expected versus observed,
+    where (protocol, pods, nodes) and details (probe output, events). ``expected`` is None
+    when the check has no verdict on the rule: it could not test, or it stopped on an error
+    that is no judgement (then ``observed`` is the error's first line).
+
+    The item's other facts (its check, place, tries and losses) are the item's, recorded on
+    it once (`conformance.kit.reporting.results.CheckResult`), not repeated here."""
+
+    rule: str
+    observed: str
+    expected: str | None = None
+    protocol: str | None = None
+    pods: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+    details: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        """The message of a broken rule, as pytest prints it and JUnit keeps it.
+
+        First line: the rule. Then where (protocol, pods, nodes), expected versus observed, and
+        any details (probe output, events), one per line.
+        """
+        lines = [f"RULE BROKEN: {self.rule}"]
+        if self.protocol:
+            lines.append(f"  protocol: {self.protocol}")
+        if self.pods:
+            lines.append(f"  pods:     {' -> '.join(self.pods)}")
+        if self.nodes:
+            lines.append(f"  nodes:    {', '.join(self.nodes)}")
+        lines.append(f"  expected: {self.expected}")
+        lines.append(f"  observed: {self.observed}")
+        lines.extend(f"  {detail}" for detail in self.details)
+        return "\n".join(lines)
+
+
+class RuleBroken(Failed):
+    """A broken rule: pytest's failure (``pytest.fail(..., pytrace=False)``, its message the
+    failure's `RuleFailure.text`), carrying the `RuleFailure` for the plugin to attach to the
+    report."""
+
+    def __init__(self, failure: RuleFailure) -> None:
+        super().__init__(failure.text(), pytrace=False)
+        self.failure = failure
+
+
+def fail_rule(
     rule: str,
     *,
     expected: str,
@@ -48,28 +105,28 @@ def format_rule_failure(
     pods: Sequence[str] = (),
     nodes: Sequence[str] = (),
     details: Sequence[str] = (),
-) -> str:
-    """The message of a broken rule, for ``pytest.fail(..., pytrace=False)``.
-
-    First line: the rule. Then where (protocol, pods, nodes), expected versus observed, and
-    any details (probe output, events), one per line.
-    """
-    lines = [f"RULE BROKEN: {rule}"]
-    if protocol:
-        lines.append(f"  protocol: {protocol}")
-    if pods:
-        lines.append(f"  pods:     {' -> '.join(pods)}")
-    if nodes:
-        lines.append(f"  nodes:    {', '.join(nodes)}")
-    lines.append(f"  expected: {expected}")
-    lines.append(f"  observed: {observed}")
-    lines.extend(f"  {detail}" for detail in details)
-    return "\n".join(lines)
+) -> NoReturn:
+    """Fail the running check: ``rule`` is broken, ``expected`` versus ``observed``, where
+    (``protocol``, ``pods``, ``nodes``) and ``details``, one per line of the message."""
+    raise RuleBroken(
+        RuleFailure(
+            rule=rule,
+            expected=expected,
+            observed=observed,
+            protocol=protocol,
+            pods=tuple(pods),
+            nodes=tuple(nodes),
+            details=tuple(details),
+        )
+    )
 
 
-#: Lines of `format_rule_failure` text a report reads back (expected versus observed).
-_EXPECTED = "  expected: "
-_OBSERVED = "  observed: "
+def failure_of(report: object) -> RuleFailure | None:
+    """The `RuleFailure` a test report carries (`FAILURE_ATTRIBUTE`; None without one)."""
+    raw = getattr(report, FAILURE_ATTRIBUTE, None)
+    return RuleFailure.from_dict(raw) if isinstance(raw, Mapping) else None
+
+
 #: The one place the words are written: every "could not test" text starts with them.
 COULD_NOT_TEST_PREFIX = "COULD NOT TEST: "
 #: Property of a report the plugin turned into "could not test": the error's type.
@@ -90,25 +147,10 @@ def could_not_test_text(cause: str) -> str:
 CAUSE_LIMIT = 300
 
 
-@dataclass(frozen=True)
-class FailureText:
-    """What a failure message says, read back: expected and observed when the message is a
-    `format_rule_failure` text, else its first line as the observation."""
-
-    expected: str | None
-    observed: str
-
-
-def read_failure(message: str | None) -> FailureText:
-    """Expected versus observed from a check's failure message (see `format_rule_failure`);
-    a setup error (could not test) or any other text is observed as its first line."""
-    lines = (message or "").splitlines()
-    expected = next((line[len(_EXPECTED) :] for line in lines if line.startswith(_EXPECTED)), None)
-    observed = next((line[len(_OBSERVED) :] for line in lines if line.startswith(_OBSERVED)), None)
-    if observed is None:
-        first = next((line.strip() for line in lines if line.strip()), "")
-        observed = first.removeprefix("[setup] ").removeprefix("[teardown] ")
-    return FailureText(expected=expected, observed=observed)
+def first_line(text: str) -> str:
+    """The first non-blank line of an error's text, stripped: what a report shows of an error
+    that carries no `RuleFailure` (a fixture's exception, a crashed worker)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def one_line(text: str, limit: int = CAUSE_LIMIT) -> str:
