@@ -58,9 +58,9 @@ from conformance.kit.cluster.pairs import AUTO_SAMPLE_ABOVE, AUTO_SAMPLE_SIZE, P
 from conformance.kit.probes.podspecs import images_to_pull
 from conformance.kit.run.cases import (
     PAIRS_ALL,
+    item_place,
     pair_plan,
     place_attribute,
-    place_properties,
     plan_cases,
 )
 from conformance.kit.run.invocation import (
@@ -561,11 +561,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.user_properties.append((RULE_PROPERTY, rule_of(item)))
         callspec = getattr(item, "callspec", None)
         item.user_properties.extend(
-            place_properties(
+            item_place(
                 getattr(item, "originalname", item.name),
                 dict(callspec.params) if callspec is not None else {},
                 place_attribute(getattr(item, "obj", None), module, "SOURCE_KIND", "pod"),
-            )
+            ).properties()
         )
         accounts_for = place_attribute(getattr(item, "obj", None), module, "ACCOUNTS_FOR", ())
         if accounts_for:

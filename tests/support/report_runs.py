@@ -15,7 +15,7 @@ from conformance.kit.cluster.nodes import Exclusion
 from conformance.kit.reporting.matrices import build_matrices
 from conformance.kit.reporting.results import CheckResult, build_summary, exit_meaning
 from conformance.kit.reporting.rules import Coverage, summarize_rules, verdict
-from conformance.kit.verdicts.failures import RuleFailure, could_not_test_text
+from conformance.kit.verdicts.failures import Place, RuleFailure, could_not_test_text
 
 NO_SNAT_RULE = "A pod MUST reach a pod on every node without NAT."
 NODE_TO_POD_RULE = "The host network of a node MUST reach every pod on that node."
@@ -97,14 +97,14 @@ def pair(
         duration=0.01,
         rule=rule,
         message=message,
-        place={
-            "check": check,
-            "family": family,
-            "protocol": proto,
-            "source": src,
-            "destination": dst,
-            "source_kind": kind,
-        },
+        place=Place(
+            check=check,
+            family=family,
+            protocol=proto,
+            source=src,
+            destination=dst,
+            source_kind=kind,
+        ),
         attempts=1,
         losses=0,
         failure=failure,
@@ -118,7 +118,7 @@ def node_check(check: str, node: str, outcome: str = "passed", **kwargs: Any) ->
         outcome=outcome,
         duration=0.01,
         rule=kwargs.pop("rule", LOCALHOST_RULE),
-        place={"check": check, "node": node},
+        place=Place(check=check, node=node),
         **kwargs,
     )
 
@@ -160,7 +160,7 @@ def run_results(nodes: Sequence[str], *, broken: bool, skipped: bool = True) -> 
             outcome="skipped",
             duration=0.0,
             rule=FAMILY_RULE,
-            place={"check": "test_required_family_on_every_pod_and_node", "family": "ipv4"},
+            place=Place(check="test_required_family_on_every_pod_and_node", family="ipv4"),
             reason="IPv4 is not required (--ip-family auto follows the cluster)",
         )
     )

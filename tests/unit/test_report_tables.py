@@ -53,6 +53,7 @@ from conformance.kit.verdicts.failures import (
     LOSS_RATIO_PROPERTY,
     PROBES_LOST_PROPERTY,
     PROBES_PROPERTY,
+    Place,
     RuleFailure,
 )
 
@@ -383,14 +384,14 @@ def test_cells_say_flaky_skipped_and_could_not_test_with_a_cause() -> None:
             nodeid="conformance/test_no_snat.py::test_no_snat[udp-node-2->node-2]",
             outcome="skipped",
             duration=0.0,
-            place={
-                "check": "test_no_snat",
-                "protocol": "udp",
-                "family": "ipv4",
-                "source": "node-2",
-                "destination": "node-2",
-                "source_kind": "pod",
-            },
+            place=Place(
+                check="test_no_snat",
+                protocol="udp",
+                family="ipv4",
+                source="node-2",
+                destination="node-2",
+                source_kind="pod",
+            ),
             reason="no IPv4 address on probe-node-2",
         ),
     ]

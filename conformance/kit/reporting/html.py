@@ -569,13 +569,13 @@ def place_label(result: CheckResult) -> str:
     """Where a check looked, for people: ``tcp over ipv4: node-1 -> node-2`` (``node-1 (host)``
     for a host-network source), ``tcp over ipv4: node node-1``, or its test ID's parameters."""
     place = result.place
-    what = " over ".join(p for p in (place.get("protocol"), place.get("family")) if p)
-    source, destination = place.get("source"), place.get("destination")
+    what = " over ".join(p for p in (place.protocol, place.family) if p)
+    source, destination = place.source, place.destination
     if source and destination:
-        host = " (host)" if place.get("source_kind") == "host" else ""
+        host = " (host)" if place.source_kind == "host" else ""
         where = f"{source}{host} \u2192 {destination}"
-    elif place.get("node"):
-        where = f"node {place['node']}"
+    elif place.node:
+        where = f"node {place.node}"
     else:
         found = re.search(r"\[(.*)\]$", result.nodeid)
         where = found.group(1) if found else "cluster-wide"

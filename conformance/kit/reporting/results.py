@@ -22,6 +22,7 @@ from conformance.kit.cluster.facts import ClusterFacts
 from conformance.kit.verdicts.failures import (
     PLACE_KEYS,
     PLACE_PREFIX,
+    Place,
     RuleFailure,
     first_line,
 )
@@ -73,9 +74,8 @@ class CheckResult(JSONData):
     duration: float
     rule: str = ""
     message: str | None = None
-    #: Where the check looked (``netconform.*`` place properties without the prefix:
-    #: check, family, protocol, source, destination, node, source_kind).
-    place: Mapping[str, str] = field(default_factory=dict)
+    #: Where the check looked (from its ``netconform.*`` place properties).
+    place: Place = field(default_factory=Place)
     #: Network attempts made and lost (reachability checks).
     attempts: int | None = None
     losses: int | None = None
@@ -206,7 +206,9 @@ class SummaryCollector:
                 duration=round(test.duration, 3),
                 rule=test.rule,
                 message=shorten("\n".join(test.messages)) if test.messages else None,
-                place={k: v for k, v in test.properties.items() if k in PLACE_KEYS},
+                place=Place.from_dict(
+                    {k: v for k, v in test.properties.items() if k in PLACE_KEYS}
+                ),
                 attempts=_count(test.properties.get("attempts")),
                 losses=_count(test.properties.get("losses")),
                 reason=test.skip_reason if test.outcome == "skipped" else None,
@@ -305,7 +307,7 @@ def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
 def check_of(result: CheckResult) -> str:
     """The check (test function) a result belongs to: its ``check`` place, else the name in
     its node ID without parameters."""
-    return result.place.get("check") or result.nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
+    return result.place.check or result.nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
 
 
 def module_of(nodeid: str) -> str:

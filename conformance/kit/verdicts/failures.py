@@ -20,7 +20,8 @@ from conformance.kit.base.jsondata import JSONData
 FLAKY_PROPERTY = "netconform.flaky"
 #: Prefix of the JUnit properties a check item carries (its place, its tries).
 PLACE_PREFIX = "netconform."
-PLACE_KEYS = ("check", "family", "protocol", "source", "destination", "node", "source_kind")
+#: The place's fields, in the order its JUnit properties come.
+PLACE_KEYS = ("check", "family", "protocol", "node", "source", "destination", "source_kind")
 #: JUnit properties of a reachability check: network attempts made, and attempts lost.
 ATTEMPTS_PROPERTY = PLACE_PREFIX + "attempts"
 LOSSES_PROPERTY = PLACE_PREFIX + "losses"
@@ -33,6 +34,48 @@ LOSS_PROPERTY = PLACE_PREFIX + "loss"
 #: The attribute of a ``TestReport`` that carries its `RuleFailure` (as `RuleFailure.to_dict`,
 #: plain JSON, so it travels with the report from an xdist worker to the controller).
 FAILURE_ATTRIBUTE = "netconform_failure"
+
+
+@dataclass(frozen=True)
+class Place(JSONData):
+    """Where one test item looks, known at collection from its parameters: its ``check``, the
+    IP ``family`` (``ipv4``), ``protocol``, the ``source`` and ``destination`` nodes of a pair
+    (equal for same-node), the ``node`` of a per-node check, and ``source_kind`` (``pod``, or
+    ``host``: the source node's host network). Unset fields are None. It travels as the item's
+    ``netconform.*`` JUnit properties (`properties`), read back key by key (`from_dict`)."""
+
+    check: str = ""
+    family: str | None = None
+    protocol: str | None = None
+    node: str | None = None
+    source: str | None = None
+    destination: str | None = None
+    source_kind: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        """The fields that are set (``summary.json``'s ``place``)."""
+        return {key: value for key in PLACE_KEYS if (value := getattr(self, key))}
+
+    def properties(self) -> list[tuple[str, str]]:
+        """The item's JUnit properties: ``netconform.<field>`` for each field that is set."""
+        return [(PLACE_PREFIX + key, value) for key, value in self.to_dict().items()]
+
+    @property
+    def is_pair(self) -> bool:
+        """Whether the item checks a (source, destination) pair of nodes."""
+        return bool(self.source and self.destination)
+
+    def nodes(self) -> tuple[str, ...]:
+        """The nodes it names (source, destination, node), each once."""
+        return tuple(dict.fromkeys(n for n in (self.source, self.destination, self.node) if n))
+
+    def roles(self) -> dict[str, str]:
+        """node -> its role here: source, destination, same node, or node."""
+        if self.source and self.destination:
+            if self.source == self.destination:
+                return {self.source: "same node"}
+            return {self.source: "source", self.destination: "destination"}
+        return {self.node: "node"} if self.node else {}
 
 
 def rule_from_docstring(doc: str | None) -> str:
