@@ -242,6 +242,9 @@ def test_a_rule_failure_is_data_and_its_text_is_drawn_from_it() -> None:
     assert isinstance(raised.value, pytest.fail.Exception)
     assert not raised.value.pytrace
     assert str(raised.value) == failure.text()
+    # Named as pytest.fail's exception is where pytest shows it (JUnit's failure message, the
+    # terminal's short summary): the words stay as they were.
+    assert raised.exconly() == f"Failed: {failure.text()}"
     assert failure.text().splitlines() == [
         "RULE BROKEN: Pods MUST reach pods on other nodes without NAT",
         "  protocol: udp",

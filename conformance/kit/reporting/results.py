@@ -95,7 +95,7 @@ class CheckResult(JSONData):
     truth_tables: tuple[Mapping[str, Any], ...] | None = None
     #: What the check found wrong, as the judge found it (expected versus observed, where);
     #: for a check that could not test or stopped on an error, its cause as ``observed``.
-    #: None for a check that did not fail.
+    #: None when no phase of the check failed.
     failure: RuleFailure | None = None
 
     @property

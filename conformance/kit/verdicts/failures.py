@@ -134,6 +134,12 @@ class RuleBroken(Failed):
     failure's `RuleFailure.text`), carrying the `RuleFailure` for the plugin to attach to the
     report."""
 
+    # pytest names the exception where it shows the message (JUnit's failure message, the
+    # terminal's short summary: ``Failed: RULE BROKEN: ...``); a broken rule keeps reading as
+    # pytest's own failure, as pytest's outcome exceptions name themselves.
+    __module__ = Failed.__module__
+    __qualname__ = Failed.__qualname__
+
     def __init__(self, failure: RuleFailure) -> None:
         super().__init__(failure.text(), pytrace=False)
         self.failure = failure
