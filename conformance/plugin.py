@@ -58,9 +58,9 @@ from conformance.kit.cluster.pairs import AUTO_SAMPLE_ABOVE, AUTO_SAMPLE_SIZE, P
 from conformance.kit.probes.podspecs import images_to_pull
 from conformance.kit.run.cases import (
     PAIRS_ALL,
+    item_place,
     pair_plan,
     place_attribute,
-    place_properties,
     plan_cases,
 )
 from conformance.kit.run.invocation import (
@@ -86,7 +86,10 @@ from conformance.kit.run.session import (
 )
 from conformance.kit.verdicts.failures import (
     ACCOUNTS_FOR_PROPERTY,
+    FAILURE_ATTRIBUTE,
     UNTESTED_PROPERTY,
+    RuleBroken,
+    RuleFailure,
     could_not_test_text,
     rule_from_docstring,
 )
@@ -558,11 +561,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.user_properties.append((RULE_PROPERTY, rule_of(item)))
         callspec = getattr(item, "callspec", None)
         item.user_properties.extend(
-            place_properties(
+            item_place(
                 getattr(item, "originalname", item.name),
                 dict(callspec.params) if callspec is not None else {},
                 place_attribute(getattr(item, "obj", None), module, "SOURCE_KIND", "pod"),
-            )
+            ).properties()
         )
         accounts_for = place_attribute(getattr(item, "obj", None), module, "ACCOUNTS_FOR", ())
         if accounts_for:
@@ -606,6 +609,12 @@ def pytest_runtest_makereport(
             report.when = "setup"
         report.longrepr = could_not_test_text(cause)
         report.user_properties.append((UNTESTED_PROPERTY, type(error).__name__))
+        untested = RuleFailure(rule=rule_of(item), observed=could_not_test_text(cause))
+        setattr(report, FAILURE_ATTRIBUTE, untested.to_dict())
+    elif report.failed and excinfo is not None and isinstance(excinfo.value, RuleBroken):
+        # The judge's verdict as data, on the report: plain JSON, so that it travels from an
+        # xdist worker with the report, and every output is drawn from it.
+        setattr(report, FAILURE_ATTRIBUTE, excinfo.value.failure.to_dict())
     if report.when == "call" or (report.when == "setup" and not report.passed):
         report.sections.append(("rule", rule_of(item)))
     # The run's pod states and events appear once per report (RunReporter), not per failure.

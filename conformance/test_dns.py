@@ -39,7 +39,7 @@ from conformance.kit.probes.services import (
     service_environment,
     service_names,
 )
-from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.failures import fail_rule
 
 #: Seconds one lookup may take in the pod (the resolver's own retries included).
 RESOLVE_TIMEOUT = 5.0
@@ -103,16 +103,13 @@ def _tested_dns(
         raise CouldNotTest(plan.reason)
     probe = probe_map.get(ROLE_PROBE, node)
     if plan.action == DNS_BROKEN:
-        pytest.fail(
-            format_rule_failure(
-                rule,
-                expected=f"ClusterFirst pods on {node} use the cluster DNS, as on the other nodes",
-                observed=plan.reason,
-                protocol="DNS",
-                pods=[probe.describe()],
-                nodes=[node],
-            ),
-            pytrace=False,
+        fail_rule(
+            rule,
+            expected=f"ClusterFirst pods on {node} use the cluster DNS, as on the other nodes",
+            observed=plan.reason,
+            protocol="DNS",
+            pods=[probe.describe()],
+            nodes=[node],
         )
     assert plan.action == DNS_TEST, plan
     if plan.resolver is not None:
@@ -142,20 +139,17 @@ def _judge(
             wrong.append(f"{name}: {got}")
     if wrong:
         resolver = plan.resolver.describe() if plan.resolver is not None else "unknown"
-        pytest.fail(
-            format_rule_failure(
-                rule,
-                expected="; ".join(f"{n} -> {a}" for n, a in wanted.items()),
-                observed="; ".join(wrong),
-                protocol=f"DNS (IPv{family} addresses)",
-                pods=[pod],
-                nodes=[node],
-                details=[
-                    f"the pod's resolver, as kubelet wrote it: {resolver}",
-                    *([plan.note] if plan.note else []),
-                ],
-            ),
-            pytrace=False,
+        fail_rule(
+            rule,
+            expected="; ".join(f"{n} -> {a}" for n, a in wanted.items()),
+            observed="; ".join(wrong),
+            protocol=f"DNS (IPv{family} addresses)",
+            pods=[pod],
+            nodes=[node],
+            details=[
+                f"the pod's resolver, as kubelet wrote it: {resolver}",
+                *([plan.note] if plan.note else []),
+            ],
         )
 
 
@@ -243,13 +237,10 @@ def test_service_environment_variables(
     wanted = service_environment(SERVICE, ips[0])
     wrong = {k: variables.get(k) for k, v in wanted.items() if variables.get(k) != v}
     if wrong:
-        pytest.fail(
-            format_rule_failure(
-                ENV_RULE,
-                expected=", ".join(f"{k}={v}" for k, v in wanted.items()),
-                observed=", ".join(f"{k}={v}" for k, v in sorted(wrong.items())),
-                pods=[probe.describe()],
-                nodes=[probe_node],
-            ),
-            pytrace=False,
+        fail_rule(
+            ENV_RULE,
+            expected=", ".join(f"{k}={v}" for k, v in wanted.items()),
+            observed=", ".join(f"{k}={v}" for k, v in sorted(wrong.items())),
+            pods=[probe.describe()],
+            nodes=[probe_node],
         )

@@ -27,7 +27,7 @@ from conformance.kit.exchanges.reachability import swept_by
 from conformance.kit.exchanges.service_targets import FROM_HOST, FROM_POD, facts_of, host_port
 from conformance.kit.probes.model import ROLE_HOSTPORT, ProbeMap
 from conformance.kit.run.cases import PAIRS_CROSS_NODE, check_places
-from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.failures import fail_rule
 from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp")
@@ -83,16 +83,13 @@ def test_host_port_conflict(
     if conflict.verdict == UNKNOWN:
         raise ProbeGoneError(f"on {node}, host port {port}/TCP: {conflict.why}")
     if conflict.verdict == BROKEN:
-        pytest.fail(
-            format_rule_failure(
-                CONFLICT_RULE,
-                expected=f"{facts.clash_pod} refused (or kept from running) while {holder.name} "
-                f"holds host port {port}/TCP",
-                observed=f"{conflict.why} on {node}",
-                protocol="tcp",
-                pods=[holder.name, facts.clash_pod],
-                nodes=[node],
-                details=[describe_pod(p) for p in (first, clash) if p is not None],
-            ),
-            pytrace=False,
+        fail_rule(
+            CONFLICT_RULE,
+            expected=f"{facts.clash_pod} refused (or kept from running) while {holder.name} "
+            f"holds host port {port}/TCP",
+            observed=f"{conflict.why} on {node}",
+            protocol="tcp",
+            pods=[holder.name, facts.clash_pod],
+            nodes=[node],
+            details=[describe_pod(p) for p in (first, clash) if p is not None],
         )

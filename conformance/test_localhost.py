@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import pytest
-
 from conformance.kit.exchanges.prefetch import ItemAnswers, Step, prefetched_by
 from conformance.kit.exchanges.reachability import (
     Endpoint,
@@ -23,7 +21,7 @@ from conformance.kit.exchanges.reachability import (
 )
 from conformance.kit.probes.client import address_of_family, require_ok
 from conformance.kit.probes.model import ROLE_PROBE, ProbeMap
-from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.failures import fail_rule
 from conformance.kit.verdicts.judge import ItemExchanges
 
 PROTOCOLS = ("tcp", "udp")
@@ -104,15 +102,12 @@ def test_containers_share_interfaces(
             ),
         }
     if views["a"] != views["b"]:
-        pytest.fail(
-            format_rule_failure(
-                "containers of one pod MUST share one network namespace",
-                expected="identical network namespace and interface list in a and b",
-                observed=f"a sees {views['a']}; b sees {views['b']}",
-                pods=[probe.describe()],
-                nodes=[probe_node],
-            ),
-            pytrace=False,
+        fail_rule(
+            "containers of one pod MUST share one network namespace",
+            expected="identical network namespace and interface list in a and b",
+            observed=f"a sees {views['a']}; b sees {views['b']}",
+            pods=[probe.describe()],
+            nodes=[probe_node],
         )
 
 
@@ -154,14 +149,11 @@ def test_port_space_shared(
                 f"bound={answer.get('bound')} errno={answer.get('errno')}"
             )
     if failures:
-        pytest.fail(
-            format_rule_failure(
-                "containers of one pod MUST share one port space",
-                expected="binding the other container's listening port fails with EADDRINUSE",
-                observed="; ".join(failures),
-                protocol=proto,
-                pods=[probe.describe()],
-                nodes=[probe_node],
-            ),
-            pytrace=False,
+        fail_rule(
+            "containers of one pod MUST share one port space",
+            expected="binding the other container's listening port fails with EADDRINUSE",
+            observed="; ".join(failures),
+            protocol=proto,
+            pods=[probe.describe()],
+            nodes=[probe_node],
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from kubernetes import client
 
 from conformance.kit.base.errors import CouldNotTest
@@ -19,7 +18,7 @@ from conformance.kit.cluster.nodes import (
     network_evidence,
     node_is_ready,
 )
-from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.failures import fail_rule
 
 RULE = "every node's network MUST be ready"
 #: A node the run left out because its network is not ready is accounted for by this check's
@@ -39,16 +38,13 @@ def test_node_network_ready(
     evidence = network_evidence(node)
     if evidence:
         left_out = discovered.excluded.get(cluster_node)
-        pytest.fail(
-            format_rule_failure(
-                RULE,
-                expected="a Ready condition without NetworkReady=false and no network-unavailable "
-                f"or not-ready taint (given up to {timeouts.node_ready:.0f}s to clear)",
-                observed="; ".join(evidence),
-                nodes=[cluster_node],
-                details=["the run left the node out of its probes"] if left_out else [],
-            ),
-            pytrace=False,
+        fail_rule(
+            RULE,
+            expected="a Ready condition without NetworkReady=false and no network-unavailable "
+            f"or not-ready taint (given up to {timeouts.node_ready:.0f}s to clear)",
+            observed="; ".join(evidence),
+            nodes=[cluster_node],
+            details=["the run left the node out of its probes"] if left_out else [],
         )
     if not node_is_ready(node):
         # No network verdict: the kubelet does not say (it stopped reporting, or not yet).

@@ -44,7 +44,7 @@ from conformance.kit.cluster.survey import detect_pool_ipam
 from conformance.kit.exchanges.prefetch import ItemAnswers, Step, prefetched_by
 from conformance.kit.probes.client import address_of_family, require_ok
 from conformance.kit.probes.model import ROLE_HOSTPROBE, ROLE_PROBE, ProbeMap
-from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.failures import fail_rule
 
 # Completed pods keep status.podIP after their IP went back to the pool: not live addresses.
 FINISHED_PHASES = ("Succeeded", "Failed")
@@ -89,7 +89,7 @@ def nodes_with_pod_cidrs(
 
 
 def fail(rule: str, expected: str, findings_text: str) -> None:
-    pytest.fail(format_rule_failure(rule, expected=expected, observed=findings_text), pytrace=False)
+    fail_rule(rule, expected=expected, observed=findings_text)
 
 
 def fail_on_findings(findings: Sequence[Finding], rule: str, expected: str) -> None:
@@ -315,14 +315,11 @@ def test_pod_ip_is_interface_address(
     }
     missing = [ip for ip in probe.pod_ips if str(ipaddress.ip_address(ip)) not in interface_ips]
     if not probe.pod_ips or missing:
-        pytest.fail(
-            format_rule_failure(
-                "a pod's reported IP MUST be the address it has inside",
-                expected=f"status.podIPs {list(probe.pod_ips)} on the pod's interfaces",
-                observed=f"missing {missing or 'all (no podIPs reported)'}; "
-                f"interfaces hold {sorted(interface_ips)}",
-                pods=[probe.describe()],
-                nodes=[probe_node],
-            ),
-            pytrace=False,
+        fail_rule(
+            "a pod's reported IP MUST be the address it has inside",
+            expected=f"status.podIPs {list(probe.pod_ips)} on the pod's interfaces",
+            observed=f"missing {missing or 'all (no podIPs reported)'}; "
+            f"interfaces hold {sorted(interface_ips)}",
+            pods=[probe.describe()],
+            nodes=[probe_node],
         )

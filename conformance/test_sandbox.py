@@ -21,7 +21,7 @@ from conformance.kit.exchanges.sandboxes import (
 )
 from conformance.kit.probes.client import ProbeClient
 from conformance.kit.probes.model import ProbeMap
-from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.failures import fail_rule
 from conformance.kit.verdicts.judge import problems
 
 RULE = "a pod MUST keep its IP and network namespace across a container restart"
@@ -55,16 +55,13 @@ def test_sandbox_survives_container_restart(
     if problems(outcome):
         found.append(f"localhost {SURVIVOR} -> {KILLED} broken: {outcome.describe()}")
     if found:
-        pytest.fail(
-            format_rule_failure(
-                RULE,
-                expected=f"IPs {list(restart.ips_before)} and the network namespace "
-                f"{restart.netns_before.describe() if restart.netns_before else '?'} kept, "
-                f"only container {KILLED} restarted, and localhost between containers working "
-                f"after container {KILLED} restarted",
-                observed="; ".join(found),
-                pods=[restart.pod],
-                nodes=[probe_node],
-            ),
-            pytrace=False,
+        fail_rule(
+            RULE,
+            expected=f"IPs {list(restart.ips_before)} and the network namespace "
+            f"{restart.netns_before.describe() if restart.netns_before else '?'} kept, "
+            f"only container {KILLED} restarted, and localhost between containers working "
+            f"after container {KILLED} restarted",
+            observed="; ".join(found),
+            pods=[restart.pod],
+            nodes=[probe_node],
         )

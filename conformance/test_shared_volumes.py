@@ -22,7 +22,7 @@ from conformance.kit.probes.podspecs import (
     SEED_CONTENT,
     SEED_FILE,
 )
-from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.failures import fail_rule
 
 SIZE = 1 << 20  # 1 MiB
 CONTAINERS = ("a", "b")
@@ -73,17 +73,14 @@ def test_volume_shared_between_containers(
     )
     read = answers["read"]
     if not read.get("ok") or read.get("sha256") != written.get("sha256"):
-        pytest.fail(
-            format_rule_failure(
-                "containers of one pod MUST share its volumes",
-                expected=f"{reader}:{read_path} has {SIZE} bytes with sha256 {written.get('sha256')}"
-                f" (written by {writer} at {write_path})",
-                observed=f"read answered {read}",
-                pods=[probe.describe()],
-                nodes=[probe_node],
-                details=[f"volume {volume}"],
-            ),
-            pytrace=False,
+        fail_rule(
+            "containers of one pod MUST share its volumes",
+            expected=f"{reader}:{read_path} has {SIZE} bytes with sha256 {written.get('sha256')}"
+            f" (written by {writer} at {write_path})",
+            observed=f"read answered {read}",
+            pods=[probe.describe()],
+            nodes=[probe_node],
+            details=[f"volume {volume}"],
         )
 
 
@@ -111,13 +108,10 @@ def test_init_container_file_seen_by_both(
         if not answer.get("ok") or answer.get("sha256") != expected:
             failures.append(f"{container}:{seed_path(container)}: {answer}")
     if failures:
-        pytest.fail(
-            format_rule_failure(
-                "containers of one pod MUST see files its init containers wrote to shared volumes",
-                expected=f"{SEED_FILE} with sha256 {expected} in a and b",
-                observed="; ".join(failures),
-                pods=[probe.describe()],
-                nodes=[probe_node],
-            ),
-            pytrace=False,
+        fail_rule(
+            "containers of one pod MUST see files its init containers wrote to shared volumes",
+            expected=f"{SEED_FILE} with sha256 {expected} in a and b",
+            observed="; ".join(failures),
+            pods=[probe.describe()],
+            nodes=[probe_node],
         )

@@ -15,7 +15,7 @@ from conformance.kit.cluster.nodes import Exclusion
 from conformance.kit.reporting.matrices import build_matrices
 from conformance.kit.reporting.results import CheckResult, build_summary, exit_meaning
 from conformance.kit.reporting.rules import Coverage, summarize_rules, verdict
-from conformance.kit.verdicts.failures import format_rule_failure
+from conformance.kit.verdicts.failures import Place, RuleFailure, could_not_test_text
 
 NO_SNAT_RULE = "A pod MUST reach a pod on every node without NAT."
 NODE_TO_POD_RULE = "The host network of a node MUST reach every pod on that node."
@@ -48,15 +48,21 @@ def facts(nodes: Sequence[str]) -> ClusterFacts:
     )
 
 
-def snat_message(src: str, dst: str, proto: str) -> str:
-    return format_rule_failure(
-        "pods MUST reach pods without NAT",
+def snat_failure(src: str, dst: str, proto: str) -> RuleFailure:
+    """The judge's failure of a no-SNAT pair under the ``snat-cross-node`` fault."""
+    return RuleFailure(
+        rule="pods MUST reach pods without NAT",
         expected="the destination sees only the source pod's IP",
         observed=f"listener saw source ['172.18.0.{src[-1]}'] from {src} to {dst} over {proto}",
         protocol=f"{proto} over IPv4",
-        pods=[f"probe-{src}", f"probe-{dst}"],
-        nodes=[src, dst],
+        pods=(f"probe-{src}", f"probe-{dst}"),
+        nodes=(src, dst),
     )
+
+
+def untested(cause: str, rule: str = NO_SNAT_RULE) -> RuleFailure:
+    """The failure the plugin attaches to a check that could not test."""
+    return RuleFailure(rule=rule, observed=could_not_test_text(cause))
 
 
 def pair(
@@ -68,33 +74,40 @@ def pair(
     *,
     family: str = "ipv4",
     kind: str = "pod",
-    message: str | None = None,
+    failure: RuleFailure | None = None,
     rule: str = NO_SNAT_RULE,
 ) -> CheckResult:
-    """A pair check's result, as the collector merges it (place from its JUnit properties)."""
+    """A pair check's result, as the collector merges it (place from its JUnit properties);
+    a failed one fails as under the ``snat-cross-node`` fault unless ``failure`` says how, its
+    message the failure's text (an error's with ``[setup]`` before it)."""
     module = {"test_no_snat": "test_no_snat", "test_node_to_pod": "test_node_to_pod"}.get(
         check, check
     )
     prefix = "" if family == "ipv4" else f"{family}-"
     ident = f"{prefix}{proto}-{src}->{dst}" if src != dst or kind == "pod" else f"{proto}-{src}"
-    if outcome == "failed" and message is None:
-        message = snat_message(src, dst, proto)
+    if outcome == "failed" and failure is None:
+        failure = snat_failure(src, dst, proto)
+    message = None
+    if failure is not None:
+        text = failure.text() if failure.expected is not None else failure.observed
+        message = text if outcome == "failed" else f"[setup] {text}"
     return CheckResult(
         nodeid=f"conformance/{module}.py::{check}[{ident}]",
         outcome=outcome,
         duration=0.01,
         rule=rule,
         message=message,
-        place={
-            "check": check,
-            "family": family,
-            "protocol": proto,
-            "source": src,
-            "destination": dst,
-            "source_kind": kind,
-        },
+        place=Place(
+            check=check,
+            family=family,
+            protocol=proto,
+            source=src,
+            destination=dst,
+            source_kind=kind,
+        ),
         attempts=1,
         losses=0,
+        failure=failure,
     )
 
 
@@ -105,7 +118,7 @@ def node_check(check: str, node: str, outcome: str = "passed", **kwargs: Any) ->
         outcome=outcome,
         duration=0.01,
         rule=kwargs.pop("rule", LOCALHOST_RULE),
-        place={"check": check, "node": node},
+        place=Place(check=check, node=node),
         **kwargs,
     )
 
@@ -147,7 +160,7 @@ def run_results(nodes: Sequence[str], *, broken: bool, skipped: bool = True) -> 
             outcome="skipped",
             duration=0.0,
             rule=FAMILY_RULE,
-            place={"check": "test_required_family_on_every_pod_and_node", "family": "ipv4"},
+            place=Place(check="test_required_family_on_every_pod_and_node", family="ipv4"),
             reason="IPv4 is not required (--ip-family auto follows the cluster)",
         )
     )

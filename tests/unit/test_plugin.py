@@ -250,6 +250,15 @@ def test_missing_kubeconfig_is_errors_under_xdist(pytester: pytest.Pytester) -> 
     assert "passed" not in outcomes
     summary = json.loads((pytester.path / "reports" / "summary.json").read_text())
     assert summary["totals"]["error"] == summary["totals"]["total"] > 0
+    # The cause came from the workers as data on their reports, not read from the text.
+    for test in summary["tests"]:
+        assert test["failure"]["expected"] is None, test
+        assert test["failure"]["rule"] == test["rule"]
+        assert test["failure"]["observed"].startswith("COULD NOT TEST: "), test
+        # (xdist puts "[gw0] linux -- Python ..." before a worker's text: a report that read
+        # the cause back from the message's first line would show that line instead.)
+        assert test["message"].startswith("[setup] [gw"), test
+        assert test["message"].endswith(test["failure"]["observed"]), test
 
 
 def test_conformance_test_ids_and_rule_docstrings(

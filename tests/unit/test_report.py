@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import execnet
 import pytest
 
 from conformance.kit.cluster.facts import ClusterFacts
@@ -20,8 +21,12 @@ from conformance.kit.reporting.results import (
     write_summary,
 )
 from conformance.kit.verdicts.failures import (
+    FAILURE_ATTRIBUTE,
     FLAKY_PROPERTY,
-    format_rule_failure,
+    RuleBroken,
+    RuleFailure,
+    fail_rule,
+    failure_of,
     pod_label,
     rule_from_docstring,
 )
@@ -198,20 +203,38 @@ def test_count_outcomes() -> None:
     assert counts["total"] == 3
 
 
-def test_format_rule_failure() -> None:
-    message = format_rule_failure(
-        "Pods MUST reach pods on other nodes without NAT",
-        protocol="udp",
-        pods=[
-            pod_label("nc-1", "probe-node-1", "node-1"),
-            pod_label("nc-1", "probe-node-2", "node-2"),
-        ],
-        nodes=["node-1", "node-2"],
+def test_a_rule_failure_is_data_and_its_text_is_drawn_from_it() -> None:
+    with pytest.raises(RuleBroken) as raised:
+        fail_rule(
+            "Pods MUST reach pods on other nodes without NAT",
+            protocol="udp",
+            pods=[
+                pod_label("nc-1", "probe-node-1", "node-1"),
+                pod_label("nc-1", "probe-node-2", "node-2"),
+            ],
+            nodes=["node-1", "node-2"],
+            expected="peer 10.244.1.5 (the source pod's IP)",
+            observed="peer 192.168.0.11 (node-1's InternalIP): the source was NATed",
+            details=["agent log: listener udp nonce=abc peer=192.168.0.11"],
+        )
+    failure = raised.value.failure
+    assert failure == RuleFailure(
+        rule="Pods MUST reach pods on other nodes without NAT",
         expected="peer 10.244.1.5 (the source pod's IP)",
         observed="peer 192.168.0.11 (node-1's InternalIP): the source was NATed",
-        details=["agent log: listener udp nonce=abc peer=192.168.0.11"],
+        protocol="udp",
+        pods=("nc-1/probe-node-1 (node node-1)", "nc-1/probe-node-2 (node node-2)"),
+        nodes=("node-1", "node-2"),
+        details=("agent log: listener udp nonce=abc peer=192.168.0.11",),
     )
-    assert message.splitlines() == [
+    # pytest's failure, without a traceback: its message is the text people read.
+    assert isinstance(raised.value, pytest.fail.Exception)
+    assert not raised.value.pytrace
+    assert str(raised.value) == failure.text()
+    # Named as pytest.fail's exception is where pytest shows it (JUnit's failure message, the
+    # terminal's short summary): the words stay as they were.
+    assert raised.exconly() == f"Failed: {failure.text()}"
+    assert failure.text().splitlines() == [
         "RULE BROKEN: Pods MUST reach pods on other nodes without NAT",
         "  protocol: udp",
         "  pods:     nc-1/probe-node-1 (node node-1) -> nc-1/probe-node-2 (node node-2)",
@@ -220,6 +243,34 @@ def test_format_rule_failure() -> None:
         "  observed: peer 192.168.0.11 (node-1's InternalIP): the source was NATed",
         "  agent log: listener udp nonce=abc peer=192.168.0.11",
     ]
+    assert RuleFailure.from_dict(failure.to_dict()) == failure
+
+
+def test_a_failure_travels_on_its_report_between_xdist_processes() -> None:
+    failure = RuleFailure(rule="R", expected="e", observed="o", nodes=("node-1",), pods=("p",))
+    report = pytest.TestReport(
+        nodeid="t::x",
+        location=("t.py", 1, "x"),
+        keywords={},
+        outcome="failed",
+        longrepr=failure.text(),
+        when="call",
+    )
+    setattr(report, FAILURE_ATTRIBUTE, failure.to_dict())
+    # What pytest-xdist does with a worker's report: serialize it, send it over execnet,
+    # rebuild it on the controller.
+    sent = execnet.loads(execnet.dumps(report._to_json()))
+    received = pytest.TestReport._from_json(sent)
+    assert failure_of(received) == failure
+    assert received.longreprtext == failure.text()
+    assert (
+        failure_of(
+            pytest.TestReport._from_json(
+                pytest.TestReport("t::y", ("t.py", 2, "y"), {}, "passed", None, "call")._to_json()
+            )
+        )
+        is None
+    )
 
 
 def test_shorten() -> None:

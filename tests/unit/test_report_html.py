@@ -22,6 +22,7 @@ from conformance.kit.reporting.html import (
     render_page,
 )
 from conformance.kit.reporting.results import SUMMARY_SCHEMA, CheckResult, summary_schema
+from conformance.kit.verdicts.failures import RuleFailure
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ("node-1", "node-2", "node-3")
@@ -191,7 +192,7 @@ def test_text_from_the_cluster_is_escaped() -> None:
         "node-1",
         "node-2",
         "failed",
-        message="RULE BROKEN: x\n  expected: <b>\n  observed: <script>alert(1)</script>",
+        failure=RuleFailure(rule="x", expected="<b>", observed="<script>alert(1)</script>"),
     )
     page = render_block(summary_of(results, NODES, exitstatus=1))
     assert "<script" not in page

@@ -8,7 +8,7 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from report_runs import NO_SNAT_RULE, node_check, pair, run_results
+from report_runs import NO_SNAT_RULE, node_check, pair, run_results, untested
 
 from conformance.kit.cluster.families import FamilyPlan
 from conformance.kit.cluster.nodes import CONTROL_PLANE, NOT_READY, Exclusion
@@ -53,7 +53,8 @@ from conformance.kit.verdicts.failures import (
     LOSS_RATIO_PROPERTY,
     PROBES_LOST_PROPERTY,
     PROBES_PROPERTY,
-    read_failure,
+    Place,
+    RuleFailure,
 )
 
 NODES = ("node-1", "node-2", "node-3")
@@ -286,14 +287,28 @@ def test_anchors_are_valid_distinct_fragment_ids() -> None:
 # --- what a failure says -------------------------------------------------------------------
 
 
-def test_expected_and_observed_are_read_back_from_failure_text() -> None:
-    (result,) = [r for r in run_results(NODES, broken=True) if r.outcome == "failed"][:1]
-    text = read_failure(result.message)
-    assert text.expected == "the destination sees only the source pod's IP"
-    assert text.observed.startswith("listener saw source ['172.18.0.1'] from node-1 to node-2")
-    untested = read_failure("[setup] COULD NOT TEST: probe deployment failed: ImagePullBackOff")
-    assert untested.expected is None
-    assert untested.observed == "COULD NOT TEST: probe deployment failed: ImagePullBackOff"
+def test_a_failure_travels_as_data_from_the_report_to_the_result() -> None:
+    failure = RuleFailure(
+        rule="R MUST hold",
+        expected="the source pod's IP",
+        observed="a node's IP: the source was NATed",
+        protocol="udp over IPv4",
+        pods=("probe-node-1", "probe-node-2"),
+        nodes=("node-1", "node-2"),
+    )
+    collector = SummaryCollector()
+    # The message is the failure's text, as pytest prints it; the result keeps the data.
+    collector.record_phase("t::f", "call", "failed", 0.1, message=failure.text(), failure=failure)
+    collector.record_phase("t::f", "teardown", "failed", 0.0, message="teardown went wrong")
+    # An error with no failure attached (a fixture's exception): its first line is observed.
+    collector.record_phase("t::e", "setup", "failed", 0.0, message="\nRuntimeError: boom\n  at x")
+    collector.record_phase("t::p", "call", "passed", 0.1)
+    results = {r.nodeid: r for r in collector.results()}
+    assert results["t::f"].failure == failure
+    assert results["t::f"].message == failure.text() + "\n[teardown] teardown went wrong"
+    assert results["t::e"].failure == RuleFailure(rule="", observed="RuntimeError: boom")
+    assert results["t::p"].failure is None
+    assert RuleFailure.from_dict(results["t::f"].to_dict()["failure"]) == failure
 
 
 def test_skip_reasons_are_kept_for_skipped_checks_only() -> None:
@@ -363,20 +378,20 @@ def test_cells_say_flaky_skipped_and_could_not_test_with_a_cause() -> None:
             "node-2",
             "node-1",
             "error",
-            message="[setup] COULD NOT TEST: exec into probe-node-2 failed: HTTP 500",
+            failure=untested("exec into probe-node-2 failed: HTTP 500"),
         ),
         CheckResult(
             nodeid="conformance/test_no_snat.py::test_no_snat[udp-node-2->node-2]",
             outcome="skipped",
             duration=0.0,
-            place={
-                "check": "test_no_snat",
-                "protocol": "udp",
-                "family": "ipv4",
-                "source": "node-2",
-                "destination": "node-2",
-                "source_kind": "pod",
-            },
+            place=Place(
+                check="test_no_snat",
+                protocol="udp",
+                family="ipv4",
+                source="node-2",
+                destination="node-2",
+                source_kind="pod",
+            ),
             reason="no IPv4 address on probe-node-2",
         ),
     ]

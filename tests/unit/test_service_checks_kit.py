@@ -72,6 +72,7 @@ from conformance.kit.probes.services import (
     service_objects,
     spread_tries,
 )
+from conformance.kit.verdicts.failures import Place
 from conformance.kit.verdicts.judge import (
     assert_readiness_followed,
     flip_problems,
@@ -667,8 +668,8 @@ def test_checks_from_host_networks_say_so_beside_checks_from_pods() -> None:
     from conformance.kit.run.cases import (
         PAIRS_ALL,
         PAIRS_CROSS_NODE,
+        item_place,
         place_attribute,
-        place_properties,
     )
 
     for module, from_hosts, from_pods in (
@@ -688,12 +689,34 @@ def test_checks_from_host_networks_say_so_beside_checks_from_pods() -> None:
         assert place_attribute(from_pods, module, "PAIRS", PAIRS_ALL) == PAIRS_ALL
         assert place_attribute(from_pods, module, "SOURCE_KIND", "pod") == "pod"
         assert place_attribute(from_pods, module, "PROTOCOLS", None) == ("tcp", "udp")
-    place = dict(
-        place_properties(
-            "test_node_port_from_hosts",
-            {"proto": "tcp", "family": 4, "node_pair": NodePair("node-1", "node-2")},
-            "host",
-        )
+    place = item_place(
+        "test_node_port_from_hosts",
+        {"proto": "tcp", "family": 4, "node_pair": NodePair("node-1", "node-2")},
+        "host",
     )
-    assert place["netconform.source_kind"] == "host"
-    assert place["netconform.destination"] == "node-2"
+    assert place.properties() == [
+        ("netconform.check", "test_node_port_from_hosts"),
+        ("netconform.family", "ipv4"),
+        ("netconform.protocol", "tcp"),
+        ("netconform.source", "node-1"),
+        ("netconform.destination", "node-2"),
+        ("netconform.source_kind", "host"),
+    ]
+    # A per-node check from a host network: its node is the source and the destination.
+    on_host = item_place(
+        "test_node_to_pod", {"proto": "udp", "family": 6, "probe_node": "n1"}, "host"
+    )
+    assert on_host.properties() == [
+        ("netconform.check", "test_node_to_pod"),
+        ("netconform.family", "ipv6"),
+        ("netconform.protocol", "udp"),
+        ("netconform.node", "n1"),
+        ("netconform.source", "n1"),
+        ("netconform.destination", "n1"),
+        ("netconform.source_kind", "host"),
+    ]
+    assert Place.from_dict(on_host.to_dict()) == on_host
+    assert item_place("test_dns", {"cluster_node": "n2"}).to_dict() == {
+        "check": "test_dns",
+        "node": "n2",
+    }

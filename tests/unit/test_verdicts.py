@@ -34,6 +34,8 @@ from conformance.kit.verdicts.failures import (
     LOSSES_PROPERTY,
     PROBES_LOST_PROPERTY,
     PROBES_PROPERTY,
+    RuleBroken,
+    RuleFailure,
 )
 from conformance.kit.verdicts.judge import ItemExchanges, flaky_text, problems
 
@@ -253,9 +255,18 @@ def test_a_broken_item_fails_naming_the_exchange_and_the_run() -> None:
     # Elsewhere in the run, node-2's other traffic was NATed too.
     elsewhere = outcome(target("node-2", "node-1", "udp"), listener=(natted,), seen=natted)
     item = judge([broken, fine], run=[broken, fine, elsewhere, outcome(target("node-3", "node-1"))])
-    with pytest.raises(pytest.fail.Exception) as failed:
+    with pytest.raises(RuleBroken) as failed:
         item.assert_rule(RULE)
     text = str(failed.value)
+    # The judge's verdict is data; the message people read is drawn from it.
+    failure = failed.value.failure
+    assert text == failure.text()
+    assert failure.rule == RULE
+    assert failure.protocol == "tcp over IPv4"
+    assert failure.nodes == ("node-2", "node-3", "node-1")
+    assert failure.observed.startswith("1 of 2 exchanges broken: tcp probe-node-2/a")
+    assert failure.details[0] == broken.describe()
+    assert failure.details[-1].startswith("across the run: node-2 is in all 2 failed pairs")
     assert text.startswith(f"RULE BROKEN: {RULE}")
     assert "protocol: tcp over IPv4" in text
     assert (
@@ -288,8 +299,11 @@ def test_unplanned_is_a_skip() -> None:
 
 def test_unplanned_broken_is_a_failure() -> None:
     item = judge([], unplanned=Unplanned("the node has no pod CIDR of IPv4", broken=True))
-    with pytest.raises(pytest.fail.Exception) as failed:
+    with pytest.raises(RuleBroken) as failed:
         item.assert_rule(RULE)
+    assert failed.value.failure == RuleFailure(
+        rule=RULE, expected="traffic", observed="the node has no pod CIDR of IPv4"
+    )
     text = str(failed.value)
     assert text.startswith(f"RULE BROKEN: {RULE}")
     assert "expected: traffic" in text

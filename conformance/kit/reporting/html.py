@@ -46,7 +46,7 @@ from conformance.kit.reporting.rules import (
     anchor_for,
     rule_counts,
 )
-from conformance.kit.verdicts.failures import one_line, read_failure
+from conformance.kit.verdicts.failures import RuleFailure, one_line
 
 #: Glyphs drawn in matrix cells beside the colour, so the grid reads without colour too.
 CELL_GLYPHS = {
@@ -298,9 +298,10 @@ def _verdict(data: ReportData, failure_ids: Mapping[str, str]) -> str:
             )
         elif rule.status == RULE_UNTESTED:
             first = next(
-                (t for t in data.tests if t.nodeid in rule.could_not_test and t.message), None
+                (t.failure for t in data.tests if t.nodeid in rule.could_not_test and t.failure),
+                None,
             )
-            cause = f": {one_line(read_failure(first.message).observed, 200)}" if first else ""
+            cause = f": {one_line(first.observed, 200)}" if first else ""
             items.append(
                 f'<li><b>could not test</b>: <a href="#{rule.anchor}">'
                 f"<code>{_e(rule.check)}</code></a> &mdash; {_e(rule.counts_text())}"
@@ -568,13 +569,13 @@ def place_label(result: CheckResult) -> str:
     """Where a check looked, for people: ``tcp over ipv4: node-1 -> node-2`` (``node-1 (host)``
     for a host-network source), ``tcp over ipv4: node node-1``, or its test ID's parameters."""
     place = result.place
-    what = " over ".join(p for p in (place.get("protocol"), place.get("family")) if p)
-    source, destination = place.get("source"), place.get("destination")
+    what = " over ".join(p for p in (place.protocol, place.family) if p)
+    source, destination = place.source, place.destination
     if source and destination:
-        host = " (host)" if place.get("source_kind") == "host" else ""
+        host = " (host)" if place.source_kind == "host" else ""
         where = f"{source}{host} \u2192 {destination}"
-    elif place.get("node"):
-        where = f"node {place['node']}"
+    elif place.node:
+        where = f"node {place.node}"
     else:
         found = re.search(r"\[(.*)\]$", result.nodeid)
         where = found.group(1) if found else "cluster-wide"
@@ -589,12 +590,12 @@ def _failures(data: ReportData, failure_ids: Mapping[str, str]) -> str:
         if not nodeids:
             continue
         results = [by_id[n] for n in nodeids if n in by_id]
-        texts = {r.nodeid: read_failure(r.message) for r in results}
-        expected = {t.expected for t in texts.values()}
+        failures = {r.nodeid: r.failure or RuleFailure(rule=r.rule, observed="") for r in results}
+        expected = {f.expected for f in failures.values()}
         shared = expected.pop() if len(expected) == 1 else None
         rows = []
         for index, result in enumerate(results):
-            text = texts[result.nodeid]
+            failure = failures[result.nodeid]
             full = ""
             if result.message and index < FULL_MESSAGES_PER_RULE:
                 full = (
@@ -602,11 +603,11 @@ def _failures(data: ReportData, failure_ids: Mapping[str, str]) -> str:
                     "</details>"
                 )
             kind = "failed" if result.outcome == "failed" else "could not test"
-            expected_cell = "" if shared is not None else f"<td>{_e(text.expected or '')}</td>"
+            expected_cell = "" if shared is not None else f"<td>{_e(failure.expected or '')}</td>"
             rows.append(
                 f'<tr id="{failure_ids[result.nodeid]}" data-nodeid="{_e(result.nodeid)}">'
                 f'<td class="nc-where">{_e(place_label(result))}</td><td>{_e(kind)}</td>'
-                f"{expected_cell}<td>{_e(text.observed)}{full}</td></tr>"
+                f"{expected_cell}<td>{_e(failure.observed)}{full}</td></tr>"
             )
         hidden = len(results) - FULL_MESSAGES_PER_RULE
         more = (

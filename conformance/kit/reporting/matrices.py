@@ -2,9 +2,9 @@
 source x destination grid of the tested nodes (same-node on the diagonal; a check whose sources
 are nodes' host networks draws them as host rows), each cell passed, failed, flaky, lossy
 (passed with some probes lost), could not test, skipped or not checked, with the one-line
-cause of anything but a pass.
+cause of anything but a pass (the judge's observation, from the check's `RuleFailure`).
 
-Pure: built from the run's `CheckResult`s (their ``netconform.*`` places); ``summary.json``
+Pure: built from the run's `CheckResult`s (their `Place`s); ``summary.json``
 carries them under ``matrices``, the HTML report draws them, and the terminal prints a text
 grid per broken rule (`text_matrices`) for clusters of up to `TEXT_MATRIX_MAX_NODES` nodes.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from conformance.kit.base.jsondata import JSONData
 from conformance.kit.cluster.pairs import natural_key
 from conformance.kit.reporting.results import CheckResult, check_of
-from conformance.kit.verdicts.failures import one_line, read_failure
+from conformance.kit.verdicts.failures import one_line
 
 CELL_PASSED = "passed"
 CELL_FAILED = "failed"
@@ -91,7 +91,7 @@ def cell_cause(result: CheckResult, status: str, flaky: Mapping[str, str]) -> st
     if status == CELL_SKIPPED:
         return one_line(result.reason or "skipped")
     if status in (CELL_FAILED, CELL_UNTESTED):
-        return one_line(read_failure(result.message).observed or status)
+        return one_line((result.failure.observed if result.failure else "") or status)
     return None
 
 
@@ -202,10 +202,6 @@ class Matrix(JSONData):
         )
 
 
-def _is_pair(result: CheckResult) -> bool:
-    return bool(result.place.get("source") and result.place.get("destination"))
-
-
 def build_matrices(
     results: Iterable[CheckResult],
     flaky: Mapping[str, str] | None = None,
@@ -219,15 +215,15 @@ def build_matrices(
     grouped: dict[tuple[str, str, str, str], list[CheckResult]] = {}
     rules: dict[str, str] = {}
     for result in results:
-        if not _is_pair(result):
+        if not result.place.is_pair:
             continue
         check = check_of(result)
         rules.setdefault(check, result.rule)
         key = (
             check,
-            result.place.get("family", ""),
-            result.place.get("protocol", ""),
-            result.place.get("source_kind", SOURCE_KIND_POD),
+            result.place.family or "",
+            result.place.protocol or "",
+            result.place.source_kind or SOURCE_KIND_POD,
         )
         grouped.setdefault(key, []).append(result)
     check_order = {check: i for i, check in enumerate(rules)}
@@ -244,15 +240,15 @@ def build_matrices(
             protocol_order[item[0][2]],
         ),
     ):
-        seen = {r.place[k] for r in members for k in ("source", "destination")}
+        seen = {n for r in members for n in (r.place.source, r.place.destination) if n}
         axis = tuple(dict.fromkeys(nodes)) + tuple(sorted(seen - set(nodes), key=natural_key))
         cells = []
         for r in members:
             status = cell_status(r, flaky)
             cells.append(
                 Cell(
-                    source=r.place["source"],
-                    destination=r.place["destination"],
+                    source=r.place.source or "",
+                    destination=r.place.destination or "",
                     status=status,
                     nodeid=r.nodeid,
                     cause=cell_cause(r, status, flaky),

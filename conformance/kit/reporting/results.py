@@ -1,8 +1,9 @@
-"""What a run reports besides pass/fail: cluster facts, the JSON summary, rule failure text.
+"""What a run reports besides pass/fail: each check's result (its outcome, place, tries and
+its `RuleFailure`), the JSON summary, the exit codes' meanings.
 
 Pure apart from ``write_summary``. The plugin's hooks feed ``SummaryCollector`` one report per
-test phase (setup, call, teardown) and write the summary at the end of the session; the
-checks build their ``pytest.fail`` text with ``format_rule_failure``.
+test phase (setup, call, teardown), with the `RuleFailure` the judge attached to a failed one,
+and write the summary at the end of the session.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from conformance.kit.cluster.facts import ClusterFacts
 from conformance.kit.verdicts.failures import (
     PLACE_KEYS,
     PLACE_PREFIX,
+    Place,
+    RuleFailure,
+    first_line,
 )
 
 SUMMARY_SCHEMA = "netconform-summary/1"
@@ -70,9 +74,8 @@ class CheckResult(JSONData):
     duration: float
     rule: str = ""
     message: str | None = None
-    #: Where the check looked (``netconform.*`` place properties without the prefix:
-    #: check, family, protocol, source, destination, node, source_kind).
-    place: Mapping[str, str] = field(default_factory=dict)
+    #: Where the check looked (from its ``netconform.*`` place properties).
+    place: Place = field(default_factory=Place)
     #: Network attempts made and lost (reachability checks).
     attempts: int | None = None
     losses: int | None = None
@@ -90,6 +93,10 @@ class CheckResult(JSONData):
     #: The NetworkPolicy family: each judged step of the check's scenario (its cells, expected
     #: against observed, and how long it took to be in force); None for other checks.
     truth_tables: tuple[Mapping[str, Any], ...] | None = None
+    #: What the check found wrong, as the judge found it (expected versus observed, where);
+    #: for a check that could not test or stopped on an error, its cause as ``observed``.
+    #: None when no phase of the check failed.
+    failure: RuleFailure | None = None
 
     @property
     def lossy(self) -> bool:
@@ -106,6 +113,7 @@ class _Merging:
     call_outcomes: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
     skip_reason: str | None = None
+    failure: RuleFailure | None = None
 
 
 def phase_outcome(when: str, outcome: str, *, wasxfail: bool = False) -> str:
@@ -144,9 +152,13 @@ class SummaryCollector:
         wasxfail: bool = False,
         properties: Mapping[str, object] | None = None,
         skip_reason: str | None = None,
+        failure: RuleFailure | None = None,
     ) -> None:
         """One ``TestReport`` (``report.when``, ``report.outcome``, ``report.duration``, and its
-        ``user_properties``; ``skip_reason`` for a skipped phase).
+        ``user_properties``; ``skip_reason`` for a skipped phase; ``failure``: the
+        `RuleFailure` the plugin attached to a failed phase). The test's failure is the first
+        one reported; a failed phase without one (an error that is no judgement) stands for
+        itself with its text's first line as what was observed.
 
         Never raises on an outcome it does not know (it runs inside a report hook): a rerun
         plugin's ``rerun`` counts as an attempt, anything else is kept as reported.
@@ -161,6 +173,8 @@ class SummaryCollector:
             test.skip_reason = test.skip_reason or skip_reason
         if message:
             test.messages.append(message if when == "call" else f"[{when}] {message}")
+            if test.failure is None:
+                test.failure = failure or RuleFailure(rule=test.rule, observed=first_line(message))
         if outcome == "rerun":
             test.call_outcomes.append("rerun")
             return
@@ -192,7 +206,9 @@ class SummaryCollector:
                 duration=round(test.duration, 3),
                 rule=test.rule,
                 message=shorten("\n".join(test.messages)) if test.messages else None,
-                place={k: v for k, v in test.properties.items() if k in PLACE_KEYS},
+                place=Place.from_dict(
+                    {k: v for k, v in test.properties.items() if k in PLACE_KEYS}
+                ),
                 attempts=_count(test.properties.get("attempts")),
                 losses=_count(test.properties.get("losses")),
                 reason=test.skip_reason if test.outcome == "skipped" else None,
@@ -202,6 +218,7 @@ class SummaryCollector:
                 loss_ratio=_ratio(test.properties.get("loss_ratio")),
                 loss=test.properties.get("loss"),
                 truth_tables=_truth_tables(test.properties),
+                failure=test.failure,
             )
             for nodeid, test in self._tests.items()
         ]
@@ -290,7 +307,7 @@ def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
 def check_of(result: CheckResult) -> str:
     """The check (test function) a result belongs to: its ``check`` place, else the name in
     its node ID without parameters."""
-    return result.place.get("check") or result.nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
+    return result.place.check or result.nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
 
 
 def module_of(nodeid: str) -> str:

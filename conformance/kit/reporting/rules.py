@@ -48,7 +48,6 @@ COUNT_WORDS = (
     ("xfailed", "xfailed"),
     ("xpassed", "xpassed"),
 )
-_PLACE_NODE_KEYS = ("source", "destination", "node")
 #: Nodes a rule's focus sentence names before "and N more".
 NODES_NAMED = 8
 
@@ -123,24 +122,13 @@ def rule_status(counts: Mapping[str, int]) -> str:
 
 def nodes_of(results: Sequence[CheckResult]) -> tuple[str, ...]:
     """Every node the results' places name, in node order."""
-    found = {r.place[k] for r in results for k in _PLACE_NODE_KEYS if r.place.get(k)}
+    found = {node for r in results for node in r.place.nodes()}
     return tuple(sorted(found, key=natural_key))
-
-
-def _roles(result: CheckResult) -> dict[str, str]:
-    """node -> its role in one check's place: source, destination, same node, or node."""
-    place = result.place
-    source, destination = place.get("source"), place.get("destination")
-    if source and destination:
-        if source == destination:
-            return {source: "same node"}
-        return {source: "source", destination: "destination"}
-    return {place["node"]: "node"} if place.get("node") else {}
 
 
 def failure_focus(failed: Sequence[CheckResult]) -> tuple[tuple[str, ...], str]:
     """(nodes in every failed check, a sentence naming where the failures are)."""
-    roles = [_roles(r) for r in failed]
+    roles = [r.place.roles() for r in failed]
     if not roles or not all(roles):
         return (), ""
     common = set(roles[0]).intersection(*roles[1:])

@@ -18,7 +18,7 @@ from conformance.kit.cluster.pairs import (
     plan_node_pairs,
     plan_same_node_pairs,
 )
-from conformance.kit.verdicts.failures import PLACE_PREFIX
+from conformance.kit.verdicts.failures import Place
 
 DEFAULT_PROTOCOLS = ("tcp", "udp", "icmp")
 #: A check's ``PAIRS``: every ordered pair and every node with itself, or cross-node only.
@@ -129,30 +129,28 @@ def plan_cases(
     return cases
 
 
-def place_properties(
-    check: str, params: dict[str, Any], source_kind: str = "pod"
-) -> list[tuple[str, str]]:
-    """Where one test item looks, as JUnit properties: ``netconform.check``, and as its
-    parameters have them ``netconform.family`` (``ipv4``), ``netconform.protocol``,
-    ``netconform.source`` and ``netconform.destination`` (node names, equal for same-node
-    pairs), ``netconform.node`` (per-node checks, ``probe_node`` or ``cluster_node``) and ``netconform.source_kind`` (``pod`` or
-    ``host``: the host network of the source node)."""
-    found = [("check", check)]
-    if params.get("family") is not None:
-        found.append(("family", f"ipv{params['family']}"))
-    if params.get("proto") is not None:
-        found.append(("protocol", str(params["proto"])))
+def item_place(check: str, params: dict[str, Any], source_kind: str = "pod") -> Place:
+    """Where one test item looks (`Place`), from its parameters: its family (``ipv4``),
+    protocol, the ``node_pair``'s source and destination (equal for same-node pairs), the node
+    of a per-node check (``probe_node`` or ``cluster_node``) and, for pairs and host-network
+    per-node checks, the ``source_kind`` (``pod`` or ``host``: the host network of the source
+    node)."""
     pair = params.get("node_pair")
-    if pair is not None:
-        found += [("source", pair.src), ("destination", pair.dst), ("source_kind", source_kind)]
-    if params.get("cluster_node") is not None:
-        found.append(("node", str(params["cluster_node"])))
+    node = params.get("cluster_node")
     if params.get("probe_node") is not None:
-        found.append(("node", str(params["probe_node"])))
-        if source_kind == "host":
-            found += [
-                ("source", str(params["probe_node"])),
-                ("destination", str(params["probe_node"])),
-                ("source_kind", source_kind),
-            ]
-    return [(PLACE_PREFIX + name, value) for name, value in found]
+        node = params["probe_node"]
+    source = destination = kind = None
+    if pair is not None:
+        source, destination, kind = pair.src, pair.dst, source_kind
+    elif params.get("probe_node") is not None and source_kind == "host":
+        source = destination = str(params["probe_node"])
+        kind = source_kind
+    return Place(
+        check=check,
+        family=f"ipv{params['family']}" if params.get("family") is not None else None,
+        protocol=str(params["proto"]) if params.get("proto") is not None else None,
+        node=str(node) if node is not None else None,
+        source=source,
+        destination=destination,
+        source_kind=kind,
+    )

@@ -58,6 +58,7 @@ from conformance.kit.verdicts.failures import (
     FLAKY_PROPERTY,
     PLACE_PREFIX,
     UNTESTED_PROPERTY,
+    failure_of,
 )
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -282,6 +283,7 @@ class RunReporter:
             wasxfail=hasattr(report, "wasxfail"),
             properties=properties,
             skip_reason=skip_reason(report) if report.skipped else None,
+            failure=failure_of(report),
         )
         if report.when == "call" and report.passed and FLAKY_PROPERTY in properties:
             # Passed only on a retry (see conformance.kit.verdicts.judge): a pass, but counted.

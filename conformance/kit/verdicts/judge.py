@@ -35,7 +35,9 @@ from conformance.kit.verdicts.failures import (
     LOSSES_PROPERTY,
     PROBES_LOST_PROPERTY,
     PROBES_PROPERTY,
-    format_rule_failure,
+    RuleBroken,
+    RuleFailure,
+    fail_rule,
 )
 
 if TYPE_CHECKING:
@@ -285,10 +287,7 @@ def judge_unplanned(rule: str, unplanned: Unplanned) -> NoReturn:
     """An item the planner left without traffic: fails ``rule`` when the cluster broke it before
     any traffic (``broken``), else skips (not applicable here), with the planner's reason."""
     if unplanned.broken:
-        pytest.fail(
-            format_rule_failure(rule, expected="traffic", observed=unplanned.reason),
-            pytrace=False,
-        )
+        fail_rule(rule, expected="traffic", observed=unplanned.reason)
     pytest.skip(unplanned.reason)
 
 
@@ -388,7 +387,7 @@ class ItemExchanges:
                 (o, [f"{text} (--strict: a pass on retry counts as broken)"]) for o, text in flaky
             ]
         if broken:
-            pytest.fail(self._failure(rule, broken, expected), pytrace=False)
+            raise RuleBroken(self._failure(rule, broken, expected))
         if flaky:
             self.user_properties.append(
                 (
@@ -431,7 +430,7 @@ class ItemExchanges:
 
     def _failure(
         self, rule: str, broken: list[tuple[Outcome, list[str]]], expected: str | None
-    ) -> str:
+    ) -> RuleFailure:
         targets = [o.target for o in self.outcomes]
         protocols = sorted({f"{t.proto} over IPv{t.family}" for t in targets})
         pods = list(
@@ -458,18 +457,18 @@ class ItemExchanges:
             )
         check = self._check()
         failed_in_run = [o for o in self.sweep.of_check(check) if problems(o, self.max_loss)]
-        return format_rule_failure(
-            rule,
+        return RuleFailure(
+            rule=rule,
             expected=expected,
             observed=f"{len(broken)} of {len(self.outcomes)} exchanges broken: "
             + "; ".join(f"{o.target.describe()}: {', '.join(found)}" for o, found in broken),
             protocol=", ".join(protocols),
-            pods=pods,
-            nodes=nodes,
-            details=[
+            pods=tuple(pods),
+            nodes=tuple(nodes),
+            details=(
                 *(o.describe() for o, _ in broken),
                 "across the run: " + failure_summary(failed_in_run, check),
-            ],
+            ),
         )
 
 
@@ -558,17 +557,14 @@ def assert_readiness_followed(
     found = readiness_problems(flip, node, family)
     if found:
         outcomes = [o for o in (followed.unready, followed.ready) if o is not None]
-        pytest.fail(
-            format_rule_failure(
-                rule,
-                expected=f"no new connection reaches {flip.backend} within {flip.bound:.0f}s of "
-                "its EndpointSlice saying it is not ready, and it answers again within "
-                f"{flip.bound:.0f}s of turning ready",
-                observed="; ".join(found),
-                protocol=f"tcp over IPv{family}",
-                pods=[o.target.source.pod for o in outcomes[:1]] + [flip.backend],
-                nodes=list(dict.fromkeys([node, flip.node])),
-                details=[o.describe() for o in outcomes],
-            ),
-            pytrace=False,
+        fail_rule(
+            rule,
+            expected=f"no new connection reaches {flip.backend} within {flip.bound:.0f}s of "
+            "its EndpointSlice saying it is not ready, and it answers again within "
+            f"{flip.bound:.0f}s of turning ready",
+            observed="; ".join(found),
+            protocol=f"tcp over IPv{family}",
+            pods=[o.target.source.pod for o in outcomes[:1]] + [flip.backend],
+            nodes=list(dict.fromkeys([node, flip.node])),
+            details=[o.describe() for o in outcomes],
         )
