@@ -35,8 +35,9 @@ from conformance.kit.netpol.deployment import (
     run_step,
     scenario_changes,
 )
-from conformance.kit.netpol.judge import TableResult, failure_text, table_property
+from conformance.kit.netpol.judge import TableResult, table_failure, table_property
 from conformance.kit.netpol.scenarios import SCENARIOS, Scenario, policy_texts
+from conformance.kit.verdicts.failures import RuleBroken
 
 pytestmark = pytest.mark.netpol
 
@@ -106,13 +107,12 @@ def test_network_policy_enforced(
             pytest.fail(f"{netpol_enforcement.reason} (--require-network-policy)", pytrace=False)
         pytest.skip(netpol_enforcement.reason)
     if table.wrong:
-        pytest.fail(
-            failure_text(
+        raise RuleBroken(
+            table_failure(
                 "a default-deny ingress policy MUST close every cell into its namespace's pods",
                 ["default deny ingress (podSelector {}) in x, y and z"],
                 [table],
-            ),
-            pytrace=False,
+            )
         )
 
 
@@ -143,13 +143,12 @@ def test_network_policy(
             tables.append(run_step(netpol_model, scenario, step))
     _record(request, tables, scenario)
     if any(t.wrong for t in tables):
-        pytest.fail(
-            failure_text(
+        raise RuleBroken(
+            table_failure(
                 f"{scenario.id}: {scenario.rule}",
                 policy_texts(scenario, netpol_model.model),
                 tables,
-            ),
-            pytrace=False,
+            )
         )
 
 

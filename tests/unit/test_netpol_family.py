@@ -18,6 +18,7 @@ from conformance.kit.netpol.judge import (
     TableResult,
     failure_text,
     judge_table,
+    table_failure,
     table_property,
 )
 from conformance.kit.netpol.model import (
@@ -222,17 +223,25 @@ def test_an_open_denied_cell_and_a_reached_one_are_wrong_and_listed_first() -> N
     assert not table.settled
 
 
-def test_the_failure_text_names_cells_nodes_and_draws_both_grids() -> None:
+def test_the_failure_is_data_naming_cells_nodes_and_drawing_both_grids() -> None:
     _, table = _judged({"y/b -> x/a tcp/8080 IPv4": OPEN, "z/c -> x/b udp/8080 IPv4": REACHED})
-    text = failure_text("the rule", ["x/deny {...}"], [table])
-    assert text.startswith("the rule\npolicies: x/deny {...}\n")
+    failure = table_failure("the rule", ["x/deny {...}"], [table])
+    assert failure.rule == "the rule"
+    assert failure.observed == (
+        "2 of 144 cells wrong (step 'applied'): 2 denied but open or reached, 0 allowed but closed"
+    )
+    assert failure.nodes == ("node-1", "node-2", "node-3")
+    assert failure.details[0] == "policies: x/deny {...}"
+    text = failure.text()
+    assert text == failure_text("the rule", ["x/deny {...}"], [table])
+    assert text.startswith("RULE BROKEN: the rule\n")
     assert "step 'applied': 2 of 144 cells wrong" in text
     assert "y/b (node-2) -> x/a (node-1) tcp/8080 IPv4: expected denied, observed open" in text
     assert (
         "z/c (node-3) -> x/b (node-2) udp/8080 IPv4: expected denied, observed reached "
         "(ETIMEDOUT)" in text
     )
-    rows = [line for line in text.splitlines() if line.startswith("    y/b ")]
+    rows = [line for line in failure.details if line.startswith("    y/b ")]  # grid rows
     assert rows
     assert "O!" in rows[0]  # the tcp grid: the leak marked, the expected grid beside
     assert "tcp/8080 IPv4 observed" in text

@@ -1,6 +1,7 @@
 """The truth-table judge: expected against observed connectivity of every cell of a scenario's
-step, the differing cells first; the same data feeds the failure text, the JUnit property and
-``summary.json`` (a verdict is data, never text parsed back). Pure.
+step, the differing cells first; the same data feeds the structured failure (`table_failure`,
+a `RuleFailure`), the JUnit property and ``summary.json`` (a verdict is data, never text parsed
+back). Pure.
 
 A cell is observed as one of:
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from conformance.kit.base.jsondata import JSONData
 from conformance.kit.netpol.model import Cell, Model, Probe
+from conformance.kit.verdicts.failures import RuleFailure
 
 OPEN = "open"
 BLOCKED = "blocked"
@@ -168,11 +170,33 @@ def expected_grid(cells: Sequence[CellResult], probe: Probe) -> list[str]:
     return grid(flipped, probe)
 
 
+def table_failure(rule: str, policies: Sequence[str], tables: Sequence[TableResult]) -> RuleFailure:
+    """A scenario's broken rule as data: expected (every cell as the policies say), observed
+    (how many cells were wrong, which way), the nodes of the wrong cells, and as details the
+    policies applied, then per wrong step its wrong cells (expected against observed, nodes
+    named) and the grids of the probes they concern, observed beside expected."""
+    wrong = [cell for table in tables for cell in table.wrong]
+    cells = sum(table.counts()["cells"] for table in tables)
+    opened = sum(1 for cell in wrong if not cell.expected_allowed)
+    steps = ", ".join(repr(table.step) for table in tables if table.wrong)
+    return RuleFailure(
+        rule=rule,
+        expected="every cell allowed or denied as the policies say, denied traffic never "
+        "delivered, each change in force within its bound",
+        observed=f"{len(wrong)} of {cells} cells wrong (step {steps}): {opened} denied but "
+        f"open or reached, {len(wrong) - opened} allowed but closed",
+        nodes=tuple(sorted({n for c in wrong for n in (c.source_node, c.destination_node)})),
+        details=(f"policies: {'; '.join(policies) or 'none'}", *_wrong_steps(tables)),
+    )
+
+
 def failure_text(rule: str, policies: Sequence[str], tables: Sequence[TableResult]) -> str:
-    """The failure message of a scenario: the rule, the policies applied, and per wrong step
-    its wrong cells (expected against observed, nodes named) then the grids of the probes
-    they concern, observed beside expected."""
-    lines = [rule, "policies: " + ("; ".join(policies) or "none")]
+    """The failure message of a scenario, as the terminal and JUnit show it."""
+    return table_failure(rule, policies, tables).text()
+
+
+def _wrong_steps(tables: Sequence[TableResult]) -> list[str]:
+    lines: list[str] = []
     for table in tables:
         wrong = table.wrong
         if not wrong:
@@ -192,7 +216,7 @@ def failure_text(rule: str, policies: Sequence[str], tables: Sequence[TableResul
             lines.append(f"    {observed[0]}    expected:")
             for seen, want in zip(observed[1:], expected[1:], strict=True):
                 lines.append(f"    {seen}    {want}")
-    return "\n".join(lines)
+    return lines
 
 
 def table_property(tables: Sequence[TableResult]) -> list[dict[str, object]]:
