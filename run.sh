@@ -121,10 +121,10 @@ project_tests() {
   "$VENV/bin/mypy"
   # The layers of the code (pyproject.toml [tool.importlinter]; tests/unit/test_layers.py the rest).
   "$VENV/bin/lint-imports" --no-cache
-  # Two workers: one runs the lab pools (detection matrix, control-plane faults), the other the
-  # rest, each module whole (tests/conftest.py: work_group). The slowest steps are listed at
-  # the end, so a CI log shows where the minutes go.
-  "$VENV/bin/pytest" tests -n 2 --dist loadgroup --durations=20 "$@"
+  # Two workers, each module whole on one of them (its lab pool or cluster made once): the
+  # detection matrix's pool keeps one busy while the other runs the rest. The slowest steps
+  # are listed at the end, so a CI log shows where the minutes go.
+  "$VENV/bin/pytest" tests -n 2 --dist loadfile --durations=20 "$@"
 }
 
 benchmarks() {

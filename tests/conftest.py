@@ -6,10 +6,10 @@ the machine, and the one place that skips a test whose needs this run cannot mee
 labs; that needs root too. Both run as root (CI, ``./run.sh test``) and skip, saying so,
 otherwise; no test checks ``os.geteuid()`` itself (``tests/unit/test_tiers.py`` keeps it so).
 
-Under pytest-xdist (``./run.sh test`` runs ``-n 2 --dist loadgroup``) each test module is one
-unit of work (its module fixtures, labs included, are made once), the modules that run lab pools
-(`POOLED`) share one worker, one after the other, and the genuine-cluster tier is one unit (one
-cluster per machine): the pools keep one worker busy while the other runs the rest.
+``./run.sh test`` runs ``-n 2 --dist loadfile``: each test module is one unit of work, so its
+module fixtures (a lab pool, the genuine cluster) are made once, on one worker. (Not
+``loadgroup``: with pytest 9 the group pytest-xdist writes into each test ID is lost, and every
+test became a unit of its own, each worker starting the detection matrix's whole pool.)
 """
 
 from __future__ import annotations
@@ -23,11 +23,6 @@ import pytest
 # tests/support and no test-only package.
 NEEDS_ROOT = "needs_root"
 NEEDS_LAB = "needs_lab"
-#: Modules whose labs run in a bounded pool of their own: one worker runs them in turn.
-POOLED = ("tests/e2e/test_detection_matrix.py", "tests/e2e/test_control_plane_faults.py")
-POOLED_GROUP = "lab-pools"
-#: The genuine-cluster tier: one cluster on the machine at a time.
-REAL_CLUSTER_DIR = "tests/realk8s/"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,20 +51,9 @@ def unmet_need(item: pytest.Item, is_root: bool) -> str | None:
     return None
 
 
-def work_group(nodeid: str) -> str:
-    """The unit of work ``nodeid`` belongs to under ``--dist loadgroup`` (see above)."""
-    path = nodeid.split("::", 1)[0]
-    if path in POOLED:
-        return POOLED_GROUP
-    if path.startswith(REAL_CLUSTER_DIR):
-        return REAL_CLUSTER_DIR.rstrip("/")
-    return path
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     is_root = os.geteuid() == 0
     for item in items:
         reason = unmet_need(item, is_root)
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
-        item.add_marker(pytest.mark.xdist_group(work_group(item.nodeid)))
